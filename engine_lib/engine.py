@@ -1,0 +1,64 @@
+"""The engine facade: what modules and the CLI call.
+
+``Engine.open()`` finds the engine directory and database, brings the schema
+up to date and exposes one service per entity. Every mutating call takes
+``check_mode`` and returns an ``Outcome``: whether anything changed, the
+resulting entity, and a before/after diff.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from engine_lib.config import EngineConfig
+from engine_lib.store import Store
+
+
+@dataclass
+class Outcome:
+    changed: bool
+    entity: dict | None
+    diff: dict | None = None
+
+
+def _default_agent_factory(config: EngineConfig) -> Callable:
+    def connect(address: str, port: int):
+        from engine_lib.broker import AgentClient
+
+        return AgentClient(address, port, str(config.pki_dir))
+
+    return connect
+
+
+class Engine:
+    def __init__(self, config: EngineConfig, store: Store, agent_factory: Callable | None = None):
+        from engine_lib.services.clusters import ClusterService
+        from engine_lib.services.hosts import HostService
+        from engine_lib.services.vms import VmService
+
+        self.config = config
+        self.store = store
+        # (address, port) -> AgentClient; replaceable so unit tests of the
+        # engine's own logic need no agent.
+        self.agent = agent_factory or _default_agent_factory(config)
+        self.clusters = ClusterService(self)
+        self.hosts = HostService(self)
+        self.vms = VmService(self)
+
+    @classmethod
+    def open(cls, engine_dir: str | None = None, db_url: str | None = None,
+             agent_factory: Callable | None = None) -> "Engine":
+        config = EngineConfig.resolve(engine_dir, db_url)
+        store = Store(config.db_url)
+        store.upgrade()
+        return cls(config, store, agent_factory)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

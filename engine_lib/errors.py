@@ -1,0 +1,127 @@
+"""Typed errors shared by the engine, the agent and the modules.
+
+Every error carries what was asked and why it failed; only the outermost
+boundary (an Ansible module, the CLI, the agent's HTTP layer) turns it into a
+message. ``code`` is the stable name used on the wire between agent and engine.
+"""
+
+from __future__ import annotations
+
+
+class KestrelError(Exception):
+    """Base of every error kestrel raises on purpose."""
+
+    code = "KestrelError"
+    http_status = 500
+
+    def __init__(self, message: str, **details):
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict:
+        return {"code": self.code, "message": self.message, "details": self.details}
+
+
+class InvalidSpec(KestrelError):
+    """A user-supplied spec is wrong; ``field`` names the offending key path."""
+
+    code = "InvalidSpec"
+    http_status = 400
+
+    def __init__(self, field: str, reason: str):
+        super().__init__(f"{field}: {reason}", field=field, reason=reason)
+        self.field = field
+        self.reason = reason
+
+
+class NotFound(KestrelError):
+    code = "NotFound"
+    http_status = 404
+
+    def __init__(self, kind: str, name: str):
+        super().__init__(f"{kind} '{name}' does not exist", kind=kind, name=name)
+
+
+class VmNotFound(NotFound):
+    code = "VmNotFound"
+
+    def __init__(self, name: str):
+        super().__init__("VM", name)
+
+
+class HostNotFound(NotFound):
+    code = "HostNotFound"
+
+    def __init__(self, name: str):
+        super().__init__("host", name)
+
+
+class ClusterNotFound(NotFound):
+    code = "ClusterNotFound"
+
+    def __init__(self, name: str):
+        super().__init__("cluster", name)
+
+
+class Conflict(KestrelError):
+    """The request contradicts the current state (e.g. removing a busy cluster)."""
+
+    code = "Conflict"
+    http_status = 409
+
+
+class NoValidHost(KestrelError):
+    """The scheduler found no host; ``explanation`` says why for each host."""
+
+    code = "NoValidHost"
+    http_status = 409
+
+    def __init__(self, vm: str, explanation: dict):
+        reasons = "; ".join(
+            f"{host}: {reason}" for host, reason in explanation.get("filtered", {}).items()
+        ) or "the cluster has no hosts"
+        super().__init__(f"no host can run VM '{vm}' ({reasons})", explanation=explanation)
+        self.explanation = explanation
+
+
+class AgentError(KestrelError):
+    """The agent answered, but refused or failed the operation."""
+
+    code = "AgentError"
+    http_status = 502
+
+
+class AgentUnreachable(AgentError):
+    """The agent could not be reached at all (network, TLS, timeout)."""
+
+    code = "AgentUnreachable"
+    http_status = 503
+
+
+class CertificateError(AgentUnreachable):
+    """A TLS peer presented a certificate our CA did not sign (or none)."""
+
+    code = "CertificateError"
+
+
+class LibvirtError(KestrelError):
+    """libvirt refused an operation on the host."""
+
+    code = "LibvirtError"
+    http_status = 500
+
+
+class HookError(KestrelError):
+    code = "HookError"
+    http_status = 500
+
+
+ERRORS_BY_CODE = {
+    cls.code: cls
+    for cls in (
+        KestrelError, InvalidSpec, NotFound, VmNotFound, HostNotFound, ClusterNotFound,
+        Conflict, NoValidHost, AgentError, AgentUnreachable, CertificateError,
+        LibvirtError, HookError,
+    )
+}

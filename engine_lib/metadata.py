@@ -1,0 +1,69 @@
+"""The engine's data for the host, carried in the domain's <metadata>.
+
+libvirt has no element for what the agent needs to prepare a host (which
+storage volume backs which disk, how big to create it, the cloud-init payload),
+so the engine writes it under our own namespace and the agent reads it back.
+
+    <metadata>
+      <kestrel:vm xmlns:kestrel="https://kestrel.virt/xmlns/vm/1">
+        <kestrel:cluster>default</kestrel:cluster>
+        <kestrel:volume alias="ua-..." domain="data" image="<uuid>" volume="<uuid>"
+                        format="qcow2" size_mib="64"/>
+        <kestrel:custom name="key">value</kestrel:custom>
+      </kestrel:vm>
+    </metadata>
+
+Shared by engine and agent; standard library only.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+
+NAMESPACE = "https://kestrel.virt/xmlns/vm/1"
+PREFIX = "kestrel"
+_NS = {PREFIX: NAMESPACE}
+
+
+@dataclass(frozen=True)
+class VolumeRef:
+    alias: str
+    domain: str
+    image: str
+    volume: str
+    format: str
+    size_mib: int
+
+    @property
+    def relpath(self) -> str:
+        """Location of the volume inside its storage domain."""
+        return f"{self.image}/{self.volume}"
+
+
+@dataclass
+class VmMetadata:
+    cluster: str = ""
+    volumes: list[VolumeRef] = field(default_factory=list)
+    custom_properties: dict[str, str] = field(default_factory=dict)
+
+
+def read(domain: ET.Element) -> VmMetadata:
+    """Read our metadata from a parsed <domain> element (absent: empty)."""
+    meta = VmMetadata()
+    node = domain.find(f"metadata/{PREFIX}:vm", _NS)
+    if node is None:
+        return meta
+    meta.cluster = node.findtext(f"{PREFIX}:cluster", default="", namespaces=_NS)
+    for vol in node.findall(f"{PREFIX}:volume", _NS):
+        meta.volumes.append(VolumeRef(
+            alias=vol.get("alias", ""),
+            domain=vol.get("domain", ""),
+            image=vol.get("image", ""),
+            volume=vol.get("volume", ""),
+            format=vol.get("format", "qcow2"),
+            size_mib=int(vol.get("size_mib", "0")),
+        ))
+    for prop in node.findall(f"{PREFIX}:custom", _NS):
+        meta.custom_properties[prop.get("name", "")] = prop.text or ""
+    return meta

@@ -1,0 +1,1 @@
+"""Engine operations, one service per entity, shared by modules and the CLI."""

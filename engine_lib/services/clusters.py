@@ -1,0 +1,86 @@
+"""Clusters: a set of hosts that share networks, storage and a MAC pool."""
+
+from __future__ import annotations
+
+from engine_lib import macpool
+from engine_lib.engine import Outcome
+from engine_lib.errors import Conflict, InvalidSpec
+from engine_lib.model import Cluster
+from engine_lib.services.common import audit, changed_fields, find, get_cluster
+from engine_lib.spec import choice, name as check_name, positive_int, text
+
+VIRT_TYPES = ("kvm", "qemu")
+
+
+def cluster_dict(cluster: Cluster) -> dict:
+    return {
+        "id": cluster.id,
+        "name": cluster.name,
+        "description": cluster.description,
+        "virt_type": cluster.virt_type,
+        "memory_overcommit": cluster.memory_overcommit_percent,
+        "mac_pool": list(cluster.mac_pool),
+    }
+
+
+class ClusterService:
+    def __init__(self, engine):
+        self.engine = engine
+
+    def ensure(self, name: str, *, description: str | None = None, virt_type: str | None = None,
+               memory_overcommit: int | None = None, mac_pool: list[str] | None = None,
+               check_mode: bool = False) -> Outcome:
+        check_name("name", name)
+        wanted = {
+            "description": None if description is None else text("description", description),
+            "virt_type": None if virt_type is None else choice("virt_type", virt_type, VIRT_TYPES),
+            "memory_overcommit_percent": None if memory_overcommit is None
+            else positive_int("memory_overcommit", memory_overcommit, 10000),
+            "mac_pool": None if mac_pool is None else macpool.normalize_ranges("mac_pool", mac_pool),
+        }
+        with self.engine.store.transaction(commit=not check_mode) as session:
+            cluster = find(session, Cluster, name)
+            if cluster is None:
+                cluster = Cluster(name=name, description="", virt_type="kvm",
+                                  memory_overcommit_percent=100,
+                                  mac_pool=list(macpool.DEFAULT_RANGES))
+                for key, value in wanted.items():
+                    if value is not None:
+                        setattr(cluster, key, value)
+                session.add(cluster)
+                session.flush()
+                audit(session, "cluster", name, "cluster created")
+                return Outcome(True, cluster_dict(cluster), {"before": {}, "after": cluster_dict(cluster)})
+            before = cluster_dict(cluster)
+            updates = changed_fields(cluster, wanted)
+            for key, value in updates.items():
+                setattr(cluster, key, value)
+            if updates:
+                session.flush()
+                audit(session, "cluster", name, f"cluster updated: {', '.join(sorted(updates))}")
+            after = cluster_dict(cluster)
+            return Outcome(bool(updates), after, {"before": before, "after": after})
+
+    def remove(self, name: str, *, check_mode: bool = False) -> Outcome:
+        with self.engine.store.transaction(commit=not check_mode) as session:
+            cluster = find(session, Cluster, name)
+            if cluster is None:
+                return Outcome(False, None, None)
+            if cluster.hosts or cluster.vms:
+                raise Conflict(f"cluster '{name}' still has {len(cluster.hosts)} host(s) and "
+                               f"{len(cluster.vms)} VM(s); remove them first",
+                               hosts=[h.name for h in cluster.hosts], vms=[v.name for v in cluster.vms])
+            before = cluster_dict(cluster)
+            session.delete(cluster)
+            audit(session, "cluster", name, "cluster removed")
+            return Outcome(True, None, {"before": before, "after": {}})
+
+    def get(self, name: str) -> dict:
+        with self.engine.store.transaction(commit=False) as session:
+            return cluster_dict(get_cluster(session, name))
+
+    def info(self) -> list[dict]:
+        from sqlalchemy import select
+
+        with self.engine.store.transaction(commit=False) as session:
+            return [cluster_dict(c) for c in session.scalars(select(Cluster).order_by(Cluster.name))]

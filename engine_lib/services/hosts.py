@@ -1,0 +1,107 @@
+"""Hosts: hypervisors whose agent the engine reaches over mutual TLS."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from engine_lib.engine import Outcome
+from engine_lib.errors import Conflict, InvalidSpec
+from engine_lib.model import Host, HostStatus, Vm, VmStatus, utcnow
+from engine_lib.services.common import audit, find, get_cluster
+from engine_lib.spec import name as check_name, positive_int, text
+
+
+def host_dict(host: Host) -> dict:
+    return {
+        "id": host.id,
+        "name": host.name,
+        "cluster": host.cluster.name,
+        "address": host.address,
+        "port": host.port,
+        "status": host.status,
+        "hostname": host.hostname,
+        "host_uuid": host.host_uuid,
+        "cpus": host.cpus,
+        "memory_mib": host.memory_mib,
+        "libvirt_version": host.libvirt_version,
+        "last_seen": host.last_seen.isoformat() if host.last_seen else None,
+    }
+
+
+def _config(host: Host) -> dict:
+    """The part of a host the user sets (what --diff compares)."""
+    return {"cluster": host.cluster.name, "address": host.address, "port": host.port}
+
+
+class HostService:
+    def __init__(self, engine):
+        self.engine = engine
+
+    def ensure(self, name: str, *, address: str, cluster: str, port: int = 54321,
+               check_mode: bool = False) -> Outcome:
+        check_name("name", name)
+        text("address", address, 255)
+        if not address:
+            raise InvalidSpec("address", "is required")
+        positive_int("port", port, 65535)
+        # Reach the agent before writing anything: a host the engine cannot
+        # talk to is not registered at all (AgentUnreachable, CertificateError).
+        capabilities = self.engine.agent(address, port).host_info()
+        with self.engine.store.transaction(commit=not check_mode) as session:
+            target_cluster = get_cluster(session, cluster)
+            host = find(session, Host, name)
+            created = host is None
+            before = {} if created else _config(host)
+            if created:
+                host = Host(name=name, cluster=target_cluster, address=address, port=port)
+                session.add(host)
+            elif host.cluster_id != target_cluster.id and self._active_vms(session, host):
+                raise Conflict(f"host '{name}' runs VMs; it cannot move to cluster '{cluster}'")
+            else:
+                host.cluster, host.address, host.port = target_cluster, address, port
+            self._record_capabilities(host, capabilities)
+            session.flush()
+            after = _config(host)
+            changed = before != after
+            if changed:
+                audit(session, "host", name, "host added" if created else
+                      f"host updated: {', '.join(k for k in after if before.get(k) != after[k])}")
+            return Outcome(changed, host_dict(host), {"before": before, "after": after})
+
+    @staticmethod
+    def _record_capabilities(host: Host, caps: dict) -> None:
+        host.hostname = caps.get("hostname", "")
+        host.host_uuid = caps.get("host_uuid", "")
+        host.cpus = int(caps.get("cpus", 0))
+        host.memory_mib = int(caps.get("memory_mib", 0))
+        host.libvirt_version = str(caps.get("libvirt_version", ""))
+        host.status = HostStatus.UP
+        host.last_seen = utcnow()
+
+    @staticmethod
+    def _active_vms(session, host: Host) -> list[str]:
+        return list(session.scalars(select(Vm.name).where(
+            Vm.run_on_host_id == host.id, Vm.status.in_(VmStatus.ACTIVE))))
+
+    def remove(self, name: str, *, check_mode: bool = False) -> Outcome:
+        with self.engine.store.transaction(commit=not check_mode) as session:
+            host = find(session, Host, name)
+            if host is None:
+                return Outcome(False, None, None)
+            running = self._active_vms(session, host)
+            if running:
+                raise Conflict(f"host '{name}' still runs {', '.join(running)}; stop or migrate "
+                               "them first", vms=running)
+            before = _config(host)
+            session.delete(host)
+            audit(session, "host", name, "host removed")
+            return Outcome(True, None, {"before": before, "after": {}})
+
+    def info(self, name: str | None = None, cluster: str | None = None) -> list[dict]:
+        with self.engine.store.transaction(commit=False) as session:
+            query = select(Host).order_by(Host.name)
+            if name:
+                query = query.where(Host.name == name)
+            if cluster:
+                query = query.where(Host.cluster_id == get_cluster(session, cluster).id)
+            return [host_dict(h) for h in session.scalars(query)]

@@ -1,0 +1,273 @@
+"""VM lifecycle: configure, start on a scheduled host, stop, remove.
+
+The database is the source of the VM's configuration; the host's agent is the
+source of whether it runs. Before deciding anything about power state the
+engine asks the agent, and when the agent cannot be reached it says so rather
+than guess (a VM is never assumed Down).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+
+from sqlalchemy import func, select
+from sqlalchemy.orm.exc import StaleDataError
+
+from engine_lib import devices
+from engine_lib.domxml import render
+from engine_lib.domxml.viewmodel import volume_ref
+from engine_lib.engine import Outcome
+from engine_lib.errors import (AgentError, Conflict, InvalidSpec, KestrelError, NoValidHost,
+                               VmNotFound)
+from engine_lib.model import DeviceType, Host, HostStatus, Vm, VmStatus
+from engine_lib.scheduling import HostState, VmRequest, place
+from engine_lib.services import vm_config
+from engine_lib.services.common import audit, find, get_cluster, get_host, get_vm
+from engine_lib.spec import normalize_vm
+from engine_lib.store import lock_cluster
+
+STATES = ("present", "running", "stopped", "absent")
+
+
+def vm_dict(vm: Vm) -> dict:
+    return {
+        "id": vm.id,
+        "name": vm.name,
+        "cluster": vm.cluster.name,
+        "description": vm.description,
+        "status": vm.status,
+        "exit_reason": vm.exit_reason,
+        "host": vm.run_on_host.name if vm.run_on_host else None,
+        "memory_mib": vm.memory_mib,
+        "vcpus": vm.vcpus,
+        "cpu": {"sockets": vm.sockets, "cores": vm.cores, "threads": vm.threads},
+        "machine": vm.machine,
+        "kernel": vm.kernel,
+        "initrd": vm.initrd,
+        "cmdline": vm.cmdline,
+        "custom_properties": dict(vm.custom_properties),
+        "disks": [{"name": d.name, "id": d.id, "alias": d.user_alias, **d.spec}
+                  for d in vm.devices_of(DeviceType.DISK)],
+        "nics": [{"name": d.name, "id": d.id, "alias": d.user_alias, **d.spec}
+                 for d in vm.devices_of(DeviceType.INTERFACE)],
+        "devices": [{"id": d.id, "type": d.type, "name": d.name, "alias": d.user_alias,
+                     "managed": d.managed, "plugged": d.plugged, "address": dict(d.address)}
+                    for d in vm.devices],
+    }
+
+
+class VmService:
+    def __init__(self, engine):
+        self.engine = engine
+
+    # -- the one entry point modules use ---------------------------------------------------
+
+    def ensure(self, spec: dict, *, state: str = "present", check_mode: bool = False,
+               force: bool = False, wait: bool = True, timeout: int = 120) -> Outcome:
+        if state not in STATES:
+            raise InvalidSpec("state", f"must be one of {', '.join(STATES)} (got {state!r})")
+        wanted = normalize_vm(spec)
+        try:
+            if state == "absent":
+                return self._remove(wanted["name"], check_mode=check_mode)
+            return self._ensure_present(wanted, state, check_mode, force, wait, timeout)
+        except StaleDataError:
+            raise Conflict(f"VM '{wanted['name']}' was changed by someone else at the same "
+                           "time; run again") from None
+
+    def _ensure_present(self, wanted: dict, state: str, check_mode: bool, force: bool,
+                        wait: bool, timeout: int) -> Outcome:
+        name = wanted["name"]
+        with self.engine.store.transaction(commit=not check_mode) as session:
+            vm = find(session, Vm, name)
+            before_xml = render(vm) if vm else ""
+            if vm is None:
+                vm = vm_config.create(session, wanted)
+            else:
+                vm_config.apply(session, vm, wanted)
+            session.flush()
+            after_xml = render(vm)
+            entity = vm_dict(vm)
+        config_changed = before_xml != after_xml
+
+        power_changed = False
+        running = entity["status"] in VmStatus.ACTIVE and self._still_running(name)
+        if state == "running" and not running:
+            power_changed = True
+            if not check_mode:
+                entity = self._start(name, wait=wait, timeout=timeout)
+            else:
+                entity["status"] = VmStatus.UP
+        elif state == "stopped" and running:
+            power_changed = True
+            if not check_mode:
+                entity = self._stop(name, force=force, timeout=timeout)
+            else:
+                entity["status"] = VmStatus.DOWN
+        elif not check_mode:
+            entity = self._reload(name)
+        # A running domain keeps the XML it started with until it restarts.
+        entity["next_run"] = config_changed and running and state != "stopped"
+        return Outcome(config_changed or power_changed, entity,
+                       {"before": before_xml, "after": after_xml})
+
+    # -- power state -----------------------------------------------------------------------
+
+    def _reload(self, name: str) -> dict:
+        with self.engine.store.transaction(commit=False) as session:
+            return vm_dict(get_vm(session, name))
+
+    def _client(self, host: Host):
+        return self.engine.agent(host.address, host.port)
+
+    def _still_running(self, name: str) -> bool:
+        """Ask the VM's host whether it runs; record the answer if it does not."""
+        with self.engine.store.transaction(commit=False) as session:
+            vm = get_vm(session, name)
+            host, vm_id = vm.run_on_host, vm.id
+        if host is None:
+            return False
+        try:
+            status = self._client(host).vm_status(vm_id)["status"]
+        except VmNotFound:
+            status = VmStatus.DOWN
+        if status == VmStatus.DOWN:
+            self._mark_down(name, f"not running on host {host.name}")
+            return False
+        return True
+
+    def _mark_down(self, name: str, reason: str, severity: str = "info") -> dict:
+        with self.engine.store.transaction() as session:
+            vm = get_vm(session, name)
+            vm.status, vm.exit_reason, vm.run_on_host = VmStatus.DOWN, reason, None
+            audit(session, "vm", name, f"VM is Down: {reason}", severity)
+            return vm_dict(vm)
+
+    def _place(self, session, vm: Vm) -> tuple[Host, dict]:
+        """Choose a host and claim its resources in the caller's transaction."""
+        cluster = lock_cluster(session, vm.cluster_id)
+        hosts = list(session.scalars(select(Host).where(Host.cluster_id == cluster.id)
+                                     .order_by(Host.name)))
+        claimed = dict(session.execute(
+            select(Vm.run_on_host_id, func.sum(Vm.memory_mib))
+            .where(Vm.status.in_(VmStatus.ACTIVE), Vm.run_on_host_id.is_not(None))
+            .group_by(Vm.run_on_host_id)).all())
+        decision = place(
+            VmRequest(vm.name, vm.vcpus, vm.memory_mib),
+            [HostState(h.name, h.status, h.cpus, h.memory_mib, claimed.get(h.id, 0),
+                       cluster.memory_overcommit_percent) for h in hosts])
+        if decision.host is None:
+            raise NoValidHost(vm.name, decision.explain())
+        host = next(h for h in hosts if h.name == decision.host)
+        vm.run_on_host, vm.status, vm.exit_reason = host, VmStatus.WAIT_FOR_LAUNCH, ""
+        audit(session, "vm", vm.name, f"VM scheduled on host {host.name}")
+        return host, decision.explain()
+
+    def _start(self, name: str, wait: bool, timeout: int) -> dict:
+        with self.engine.store.transaction() as session:
+            vm = get_vm(session, name)
+            host, placement = self._place(session, vm)
+            xml, vm_id = render(vm), vm.id
+        client = self._client(host)
+        try:
+            reported = client.start_vm(xml)
+        except KestrelError as err:
+            self._mark_down(name, f"start failed on host {host.name}: {err.message}", "error")
+            raise
+        status = reported.get("status", VmStatus.POWERING_UP)
+        deadline = time.monotonic() + timeout
+        while wait and status != VmStatus.UP:
+            if status == VmStatus.DOWN or time.monotonic() > deadline:
+                raise AgentError(f"VM '{name}' did not come Up on host {host.name} within "
+                                 f"{timeout}s (last status {status})", status=status)
+            time.sleep(0.5)
+            status = client.vm_status(vm_id)["status"]
+        live = client.vm_xml(vm_id)
+        with self.engine.store.transaction() as session:
+            vm = get_vm(session, name)
+            vm.status = status
+            devices.record_live(vm, live)
+            audit(session, "vm", name, f"VM started on host {host.name} ({status})")
+            entity = vm_dict(vm)
+        entity["placement"] = placement
+        return entity
+
+    def _stop(self, name: str, force: bool, timeout: int) -> dict:
+        with self.engine.store.transaction() as session:
+            vm = get_vm(session, name)
+            host, vm_id = vm.run_on_host, vm.id
+            if host is None:
+                return vm_dict(vm)
+            vm.status = VmStatus.POWERING_DOWN
+        client = self._client(host)
+        try:
+            if force:
+                client.destroy_vm(vm_id)
+            else:
+                client.shutdown_vm(vm_id, timeout)
+        except VmNotFound:
+            pass
+        try:
+            client.remove_vm(vm_id)
+        except VmNotFound:
+            pass
+        return self._mark_down(name, "powered off" if force else "shut down")
+
+    # -- removal ---------------------------------------------------------------------------
+
+    def _remove(self, name: str, check_mode: bool) -> Outcome:
+        with self.engine.store.transaction(commit=False) as session:
+            vm = find(session, Vm, name)
+            if vm is None:
+                return Outcome(False, None, {"before": "", "after": ""})
+            before_xml, active = render(vm), vm.status in VmStatus.ACTIVE
+        diff = {"before": before_xml, "after": ""}
+        if check_mode:
+            return Outcome(True, None, diff)
+        if active and self._still_running(name):
+            self._stop(name, force=True, timeout=0)
+        with self.engine.store.transaction(commit=False) as session:
+            vm = get_vm(session, name)
+            volumes = [asdict(volume_ref(d)) for d in vm.devices_of(DeviceType.DISK)]
+            helper = session.scalars(select(Host).where(
+                Host.cluster_id == vm.cluster_id, Host.status == HostStatus.UP)
+                .order_by(Host.name)).first()
+        if volumes:
+            if helper is None:
+                raise Conflict(f"cannot delete the disks of VM '{name}': no host of its cluster "
+                               "is Up; nothing was removed")
+            # Volumes go first: if that fails the VM is still in the database to retry.
+            self._client(helper).delete_volumes(volumes)
+        with self.engine.store.transaction() as session:
+            session.delete(get_vm(session, name))
+            audit(session, "vm", name, "VM removed")
+        return Outcome(True, None, diff)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def info(self, name: str | None = None, cluster: str | None = None,
+             host: str | None = None) -> list[dict]:
+        with self.engine.store.transaction(commit=False) as session:
+            query = select(Vm).order_by(Vm.name)
+            if name:
+                query = query.where(Vm.name == name)
+            if cluster:
+                query = query.where(Vm.cluster_id == get_cluster(session, cluster).id)
+            if host:
+                query = query.where(Vm.run_on_host_id == get_host(session, host).id)
+            return [vm_dict(vm) for vm in session.scalars(query)]
+
+    def domain_xml(self, name: str) -> str:
+        """The domain XML the engine would send for this VM (placeholders unresolved)."""
+        with self.engine.store.transaction(commit=False) as session:
+            return render(get_vm(session, name))
+
+    def console(self, name: str, nbytes: int = 8192) -> str:
+        """The tail of the VM's serial console log, read through its host's agent."""
+        with self.engine.store.transaction(commit=False) as session:
+            vm = get_vm(session, name)
+            if vm.run_on_host is None:
+                raise Conflict(f"VM '{name}' is not running (status {vm.status})")
+            host, vm_id = vm.run_on_host, vm.id
+        return self._client(host).console_log(vm_id, nbytes)

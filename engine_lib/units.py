@@ -1,0 +1,40 @@
+"""Sizes as users write them ("512MiB", "4GiB", 256) turned into whole MiB."""
+
+from __future__ import annotations
+
+import re
+
+from engine_lib.errors import InvalidSpec
+
+_FACTORS_KIB = {
+    "k": 1, "kib": 1, "m": 1024, "mib": 1024, "g": 1024**2, "gib": 1024**2,
+    "t": 1024**3, "tib": 1024**3,
+    # Decimal units are accepted because people write them; they must still
+    # come out as a whole number of MiB.
+    "kb": 1000 / 1024, "mb": 1000**2 / 1024, "gb": 1000**3 / 1024, "tb": 1000**4 / 1024,
+}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
+
+
+def size_mib(field: str, value) -> int:
+    """Parse a positive size; a bare number means MiB."""
+    if isinstance(value, bool):
+        raise InvalidSpec(field, f"expected a size such as 512MiB or 4GiB, got {value!r}")
+    if isinstance(value, int):
+        mib = value
+    elif isinstance(value, str):
+        match = _SIZE.match(value)
+        if not match:
+            raise InvalidSpec(field, f"expected a size such as 512MiB or 4GiB, got {value!r}")
+        number, unit = match.groups()
+        if unit.lower() not in _FACTORS_KIB and unit:
+            raise InvalidSpec(field, f"unknown unit '{unit}' (use KiB, MiB, GiB or TiB)")
+        kib = float(number) * _FACTORS_KIB[unit.lower() or "m"]
+        if abs(kib / 1024 - round(kib / 1024)) > 1e-9:
+            raise InvalidSpec(field, f"{value!r} is not a whole number of MiB")
+        mib = round(kib / 1024)
+    else:
+        raise InvalidSpec(field, f"expected a size such as 512MiB or 4GiB, got {value!r}")
+    if mib <= 0:
+        raise InvalidSpec(field, f"must be greater than zero, got {value!r}")
+    return mib
