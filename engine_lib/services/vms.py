@@ -9,7 +9,7 @@ than guess (a VM is never assumed Down).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 from sqlalchemy import func, select
 from sqlalchemy.orm.exc import StaleDataError
@@ -28,6 +28,19 @@ from engine_lib.spec import normalize_vm
 from engine_lib.store import lock_cluster
 
 STATES = ("present", "running", "stopped", "absent")
+
+
+@dataclass(frozen=True)
+class HostRef:
+    """What the engine needs to reach a host once its transaction has ended."""
+
+    name: str
+    address: str
+    port: int
+
+    @classmethod
+    def of(cls, host: Host | None) -> "HostRef | None":
+        return cls(host.name, host.address, host.port) if host else None
 
 
 def vm_dict(vm: Vm) -> dict:
@@ -118,14 +131,14 @@ class VmService:
         with self.engine.store.transaction(commit=False) as session:
             return vm_dict(get_vm(session, name))
 
-    def _client(self, host: Host):
+    def _client(self, host: HostRef):
         return self.engine.agent(host.address, host.port)
 
     def _still_running(self, name: str) -> bool:
         """Ask the VM's host whether it runs; record the answer if it does not."""
         with self.engine.store.transaction(commit=False) as session:
             vm = get_vm(session, name)
-            host, vm_id = vm.run_on_host, vm.id
+            host, vm_id = HostRef.of(vm.run_on_host), vm.id
         if host is None:
             return False
         try:
@@ -144,7 +157,7 @@ class VmService:
             audit(session, "vm", name, f"VM is Down: {reason}", severity)
             return vm_dict(vm)
 
-    def _place(self, session, vm: Vm) -> tuple[Host, dict]:
+    def _place(self, session, vm: Vm) -> tuple[HostRef, dict]:
         """Choose a host and claim its resources in the caller's transaction."""
         cluster = lock_cluster(session, vm.cluster_id)
         hosts = list(session.scalars(select(Host).where(Host.cluster_id == cluster.id)
@@ -162,7 +175,7 @@ class VmService:
         host = next(h for h in hosts if h.name == decision.host)
         vm.run_on_host, vm.status, vm.exit_reason = host, VmStatus.WAIT_FOR_LAUNCH, ""
         audit(session, "vm", vm.name, f"VM scheduled on host {host.name}")
-        return host, decision.explain()
+        return HostRef.of(host), decision.explain()
 
     def _start(self, name: str, wait: bool, timeout: int) -> dict:
         with self.engine.store.transaction() as session:
@@ -196,7 +209,7 @@ class VmService:
     def _stop(self, name: str, force: bool, timeout: int) -> dict:
         with self.engine.store.transaction() as session:
             vm = get_vm(session, name)
-            host, vm_id = vm.run_on_host, vm.id
+            host, vm_id = HostRef.of(vm.run_on_host), vm.id
             if host is None:
                 return vm_dict(vm)
             vm.status = VmStatus.POWERING_DOWN
@@ -230,9 +243,9 @@ class VmService:
         with self.engine.store.transaction(commit=False) as session:
             vm = get_vm(session, name)
             volumes = [asdict(volume_ref(d)) for d in vm.devices_of(DeviceType.DISK)]
-            helper = session.scalars(select(Host).where(
+            helper = HostRef.of(session.scalars(select(Host).where(
                 Host.cluster_id == vm.cluster_id, Host.status == HostStatus.UP)
-                .order_by(Host.name)).first()
+                .order_by(Host.name)).first())
         if volumes:
             if helper is None:
                 raise Conflict(f"cannot delete the disks of VM '{name}': no host of its cluster "
@@ -269,5 +282,5 @@ class VmService:
             vm = get_vm(session, name)
             if vm.run_on_host is None:
                 raise Conflict(f"VM '{name}' is not running (status {vm.status})")
-            host, vm_id = vm.run_on_host, vm.id
+            host, vm_id = HostRef.of(vm.run_on_host), vm.id
         return self._client(host).console_log(vm_id, nbytes)

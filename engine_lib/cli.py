@@ -1,0 +1,251 @@
+"""The ``kestrel`` command: engine, agent, VMs and the test lab.
+
+Each subcommand imports what it needs when it runs, so ``kestrel agent run``
+on a host loads only the agent (standard library and libvirt).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from engine_lib.errors import InvalidSpec, KestrelError
+
+
+def _engine_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--engine-dir", help="engine state directory "
+                        "(default: $KESTREL_ENGINE_DIR or /var/lib/kestrel/engine)")
+    parser.add_argument("--db-url", help="database URL (default: $KESTREL_DB_URL or a SQLite "
+                        "file in the engine directory)")
+
+
+def _open_engine(args):
+    from engine_lib.engine import Engine
+
+    return Engine.open(engine_dir=args.engine_dir, db_url=args.db_url)
+
+
+def _print_json(data) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+# -- engine ----------------------------------------------------------------------------------
+
+def engine_init(args) -> int:
+    from engine_lib import pki
+    from engine_lib.config import EngineConfig
+    from engine_lib.store import Store
+
+    config = EngineConfig.resolve(args.engine_dir, args.db_url)
+    created = pki.init_ca(str(config.pki_dir))
+    print(f"CA and engine certificate in {config.pki_dir}: {'created' if created else 'kept'}")
+    store = Store(config.db_url)
+    store.upgrade()
+    store.close()
+    print(f"database schema up to date: {_redact(config.db_url)}")
+    return 0
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def engine_sign_csr(args) -> int:
+    from engine_lib import pki
+    from engine_lib.config import EngineConfig
+
+    config = EngineConfig.resolve(args.engine_dir, args.db_url)
+    cert = pki.sign_csr(str(config.pki_dir), Path(args.csr).read_bytes(), args.name, args.address)
+    Path(args.out).write_bytes(cert)
+    print(f"signed certificate for {args.name} written to {args.out}")
+    return 0
+
+
+# -- agent -----------------------------------------------------------------------------------
+
+def agent_run(args) -> int:
+    from engine_lib.agent import main as agent_main
+
+    return agent_main(args.config, daemon=args.daemon, pidfile=args.pidfile,
+                      log_file=args.log_file) or 0
+
+
+def agent_wheel(args) -> int:
+    from engine_lib.wheel import build_agent_wheel
+
+    print(build_agent_wheel(args.out))
+    return 0
+
+
+# -- clusters, hosts, VMs --------------------------------------------------------------------
+
+def cluster_list(args) -> int:
+    with _open_engine(args) as engine:
+        _print_json(engine.clusters.info())
+    return 0
+
+
+def host_list(args) -> int:
+    with _open_engine(args) as engine:
+        _print_json(engine.hosts.info(name=args.name, cluster=args.cluster))
+    return 0
+
+
+def vm_list(args) -> int:
+    with _open_engine(args) as engine:
+        vms = engine.vms.info(name=args.name, cluster=args.cluster, host=args.host)
+    if args.json:
+        _print_json(vms)
+        return 0
+    print(f"{'NAME':20} {'STATUS':14} {'HOST':12} {'MEMORY':>8} {'VCPUS':>5}  CLUSTER")
+    for vm in vms:
+        print(f"{vm['name']:20} {vm['status']:14} {vm['host'] or '-':12} "
+              f"{vm['memory_mib']:>6}Mi {vm['vcpus']:>5}  {vm['cluster']}")
+    return 0
+
+
+def vm_xml(args) -> int:
+    with _open_engine(args) as engine:
+        sys.stdout.write(engine.vms.domain_xml(args.name))
+    return 0
+
+
+def vm_console(args) -> int:
+    with _open_engine(args) as engine:
+        sys.stdout.write(engine.vms.console(args.name, args.bytes))
+    return 0
+
+
+# -- lab -------------------------------------------------------------------------------------
+
+def lab_up(args) -> int:
+    from engine_lib.lab import hosts
+
+    for host in hosts.up(args.hosts, args.state_dir):
+        print(f"{host.name}: {host.address} up")
+    print(f"inventory: {Path(args.state_dir) / 'inventory.yml'}")
+    return 0
+
+
+def lab_down(args) -> int:
+    from engine_lib.lab import hosts
+
+    hosts.down(args.state_dir)
+    print("lab is down")
+    return 0
+
+
+def lab_status(args) -> int:
+    from engine_lib.lab import hosts
+
+    for host in hosts.status(args.state_dir):
+        print(f"{host.name}: {host.address} pid {host.pid}")
+    return 0
+
+
+def lab_exec(args) -> int:
+    import subprocess
+
+    from engine_lib.lab import hosts
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    return subprocess.call(hosts.exec_argv(args.host, command, args.state_dir))
+
+
+def lab_guest(args) -> int:
+    from engine_lib.lab import guest
+
+    kernel, initrd = guest.build(args.dest)
+    print(f"kernel: {kernel}\ninitrd: {initrd}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kestrel", description=__doc__.splitlines()[0])
+    groups = parser.add_subparsers(dest="group", required=True)
+
+    def command(group, name, func, help_):
+        sub = group.add_parser(name, help=help_, description=help_)
+        sub.set_defaults(func=func)
+        return sub
+
+    engine = groups.add_parser("engine", help="the engine's CA and database").add_subparsers(
+        dest="command", required=True)
+    _engine_options(command(engine, "init", engine_init,
+                            "create the engine CA and certificate, and the database schema"))
+    sign = command(engine, "sign-csr", engine_sign_csr,
+                   "sign a host's certificate request with the engine CA")
+    _engine_options(sign)
+    sign.add_argument("--csr", required=True, help="PEM certificate signing request")
+    sign.add_argument("--name", required=True, help="host name (certificate CN)")
+    sign.add_argument("--address", action="append", default=[], help="host address (repeatable)")
+    sign.add_argument("--out", required=True, help="where to write the signed PEM certificate")
+
+    agent = groups.add_parser("agent", help="the host agent").add_subparsers(
+        dest="command", required=True)
+    run = command(agent, "run", agent_run, "run the host agent")
+    run.add_argument("--config", default="/etc/kestrel/agent.conf")
+    run.add_argument("--daemon", action="store_true", help="detach and write a pidfile")
+    run.add_argument("--pidfile", default="/run/kestrel/agent.pid")
+    run.add_argument("--log-file", default=None)
+    wheel = command(agent, "wheel", agent_wheel,
+                    "build a wheel of this engine_lib for installing the agent on hosts")
+    wheel.add_argument("--out", required=True, help="directory for the wheel")
+
+    for group_name, func, help_ in (("cluster", cluster_list, "clusters"),
+                                    ("host", host_list, "hosts")):
+        sub = groups.add_parser(group_name, help=help_).add_subparsers(dest="command", required=True)
+        lister = command(sub, "list", func, f"list {help_} as JSON")
+        _engine_options(lister)
+        if group_name == "host":
+            lister.add_argument("--name")
+            lister.add_argument("--cluster")
+
+    vm = groups.add_parser("vm", help="virtual machines").add_subparsers(
+        dest="command", required=True)
+    lister = command(vm, "list", vm_list, "list VMs")
+    _engine_options(lister)
+    for option in ("--name", "--cluster", "--host"):
+        lister.add_argument(option)
+    lister.add_argument("--json", action="store_true")
+    xml = command(vm, "xml", vm_xml, "print the domain XML the engine renders for a VM")
+    console = command(vm, "console", vm_console, "print the tail of a VM's serial console")
+    console.add_argument("--bytes", type=int, default=8192)
+    for sub in (xml, console):
+        _engine_options(sub)
+        sub.add_argument("name")
+
+    lab = groups.add_parser("lab", help="test hosts in network namespaces").add_subparsers(
+        dest="command", required=True)
+    up = command(lab, "up", lab_up, "bring up lab hosts (idempotent)")
+    up.add_argument("--hosts", type=int, default=2)
+    down = command(lab, "down", lab_down, "stop every lab host and remove its traces")
+    status = command(lab, "status", lab_status, "list lab hosts")
+    execute = command(lab, "exec", lab_exec, "run a command inside a lab host")
+    execute.add_argument("host")
+    execute.add_argument("command", nargs=argparse.REMAINDER)
+    for sub in (up, down, status, execute):
+        sub.add_argument("--state-dir", default="/srv/kestrel-lab")
+    guest = command(lab, "guest", lab_guest, "build the tiny test guest (kernel + initrd)")
+    guest.add_argument("--dest", default="/srv/kestrel-lab/shared/images")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except InvalidSpec as err:
+        print(f"kestrel: invalid input: {err.message}", file=sys.stderr)
+        return 2
+    except KestrelError as err:
+        print(f"kestrel: {err.code}: {err.message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Fixtures for fast tests of engine_lib's own logic (no libvirt, no network)."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine_lib.engine import Engine
+from engine_lib.errors import AgentUnreachable, VmNotFound
+
+
+class FakeAgent:
+    """Stands in for a host agent in tests of the engine's own decisions."""
+
+    def __init__(self, name: str, memory_mib: int = 4096, cpus: int = 4):
+        self.name, self.memory_mib, self.cpus = name, memory_mib, cpus
+        self.vms: dict[str, str] = {}  # id -> status
+        self.reachable = True
+        self.deleted_volumes: list[dict] = []
+
+    def _check(self):
+        if not self.reachable:
+            raise AgentUnreachable(f"agent {self.name} unreachable: connection refused")
+
+    def host_info(self):
+        self._check()
+        return {"hostname": self.name, "host_uuid": f"uuid-{self.name}", "cpus": self.cpus,
+                "memory_mib": self.memory_mib, "libvirt_version": "9.0.0"}
+
+    def start_vm(self, xml, mode="fresh"):
+        self._check()
+        import xml.etree.ElementTree as ET
+
+        vm_id = ET.fromstring(xml).findtext("uuid")
+        self.vms[vm_id] = "Up"
+        self.last_xml = xml
+        return {"id": vm_id, "status": "Up"}
+
+    def vm_status(self, vm_id):
+        self._check()
+        if vm_id not in self.vms:
+            raise VmNotFound(vm_id)
+        return {"id": vm_id, "status": self.vms[vm_id]}
+
+    def vm_xml(self, vm_id):
+        self._check()
+        return self.last_xml
+
+    def destroy_vm(self, vm_id):
+        self._check()
+        if vm_id not in self.vms:
+            raise VmNotFound(vm_id)
+        self.vms[vm_id] = "Down"
+
+    shutdown_vm = lambda self, vm_id, timeout: self.destroy_vm(vm_id)  # noqa: E731
+
+    def remove_vm(self, vm_id):
+        self._check()
+        self.vms.pop(vm_id, None)
+
+    def delete_volumes(self, volumes):
+        self._check()
+        self.deleted_volumes.extend(volumes)
+
+
+@pytest.fixture
+def agents():
+    """Address -> FakeAgent; the engine creates one on first contact."""
+    return {}
+
+
+@pytest.fixture
+def unreachable_agent(agents):
+    agent = agents["10.9.9.9"] = FakeAgent("unreachable")
+    agent.reachable = False
+    return "10.9.9.9"
+
+
+@pytest.fixture
+def engine(tmp_path, agents):
+    """An engine on a fresh SQLite database whose agents are FakeAgents by address."""
+
+    def factory(address, port):
+        return agents.setdefault(address, FakeAgent(address))
+
+    eng = Engine.open(engine_dir=str(tmp_path / "engine"), agent_factory=factory)
+    yield eng
+    eng.close()
+
+
+@pytest.fixture
+def cluster(engine):
+    engine.clusters.ensure("c1", virt_type="qemu")
+    return "c1"
