@@ -1,0 +1,58 @@
+# kestrel.virt — one command to see it work, one to test it.
+#   make demo   lab of two hosts, a playbook that boots a real guest, then teardown
+#   make test   unit, real-libvirt/agent/engine and Ansible tests
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := $(CURDIR)/.venv
+BIN := $(VENV)/bin
+LAB_DIR ?= /srv/kestrel-lab
+LAB_HOSTS ?= 2
+export PATH := $(BIN):$(PATH)
+
+.PHONY: demo test deps venv unit system sanity units lab-up lab-down clean
+
+deps:
+	@echo "==> system packages (libvirt, QEMU, sshd, PostgreSQL, ...)"
+	@bash scripts/install-system-deps.sh
+
+$(BIN)/kestrel: pyproject.toml requirements-dev.txt
+	@echo "==> Python environment in .venv"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/pip install -q --upgrade pip
+	@$(BIN)/pip install -q -r requirements-dev.txt -e .
+	@touch $@
+
+venv: $(BIN)/kestrel
+
+demo: deps venv
+	@bash scripts/demo.sh
+
+unit: venv
+	$(BIN)/pytest -q tests/lib
+
+system: deps venv
+	$(BIN)/pytest -q tests/system
+
+sanity: venv
+	bash scripts/ansible-test.sh sanity
+
+units: venv
+	bash scripts/ansible-test.sh units
+
+test: deps venv
+	@echo "==> engine_lib unit tests"
+	$(BIN)/pytest -q tests/lib
+	@echo "==> real libvirt/QEMU, agents and playbooks on lab hosts"
+	$(BIN)/pytest -q tests/system
+	@echo "==> ansible-test sanity and units"
+	bash scripts/ansible-test.sh sanity
+	bash scripts/ansible-test.sh units
+
+lab-up: deps venv
+	$(BIN)/kestrel lab up --hosts $(LAB_HOSTS) --state-dir $(LAB_DIR)
+
+lab-down: venv
+	$(BIN)/kestrel lab down --state-dir $(LAB_DIR)
+
+clean:
+	rm -rf .build tests/output .pytest_cache
