@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+import os
+import sys
+
 import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "support"))
+import postgres  # noqa: E402  (tests/support)
 
 from engine_lib.engine import Engine
 from engine_lib.errors import AgentUnreachable, VmNotFound
@@ -75,14 +82,32 @@ def unreachable_agent(agents):
     return "10.9.9.9"
 
 
+@pytest.fixture(scope="session")
+def postgres_server():
+    with postgres.server() as url_template:
+        yield url_template
+
+
+_databases = itertools.count()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """Every engine test runs on the embedded SQLite store and on real PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/engine.db"
+    template = request.getfixturevalue("postgres_server")
+    return postgres.create_database(template, f"test_{next(_databases)}")
+
+
 @pytest.fixture
-def engine(tmp_path, agents):
-    """An engine on a fresh SQLite database whose agents are FakeAgents by address."""
+def engine(tmp_path, agents, db_url):
+    """An engine on a fresh database whose agents are FakeAgents by address."""
 
     def factory(address, port):
         return agents.setdefault(address, FakeAgent(address))
 
-    eng = Engine.open(engine_dir=str(tmp_path / "engine"), agent_factory=factory)
+    eng = Engine.open(engine_dir=str(tmp_path / "engine"), db_url=db_url, agent_factory=factory)
     yield eng
     eng.close()
 
