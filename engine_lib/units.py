@@ -13,7 +13,7 @@ _FACTORS_KIB = {
     # come out as a whole number of MiB.
     "kb": 1000 / 1024, "mb": 1000**2 / 1024, "gb": 1000**3 / 1024, "tb": 1000**4 / 1024,
 }
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
+_SIZE = re.compile(r"^\s*([-+]?\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
 
 
 def size_mib(field: str, value) -> int:

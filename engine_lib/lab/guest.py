@@ -1,0 +1,196 @@
+"""The tiny test guest: a Debian kernel and a busybox initramfs.
+
+Real guests make tests honest (devices must really appear, consoles really
+print) but a disk image would be slow to build and boot. A distribution kernel
+with an initramfs of busybox boots under TCG in a few seconds and reports on
+the serial console what the VM sees:
+
+    kestrel-guest: up 6.1.0-56-amd64
+    kestrel-guest: disks vda vdb
+    kestrel-guest: nics eth0 lo
+
+Boot it with ``<os><kernel/><initrd/><cmdline>console=ttyS0</cmdline></os>``.
+The ACPI power button powers it off, so graceful shutdown can be tested too.
+"""
+
+from __future__ import annotations
+
+import gzip
+import lzma
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+
+from engine_lib.lab.errors import GuestBuildError, LabError
+from engine_lib.lab.process import run
+
+KERNEL_NAME = "vmlinuz"
+INITRD_NAME = "initrd.img"
+KERNEL_META_PACKAGE = "linux-image-amd64"
+BUSYBOX = "/bin/busybox"
+
+# Load order matters: insmod does not resolve dependencies.
+MODULES = (
+    "virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci",
+    "failover", "net_failover", "virtio_net", "virtio_balloon", "virtio_blk", "virtio_console",
+    # The ACPI power button as an input event device: graceful shutdown.
+    "button", "evdev",
+)
+
+INIT_SCRIPT = r"""#!/bin/sh
+# PID 1 of the kestrel test guest. Prints what the VM sees, then keeps a
+# shell on the serial console. Must never exit: that would panic the kernel.
+export PATH=/bin
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+for module in $(cat /lib/modules/load-order); do
+    insmod "/lib/modules/$module.ko" || echo "kestrel-guest: cannot load $module"
+done
+hostname kestrel-guest
+echo "kestrel-guest: up $(uname -r)"
+echo "kestrel-guest: disks" $(ls /sys/block)
+echo "kestrel-guest: nics" $(ls /sys/class/net)
+for event in /sys/class/input/event*; do
+    if [ "$(cat "$event/device/name" 2>/dev/null)" = "Power Button" ]; then
+        (head -c 24 "/dev/input/${event##*/}" >/dev/null
+         echo "kestrel-guest: power button, powering off"
+         poweroff -f) &
+    fi
+done
+while true; do
+    setsid cttyhack sh
+done
+"""
+
+
+def build(dest_dir: str) -> tuple[str, str]:
+    """Build the guest into ``dest_dir``; return (kernel path, initrd path).
+
+    Cached: when both files exist nothing is done. Files appear atomically
+    (renamed into place), so a present file is always a complete one.
+    """
+    kernel = os.path.join(dest_dir, KERNEL_NAME)
+    initrd = os.path.join(dest_dir, INITRD_NAME)
+    if os.path.isfile(kernel) and os.path.isfile(initrd):
+        return kernel, initrd
+    os.makedirs(dest_dir, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest_dir, prefix=".guest-build-") as work:
+        deb = _download_kernel(work)
+        modules = _extract_kernel(deb, work)
+        root = os.path.join(work, "initramfs")
+        _populate_initramfs(root, modules)
+        _write_initramfs(root, os.path.join(work, INITRD_NAME))
+        for name in (KERNEL_NAME, INITRD_NAME):
+            os.chmod(os.path.join(work, name), 0o644)
+            os.replace(os.path.join(work, name), os.path.join(dest_dir, name))
+    return kernel, initrd
+
+
+def _kernel_package() -> str:
+    """The versioned kernel package the distribution's meta package points at."""
+    try:
+        show = run(["apt-cache", "show", "--no-all-versions", KERNEL_META_PACKAGE]).stdout
+    except LabError as exc:
+        raise GuestBuildError(
+            f"cannot find {KERNEL_META_PACKAGE} (run apt-get update?): {exc}") from exc
+    match = re.search(r"^Depends:.*?\b(linux-image-[0-9][^\s,(]*)", show, re.MULTILINE)
+    if not match:
+        raise GuestBuildError(f"{KERNEL_META_PACKAGE} depends on no versioned kernel")
+    return match.group(1)
+
+
+def _download_kernel(work: str) -> str:
+    package = _kernel_package()
+    try:
+        # The sandbox user _apt cannot write into our private temp directory.
+        run(["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", package], cwd=work)
+    except LabError as exc:
+        raise GuestBuildError(f"cannot download {package}: {exc}") from exc
+    debs = [name for name in os.listdir(work) if name.endswith(".deb")]
+    if len(debs) != 1:
+        raise GuestBuildError(f"apt-get download {package} left {debs or 'no .deb'}")
+    return os.path.join(work, debs[0])
+
+
+def _extract_kernel(deb: str, work: str) -> dict[str, bytes]:
+    """Stream the package once, keeping only the kernel and the modules we load.
+
+    Returns {module name: uncompressed .ko}; the kernel lands in
+    ``work``/vmlinuz. Modules built into the kernel are simply absent.
+    """
+    module_re = re.compile(r"^\./(?:usr/)?lib/modules/[^/]+/kernel/.*/([^/]+)\.ko(\.xz)?$")
+    builtin_re = re.compile(r"^\./(?:usr/)?lib/modules/[^/]+/modules\.builtin$")
+    wanted = set(MODULES)
+    modules: dict[str, bytes] = {}
+    builtin = ""
+    kernel_found = False
+    unpack = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", deb], stdout=subprocess.PIPE)
+    try:
+        with tarfile.open(fileobj=unpack.stdout, mode="r|") as archive:
+            for member in archive:
+                if not member.isfile():
+                    continue
+                if re.match(r"^\./boot/vmlinuz-", member.name):
+                    with open(os.path.join(work, KERNEL_NAME), "wb") as out:
+                        shutil.copyfileobj(archive.extractfile(member), out)
+                    kernel_found = True
+                elif builtin_re.match(member.name):
+                    builtin = archive.extractfile(member).read().decode()
+                elif match := module_re.match(member.name):
+                    name, xz = match.groups()
+                    name = name.replace("-", "_")
+                    if name in wanted:
+                        data = archive.extractfile(member).read()
+                        modules[name] = lzma.decompress(data) if xz else data
+    finally:
+        unpack.stdout.close()
+        if unpack.wait() != 0:
+            raise GuestBuildError(f"dpkg-deb --fsys-tarfile {deb} failed")
+    if not kernel_found:
+        raise GuestBuildError(f"{deb} holds no /boot/vmlinuz-*")
+    builtin_names = {
+        os.path.basename(line).removesuffix(".ko").replace("-", "_") for line in builtin.split()
+    }
+    missing = wanted - modules.keys() - builtin_names
+    if missing:
+        raise GuestBuildError(f"{deb} lacks kernel modules {sorted(missing)}")
+    return modules
+
+
+def _populate_initramfs(root: str, modules: dict[str, bytes]) -> None:
+    for directory in ("bin", "dev", "proc", "sys", "tmp", "etc", "lib/modules"):
+        os.makedirs(os.path.join(root, directory), exist_ok=True)
+    if not os.path.isfile(BUSYBOX):
+        raise GuestBuildError(f"{BUSYBOX} missing: install busybox-static")
+    shutil.copy2(BUSYBOX, os.path.join(root, "bin", "busybox"))
+    os.symlink("busybox", os.path.join(root, "bin", "sh"))
+    order = [name for name in MODULES if name in modules]
+    for name in order:
+        with open(os.path.join(root, "lib", "modules", f"{name}.ko"), "wb") as out:
+            out.write(modules[name])
+    with open(os.path.join(root, "lib", "modules", "load-order"), "w") as out:
+        out.write("\n".join(order) + "\n")
+    init = os.path.join(root, "init")
+    with open(init, "w") as out:
+        out.write(INIT_SCRIPT)
+    os.chmod(init, 0o755)
+
+
+def _write_initramfs(root: str, path: str) -> None:
+    """A gzip-compressed newc cpio archive, owned by root, as the kernel expects."""
+    entries = []
+    for directory, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(dirnames + filenames):
+            entries.append(os.path.relpath(os.path.join(directory, name), root))
+    archive = run(
+        ["cpio", "--create", "--format=newc", "--owner=0:0", "--reproducible", "--quiet"],
+        cwd=root, input="\n".join(entries).encode() + b"\n", text=False,
+    ).stdout
+    with gzip.open(path, "wb", compresslevel=6) as out:
+        out.write(archive)

@@ -1,0 +1,152 @@
+"""The lab behaves like two separate hypervisors: own libvirtd, own name and
+address, reachable over SSH with the lab key, able to boot the test guest and
+to live-migrate it between them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+import libvirt
+import pytest
+import yaml
+
+import engine_lib.lab as kestrel_lab
+
+pytestmark = pytest.mark.lab
+
+BOOT_TIMEOUT = 30
+
+
+def virsh(host: kestrel_lab.LabHost, *args: str) -> str:
+    """virsh run inside ``host``, talking to whatever qemu:///system is there."""
+    result = kestrel_lab.run_in(host.name, ["virsh", "-q", "-c", "qemu:///system", *args],
+                                host.state_dir, capture_output=True, text=True, check=True)
+    return result.stdout
+
+
+def guest_xml(name: str, kernel: str, initrd: str, disk: str) -> str:
+    return f"""<domain type='qemu'>
+  <name>{name}</name>
+  <uuid>{uuid.uuid4()}</uuid>
+  <memory unit='MiB'>128</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>{kernel}</kernel><initrd>{initrd}</initrd><cmdline>console=ttyS0</cmdline>
+  </os>
+  <features><acpi/></features>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw'/><source file='{disk}'/><target dev='vda' bus='virtio'/>
+    </disk>
+    <interface type='bridge'><source bridge='kestrelmgmt'/><model type='virtio'/></interface>
+    <serial type='pty'>
+      <log file='/var/log/libvirt/qemu/{name}-console.log'/><target port='0'/>
+    </serial>
+  </devices>
+</domain>
+"""
+
+
+def wait_for_console(host: kestrel_lab.LabHost, name: str, text: str) -> str:
+    """The console log (read from the root namespace) once it shows ``text``."""
+    path = os.path.join(host.root, "var/log/libvirt/qemu", f"{name}-console.log")
+    deadline = time.monotonic() + BOOT_TIMEOUT
+    log = ""
+    while time.monotonic() < deadline:
+        if os.path.exists(path):
+            with open(path, errors="replace") as console:
+                log = console.read()
+            if text in log:
+                return log
+        time.sleep(0.2)
+    pytest.fail(f"{host.name}: no {text!r} on {name}'s console after {BOOT_TIMEOUT}s:\n"
+                f"{log[-2000:]}")
+
+
+def test_each_host_runs_its_own_libvirtd(lab):
+    uuids = {}
+    for host in lab:
+        inside = virsh(host, "capabilities")
+        assert f"<uuid>{host.host_uuid}</uuid>" in inside
+        # The same daemon answers over TCP on the lab network (live migration's path).
+        connection = libvirt.open(host.libvirt_uri)
+        try:
+            assert connection.getHostname() == host.name
+            assert f"<uuid>{host.host_uuid}</uuid>" in connection.getCapabilities()
+        finally:
+            connection.close()
+        uuids[host.name] = host.host_uuid
+    assert len(set(uuids.values())) == len(lab) == 2
+
+
+def test_ssh_with_the_lab_key_reaches_each_host(lab):
+    for host in lab:
+        result = subprocess.run(
+            ["ssh", "-i", host.ssh_key, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+             "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+             f"root@{host.address}", "hostname; getent hosts h1 h2"],
+            capture_output=True, text=True, timeout=30, check=True)
+        name, *hosts_lines = result.stdout.splitlines()
+        assert name == host.name
+        assert sorted(line.split() for line in hosts_lines) == [["10.77.0.1", "h1"],
+                                                                 ["10.77.0.2", "h2"]]
+
+
+def test_inventory_lets_ansible_reach_every_host(lab, lab_state_dir):
+    path = kestrel_lab.inventory_path(lab_state_dir)
+    with open(path) as inventory:
+        group = yaml.safe_load(inventory)["all"]["children"]["kestrel_hosts"]
+    assert {name: vars["ansible_host"] for name, vars in group["hosts"].items()} == {
+        "h1": "10.77.0.1", "h2": "10.77.0.2"}
+    ansible = os.path.join(os.path.dirname(sys.executable), "ansible")
+    ansible = ansible if os.path.exists(ansible) else "ansible"
+    result = subprocess.run([ansible, "-i", path, "kestrel_hosts", "-m", "command",
+                             "-a", "hostname"], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "ANSIBLE_HOST_KEY_CHECKING": "False"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "h1 | CHANGED | rc=0 >>\nh1" in result.stdout
+    assert "h2 | CHANGED | rc=0 >>\nh2" in result.stdout
+
+
+def test_guest_boots_in_h1_and_live_migrates_to_h2(lab, lab_guest, lab_state_dir):
+    h1, h2 = lab
+    kernel, initrd = lab_guest
+    name = f"lab-test-{uuid.uuid4().hex[:8]}"
+    disk = os.path.join(kestrel_lab.shared_dir(lab_state_dir, "data"), f"{name}.img")
+    with open(disk, "wb") as image:
+        image.truncate(16 * 1024 * 1024)
+    xml = os.path.join(kestrel_lab.shared_dir(lab_state_dir, "data"), f"{name}.xml")
+    with open(xml, "w") as out:
+        out.write(guest_xml(name, kernel, initrd, disk))
+    try:
+        virsh(h1, "create", xml)
+        log = wait_for_console(h1, name, "kestrel-guest: up")
+        log = wait_for_console(h1, name, "kestrel-guest: nics")
+        assert "kestrel-guest: disks vda" in log
+        assert "kestrel-guest: nics eth0 lo" in log
+        assert name not in virsh(h2, "list", "--name")
+
+        virsh(h1, "migrate", "--live", "--unsafe", name, h2.libvirt_uri)
+
+        assert name in virsh(h2, "list", "--name")
+        assert name not in virsh(h1, "list", "--all", "--name")
+    finally:
+        for host in lab:
+            kestrel_lab.run_in(host.name, ["virsh", "-c", "qemu:///system", "destroy", name],
+                               host.state_dir, capture_output=True)
+        for path in (disk, xml):
+            os.unlink(path)
+
+
+def test_second_up_keeps_everything_running(lab, lab_state_dir):
+    before = {host.name: kestrel_lab.daemons(host) for host in lab}
+    started = time.monotonic()
+    again = kestrel_lab.up(len(lab), lab_state_dir)
+    assert time.monotonic() - started < 2
+    assert again == lab
+    assert {host.name: kestrel_lab.daemons(host) for host in again} == before
+    assert all(pid for daemons in before.values() for pid in daemons.values())
