@@ -5,7 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/collection-path.sh
 LAB_DIR=${LAB_DIR:-/srv/kestrel-lab}
-ENGINE_DIR=${ENGINE_DIR:-$PWD/.lab/engine}
 export PATH="$PWD/.venv/bin:$PATH" ANSIBLE_FORCE_COLOR=${ANSIBLE_FORCE_COLOR:-1}
 
 step() { printf '\n\033[1;34m==> %s\033[0m\n' "$*"; }
@@ -19,6 +18,6 @@ kestrel lab up --hosts 2 --state-dir "$LAB_DIR"
 
 step "Running playbooks/demo.yml: engine init, host role on both hosts, cluster, VM lifecycle"
 ansible-playbook -i "$LAB_DIR/inventory.yml" playbooks/demo.yml \
-  -e "kestrel_engine_dir=$ENGINE_DIR" -e "kestrel_lab_dir=$LAB_DIR"
+  -e "kestrel_lab_dir=$LAB_DIR"
 
 step "Demo finished: the VM booted on a lab host, was stopped and removed"

@@ -1,0 +1,91 @@
+# -*- coding: utf-8 -*-
+# Copyright: kestrel.virt contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""PRIVATE to kestrel.virt: not a public API, may change without notice.
+
+The one wrapper between Ansible modules and the engine library. It guards the
+import of ``engine_lib``, opens the engine, runs exactly one call, and turns
+the result into ``exit_json`` or a typed engine error into ``fail_json``.
+Modules stay argument specs plus one call.
+"""
+
+from __future__ import annotations
+
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, env_fallback, missing_required_lib
+
+try:
+    from engine_lib.engine import Engine
+    from engine_lib.errors import KestrelError
+except ImportError:
+    ENGINE_IMPORT_ERROR = traceback.format_exc()
+    Engine = None
+
+    class KestrelError(Exception):  # type: ignore[no-redef]
+        """Stand-in so ``except KestrelError`` stays valid without engine_lib."""
+else:
+    ENGINE_IMPORT_ERROR = None
+
+
+ENGINE_ARGUMENT_SPEC = dict(
+    engine_dir=dict(type='path', fallback=(env_fallback, ['KESTREL_ENGINE_DIR'])),
+    db_url=dict(type='str', no_log=True, fallback=(env_fallback, ['KESTREL_DB_URL'])),
+)
+
+
+def drop_unset(value):
+    """Remove the keys Ansible filled with None, recursively.
+
+    Ansible gives every option and sub-option a key; the engine treats an
+    absent key as "keep the current value" (or use its default), so options
+    the user did not set must not reach it at all.
+    """
+    if isinstance(value, dict):
+        return dict((key, drop_unset(item)) for key, item in value.items() if item is not None)
+    if isinstance(value, list):
+        return [drop_unset(item) for item in value]
+    return value
+
+
+class KestrelModule(AnsibleModule):
+    """An AnsibleModule that talks to the kestrel engine.
+
+    ``entity_key`` names the result key that carries the resulting entity
+    (``cluster``, ``host``, ``vm``), so playbooks read ``result.vm.id``.
+    """
+
+    def __init__(self, argument_spec, entity_key=None, **kwargs):
+        spec = dict(ENGINE_ARGUMENT_SPEC)
+        spec.update(argument_spec)
+        kwargs.setdefault('supports_check_mode', True)
+        super().__init__(argument_spec=spec, **kwargs)
+        self.entity_key = entity_key
+        if ENGINE_IMPORT_ERROR is not None:
+            self.fail_json(msg=missing_required_lib('kestrel-engine'), exception=ENGINE_IMPORT_ERROR)
+
+    def _call_engine(self, call):
+        """Open the engine, run ``call(engine)``, close; typed errors fail the task."""
+        try:
+            with Engine.open(engine_dir=self.params['engine_dir'], db_url=self.params['db_url']) as engine:
+                return call(engine)
+        except KestrelError as err:
+            self.fail_json(msg=err.message, error=err.to_dict())
+
+    def apply(self, call):
+        """Run a change ``call(engine, check_mode)`` returning an Outcome, then exit.
+
+        Check mode is passed down, not simulated here: the engine predicts the
+        very entity and diff the real run would produce.
+        """
+        outcome = self._call_engine(lambda engine: call(engine, self.check_mode))
+        result = dict(changed=outcome.changed)
+        result[self.entity_key] = outcome.entity
+        if self._diff and outcome.diff is not None:
+            result['diff'] = outcome.diff
+        self.exit_json(**result)
+
+    def query(self, result_key, call):
+        """Run a read-only ``call(engine)`` and exit with its value under ``result_key``."""
+        self.exit_json(changed=False, **{result_key: self._call_engine(call)})

@@ -1,0 +1,354 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: kestrel.virt contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: vm
+short_description: Manage kestrel virtual machines
+version_added: 0.1.0
+description:
+  - Define a VM, change it, start it on a host the engine schedules, stop it, or remove it.
+  - Options left unset keep their current value, so a task naming only
+    O(memory) never touches the disks. For a new VM the engine fills in
+    defaults (1 GiB of memory, one vCPU, V(q35), a serial console).
+  - Disks and NICs are matched by O(disks[].name) and O(nics[].name). A device
+    keeps its identity, its C(ua-) alias and its MAC address across runs, and
+    the given list is the complete list (a device left out is removed).
+  - The engine renders the libvirt domain XML itself; with C(--diff) the task
+    shows the domain XML before and after.
+  - A running VM keeps the configuration it started with until it restarts;
+    RV(vm.next_run) then says a change waits for the next start.
+author:
+  - kestrel.virt maintainers (@kestrel-virt)
+options:
+  name:
+    description: Name of the VM.
+    type: str
+    required: true
+  state:
+    description:
+      - V(present) makes sure the VM is defined with the options given, and
+        does not change whether it runs.
+      - V(running) also starts it on a host the scheduler picks, if it is not running.
+      - V(stopped) also stops it, if it runs (a guest shutdown, or a power off with O(force)).
+      - V(absent) powers it off if it runs and removes it with its disks.
+    type: str
+    choices: [present, running, stopped, absent]
+    default: present
+  cluster:
+    description: Cluster of the VM. Required to create one; a VM must be down to move.
+    type: str
+  description:
+    description: Free text shown to people.
+    type: str
+  memory:
+    description:
+      - Memory, with a unit (V(512MiB), V(4GiB)); a bare number means MiB.
+    type: str
+  cpu:
+    description: Virtual CPU topology; sub-options left out are 1.
+    type: dict
+    suboptions:
+      sockets:
+        description: Number of sockets.
+        type: int
+      cores:
+        description: Cores per socket.
+        type: int
+      threads:
+        description: Threads per core.
+        type: int
+  machine:
+    description: QEMU machine type. New VMs use V(q35).
+    type: str
+    choices: [pc, q35]
+  kernel:
+    description:
+      - Kernel to boot directly, as C(<storage domain>:<path>) (for example
+        V(images:vmlinuz)) or an absolute path on the host.
+      - An empty string removes it.
+    type: str
+  initrd:
+    description: Initial ramdisk to go with O(kernel), written the same way.
+    type: str
+  cmdline:
+    description: Kernel command line for O(kernel).
+    type: str
+  disks:
+    description:
+      - The VM's disks. New volumes are created on the host when the VM first starts.
+    type: list
+    elements: dict
+    suboptions:
+      name:
+        description: Name of the disk, unique in the VM.
+        type: str
+        required: true
+      size:
+        description: Size with a unit (V(64MiB), V(20GiB)); a bare number means MiB.
+        type: str
+        required: true
+      format:
+        description: Volume format. The engine uses V(qcow2) when not given.
+        type: str
+        choices: [qcow2, raw]
+      interface:
+        description: Bus the guest sees. The engine uses V(virtio) when not given.
+        type: str
+        choices: [virtio, sata, scsi]
+      storage_domain:
+        description: Storage domain that holds the volume.
+        type: str
+        required: true
+      bootable:
+        description: Boot from this disk. The engine uses V(false) when not given.
+        type: bool
+  nics:
+    description: The VM's network interfaces.
+    type: list
+    elements: dict
+    suboptions:
+      name:
+        description: Name of the NIC, unique in the VM.
+        type: str
+        required: true
+      network:
+        description: Network (host bridge) to attach to.
+        type: str
+        required: true
+      mac:
+        description:
+          - MAC address. When not given, the NIC gets one from the cluster's MAC
+            pool once and keeps it.
+        type: str
+      model:
+        description: Device model the guest sees. The engine uses V(virtio) when not given.
+        type: str
+        choices: [virtio, e1000, rtl8139]
+  serial_console:
+    description:
+      - Give the VM a serial console whose output the engine can read
+        (C(kestrel vm console NAME)). New VMs have one.
+    type: bool
+  custom_properties:
+    description:
+      - Names and values handed to the host's hooks, as oVirt's custom properties.
+    type: dict
+  force:
+    description:
+      - With O(state=stopped), power the VM off at once instead of asking the guest to shut down.
+    type: bool
+    default: false
+  wait:
+    description:
+      - With O(state=running), wait until the VM is Up before returning.
+    type: bool
+    default: true
+  timeout:
+    description:
+      - Seconds to wait for the VM to come up (O(wait)) or for the guest to shut down.
+    type: int
+    default: 120
+extends_documentation_fragment:
+  - kestrel.virt.engine
+  - kestrel.virt.engine.attributes
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+    details:
+      - The engine asks the VM's host whether the VM runs, so check mode
+        predicts a start or stop exactly; nothing is changed on the host.
+  diff_mode:
+    support: full
+    details:
+      - The diff is the libvirt domain XML the engine renders, before and after.
+"""
+
+EXAMPLES = r"""
+- name: A tiny VM booting a kernel directly, running
+  kestrel.virt.vm:
+    name: vm1
+    cluster: demo
+    memory: 128MiB
+    kernel: images:vmlinuz
+    initrd: images:initrd.img
+    cmdline: console=ttyS0
+    disks:
+      - name: root
+        size: 64MiB
+        format: qcow2
+        storage_domain: data
+    nics:
+      - name: nic1
+        network: kestrelmgmt
+    state: running
+
+- name: Give it more memory at its next start, nothing else changes
+  kestrel.virt.vm:
+    name: vm1
+    memory: 256MiB
+
+- name: Power it off now
+  kestrel.virt.vm:
+    name: vm1
+    state: stopped
+    force: true
+
+- name: Remove it and its disks
+  kestrel.virt.vm:
+    name: vm1
+    state: absent
+"""
+
+RETURN = r"""
+vm:
+  description: The VM after the task (predicted in check mode); null when absent.
+  returned: always
+  type: dict
+  contains:
+    id:
+      description: Engine identifier, also the libvirt domain UUID on its host.
+      type: str
+      sample: 7d3f4f0e-1b7c-4c55-9d7f-3b0f7f6f2a10
+    name:
+      description: Name of the VM.
+      type: str
+      sample: vm1
+    cluster:
+      description: Cluster of the VM.
+      type: str
+      sample: demo
+    description:
+      description: Free text.
+      type: str
+    status:
+      description: Status as the engine knows it (V(Down), V(WaitForLaunch), V(PoweringUp), V(Up), ...).
+      type: str
+      sample: Up
+    exit_reason:
+      description: Why the VM last went down.
+      type: str
+      sample: shut down
+    host:
+      description: Host the VM runs on; null when it does not run.
+      type: str
+      sample: h1
+    memory_mib:
+      description: Memory in MiB.
+      type: int
+      sample: 128
+    vcpus:
+      description: Number of virtual CPUs (sockets x cores x threads).
+      type: int
+      sample: 1
+    cpu:
+      description: CPU topology.
+      type: dict
+      sample: {sockets: 1, cores: 1, threads: 1}
+    machine:
+      description: QEMU machine type.
+      type: str
+      sample: q35
+    kernel:
+      description: Kernel booted directly, empty when none.
+      type: str
+      sample: images:vmlinuz
+    initrd:
+      description: Initial ramdisk, empty when none.
+      type: str
+      sample: images:initrd.img
+    cmdline:
+      description: Kernel command line.
+      type: str
+      sample: console=ttyS0
+    custom_properties:
+      description: Custom properties for the host's hooks.
+      type: dict
+    disks:
+      description: Disks with their device id and C(ua-) alias.
+      type: list
+      elements: dict
+    nics:
+      description: NICs with their device id, C(ua-) alias and MAC address.
+      type: list
+      elements: dict
+    devices:
+      description: Every device the engine manages, with its guest address once the VM ran.
+      type: list
+      elements: dict
+    next_run:
+      description: A configuration change waits for the VM's next start.
+      type: bool
+      returned: when O(state) is not V(absent)
+      sample: false
+    placement:
+      description: Why the scheduler chose the host, when this task started the VM.
+      type: dict
+      returned: when the task started the VM
+"""
+
+from ansible_collections.kestrel.virt.plugins.module_utils._kestrel import KestrelModule, drop_unset
+
+# The options that make up the VM spec the engine validates; the rest steer the task.
+SPEC_OPTIONS = ('name', 'cluster', 'description', 'memory', 'cpu', 'machine', 'kernel', 'initrd',
+                'cmdline', 'disks', 'nics', 'serial_console', 'custom_properties')
+
+
+def vm_spec(params):
+    """The VM spec from the module's options, without the ones left unset."""
+    return drop_unset(dict((key, params[key]) for key in SPEC_OPTIONS))
+
+
+def main():
+    module = KestrelModule(
+        argument_spec=dict(
+            name=dict(type='str', required=True),
+            state=dict(type='str', choices=['present', 'running', 'stopped', 'absent'],
+                       default='present'),
+            cluster=dict(type='str'),
+            description=dict(type='str'),
+            memory=dict(type='str'),
+            cpu=dict(type='dict', options=dict(
+                sockets=dict(type='int'),
+                cores=dict(type='int'),
+                threads=dict(type='int'),
+            )),
+            machine=dict(type='str', choices=['pc', 'q35']),
+            kernel=dict(type='str'),
+            initrd=dict(type='str'),
+            cmdline=dict(type='str'),
+            disks=dict(type='list', elements='dict', options=dict(
+                name=dict(type='str', required=True),
+                size=dict(type='str', required=True),
+                format=dict(type='str', choices=['qcow2', 'raw']),
+                interface=dict(type='str', choices=['virtio', 'sata', 'scsi']),
+                storage_domain=dict(type='str', required=True),
+                bootable=dict(type='bool'),
+            )),
+            nics=dict(type='list', elements='dict', options=dict(
+                name=dict(type='str', required=True),
+                network=dict(type='str', required=True),
+                mac=dict(type='str'),
+                model=dict(type='str', choices=['virtio', 'e1000', 'rtl8139']),
+            )),
+            serial_console=dict(type='bool'),
+            custom_properties=dict(type='dict'),
+            force=dict(type='bool', default=False),
+            wait=dict(type='bool', default=True),
+            timeout=dict(type='int', default=120),
+        ),
+        entity_key='vm',
+    )
+    p = module.params
+    spec = vm_spec(p)
+    module.apply(lambda engine, check_mode: engine.vms.ensure(
+        spec, state=p['state'], check_mode=check_mode, force=p['force'], wait=p['wait'],
+        timeout=p['timeout']))
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,33 @@
+# -*- coding: utf-8 -*-
+# Copyright: kestrel.virt contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+from ansible_collections.kestrel.virt.plugins.modules import cluster
+
+from ansible_collections.kestrel.virt.tests.unit.plugins.modules.kestrel_fakes import Outcome
+
+
+def test_present_passes_unset_options_as_none_so_the_engine_keeps_them(engine, run_module):
+    engine.answer = Outcome(True, dict(name='demo', memory_overcommit=150))
+    result = run_module(cluster, dict(name='demo', memory_overcommit=150))
+    assert engine.calls == [('clusters.ensure', ('demo',), dict(
+        description=None, virt_type=None, memory_overcommit=150, mac_pool=None, check_mode=False))]
+    assert result['changed'] is True
+    assert result['cluster']['memory_overcommit'] == 150
+
+
+def test_absent_removes_and_returns_no_entity(engine, run_module):
+    engine.answer = Outcome(True, None, dict(before=dict(name='demo'), after={}))
+    result = run_module(cluster, dict(name='demo', state='absent'))
+    assert engine.calls == [('clusters.remove', ('demo',), dict(check_mode=False))]
+    assert result['changed'] is True
+    assert result['cluster'] is None
+
+
+def test_unknown_virt_type_is_refused_before_the_engine_is_opened(engine, run_module):
+    result = run_module(cluster, dict(name='demo', virt_type='xen'))
+    assert result['failed'] is True
+    assert 'virt_type' in result['msg']
+    assert engine.calls == [] and engine.opened_with == {}
