@@ -1,0 +1,294 @@
+"""The agent's HTTP API, independent of the transport: routes, validation, errors.
+
+``Api.handle(method, path, query, body)`` returns ``(status, json_document)``.
+A request is validated completely before anything on the host changes, so a
+malformed request (400) has no effect. Errors travel as
+``{"error": {"code", "message", "details"}}`` with the error's HTTP status;
+the engine's broker turns ``code`` back into the same exception class.
+
+The OpenAPI document is generated from the route table below, so the
+published API cannot drift from the one served.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import engine_lib
+from engine_lib.agent.config import AgentConfig
+from engine_lib.errors import InvalidSpec, KestrelError, NotFound
+
+log = logging.getLogger("kestrel.agent.api")
+
+PREFIX = "/api/v1"
+MAX_CONSOLE_BYTES = 1024 * 1024
+DEFAULT_CONSOLE_BYTES = 8192
+DEFAULT_SHUTDOWN_TIMEOUT = 60.0
+MAX_SHUTDOWN_TIMEOUT = 3600.0
+_VOLUME_KEYS = {"domain", "image", "volume", "alias", "format", "size_mib"}
+
+
+@dataclass
+class Request:
+    params: dict[str, str]
+    query: dict[str, list[str]]
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str  # e.g. "/vms/{id}/xml", below PREFIX
+    operation: str  # OpenAPI operationId and the Api method that serves it
+    summary: str
+    body: dict | None = None  # JSON schema of the request body
+    query: dict = field(default_factory=dict)  # name -> JSON schema
+    regex: re.Pattern = field(init=False, compare=False)
+
+    def __post_init__(self):
+        pattern = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", PREFIX + self.path)
+        object.__setattr__(self, "regex", re.compile(f"^{pattern}$"))
+
+
+_VOLUME_SCHEMA = {
+    "type": "object", "required": ["domain", "image", "volume"],
+    "properties": {k: {"type": "string"} for k in ("domain", "image", "volume", "alias",
+                                                   "format")} | {"size_mib": {"type": "integer"}},
+}
+
+ROUTES = (
+    Route("GET", "/openapi.json", "openapi", "This document."),
+    Route("GET", "/host", "host_info", "Host facts: identity, CPUs, memory, versions, "
+          "running VMs, storage domains."),
+    Route("GET", "/vms", "list_vms", "Every domain on this host with its status."),
+    Route("POST", "/vms", "start_vm", "Start a VM from engine-rendered domain XML "
+          "(placeholders resolved, missing volumes created). A VM already running here "
+          "is reported with started=false, not started twice.",
+          body={"type": "object", "required": ["xml"], "additionalProperties": False,
+                "properties": {"xml": {"type": "string"},
+                               "mode": {"type": "string", "enum": ["fresh"],
+                                        "default": "fresh"}}}),
+    Route("GET", "/vms/{id}", "vm_status", "Status of one VM."),
+    Route("GET", "/vms/{id}/xml", "vm_xml", "The live domain XML (with device aliases)."),
+    Route("POST", "/vms/{id}/shutdown", "shutdown_vm", "Graceful shutdown: ACPI power "
+          "button, then destroy after the timeout (forced=true says it came to that).",
+          body={"type": "object", "additionalProperties": False,
+                "properties": {"timeout": {"type": "number", "minimum": 0,
+                                           "maximum": MAX_SHUTDOWN_TIMEOUT,
+                                           "default": DEFAULT_SHUTDOWN_TIMEOUT}}}),
+    Route("POST", "/vms/{id}/destroy", "destroy_vm", "Power off at once."),
+    Route("DELETE", "/vms/{id}", "remove_vm", "Undefine a VM that is not running. "
+          "Its volumes are kept."),
+    Route("GET", "/vms/{id}/console", "console_log", "The tail of the serial console log.",
+          query={"bytes": {"type": "integer", "minimum": 1, "maximum": MAX_CONSOLE_BYTES,
+                           "default": DEFAULT_CONSOLE_BYTES}}),
+    Route("POST", "/volumes/delete", "delete_volumes", "Delete volume files on storage "
+          "domains; refused for a volume a VM on this host still uses.",
+          body={"type": "object", "required": ["volumes"], "additionalProperties": False,
+                "properties": {"volumes": {"type": "array", "items": _VOLUME_SCHEMA}}}),
+)
+
+
+class Api:
+    """Routes requests to the hypervisor; built lazily so the API answers without libvirt."""
+
+    def __init__(self, config: AgentConfig,
+                 hypervisor_factory: Callable[[AgentConfig], Any] | None = None):
+        self.config = config
+        self._factory = hypervisor_factory
+        self._hypervisor = None
+
+    @property
+    def hypervisor(self):
+        if self._hypervisor is None:
+            if self._factory is None:
+                from engine_lib.agent.vms import Hypervisor  # imports libvirt
+                self._factory = Hypervisor
+            self._hypervisor = self._factory(self.config)
+        return self._hypervisor
+
+    def close(self) -> None:
+        if self._hypervisor is not None:
+            self._hypervisor.close()
+
+    def handle(self, method: str, path: str, query: dict[str, list[str]],
+               body: bytes) -> tuple[int, dict]:
+        try:
+            route, params = self._route(method, path)
+            request = Request(params=params, query=query, body=_json_body(body, route))
+            return 200, getattr(self, route.operation)(request)
+        except KestrelError as exc:
+            if exc.http_status >= 500:
+                log.warning("%s %s failed: %s", method, path, exc.message)
+            return exc.http_status, {"error": exc.to_dict()}
+        except Exception as exc:  # noqa: BLE001  the boundary: report, never crash the server
+            log.exception("%s %s: internal error", method, path)
+            error = KestrelError(f"internal agent error: {type(exc).__name__}: {exc}")
+            return 500, {"error": error.to_dict()}
+
+    def _route(self, method: str, path: str) -> tuple[Route, dict[str, str]]:
+        allowed = []
+        for route in ROUTES:
+            match = route.regex.match(path)
+            if match:
+                if route.method == method:
+                    return route, match.groupdict()
+                allowed.append(route.method)
+        if allowed:
+            raise MethodNotAllowed(method, path, allowed)
+        raise NotFound("API path", path)
+
+    # -- operations ------------------------------------------------------------------
+
+    def openapi(self, _request: Request) -> dict:
+        return openapi_document()
+
+    def host_info(self, _request: Request) -> dict:
+        return self.hypervisor.host_info()
+
+    def list_vms(self, _request: Request) -> dict:
+        return {"vms": self.hypervisor.list_vms()}
+
+    def start_vm(self, request: Request) -> dict:
+        xml = request.body.get("xml")
+        if not isinstance(xml, str) or not xml.strip():
+            raise InvalidSpec("xml", "a non-empty string with the domain XML is required")
+        mode = request.body.get("mode", "fresh")
+        if not isinstance(mode, str):
+            raise InvalidSpec("mode", "must be a string")
+        return self.hypervisor.start(xml, mode)
+
+    def vm_status(self, request: Request) -> dict:
+        return self.hypervisor.status(_vm_id(request))
+
+    def vm_xml(self, request: Request) -> dict:
+        return self.hypervisor.xml(_vm_id(request))
+
+    def shutdown_vm(self, request: Request) -> dict:
+        timeout = request.body.get("timeout", DEFAULT_SHUTDOWN_TIMEOUT)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+                or not 0 <= timeout <= MAX_SHUTDOWN_TIMEOUT:
+            raise InvalidSpec("timeout", f"must be a number of seconds from 0 to "
+                                         f"{MAX_SHUTDOWN_TIMEOUT:g}, got {timeout!r}")
+        return self.hypervisor.shutdown(_vm_id(request), float(timeout))
+
+    def destroy_vm(self, request: Request) -> dict:
+        return self.hypervisor.destroy(_vm_id(request))
+
+    def remove_vm(self, request: Request) -> dict:
+        return self.hypervisor.remove(_vm_id(request))
+
+    def console_log(self, request: Request) -> dict:
+        values = request.query.get("bytes", [str(DEFAULT_CONSOLE_BYTES)])
+        text = values[-1]
+        if not text.isdigit() or not 0 < int(text) <= MAX_CONSOLE_BYTES:
+            raise InvalidSpec("bytes", f"must be an integer from 1 to {MAX_CONSOLE_BYTES}, "
+                                       f"got '{text}'")
+        return self.hypervisor.console_log(_vm_id(request), int(text))
+
+    def delete_volumes(self, request: Request) -> dict:
+        from engine_lib.agent.volumes import VolumeLocation
+
+        items = request.body.get("volumes")
+        if not isinstance(items, list):
+            raise InvalidSpec("volumes", "a list of {domain, image, volume} objects is required")
+        locations = []
+        for index, item in enumerate(items):
+            where = f"volumes[{index}]"
+            if not isinstance(item, dict):
+                raise InvalidSpec(where, "must be an object")
+            unknown = set(item) - _VOLUME_KEYS
+            if unknown:
+                raise InvalidSpec(where, f"unknown keys {sorted(unknown)}")
+            for key in ("domain", "image", "volume"):
+                if not isinstance(item.get(key), str) or not item[key]:
+                    raise InvalidSpec(f"{where}.{key}", "a non-empty string is required")
+            locations.append(VolumeLocation(item["domain"], item["image"], item["volume"]))
+        return {"volumes": self.hypervisor.delete_volumes(locations)}
+
+
+class MethodNotAllowed(KestrelError):
+    code = "MethodNotAllowed"
+    http_status = 405
+
+    def __init__(self, method: str, path: str, allowed: list[str]):
+        super().__init__(f"{method} is not allowed on {path} (allowed: {', '.join(allowed)})",
+                         method=method, path=path, allowed=allowed)
+
+
+def _vm_id(request: Request) -> str:
+    text = request.params["id"]
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise InvalidSpec("vm_id", f"'{text}' is not a VM id (a UUID)") from None
+
+
+def _json_body(body: bytes, route: Route) -> dict:
+    if not body.strip():
+        if route.body and route.body.get("required"):
+            raise InvalidSpec("body", f"a JSON object with {route.body['required']} is required")
+        return {}
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidSpec("body", f"not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise InvalidSpec("body", f"must be a JSON object, got {type(data).__name__}")
+    unknown = set(data) - set((route.body or {}).get("properties", {}))
+    if unknown:
+        takes = "takes no fields" if route.body is None else "does not know"
+        raise InvalidSpec("body", f"{route.method} {PREFIX}{route.path} {takes} "
+                                  f"{sorted(unknown)}")
+    return data
+
+
+def openapi_document() -> dict:
+    """OpenAPI 3.0 description of ROUTES."""
+    error = {"$ref": "#/components/schemas/Error"}
+    paths: dict[str, dict] = {}
+    for route in ROUTES:
+        operation: dict[str, Any] = {
+            "operationId": route.operation,
+            "summary": route.summary,
+            "responses": {
+                "200": {"description": "Success",
+                        "content": {"application/json": {"schema": {"type": "object"}}}},
+                "default": {"description": "Error (status per error code)",
+                            "content": {"application/json": {"schema": error}}},
+            },
+        }
+        parameters = []
+        if "{id}" in route.path:
+            parameters.append({"name": "id", "in": "path", "required": True,
+                               "description": "VM id (= domain UUID)",
+                               "schema": {"type": "string", "format": "uuid"}})
+        for name, schema in route.query.items():
+            parameters.append({"name": name, "in": "query", "required": False,
+                               "schema": schema})
+        if parameters:
+            operation["parameters"] = parameters
+        if route.body:
+            operation["requestBody"] = {
+                "required": bool(route.body.get("required")),
+                "content": {"application/json": {"schema": route.body}}}
+        paths.setdefault(PREFIX + route.path, {})[route.method.lower()] = operation
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "kestrel host agent", "version": engine_lib.__version__,
+                 "description": "HTTPS with mutual TLS: clients need a certificate "
+                                "signed by the engine CA."},
+        "paths": paths,
+        "components": {"schemas": {"Error": {
+            "type": "object", "required": ["error"],
+            "properties": {"error": {
+                "type": "object", "required": ["code", "message"],
+                "properties": {"code": {"type": "string"}, "message": {"type": "string"},
+                               "details": {"type": "object"}}}}}}},
+    }

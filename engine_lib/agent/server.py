@@ -1,0 +1,146 @@
+"""HTTPS transport of the agent API: mutual TLS against the engine CA, JSON bodies.
+
+Only peers with a certificate signed by the engine CA get past the TLS
+handshake (CERT_REQUIRED, TLS 1.2+). The handshake runs in the request's own
+thread, so a client that connects and stalls cannot block ``accept()`` for
+everyone else.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import ssl
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+import engine_lib
+from engine_lib.agent.api import Api
+from engine_lib.agent.config import AgentConfig
+from engine_lib.errors import InvalidSpec, KestrelError
+
+log = logging.getLogger("kestrel.agent.http")
+
+MAX_BODY = 16 * 1024 * 1024
+HANDSHAKE_TIMEOUT = 10.0
+
+
+def server_context(config: AgentConfig) -> ssl.SSLContext:
+    """TLS server context: our certificate, and client certificates required from the CA."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.verify_mode = ssl.CERT_REQUIRED
+    where = f"{config.source} [pki]"
+    try:
+        context.load_cert_chain(config.cert, config.key)
+    except (OSError, ssl.SSLError) as exc:
+        raise InvalidSpec(f"{where} cert/key", f"cannot load {config.cert} with key "
+                                               f"{config.key}: {exc}") from None
+    try:
+        context.load_verify_locations(cafile=config.ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise InvalidSpec(f"{where} ca", f"cannot load the engine CA {config.ca}: {exc}") from None
+    return context
+
+
+class AgentServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, config: AgentConfig, context: ssl.SSLContext, api: Api):
+        self.ssl_context = context
+        self.api = api
+        if ":" in config.address:
+            self.address_family = socket.AF_INET6
+        try:
+            super().__init__((config.address, config.port), AgentRequestHandler)
+        except OSError as exc:
+            raise KestrelError(f"cannot listen on {config.address}:{config.port}: "
+                               f"{exc.strerror or exc}", address=config.address,
+                               port=config.port) from None
+
+    def get_request(self):
+        sock, address = self.socket.accept()
+        return self.ssl_context.wrap_socket(sock, server_side=True,
+                                            do_handshake_on_connect=False), address
+
+    def finish_request(self, request, client_address):
+        request.settimeout(HANDSHAKE_TIMEOUT)
+        try:
+            request.do_handshake()
+        except (ssl.SSLError, OSError) as exc:
+            log.warning("refused TLS connection from %s: %s", client_address[0],
+                        getattr(exc, "reason", None) or exc)
+            return
+        super().finish_request(request, client_address)
+
+    def handle_error(self, request, client_address):
+        log.exception("error while serving %s", client_address[0])
+
+
+class AgentRequestHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = f"kestrel-agent/{engine_lib.__version__}"
+    timeout = 120  # idle keep-alive connections are closed after this
+    server: AgentServer
+
+    def do_GET(self):
+        self._dispatch()
+
+    def do_POST(self):
+        self._dispatch()
+
+    def do_DELETE(self):
+        self._dispatch()
+
+    def do_PUT(self):
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        url = urlsplit(self.path)
+        try:
+            body = self._read_body()
+        except InvalidSpec as exc:
+            self.close_connection = True  # the unread body would corrupt the next request
+            self._send(413 if "too large" in exc.reason else 400, {"error": exc.to_dict()})
+            return
+        status, document = self.server.api.handle(self.command, url.path,
+                                                  parse_qs(url.query), body)
+        try:
+            self._send(status, document)
+        except OSError as exc:  # ssl.SSLError included
+            # The client gave up (its timeout) while we worked; the work is done.
+            log.warning("%s went away before the answer to %s %s (%s)", self._peer(),
+                        self.command, url.path, exc)
+            self.close_connection = True
+
+    def _read_body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            raise InvalidSpec("body", "chunked transfer encoding is not supported; "
+                                      "send Content-Length")
+        text = self.headers.get("Content-Length", "0")
+        if not text.isdigit():
+            raise InvalidSpec("Content-Length", f"'{text}' is not a length")
+        length = int(text)
+        if length > MAX_BODY:
+            raise InvalidSpec("body", f"too large ({length} bytes; limit {MAX_BODY})")
+        return self.rfile.read(length) if length else b""
+
+    def _send(self, status: int, document: dict) -> None:
+        data = json.dumps(document).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _peer(self) -> str:
+        try:
+            subject = dict(item for rdn in self.connection.getpeercert()["subject"]
+                           for item in rdn)
+            return f"{self.client_address[0]} ({subject.get('commonName', '?')})"
+        except (AttributeError, KeyError, TypeError, ValueError):
+            return self.client_address[0]
+
+    def log_message(self, format, *args):  # noqa: A002  (BaseHTTPRequestHandler's signature)
+        log.info("%s %s", self._peer(), format % args)

@@ -1,0 +1,183 @@
+"""The engine's client for host agents: HTTPS + mutual TLS, JSON in and out.
+
+Errors come back typed, so callers never parse messages:
+- agent not reachable (refused, timeout, DNS, reset) -> AgentUnreachable
+  naming host:port and the cause;
+- agent's certificate not signed by the engine CA, or not issued for the
+  address we dialled -> CertificateError saying which; the agent refusing the
+  engine's own certificate is a CertificateError as well;
+- an error document from the agent -> the same class (ERRORS_BY_CODE) with
+  the agent's message and details, plus ``details["agent"]``.
+
+Standard library only: the engine may run where only the stdlib is certain.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import ssl
+from typing import Any
+from urllib.parse import quote
+
+from engine_lib.errors import (ERRORS_BY_CODE, AgentError, AgentUnreachable, CertificateError,
+                               KestrelError)
+
+API = "/api/v1"
+DEFAULT_PORT = 54321
+# A shutdown request waits for the guest on the agent; give the answer this much extra time.
+SHUTDOWN_GRACE = 15.0
+_HOSTNAME_MISMATCH = {62, 64}  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
+
+
+def client_context(pki_dir: str) -> ssl.SSLContext:
+    """TLS client context: trust only the engine CA; present the engine certificate.
+
+    Hostname checking stays on: the agent's certificate must name the address
+    (IP SAN) or host name the engine dials.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    ca = os.path.join(pki_dir, "ca.pem")
+    cert, key = os.path.join(pki_dir, "engine.pem"), os.path.join(pki_dir, "engine.key")
+    try:
+        context.load_verify_locations(cafile=ca)
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise KestrelError(f"cannot load the engine's TLS material from {pki_dir}: {exc}; "
+                           "run 'kestrel engine init' first", pki_dir=pki_dir) from None
+    return context
+
+
+class AgentClient:
+    """One host agent. Thread-safe: every request uses its own connection."""
+
+    def __init__(self, address: str, port: int, pki_dir: str, timeout: float = 30):
+        self.address = address
+        self.port = port
+        self.timeout = timeout
+        self.endpoint = f"{address}:{port}"
+        self._context = client_context(pki_dir)
+
+    # -- API ---------------------------------------------------------------------
+
+    def host_info(self) -> dict:
+        return self._call("GET", "/host")
+
+    def list_vms(self) -> list[dict]:
+        return self._call("GET", "/vms")["vms"]
+
+    def start_vm(self, xml: str, mode: str = "fresh") -> dict:
+        return self._call("POST", "/vms", {"xml": xml, "mode": mode})
+
+    def vm_status(self, vm_id: str) -> dict:
+        return self._call("GET", f"/vms/{_seg(vm_id)}")
+
+    def vm_xml(self, vm_id: str) -> str:
+        return self._call("GET", f"/vms/{_seg(vm_id)}/xml")["xml"]
+
+    def shutdown_vm(self, vm_id: str, timeout: float = 60) -> dict:
+        return self._call("POST", f"/vms/{_seg(vm_id)}/shutdown", {"timeout": timeout},
+                          timeout=max(self.timeout, timeout + SHUTDOWN_GRACE))
+
+    def destroy_vm(self, vm_id: str) -> dict:
+        return self._call("POST", f"/vms/{_seg(vm_id)}/destroy")
+
+    def remove_vm(self, vm_id: str) -> dict:
+        return self._call("DELETE", f"/vms/{_seg(vm_id)}")
+
+    def delete_volumes(self, volumes: list[dict]) -> list[dict]:
+        return self._call("POST", "/volumes/delete", {"volumes": volumes})["volumes"]
+
+    def console_log(self, vm_id: str, nbytes: int = 8192) -> str:
+        return self._call("GET", f"/vms/{_seg(vm_id)}/console?bytes={int(nbytes)}")["data"]
+
+    def openapi(self) -> dict:
+        return self._call("GET", "/openapi.json")
+
+    # -- transport ---------------------------------------------------------------
+
+    def _call(self, method: str, path: str, body: dict | None = None,
+              timeout: float | None = None) -> Any:
+        status, data = self._request(method, API + path, body, timeout or self.timeout)
+        try:
+            document = json.loads(data) if data else {}
+        except ValueError:
+            raise AgentError(f"agent {self.endpoint} answered {method} {path} with "
+                             f"HTTP {status} and a body that is not JSON",
+                             agent=self.endpoint, status=status) from None
+        if status >= 400:
+            raise self._error(status, document, method, path)
+        return document
+
+    def _request(self, method: str, path: str, body: dict | None,
+                 timeout: float) -> tuple[int, bytes]:
+        payload = json.dumps(body).encode() if body is not None else None
+        headers = {"Accept": "application/json"}
+        if payload is not None:
+            headers["Content-Type"] = "application/json"
+        conn = http.client.HTTPSConnection(self.address, self.port, timeout=timeout,
+                                           context=self._context)
+        try:
+            conn.request(method, path, body=payload, headers=headers)
+            response = conn.getresponse()
+            return response.status, response.read()
+        except ssl.SSLCertVerificationError as exc:
+            if exc.verify_code in _HOSTNAME_MISMATCH:
+                reason = f"presented a certificate not issued for '{self.address}'"
+            else:
+                reason = "presented a certificate not signed by the engine CA"
+            raise CertificateError(f"agent {self.endpoint} {reason} ({exc.verify_message})",
+                                   agent=self.endpoint) from None
+        except ssl.SSLError as exc:
+            raise CertificateError(f"TLS with agent {self.endpoint} failed: the agent refused "
+                                   f"the engine's certificate or spoke no TLS "
+                                   f"({exc.reason or exc})", agent=self.endpoint) from None
+        except socket.gaierror as exc:
+            raise AgentUnreachable(f"agent {self.endpoint} unreachable: cannot resolve "
+                                   f"'{self.address}' ({exc.strerror})",
+                                   agent=self.endpoint, cause="dns") from None
+        except (TimeoutError, socket.timeout):
+            raise AgentUnreachable(f"agent {self.endpoint} unreachable: no answer within "
+                                   f"{timeout:g} s", agent=self.endpoint,
+                                   cause="timeout") from None
+        except (OSError, http.client.HTTPException) as exc:
+            cause = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            raise AgentUnreachable(f"agent {self.endpoint} unreachable: {cause}",
+                                   agent=self.endpoint, cause=cause) from None
+        finally:
+            conn.close()
+
+    def _error(self, status: int, document: dict, method: str, path: str) -> KestrelError:
+        error = document.get("error") if isinstance(document, dict) else None
+        if not isinstance(error, dict) or "message" not in error:
+            return AgentError(f"agent {self.endpoint} answered {method} {path} with HTTP "
+                              f"{status}", agent=self.endpoint, status=status)
+        details = error.get("details") if isinstance(error.get("details"), dict) else {}
+        return rebuild_error(error.get("code", ""), str(error["message"]),
+                             {**details, "agent": self.endpoint})
+
+
+def rebuild_error(code: str, message: str, details: dict) -> KestrelError:
+    """The exception the agent raised, rebuilt from its wire form.
+
+    Error classes take different constructor arguments, so the instance is made
+    without calling the subclass constructor; the details are restored as
+    attributes too (InvalidSpec's ``field``/``reason``). Unknown codes become
+    AgentError with the code in the details.
+    """
+    cls = ERRORS_BY_CODE.get(code)
+    if cls is None:
+        return AgentError(message, **{**details, "code": code})
+    error = cls.__new__(cls)
+    KestrelError.__init__(error, message, **details)
+    for key, value in details.items():
+        if not hasattr(error, key):
+            setattr(error, key, value)
+    return error
+
+
+def _seg(value: str) -> str:
+    return quote(str(value), safe="")

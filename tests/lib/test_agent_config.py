@@ -1,0 +1,82 @@
+"""The agent's INI config: defaults, overrides, and errors that name section and key."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine_lib.agent import config
+from engine_lib.errors import InvalidSpec
+
+FULL = """
+[agent]
+address = 10.77.0.1
+port = 54321
+libvirt_uri = qemu:///system
+name = h1
+
+[pki]
+ca = /etc/kestrel/pki/ca.pem
+cert = /etc/kestrel/pki/agent.pem
+key = /etc/kestrel/pki/agent.key
+
+[paths]
+channels = /var/lib/kestrel/channels
+payload = /var/lib/kestrel/payload
+console = /var/log/kestrel/console
+nvram = /var/lib/kestrel/nvram
+
+[storage_domains]
+data = /srv/kestrel-lab/shared/data
+Images = /srv/kestrel-lab/shared/images/
+"""
+
+
+def test_full_config_is_read_as_written(tmp_path):
+    path = tmp_path / "agent.conf"
+    path.write_text(FULL)
+    cfg = config.load(str(path))
+    assert (cfg.name, cfg.address, cfg.port, cfg.libvirt_uri) == \
+        ("h1", "10.77.0.1", 54321, "qemu:///system")
+    assert cfg.cert == "/etc/kestrel/pki/agent.pem"
+    assert cfg.paths["console"] == "/var/log/kestrel/console"
+    # Storage domain names keep their case; trailing slashes do not matter.
+    assert cfg.storage_domains == {"data": "/srv/kestrel-lab/shared/data",
+                                   "Images": "/srv/kestrel-lab/shared/images"}
+    assert cfg.resolve("/kestrel-placeholder/storage/data/img/vol") == \
+        "/srv/kestrel-lab/shared/data/img/vol"
+    assert cfg.resolve("/kestrel-placeholder/console/x.log") == "/var/log/kestrel/console/x.log"
+
+
+def test_empty_config_means_vdsm_like_defaults():
+    cfg = config.loads("")
+    assert cfg.port == 54321 and cfg.address == "0.0.0.0"
+    assert cfg.ca == "/etc/kestrel/pki/ca.pem"
+    assert cfg.paths["nvram"] == "/var/lib/kestrel/nvram"
+    assert cfg.storage_domains == {}
+    assert cfg.name  # the host name
+
+
+@pytest.mark.parametrize("text, field, reason", [
+    ("[agent]\nport = http\n", "[agent] port", "'http' is not a TCP port number"),
+    ("[agent]\nport = 70000\n", "[agent] port", "not a TCP port number"),
+    ("[agent]\nprot = 1\n", "[agent] prot", "unknown key"),
+    ("[pki]\nca = ca.pem\n", "[pki] ca", "'ca.pem' is not an absolute path"),
+    ("[paths]\nconsole = log\n", "[paths] console", "not an absolute path"),
+    ("[storage_domains]\ndata = relative/dir\n", "[storage_domains] data",
+     "not an absolute path"),
+    ("[storage]\ndata = /x\n", "[storage]", "unknown section"),
+])
+def test_errors_name_file_section_and_key(text, field, reason):
+    with pytest.raises(InvalidSpec) as err:
+        config.loads(text, "agent.conf")
+    assert err.value.field == f"agent.conf {field}"
+    assert reason in err.value.reason
+
+
+def test_unreadable_and_malformed_files(tmp_path):
+    with pytest.raises(InvalidSpec, match="cannot read the agent config"):
+        config.load(str(tmp_path / "missing.conf"))
+    bad = tmp_path / "bad.conf"
+    bad.write_text("port = 1\n")
+    with pytest.raises(InvalidSpec, match="not a valid INI file"):
+        config.load(str(bad))
