@@ -9,7 +9,7 @@ LAB_DIR ?= /srv/kestrel-lab
 LAB_HOSTS ?= 2
 export PATH := $(BIN):$(PATH)
 
-.PHONY: demo test deps venv unit system sanity units lab-up lab-down clean
+.PHONY: demo test deps venv unit system sanity units molecule lab-up lab-down clean
 
 deps:
 	@echo "==> system packages (libvirt, QEMU, sshd, PostgreSQL, ...)"
@@ -39,11 +39,16 @@ sanity: venv
 units: venv
 	bash scripts/ansible-test.sh units
 
+molecule: deps venv
+	source scripts/collection-path.sh && molecule test
+
 test: deps venv
 	@echo "==> engine_lib unit tests"
 	$(BIN)/pytest -q tests/lib
 	@echo "==> real libvirt/QEMU, agents and playbooks on lab hosts"
 	$(BIN)/pytest -q tests/system
+	@echo "==> molecule: host role and VM lifecycle on two lab hosts (converge, idempotence, verify)"
+	source scripts/collection-path.sh && molecule test
 	@echo "==> ansible-test sanity and units"
 	bash scripts/ansible-test.sh sanity
 	bash scripts/ansible-test.sh units

@@ -15,8 +15,11 @@ description:
     O(memory) never touches the disks. For a new VM the engine fills in
     defaults (1 GiB of memory, one vCPU, V(q35), a serial console).
   - Disks and NICs are matched by O(disks[].name) and O(nics[].name). A device
-    keeps its identity, its C(ua-) alias and its MAC address across runs, and
-    the given list is the complete list (a device left out is removed).
+    keeps its identity, its C(ua-) alias and its MAC address across runs.
+  - The given O(nics) list is the complete list (a NIC left out is removed).
+  - A disk holds data, so a disk left out of O(disks) is refused rather than
+    deleted, and so is a change of an existing disk's size, format or storage
+    domain. O(state=absent) removes the VM with its disks.
   - The engine renders the libvirt domain XML itself; with C(--diff) the task
     shows the domain XML before and after.
   - A running VM keeps the configuration it started with until it restarts;
