@@ -165,7 +165,8 @@ def lab_guest(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kestrel", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="kestrel", description="kestrel.virt: the engine, the host agent, VMs and the test lab.")
     groups = parser.add_subparsers(dest="group", required=True)
 
     def command(group, name, func, help_):
