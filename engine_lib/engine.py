@@ -34,6 +34,7 @@ def _default_agent_factory(config: EngineConfig) -> Callable:
 class Engine:
     def __init__(self, config: EngineConfig, store: Store, agent_factory: Callable | None = None):
         from engine_lib.services.clusters import ClusterService
+        from engine_lib.services.events import EventService
         from engine_lib.services.hosts import HostService
         from engine_lib.services.vms import VmService
 
@@ -45,6 +46,7 @@ class Engine:
         self.clusters = ClusterService(self)
         self.hosts = HostService(self)
         self.vms = VmService(self)
+        self.events = EventService(self)
 
     @classmethod
     def open(cls, engine_dir: str | None = None, db_url: str | None = None,

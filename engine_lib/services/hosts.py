@@ -59,7 +59,7 @@ class HostService:
                 raise Conflict(f"host '{name}' runs VMs; it cannot move to cluster '{cluster}'")
             else:
                 host.cluster, host.address, host.port = target_cluster, address, port
-            self._record_capabilities(host, capabilities)
+            self.record_capabilities(host, capabilities)
             session.flush()
             after = _config(host)
             changed = before != after
@@ -69,14 +69,15 @@ class HostService:
             return Outcome(changed, host_dict(host), {"before": before, "after": after})
 
     @staticmethod
-    def _record_capabilities(host: Host, caps: dict) -> None:
+    def record_capabilities(host: Host, caps: dict, now=None) -> None:
+        """Store what the agent reported; an answer means the host is Up."""
         host.hostname = caps.get("hostname", "")
         host.host_uuid = caps.get("host_uuid", "")
         host.cpus = int(caps.get("cpus", 0))
         host.memory_mib = int(caps.get("memory_mib", 0))
         host.libvirt_version = str(caps.get("libvirt_version", ""))
         host.status = HostStatus.UP
-        host.last_seen = utcnow()
+        host.last_seen = now or utcnow()
 
     @staticmethod
     def _active_vms(session, host: Host) -> list[str]:

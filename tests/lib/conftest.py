@@ -48,6 +48,10 @@ class FakeAgent:
             raise VmNotFound(vm_id)
         return {"id": vm_id, "status": self.vms[vm_id]}
 
+    def list_vms(self):
+        self._check()
+        return [{"id": vm_id, "status": status} for vm_id, status in self.vms.items()]
+
     def vm_xml(self, vm_id):
         self._check()
         return self.last_xml

@@ -97,3 +97,35 @@ def test_an_agent_whose_certificate_another_ca_signed_is_refused(agents, tmp_pat
             other.hosts.ensure("h1", address=agents[0].address, cluster="c")
         assert "certificate" in info.value.message
         assert other.hosts.info() == []
+
+
+def test_the_engine_loop_never_guesses_a_vm_down_when_its_agent_dies(engine, cluster, agents):
+    from agent_fixtures import start_agent, stop_agent
+
+    from engine_lib.monitoring import Intervals, Monitor
+
+    vm = engine.vms.ensure(tiny_guest("guest2"), state="running").entity
+    agent = next(a for a in agents if a.name == vm["host"])
+    monitor = Monitor(engine, Intervals(non_responsive_after_s=1.5))
+
+    def seen():
+        host = engine.hosts.info(name=agent.name)[0]["status"]
+        return host, engine.vms.info("guest2")[0]["status"]
+
+    monitor.cycle()
+    assert seen() == ("Up", "Up")
+    try:
+        stop_agent(agent.pid)
+        monitor.cycle()
+        assert seen() == ("Connecting", "Up")
+        time.sleep(1.6)
+        monitor.cycle()
+        assert seen() == ("NonResponsive", "Unknown")
+        # The guest never stopped: libvirt on the host still runs it.
+        running = agent.run(["virsh", "-c", "qemu:///system", "list", "--uuid"], text=True)
+        assert vm["id"] in running.stdout
+    finally:
+        agent.pid = start_agent(agent.host, agent.pki_dir).pid
+    monitor.cycle()
+    assert seen() == ("Up", "Up")
+    engine.vms.ensure({"name": "guest2"}, state="absent")

@@ -1,0 +1,162 @@
+"""The engine loop's monitoring: host heartbeats and VM statuses.
+
+Each cycle asks every host's agent for its facts (the heartbeat) and, on its
+longer interval, for the VMs it runs. What a host does not answer is never
+taken as an answer: a silent host goes Connecting, then NonResponsive once it
+has been silent longer than the timeout, and only then are its VMs Unknown —
+never Down on a guess (a partitioned host's VMs may well still run).
+
+Every status transition is recorded in the audit log.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Callable
+
+from sqlalchemy import select
+from sqlalchemy.orm.exc import StaleDataError
+
+from engine_lib.errors import AgentUnreachable, KestrelError
+from engine_lib.model import Host, HostStatus, Vm, VmStatus
+from engine_lib.services.common import audit
+from engine_lib.services.hosts import HostService
+from engine_lib.services.vms import HostRef
+
+log = logging.getLogger("kestrel.engine.monitoring")
+
+# Hosts in these statuses are not polled: an operator put them there.
+_NOT_POLLED = frozenset({HostStatus.MAINTENANCE, HostStatus.INSTALLING})
+
+
+@dataclass(frozen=True)
+class Intervals:
+    """oVirt's defaults: hosts every 3 s, VM statistics every 15 s."""
+
+    host_s: float = 3.0
+    vm_s: float = 15.0
+    # How long a host may stay silent (Connecting) before it is NonResponsive.
+    non_responsive_after_s: float = 60.0
+
+
+class Monitor:
+    def __init__(self, engine, intervals: Intervals = Intervals(),
+                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)):
+        self.engine = engine
+        self.intervals = intervals
+        self.clock = clock
+        self._last_vm_poll = float("-inf")
+
+    # -- one cycle -----------------------------------------------------------------------
+
+    def cycle(self, poll_vms: bool = True) -> None:
+        """Heartbeat every host; sync VM statuses of the hosts that answered."""
+        for host in self._hosts():
+            facts = self._heartbeat(host)
+            if facts is not None and poll_vms:
+                self._sync_vms(host)
+
+    def _hosts(self) -> list[HostRef]:
+        with self.engine.store.transaction(commit=False) as session:
+            return [HostRef.of(h) for h in session.scalars(
+                select(Host).where(Host.status.not_in(_NOT_POLLED)).order_by(Host.name))]
+
+    def _heartbeat(self, ref: HostRef) -> dict | None:
+        try:
+            facts = self.engine.agent(ref.address, ref.port).host_info()
+        except AgentUnreachable as err:
+            self._record_silence(ref.name, err.message)
+            return None
+        except KestrelError as err:
+            # The agent answered, but not sensibly: it is reachable, so not a
+            # reason to suspect the host; say so and try again next cycle.
+            log.warning("host %s answered the heartbeat with an error: %s", ref.name, err.message)
+            return None
+        self._record_answer(ref.name, facts)
+        return facts
+
+    def _record_answer(self, name: str, facts: dict) -> None:
+        with self.engine.store.transaction() as session:
+            host = _host(session, name)
+            previous = host.status
+            HostService.record_capabilities(host, facts, self.clock())
+            if previous != HostStatus.UP:
+                audit(session, "host", name, f"host is Up again (was {previous})")
+
+    def _record_silence(self, name: str, why: str) -> None:
+        now = self.clock()
+        with self.engine.store.transaction() as session:
+            host = _host(session, name)
+            silent_for = now - _aware(host.last_seen or now)
+            if host.status == HostStatus.UP:
+                host.status = HostStatus.CONNECTING
+                audit(session, "host", name, f"host is Connecting: {why}", "warning")
+            elif (host.status == HostStatus.CONNECTING
+                  and silent_for >= timedelta(seconds=self.intervals.non_responsive_after_s)):
+                host.status = HostStatus.NON_RESPONSIVE
+                audit(session, "host", name, f"host is NonResponsive: silent for "
+                      f"{int(silent_for.total_seconds())}s ({why})", "error")
+                self._vms_unknown(session, host)
+
+    @staticmethod
+    def _vms_unknown(session, host: Host) -> None:
+        for vm in session.scalars(select(Vm).where(
+                Vm.run_on_host_id == host.id, Vm.status.in_(VmStatus.ACTIVE))):
+            if vm.status != VmStatus.UNKNOWN:
+                vm.status = VmStatus.UNKNOWN
+                audit(session, "vm", vm.name, f"VM is Unknown: its host {host.name} is "
+                      "NonResponsive", "warning")
+
+    def _sync_vms(self, ref: HostRef) -> None:
+        try:
+            reported = {vm["id"]: vm for vm in self.engine.agent(ref.address, ref.port).list_vms()}
+        except KestrelError as err:
+            log.warning("could not list the VMs of host %s: %s", ref.name, err.message)
+            return
+        try:
+            with self.engine.store.transaction() as session:
+                host = _host(session, ref.name)
+                for vm in session.scalars(select(Vm).where(
+                        Vm.run_on_host_id == host.id, Vm.status.in_(VmStatus.ACTIVE))):
+                    self._sync_vm(session, vm, reported.get(vm.id), host.name)
+        except StaleDataError:
+            # A module changed one of these VMs meanwhile; its write wins and the
+            # next cycle reads the new state.
+            log.info("VMs of host %s changed during the sync; retrying next cycle", ref.name)
+
+    @staticmethod
+    def _sync_vm(session, vm: Vm, report: dict | None, host_name: str) -> None:
+        if report is None or report.get("status") == VmStatus.DOWN:
+            reason = (report or {}).get("exit_reason") or f"not running on host {host_name}"
+            vm.status, vm.exit_reason, vm.run_on_host = VmStatus.DOWN, reason, None
+            audit(session, "vm", vm.name, f"VM is Down: {reason}")
+        elif report["status"] != vm.status:
+            audit(session, "vm", vm.name, f"VM is {report['status']} (was {vm.status})")
+            vm.status = report["status"]
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def run(self, stop: Callable[[], bool] = lambda: False) -> None:
+        """Cycle at the host interval, polling VMs at theirs, until ``stop()``."""
+        while not stop():
+            started = time.monotonic()
+            poll_vms = started - self._last_vm_poll >= self.intervals.vm_s
+            try:
+                self.cycle(poll_vms=poll_vms)
+            except Exception:  # noqa: BLE001 - the loop must outlive one bad cycle
+                log.exception("monitoring cycle failed")
+            if poll_vms:
+                self._last_vm_poll = started
+            time.sleep(max(0.0, self.intervals.host_s - (time.monotonic() - started)))
+
+
+def _aware(moment: datetime) -> datetime:
+    # SQLite hands back naive datetimes even for timezone-aware columns; all ours are UTC.
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _host(session, name: str) -> Host:
+    return session.execute(select(Host).where(Host.name == name)).scalar_one()
