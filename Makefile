@@ -9,7 +9,7 @@ LAB_DIR ?= /srv/kestrel-lab
 LAB_HOSTS ?= 2
 export PATH := $(BIN):$(PATH)
 
-.PHONY: demo test deps venv unit system sanity units molecule lab-up lab-down clean
+.PHONY: demo test deps venv unit system sanity units molecule lab-up lab-down clean bench-scheduler bench-xml
 
 deps:
 	@echo "==> system packages (libvirt, QEMU, sshd, PostgreSQL, ...)"
@@ -52,6 +52,16 @@ test: deps venv
 	@echo "==> ansible-test sanity and units"
 	bash scripts/ansible-test.sh sanity
 	bash scripts/ansible-test.sh units
+
+bench-scheduler: venv
+	@$(BIN)/pip install -q "numpy>=1.26"
+	@$(BIN)/python bench/scheduler/bench.py
+
+# Domain XML render speed vs lxml and virt-manager's virtinst (Debian package, system Python).
+bench-xml: venv
+	@test -d /usr/share/virt-manager/virtinst || \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends virtinst
+	@$(BIN)/python bench/xml/bench.py
 
 lab-up: deps venv
 	$(BIN)/kestrel lab up --hosts $(LAB_HOSTS) --state-dir $(LAB_DIR)

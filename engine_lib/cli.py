@@ -65,6 +65,34 @@ def engine_sign_csr(args) -> int:
     return 0
 
 
+def engine_run(args) -> int:
+    import logging
+
+    from engine_lib.monitoring import Intervals, Monitor
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    intervals = Intervals(args.host_interval, args.vm_interval, args.non_responsive_after)
+    with _open_engine(args) as engine:
+        try:
+            Monitor(engine, intervals).run()
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def events(args) -> int:
+    with _open_engine(args) as engine:
+        entries = engine.events.info(entity_type=args.type, entity_name=args.name,
+                                     limit=args.limit)
+    if args.json:
+        _print_json(entries)
+        return 0
+    for entry in entries:
+        print(f"{entry['time'][:19]} {entry['severity']:7} {entry['entity_type']:7} "
+              f"{entry['entity_name']:16} {entry['message']}")
+    return 0
+
+
 # -- agent -----------------------------------------------------------------------------------
 
 def agent_run(args) -> int:
@@ -117,6 +145,44 @@ def vm_xml(args) -> int:
 def vm_console(args) -> int:
     with _open_engine(args) as engine:
         sys.stdout.write(engine.vms.console(args.name, args.bytes))
+    return 0
+
+
+# -- scheduling (offline) --------------------------------------------------------------------
+
+def schedule(args) -> int:
+    """Place the VMs of a file on the hosts of another, without an engine; print the decisions."""
+    import yaml
+
+    from engine_lib.scheduling import resolve
+    from engine_lib.scheduling.simulate import simulate
+
+    def load(path: str | None, field: str):
+        if path is None:
+            return []
+        try:
+            return yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError) as err:
+            raise InvalidSpec(field, f"cannot read {path}: {err}") from None
+
+    policy = resolve(args.policy, json.loads(args.properties) if args.properties else None,
+                     "policy")
+    _print_json({"policy": policy.name, "parameters": policy.params,
+                 "placements": simulate(load(args.hosts, "hosts"), load(args.vms, "vms"), policy,
+                                        load(args.affinity_groups, "affinity_groups"))})
+    return 0
+
+
+def xml_render(args) -> int:
+    """Print the domain XML for a spec file; offline unless a database is named."""
+    from engine_lib.domxml.from_spec import load_spec, render_spec, render_spec_stored
+
+    spec = load_spec(args.spec)
+    if args.engine_dir or args.db_url:
+        with _open_engine(args) as engine:
+            sys.stdout.write(render_spec_stored(engine.store, spec))
+        return 0
+    sys.stdout.write(render_spec(spec, args.virt_type))
     return 0
 
 
@@ -178,6 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
         dest="command", required=True)
     _engine_options(command(engine, "init", engine_init,
                             "create the engine CA and certificate, and the database schema"))
+    run_engine = command(engine, "run", engine_run,
+                         "run the engine loop: host heartbeats and VM statuses")
+    _engine_options(run_engine)
+    run_engine.add_argument("--host-interval", type=float, default=3.0, help="seconds (3)")
+    run_engine.add_argument("--vm-interval", type=float, default=15.0, help="seconds (15)")
+    run_engine.add_argument("--non-responsive-after", type=float, default=60.0,
+                            help="seconds a host may stay Connecting before NonResponsive (60)")
     sign = command(engine, "sign-csr", engine_sign_csr,
                    "sign a host's certificate request with the engine CA")
     _engine_options(sign)
@@ -206,6 +279,14 @@ def build_parser() -> argparse.ArgumentParser:
             lister.add_argument("--name")
             lister.add_argument("--cluster")
 
+    audit_log = groups.add_parser("events", help="the audit log (oldest first)")
+    audit_log.set_defaults(func=events)
+    _engine_options(audit_log)
+    audit_log.add_argument("--type", choices=("cluster", "host", "vm"))
+    audit_log.add_argument("--name", help="entity name")
+    audit_log.add_argument("--limit", type=int, default=50)
+    audit_log.add_argument("--json", action="store_true")
+
     vm = groups.add_parser("vm", help="virtual machines").add_subparsers(
         dest="command", required=True)
     lister = command(vm, "list", vm_list, "list VMs")
@@ -219,6 +300,26 @@ def build_parser() -> argparse.ArgumentParser:
     for sub in (xml, console):
         _engine_options(sub)
         sub.add_argument("name")
+
+    sched = groups.add_parser("schedule", help="place VMs on hosts offline and explain each decision",
+                              description="Place the VMs of VMS.yaml, in order, on the hosts of "
+                              "HOSTS.yaml with a cluster scheduling policy; print JSON: each VM's "
+                              "host (or null) and the explanation.")
+    sched.set_defaults(func=schedule)
+    sched.add_argument("--hosts", required=True, help="YAML list of hosts")
+    sched.add_argument("--vms", required=True, help="YAML list of VM specs")
+    sched.add_argument("--policy", default="none", help="scheduling policy (default: none)")
+    sched.add_argument("--properties", help="policy parameters as a JSON object")
+    sched.add_argument("--affinity-groups", help="YAML list of affinity groups")
+
+    xmlgroup = groups.add_parser("xml", help="domain XML").add_subparsers(
+        dest="command", required=True)
+    xml_render_cmd = command(xmlgroup, "render", xml_render,
+                             "print the domain XML for a VM spec file (YAML or JSON)")
+    xml_render_cmd.add_argument("spec", help="VM spec file, as docs/vm-spec.md describes")
+    xml_render_cmd.add_argument("--virt-type", choices=("kvm", "qemu"), default="kvm",
+                                help="the cluster's virt_type when rendering without a database")
+    _engine_options(xml_render_cmd)
 
     lab = groups.add_parser("lab", help="test hosts in network namespaces").add_subparsers(
         dest="command", required=True)

@@ -14,7 +14,8 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, String, Text
+from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text,
+                        UniqueConstraint)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -63,6 +64,10 @@ class Cluster(Base):
     memory_overcommit_percent: Mapped[int] = mapped_column(Integer, default=100)
     # List of "first-last" MAC ranges.
     mac_pool: Mapped[list] = mapped_column(JSON, default=list)
+    # Issue 6 (migration 0003): a name from engine_lib.scheduling.policies and
+    # the cluster's values for that policy's parameters.
+    scheduling_policy: Mapped[str] = mapped_column(String(32), default="none")
+    scheduling_properties: Mapped[dict] = mapped_column(JSON, default=dict)
     version: Mapped[int] = mapped_column(Integer, nullable=False)
 
     hosts: Mapped[list["Host"]] = relationship(back_populates="cluster")
@@ -86,6 +91,16 @@ class Host(Base):
     cpus: Mapped[int] = mapped_column(Integer, default=0)
     memory_mib: Mapped[int] = mapped_column(Integer, default=0)
     libvirt_version: Mapped[str] = mapped_column(String(32), default="")
+    # Issue 6 (migration 0003): facts the scheduler's filters read. None means
+    # "not reported", which no filter holds against the host.
+    cpu_model: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    machines: Mapped[list | None] = mapped_column(JSON, nullable=True)
+    networks: Mapped[list | None] = mapped_column(JSON, nullable=True)
+    hooks: Mapped[list | None] = mapped_column(JSON, nullable=True)
+    # Huge page size in KiB (as a string key) -> free pages.
+    hugepages: Mapped[dict] = mapped_column(JSON, default=dict)
+    used_memory_mib: Mapped[int] = mapped_column(Integer, default=0)
+    used_cpu_percent: Mapped[float] = mapped_column(Float, default=0.0)
     last_seen: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     version: Mapped[int] = mapped_column(Integer, nullable=False)
 
@@ -110,6 +125,25 @@ class Vm(Base):
     initrd: Mapped[str] = mapped_column(Text, default="")
     cmdline: Mapped[str] = mapped_column(Text, default="")
     custom_properties: Mapped[dict] = mapped_column(JSON, default=dict)
+    # Issue 3 (migration 0002). 0 means "none": no memory hotplug, no vCPU hotplug, ...
+    max_memory_mib: Mapped[int] = mapped_column(Integer, default=0)
+    max_vcpus: Mapped[int] = mapped_column(Integer, default=0)
+    # "" lets the engine choose from the cluster's virt_type at render time.
+    cpu_mode: Mapped[str] = mapped_column(String(32), default="")
+    cpu_model: Mapped[str] = mapped_column(String(64), default="")
+    firmware: Mapped[str] = mapped_column(String(8), default="bios")
+    secure_boot: Mapped[bool] = mapped_column(Boolean, default=False)
+    numa_nodes: Mapped[int] = mapped_column(Integer, default=0)
+    hugepages_kib: Mapped[int] = mapped_column(Integer, default=0)
+    launch_paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The NoCloud payload as spec.cloud_init normalizes it; {} for none.
+    cloud_init: Mapped[dict] = mapped_column(JSON, default=dict)
+    # Canonical forms shared with the scheduler (issue 6):
+    # {"enabled": bool, "priority": int} and {"hosts": [...], "affinity_groups": [...]}.
+    high_availability: Mapped[dict] = mapped_column(
+        JSON, default=lambda: {"enabled": False, "priority": 0})
+    placement: Mapped[dict] = mapped_column(
+        JSON, default=lambda: {"hosts": [], "affinity_groups": []})
     status: Mapped[str] = mapped_column(String(32), default=VmStatus.DOWN)
     exit_reason: Mapped[str] = mapped_column(String(255), default="")
     run_on_host_id: Mapped[str | None] = mapped_column(ForeignKey("hosts.id"), nullable=True)
@@ -137,6 +171,13 @@ class DeviceType:
     SERIAL = "serial"
     BALLOON = "memballoon"
     CONTROLLER = "controller"
+    CDROM = "cdrom"
+    GRAPHICS = "graphics"
+    VIDEO = "video"
+    CHANNEL = "channel"
+    RNG = "rng"
+    WATCHDOG = "watchdog"
+    TPM = "tpm"
 
 
 class VmDevice(Base):
@@ -161,6 +202,28 @@ class VmDevice(Base):
     @property
     def user_alias(self) -> str:
         return f"ua-{self.id}"
+
+
+class AffinityGroup(Base):
+    """Issue 6 (migration 0003): oVirt's affinity group, per cluster.
+
+    Members are the VMs whose ``placement.affinity_groups`` name the group.
+    """
+
+    __tablename__ = "affinity_groups"
+    __table_args__ = (UniqueConstraint("cluster_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    cluster_id: Mapped[str] = mapped_column(ForeignKey("clusters.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    vm_rule: Mapped[str] = mapped_column(String(16), default="disabled")
+    vm_enforcing: Mapped[bool] = mapped_column(Boolean, default=True)
+    host_rule: Mapped[str] = mapped_column(String(16), default="disabled")
+    host_enforcing: Mapped[bool] = mapped_column(Boolean, default=True)
+    hosts: Mapped[list] = mapped_column(JSON, default=list)
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+
+    __mapper_args__ = {"version_id_col": version}
 
 
 class AuditEntry(Base):

@@ -5,10 +5,16 @@ form: sizes in MiB, defaults filled in for the sub-objects that were given,
 unknown keys refused. Keys the user did not give stay absent, so a partial
 spec updates only what it names. Every error names the field path
 ("disks[1].size") and the reason.
+
+Checks that need the whole VM (a boot order used twice across disks and NICs,
+more vCPUs than ``cpu.max_vcpus`` when only one of them changes) run again on
+the merged VM in ``engine_lib.services.vm_config``.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import re
 from typing import Any
 
@@ -19,17 +25,48 @@ from engine_lib.units import size_mib
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 PROPERTY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+SERIAL_RE = re.compile(r"^[A-Za-z0-9_.-]{1,20}$")
+LUN_RE = re.compile(r"^/dev/[A-Za-z0-9._:+@=-]+(/[A-Za-z0-9._:+@=-]+)*$")
+HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                         r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+SSH_KEY_RE = re.compile(r"^(ssh-(rsa|dss|ed25519)|ecdsa-sha2-nistp(256|384|521)|"
+                        r"sk-(ssh-ed25519|ecdsa-sha2-nistp256)@openssh\.com) [A-Za-z0-9+/=]+( [^\n]*)?$")
 # XML 1.0 cannot carry these at all, escaped or not.
-_XML_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+_XML_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
 
 MACHINES = ("pc", "q35")
+FIRMWARES = ("bios", "uefi")
+CPU_MODES = ("host-model", "host-passthrough", "custom")
 DISK_FORMATS = ("qcow2", "raw")
 DISK_INTERFACES = ("virtio", "sata", "scsi")
-NIC_MODELS = ("virtio", "e1000", "rtl8139")
+DISK_CACHES = ("default", "none", "writethrough", "writeback", "directsync", "unsafe")
+DISK_IO = ("default", "native", "threads", "io_uring")
+DISK_DISCARD = ("ignore", "unmap")
+IOTUNE_KEYS = ("total_bytes_sec", "read_bytes_sec", "write_bytes_sec",
+               "total_iops_sec", "read_iops_sec", "write_iops_sec")
+NIC_MODELS = ("virtio", "e1000", "e1000e", "rtl8139")
+LINK_STATES = ("up", "down")
+GRAPHICS = ("vnc", "spice")
+VIDEO_MODELS = ("virtio", "qxl", "vga", "bochs", "ramfb")
+RNG_SOURCES = {"urandom": "/dev/urandom", "random": "/dev/random", "hwrng": "/dev/hwrng"}
+# (itco needs libvirt 9.1; Debian 12 ships 9.0.)
+WATCHDOG_MODELS = ("i6300esb", "ib700")
+WATCHDOG_ACTIONS = ("reset", "shutdown", "poweroff", "pause", "none", "dump", "inject-nmi")
+TPM_MODELS = ("tpm-crb", "tpm-tis")
+TPM_VERSIONS = ("2.0", "1.2")
+# Page sizes x86_64 hosts offer, in KiB.
+HUGEPAGE_KIB = {"2MiB": 2048, "1GiB": 1048576}
+MAX_BOOT_ORDER = 64
+HA_PRIORITY_MAX = 100
 
-VM_KEYS = ("name", "cluster", "description", "memory", "cpu", "machine", "kernel", "initrd",
-           "cmdline", "disks", "nics", "serial_console", "custom_properties")
+VM_KEYS = ("name", "cluster", "description", "memory", "max_memory", "cpu", "machine",
+           "firmware", "numa", "hugepages", "kernel", "initrd", "cmdline", "disks", "cdrom",
+           "nics", "graphics", "video", "serial_console", "guest_agent", "rng", "watchdog",
+           "balloon", "tpm", "cloud_init", "launch_paused", "custom_properties",
+           "high_availability", "placement")
 
+
+# -- scalar checks ----------------------------------------------------------------------------
 
 def name(field: str, value: Any) -> str:
     if not isinstance(value, str) or not NAME_RE.match(value):
@@ -50,7 +87,7 @@ def text(field: str, value: Any, max_len: int = 4096) -> str:
 
 
 def choice(field: str, value: Any, choices: tuple[str, ...]) -> str:
-    if value not in choices:
+    if not isinstance(value, str) or value not in choices:
         raise InvalidSpec(field, f"must be one of {', '.join(choices)} (got {value!r})")
     return value
 
@@ -61,9 +98,10 @@ def boolean(field: str, value: Any) -> bool:
     return value
 
 
-def positive_int(field: str, value: Any, maximum: int = 1024) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
-        raise InvalidSpec(field, f"must be a whole number from 1 to {maximum} (got {value!r})")
+def positive_int(field: str, value: Any, maximum: int = 1024, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise InvalidSpec(field, f"must be a whole number from {minimum} to {maximum} "
+                                 f"(got {value!r})")
     return value
 
 
@@ -77,38 +115,21 @@ def mac(field: str, value: Any) -> str:
     return str(eui).replace("-", ":").lower()
 
 
+def ip_address(field: str, value: Any) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except (ValueError, TypeError):
+        raise InvalidSpec(field, f"'{value}' is not an IP address") from None
+
+
 def _mapping(field: str, value: Any, allowed: tuple[str, ...]) -> dict:
     if not isinstance(value, dict):
         raise InvalidSpec(field, f"must be a mapping, got {type(value).__name__}")
     for key in value:
         if key not in allowed:
-            raise InvalidSpec(f"{field}.{key}" if field else key,
+            raise InvalidSpec(f"{field}.{key}" if field else str(key),
                               f"unknown key (allowed: {', '.join(allowed)})")
     return value
-
-
-def boot_file(field: str, value: Any) -> str:
-    """A kernel or initrd: 'domain:relative/path' on a storage domain, or an absolute host path."""
-    value = text(field, value, 1024)
-    if value.startswith("/"):
-        return value
-    domain, sep, path = value.partition(":")
-    if not sep or not domain or not path:
-        raise InvalidSpec(field, "must be '<storage domain>:<path>' or an absolute path "
-                                 f"(got {value!r})")
-    name(field, domain)
-    if path.startswith("/") or ".." in path.split("/"):
-        raise InvalidSpec(field, f"path '{path}' must be relative and stay inside the storage domain")
-    return value
-
-
-def _unique(field: str, items: list[dict], key: str) -> None:
-    seen: set = set()
-    for index, item in enumerate(items):
-        value = item.get(key)
-        if value is not None and value in seen:
-            raise InvalidSpec(f"{field}[{index}].{key}", f"duplicate {key} '{value}'")
-        seen.add(value)
 
 
 def _list(field: str, value: Any) -> list:
@@ -117,40 +138,409 @@ def _list(field: str, value: Any) -> list:
     return value
 
 
-DISK_KEYS = ("name", "size", "format", "interface", "storage_domain", "bootable")
+def _require(field: str, value: dict, keys: tuple[str, ...]) -> None:
+    for key in keys:
+        if key not in value:
+            raise InvalidSpec(f"{field}.{key}", "is required")
+
+
+def _toggle(field: str, value: Any, allowed: tuple[str, ...]) -> dict | None:
+    """Devices a VM has once: false (none), true (defaults) or a mapping of settings."""
+    if value is False or value is None:
+        return None
+    if value is True:
+        return {}
+    return _mapping(field, value, allowed)
+
+
+def boot_file(field: str, value: Any) -> str:
+    """A kernel, initrd or ISO: 'domain:relative/path' on a storage domain, or an absolute path."""
+    value = text(field, value, 1024)
+    if value.startswith("/"):
+        if "\n" in value or "\r" in value or "\t" in value:
+            raise InvalidSpec(field, "an absolute path cannot contain tabs or line breaks")
+        return value
+    domain, sep, path = value.partition(":")
+    if not sep or not domain or not path:
+        raise InvalidSpec(field, "must be '<storage domain>:<path>' or an absolute path "
+                                 f"(got {value!r})")
+    name(field, domain)
+    if path.startswith("/") or ".." in path.split("/") or any(c in path for c in "\n\r\t"):
+        raise InvalidSpec(field, f"path '{path}' must be relative and stay inside the storage domain")
+    return value
+
+
+def boot_order(field: str, value: Any) -> int | None:
+    return None if value is None else positive_int(field, value, MAX_BOOT_ORDER)
+
+
+def _unique(field: str, items: list[dict], key: str) -> None:
+    seen: set = set()
+    for index, item in enumerate(items):
+        value = item.get(key)
+        if value not in (None, "") and value in seen:
+            raise InvalidSpec(f"{field}[{index}].{key}", f"duplicate {key} '{value}'")
+        seen.add(value)
+
+
+def _names(field: str, value: Any) -> list[str]:
+    names = [name(f"{field}[{i}]", item) for i, item in enumerate(_list(field, value))]
+    for index, item in enumerate(names):
+        if item in names[:index]:
+            raise InvalidSpec(f"{field}[{index}]", f"duplicate name '{item}'")
+    return names
+
+
+# -- VM-level sub-objects ---------------------------------------------------------------------
+
+CPU_KEYS = ("sockets", "cores", "threads", "mode", "model", "max_vcpus")
+
+
+def cpu(value: Any) -> dict:
+    value = _mapping("cpu", value, CPU_KEYS)
+    out: dict[str, Any] = {key: positive_int(f"cpu.{key}", value.get(key, 1), 256)
+                           for key in ("sockets", "cores", "threads")}
+    # None: the engine picks from the cluster's virt_type (see docs/vm-spec.md).
+    out["mode"] = choice("cpu.mode", value["mode"], CPU_MODES) if value.get("mode") else None
+    out["model"] = ""
+    if value.get("model"):
+        out["model"] = text("cpu.model", value["model"], 64)
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", out["model"]):
+            raise InvalidSpec("cpu.model", f"'{out['model']}' is not a CPU model name")
+        if out["mode"] not in ("custom", None):
+            raise InvalidSpec("cpu.model", f"a CPU model needs mode custom (mode is {out['mode']})")
+        out["mode"] = "custom"
+    elif out["mode"] == "custom":
+        raise InvalidSpec("cpu.model", "is required with mode custom")
+    out["max_vcpus"] = 0
+    if value.get("max_vcpus") is not None:
+        out["max_vcpus"] = positive_int("cpu.max_vcpus", value["max_vcpus"], 1024)
+    check_vcpus(out, out["max_vcpus"])
+    return out
+
+
+def check_vcpus(topology: dict, max_vcpus: int) -> None:
+    """max_vcpus bounds the vCPUs and is built of whole sockets (libvirt's topology rule)."""
+    vcpus = topology["sockets"] * topology["cores"] * topology["threads"]
+    if vcpus > 1024:
+        raise InvalidSpec("cpu", f"{vcpus} vCPUs (sockets x cores x threads) is more than 1024")
+    if not max_vcpus:
+        return
+    if vcpus > max_vcpus:
+        raise InvalidSpec("cpu.max_vcpus", f"the topology gives {vcpus} vCPUs, more than "
+                                           f"max_vcpus {max_vcpus}")
+    per_socket = topology["cores"] * topology["threads"]
+    if max_vcpus % per_socket:
+        raise InvalidSpec("cpu.max_vcpus", f"must be a multiple of cores x threads "
+                                           f"({per_socket}) so vCPUs are added by whole sockets")
+
+
+def firmware(value: Any) -> dict:
+    if isinstance(value, str):
+        value = {"type": value}
+    value = _mapping("firmware", value, ("type", "secure_boot"))
+    out = {"type": choice("firmware.type", value.get("type", "bios"), FIRMWARES),
+           "secure_boot": boolean("firmware.secure_boot", value.get("secure_boot", False))}
+    if out["secure_boot"] and out["type"] != "uefi":
+        raise InvalidSpec("firmware.secure_boot", "needs firmware type uefi")
+    return out
+
+
+def hugepages(value: Any) -> int:
+    """Page size in KiB backing the guest memory; 0 for none."""
+    if value is False or value is None:
+        return 0
+    if value is True:
+        return HUGEPAGE_KIB["2MiB"]
+    if isinstance(value, str) and value in HUGEPAGE_KIB:
+        return HUGEPAGE_KIB[value]
+    raise InvalidSpec("hugepages", f"must be false, true, {' or '.join(HUGEPAGE_KIB)} "
+                                   f"(got {value!r})")
+
+
+def numa(value: Any) -> int:
+    if value is False or value is None:
+        return 0
+    value = _mapping("numa", value, ("nodes",))
+    return positive_int("numa.nodes", value.get("nodes", 1), 64)
+
+
+def high_availability(value: Any) -> dict:
+    if isinstance(value, bool):
+        value = {"enabled": value}
+    value = _mapping("high_availability", value, ("enabled", "priority"))
+    return {"enabled": boolean("high_availability.enabled", value.get("enabled", False)),
+            "priority": positive_int("high_availability.priority", value.get("priority", 0),
+                                     HA_PRIORITY_MAX, minimum=0)}
+
+
+def placement(value: Any) -> dict:
+    value = _mapping("placement", value, ("hosts", "affinity_groups"))
+    return {"hosts": _names("placement.hosts", value.get("hosts", [])),
+            "affinity_groups": _names("placement.affinity_groups",
+                                      value.get("affinity_groups", []))}
+
+
+def custom_properties(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise InvalidSpec("custom_properties", "must be a mapping of names to strings")
+    out = {}
+    for key, item in value.items():
+        if not isinstance(key, str) or not PROPERTY_RE.match(key):
+            raise InvalidSpec(f"custom_properties.{key}",
+                              "names are letters, digits and '_', not starting with a digit")
+        if isinstance(item, (dict, list)) or item is None:
+            raise InvalidSpec(f"custom_properties.{key}", "must be a string, number or boolean")
+        out[key] = text(f"custom_properties.{key}",
+                        str(item).lower() if isinstance(item, bool) else str(item))
+    return out
+
+
+# -- devices ----------------------------------------------------------------------------------
+
+DISK_KEYS = ("name", "size", "format", "interface", "storage_domain", "lun", "bootable",
+             "boot_order", "readonly", "shareable", "cache", "io", "discard", "iotune", "serial")
+
+
+def iotune(field: str, value: Any) -> dict[str, int]:
+    value = _mapping(field, value, IOTUNE_KEYS)
+    return {key: positive_int(f"{field}.{key}", value[key], 2**50) for key in IOTUNE_KEYS
+            if key in value}
 
 
 def disk(field: str, value: Any) -> dict:
-    _mapping(field, value, DISK_KEYS)
-    for required in ("name", "size", "storage_domain"):
-        if required not in value:
-            raise InvalidSpec(f"{field}.{required}", "is required")
-    return {
-        "name": name(f"{field}.name", value["name"]),
-        "size_mib": size_mib(f"{field}.size", value["size"]),
-        "format": choice(f"{field}.format", value.get("format", "qcow2"), DISK_FORMATS),
-        "interface": choice(f"{field}.interface", value.get("interface", "virtio"), DISK_INTERFACES),
-        "storage_domain": name(f"{field}.storage_domain", value["storage_domain"]),
-        "bootable": boolean(f"{field}.bootable", value.get("bootable", False)),
-    }
+    value = _mapping(field, value, DISK_KEYS)
+    _require(field, value, ("name",))
+    out: dict[str, Any] = {"name": name(f"{field}.name", value["name"])}
+    if "lun" in value:
+        for key in ("size", "storage_domain", "format"):
+            if key in value:
+                raise InvalidSpec(f"{field}.{key}", "does not apply to a lun disk "
+                                                    "(the block device has its own)")
+        lun = text(f"{field}.lun", value["lun"], 1024)
+        if not LUN_RE.match(lun) or ".." in lun.split("/"):
+            raise InvalidSpec(f"{field}.lun", f"must be a block device path under /dev "
+                                              f"(got {lun!r})")
+        out.update(lun=lun, format="raw")
+    else:
+        _require(field, value, ("size", "storage_domain"))
+        out.update(size_mib=size_mib(f"{field}.size", value["size"]),
+                   format=choice(f"{field}.format", value.get("format", "qcow2"), DISK_FORMATS),
+                   storage_domain=name(f"{field}.storage_domain", value["storage_domain"]))
+    out.update(
+        interface=choice(f"{field}.interface", value.get("interface", "virtio"), DISK_INTERFACES),
+        bootable=boolean(f"{field}.bootable", value.get("bootable", False)),
+        boot_order=boot_order(f"{field}.boot_order", value.get("boot_order")),
+        readonly=boolean(f"{field}.readonly", value.get("readonly", False)),
+        shareable=boolean(f"{field}.shareable", value.get("shareable", False)),
+        cache=choice(f"{field}.cache", value.get("cache", "default"), DISK_CACHES),
+        io=choice(f"{field}.io", value.get("io", "default"), DISK_IO),
+        discard=choice(f"{field}.discard", value.get("discard", "ignore"), DISK_DISCARD),
+        iotune=iotune(f"{field}.iotune", value.get("iotune", {})),
+        serial="",
+    )
+    if value.get("serial"):
+        serial = text(f"{field}.serial", value["serial"], 20)
+        if not SERIAL_RE.match(serial):
+            raise InvalidSpec(f"{field}.serial", "must be 1-20 letters, digits, '.', '_' or '-'")
+        out["serial"] = serial
+    if out["boot_order"] is not None:
+        out["bootable"] = True
+    if out["io"] == "native" and out["cache"] not in ("none", "directsync"):
+        raise InvalidSpec(f"{field}.io", "native I/O needs cache none or directsync")
+    if out["readonly"] and out["interface"] == "sata":
+        raise InvalidSpec(f"{field}.readonly", "a SATA disk cannot be read-only (use virtio or scsi)")
+    return out
 
 
-NIC_KEYS = ("name", "network", "mac", "model")
+def cdrom(value: Any) -> dict | None:
+    """False removes the drive; '' or {} is an empty drive; a string is the ISO."""
+    if value is False:
+        return None
+    if value is None or isinstance(value, str):
+        value = {"iso": value or ""}
+    value = _mapping("cdrom", value, ("iso", "boot_order"))
+    iso = value.get("iso") or ""
+    return {"iso": boot_file("cdrom.iso", iso) if iso else "",
+            "boot_order": boot_order("cdrom.boot_order", value.get("boot_order"))}
+
+
+NIC_KEYS = ("name", "network", "mac", "model", "mtu", "vlan", "link_state", "bandwidth",
+            "boot_order")
+
+
+def bandwidth(field: str, value: Any) -> dict:
+    value = _mapping(field, value, ("inbound", "outbound"))
+    out = {}
+    for direction in ("inbound", "outbound"):
+        if value.get(direction) is None:
+            continue
+        sub = f"{field}.{direction}"
+        rates = _mapping(sub, value[direction], ("average", "peak", "burst"))
+        _require(sub, rates, ("average",))
+        out[direction] = {key: positive_int(f"{sub}.{key}", rates[key], 2**32 - 1)
+                          for key in ("average", "peak", "burst") if key in rates}
+    return out
 
 
 def nic(field: str, value: Any) -> dict:
-    _mapping(field, value, NIC_KEYS)
-    for required in ("name", "network"):
-        if required not in value:
-            raise InvalidSpec(f"{field}.{required}", "is required")
+    value = _mapping(field, value, NIC_KEYS)
+    _require(field, value, ("name", "network"))
     result = {
         "name": name(f"{field}.name", value["name"]),
         "network": name(f"{field}.network", value["network"]),
         "model": choice(f"{field}.model", value.get("model", "virtio"), NIC_MODELS),
+        "mtu": 0 if value.get("mtu") is None else positive_int(f"{field}.mtu", value["mtu"],
+                                                               65535, 68),
+        "vlan": 0 if value.get("vlan") is None else positive_int(f"{field}.vlan", value["vlan"],
+                                                                 4094),
+        "link_state": choice(f"{field}.link_state", value.get("link_state", "up"), LINK_STATES),
+        "bandwidth": bandwidth(f"{field}.bandwidth", value.get("bandwidth") or {}),
+        "boot_order": boot_order(f"{field}.boot_order", value.get("boot_order")),
     }
+    if len(result["network"]) > 15:
+        raise InvalidSpec(f"{field}.network", "a host bridge name has at most 15 characters")
     if value.get("mac") is not None:
         result["mac"] = mac(f"{field}.mac", value["mac"])
     return result
+
+
+def graphics(value: Any) -> dict | None:
+    if value is False or value is None:
+        return None
+    if isinstance(value, str):
+        value = {"type": value}
+    value = _mapping("graphics", value, ("type", "listen", "password"))
+    out = {"type": choice("graphics.type", value.get("type", "vnc"), GRAPHICS),
+           "listen": ip_address("graphics.listen", value.get("listen", "127.0.0.1")),
+           "password": ""}
+    if value.get("password"):
+        limit = 8 if out["type"] == "vnc" else 60
+        out["password"] = text("graphics.password", value["password"], limit)
+        if "\n" in out["password"] or "\r" in out["password"]:
+            raise InvalidSpec("graphics.password", "cannot contain line breaks")
+    return out
+
+
+def video(value: Any) -> dict | None:
+    if value is False or value is None:
+        return None
+    if isinstance(value, str):
+        value = {"model": value}
+    value = _mapping("video", value, ("model", "heads"))
+    return {"model": choice("video.model", value.get("model", "virtio"), VIDEO_MODELS),
+            "heads": positive_int("video.heads", value.get("heads", 1), 4)}
+
+
+def rng(value: Any) -> dict | None:
+    value = _toggle("rng", value, ("source",))
+    if value is None:
+        return None
+    source = choice("rng.source", value.get("source", "urandom"), tuple(RNG_SOURCES))
+    return {"source": RNG_SOURCES[source]}
+
+
+def watchdog(value: Any) -> dict | None:
+    value = _toggle("watchdog", value, ("model", "action"))
+    if value is None:
+        return None
+    return {"model": choice("watchdog.model", value.get("model", "i6300esb"), WATCHDOG_MODELS),
+            "action": choice("watchdog.action", value.get("action", "reset"), WATCHDOG_ACTIONS)}
+
+
+def balloon(value: Any) -> dict:
+    if isinstance(value, bool):
+        value = {"enabled": value}
+    value = _mapping("balloon", value, ("enabled", "guarantee"))
+    out = {"enabled": boolean("balloon.enabled", value.get("enabled", True)), "guarantee_mib": 0}
+    if value.get("guarantee") is not None:
+        if not out["enabled"]:
+            raise InvalidSpec("balloon.guarantee", "needs the balloon enabled")
+        out["guarantee_mib"] = size_mib("balloon.guarantee", value["guarantee"])
+    return out
+
+
+def tpm(value: Any) -> dict | None:
+    value = _toggle("tpm", value, ("model", "version"))
+    if value is None:
+        return None
+    out = {"model": choice("tpm.model", value.get("model", "tpm-crb"), TPM_MODELS),
+           "version": choice("tpm.version", str(value.get("version", "2.0")), TPM_VERSIONS)}
+    if out["model"] == "tpm-crb" and out["version"] != "2.0":
+        raise InvalidSpec("tpm.version", "tpm-crb emulates TPM 2.0 only")
+    return out
+
+
+CLOUD_INIT_KEYS = ("user_data", "hostname", "ssh_keys", "network_config")
+
+
+def cloud_init(value: Any) -> dict:
+    """A NoCloud payload; {} (or false) means none."""
+    if value is False or value is None:
+        return {}
+    value = _mapping("cloud_init", value, CLOUD_INIT_KEYS)
+    out: dict[str, Any] = {"user_data": "", "hostname": "", "ssh_keys": [], "network_config": ""}
+    if value.get("user_data"):
+        out["user_data"] = text("cloud_init.user_data", value["user_data"], 65536)
+    if value.get("hostname"):
+        out["hostname"] = text("cloud_init.hostname", value["hostname"], 253)
+        if not HOSTNAME_RE.match(out["hostname"]):
+            raise InvalidSpec("cloud_init.hostname", f"'{out['hostname']}' is not a host name")
+    for index, key in enumerate(_list("cloud_init.ssh_keys", value.get("ssh_keys") or [])):
+        field = f"cloud_init.ssh_keys[{index}]"
+        key = text(field, key, 16384).strip()
+        if not SSH_KEY_RE.match(key):
+            raise InvalidSpec(field, "is not an OpenSSH public key ('<type> <base64> [comment]')")
+        out["ssh_keys"].append(key)
+    config = value.get("network_config")
+    if isinstance(config, dict):
+        # JSON is YAML: cloud-init reads it as is, and sorted keys keep the XML stable.
+        config = json.dumps(config, sort_keys=True)
+    if config:
+        out["network_config"] = text("cloud_init.network_config", config, 65536)
+    return out
+
+
+def _check_boot_orders(out: dict) -> None:
+    """Two devices cannot share a boot order (when the spec gives every bootable list)."""
+    seen: dict[int, str] = {}
+    for field, items in (("disks", out.get("disks", [])), ("nics", out.get("nics", [])),
+                         ("cdrom", [out["cdrom"]] if out.get("cdrom") else [])):
+        for index, item in enumerate(items):
+            order = item.get("boot_order")
+            path = f"{field}[{index}].boot_order" if field != "cdrom" else "cdrom.boot_order"
+            if order is None:
+                continue
+            if order in seen:
+                raise InvalidSpec(path, f"boot order {order} is already used by {seen[order]}")
+            seen[order] = path.rsplit(".", 1)[0]
+
+
+# -- the whole spec ---------------------------------------------------------------------------
+
+_SIMPLE = {
+    "cluster": lambda v: name("cluster", v),
+    "description": lambda v: text("description", v),
+    "machine": lambda v: choice("machine", v, MACHINES),
+    "cmdline": lambda v: text("cmdline", v, 2048),
+    "firmware": firmware,
+    "hugepages": hugepages,
+    "numa": numa,
+    "cdrom": cdrom,
+    "graphics": graphics,
+    "video": video,
+    "serial_console": lambda v: boolean("serial_console", v),
+    "guest_agent": lambda v: boolean("guest_agent", v),
+    "rng": rng,
+    "watchdog": watchdog,
+    "balloon": balloon,
+    "tpm": tpm,
+    "cloud_init": cloud_init,
+    "launch_paused": lambda v: boolean("launch_paused", v),
+    "custom_properties": custom_properties,
+    "high_availability": high_availability,
+    "placement": placement,
+}
 
 
 def normalize_vm(spec: Any) -> dict:
@@ -159,40 +549,32 @@ def normalize_vm(spec: Any) -> dict:
     if "name" not in spec:
         raise InvalidSpec("name", "is required")
     out: dict[str, Any] = {"name": name("name", spec["name"])}
-    if "cluster" in spec:
-        out["cluster"] = name("cluster", spec["cluster"])
-    if "description" in spec:
-        out["description"] = text("description", spec["description"])
+    for key, check in _SIMPLE.items():
+        if key in spec:
+            out[key] = check(spec[key])
     if "memory" in spec:
         out["memory_mib"] = size_mib("memory", spec["memory"])
+    if "max_memory" in spec:
+        out["max_memory_mib"] = size_mib("max_memory", spec["max_memory"]) \
+            if spec["max_memory"] else 0
     if "cpu" in spec:
-        cpu = _mapping("cpu", spec["cpu"], ("sockets", "cores", "threads"))
-        out["cpu"] = {key: positive_int(f"cpu.{key}", cpu.get(key, 1), 256)
-                      for key in ("sockets", "cores", "threads")}
-    if "machine" in spec:
-        out["machine"] = choice("machine", spec["machine"], MACHINES)
+        out["cpu"] = cpu(spec["cpu"])
     for key in ("kernel", "initrd"):
         if key in spec:
             out[key] = boot_file(key, spec[key]) if spec[key] else ""
-    if "cmdline" in spec:
-        out["cmdline"] = text("cmdline", spec["cmdline"], 2048)
     if "disks" in spec:
         out["disks"] = [disk(f"disks[{i}]", d) for i, d in enumerate(_list("disks", spec["disks"]))]
         _unique("disks", out["disks"], "name")
+        _unique("disks", out["disks"], "serial")
     if "nics" in spec:
         out["nics"] = [nic(f"nics[{i}]", n) for i, n in enumerate(_list("nics", spec["nics"]))]
         _unique("nics", out["nics"], "name")
         _unique("nics", out["nics"], "mac")
-    if "serial_console" in spec:
-        out["serial_console"] = boolean("serial_console", spec["serial_console"])
-    if "custom_properties" in spec:
-        props = spec["custom_properties"]
-        if not isinstance(props, dict):
-            raise InvalidSpec("custom_properties", "must be a mapping of names to strings")
-        out["custom_properties"] = {}
-        for key, value in props.items():
-            if not isinstance(key, str) or not PROPERTY_RE.match(key):
-                raise InvalidSpec(f"custom_properties.{key}",
-                                  "names are letters, digits and '_', not starting with a digit")
-            out["custom_properties"][key] = text(f"custom_properties.{key}", str(value))
+    _check_boot_orders(out)
+    if out.get("memory_mib") and out.get("max_memory_mib") and \
+            out["max_memory_mib"] < out["memory_mib"]:
+        raise InvalidSpec("max_memory", f"{out['max_memory_mib']} MiB is less than memory "
+                                        f"({out['memory_mib']} MiB)")
+    if out.get("firmware", {}).get("secure_boot") and out.get("machine") == "pc":
+        raise InvalidSpec("firmware.secure_boot", "needs machine q35 (SMM)")
     return out

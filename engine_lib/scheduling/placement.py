@@ -1,86 +1,72 @@
-"""Place one VM: filters remove hosts (each with a reason), a weight ranks the rest.
+"""Place one VM: the policy's filters remove hosts (each with a reason), its weights rank the rest.
 
-This is the foundation's policy: status, memory with the cluster's overcommit
-and the claims of VMs already placed (running or still launching), and CPU
-count; the host with the most memory left after placement wins. The decision
-always explains itself, so "why didn't my VM start there?" is one call away.
+Pure: a VM, the hosts (a list of HostState or a prepared HostTable), the
+cluster's policy and affinity context in; a Decision out. Ties go to the host
+name that sorts first, so the same question always gets the same answer.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable
+from typing import Sequence
+
+import numpy as np
+
+from engine_lib.scheduling.decision import Decision
+from engine_lib.scheduling.filters import FILTERS, Filter
+from engine_lib.scheduling.policies import DEFAULT_POLICY, POLICIES, Policy
+from engine_lib.scheduling.state import Context, HostState, VmRequest
+from engine_lib.scheduling.table import HostTable
+from engine_lib.scheduling.weights import WEIGHTS, normalize
 
 
-@dataclass(frozen=True)
-class HostState:
-    name: str
-    status: str
-    cpus: int
-    memory_mib: int
-    # Memory of the VMs this host runs or is about to run.
-    claimed_mib: int = 0
-    overcommit_percent: int = 100
+class Avoid(Filter):
+    """A caller's own exclusion (a balancer keeping VMs off hosts it is emptying)."""
 
-    @property
-    def schedulable_mib(self) -> int:
-        return self.memory_mib * self.overcommit_percent // 100 - self.claimed_mib
+    name = "balancer"
 
+    def __init__(self, mask: np.ndarray, reason: str):
+        self._mask, self.description = mask, reason
 
-@dataclass(frozen=True)
-class VmRequest:
-    name: str
-    vcpus: int
-    memory_mib: int
+    def mask(self, table, vm, detail):
+        return ~self._mask
+
+    def check(self, host, vm, detail):
+        return self.description
 
 
-@dataclass
-class Decision:
-    host: str | None
-    # Host name -> why a filter removed it.
-    filtered: dict[str, str] = field(default_factory=dict)
-    # Host name -> score of the hosts that passed every filter (higher wins).
-    weights: dict[str, float] = field(default_factory=dict)
+def place(vm: VmRequest, hosts: Sequence[HostState] | HostTable, policy: Policy | None = None,
+          context: Context | None = None, avoid: Avoid | None = None) -> Decision:
+    table = hosts if isinstance(hosts, HostTable) else HostTable(hosts)
+    policy = policy or POLICIES[DEFAULT_POLICY]
+    ctx = context if context is not None else Context()
 
-    def explain(self) -> dict:
-        return {"host": self.host, "filtered": dict(self.filtered), "weights": dict(self.weights)}
+    alive = np.ones(table.size, dtype=bool)
+    removed = []
+    checks = [FILTERS[name] for name in policy.filters] + ([avoid] if avoid else [])
+    for check in checks:
+        detail = check.detail(vm, ctx)
+        if not check.applies(vm, detail):
+            continue
+        passes = check.mask(table, vm, detail)
+        gone = alive & ~passes
+        if gone.any():
+            removed.append((check, detail, np.flatnonzero(gone)))
+            alive &= passes
 
+    candidates = np.flatnonzero(alive)
+    total = np.zeros(candidates.size)
+    scores = []
+    if candidates.size:
+        params = policy.params
+        for name, factor in policy.weights:
+            unit = WEIGHTS[name]
+            share = normalize(unit.raw(table, vm, unit.detail(vm, ctx, params))[candidates]) * factor
+            scores.append((name, factor, share))
+            total += share
 
-Filter = Callable[[HostState, VmRequest], "str | None"]
-
-
-def host_up(host: HostState, _vm: VmRequest) -> str | None:
-    return None if host.status == "Up" else f"host status is {host.status}, not Up"
-
-
-def enough_memory(host: HostState, vm: VmRequest) -> str | None:
-    if host.schedulable_mib >= vm.memory_mib:
-        return None
-    return (f"needs {vm.memory_mib} MiB, has {max(host.schedulable_mib, 0)} MiB schedulable "
-            f"({host.memory_mib} MiB at {host.overcommit_percent}% overcommit, "
-            f"{host.claimed_mib} MiB claimed)")
-
-
-def enough_cpus(host: HostState, vm: VmRequest) -> str | None:
-    if host.cpus >= vm.vcpus:
-        return None
-    return f"needs {vm.vcpus} vCPUs, host has {host.cpus} CPUs"
-
-
-FILTERS: tuple[Filter, ...] = (host_up, enough_memory, enough_cpus)
-
-
-def place(vm: VmRequest, hosts: list[HostState]) -> Decision:
-    decision = Decision(host=None)
-    for host in hosts:
-        for check in FILTERS:
-            reason = check(host, vm)
-            if reason:
-                decision.filtered[host.name] = reason
-                break
-        else:
-            decision.weights[host.name] = float(host.schedulable_mib - vm.memory_mib)
-    if decision.weights:
-        # Ties go to the name that sorts first, so a decision is reproducible.
-        decision.host = min(decision.weights, key=lambda name: (-decision.weights[name], name))
-    return decision
+    chosen = None
+    if candidates.size:
+        best = candidates[total == total.max()]
+        chosen = int(best[0]) if best.size == 1 else min(best, key=lambda i: table.names[i])
+    return Decision(vm, policy.name, table, table.snapshot(), removed, candidates, scores, total,
+                    chosen)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from engine_lib import macpool
 from engine_lib.engine import Outcome
-from engine_lib.errors import Conflict, InvalidSpec
+from engine_lib.errors import Conflict
 from engine_lib.model import Cluster
+from engine_lib.scheduling import policies as scheduling_policies
 from engine_lib.services.common import audit, changed_fields, find, get_cluster
 from engine_lib.spec import choice, name as check_name, positive_int, text
 
 VIRT_TYPES = ("kvm", "qemu")
+# Column -> the option name users set it with, for messages.
+_OPTION_NAMES = {"memory_overcommit_percent": "memory_overcommit"}
 
 
 def cluster_dict(cluster: Cluster) -> dict:
@@ -20,7 +23,22 @@ def cluster_dict(cluster: Cluster) -> dict:
         "virt_type": cluster.virt_type,
         "memory_overcommit": cluster.memory_overcommit_percent,
         "mac_pool": list(cluster.mac_pool),
+        "scheduling_policy": cluster.scheduling_policy,
+        "scheduling_policy_properties": dict(cluster.scheduling_properties or {}),
     }
+
+
+def _scheduling(cluster: Cluster | None, policy: str | None, properties: dict | None) -> dict:
+    """The scheduling columns to set: a new policy starts from its defaults unless the
+    task gives properties too; properties alone are checked against the current policy."""
+    if policy is None and properties is None:
+        return {}
+    current = cluster.scheduling_policy if cluster else None
+    name = policy or current
+    if properties is None:
+        properties = {} if name != current else dict(cluster.scheduling_properties or {})
+    resolved = scheduling_policies.resolve(name, properties)
+    return {"scheduling_policy": resolved.name, "scheduling_properties": dict(resolved.values)}
 
 
 class ClusterService:
@@ -29,6 +47,8 @@ class ClusterService:
 
     def ensure(self, name: str, *, description: str | None = None, virt_type: str | None = None,
                memory_overcommit: int | None = None, mac_pool: list[str] | None = None,
+               scheduling_policy: str | None = None,
+               scheduling_policy_properties: dict | None = None,
                check_mode: bool = False) -> Outcome:
         check_name("name", name)
         wanted = {
@@ -40,10 +60,13 @@ class ClusterService:
         }
         with self.engine.store.transaction(commit=not check_mode) as session:
             cluster = find(session, Cluster, name)
+            wanted.update(_scheduling(cluster, scheduling_policy, scheduling_policy_properties))
             if cluster is None:
                 cluster = Cluster(name=name, description="", virt_type="kvm",
                                   memory_overcommit_percent=100,
-                                  mac_pool=list(macpool.DEFAULT_RANGES))
+                                  mac_pool=list(macpool.DEFAULT_RANGES),
+                                  scheduling_policy=scheduling_policies.DEFAULT_POLICY,
+                                  scheduling_properties={})
                 for key, value in wanted.items():
                     if value is not None:
                         setattr(cluster, key, value)
@@ -57,9 +80,22 @@ class ClusterService:
                 setattr(cluster, key, value)
             if updates:
                 session.flush()
-                audit(session, "cluster", name, f"cluster updated: {', '.join(sorted(updates))}")
+                changed = sorted(_OPTION_NAMES.get(key, key) for key in updates)
+                audit(session, "cluster", name, f"cluster updated: {', '.join(changed)}")
             after = cluster_dict(cluster)
             return Outcome(bool(updates), after, {"before": before, "after": after})
+
+    def scheduling_policies(self, name: str | None = None, cluster: str | None = None) -> list[dict]:
+        """The policies a cluster can choose (filters, weights with factors, balancer,
+        parameters), or the one ``cluster`` uses with its parameter values."""
+        if cluster is not None:
+            with self.engine.store.transaction(commit=False) as session:
+                found = get_cluster(session, cluster)
+                return [scheduling_policies.resolve(found.scheduling_policy,
+                                                    found.scheduling_properties).describe()]
+        if name is not None:
+            return [scheduling_policies.resolve(name).describe()]
+        return [policy.describe() for policy in scheduling_policies.POLICIES.values()]
 
     def remove(self, name: str, *, check_mode: bool = False) -> Outcome:
         with self.engine.store.transaction(commit=not check_mode) as session:

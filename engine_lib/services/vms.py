@@ -16,12 +16,14 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from engine_lib import devices
 from engine_lib.domxml import render
-from engine_lib.domxml.viewmodel import volume_ref
+from engine_lib.domxml.viewmodel import volume_refs
 from engine_lib.engine import Outcome
 from engine_lib.errors import (AgentError, Conflict, InvalidSpec, KestrelError, NoValidHost,
                                VmNotFound)
 from engine_lib.model import DeviceType, Host, HostStatus, Vm, VmStatus
-from engine_lib.scheduling import HostState, VmRequest, place
+from engine_lib.scheduling import place, resolve
+from engine_lib.services.scheduling_facts import (affinity_context, host_state,
+                                                  scheduling_request)
 from engine_lib.services import vm_config
 from engine_lib.services.common import audit, find, get_cluster, get_host, get_vm
 from engine_lib.spec import normalize_vm
@@ -158,23 +160,26 @@ class VmService:
             return vm_dict(vm)
 
     def _place(self, session, vm: Vm) -> tuple[HostRef, dict]:
-        """Choose a host and claim its resources in the caller's transaction."""
+        """Choose a host with the cluster's policy and claim its resources in the caller's
+        transaction (the cluster row is locked, so concurrent starts decide one at a time)."""
         cluster = lock_cluster(session, vm.cluster_id)
         hosts = list(session.scalars(select(Host).where(Host.cluster_id == cluster.id)
                                      .order_by(Host.name)))
-        claimed = dict(session.execute(
-            select(Vm.run_on_host_id, func.sum(Vm.memory_mib))
+        claims = {row.host_id: row for row in session.execute(
+            select(Vm.run_on_host_id.label("host_id"), func.sum(Vm.memory_mib).label("memory"),
+                   func.sum(Vm.sockets * Vm.cores * Vm.threads).label("vcpus"),
+                   func.count(Vm.id).label("vms"))
             .where(Vm.status.in_(VmStatus.ACTIVE), Vm.run_on_host_id.is_not(None))
-            .group_by(Vm.run_on_host_id)).all())
-        decision = place(
-            VmRequest(vm.name, vm.vcpus, vm.memory_mib),
-            [HostState(h.name, h.status, h.cpus, h.memory_mib, claimed.get(h.id, 0),
-                       cluster.memory_overcommit_percent) for h in hosts])
+            .group_by(Vm.run_on_host_id))}
+        policy = resolve(cluster.scheduling_policy, cluster.scheduling_properties)
+        decision = place(scheduling_request(vm), [host_state(h, claims.get(h.id), cluster)
+                                                  for h in hosts],
+                         policy, affinity_context(session, cluster.id))
         if decision.host is None:
             raise NoValidHost(vm.name, decision.explain())
-        host = next(h for h in hosts if h.name == decision.host)
+        host = hosts[decision.host_index]
         vm.run_on_host, vm.status, vm.exit_reason = host, VmStatus.WAIT_FOR_LAUNCH, ""
-        audit(session, "vm", vm.name, f"VM scheduled on host {host.name}")
+        audit(session, "vm", vm.name, f"VM scheduled on host {host.name} (policy {policy.name})")
         return HostRef.of(host), decision.explain()
 
     def _start(self, name: str, wait: bool, timeout: int) -> dict:
@@ -242,7 +247,7 @@ class VmService:
             self._stop(name, force=True, timeout=0)
         with self.engine.store.transaction(commit=False) as session:
             vm = get_vm(session, name)
-            volumes = [asdict(volume_ref(d)) for d in vm.devices_of(DeviceType.DISK)]
+            volumes = [asdict(ref) for ref in volume_refs(vm)]
             helper = HostRef.of(session.scalars(select(Host).where(
                 Host.cluster_id == vm.cluster_id, Host.status == HostStatus.UP)
                 .order_by(Host.name)).first())

@@ -50,6 +50,19 @@ options:
         from, each written C(first-last).
     type: list
     elements: str
+  scheduling_policy:
+    description:
+      - The cluster's scheduling policy, as in oVirt; M(kestrel.virt.scheduling_policy_info)
+        lists each policy's filters, weights, balancer and parameters.
+      - New clusters use V(none).
+    type: str
+    choices: [none, evenly_distributed, power_saving, vm_evenly_distributed, cluster_maintenance]
+  scheduling_policy_properties:
+    description:
+      - Values for the policy's parameters, for example C(high_utilization=75) in YAML mapping
+        form; a parameter not given keeps the policy's default.
+      - Changing O(scheduling_policy) without this option starts the new policy from its defaults.
+    type: dict
 extends_documentation_fragment:
   - kestrel.virt.engine
   - kestrel.virt.engine.attributes
@@ -72,6 +85,14 @@ EXAMPLES = r"""
   kestrel.virt.cluster:
     name: production
     memory_overcommit: 150
+
+- name: Spread load evenly; move VMs off hosts above 75% CPU for 5 minutes
+  kestrel.virt.cluster:
+    name: production
+    scheduling_policy: evenly_distributed
+    scheduling_policy_properties:
+      high_utilization: 75
+      cpu_overcommit_duration_minutes: 5
 
 - name: Remove an empty cluster
   kestrel.virt.cluster:
@@ -110,6 +131,14 @@ cluster:
       type: list
       elements: str
       sample: ["56:6f:4b:00:00:00-56:6f:4b:ff:ff:ff"]
+    scheduling_policy:
+      description: Name of the cluster's scheduling policy.
+      type: str
+      sample: evenly_distributed
+    scheduling_policy_properties:
+      description: The parameter values the cluster sets (the others are the policy's defaults).
+      type: dict
+      sample: {high_utilization: 75}
 """
 
 from ansible_collections.kestrel.virt.plugins.module_utils._kestrel import KestrelModule
@@ -124,6 +153,9 @@ def main():
             virt_type=dict(type='str', choices=['kvm', 'qemu']),
             memory_overcommit=dict(type='int'),
             mac_pool=dict(type='list', elements='str'),
+            scheduling_policy=dict(type='str', choices=['none', 'evenly_distributed', 'power_saving',
+                                                        'vm_evenly_distributed', 'cluster_maintenance']),
+            scheduling_policy_properties=dict(type='dict'),
         ),
         entity_key='cluster',
     )
@@ -133,7 +165,9 @@ def main():
     else:
         module.apply(lambda engine, check_mode: engine.clusters.ensure(
             p['name'], description=p['description'], virt_type=p['virt_type'],
-            memory_overcommit=p['memory_overcommit'], mac_pool=p['mac_pool'], check_mode=check_mode))
+            memory_overcommit=p['memory_overcommit'], mac_pool=p['mac_pool'],
+            scheduling_policy=p['scheduling_policy'],
+            scheduling_policy_properties=p['scheduling_policy_properties'], check_mode=check_mode))
 
 
 if __name__ == '__main__':

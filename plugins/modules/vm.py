@@ -64,6 +64,116 @@ options:
       threads:
         description: Threads per core.
         type: int
+      mode:
+        description:
+          - CPU model mode. When not given, V(host-model) on clusters whose
+            virt_type is C(kvm), and the hypervisor default on C(qemu) (TCG).
+        type: str
+        choices: [host-model, host-passthrough, custom]
+      model:
+        description: Named CPU model (implies O(cpu.mode=custom)).
+        type: str
+      max_vcpus:
+        description:
+          - vCPUs the VM can grow to while running; a multiple of cores x threads.
+        type: int
+  max_memory:
+    description:
+      - Memory the VM can grow to by hotplug (a size as for O(memory)); V(0) for none.
+    type: str
+  firmware:
+    description: Firmware of the VM.
+    type: dict
+    suboptions:
+      type:
+        description: V(bios) or V(uefi).
+        type: str
+        choices: [bios, uefi]
+      secure_boot:
+        description: UEFI secure boot (needs V(uefi) and machine V(q35)).
+        type: bool
+  numa:
+    description: Guest NUMA topology; vCPUs and memory are split evenly over the nodes.
+    type: dict
+    suboptions:
+      nodes:
+        description: Number of NUMA nodes.
+        type: int
+  hugepages:
+    description:
+      - Back the memory with huge pages, V(2MiB) or V(1GiB) (V(true) means 2MiB); V(false) for none.
+    type: raw
+  cdrom:
+    description:
+      - A CD-ROM drive. An ISO as C(<storage domain>:<path>) or an absolute path,
+        an empty string for an empty drive, V(false) for no drive, or a mapping
+        with C(iso) and C(boot_order).
+    type: raw
+  graphics:
+    description:
+      - A graphical console, V(vnc) or V(spice), or a mapping with C(type),
+        C(listen) (an IP address, V(127.0.0.1) by default) and C(password);
+        V(false) for none.
+    type: raw
+  video:
+    description:
+      - The video device, a model (V(virtio), V(qxl), V(vga), V(bochs), V(ramfb))
+        or a mapping with C(model) and C(heads); V(false) for none. A VM with
+        graphics gets one when not given.
+    type: raw
+  guest_agent:
+    description: A channel for the qemu-guest-agent in the guest.
+    type: bool
+  rng:
+    description:
+      - A virtio random number generator; V(true) or a mapping with C(source)
+        (V(urandom), V(random), V(hwrng)).
+    type: raw
+  watchdog:
+    description:
+      - A watchdog; V(true) or a mapping with C(model) (V(i6300esb), V(ib700))
+        and C(action) (V(reset), V(shutdown), V(poweroff), V(pause), V(none), V(dump), V(inject-nmi)).
+    type: raw
+  balloon:
+    description:
+      - The memory balloon; V(false) to remove it, or a mapping with C(enabled)
+        and C(guarantee) (memory the guest keeps, for the host's memory policy).
+    type: raw
+  tpm:
+    description:
+      - An emulated TPM; V(true) or a mapping with C(model) (V(tpm-crb), V(tpm-tis))
+        and C(version) (V(2.0), V(1.2)).
+    type: raw
+  cloud_init:
+    description:
+      - A cloud-init NoCloud payload delivered on a CD-ROM, with keys C(user_data),
+        C(hostname), C(ssh_keys) (a list) and C(network_config) (a string or a mapping).
+    type: dict
+  launch_paused:
+    description: Start the VM paused.
+    type: bool
+  high_availability:
+    description: Restart the VM elsewhere when its host fails.
+    type: dict
+    suboptions:
+      enabled:
+        description: Whether the VM is highly available.
+        type: bool
+      priority:
+        description: Restart order, 0 to 100 (higher first).
+        type: int
+  placement:
+    description: Where the scheduler may run the VM.
+    type: dict
+    suboptions:
+      hosts:
+        description: Hosts the VM is pinned to (any of them).
+        type: list
+        elements: str
+      affinity_groups:
+        description: Affinity groups the VM belongs to.
+        type: list
+        elements: str
   machine:
     description: QEMU machine type. New VMs use V(q35).
     type: str
@@ -91,9 +201,10 @@ options:
         type: str
         required: true
       size:
-        description: Size with a unit (V(64MiB), V(20GiB)); a bare number means MiB.
+        description:
+          - Size with a unit (V(64MiB), V(20GiB)); a bare number means MiB.
+          - Required unless O(disks[].lun) is given.
         type: str
-        required: true
       format:
         description: Volume format. The engine uses V(qcow2) when not given.
         type: str
@@ -103,12 +214,43 @@ options:
         type: str
         choices: [virtio, sata, scsi]
       storage_domain:
-        description: Storage domain that holds the volume.
+        description: Storage domain that holds the volume. Required unless O(disks[].lun) is given.
         type: str
-        required: true
+      lun:
+        description: A host block device under C(/dev) used as the disk, instead of a volume.
+        type: str
       bootable:
         description: Boot from this disk. The engine uses V(false) when not given.
         type: bool
+      boot_order:
+        description: Explicit boot order; two devices cannot share one.
+        type: int
+      readonly:
+        description: The guest cannot write to the disk.
+        type: bool
+      shareable:
+        description: Several VMs may use the disk at once.
+        type: bool
+      cache:
+        description: Host cache mode.
+        type: str
+        choices: [default, none, writethrough, writeback, directsync, unsafe]
+      io:
+        description: Host I/O mode (V(native) needs cache V(none) or V(directsync)).
+        type: str
+        choices: [default, native, threads, io_uring]
+      discard:
+        description: Pass the guest's discard requests to the volume.
+        type: str
+        choices: [ignore, unmap]
+      iotune:
+        description:
+          - I/O limits, any of C(total_bytes_sec), C(read_bytes_sec), C(write_bytes_sec),
+            C(total_iops_sec), C(read_iops_sec), C(write_iops_sec).
+        type: dict
+      serial:
+        description: Serial number the guest sees (default the disk id).
+        type: str
   nics:
     description: The VM's network interfaces.
     type: list
@@ -130,7 +272,25 @@ options:
       model:
         description: Device model the guest sees. The engine uses V(virtio) when not given.
         type: str
-        choices: [virtio, e1000, rtl8139]
+        choices: [virtio, e1000, e1000e, rtl8139]
+      mtu:
+        description: MTU of the guest NIC.
+        type: int
+      vlan:
+        description: VLAN tag (needs an Open vSwitch bridge).
+        type: int
+      link_state:
+        description: Whether the link is up.
+        type: str
+        choices: [up, down]
+      bandwidth:
+        description:
+          - Limits in KiB/s, C(inbound) and C(outbound), each with C(average),
+            C(peak) and C(burst).
+        type: dict
+      boot_order:
+        description: Boot from the network in this order.
+        type: int
   serial_console:
     description:
       - Give the VM a serial console whose output the engine can read
@@ -297,8 +457,11 @@ vm:
 from ansible_collections.kestrel.virt.plugins.module_utils._kestrel import KestrelModule, drop_unset
 
 # The options that make up the VM spec the engine validates; the rest steer the task.
-SPEC_OPTIONS = ('name', 'cluster', 'description', 'memory', 'cpu', 'machine', 'kernel', 'initrd',
-                'cmdline', 'disks', 'nics', 'serial_console', 'custom_properties')
+SPEC_OPTIONS = ('name', 'cluster', 'description', 'memory', 'max_memory', 'cpu', 'machine',
+                'firmware', 'numa', 'hugepages', 'kernel', 'initrd', 'cmdline', 'disks', 'cdrom',
+                'nics', 'graphics', 'video', 'serial_console', 'guest_agent', 'rng', 'watchdog',
+                'balloon', 'tpm', 'cloud_init', 'launch_paused', 'custom_properties',
+                'high_availability', 'placement')
 
 
 def vm_spec(params):
@@ -319,6 +482,34 @@ def main():
                 sockets=dict(type='int'),
                 cores=dict(type='int'),
                 threads=dict(type='int'),
+                mode=dict(type='str', choices=['host-model', 'host-passthrough', 'custom']),
+                model=dict(type='str'),
+                max_vcpus=dict(type='int'),
+            )),
+            max_memory=dict(type='str'),
+            firmware=dict(type='dict', options=dict(
+                type=dict(type='str', choices=['bios', 'uefi']),
+                secure_boot=dict(type='bool'),
+            )),
+            numa=dict(type='dict', options=dict(nodes=dict(type='int'))),
+            hugepages=dict(type='raw'),
+            cdrom=dict(type='raw'),
+            graphics=dict(type='raw'),
+            video=dict(type='raw'),
+            guest_agent=dict(type='bool'),
+            rng=dict(type='raw'),
+            watchdog=dict(type='raw'),
+            balloon=dict(type='raw'),
+            tpm=dict(type='raw'),
+            cloud_init=dict(type='dict'),
+            launch_paused=dict(type='bool'),
+            high_availability=dict(type='dict', options=dict(
+                enabled=dict(type='bool'),
+                priority=dict(type='int'),
+            )),
+            placement=dict(type='dict', options=dict(
+                hosts=dict(type='list', elements='str'),
+                affinity_groups=dict(type='list', elements='str'),
             )),
             machine=dict(type='str', choices=['pc', 'q35']),
             kernel=dict(type='str'),
@@ -326,17 +517,32 @@ def main():
             cmdline=dict(type='str'),
             disks=dict(type='list', elements='dict', options=dict(
                 name=dict(type='str', required=True),
-                size=dict(type='str', required=True),
+                size=dict(type='str'),
                 format=dict(type='str', choices=['qcow2', 'raw']),
                 interface=dict(type='str', choices=['virtio', 'sata', 'scsi']),
-                storage_domain=dict(type='str', required=True),
+                storage_domain=dict(type='str'),
+                lun=dict(type='str'),
                 bootable=dict(type='bool'),
+                boot_order=dict(type='int'),
+                readonly=dict(type='bool'),
+                shareable=dict(type='bool'),
+                cache=dict(type='str', choices=['default', 'none', 'writethrough', 'writeback',
+                                                'directsync', 'unsafe']),
+                io=dict(type='str', choices=['default', 'native', 'threads', 'io_uring']),
+                discard=dict(type='str', choices=['ignore', 'unmap']),
+                iotune=dict(type='dict'),
+                serial=dict(type='str'),
             )),
             nics=dict(type='list', elements='dict', options=dict(
                 name=dict(type='str', required=True),
                 network=dict(type='str', required=True),
                 mac=dict(type='str'),
-                model=dict(type='str', choices=['virtio', 'e1000', 'rtl8139']),
+                model=dict(type='str', choices=['virtio', 'e1000', 'e1000e', 'rtl8139']),
+                mtu=dict(type='int'),
+                vlan=dict(type='int'),
+                link_state=dict(type='str', choices=['up', 'down']),
+                bandwidth=dict(type='dict'),
+                boot_order=dict(type='int'),
             )),
             serial_console=dict(type='bool'),
             custom_properties=dict(type='dict'),

@@ -69,5 +69,8 @@ def test_defaults_fill_sub_objects():
                                                  "storage_domain": "data"}],
                         "nics": [{"name": "n", "network": "mgmt", "mac": "56-6F-00-00-00-0A"}]})
     assert out["disks"][0] == {"name": "d", "size_mib": 1024, "format": "qcow2",
-                               "interface": "virtio", "storage_domain": "data", "bootable": False}
+                               "interface": "virtio", "storage_domain": "data", "bootable": False,
+                               "boot_order": None, "readonly": False, "shareable": False,
+                               "cache": "default", "io": "default", "discard": "ignore",
+                               "iotune": {}, "serial": ""}
     assert out["nics"][0]["mac"] == "56:6f:00:00:00:0a"

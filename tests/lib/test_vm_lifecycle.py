@@ -23,7 +23,8 @@ def test_running_starts_on_the_host_with_most_free_memory(engine, hosts):
     outcome = engine.vms.ensure(VM, state="running")
     assert outcome.changed
     assert outcome.entity["status"] == "Up" and outcome.entity["host"] == "h2"
-    assert outcome.entity["placement"]["weights"] == {"h1": 3584.0, "h2": 7680.0}
+    # Weights are normalized to [0, 1] per unit (issue 6): same CPUs, h2 has the most memory left.
+    assert outcome.entity["placement"]["weights"] == {"h1": 0.0, "h2": 1.0}
     assert engine.vms.ensure(VM, state="running").changed is False
 
 

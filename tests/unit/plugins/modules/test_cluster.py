@@ -13,7 +13,8 @@ def test_present_passes_unset_options_as_none_so_the_engine_keeps_them(engine, r
     engine.answer = Outcome(True, dict(name='demo', memory_overcommit=150))
     result = run_module(cluster, dict(name='demo', memory_overcommit=150))
     assert engine.calls == [('clusters.ensure', ('demo',), dict(
-        description=None, virt_type=None, memory_overcommit=150, mac_pool=None, check_mode=False))]
+        description=None, virt_type=None, memory_overcommit=150, mac_pool=None,
+        scheduling_policy=None, scheduling_policy_properties=None, check_mode=False))]
     assert result['changed'] is True
     assert result['cluster']['memory_overcommit'] == 150
 

@@ -1,0 +1,67 @@
+"""The database as the scheduler sees it: rows in, HostState / VmRequest / Context out.
+
+The scheduler is pure; this is the one place that knows which columns feed
+which filter, so the placing transaction (services.vms._place) stays short.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from engine_lib.model import AffinityGroup as AffinityGroupRow, Cluster, DeviceType, Host, Vm, VmStatus
+from engine_lib.scheduling import AffinityGroup, Context, HostState, VmRequest
+
+
+def host_state(host: Host, claim, cluster: Cluster) -> HostState:
+    """``claim``: the row of (memory, vcpus, vms) the host's active VMs hold, or None."""
+    return HostState(
+        name=host.name, status=host.status, cpus=host.cpus, memory_mib=host.memory_mib,
+        claimed_mib=int(claim.memory) if claim else 0,
+        overcommit_percent=cluster.memory_overcommit_percent,
+        claimed_guaranteed_mib=int(claim.memory) if claim else 0,
+        claimed_vcpus=int(claim.vcpus) if claim else 0,
+        vm_count=int(claim.vms) if claim else 0,
+        used_memory_mib=host.used_memory_mib or 0,
+        used_cpu_percent=float(host.used_cpu_percent or 0.0),
+        cpu_model=host.cpu_model or None,
+        machines=None if host.machines is None else frozenset(host.machines),
+        networks=None if host.networks is None else frozenset(host.networks),
+        hooks=None if host.hooks is None else frozenset(host.hooks),
+        hugepages_free={int(k): int(v) for k, v in (host.hugepages or {}).items()},
+    )
+
+
+def scheduling_request(vm: Vm, current_host: str | None = None) -> VmRequest:
+    placement = getattr(vm, "placement", None) or {}
+    ha = getattr(vm, "high_availability", None) or {}
+    cpu_model = getattr(vm, "cpu_model", "") if getattr(vm, "cpu_mode", "") == "custom" else ""
+    return VmRequest(
+        name=vm.name, vcpus=vm.vcpus, memory_mib=vm.memory_mib,
+        machine=vm.machine or None,
+        cpu_model=cpu_model or None,
+        networks=frozenset(d.spec.get("network") for d in vm.devices_of(DeviceType.INTERFACE)
+                           if d.spec.get("network")),
+        # oVirt's convention: a custom property is consumed by the host hook of that name.
+        hooks=frozenset(vm.custom_properties or {}),
+        pinned_hosts=tuple(placement.get("hosts", ())),
+        affinity_groups=tuple(placement.get("affinity_groups", ())),
+        current_host=current_host,
+        hugepage_kib=getattr(vm, "hugepages_kib", 0) or None,
+        highly_available=bool(ha.get("enabled", False)),
+    )
+
+
+def affinity_context(session: Session, cluster_id: str) -> Context:
+    """The cluster's affinity groups and where the active VMs in them run."""
+    groups = [AffinityGroup(g.name, g.vm_rule, g.vm_enforcing, g.host_rule, g.host_enforcing,
+                            tuple(g.hosts))
+              for g in session.scalars(select(AffinityGroupRow)
+                                       .where(AffinityGroupRow.cluster_id == cluster_id))]
+    if not groups:
+        return Context()
+    running = session.execute(
+        select(Vm.name, Host.name, Vm.placement).join(Host, Vm.run_on_host_id == Host.id)
+        .where(Vm.cluster_id == cluster_id, Vm.status.in_(VmStatus.ACTIVE)))
+    return Context(groups, ((vm, host, (placement or {}).get("affinity_groups", ()))
+                            for vm, host, placement in running))

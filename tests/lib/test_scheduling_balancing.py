@@ -1,0 +1,63 @@
+"""Balancers propose migrations with reasons; they never move a VM onto a host they relieve."""
+
+import numpy as np
+
+from engine_lib.scheduling import POLICIES, HostState, HostTable, resolve
+from engine_lib.scheduling.balancing import Running, balance
+
+
+def running(table, vms):
+    """vms: (name, host name, memory MiB, vcpus, CPU percent of its host)."""
+    return Running([v[0] for v in vms], np.array([table.index[v[1]] for v in vms]),
+                   np.array([v[2] for v in vms]), np.array([v[3] for v in vms]),
+                   np.array([v[4] for v in vms], dtype=float))
+
+
+def table_of(*hosts):
+    return HostTable([HostState(name, "Up", 8, 16384, used_cpu_percent=cpu, vm_count=count)
+                      for name, cpu, count in hosts])
+
+
+def test_evenly_distributed_moves_the_busiest_vm_off_a_host_hot_for_the_whole_duration():
+    table = table_of(("hot", 95, 2), ("cool", 10, 0), ("warm", 75, 0))
+    vms = running(table, [("small", "hot", 1024, 1, 5), ("big", "hot", 1024, 4, 60)])
+    history = np.array([[90, 92, 95], [10, 10, 10], [70, 72, 75]], dtype=float)
+    proposals = balance(POLICIES["evenly_distributed"], table, vms, cpu_history=history)
+    assert [(p.vm, p.source, p.destination) for p in proposals] == [("big", "hot", "cool")]
+    assert proposals[0].reason.startswith("host hot CPU above 80% for 2 min (lowest sample 92%)")
+
+
+def test_a_short_spike_moves_nothing():
+    table = table_of(("spiky", 95, 1), ("cool", 10, 0))
+    vms = running(table, [("vm", "spiky", 1024, 1, 50)])
+    history = np.array([[40, 95], [10, 10]], dtype=float)
+    assert balance(POLICIES["evenly_distributed"], table, vms, cpu_history=history) == []
+
+
+def test_power_saving_empties_the_idlest_host_onto_a_busy_one():
+    table = table_of(("idle", 5, 2), ("busy", 50, 3), ("other-idle", 8, 4))
+    vms = running(table, [("a", "idle", 512, 1, 2), ("b", "idle", 512, 1, 2)] +
+                  [(f"o{i}", "other-idle", 512, 1, 2) for i in range(4)])
+    proposals = balance(POLICIES["power_saving"], table, vms)
+    assert {(p.vm, p.source, p.destination) for p in proposals} == {("a", "idle", "busy"),
+                                                                    ("b", "idle", "busy")}
+    assert "emptying it so it can be powered down" in proposals[0].reason
+
+
+def test_vm_evenly_distributed_respects_count_and_threshold():
+    policy = resolve("vm_evenly_distributed", {"high_vm_count": 3, "migration_threshold": 2})
+    table = table_of(("full", 10, 6), ("empty", 10, 0))
+    vms = running(table, [(f"v{i}", "full", 512 * (i + 1), 1, 1) for i in range(6)])
+    proposals = balance(policy, table, vms)
+    assert [(p.vm, p.source, p.destination) for p in proposals] == [("v0", "full", "empty")]
+    assert "runs 6 VMs (over 3, 6 more than the emptiest host)" in proposals[0].reason
+    calm = resolve("vm_evenly_distributed", {"high_vm_count": 10})
+    assert balance(calm, table, vms) == []
+
+
+def test_policies_without_a_balancer_propose_nothing_and_claims_are_undone():
+    table = table_of(("hot", 99, 1), ("cool", 1, 0))
+    vms = running(table, [("vm", "hot", 1024, 2, 90)])
+    assert balance(POLICIES["none"], table, vms) == []
+    balance(POLICIES["evenly_distributed"], table, vms)
+    assert table.claimed_mib.tolist() == [0, 0] and table.vm_count.tolist() == [1, 0]
