@@ -33,6 +33,7 @@ def _default_agent_factory(config: EngineConfig) -> Callable:
 
 class Engine:
     def __init__(self, config: EngineConfig, store: Store, agent_factory: Callable | None = None):
+        from engine_lib.services.affinity import AffinityService
         from engine_lib.services.clusters import ClusterService
         from engine_lib.services.events import EventService
         from engine_lib.services.hosts import HostService
@@ -47,6 +48,7 @@ class Engine:
         self.hosts = HostService(self)
         self.vms = VmService(self)
         self.events = EventService(self)
+        self.affinity_groups = AffinityService(self)
 
     @classmethod
     def open(cls, engine_dir: str | None = None, db_url: str | None = None,
