@@ -85,6 +85,12 @@ class AgentClient:
     def destroy_vm(self, vm_id: str) -> dict:
         return self._call("POST", f"/vms/{_seg(vm_id)}/destroy")
 
+    def pause_vm(self, vm_id: str) -> dict:
+        return self._call("POST", f"/vms/{_seg(vm_id)}/pause")
+
+    def resume_vm(self, vm_id: str) -> dict:
+        return self._call("POST", f"/vms/{_seg(vm_id)}/resume")
+
     def remove_vm(self, vm_id: str) -> dict:
         return self._call("DELETE", f"/vms/{_seg(vm_id)}")
 

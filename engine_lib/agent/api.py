@@ -66,7 +66,8 @@ ROUTES = (
     Route("GET", "/openapi.json", "openapi", "This document."),
     Route("GET", "/host", "host_info", "Host facts: identity, CPUs, memory, versions, "
           "running VMs, storage domains."),
-    Route("GET", "/vms", "list_vms", "Every domain on this host with its status."),
+    Route("GET", "/vms", "list_vms", "Every VM in this agent's registry with its status; "
+          "a VM that went Down stays listed, with its exit reason, until removed."),
     Route("POST", "/vms", "start_vm", "Start a VM from engine-rendered domain XML "
           "(placeholders resolved, missing volumes created). A VM already running here "
           "is reported with started=false, not started twice.",
@@ -83,6 +84,10 @@ ROUTES = (
                                            "maximum": MAX_SHUTDOWN_TIMEOUT,
                                            "default": DEFAULT_SHUTDOWN_TIMEOUT}}}),
     Route("POST", "/vms/{id}/destroy", "destroy_vm", "Power off at once."),
+    Route("POST", "/vms/{id}/pause", "pause_vm", "Pause the guest's CPUs (status Paused). "
+          "Pausing a paused VM changes nothing."),
+    Route("POST", "/vms/{id}/resume", "resume_vm", "Let a paused VM run again (status Up). "
+          "Resuming a running VM changes nothing."),
     Route("DELETE", "/vms/{id}", "remove_vm", "Undefine a VM that is not running. "
           "Its volumes are kept."),
     Route("GET", "/vms/{id}/console", "console_log", "The tail of the serial console log.",
@@ -112,6 +117,18 @@ class Api:
                 self._factory = Hypervisor
             self._hypervisor = self._factory(self.config)
         return self._hypervisor
+
+    def start(self) -> None:
+        """Connect to libvirt now, which rebuilds the VM registry (recovery start).
+
+        If libvirt is not reachable yet the agent still serves; the first
+        request that needs libvirt connects (and recovers) then.
+        """
+        try:
+            self.hypervisor.connection()
+        except KestrelError as exc:
+            log.warning("libvirt not reachable at start (%s); will retry on demand",
+                        exc.message)
 
     def close(self) -> None:
         if self._hypervisor is not None:
@@ -180,6 +197,12 @@ class Api:
 
     def destroy_vm(self, request: Request) -> dict:
         return self.hypervisor.destroy(_vm_id(request))
+
+    def pause_vm(self, request: Request) -> dict:
+        return self.hypervisor.pause(_vm_id(request))
+
+    def resume_vm(self, request: Request) -> dict:
+        return self.hypervisor.resume(_vm_id(request))
 
     def remove_vm(self, request: Request) -> dict:
         return self.hypervisor.remove(_vm_id(request))

@@ -3,6 +3,7 @@
     [agent]            address, port, libvirt_uri, name
     [pki]              ca, cert, key
     [paths]            channels, payload, console, nvram   (roots of the placeholder kinds)
+                       hooks                               (hook scripts, see agent.hooks)
     [storage_domains]  <name> = <mount point>
 
 Every key has a default except the storage domains. Unknown sections and keys
@@ -28,7 +29,8 @@ _DEFAULTS: dict[str, dict[str, str]] = {
     "pki": {"ca": "/etc/kestrel/pki/ca.pem", "cert": "/etc/kestrel/pki/agent.pem",
             "key": "/etc/kestrel/pki/agent.key"},
     "paths": {"channels": "/var/lib/kestrel/channels", "payload": "/var/lib/kestrel/payload",
-              "console": "/var/log/kestrel/console", "nvram": "/var/lib/kestrel/nvram"},
+              "console": "/var/log/kestrel/console", "nvram": "/var/lib/kestrel/nvram",
+              "hooks": "/etc/kestrel/hooks"},
 }
 _STORAGE = "storage_domains"
 
@@ -47,6 +49,10 @@ class AgentConfig:
     # Storage domain name -> mount point on this host.
     storage_domains: dict[str, str] = field(default_factory=dict)
     source: str = ""
+
+    @property
+    def hooks_dir(self) -> str:
+        return self.paths.get("hooks", _DEFAULTS["paths"]["hooks"])
 
     def resolve(self, value: str) -> str:
         """A placeholder path -> the real path on this host."""

@@ -62,6 +62,7 @@ def main(config_path: str = agent_config.DEFAULT_PATH, daemon: bool = False,
     except OSError as exc:
         _report_ready(ready_fd, f"cannot start: {exc}")
         raise KestrelError(f"agent cannot start: {exc}") from None
+    server.api.start()  # after the fork: the libvirt event thread must live in the daemon
     _report_ready(ready_fd, None)
 
     def stop(signum, _frame):

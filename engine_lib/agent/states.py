@@ -11,6 +11,7 @@ from enum import Enum
 
 
 class VmStatus(str, Enum):
+    WAIT_FOR_LAUNCH = "WaitForLaunch"
     UP = "Up"
     PAUSED = "Paused"
     POWERING_UP = "PoweringUp"

@@ -1,26 +1,38 @@
-"""The agent's libvirt side: start, stop, remove and report this host's VMs.
+"""The agent's libvirt side: start, stop, pause, remove and report this host's VMs.
 
 Every libvirt failure leaves here as a typed error (VmNotFound, LibvirtError,
 ...) naming the VM and the operation, so the HTTP layer only serializes.
+
+Statuses come from the registry (engine_lib.agent.registry): libvirt
+lifecycle events update it as they happen, the operations here as they go,
+and every (re)connection to libvirt rebuilds it from the domains that carry
+our metadata: that is the recovery start mode, an agent restarted while its
+VMs run finds them all, in their true state, without touching them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from xml.sax.saxutils import quoteattr
 
 import libvirt
 
 import engine_lib
-from engine_lib import placeholders
-from engine_lib.agent import domxml, states, volumes
+from engine_lib import metadata, placeholders
+from engine_lib.agent import domxml, events, hooks, registry, states, volumes
 from engine_lib.agent.config import AgentConfig
-from engine_lib.errors import Conflict, InvalidSpec, LibvirtError, NotFound, VmNotFound
+from engine_lib.agent.states import VmStatus
+from engine_lib.errors import (Conflict, HookError, InvalidSpec, KestrelError, LibvirtError,
+                               NotFound, VmNotFound)
+
+log = logging.getLogger("kestrel.agent.vms")
 
 MiB = 1024 * 1024
 START_MODES = ("fresh",)
@@ -32,6 +44,11 @@ _POLL = 0.2
 # A guest that is still booting (or busy) may miss a power button press, as
 # real ones do; press again at this interval until the timeout.
 ACPI_REPEAT = 5.0
+
+# Why a VM stopped, noted in the stopped domain's own metadata (our agent namespace,
+# not the engine's) so that an agent restarted meanwhile still knows it.
+EXIT_NAMESPACE = "https://kestrel.virt/xmlns/agent-exit/1"
+_EXIT_KEY = "kestrel-exit"
 
 # libvirt prints every error to stderr by default; ours become typed errors instead.
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
@@ -64,8 +81,10 @@ class Hypervisor:
         self._conn_lock = threading.Lock()
         self._vm_locks: dict[str, threading.Lock] = {}
         self._vm_locks_lock = threading.Lock()
-        # VMs this agent asked to shut down and is waiting for: "PoweringDown".
-        self._powering_down: set[str] = set()
+        self.registry = registry.Registry()
+        # Hook scripts must be owned by root; a seam for tests that do not run as root.
+        self.hook_owner_uid = 0
+        self._event_callback: int | None = None
 
     # -- connection and lookup -------------------------------------------------
 
@@ -80,19 +99,86 @@ class Hypervisor:
                     pass
                 self._conn = None
             uri = self.config.libvirt_uri
+            events.ensure_loop()  # before open: only then does the connection get events
+            conn = None
             try:
-                self._conn = libvirt.open(uri)
+                conn = libvirt.open(uri)
+                self._event_callback = events.watch_lifecycle(conn, self._on_lifecycle)
+                self._recover(conn)
             except libvirt.libvirtError as exc:
+                if conn is not None:
+                    with contextlib.suppress(libvirt.libvirtError):
+                        conn.close()
                 raise LibvirtError(f"cannot connect to libvirt at {uri}: "
                                    f"{exc.get_error_message()}", uri=uri) from None
+            self._conn = conn
             return self._conn
 
     def close(self) -> None:
         with self._conn_lock:
             if self._conn is not None:
                 with contextlib.suppress(libvirt.libvirtError):
+                    if self._event_callback is not None:
+                        self._conn.domainEventDeregisterAny(self._event_callback)
                     self._conn.close()
                 self._conn = None
+                self._event_callback = None
+
+    # -- registry: recovery and events ---------------------------------------------
+
+    def _recover(self, conn: libvirt.virConnect) -> None:
+        """Put every domain with our metadata into the registry in its true state.
+
+        Runs on every (re)connection. Nothing is started, stopped or redefined.
+        A VM the registry already has Down stays Down with the reason it knows
+        (libvirt would only say "shutdown" where we know "user shutdown").
+        """
+        seen = set()
+        for dom in conn.listAllDomains(0):
+            try:
+                if not _is_ours(dom):
+                    continue
+                vm_id = dom.UUIDString()
+                status, reason = _libvirt_status(dom)
+                name = dom.name()
+            except libvirt.libvirtError:
+                continue  # undefined while we listed
+            seen.add(vm_id)
+            known = self.registry.get(vm_id)
+            if known is not None and known.status == VmStatus.DOWN == status:
+                continue
+            if status == VmStatus.DOWN:
+                reason = _remembered_exit(dom) or reason
+            self.registry.set(vm_id, name, status, reason)
+            log.info("recovered VM %s (%s): %s", name, vm_id, status.value)
+        for record in self.registry.all():
+            if record.id not in seen and record.status != VmStatus.DOWN:
+                self.registry.set(record.id, record.name, VmStatus.DOWN,
+                                  "gone from libvirt while the agent was disconnected")
+
+    def _on_lifecycle(self, dom: libvirt.virDomain, event: int, detail: int) -> None:
+        """A libvirt lifecycle event (event thread): update the registry at once."""
+        vm_id = dom.UUIDString()
+        if vm_id not in self.registry:
+            # Not started through this agent (an incoming migration, virsh): ours if
+            # it carries our metadata.
+            if event in (registry.UNDEFINED, registry.STOPPED) or not _is_ours(dom):
+                return
+            status, reason = _libvirt_status(dom)
+            self.registry.set(vm_id, dom.name(), status, reason)
+            return
+        if event in (registry.STOPPED, registry.CRASHED) and _is_active(dom):
+            return  # stale: the VM was started again before this event was dispatched
+        if event in (registry.STARTED, registry.RESUMED) and not _is_active(dom):
+            return  # stale: it went down again meanwhile
+        record = self.registry.on_event(vm_id, event, detail)
+        if record is not None and record.status == VmStatus.DOWN and record.exit_reason:
+            _remember_exit(dom, record.exit_reason)
+        if record is not None:
+            log.info("VM %s (%s): %s/%s -> %s%s", record.name, vm_id,
+                     registry.EVENT_NAMES[event] if event < len(registry.EVENT_NAMES) else event,
+                     detail, record.status.value,
+                     f" ({record.exit_reason})" if record.exit_reason else "")
 
     @contextlib.contextmanager
     def _vm_lock(self, vm_id: str) -> Iterator[None]:
@@ -123,22 +209,82 @@ class Hypervisor:
         with self._vm_lock(host.uuid):
             existing = self._find(host.uuid)
             if existing is not None and existing.isActive():
+                self._ensure_registered(existing)
                 return {**self._status(existing), "started": False}
             self._check_name_free(host.name, host.uuid)
-            self._prepare(host)
-            conn = self.connection()
-            with _libvirt_errors("define", host.uuid):
-                dom = conn.defineXMLFlags(host.xml, libvirt.VIR_DOMAIN_DEFINE_VALIDATE)
+            final_xml = self._before_start_hooks(host)
+            previous = self.registry.get(host.uuid)
+            self.registry.set(host.uuid, host.name, VmStatus.WAIT_FOR_LAUNCH)
             try:
-                with _libvirt_errors("start", host.uuid):
-                    dom.create()
-            except LibvirtError:
-                if existing is None:  # leave the host as we found it
-                    with contextlib.suppress(libvirt.libvirtError):
-                        dom.undefineFlags(_UNDEFINE_FLAGS)
+                self._prepare(host)
+                conn = self.connection()
+                with _libvirt_errors("define", host.uuid):
+                    dom = conn.defineXMLFlags(final_xml, libvirt.VIR_DOMAIN_DEFINE_VALIDATE)
+                try:
+                    with _libvirt_errors("start", host.uuid):
+                        dom.create()
+                except LibvirtError:
+                    if existing is None:  # leave the host as we found it
+                        with contextlib.suppress(libvirt.libvirtError):
+                            dom.undefineFlags(_UNDEFINE_FLAGS)
+                    raise
+            except KestrelError:
+                if previous is None:
+                    self.registry.remove(host.uuid)
+                else:
+                    self.registry.set(previous.id, previous.name, previous.status,
+                                      previous.exit_reason)
                 raise
-            self._powering_down.discard(host.uuid)
-            return {**self._status(dom), "started": True}
+            self.registry.set(host.uuid, host.name, *_libvirt_status(dom))
+            warnings = self._after_hooks("after_vm_start", dom, host.metadata)
+            return {**self._status(dom), "started": True, **warnings}
+
+    def _before_start_hooks(self, host: domxml.HostDomain) -> str:
+        """Run before_vm_start over the resolved XML; the XML the scripts leave is used."""
+        xml = hooks.run("before_vm_start", host.xml, host.uuid, self.config.hooks_dir,
+                        host.metadata.custom_properties, owner_uid=self.hook_owner_uid)
+        if xml == host.xml:
+            return xml
+        try:
+            root = domxml.parse_domain(xml)
+            changed_id = domxml.domain_uuid(root)
+        except InvalidSpec as exc:
+            raise HookError(f"before_vm_start hooks left XML that is not a domain: "
+                            f"{exc.reason}", hook_point="before_vm_start") from None
+        if changed_id != host.uuid:
+            raise HookError(f"before_vm_start hooks changed the domain UUID from {host.uuid} "
+                            f"to {changed_id}; it is the VM id and must stay",
+                            hook_point="before_vm_start")
+        return xml
+
+    def _hook_xml(self, point: str, dom: libvirt.virDomain,
+                  meta: metadata.VmMetadata | None = None) -> None:
+        """Run a hook point over a domain's live XML (the result is not used)."""
+        vm_id = dom.UUIDString()
+        if not hooks.scripts_of(point, self.config.hooks_dir, owner_uid=self.hook_owner_uid):
+            return
+        with _libvirt_errors("read the XML of", vm_id):
+            xml = dom.XMLDesc(0)
+        if meta is None:
+            meta = metadata.read(domxml.parse_domain(xml))
+        hooks.run(point, xml, vm_id, self.config.hooks_dir, meta.custom_properties,
+                  owner_uid=self.hook_owner_uid)
+
+    def _after_hooks(self, point: str, dom: libvirt.virDomain,
+                     meta: metadata.VmMetadata | None = None) -> dict:
+        """after_* hooks run once the operation is done: a failure cannot undo it, so
+        it is logged and reported as ``hook_warnings`` rather than raised (as VDSM does)."""
+        try:
+            self._hook_xml(point, dom, meta)
+        except (HookError, LibvirtError) as exc:
+            log.warning("VM %s: %s", dom.UUIDString(), exc.message)
+            return {"hook_warnings": [exc.message]}
+        return {}
+
+    def run_hook(self, point: str, vm_id: str) -> None:
+        """Run a hook point over a VM's live XML: for operations (migration, hibernation)
+        that call hooks themselves. Raises HookError naming the script and its stderr."""
+        self._hook_xml(point, self._lookup(vm_id))
 
     def _check_name_free(self, name: str, vm_id: str) -> None:
         try:
@@ -163,8 +309,11 @@ class Hypervisor:
         """
         dom = self._lookup(vm_id)
         forced = False
+        warnings: dict = {}
         if dom.isActive():
-            self._powering_down.add(vm_id)
+            self._hook_xml("before_vm_destroy", dom)
+            self._ensure_registered(dom)
+            self.registry.request_shutdown(vm_id, True)
             try:
                 deadline = time.monotonic() + timeout
                 press_at = 0.0
@@ -175,9 +324,23 @@ class Hypervisor:
                     time.sleep(_POLL)
                 if dom.isActive():
                     forced = self._destroy(dom, vm_id)
+                if not dom.isActive():
+                    self._record_down(dom, "destroyed" if forced else registry.ADMIN_SHUTDOWN)
             finally:
-                self._powering_down.discard(vm_id)
-        return {**self._status(dom), "forced": forced}
+                self.registry.request_shutdown(vm_id, False)
+            warnings = self._after_hooks("after_vm_destroy", dom)
+        return {**self._status(dom), "forced": forced, **warnings}
+
+    def _ensure_registered(self, dom: libvirt.virDomain) -> None:
+        if dom.UUIDString() not in self.registry:
+            self.registry.set(dom.UUIDString(), dom.name(), *_libvirt_status(dom))
+
+    def _record_down(self, dom: libvirt.virDomain, reason: str) -> None:
+        """Down with the reason the agent knows, unless an event already said why."""
+        record = self.registry.get(dom.UUIDString())
+        if record is None or record.status != VmStatus.DOWN:
+            self.registry.set(dom.UUIDString(), dom.name(), VmStatus.DOWN, reason)
+            _remember_exit(dom, reason)
 
     @staticmethod
     def _press_power_button(dom: libvirt.virDomain, vm_id: str) -> None:
@@ -192,7 +355,39 @@ class Hypervisor:
         """Power off at once (idempotent: a VM that is down stays down)."""
         with self._vm_lock(vm_id):
             dom = self._lookup(vm_id)
-            self._destroy(dom, vm_id)
+            if not dom.isActive():
+                return self._status(dom)
+            self._hook_xml("before_vm_destroy", dom)
+            self._ensure_registered(dom)
+            if self._destroy(dom, vm_id):
+                self._record_down(dom, "destroyed")
+            return {**self._status(dom), **self._after_hooks("after_vm_destroy", dom)}
+
+    def pause(self, vm_id: str) -> dict:
+        """Pause the guest's CPUs (Paused); pausing a paused VM changes nothing."""
+        return self._pause_or_resume(vm_id, pause=True)
+
+    def resume(self, vm_id: str) -> dict:
+        """Let a paused guest run again (Up); resuming a running VM changes nothing."""
+        return self._pause_or_resume(vm_id, pause=False)
+
+    def _pause_or_resume(self, vm_id: str, pause: bool) -> dict:
+        action = "pause" if pause else "resume"
+        with self._vm_lock(vm_id):
+            dom = self._lookup(vm_id)
+            with _libvirt_errors("read the state of", vm_id):
+                state, _ = dom.state()
+            if state not in (states.RUNNING, states.BLOCKED, states.PAUSED):
+                raise Conflict(f"cannot {action} VM {vm_id}: it is "
+                               f"{states.state_name(state)}, not running", vm_id=vm_id,
+                               state=states.state_name(state))
+            if (state == states.PAUSED) != pause:
+                with _libvirt_errors(action, vm_id):
+                    if pause:
+                        dom.suspend()
+                    else:
+                        dom.resume()
+            self.registry.set(vm_id, dom.name(), *_libvirt_status(dom))
             return self._status(dom)
 
     def _destroy(self, dom: libvirt.virDomain, vm_id: str) -> bool:
@@ -208,19 +403,37 @@ class Hypervisor:
     def remove(self, vm_id: str) -> dict:
         """Forget a stopped VM on this host; its volumes stay (see delete_volumes)."""
         with self._vm_lock(vm_id):
-            dom = self._lookup(vm_id)
+            dom = self._find(vm_id)
+            if dom is None:
+                if vm_id not in self.registry:
+                    raise VmNotFound(vm_id)
+                self.registry.remove(vm_id)  # Down, and libvirt forgot it already
+                return {"id": vm_id, "removed": True}
             if dom.isActive():
                 raise Conflict(f"VM {vm_id} is running on this host; destroy or shut it "
                                "down before removing it", vm_id=vm_id)
             with _libvirt_errors("undefine", vm_id):
                 if dom.isPersistent():
                     dom.undefineFlags(_UNDEFINE_FLAGS)
+            self.registry.remove(vm_id)
             return {"id": vm_id, "removed": True}
 
     # -- reporting ---------------------------------------------------------------
 
     def status(self, vm_id: str) -> dict:
-        return self._status(self._lookup(vm_id))
+        """The registry's status, with libvirt's details while libvirt has the domain.
+
+        A domain without our metadata is still reported (from libvirt alone);
+        a VM that went Down and that libvirt forgot is reported from the registry.
+        """
+        self.connection()  # the registry is rebuilt on (re)connection
+        dom = self._find(vm_id)
+        if dom is None:
+            record = self.registry.get(vm_id)
+            if record is None:
+                raise VmNotFound(vm_id)
+            return record.report()
+        return self._status(dom)
 
     def _status(self, dom: libvirt.virDomain) -> dict:
         vm_id = dom.UUIDString()
@@ -228,24 +441,30 @@ class Hypervisor:
             state, reason = dom.state()
             _, _, memory_kib, vcpus, cpu_time = dom.info()
             persistent = bool(dom.isPersistent())
-        status = states.vm_status(state, reason, powering_down=vm_id in self._powering_down)
+            domain_id = dom.ID()
+        record = self.registry.get(vm_id)
+        if record is not None:
+            status, exit_reason = record.status, record.exit_reason
+        else:
+            status, exit_reason = _status_of(state, reason)
         report = {"id": vm_id, "name": dom.name(), "status": status.value,
                   "state": states.state_name(state), "reason": reason,
                   "persistent": persistent, "vcpus": vcpus,
-                  "memory_mib": memory_kib // 1024, "cpu_time_ns": cpu_time}
-        if state == states.SHUTOFF and 0 <= reason < len(states.SHUTOFF_REASONS):
-            report["exit_reason"] = states.SHUTOFF_REASONS[reason]
+                  "memory_mib": memory_kib // 1024, "cpu_time_ns": cpu_time,
+                  "domain_id": domain_id if domain_id >= 0 else None}
+        if status == VmStatus.DOWN and exit_reason:
+            report["exit_reason"] = exit_reason
         return report
 
     def list_vms(self) -> list[dict]:
-        with _libvirt_errors("list domains"):
-            domains = self.connection().listAllDomains(0)
+        """Every VM in the registry (ours: started here or carrying our metadata)."""
+        self.connection()
         report = []
-        for dom in domains:
+        for record in self.registry.all():
             try:
-                report.append(self._status(dom))
+                report.append(self.status(record.id))
             except VmNotFound:
-                continue  # undefined while we listed
+                continue  # removed while we listed
         return sorted(report, key=lambda vm: vm["name"])
 
     def xml(self, vm_id: str) -> dict:
@@ -325,3 +544,57 @@ def _storage_domain(name: str, path: str) -> dict:
     return {"name": name, "path": path, "available": True,
             "total_mib": st.f_blocks * st.f_frsize // MiB,
             "free_mib": st.f_bavail * st.f_frsize // MiB}
+
+
+def _is_ours(dom: libvirt.virDomain) -> bool:
+    """Whether the domain carries our metadata (the engine created it)."""
+    try:
+        dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, metadata.NAMESPACE, 0)
+        return True
+    except libvirt.libvirtError:
+        return False
+
+
+def _is_active(dom: libvirt.virDomain) -> bool:
+    try:
+        return bool(dom.isActive())
+    except libvirt.libvirtError:
+        return False  # a transient domain that stopped is gone
+
+
+def _status_of(state: int, reason: int) -> tuple[VmStatus, str | None]:
+    status = states.vm_status(state, reason)
+    exit_reason = None
+    if status == VmStatus.DOWN:
+        exit_reason = (states.SHUTOFF_REASONS[reason]
+                       if state == states.SHUTOFF and 0 <= reason < len(states.SHUTOFF_REASONS)
+                       else "crashed" if state == states.CRASHED else "unknown")
+    return status, exit_reason
+
+
+def _libvirt_status(dom: libvirt.virDomain) -> tuple[VmStatus, str | None]:
+    """The VM's status as libvirt's state says it (recovery, after an operation)."""
+    state, reason = dom.state()
+    return _status_of(state, reason)
+
+
+def _remember_exit(dom: libvirt.virDomain, reason: str) -> None:
+    """Note the exit reason in a stopped persistent domain (a fresh start redefines
+    the domain from the engine's XML, which drops the note)."""
+    try:
+        if dom.isActive() or not dom.isPersistent():
+            return
+        dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, f"<exit reason={quoteattr(reason)}/>",
+                        _EXIT_KEY, EXIT_NAMESPACE, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+    except libvirt.libvirtError as exc:
+        log.warning("could not note the exit reason of VM %s: %s", dom.UUIDString(),
+                    exc.get_error_message())
+
+
+def _remembered_exit(dom: libvirt.virDomain) -> str | None:
+    try:
+        note = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, EXIT_NAMESPACE,
+                            libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+        return ET.fromstring(note).get("reason") or None
+    except (libvirt.libvirtError, ET.ParseError):
+        return None

@@ -109,6 +109,37 @@ def test_agent_errors_come_back_as_the_same_class(agent, engine_pki):
         client._call("PUT", "/vms")
 
 
+def test_pause_and_resume_through_the_engines_client(agent, engine_pki):
+    """The whole path: broker -> HTTPS -> API -> Hypervisor on libvirt's test driver."""
+    import uuid
+
+    from engine_lib import metadata
+
+    client = AgentClient("127.0.0.1", agent, str(engine_pki))
+    vm_id = str(uuid.uuid4())
+    xml = (f"<domain type='test'><name>http-{vm_id[:8]}</name><uuid>{vm_id}</uuid>"
+           f"<metadata><kestrel:vm xmlns:kestrel='{metadata.NAMESPACE}'/></metadata>"
+           "<memory unit='MiB'>64</memory><os><type>hvm</type></os></domain>")
+    client.start_vm(xml)
+    try:
+        assert client.pause_vm(vm_id)["status"] == "Paused"
+        assert client.vm_status(vm_id)["status"] == "Paused"
+        assert client.resume_vm(vm_id)["status"] == "Up"
+        assert {vm["id"]: vm["status"] for vm in client.list_vms()}[vm_id] == "Up"
+        assert client.destroy_vm(vm_id)["status"] == "Down"
+    finally:
+        import libvirt
+
+        conn = libvirt.open("test:///default")  # the test driver lacks remove's undefine flags
+        dom = conn.lookupByUUIDString(vm_id)
+        if dom.isActive():
+            dom.destroy()
+        dom.undefine()
+        conn.close()
+    with pytest.raises(VmNotFound):
+        client.pause_vm(str(uuid.uuid4()))
+
+
 def test_client_without_certificate_is_refused(agent, engine_pki):
     context = ssl.create_default_context(cafile=str(engine_pki / "ca.pem"))
     with pytest.raises((ssl.SSLError, ConnectionError)):

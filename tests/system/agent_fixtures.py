@@ -109,6 +109,15 @@ def start_agent(host, pki_dir: str) -> AgentHandle:
     return handle
 
 
+def restart_agent(handle: AgentHandle) -> AgentHandle:
+    """Start the agent again in its host (after it was killed); the handle follows the new PID."""
+    run_in_host(handle.host, [sys.executable, "-m", "engine_lib.agent", "--config", CONFIG_PATH,
+                              "--daemon", "--pidfile", PIDFILE, "--log-file", LOG_FILE])
+    handle.pid = int(run_in_host(handle.host, ["cat", PIDFILE], text=True).stdout)
+    wait_until_answers(handle.client(timeout=2))
+    return handle
+
+
 def wait_until_answers(client: AgentClient, timeout: float = START_TIMEOUT) -> dict:
     deadline = time.monotonic() + timeout
     while True:
