@@ -114,6 +114,27 @@ def scripts_of(point: str, hooks_dir: str, *, owner_uid: int = 0) -> list[str]:
     return scripts
 
 
+# "50_sap_agent.py" provides the hook "sap_agent": the prefix only orders scripts.
+_ORDER_PREFIX = re.compile(r"^\d+[_-]")
+
+
+def installed(hooks_dir: str, *, owner_uid: int = 0) -> list[str]:
+    """Names of the hooks this host provides, for the scheduler's hooks filter.
+
+    A VM whose custom property names a hook needs a host that has it. Scripts
+    the safety checks would refuse do not count: they would fail the start.
+    """
+    names = set()
+    for point in HOOK_POINTS:
+        try:
+            scripts = scripts_of(point, hooks_dir, owner_uid=owner_uid)
+        except HookError:
+            continue
+        for path in scripts:
+            names.add(_ORDER_PREFIX.sub("", os.path.splitext(os.path.basename(path))[0]))
+    return sorted(names)
+
+
 def _environment(point: str, vm_id: str, custom_properties: Mapping[str, str]) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if key not in _RESERVED}
     env["PATH"] = os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")

@@ -13,9 +13,11 @@ VMs run finds them all, in their true state, without touching them.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import socket
+import subprocess
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -513,6 +515,12 @@ class Hypervisor:
             "qemu_version": qemu_version,
             "kvm": os.path.exists("/dev/kvm"),
             "running_vms": running,
+            # What the scheduler's filters compare a VM against.
+            "machines": _machines(caps),
+            "networks": _bridges(),
+            "hooks": hooks.installed(self.config.hooks_dir, owner_uid=self.hook_owner_uid),
+            "hugepages": _free_hugepages(),
+            "used_memory_mib": memory_mib - free_mib,
             "agent_version": engine_lib.__version__,
             "storage_domains": [_storage_domain(name, path) for name, path
                                 in sorted(self.config.storage_domains.items())],
@@ -534,6 +542,46 @@ class Hypervisor:
                 with contextlib.suppress(libvirt.libvirtError):
                     used |= domxml.disk_sources(dom.XMLDesc(flag))
         return used
+
+
+def _machines(caps: ET.Element) -> list[str] | None:
+    """Machine types QEMU emulates here, by name and alias ("pc", "pc-i440fx-7.2", "q35", ...).
+
+    None when libvirt lists none (e.g. its test driver): unknown, not "no machine".
+    """
+    names = set()
+    for machine in caps.iterfind("guest/arch[@name='x86_64']/machine"):
+        names.add(machine.text or "")
+        if machine.get("canonical"):
+            names.add(machine.get("canonical"))
+    return sorted(n for n in names if n) or None
+
+
+def _bridges() -> list[str]:
+    """Bridges of this host's network namespace: oVirt's logical networks are bridges."""
+    try:
+        out = subprocess.run(["ip", "-j", "link", "show", "type", "bridge"], check=True,
+                             capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("cannot list bridges: %s", exc)
+        return []
+    return sorted(link["ifname"] for link in json.loads(out or "[]"))
+
+
+def _free_hugepages(root: str = "/sys/kernel/mm/hugepages") -> dict[str, int]:
+    """Free huge pages per page size in KiB, e.g. {"2048": 512}."""
+    free = {}
+    try:
+        sizes = os.listdir(root)
+    except OSError:
+        return free
+    for entry in sizes:  # hugepages-2048kB
+        try:
+            with open(os.path.join(root, entry, "free_hugepages")) as handle:
+                free[entry.removeprefix("hugepages-").removesuffix("kB")] = int(handle.read())
+        except (OSError, ValueError):
+            continue
+    return free
 
 
 def _storage_domain(name: str, path: str) -> dict:

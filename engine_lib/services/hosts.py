@@ -24,6 +24,10 @@ def host_dict(host: Host) -> dict:
         "cpus": host.cpus,
         "memory_mib": host.memory_mib,
         "libvirt_version": host.libvirt_version,
+        "cpu_model": host.cpu_model,
+        "machines": host.machines,
+        "networks": host.networks,
+        "hooks": host.hooks,
         "last_seen": host.last_seen.isoformat() if host.last_seen else None,
     }
 
@@ -76,6 +80,13 @@ class HostService:
         host.cpus = int(caps.get("cpus", 0))
         host.memory_mib = int(caps.get("memory_mib", 0))
         host.libvirt_version = str(caps.get("libvirt_version", ""))
+        # Facts the scheduler filters on; None (not reported) filters nothing.
+        host.cpu_model = caps.get("cpu_model") or None
+        host.machines = caps.get("machines")
+        host.networks = caps.get("networks")
+        host.hooks = caps.get("hooks")
+        host.hugepages = caps.get("hugepages") or {}
+        host.used_memory_mib = int(caps.get("used_memory_mib", 0))
         host.status = HostStatus.UP
         host.last_seen = now or utcnow()
 

@@ -203,3 +203,21 @@ def test_before_vm_start_must_leave_the_same_vm(hypervisor, tmp_path):
     hook(tmp_path, "before_vm_start", "50_swap", 'echo "<domain" > "$_hook_domxml"\n')
     with pytest.raises(HookError, match="left XML that is not a domain: not well-formed"):
         hv.start(_domain_xml(vm_id))
+
+
+def test_installed_hooks_are_named_without_their_order_prefix(tmp_path):
+    hook(tmp_path, "before_vm_start", "50_sap_agent.py", "exit 0\n")
+    hook(tmp_path, "after_vm_destroy", "10-sap_agent", "exit 0\n")
+    hook(tmp_path, "before_vm_start", "README", "", mode=0o644)  # not executable: no hook
+    hook(tmp_path, "after_vm_start", "20_unsafe", "exit 0\n", mode=0o777)  # would be refused
+    assert hooks.installed(str(tmp_path), owner_uid=ME) == ["sap_agent"]
+
+
+def test_host_info_reports_what_the_scheduler_filters_on(hypervisor, tmp_path):
+    hv, _ = hypervisor
+    hook(tmp_path, "before_vm_start", "50_numa_tuning", "exit 0\n")
+    facts = hv.host_info()
+    assert facts["hooks"] == ["numa_tuning"]
+    assert facts["machines"] is None  # libvirt's test driver lists no machine types
+    assert isinstance(facts["networks"], list)
+    assert facts["used_memory_mib"] >= 0

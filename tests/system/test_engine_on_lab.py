@@ -11,7 +11,7 @@ import pytest
 
 from engine_lib import pki
 from engine_lib.engine import Engine
-from engine_lib.errors import CertificateError, VmNotFound
+from engine_lib.errors import CertificateError, NoValidHost, VmNotFound
 from engine_lib.lab import hosts as lab_hosts
 
 
@@ -46,6 +46,18 @@ def test_hosts_register_with_their_real_capabilities(engine, cluster, agents):
     assert [h["name"] for h in hosts] == [a.name for a in agents]
     assert all(h["status"] == "Up" and h["cpus"] > 0 and h["memory_mib"] > 0 for h in hosts)
     assert len({h["host_uuid"] for h in hosts}) == len(hosts)  # each lab host its own libvirtd
+    # What the scheduler filters on, as each agent reports it.
+    assert all("kestrelmgmt" in h["networks"] for h in hosts)
+    assert all({"pc", "q35"} <= set(h["machines"]) for h in hosts)
+
+
+def test_a_vm_on_a_network_no_host_has_gets_no_valid_host(engine, cluster):
+    spec = {**tiny_guest("lost"), "nics": [{"name": "nic1", "network": "backend"}]}
+    with pytest.raises(NoValidHost) as info:
+        engine.vms.ensure(spec, state="running")
+    assert "backend" in info.value.message
+    assert engine.vms.info("lost")[0]["status"] == "Down"
+    engine.vms.ensure({"name": "lost"}, state="absent")
 
 
 def test_a_real_guest_boots_stops_and_is_removed(engine, cluster, agents, lab):
