@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -66,17 +67,42 @@ def engine_sign_csr(args) -> int:
 
 
 def engine_run(args) -> int:
-    import logging
+    import signal
+    import threading
 
+    from engine_lib import daemon
+    from engine_lib.broker import client_context
+    from engine_lib.config import EngineConfig
     from engine_lib.monitoring import Intervals, Monitor
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.daemon and not args.pidfile:
+        raise InvalidSpec("--pidfile", "is required with --daemon")
     intervals = Intervals(args.host_interval, args.vm_interval, args.non_responsive_after)
-    with _open_engine(args) as engine:
-        try:
-            Monitor(engine, intervals).run()
-        except KeyboardInterrupt:
-            pass
+    lock_fd = daemon.lock_pidfile(args.pidfile, "the engine loop") if args.pidfile else None
+    # Fail here, before any fork: no TLS material to reach agents with, or a
+    # database that cannot be reached or upgraded.
+    client_context(str(EngineConfig.resolve(args.engine_dir, args.db_url).pki_dir))
+    _open_engine(args).close()
+    ready_fd = daemon.daemonize(lock_fd, "engine loop") if args.daemon else None
+    if args.daemon and ready_fd is None:
+        return 0  # the launching process: the loop runs
+    log_file = args.log_file
+    if args.daemon and not log_file:
+        log_file = str(EngineConfig.resolve(args.engine_dir, args.db_url).engine_dir / "engine.log")
+    daemon.setup_logging(log_file)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        if lock_fd is not None:
+            daemon.write_pid(lock_fd)
+        with _open_engine(args) as engine:
+            daemon.report_ready(ready_fd, None)
+            Monitor(engine, intervals).run(stop)
+    finally:
+        if lock_fd is not None:
+            os.unlink(args.pidfile)
+            os.close(lock_fd)
     return 0
 
 
@@ -251,6 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
     run_engine.add_argument("--vm-interval", type=float, default=15.0, help="seconds (15)")
     run_engine.add_argument("--non-responsive-after", type=float, default=60.0,
                             help="seconds a host may stay Connecting before NonResponsive (60)")
+    run_engine.add_argument("--daemon", action="store_true", help="detach (needs --pidfile)")
+    run_engine.add_argument("--pidfile", help="lock file holding the loop's PID")
+    run_engine.add_argument("--log-file", help="default: stderr; engine.log in the engine "
+                            "directory with --daemon")
     sign = command(engine, "sign-csr", engine_sign_csr,
                    "sign a host's certificate request with the engine CA")
     _engine_options(sign)

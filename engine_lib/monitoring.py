@@ -12,6 +12,7 @@ Every status transition is recorded in the audit log.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -22,7 +23,7 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from engine_lib.errors import AgentUnreachable, KestrelError
 from engine_lib.model import Host, HostStatus, Vm, VmStatus
-from engine_lib.services.common import audit
+from engine_lib.services.common import audit, retry_on_conflict
 from engine_lib.services.hosts import HostService
 from engine_lib.services.vms import HostRef
 
@@ -78,6 +79,7 @@ class Monitor:
         self._record_answer(ref.name, facts)
         return facts
 
+    @retry_on_conflict
     def _record_answer(self, name: str, facts: dict) -> None:
         with self.engine.store.transaction() as session:
             host = _host(session, name)
@@ -85,7 +87,9 @@ class Monitor:
             HostService.record_capabilities(host, facts, self.clock())
             if previous != HostStatus.UP:
                 audit(session, "host", name, f"host is Up again (was {previous})")
+                log.info("host %s is Up again (was %s)", name, previous)
 
+    @retry_on_conflict
     def _record_silence(self, name: str, why: str) -> None:
         now = self.clock()
         with self.engine.store.transaction() as session:
@@ -94,11 +98,13 @@ class Monitor:
             if host.status == HostStatus.UP:
                 host.status = HostStatus.CONNECTING
                 audit(session, "host", name, f"host is Connecting: {why}", "warning")
+                log.warning("host %s is Connecting: %s", name, why)
             elif (host.status == HostStatus.CONNECTING
                   and silent_for >= timedelta(seconds=self.intervals.non_responsive_after_s)):
                 host.status = HostStatus.NON_RESPONSIVE
                 audit(session, "host", name, f"host is NonResponsive: silent for "
                       f"{int(silent_for.total_seconds())}s ({why})", "error")
+                log.error("host %s is NonResponsive: %s", name, why)
                 self._vms_unknown(session, host)
 
     @staticmethod
@@ -139,9 +145,10 @@ class Monitor:
 
     # -- the loop ------------------------------------------------------------------------
 
-    def run(self, stop: Callable[[], bool] = lambda: False) -> None:
-        """Cycle at the host interval, polling VMs at theirs, until ``stop()``."""
-        while not stop():
+    def run(self, stop: threading.Event | None = None) -> None:
+        """Cycle at the host interval, polling VMs at theirs, until ``stop`` is set."""
+        stop = stop or threading.Event()
+        while not stop.is_set():
             started = time.monotonic()
             poll_vms = started - self._last_vm_poll >= self.intervals.vm_s
             try:
@@ -150,7 +157,7 @@ class Monitor:
                 log.exception("monitoring cycle failed")
             if poll_vms:
                 self._last_vm_poll = started
-            time.sleep(max(0.0, self.intervals.host_s - (time.monotonic() - started)))
+            stop.wait(max(0.0, self.intervals.host_s - (time.monotonic() - started)))
 
 
 def _aware(moment: datetime) -> datetime:

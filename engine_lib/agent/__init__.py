@@ -18,4 +18,4 @@ def main(config_path: str = "/etc/kestrel/agent.conf", daemon: bool = False,
     importing the package does not need libvirt."""
     from engine_lib.agent.daemon import main as run
 
-    return run(config_path, daemon=daemon, pidfile=pidfile, log_file=log_file)
+    return run(config_path, detach=daemon, pidfile=pidfile, log_file=log_file)

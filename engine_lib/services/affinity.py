@@ -13,7 +13,7 @@ from sqlalchemy import select
 from engine_lib.engine import Outcome
 from engine_lib.errors import InvalidSpec
 from engine_lib.model import AffinityGroup, Host
-from engine_lib.services.common import audit, get_cluster
+from engine_lib.services.common import audit, get_cluster, retry_on_conflict
 from engine_lib.spec import boolean, choice, name as check_name
 
 RULES = ("positive", "negative", "disabled")
@@ -29,6 +29,7 @@ class AffinityService:
     def __init__(self, engine):
         self.engine = engine
 
+    @retry_on_conflict
     def ensure(self, name: str, *, cluster: str, vm_rule: str | None = None,
                vm_enforcing: bool | None = None, host_rule: str | None = None,
                host_enforcing: bool | None = None, hosts: list[str] | None = None,
@@ -71,6 +72,7 @@ class AffinityService:
                       f"host rule {group.host_rule}")
             return Outcome(before != after, after, {"before": before, "after": after})
 
+    @retry_on_conflict
     def remove(self, name: str, *, cluster: str, check_mode: bool = False) -> Outcome:
         with self.engine.store.transaction(commit=not check_mode) as session:
             target = get_cluster(session, cluster)

@@ -7,7 +7,7 @@ from engine_lib.engine import Outcome
 from engine_lib.errors import Conflict
 from engine_lib.model import Cluster
 from engine_lib.scheduling import policies as scheduling_policies
-from engine_lib.services.common import audit, changed_fields, find, get_cluster
+from engine_lib.services.common import audit, changed_fields, find, get_cluster, retry_on_conflict
 from engine_lib.spec import choice, name as check_name, positive_int, text
 
 VIRT_TYPES = ("kvm", "qemu")
@@ -45,6 +45,7 @@ class ClusterService:
     def __init__(self, engine):
         self.engine = engine
 
+    @retry_on_conflict
     def ensure(self, name: str, *, description: str | None = None, virt_type: str | None = None,
                memory_overcommit: int | None = None, mac_pool: list[str] | None = None,
                scheduling_policy: str | None = None,
@@ -97,6 +98,7 @@ class ClusterService:
             return [scheduling_policies.resolve(name).describe()]
         return [policy.describe() for policy in scheduling_policies.POLICIES.values()]
 
+    @retry_on_conflict
     def remove(self, name: str, *, check_mode: bool = False) -> Outcome:
         with self.engine.store.transaction(commit=not check_mode) as session:
             cluster = find(session, Cluster, name)

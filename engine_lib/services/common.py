@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import StaleDataError
 
-from engine_lib.errors import ClusterNotFound, HostNotFound, VmNotFound
+from engine_lib.errors import ClusterNotFound, Conflict, HostNotFound, VmNotFound
 from engine_lib.model import AuditEntry, Cluster, Host, Vm
 
 
@@ -39,3 +42,26 @@ def changed_fields(entity, wanted: dict) -> dict:
     """The subset of ``wanted`` that differs from the entity; None means 'keep'."""
     return {key: value for key, value in wanted.items()
             if value is not None and getattr(entity, key) != value}
+
+
+CONFLICT_ATTEMPTS = 5
+
+
+def retry_on_conflict(func):
+    """Run an idempotent write again when another writer changed its row meanwhile.
+
+    Every entity has a row version, so a write based on a stale read fails
+    instead of overwriting (the engine loop beats on host rows every few
+    seconds while playbooks change them). The wrapped operation re-reads and
+    recomputes from scratch, so running it again is safe.
+    """
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        for attempt in range(CONFLICT_ATTEMPTS):
+            try:
+                return func(*args, **kwargs)
+            except StaleDataError:
+                if attempt == CONFLICT_ATTEMPTS - 1:
+                    raise Conflict(f"{func.__qualname__}: the row kept changing under "
+                                   f"{CONFLICT_ATTEMPTS} attempts; run again") from None
+    return wrapper

@@ -7,7 +7,7 @@ from sqlalchemy import select
 from engine_lib.engine import Outcome
 from engine_lib.errors import Conflict, InvalidSpec
 from engine_lib.model import Host, HostStatus, Vm, VmStatus, utcnow
-from engine_lib.services.common import audit, find, get_cluster
+from engine_lib.services.common import audit, find, get_cluster, retry_on_conflict
 from engine_lib.spec import name as check_name, positive_int, text
 
 
@@ -41,6 +41,7 @@ class HostService:
     def __init__(self, engine):
         self.engine = engine
 
+    @retry_on_conflict
     def ensure(self, name: str, *, address: str, cluster: str, port: int = 54321,
                check_mode: bool = False) -> Outcome:
         check_name("name", name)
@@ -95,6 +96,7 @@ class HostService:
         return list(session.scalars(select(Vm.name).where(
             Vm.run_on_host_id == host.id, Vm.status.in_(VmStatus.ACTIVE))))
 
+    @retry_on_conflict
     def remove(self, name: str, *, check_mode: bool = False) -> Outcome:
         with self.engine.store.transaction(commit=not check_mode) as session:
             host = find(session, Host, name)
