@@ -135,6 +135,8 @@ class Monitor:
 
     @staticmethod
     def _sync_vm(session, vm: Vm, report: dict | None, host_name: str) -> None:
+        if report is None and vm.status == VmStatus.WAIT_FOR_LAUNCH:
+            return  # claimed, and the start call to the agent is still in flight
         if report is None or report.get("status") == VmStatus.DOWN:
             reason = (report or {}).get("exit_reason") or f"not running on host {host_name}"
             vm.status, vm.exit_reason, vm.run_on_host = VmStatus.DOWN, reason, None

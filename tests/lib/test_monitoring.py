@@ -90,3 +90,16 @@ def test_hosts_in_maintenance_are_not_polled(engine, running, monitor, agents):
     running[0].reachable = False
     monitor.cycle()
     assert engine.hosts.info()[0]["status"] == "Maintenance"
+
+
+def test_a_vm_whose_launch_is_in_flight_is_not_marked_down(engine, cluster, agents, monitor):
+    from engine_lib.model import Vm
+
+    engine.hosts.ensure("h1", address="10.0.0.1", cluster=cluster)
+    engine.vms.ensure({"name": "vm1", "cluster": cluster, "memory": 256}, state="present")
+    with engine.store.transaction() as session:  # what _place commits before calling the agent
+        vm = session.query(Vm).one()
+        vm.status, vm.run_on_host = "WaitForLaunch", vm.cluster.hosts[0]
+    monitor.cycle()
+    vm = engine.vms.info("vm1")[0]
+    assert (vm["status"], vm["host"]) == ("WaitForLaunch", "h1")
