@@ -13,11 +13,20 @@ step "Building the tiny test guest (Debian kernel + busybox initramfs) into $LAB
 kestrel lab guest --dest "$LAB_DIR/shared/images"
 
 step "Bringing up 2 lab hosts (network namespaces, each with its own libvirtd, virtlogd and sshd)"
-trap 'step "Tearing the lab down"; kestrel lab down --state-dir "$LAB_DIR"' EXIT
+ENGINE_DIR="$LAB_DIR/engine"
+teardown() {
+  step "Stopping the engine loop and tearing the lab down"
+  if [ -s "$ENGINE_DIR/engine.pid" ]; then kill "$(cat "$ENGINE_DIR/engine.pid")" 2>/dev/null || true; fi
+  kestrel lab down --state-dir "$LAB_DIR"
+}
+trap teardown EXIT
 kestrel lab up --hosts 2 --state-dir "$LAB_DIR"
 
 step "Running playbooks/demo.yml: engine init, host role on both hosts, cluster, VM lifecycle"
 ansible-playbook -i "$LAB_DIR/inventory.yml" playbooks/demo.yml \
   -e "kestrel_lab_dir=$LAB_DIR"
+
+step "The engine's audit log of this run (kestrel events)"
+kestrel events --engine-dir "$ENGINE_DIR" --limit 16
 
 step "Demo finished: the VM booted on a lab host, was stopped and removed"
