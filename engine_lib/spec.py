@@ -275,10 +275,13 @@ def high_availability(value: Any) -> dict:
 
 
 def placement(value: Any) -> dict:
-    value = _mapping("placement", value, ("hosts", "affinity_groups"))
+    value = _mapping("placement", value, ("hosts", "affinity_groups", "hooks"))
     return {"hosts": _names("placement.hosts", value.get("hosts", [])),
             "affinity_groups": _names("placement.affinity_groups",
-                                      value.get("affinity_groups", []))}
+                                      value.get("affinity_groups", [])),
+            # Host hooks the VM cannot run without (its custom properties are
+            # for hooks too, but a host without the hook simply ignores them).
+            "hooks": _names("placement.hooks", value.get("hooks", []))}
 
 
 def custom_properties(value: Any) -> dict[str, str]:

@@ -42,8 +42,7 @@ def scheduling_request(vm: Vm, current_host: str | None = None) -> VmRequest:
         cpu_model=cpu_model or None,
         networks=frozenset(d.spec.get("network") for d in vm.devices_of(DeviceType.INTERFACE)
                            if d.spec.get("network")),
-        # oVirt's convention: a custom property is consumed by the host hook of that name.
-        hooks=frozenset(vm.custom_properties or {}),
+        hooks=frozenset(placement.get("hooks", ())),
         pinned_hosts=tuple(placement.get("hosts", ())),
         affinity_groups=tuple(placement.get("affinity_groups", ())),
         current_host=current_host,

@@ -174,6 +174,13 @@ options:
         description: Affinity groups the VM belongs to.
         type: list
         elements: str
+      hooks:
+        description:
+          - Host hooks the VM cannot run without; hosts that lack one are
+            filtered out. A hook is named after its script, without the
+            ordering prefix (C(50_sap_agent) provides V(sap_agent)).
+        type: list
+        elements: str
   machine:
     description: QEMU machine type. New VMs use V(q35).
     type: str
@@ -510,6 +517,7 @@ def main():
             placement=dict(type='dict', options=dict(
                 hosts=dict(type='list', elements='str'),
                 affinity_groups=dict(type='list', elements='str'),
+                hooks=dict(type='list', elements='str'),
             )),
             machine=dict(type='str', choices=['pc', 'q35']),
             kernel=dict(type='str'),

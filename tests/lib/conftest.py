@@ -23,6 +23,7 @@ class FakeAgent:
         self.vms: dict[str, str] = {}  # id -> status
         self.reachable = True
         self.deleted_volumes: list[dict] = []
+        self.hooks: list[str] = []
 
     def _check(self):
         if not self.reachable:
@@ -31,7 +32,7 @@ class FakeAgent:
     def host_info(self):
         self._check()
         return {"hostname": self.name, "host_uuid": f"uuid-{self.name}", "cpus": self.cpus,
-                "memory_mib": self.memory_mib, "libvirt_version": "9.0.0"}
+                "memory_mib": self.memory_mib, "libvirt_version": "9.0.0", "hooks": self.hooks}
 
     def start_vm(self, xml, mode="fresh"):
         self._check()

@@ -50,3 +50,15 @@ def test_groups_are_validated_and_removable(engine, two_hosts):
     assert [g["name"] for g in engine.affinity_groups.info(two_hosts)] == ["g"]
     assert engine.affinity_groups.remove("g", cluster=two_hosts).changed
     assert engine.affinity_groups.info(two_hosts) == []
+
+
+def test_a_vm_needing_a_hook_runs_only_where_it_is_installed(engine, two_hosts, agents):
+    agents["10.0.2.2"].hooks = ["sap_agent"]
+    for name, address in (("h1", "10.0.2.1"), ("h2", "10.0.2.2")):
+        engine.hosts.ensure(name, address=address, cluster=two_hosts)
+    spec = {"name": "sap", "cluster": "c1", "memory": 256, "custom_properties": {"sid": "PRD"},
+            "placement": {"hooks": ["sap_agent"]}}
+    assert engine.vms.ensure(spec, state="running").entity["host"] == "h2"
+    # Custom properties alone require nothing: hosts without hooks ignore them.
+    plain = {"name": "plain", "cluster": "c1", "memory": 256, "custom_properties": {"x": "1"}}
+    assert engine.vms.ensure(plain, state="running").entity["status"] == "Up"

@@ -75,7 +75,7 @@ def test_ha_and_placement_are_stored_in_canonical_form(engine, cluster):
     with engine.store.transaction(commit=False) as session:
         vm: Vm = get_vm(session, "ha")
         assert vm.high_availability == {"enabled": True, "priority": 0}
-        assert vm.placement == {"hosts": ["h1"], "affinity_groups": []}
+        assert vm.placement == {"hosts": ["h1"], "affinity_groups": [], "hooks": []}
 
 
 def test_xml_render_of_a_stored_vm_uses_its_ids_and_writes_nothing(engine, cluster):
