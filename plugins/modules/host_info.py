@@ -1,0 +1,109 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: kestrel.virt contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: host_info
+short_description: Read hosts from the kestrel engine
+version_added: 0.1.0
+description:
+  - List hosts with their status and the facts their agents report - CPUs,
+    memory, libvirt version, bridges (logical networks), machine types, hooks.
+  - Filters combine; without any, every host is returned.
+author:
+  - kestrel.virt maintainers (@kestrel-virt)
+options:
+  name:
+    description: Only the host with this name.
+    type: str
+  cluster:
+    description: Only hosts of this cluster (which must exist).
+    type: str
+extends_documentation_fragment:
+  - kestrel.virt.engine
+  - kestrel.virt.engine.attributes
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: N/A
+"""
+
+EXAMPLES = r"""
+- name: Which hosts of production are Up?
+  kestrel.virt.host_info:
+    cluster: production
+  register: result
+
+- name: Show them
+  ansible.builtin.debug:
+    msg: "{{ result.hosts | selectattr('status', 'equalto', 'Up') | map(attribute='name') | list }}"
+"""
+
+RETURN = r"""
+hosts:
+  description: The hosts that match, sorted by name.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: Name of the host.
+      type: str
+      sample: h1
+    cluster:
+      description: Cluster of the host.
+      type: str
+      sample: production
+    address:
+      description: Address the engine reaches the agent at.
+      type: str
+      sample: 10.77.0.1
+    status:
+      description: V(Up), V(Connecting), V(NonResponsive), V(Maintenance), V(Installing).
+      type: str
+      sample: Up
+    cpus:
+      description: Logical CPUs.
+      type: int
+      sample: 2
+    memory_mib:
+      description: Memory in MiB.
+      type: int
+      sample: 24000
+    networks:
+      description: Bridges the agent reports (logical networks); null when not reported.
+      type: list
+      elements: str
+      sample: [kestrelmgmt]
+    machines:
+      description: QEMU machine types; null when not reported.
+      type: list
+      elements: str
+      sample: [pc, q35]
+    last_seen:
+      description: When the agent last answered (ISO 8601).
+      type: str
+      sample: "2026-11-21T16:05:12+00:00"
+"""
+
+from ansible_collections.kestrel.virt.plugins.module_utils._kestrel import KestrelModule
+
+
+def main():
+    module = KestrelModule(
+        argument_spec=dict(
+            name=dict(type='str'),
+            cluster=dict(type='str'),
+        ),
+    )
+    p = module.params
+    module.query('hosts', lambda engine: engine.hosts.info(name=p['name'], cluster=p['cluster']))
+
+
+if __name__ == '__main__':
+    main()
