@@ -202,7 +202,21 @@ class HugePages(Filter):
                 f"host has {free}")
 
 
-class VmAffinity(Filter):
+class _AffinityRules(Filter):
+    """Rules of the form (group, positive|negative, hosts): inside the hosts, or outside."""
+
+    def applies(self, vm, detail):
+        return bool(detail)
+
+    def mask(self, table, vm, detail):
+        ok = np.ones(table.size, dtype=bool)
+        for _name, rule, hosts in detail:
+            inside = table.names_mask(sorted(hosts))
+            ok &= inside if rule == "positive" else ~inside
+        return ok
+
+
+class VmAffinity(_AffinityRules):
     """Enforcing VM-VM rules: positive keeps members together, negative apart."""
 
     name = "vm_affinity"
@@ -219,16 +233,6 @@ class VmAffinity(Filter):
                     rules.append((name, group.vm_rule, frozenset(partners)))
         return rules
 
-    def applies(self, vm, detail):
-        return bool(detail)
-
-    def mask(self, table, vm, detail):
-        ok = np.ones(table.size, dtype=bool)
-        for _name, rule, hosts in detail:
-            there = table.names_mask(sorted(hosts))
-            ok &= there if rule == "positive" else ~there
-        return ok
-
     def check(self, host, vm, detail):
         for name, rule, hosts in detail:
             if rule == "positive" and host.name not in hosts:
@@ -239,7 +243,7 @@ class VmAffinity(Filter):
         return None
 
 
-class HostAffinity(Filter):
+class HostAffinity(_AffinityRules):
     name = "host_affinity"
     description = "enforcing VM-to-host affinity groups"
 
@@ -248,20 +252,11 @@ class HostAffinity(Filter):
                 (ctx.groups.get(n) for n in vm.affinity_groups)
                 if g and g.host_enforcing and g.host_rule != "disabled"]
 
-    def applies(self, vm, detail):
-        return bool(detail)
-
-    def mask(self, table, vm, detail):
-        ok = np.ones(table.size, dtype=bool)
-        for _name, rule, hosts in detail:
-            listed = table.names_mask(sorted(hosts))
-            ok &= listed if rule == "positive" else ~listed
-        return ok
-
     def check(self, host, vm, detail):
         for name, rule, hosts in detail:
             if rule == "positive" and host.name not in hosts:
-                return f"affinity group {name} (positive, enforcing) allows only {', '.join(sorted(hosts))}"
+                return (f"affinity group {name} (positive, enforcing) allows only "
+                        f"{', '.join(sorted(hosts))}")
             if rule == "negative" and host.name in hosts:
                 return f"affinity group {name} (negative, enforcing) keeps its VMs off this host"
         return None
