@@ -9,7 +9,7 @@ LAB_DIR ?= /srv/kestrel-lab
 LAB_HOSTS ?= 2
 export PATH := $(BIN):$(PATH)
 
-.PHONY: demo test deps venv unit system sanity units molecule lab-up lab-down clean bench-scheduler bench-xml
+.PHONY: demo test deps venv unit system sanity units molecule lab-up lab-down clean bench-scheduler bench-xml bench-agent
 
 deps:
 	@echo "==> system packages (libvirt, QEMU, sshd, PostgreSQL, ...)"
@@ -62,6 +62,10 @@ bench-xml: venv
 	@test -d /usr/share/virt-manager/virtinst || \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends virtinst
 	@$(BIN)/python bench/xml/bench.py
+
+# Host agent vs bare libvirt on a lab host (start a VM; stats poll of 30 VMs); uses the lab lock.
+bench-agent: deps venv
+	@KESTREL_LAB_STATE_DIR=$(LAB_DIR) flock /tmp/kestrel-lab.lock $(BIN)/python -m bench.agent.bench
 
 lab-up: deps venv
 	$(BIN)/kestrel lab up --hosts $(LAB_HOSTS) --state-dir $(LAB_DIR)

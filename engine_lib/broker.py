@@ -100,6 +100,24 @@ class AgentClient:
     def console_log(self, vm_id: str, nbytes: int = 8192) -> str:
         return self._call("GET", f"/vms/{_seg(vm_id)}/console?bytes={int(nbytes)}")["data"]
 
+    def stats(self) -> dict:
+        """Host counters and every running VM's: {"host": {...}, "vms": [...]}."""
+        return self._call("GET", "/stats")
+
+    def vm_stats(self, vm_id: str) -> dict:
+        return self._call("GET", f"/vms/{_seg(vm_id)}/stats")
+
+    def plug_device(self, vm_id: str, xml: str, volume: dict | None = None) -> dict:
+        """Hotplug a <disk> or <interface>; returns the live device XML."""
+        body: dict[str, Any] = {"xml": xml}
+        if volume is not None:
+            body["volume"] = volume
+        return self._call("POST", f"/vms/{_seg(vm_id)}/devices", body)
+
+    def unplug_device(self, vm_id: str, alias: str, timeout: float = 20) -> dict:
+        return self._call("DELETE", f"/vms/{_seg(vm_id)}/devices/{_seg(alias)}?timeout={timeout:g}",
+                          timeout=max(self.timeout, timeout + SHUTDOWN_GRACE))
+
     def openapi(self) -> dict:
         return self._call("GET", "/openapi.json")
 

@@ -31,6 +31,8 @@ MAX_CONSOLE_BYTES = 1024 * 1024
 DEFAULT_CONSOLE_BYTES = 8192
 DEFAULT_SHUTDOWN_TIMEOUT = 60.0
 MAX_SHUTDOWN_TIMEOUT = 3600.0
+DEFAULT_UNPLUG_TIMEOUT = 20.0
+MAX_UNPLUG_TIMEOUT = 600.0
 _VOLUME_KEYS = {"domain", "image", "volume", "alias", "format", "size_mib"}
 
 
@@ -93,6 +95,19 @@ ROUTES = (
     Route("GET", "/vms/{id}/console", "console_log", "The tail of the serial console log.",
           query={"bytes": {"type": "integer", "minimum": 1, "maximum": MAX_CONSOLE_BYTES,
                            "default": DEFAULT_CONSOLE_BYTES}}),
+    Route("GET", "/stats", "stats", "Host CPU and memory, VM counts, and per running VM: "
+          "CPU, memory and balloon, disk and NIC counters (one libvirt call)."),
+    Route("GET", "/vms/{id}/stats", "vm_stats", "One VM's CPU, memory and balloon, disk and "
+          "NIC counters."),
+    Route("POST", "/vms/{id}/devices", "plug_device", "Hotplug a <disk> or <interface> "
+          "(with a ua- alias) into a running VM; its volume is created first when given "
+          "and missing; before_device_create hooks edit the device XML.",
+          body={"type": "object", "required": ["xml"], "additionalProperties": False,
+                "properties": {"xml": {"type": "string"}, "volume": _VOLUME_SCHEMA}}),
+    Route("DELETE", "/vms/{id}/devices/{alias}", "unplug_device", "Unplug a device by alias "
+          "and wait until the guest released it (409 with pending=true if not in time).",
+          query={"timeout": {"type": "number", "minimum": 0, "maximum": MAX_UNPLUG_TIMEOUT,
+                             "default": DEFAULT_UNPLUG_TIMEOUT}}),
     Route("POST", "/volumes/delete", "delete_volumes", "Delete volume files on storage "
           "domains; refused for a volume a VM on this host still uses.",
           body={"type": "object", "required": ["volumes"], "additionalProperties": False,
@@ -215,6 +230,54 @@ class Api:
                                        f"got '{text}'")
         return self.hypervisor.console_log(_vm_id(request), int(text))
 
+    def stats(self, _request: Request) -> dict:
+        return self.hypervisor.stats()
+
+    def vm_stats(self, request: Request) -> dict:
+        return self.hypervisor.vm_stats(_vm_id(request))
+
+    def plug_device(self, request: Request) -> dict:
+        from engine_lib.metadata import VolumeRef
+
+        vm_id = _vm_id(request)
+        xml = request.body.get("xml")
+        if not isinstance(xml, str) or not xml.strip():
+            raise InvalidSpec("xml", "a non-empty string with the device XML is required")
+        volume = None
+        item = request.body.get("volume")
+        if item is not None:
+            if not isinstance(item, dict):
+                raise InvalidSpec("volume", "must be an object")
+            unknown = set(item) - _VOLUME_KEYS
+            if unknown:
+                raise InvalidSpec("volume", f"unknown keys {sorted(unknown)}")
+            for key in ("domain", "image", "volume"):
+                if not isinstance(item.get(key), str) or not item[key]:
+                    raise InvalidSpec(f"volume.{key}", "a non-empty string is required")
+            size = item.get("size_mib")
+            if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+                raise InvalidSpec("volume.size_mib", f"a positive integer is required, "
+                                                     f"got {size!r}")
+            volume = VolumeRef(alias=str(item.get("alias", "")), domain=item["domain"],
+                               image=item["image"], volume=item["volume"],
+                               format=str(item.get("format", "qcow2")), size_mib=size)
+        return self.hypervisor.plug_device(vm_id, xml, volume)
+
+    def unplug_device(self, request: Request) -> dict:
+        vm_id = _vm_id(request)
+        text = request.query.get("timeout", [str(DEFAULT_UNPLUG_TIMEOUT)])[-1]
+        try:
+            timeout = float(text)
+        except ValueError:
+            timeout = -1.0
+        if not 0 <= timeout <= MAX_UNPLUG_TIMEOUT:
+            raise InvalidSpec("timeout", f"must be a number of seconds from 0 to "
+                                         f"{MAX_UNPLUG_TIMEOUT:g}, got '{text}'")
+        alias = request.params["alias"]
+        if not alias.startswith("ua-"):
+            raise InvalidSpec("alias", f"'{alias}' is not a device alias (ua-...)")
+        return self.hypervisor.unplug_device(vm_id, alias, timeout)
+
     def delete_volumes(self, request: Request) -> dict:
         from engine_lib.agent.volumes import VolumeLocation
 
@@ -292,6 +355,10 @@ def openapi_document() -> dict:
             parameters.append({"name": "id", "in": "path", "required": True,
                                "description": "VM id (= domain UUID)",
                                "schema": {"type": "string", "format": "uuid"}})
+        if "{alias}" in route.path:
+            parameters.append({"name": "alias", "in": "path", "required": True,
+                               "description": "Device alias (ua-...)",
+                               "schema": {"type": "string"}})
         for name, schema in route.query.items():
             parameters.append({"name": name, "in": "query", "required": False,
                                "schema": schema})

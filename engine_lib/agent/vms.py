@@ -28,7 +28,8 @@ import libvirt
 
 import engine_lib
 from engine_lib import metadata, placeholders
-from engine_lib.agent import domxml, events, hooks, registry, states, volumes
+from engine_lib.agent import (domxml, events, hooks, hotplug, payload, registry, states, stats,
+                              volumes)
 from engine_lib.agent.config import AgentConfig
 from engine_lib.agent.states import VmStatus
 from engine_lib.errors import (Conflict, HookError, InvalidSpec, KestrelError, LibvirtError,
@@ -87,6 +88,7 @@ class Hypervisor:
         # Hook scripts must be owned by root; a seam for tests that do not run as root.
         self.hook_owner_uid = 0
         self._event_callback: int | None = None
+        self._sampler = stats.Sampler()
 
     # -- connection and lookup -------------------------------------------------
 
@@ -303,6 +305,14 @@ class Hypervisor:
             for path in host.paths.get(kind, []):
                 os.makedirs(os.path.dirname(path), exist_ok=True)
         volumes.prepare(host.metadata.volumes, self.config.storage_domains)
+        seed = payload.read(domxml.parse_domain(host.xml))
+        if seed is not None:
+            payload.build(seed, self.config.resolve(placeholders.payload(host.uuid)))
+
+    def _remove_payload(self, vm_id: str) -> None:
+        """Delete the VM's cloud-init ISO (a host without a payload root never wrote one)."""
+        if "payload" in self.config.paths:
+            payload.remove(self.config.resolve(placeholders.payload(vm_id)))
 
     def shutdown(self, vm_id: str, timeout: float) -> dict:
         """Press the ACPI power button (again every ACPI_REPEAT s); destroy after ``timeout`` s.
@@ -410,6 +420,7 @@ class Hypervisor:
                 if vm_id not in self.registry:
                     raise VmNotFound(vm_id)
                 self.registry.remove(vm_id)  # Down, and libvirt forgot it already
+                self._remove_payload(vm_id)
                 return {"id": vm_id, "removed": True}
             if dom.isActive():
                 raise Conflict(f"VM {vm_id} is running on this host; destroy or shut it "
@@ -418,6 +429,7 @@ class Hypervisor:
                 if dom.isPersistent():
                     dom.undefineFlags(_UNDEFINE_FLAGS)
             self.registry.remove(vm_id)
+            self._remove_payload(vm_id)
             return {"id": vm_id, "removed": True}
 
     # -- reporting ---------------------------------------------------------------
@@ -525,6 +537,120 @@ class Hypervisor:
             "storage_domains": [_storage_domain(name, path) for name, path
                                 in sorted(self.config.storage_domains.items())],
         }
+
+    # -- hotplug -------------------------------------------------------------------
+
+    def plug_device(self, vm_id: str, xml: str,
+                    volume: metadata.VolumeRef | None = None) -> dict:
+        """Attach a disk or NIC to a running VM (and to its definition, if persistent).
+
+        The device's volume is created first when given and missing; the
+        before_device_create hooks see the resolved device XML and the XML
+        they leave is attached. Returns the live device (with its address).
+        """
+        device = hotplug.parse_device(xml)
+        alias = hotplug.device_alias(device)
+        device_xml, _ = hotplug.resolve(device, self.config.paths, self.config.storage_domains)
+        with self._vm_lock(vm_id):
+            dom = self._lookup(vm_id)
+            if not _is_active(dom):
+                raise Conflict(f"cannot hotplug into VM {vm_id}: it is not running",
+                               vm_id=vm_id)
+            with _libvirt_errors("read the XML of", vm_id):
+                live = dom.XMLDesc(0)
+            if hotplug.find_by_alias(live, alias) is not None:
+                raise Conflict(f"VM {vm_id} already has a device with alias {alias}",
+                               vm_id=vm_id, alias=alias)
+            meta = metadata.read(domxml.parse_domain(live))
+            device_xml = hooks.run("before_device_create", device_xml, vm_id,
+                                   self.config.hooks_dir, meta.custom_properties,
+                                   owner_uid=self.hook_owner_uid)
+            if volume is not None:
+                volumes.prepare([volume], self.config.storage_domains)
+            flags = libvirt.VIR_DOMAIN_AFFECT_LIVE
+            if dom.isPersistent():
+                flags |= libvirt.VIR_DOMAIN_AFFECT_CONFIG
+            with _libvirt_errors(f"attach device {alias} to", vm_id):
+                dom.attachDeviceFlags(device_xml, flags)
+                live = dom.XMLDesc(0)
+        plugged = hotplug.find_by_alias(live, alias)
+        return {"id": vm_id, "alias": alias,
+                "xml": ET.tostring(plugged, encoding="unicode") if plugged is not None else None}
+
+    def unplug_device(self, vm_id: str, alias: str, timeout: float) -> dict:
+        """Ask the guest to release a device and wait until libvirt says it is gone.
+
+        Unplug needs the guest's cooperation (PCI hot-unplug); a guest that
+        does not release the device within ``timeout`` s gets a Conflict saying
+        so, and the request stays pending in QEMU as on any libvirt host.
+        """
+        with self._vm_lock(vm_id):
+            dom = self._lookup(vm_id)
+            with _libvirt_errors("read the XML of", vm_id):
+                live = dom.XMLDesc(0)
+            if hotplug.find_by_alias(live, alias) is None:
+                raise NotFound(f"device of VM {vm_id} with alias", alias)
+            flags = libvirt.VIR_DOMAIN_AFFECT_LIVE
+            if dom.isPersistent():
+                flags |= libvirt.VIR_DOMAIN_AFFECT_CONFIG
+            with _libvirt_errors(f"detach device {alias} from", vm_id):
+                dom.detachDeviceAlias(alias, flags)
+            deadline = time.monotonic() + timeout
+            while True:
+                with _libvirt_errors("read the XML of", vm_id):
+                    gone = hotplug.find_by_alias(dom.XMLDesc(0), alias) is None
+                if gone:
+                    return {"id": vm_id, "alias": alias, "removed": True}
+                if time.monotonic() >= deadline:
+                    raise Conflict(f"the guest of VM {vm_id} did not release device {alias} "
+                                   f"within {timeout:g} s; the unplug request stays pending",
+                                   vm_id=vm_id, alias=alias, pending=True)
+                time.sleep(_POLL / 4)
+
+    # -- statistics ----------------------------------------------------------------
+
+    def stats(self) -> dict:
+        """Host counters and those of every running VM in the registry, in one libvirt call."""
+        conn = self.connection()
+        with _libvirt_errors("collect statistics"):
+            records = conn.getAllDomainStats(
+                stats.GROUPS, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE)
+            cpu = conn.getCPUStats(libvirt.VIR_NODE_CPU_STATS_ALL_CPUS)
+            memory_mib = conn.getInfo()[1]
+            free_mib = conn.getFreeMemory() // MiB
+        ours = [(dom, raw) for dom, raw in records if dom.UUIDString() in self.registry]
+        self._sampler.forget_others({dom.UUIDString() for dom, _ in ours})
+        host = {
+            "cpu": {"user_ns": cpu.get("user"), "kernel_ns": cpu.get("kernel"),
+                    "idle_ns": cpu.get("idle"), "iowait_ns": cpu.get("iowait"),
+                    "percent": self._sampler.host_cpu_percent(cpu)},
+            "memory_mib": memory_mib,
+            "free_memory_mib": free_mib,
+            "running_vms": len(records),
+            "vm_count": len(self.registry.all()),
+        }
+        return {"host": host, "vms": [self._vm_stats(dom, raw) for dom, raw in ours]}
+
+    def vm_stats(self, vm_id: str) -> dict:
+        """One VM's counters (a VM that is not running has only its state)."""
+        dom = self._lookup(vm_id)
+        with _libvirt_errors("collect statistics of", vm_id):
+            records = self.connection().domainListGetStats([dom], stats.GROUPS)
+        if not records:
+            raise VmNotFound(vm_id)
+        return self._vm_stats(*records[0])
+
+    def _vm_stats(self, dom: libvirt.virDomain, raw: dict) -> dict:
+        vm_id = dom.UUIDString()
+        record = self.registry.get(vm_id)
+        state = raw.get("state.state", states.SHUTOFF)
+        status = record.status if record is not None else _status_of(
+            state, raw.get("state.reason", 0))[0]
+        report = {"id": vm_id, "name": dom.name(), "status": status.value,
+                  "state": states.state_name(state), **stats.vm_stats(raw)}
+        if "cpu.time" in raw:
+            report["cpu"]["percent"] = self._sampler.vm_cpu_percent(vm_id, raw["cpu.time"])
+        return report
 
     # -- volumes -------------------------------------------------------------------
 

@@ -9,6 +9,13 @@ the serial console what the VM sees:
     kestrel-guest: disks vda vdb
     kestrel-guest: nics eth0 lo
 
+and, when a CD-ROM holds an ISO 9660 image (the cloud-init payload), its
+volume label and every line of every file on it:
+
+    kestrel-guest: cdrom label cidata
+    kestrel-guest: cdrom user-data: #cloud-config
+
+The initramfs is rebuilt when its recipe (modules, init script) changes.
 Boot it with ``<os><kernel/><initrd/><cmdline>console=ttyS0</cmdline></os>``.
 The ACPI power button powers it off, so graceful shutdown can be tested too.
 """
@@ -16,6 +23,7 @@ The ACPI power button powers it off, so graceful shutdown can be tested too.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import lzma
 import os
 import re
@@ -29,6 +37,7 @@ from engine_lib.lab.process import run
 
 KERNEL_NAME = "vmlinuz"
 INITRD_NAME = "initrd.img"
+STAMP_NAME = "guest.recipe"
 KERNEL_META_PACKAGE = "linux-image-amd64"
 BUSYBOX = "/bin/busybox"
 
@@ -38,6 +47,12 @@ MODULES = (
     "failover", "net_failover", "virtio_net", "virtio_balloon", "virtio_blk", "virtio_console",
     # The ACPI power button as an input event device: graceful shutdown.
     "button", "evdev",
+)
+# The CD-ROM (IDE on i440fx, AHCI on q35) and ISO 9660: the cloud-init payload.
+# Loaded after the lines above are printed, so those stay what they always were.
+CDROM_MODULES = (
+    "scsi_common", "scsi_mod", "libata", "ata_piix", "libahci", "ahci", "cdrom", "sr_mod",
+    "isofs",
 )
 
 INIT_SCRIPT = r"""#!/bin/sh
@@ -55,6 +70,23 @@ hostname kestrel-guest
 echo "kestrel-guest: up $(uname -r)"
 echo "kestrel-guest: disks" $(ls /sys/block)
 echo "kestrel-guest: nics" $(ls /sys/class/net)
+# The payload CD-ROM, in the background: a guest without one must not wait for it.
+(for module in $(cat /lib/modules/cdrom-order); do
+     insmod "/lib/modules/$module.ko" 2>/dev/null
+ done
+ for try in 1 2 3 4 5 6 7 8 9 10; do
+     [ -b /dev/sr0 ] && break
+     sleep 0.5
+ done
+ mkdir -p /mnt/cdrom
+ if [ -b /dev/sr0 ] && mount -t iso9660 -o ro /dev/sr0 /mnt/cdrom 2>/dev/null; then
+     # ISO 9660 volume id: 32 bytes at offset 40 of the primary volume descriptor (sector 16).
+     echo "kestrel-guest: cdrom label $(dd if=/dev/sr0 bs=1 skip=32808 count=32 2>/dev/null \
+                                        | tr -d ' ')"
+     for file in /mnt/cdrom/*; do
+         sed "s|^|kestrel-guest: cdrom ${file##*/}: |" "$file"
+     done
+ fi) &
 for event in /sys/class/input/event*; do
     if [ "$(cat "$event/device/name" 2>/dev/null)" = "Power Button" ]; then
         (head -c 24 "/dev/input/${event##*/}" >/dev/null
@@ -76,7 +108,8 @@ def build(dest_dir: str) -> tuple[str, str]:
     """
     kernel = os.path.join(dest_dir, KERNEL_NAME)
     initrd = os.path.join(dest_dir, INITRD_NAME)
-    if os.path.isfile(kernel) and os.path.isfile(initrd):
+    stamp = os.path.join(dest_dir, STAMP_NAME)
+    if os.path.isfile(kernel) and os.path.isfile(initrd) and _read(stamp) == recipe():
         return kernel, initrd
     os.makedirs(dest_dir, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest_dir, prefix=".guest-build-") as work:
@@ -85,10 +118,27 @@ def build(dest_dir: str) -> tuple[str, str]:
         root = os.path.join(work, "initramfs")
         _populate_initramfs(root, modules)
         _write_initramfs(root, os.path.join(work, INITRD_NAME))
-        for name in (KERNEL_NAME, INITRD_NAME):
+        with open(os.path.join(work, STAMP_NAME), "w") as out:
+            out.write(recipe())
+        for name in (KERNEL_NAME, INITRD_NAME, STAMP_NAME):
             os.chmod(os.path.join(work, name), 0o644)
             os.replace(os.path.join(work, name), os.path.join(dest_dir, name))
     return kernel, initrd
+
+
+def recipe() -> str:
+    """What the initramfs is made of: a guest built from another recipe is rebuilt."""
+    digest = hashlib.sha256("\0".join((*MODULES, "|", *CDROM_MODULES, "|", INIT_SCRIPT))
+                            .encode()).hexdigest()
+    return f"{digest}\n"
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as handle:
+            return handle.read()
+    except OSError:
+        return None
 
 
 def _kernel_package() -> str:
@@ -125,7 +175,7 @@ def _extract_kernel(deb: str, work: str) -> dict[str, bytes]:
     """
     module_re = re.compile(r"^\./(?:usr/)?lib/modules/[^/]+/kernel/.*/([^/]+)\.ko(\.xz)?$")
     builtin_re = re.compile(r"^\./(?:usr/)?lib/modules/[^/]+/modules\.builtin$")
-    wanted = set(MODULES)
+    wanted = set(MODULES) | set(CDROM_MODULES)
     modules: dict[str, bytes] = {}
     builtin = ""
     kernel_found = False
@@ -175,6 +225,12 @@ def _populate_initramfs(root: str, modules: dict[str, bytes]) -> None:
             out.write(modules[name])
     with open(os.path.join(root, "lib", "modules", "load-order"), "w") as out:
         out.write("\n".join(order) + "\n")
+    cdrom_order = [name for name in CDROM_MODULES if name in modules]
+    for name in cdrom_order:
+        with open(os.path.join(root, "lib", "modules", f"{name}.ko"), "wb") as out:
+            out.write(modules[name])
+    with open(os.path.join(root, "lib", "modules", "cdrom-order"), "w") as out:
+        out.write("\n".join(cdrom_order) + "\n")
     init = os.path.join(root, "init")
     with open(init, "w") as out:
         out.write(INIT_SCRIPT)

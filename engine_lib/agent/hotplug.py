@@ -1,0 +1,64 @@
+"""Device XML for hotplug and unplug: check it, resolve its placeholders, find it by alias.
+
+The engine sends one ``<disk>`` or ``<interface>`` element, rendered like the
+devices of a domain (placeholders for host paths, a ``ua-`` alias it chose).
+The alias is how the device is found again (unplug, and the engine's device
+matching), so a device without one is refused rather than plugged anonymously.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+from engine_lib import placeholders
+from engine_lib.errors import InvalidSpec
+
+KINDS = ("disk", "interface")
+ALIAS_PREFIX = "ua-"
+
+
+def parse_device(xml: str) -> ET.Element:
+    """The device element; InvalidSpec("xml", ...) naming what is wrong."""
+    try:
+        device = ET.fromstring(xml)
+    except ET.ParseError as exc:
+        raise InvalidSpec("xml", f"not well-formed XML ({exc})") from None
+    if device.tag not in KINDS:
+        raise InvalidSpec("xml", f"<{device.tag}> cannot be hotplugged here; "
+                                 f"expected one of {', '.join(f'<{k}>' for k in KINDS)}")
+    alias = device_alias(device)
+    if not alias.startswith(ALIAS_PREFIX):
+        raise InvalidSpec("xml", f"the device needs <alias name='{ALIAS_PREFIX}...'/> "
+                                 f"(got '{alias}'): it is how it is found again")
+    return device
+
+
+def device_alias(device: ET.Element) -> str:
+    node = device.find("alias")
+    return node.get("name", "") if node is not None else ""
+
+
+def resolve(device: ET.Element, roots: dict[str, str],
+            storage_domains: dict[str, str]) -> tuple[str, list[str]]:
+    """Replace every placeholder in the device; return (XML, storage paths it uses)."""
+    storage_paths = []
+    for element in device.iter():
+        for attr, value in element.attrib.items():
+            if placeholders.is_placeholder(value):
+                path = placeholders.resolve(value, roots, storage_domains)
+                element.set(attr, path)
+                if placeholders.parse(value).kind == "storage":
+                    storage_paths.append(path)
+    return ET.tostring(device, encoding="unicode"), storage_paths
+
+
+def find_by_alias(domain_xml: str, alias: str) -> ET.Element | None:
+    """The live device with this alias, or None (unplugged, or never there)."""
+    root = ET.fromstring(domain_xml)
+    devices = root.find("devices")
+    if devices is None:
+        return None
+    for device in devices:
+        if device_alias(device) == alias:
+            return device
+    return None

@@ -1,0 +1,98 @@
+"""Counters for the engine: per VM CPU, memory and balloon, disks, NICs; per host CPU and memory.
+
+One ``getAllDomainStats`` call per poll, asking only for the groups reported
+here: every group costs QEMU monitor round trips per VM (all groups for 30
+idle VMs take about 0.34 s here, state + CPU about 0.06 s), so VCPU, perf,
+dirty-rate and the rest are never requested.
+
+Counters are cumulative as libvirt gives them; percentages (VM and host CPU)
+are computed against this agent's previous sample, as VDSM does, so one poll
+of a fresh agent reports the counters and no percentage yet.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import libvirt
+
+GROUPS = (libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_CPU_TOTAL
+          | libvirt.VIR_DOMAIN_STATS_BALLOON | libvirt.VIR_DOMAIN_STATS_INTERFACE
+          | libvirt.VIR_DOMAIN_STATS_BLOCK)
+_NIC_KEYS = ("rx.bytes", "rx.pkts", "rx.errs", "rx.drop", "tx.bytes", "tx.pkts", "tx.errs",
+             "tx.drop")
+_DISK_KEYS = ("rd.reqs", "rd.bytes", "rd.times", "wr.reqs", "wr.bytes", "wr.times",
+              "fl.reqs", "fl.times", "allocation", "capacity", "physical")
+# libvirt's balloon.* names -> ours (KiB as libvirt reports them).
+_BALLOON_KEYS = {"current": "current_kib", "maximum": "maximum_kib", "rss": "rss_kib",
+                 "available": "available_kib", "usable": "usable_kib",
+                 "unused": "unused_kib", "last-update": "last_update"}
+
+
+def vm_stats(raw: Mapping[str, Any]) -> dict:
+    """One domain's libvirt record (``getAllDomainStats``) -> our report, without the id."""
+    memory = {ours: raw[f"balloon.{key}"] for key, ours in _BALLOON_KEYS.items()
+              if f"balloon.{key}" in raw}
+    return {
+        "cpu": {"time_ns": raw.get("cpu.time", 0), "user_ns": raw.get("cpu.user"),
+                "system_ns": raw.get("cpu.system")},
+        "memory": memory,
+        "disks": [_indexed(raw, "block", i, _DISK_KEYS)
+                  for i in range(raw.get("block.count", 0))],
+        "nics": [_indexed(raw, "net", i, _NIC_KEYS) for i in range(raw.get("net.count", 0))],
+    }
+
+
+def _indexed(raw: Mapping[str, Any], group: str, index: int, keys: Iterable[str]) -> dict:
+    prefix = f"{group}.{index}."
+    item = {"name": raw.get(prefix + "name")}
+    if group == "block" and prefix + "path" in raw:
+        item["path"] = raw[prefix + "path"]
+    for key in keys:
+        if prefix + key in raw:
+            item[key.replace(".", "_").replace("-", "_")] = raw[prefix + key]
+    return item
+
+
+def _percent(delta_busy: float, delta_total: float) -> float | None:
+    if delta_total <= 0:
+        return None
+    return round(max(0.0, min(100.0, 100.0 * delta_busy / delta_total)), 2)
+
+
+class Sampler:
+    """Keeps the previous sample so CPU can be reported as a percentage."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._vm_cpu: dict[str, tuple[float, int]] = {}  # id -> (monotonic s, cpu ns)
+        self._host_cpu: tuple[int, int] | None = None  # (busy ns, total ns)
+
+    def vm_cpu_percent(self, vm_id: str, cpu_ns: int) -> float | None:
+        """CPU time used since the last sample per wall time, as ``top`` shows it
+        (100 = one host CPU busy; a VM with two busy vCPUs shows 200)."""
+        now = time.monotonic()
+        with self._lock:
+            previous = self._vm_cpu.get(vm_id)
+            self._vm_cpu[vm_id] = (now, cpu_ns)
+        if previous is None or now <= previous[0]:
+            return None
+        return round(max(0.0, 100.0 * (cpu_ns - previous[1]) / ((now - previous[0]) * 1e9)), 2)
+
+    def forget_others(self, vm_ids: set[str]) -> None:
+        with self._lock:
+            for vm_id in set(self._vm_cpu) - vm_ids:
+                del self._vm_cpu[vm_id]
+
+    def host_cpu_percent(self, cpu: Mapping[str, int]) -> float | None:
+        """Busy share of all host CPUs since the last sample (from ``getCPUStats``)."""
+        busy = cpu.get("user", 0) + cpu.get("kernel", 0)
+        total = busy + cpu.get("idle", 0) + cpu.get("iowait", 0)
+        with self._lock:
+            previous, self._host_cpu = self._host_cpu, (busy, total)
+        if previous is None:
+            return None
+        return _percent(busy - previous[0], total - previous[1])
