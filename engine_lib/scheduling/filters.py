@@ -10,6 +10,7 @@ decision explained later still explains the moment it was made.
 
 from __future__ import annotations
 
+import abc
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,9 @@ from engine_lib.scheduling.state import UP, Context, HostState, VmRequest
 from engine_lib.scheduling.table import HostTable
 
 
-class Filter:
+class Filter(abc.ABC):
+    """One question about a host: a vectorized answer for the table, a reason for one host."""
+
     name = ""
     description = ""
 
@@ -30,11 +33,13 @@ class Filter:
         """False when this VM asks nothing of this filter (every host passes)."""
         return True
 
+    @abc.abstractmethod
     def mask(self, table: HostTable, vm: VmRequest, detail: Any) -> np.ndarray:
-        raise NotImplementedError
+        """Which hosts of the table pass."""
 
+    @abc.abstractmethod
     def check(self, host: HostState, vm: VmRequest, detail: Any) -> str | None:
-        raise NotImplementedError
+        """Why one host fails, or None when it passes."""
 
 
 class Status(Filter):

@@ -9,6 +9,7 @@ host, used by the per-host reference loop.
 
 from __future__ import annotations
 
+import abc
 from typing import Any
 
 import numpy as np
@@ -17,18 +18,22 @@ from engine_lib.scheduling.state import Context, HostState, VmRequest
 from engine_lib.scheduling.table import HostTable
 
 
-class Weight:
+class Weight(abc.ABC):
+    """A raw metric per host (higher is better), normalized and scaled by the policy."""
+
     name = ""
     description = ""
 
     def detail(self, vm: VmRequest, ctx: Context, params: dict) -> Any:
         return params
 
+    @abc.abstractmethod
     def raw(self, table: HostTable, vm: VmRequest, detail: Any) -> np.ndarray:
-        raise NotImplementedError
+        """The metric for every host of the table."""
 
+    @abc.abstractmethod
     def raw_one(self, host: HostState, vm: VmRequest, detail: Any) -> float:
-        raise NotImplementedError
+        """The metric for one host (the reference loop and explanations)."""
 
 
 class CpuEven(Weight):
