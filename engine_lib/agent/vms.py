@@ -177,7 +177,12 @@ class Hypervisor:
             return  # stale: it went down again meanwhile
         record = self.registry.on_event(vm_id, event, detail)
         if record is not None and record.status == VmStatus.DOWN and record.exit_reason:
-            _remember_exit(dom, record.exit_reason)
+            # Only while no operation holds the VM: a start in flight redefines the
+            # domain, and a note written now would land on the new definition. The
+            # event thread never waits for that lock (it must not block libvirt).
+            with self._vm_lock_if_free(vm_id) as held:
+                if held:
+                    _remember_exit(dom, record.exit_reason)
         if record is not None:
             log.info("VM %s (%s): %s/%s -> %s%s", record.name, vm_id,
                      registry.EVENT_NAMES[event] if event < len(registry.EVENT_NAMES) else event,
@@ -191,6 +196,17 @@ class Hypervisor:
             lock = self._vm_locks.setdefault(vm_id, threading.Lock())
         with lock:
             yield
+
+    @contextlib.contextmanager
+    def _vm_lock_if_free(self, vm_id: str) -> Iterator[bool]:
+        with self._vm_locks_lock:
+            lock = self._vm_locks.setdefault(vm_id, threading.Lock())
+        held = lock.acquire(blocking=False)
+        try:
+            yield held
+        finally:
+            if held:
+                lock.release()
 
     def _lookup(self, vm_id: str) -> libvirt.virDomain:
         with _libvirt_errors("look up", vm_id):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import random
+import time
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -44,7 +46,7 @@ def changed_fields(entity, wanted: dict) -> dict:
             if value is not None and getattr(entity, key) != value}
 
 
-CONFLICT_ATTEMPTS = 5
+CONFLICT_ATTEMPTS = 8
 
 
 def retry_on_conflict(func):
@@ -61,6 +63,8 @@ def retry_on_conflict(func):
             try:
                 return func(*args, **kwargs)
             except StaleDataError:
+                # Back off a little, randomly, so two retrying writers stop colliding.
+                time.sleep(random.uniform(0, 0.02 * (attempt + 1)))
                 if attempt == CONFLICT_ATTEMPTS - 1:
                     raise Conflict(f"{func.__qualname__}: the row kept changing under "
                                    f"{CONFLICT_ATTEMPTS} attempts; run again") from None
