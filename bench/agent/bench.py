@@ -119,11 +119,11 @@ def timed(func) -> float:
 def bench_start(client, raw: RawLibvirt) -> tuple[list[float], list[float]]:
     agent_times, raw_times = [], []
     for round_ in range(START_ROUNDS + 1):  # round 0 warms both up (TLS, caches, dirs)
-        vm_id, xml, _ = domain_xml(with_devices=False)
+        vm_id, xml, _volume = domain_xml(with_devices=False)
         seconds = timed(lambda: client.start_vm(xml))
         client.destroy_vm(vm_id)
         client.remove_vm(vm_id)
-        vm_id, xml, _ = domain_xml(with_devices=False)
+        vm_id, xml, _volume = domain_xml(with_devices=False)
         answer = raw.call(op="start", xml=xml)
         raw.call(op="remove", id=answer["id"])
         if round_:
@@ -135,7 +135,7 @@ def bench_start(client, raw: RawLibvirt) -> tuple[list[float], list[float]]:
 def bench_stats(client, raw: RawLibvirt) -> dict[str, list[float]]:
     started, volumes = [], []
     try:
-        for _ in range(STATS_VMS):
+        for _vm in range(STATS_VMS):
             vm_id, xml, volume = domain_xml(with_devices=True)
             volumes.append(volume)
             client.start_vm(xml)
@@ -144,7 +144,7 @@ def bench_stats(client, raw: RawLibvirt) -> dict[str, list[float]]:
         reported = client.stats()
         assert len(reported["vms"]) == STATS_VMS, len(reported["vms"])
         times: dict[str, list[float]] = {"agent": [], "raw": [], "raw_all": [], "raw_cpu": []}
-        for _ in range(STATS_POLLS):
+        for _poll in range(STATS_POLLS):
             times["agent"].append(timed(client.stats))
             times["raw"].append(raw.call(op="stats", groups=stats.GROUPS)["seconds"])
             times["raw_all"].append(raw.call(op="stats", groups=0)["seconds"])
