@@ -255,6 +255,9 @@ class Hypervisor:
                     self.registry.set(previous.id, previous.name, previous.status,
                                       previous.exit_reason)
                 raise
+            # A stopped event dispatched late (between define and create) may have
+            # noted an old exit reason on the new definition: this run has none.
+            _forget_exit(dom)
             self.registry.set(host.uuid, host.name, *_libvirt_status(dom))
             warnings = self._after_hooks("after_vm_start", dom, host.metadata)
             return {**self._status(dom), "started": True, **warnings}
@@ -779,6 +782,12 @@ def _remember_exit(dom: libvirt.virDomain, reason: str) -> None:
     except libvirt.libvirtError as exc:
         log.warning("could not note the exit reason of VM %s: %s", dom.UUIDString(),
                     exc.get_error_message())
+
+
+def _forget_exit(dom: libvirt.virDomain) -> None:
+    with contextlib.suppress(libvirt.libvirtError):
+        dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, None, None, EXIT_NAMESPACE,
+                        libvirt.VIR_DOMAIN_AFFECT_CONFIG)
 
 
 def _remembered_exit(dom: libvirt.virDomain) -> str | None:
