@@ -1,6 +1,6 @@
 """The lab for system tests: two hypervisor hosts in network namespaces.
 
-The ``lab`` fixture brings h1 and h2 up (with the tiny guest in the "images"
+The ``lab`` fixture brings h1, h2 and h3 up (with the tiny guest in the "images"
 storage domain) and yields their LabHost records. Several pytest sessions may
 share one lab (parallel runs, a developer's ``kestrel lab up``), so each
 session registers itself and the last one out takes the lab down, and only
@@ -20,7 +20,7 @@ import pytest
 import engine_lib.lab as kestrel_lab
 from engine_lib.lab.process import is_alive
 
-LAB_HOSTS = 2
+LAB_HOSTS = 3
 STARTED_BY_TESTS = "started-by-tests"
 
 
@@ -31,7 +31,7 @@ def lab_state_dir() -> str:
 
 @pytest.fixture(scope="session")
 def lab(lab_state_dir: str) -> Iterator[list[kestrel_lab.LabHost]]:
-    """h1 and h2, up for the whole session, with the guest in shared/images."""
+    """h1, h2 and h3, up for the whole session, with the guest in shared/images."""
     wanted = {f"h{index}" for index in range(1, LAB_HOSTS + 1)}
     with _sessions(lab_state_dir) as sessions:
         if not wanted <= {host.name for host in kestrel_lab.status(lab_state_dir)}:

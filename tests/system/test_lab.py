@@ -88,12 +88,13 @@ def test_ssh_with_the_lab_key_reaches_each_host(lab):
         result = subprocess.run(
             ["ssh", "-i", host.ssh_key, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
              "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
-             f"root@{host.address}", "hostname; getent hosts h1 h2"],
+             f"root@{host.address}", "hostname; getent hosts h1 h2 h3"],
             capture_output=True, text=True, timeout=30, check=True)
         name, *hosts_lines = result.stdout.splitlines()
         assert name == host.name
         assert sorted(line.split() for line in hosts_lines) == [["10.77.0.1", "h1"],
-                                                                 ["10.77.0.2", "h2"]]
+                                                                 ["10.77.0.2", "h2"],
+                                                                 ["10.77.0.3", "h3"]]
 
 
 def test_inventory_lets_ansible_reach_every_host(lab, lab_state_dir):
@@ -101,7 +102,7 @@ def test_inventory_lets_ansible_reach_every_host(lab, lab_state_dir):
     with open(path) as inventory:
         group = yaml.safe_load(inventory)["all"]["children"]["kestrel_hosts"]
     assert {name: vars["ansible_host"] for name, vars in group["hosts"].items()} == {
-        "h1": "10.77.0.1", "h2": "10.77.0.2"}
+        "h1": "10.77.0.1", "h2": "10.77.0.2", "h3": "10.77.0.3"}
     ansible = os.path.join(os.path.dirname(sys.executable), "ansible")
     ansible = ansible if os.path.exists(ansible) else "ansible"
     result = subprocess.run([ansible, "-i", path, "kestrel_hosts", "-m", "command",
@@ -110,10 +111,11 @@ def test_inventory_lets_ansible_reach_every_host(lab, lab_state_dir):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "h1 | CHANGED | rc=0 >>\nh1" in result.stdout
     assert "h2 | CHANGED | rc=0 >>\nh2" in result.stdout
+    assert "h3 | CHANGED | rc=0 >>\nh3" in result.stdout
 
 
 def test_guest_boots_in_h1_and_live_migrates_to_h2(lab, lab_guest, lab_state_dir):
-    h1, h2 = lab
+    h1, h2 = lab[:2]
     kernel, initrd = lab_guest
     name = f"lab-test-{uuid.uuid4().hex[:8]}"
     disk = os.path.join(kestrel_lab.shared_dir(lab_state_dir, "data"), f"{name}.img")
