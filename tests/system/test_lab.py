@@ -80,7 +80,7 @@ def test_each_host_runs_its_own_libvirtd(lab):
         finally:
             connection.close()
         uuids[host.name] = host.host_uuid
-    assert len(set(uuids.values())) == len(lab) == 2
+    assert len(set(uuids.values())) == len(lab) == 3
 
 
 def test_ssh_with_the_lab_key_reaches_each_host(lab):
