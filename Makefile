@@ -9,7 +9,7 @@ LAB_DIR ?= /srv/kestrel-lab
 LAB_HOSTS ?= 2
 export PATH := $(BIN):$(PATH)
 
-.PHONY: demo test deps venv unit system sanity units molecule lab-up lab-down clean bench-scheduler bench-xml bench-agent
+.PHONY: demo test deps venv unit system sanity units integration molecule lab-up lab-down clean bench-scheduler bench-xml bench-agent
 
 deps:
 	@echo "==> system packages (libvirt, QEMU, sshd, PostgreSQL, ...)"
@@ -39,6 +39,9 @@ sanity: venv
 units: venv
 	bash scripts/ansible-test.sh units
 
+integration: venv
+	bash scripts/ansible-test.sh integration
+
 molecule: deps venv
 	source scripts/collection-path.sh && molecule test
 
@@ -52,6 +55,8 @@ test: deps venv
 	@echo "==> ansible-test sanity and units"
 	bash scripts/ansible-test.sh sanity
 	bash scripts/ansible-test.sh units
+	@echo "==> ansible-test integration: modules in three beats (check mode, real run, check mode again)"
+	bash scripts/ansible-test.sh integration
 
 bench-scheduler: venv
 	@$(BIN)/pip install -q "numpy>=1.26"

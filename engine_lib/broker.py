@@ -29,6 +29,8 @@ API = "/api/v1"
 DEFAULT_PORT = 54321
 # A shutdown request waits for the guest on the agent; give the answer this much extra time.
 SHUTDOWN_GRACE = 15.0
+# Saving or restoring a guest's memory takes as long as writing or reading it.
+HIBERNATE_TIMEOUT = 600.0
 _HOSTNAME_MISMATCH = {62, 64}  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
 
 
@@ -72,6 +74,21 @@ class AgentClient:
     def start_vm(self, xml: str, mode: str = "fresh") -> dict:
         return self._call("POST", "/vms", {"xml": xml, "mode": mode})
 
+    def restore_vm(self, xml: str, memory_volume: dict) -> dict:
+        """Start mode "restore": the hibernated VM continues from its memory volume."""
+        return self._call("POST", "/vms", {"xml": xml, "mode": "restore",
+                                           "memory_volume": memory_volume},
+                          timeout=max(self.timeout, HIBERNATE_TIMEOUT))
+
+    def hibernate_vm(self, vm_id: str, memory_volume: dict) -> dict:
+        """Save the VM's memory to ``memory_volume`` ({domain, image, volume}); Down after."""
+        return self._call("POST", f"/vms/{_seg(vm_id)}/hibernate",
+                          {"memory_volume": memory_volume},
+                          timeout=max(self.timeout, HIBERNATE_TIMEOUT))
+
+    def reboot_vm(self, vm_id: str) -> dict:
+        return self._call("POST", f"/vms/{_seg(vm_id)}/reboot")
+
     def vm_status(self, vm_id: str) -> dict:
         return self._call("GET", f"/vms/{_seg(vm_id)}")
 
@@ -97,6 +114,10 @@ class AgentClient:
     def delete_volumes(self, volumes: list[dict]) -> list[dict]:
         return self._call("POST", "/volumes/delete", {"volumes": volumes})["volumes"]
 
+    def resize_volume(self, volume: dict) -> dict:
+        """Grow a volume (live when a VM on that host uses it); never shrinks."""
+        return self._call("POST", "/volumes/resize", {"volume": volume})
+
     def console_log(self, vm_id: str, nbytes: int = 8192) -> str:
         return self._call("GET", f"/vms/{_seg(vm_id)}/console?bytes={int(nbytes)}")["data"]
 
@@ -118,8 +139,37 @@ class AgentClient:
         return self._call("DELETE", f"/vms/{_seg(vm_id)}/devices/{_seg(alias)}?timeout={timeout:g}",
                           timeout=max(self.timeout, timeout + SHUTDOWN_GRACE))
 
+    def prepare_incoming(self, xml: str) -> dict:
+        """Destination side of a migration: returns its resolved XML and ``paths``."""
+        return self._call("POST", "/vms", {"xml": xml, "mode": "incoming"})
+
+    def migrate_vm(self, vm_id: str, destination_uri: str, paths: dict[str, str],
+                   policy: str = "minimal_downtime", bandwidth_mibps: int | None = None) -> dict:
+        """Source side: starts the migration and returns at once (see migration())."""
+        body: dict[str, Any] = {"destination_uri": destination_uri, "paths": paths,
+                                "policy": policy}
+        if bandwidth_mibps:
+            body["bandwidth_mibps"] = bandwidth_mibps
+        return self._call("POST", f"/vms/{_seg(vm_id)}/migrate", body)
+
+    def migration(self, vm_id: str) -> dict:
+        return self._call("GET", f"/vms/{_seg(vm_id)}/migration")
+
+    def cancel_migration(self, vm_id: str) -> dict:
+        return self._call("POST", f"/vms/{_seg(vm_id)}/migration/cancel")
+
     def openapi(self) -> dict:
         return self._call("GET", "/openapi.json")
+
+    def guest_info(self, vm_id: str) -> dict:
+        """qemu-guest-agent's report; GuestAgentUnavailable when it does not answer."""
+        return self._call("GET", f"/vms/{_seg(vm_id)}/guest")
+
+    def events(self, after: int = 0, timeout: float = 0) -> dict:
+        """VM status changes after ``after`` (long poll up to ``timeout`` s):
+        {"instance", "seq", "gap", "events": [...]}."""
+        return self._call("GET", f"/events?after={int(after)}&timeout={timeout:g}",
+                          timeout=self.timeout + timeout)
 
     # -- transport ---------------------------------------------------------------
 

@@ -73,11 +73,14 @@ def engine_run(args) -> int:
     from engine_lib import daemon
     from engine_lib.broker import client_context
     from engine_lib.config import EngineConfig
+    from engine_lib.event_follower import EventFollower
     from engine_lib.monitoring import Intervals, Monitor
 
     if args.daemon and not args.pidfile:
         raise InvalidSpec("--pidfile", "is required with --daemon")
     intervals = Intervals(args.host_interval, args.vm_interval, args.non_responsive_after)
+    if args.balance_max_migrations < 1:
+        raise InvalidSpec("--balance-max-migrations", "must be at least 1")
     lock_fd = daemon.lock_pidfile(args.pidfile, "the engine loop") if args.pidfile else None
     # Fail here, before any fork: no TLS material to reach agents with, or a
     # database that cannot be reached or upgraded.
@@ -98,7 +101,26 @@ def engine_run(args) -> int:
             daemon.write_pid(lock_fd)
         with _open_engine(args) as engine:
             daemon.report_ready(ready_fd, None)
-            Monitor(engine, intervals).run(stop)
+            # Status changes the agents push reach the database at once; the
+            # Monitor's polls stay the reference (and own host status).
+            follower = threading.Thread(target=EventFollower(engine).run, args=(stop,),
+                                        name="event-follower", daemon=True)
+            follower.start()
+            if args.balance_interval > 0:
+                from engine_lib.balancer import Balancer, Settings
+
+                # Issue 7: each cluster's balancing policy, a few migrations per round.
+                threading.Thread(target=Balancer(engine, Settings(
+                    args.balance_interval, args.balance_max_migrations)).run, args=(stop,),
+                    name="balancer", daemon=True).start()
+            monitor = Monitor(engine, intervals)
+            if not args.no_ha:
+                from engine_lib.ha import HighAvailability
+
+                # Issue 8: fence NonResponsive hosts, restart their HA VMs elsewhere.
+                monitor.after_cycle.append(HighAvailability(engine, args.ssh_key).cycle)
+            monitor.run(stop)
+            follower.join(5)
     finally:
         if lock_fd is not None:
             os.unlink(args.pidfile)
@@ -174,6 +196,63 @@ def vm_console(args) -> int:
     return 0
 
 
+def vm_migrate(args) -> int:
+    """Live-migrate a VM; a progress bar on a terminal, one line per second otherwise."""
+    show = _MigrationProgress(sys.stderr)
+    with _open_engine(args) as engine:
+        outcome = engine.migrations.migrate(
+            args.name, host=args.host, policy=args.policy, bandwidth_mbps=args.bandwidth,
+            timeout=args.timeout, progress=show)
+    show.close()
+    result = outcome.entity
+    if args.json:
+        _print_json(result)
+    else:
+        downtime = result.get("downtime_ms")
+        print(f"VM {result['vm']} {result['status']}: {result['source']} -> "
+              f"{result['destination']} in {result['duration_s']:.1f} s, downtime "
+              f"{'unknown' if downtime is None else f'{downtime} ms'} (policy "
+              f"{result['policy']}, at most {result['policy_limit_ms']} ms)")
+    return 0 if result["status"] == "succeeded" else 1
+
+
+def vm_migrations(args) -> int:
+    with _open_engine(args) as engine:
+        _print_json(engine.migrations.history(args.name))
+    return 0
+
+
+class _MigrationProgress:
+    """Renders the source agent's progress samples: a bar on a TTY, plain lines otherwise."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.tty = stream.isatty()
+        self._last_line = 0.0
+
+    def __call__(self, sample: dict) -> None:
+        import time
+
+        total = sample.get("data_total_mib") or 0
+        done = sample.get("data_processed_mib") or 0
+        remaining = sample.get("data_remaining_mib") or 0
+        text = (f"{done:8.1f} MiB sent, {remaining:7.1f} MiB left, iteration "
+                f"{sample.get('iteration', 0)}, downtime limit "
+                f"{sample.get('downtime_limit_ms', '?')} ms")
+        if self.tty:
+            share = min(1.0, done / total) if total else 0.0
+            bar = "#" * int(share * 30)
+            self.stream.write(f"\r[{bar:<30}] {share:4.0%} {text}")
+            self.stream.flush()
+        elif time.monotonic() - self._last_line >= 1.0:
+            self._last_line = time.monotonic()
+            self.stream.write(f"migrating: {text}\n")
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+
+
 # -- scheduling (offline) --------------------------------------------------------------------
 
 def schedule(args) -> int:
@@ -209,6 +288,20 @@ def xml_render(args) -> int:
             sys.stdout.write(render_spec_stored(engine.store, spec))
         return 0
     sys.stdout.write(render_spec(spec, args.virt_type))
+    return 0
+
+
+def devices_match(args) -> int:
+    """Print how a live domain XML's devices correlate with a VM spec's (JSON)."""
+    from engine_lib.devices.debug import correlate_spec, read_live
+    from engine_lib.domxml.from_spec import load_spec
+
+    spec, live = load_spec(args.spec), read_live(args.live)
+    if args.engine_dir or args.db_url:
+        with _open_engine(args) as engine:
+            _print_json(correlate_spec(spec, live, engine.store))
+        return 0
+    _print_json(correlate_spec(spec, live))
     return 0
 
 
@@ -277,6 +370,14 @@ def build_parser() -> argparse.ArgumentParser:
     run_engine.add_argument("--vm-interval", type=float, default=15.0, help="seconds (15)")
     run_engine.add_argument("--non-responsive-after", type=float, default=60.0,
                             help="seconds a host may stay Connecting before NonResponsive (60)")
+    run_engine.add_argument("--ssh-key", help="the engine's SSH key for soft fencing "
+                            "(default: ENGINE_DIR/ssh/id_ed25519)")
+    run_engine.add_argument("--balance-interval", type=float, default=60.0,
+                            help="seconds between balancing rounds; 0 turns balancing off (60)")
+    run_engine.add_argument("--balance-max-migrations", type=int, default=1,
+                            help="migrations per cluster per balancing round (1)")
+    run_engine.add_argument("--no-ha", action="store_true",
+                            help="no fencing and no HA restarts (monitoring only)")
     run_engine.add_argument("--daemon", action="store_true", help="detach (needs --pidfile)")
     run_engine.add_argument("--pidfile", help="lock file holding the loop's PID")
     run_engine.add_argument("--log-file", help="default: stderr; engine.log in the engine "
@@ -327,7 +428,16 @@ def build_parser() -> argparse.ArgumentParser:
     xml = command(vm, "xml", vm_xml, "print the domain XML the engine renders for a VM")
     console = command(vm, "console", vm_console, "print the tail of a VM's serial console")
     console.add_argument("--bytes", type=int, default=8192)
-    for sub in (xml, console):
+    migrate = command(vm, "migrate", vm_migrate, "move a running VM live to another host")
+    migrate.add_argument("--host", help="destination (default: the scheduler picks)")
+    migrate.add_argument("--policy", choices=("minimal_downtime", "post_copy",
+                                              "suspend_workload"),
+                         help="convergence policy (default: the cluster's)")
+    migrate.add_argument("--bandwidth", type=int, help="limit in Mbps (default: the cluster's)")
+    migrate.add_argument("--timeout", type=float, default=600.0)
+    migrate.add_argument("--json", action="store_true")
+    history = command(vm, "migrations", vm_migrations, "every migration attempt of a VM")
+    for sub in (xml, console, migrate, history):
         _engine_options(sub)
         sub.add_argument("name")
 
@@ -350,6 +460,17 @@ def build_parser() -> argparse.ArgumentParser:
     xml_render_cmd.add_argument("--virt-type", choices=("kvm", "qemu"), default="kvm",
                                 help="the cluster's virt_type when rendering without a database")
     _engine_options(xml_render_cmd)
+
+    devgroup = groups.add_parser("devices", help="device matching").add_subparsers(
+        dest="command", required=True)
+    devices_match_cmd = command(devgroup, "match", devices_match,
+                                "correlate a live domain XML's devices with a VM spec's: "
+                                "matched, unmanaged_new, unplugged, each with its reason")
+    devices_match_cmd.add_argument("--spec", required=True,
+                                   help="VM spec file (YAML or JSON), as the vm module takes")
+    devices_match_cmd.add_argument("--live", required=True,
+                                   help="live domain XML (virsh dumpxml, or the agent's)")
+    _engine_options(devices_match_cmd)
 
     lab = groups.add_parser("lab", help="test hosts in network namespaces").add_subparsers(
         dest="command", required=True)

@@ -34,10 +34,14 @@ def _default_agent_factory(config: EngineConfig) -> Callable:
 class Engine:
     def __init__(self, config: EngineConfig, store: Store, agent_factory: Callable | None = None):
         from engine_lib.services.affinity import AffinityService
+        from engine_lib.services.networks import NetworkService
+        from engine_lib.services.storage_domains import StorageDomainService
+        from engine_lib.services.vm_devices import VmDeviceService
         from engine_lib.services.clusters import ClusterService
         from engine_lib.services.events import EventService
         from engine_lib.services.hosts import HostService
         from engine_lib.services.vms import VmService
+        from engine_lib.services.migrations import MigrationService
 
         self.config = config
         self.store = store
@@ -47,8 +51,12 @@ class Engine:
         self.clusters = ClusterService(self)
         self.hosts = HostService(self)
         self.vms = VmService(self)
+        self.migrations = MigrationService(self)
         self.events = EventService(self)
         self.affinity_groups = AffinityService(self)
+        self.networks = NetworkService(self)
+        self.storage_domains = StorageDomainService(self)
+        self.vm_devices = VmDeviceService(self)
 
     @classmethod
     def open(cls, engine_dir: str | None = None, db_url: str | None = None,

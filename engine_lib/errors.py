@@ -117,11 +117,34 @@ class HookError(KestrelError):
     http_status = 500
 
 
+class PayloadError(KestrelError):
+    """The cloud-init payload ISO could not be written on the host (tool missing or failing)."""
+
+    code = "PayloadError"
+    http_status = 500
+
+
+class GuestAgentUnavailable(KestrelError):
+    """The VM's qemu-guest-agent did not answer (not installed, not started, or busy)."""
+
+    code = "GuestAgentUnavailable"
+    http_status = 409
+
+
+class MigrationFailed(KestrelError):
+    """A live migration did not complete; raised only once the VM is known to run,
+    as its one copy, on the source (``details["source"]``) and the database says so."""
+
+    code = "MigrationFailed"
+    http_status = 502
+
+
 ERRORS_BY_CODE = {
     cls.code: cls
     for cls in (
         KestrelError, InvalidSpec, NotFound, VmNotFound, HostNotFound, ClusterNotFound,
         Conflict, NoValidHost, AgentError, AgentUnreachable, CertificateError,
         LibvirtError, HookError,
+        MigrationFailed, PayloadError, GuestAgentUnavailable,
     )
 }

@@ -37,6 +37,11 @@ class HostStatus:
     CONNECTING = "Connecting"
     NON_RESPONSIVE = "NonResponsive"
     MAINTENANCE = "Maintenance"
+    # Issue 7: its VMs are migrating away; the scheduler already places nothing here.
+    PREPARING_FOR_MAINTENANCE = "PreparingForMaintenance"
+
+    # An operator put the host here: a heartbeat or re-registering does not make it Up.
+    HELD = frozenset({MAINTENANCE, PREPARING_FOR_MAINTENANCE})
 
 
 class VmStatus:
@@ -47,10 +52,19 @@ class VmStatus:
     PAUSED = "Paused"
     POWERING_DOWN = "PoweringDown"
     UNKNOWN = "Unknown"
+    # Issue 7: live migration (the VM runs on run_on_host, its source, until it is Up
+    # on the destination).
+    MIGRATING_FROM = "MigratingFrom"
+    MIGRATING_TO = "MigratingTo"
+    # Issue 4: hibernation. Suspended = memory saved on a storage domain, no host.
+    SAVING_STATE = "SavingState"
+    RESTORING_STATE = "RestoringState"
+    SUSPENDED = "Suspended"
 
     # A VM in one of these holds resources on its host (oVirt's pending and
     # committed resources): the scheduler must count it.
-    ACTIVE = frozenset({WAIT_FOR_LAUNCH, POWERING_UP, UP, PAUSED, POWERING_DOWN, UNKNOWN})
+    ACTIVE = frozenset({WAIT_FOR_LAUNCH, POWERING_UP, UP, PAUSED, POWERING_DOWN, UNKNOWN,
+                        MIGRATING_FROM, MIGRATING_TO, SAVING_STATE, RESTORING_STATE})
 
 
 class Cluster(Base):
@@ -68,10 +82,19 @@ class Cluster(Base):
     # the cluster's values for that policy's parameters.
     scheduling_policy: Mapped[str] = mapped_column(String(32), default="none")
     scheduling_properties: Mapped[dict] = mapped_column(JSON, default=dict)
+    # Issue 8 (migration 0007): engine_lib.fencing.FencingPolicy's fields; {} = defaults.
+    fencing_policy: Mapped[dict] = mapped_column(JSON, default=dict)
+    # Issue 7 (migration 0005): engine_lib.agent.convergence's policy name, and the
+    # bandwidth limit of each migration in Mbps (0 = no limit).
+    migration_policy: Mapped[str] = mapped_column(String(32), default="minimal_downtime")
+    migration_bandwidth_mbps: Mapped[int] = mapped_column(Integer, default=0)
     version: Mapped[int] = mapped_column(Integer, nullable=False)
 
     hosts: Mapped[list["Host"]] = relationship(back_populates="cluster")
     vms: Mapped[list["Vm"]] = relationship(back_populates="cluster")
+    # Issue 9: the cluster's logical networks go with it.
+    networks: Mapped[list["LogicalNetwork"]] = relationship(
+        cascade="all, delete-orphan", order_by="LogicalNetwork.name")
 
     __mapper_args__ = {"version_id_col": version}
 
@@ -97,11 +120,22 @@ class Host(Base):
     machines: Mapped[list | None] = mapped_column(JSON, nullable=True)
     networks: Mapped[list | None] = mapped_column(JSON, nullable=True)
     hooks: Mapped[list | None] = mapped_column(JSON, nullable=True)
+    # Issue 9 (migration 0008): [{name, path, available, ...}] from the agent's
+    # configured storage domains; None until the agent reports them.
+    storage_domains: Mapped[list | None] = mapped_column(JSON, nullable=True)
     # Huge page size in KiB (as a string key) -> free pages.
     hugepages: Mapped[dict] = mapped_column(JSON, default=dict)
     used_memory_mib: Mapped[int] = mapped_column(Integer, default=0)
     used_cpu_percent: Mapped[float] = mapped_column(Float, default=0.0)
     last_seen: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Issue 8 (migration 0007): {"agent": path, "options": {...}} of a fence-agents style
+    # power fence agent ({} = none); the command a soft fence runs over SSH; and where the
+    # engine stands in fencing the host ("", "soft", "fenced"; see engine_lib.fencing).
+    power_management: Mapped[dict] = mapped_column(JSON, default=dict)
+    soft_fence_command: Mapped[str] = mapped_column(Text, default="systemctl restart kestrel-agent")
+    fence_state: Mapped[str] = mapped_column(String(16), default="")
+    fence_changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                              nullable=True)
     version: Mapped[int] = mapped_column(Integer, nullable=False)
 
     cluster: Mapped[Cluster] = relationship(back_populates="hosts")
@@ -144,8 +178,24 @@ class Vm(Base):
         JSON, default=lambda: {"enabled": False, "priority": 0})
     placement: Mapped[dict] = mapped_column(
         JSON, default=lambda: {"hosts": [], "affinity_groups": []})
+    # Issue 9 (migration 0008): free-form labels; the inventory plugin groups by them.
+    tags: Mapped[list] = mapped_column(JSON, default=list)
     status: Mapped[str] = mapped_column(String(32), default=VmStatus.DOWN)
     exit_reason: Mapped[str] = mapped_column(String(255), default="")
+    # Issue 8 (migration 0007): the engine owes this HA VM a restart (its host failed);
+    # ha_proof says why it is known not to run there (empty until proven).
+    ha_restart_pending: Mapped[bool] = mapped_column(Boolean, default=False)
+    ha_proof: Mapped[str] = mapped_column(Text, default="")
+    # Issue 5 (migration 0004): the agent's devices hash at the last device matching;
+    # the engine fetches the live XML again only when the agent reports another.
+    devices_hash: Mapped[str] = mapped_column(String(64), default="")
+    # Issue 4 (migration 0006): qemu-guest-agent's latest report (agent GET /vms/{id}/guest),
+    # refreshed on the VM poll; {} until a guest agent answered; _at: when it last changed.
+    guest_info: Mapped[dict] = mapped_column(JSON, default=dict)
+    guest_info_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                           nullable=True)
+    # Where a Suspended VM's memory is saved ({domain, image, volume}); None otherwise.
+    memory_volume: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     run_on_host_id: Mapped[str | None] = mapped_column(ForeignKey("hosts.id"), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     version: Mapped[int] = mapped_column(Integer, nullable=False)
@@ -162,7 +212,9 @@ class Vm(Base):
         return self.sockets * self.cores * self.threads
 
     def devices_of(self, type_: str) -> list["VmDevice"]:
-        return [d for d in self.devices if d.type == type_]
+        """The VM's own devices of a type, plugged or not; never those libvirt added."""
+        # ``is not False``: a device not yet flushed has managed=None until its default applies.
+        return [d for d in self.devices if d.type == type_ and d.managed is not False]
 
 
 class DeviceType:
@@ -196,6 +248,8 @@ class VmDevice(Base):
     # Reported back from the live domain XML.
     alias: Mapped[str] = mapped_column(String(64), default="")
     address: Mapped[dict] = mapped_column(JSON, default=dict)
+    # Issue 5 (migration 0004): the name the guest sees (a disk's target, e.g. vda).
+    guest_name: Mapped[str] = mapped_column(String(64), default="")
 
     vm: Mapped[Vm] = relationship(back_populates="devices")
 
@@ -235,3 +289,88 @@ class AuditEntry(Base):
     entity_type: Mapped[str] = mapped_column(String(16))
     entity_name: Mapped[str] = mapped_column(String(64))
     message: Mapped[str] = mapped_column(Text)
+
+
+class LogicalNetwork(Base):
+    """Issue 9 (migration 0008): a cluster's logical network, carried by a host bridge.
+
+    A VM NIC's ``network`` names one of these once its cluster defines any;
+    a ``required`` network's bridge must exist on a host for VMs to run there.
+    """
+
+    __tablename__ = "networks"
+    __table_args__ = (UniqueConstraint("cluster_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    cluster_id: Mapped[str] = mapped_column(ForeignKey("clusters.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(Text, default="")
+    bridge: Mapped[str] = mapped_column(String(15))
+    # 0: untagged; 0: the bridge's own MTU.
+    vlan: Mapped[int] = mapped_column(Integer, default=0)
+    mtu: Mapped[int] = mapped_column(Integer, default=0)
+    required: Mapped[bool] = mapped_column(Boolean, default=False)
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+
+    __mapper_args__ = {"version_id_col": version}
+
+
+class StorageDomainCluster(Base):
+    """Issue 9 (migration 0008): which clusters a storage domain is attached to."""
+
+    __tablename__ = "storage_domain_clusters"
+
+    storage_domain_id: Mapped[str] = mapped_column(
+        ForeignKey("storage_domains.id", ondelete="CASCADE"), primary_key=True)
+    cluster_id: Mapped[str] = mapped_column(
+        ForeignKey("clusters.id", ondelete="CASCADE"), primary_key=True)
+
+
+class StorageDomain(Base):
+    """Issue 9 (migration 0008): a file storage domain (a directory, or an NFS export).
+
+    Hosts mount or hold it at the path their agent is configured with
+    (agent.conf [storage_domains]); the engine names it and attaches it to clusters.
+    """
+
+    __tablename__ = "storage_domains"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    # "file" (path) or "nfs" (export "server:/path", mounted at path on hosts).
+    type: Mapped[str] = mapped_column(String(8), default="file")
+    path: Mapped[str] = mapped_column(Text, default="")
+    export: Mapped[str] = mapped_column(Text, default="")
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+
+    clusters: Mapped[list[Cluster]] = relationship(secondary="storage_domain_clusters",
+                                                   order_by="Cluster.name")
+
+    __mapper_args__ = {"version_id_col": version}
+
+
+class Migration(Base):
+    """Issue 7 (migration 0005): one live migration attempt of a VM, kept as a record.
+
+    ``progress`` is the source agent's last sample (data processed and remaining,
+    iteration, downtime limit); ``downtime_ms`` the final downtime libvirt measured.
+    """
+
+    __tablename__ = "migrations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    vm_id: Mapped[str] = mapped_column(ForeignKey("vms.id", ondelete="CASCADE"), index=True)
+    vm_name: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(64))
+    destination: Mapped[str] = mapped_column(String(64))
+    # running | succeeded | failed | cancelled
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    policy: Mapped[str] = mapped_column(String(32), default="minimal_downtime")
+    bandwidth_mbps: Mapped[int] = mapped_column(Integer, default=0)
+    progress: Mapped[dict] = mapped_column(JSON, default=dict)
+    downtime_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str] = mapped_column(Text, default="")
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    duration_s: Mapped[float] = mapped_column(Float, default=0.0)

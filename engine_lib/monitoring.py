@@ -7,6 +7,10 @@ has been silent longer than the timeout, and only then are its VMs Unknown —
 never Down on a guess (a partitioned host's VMs may well still run).
 
 Every status transition is recorded in the audit log.
+
+Device matching rides on the VM poll: the agent reports a hash of each VM's
+devices; when it differs from the hash last matched, the engine reads the
+live domain XML and correlates it with the database (engine_lib.devices).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from typing import Callable
 from sqlalchemy import select
 from sqlalchemy.orm.exc import StaleDataError
 
+from engine_lib import devices
+from engine_lib import guest_info
 from engine_lib.errors import AgentUnreachable, KestrelError
 from engine_lib.model import Host, HostStatus, Vm, VmStatus
 from engine_lib.services.common import audit, retry_on_conflict
@@ -30,7 +36,8 @@ from engine_lib.services.vms import HostRef
 log = logging.getLogger("kestrel.engine.monitoring")
 
 # Hosts in these statuses are not polled: an operator put them there.
-_NOT_POLLED = frozenset({HostStatus.MAINTENANCE, HostStatus.INSTALLING})
+# (PreparingForMaintenance too: a heartbeat must not turn it Up while its VMs leave.)
+_NOT_POLLED = HostStatus.HELD | {HostStatus.INSTALLING}
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,9 @@ class Monitor:
         self.intervals = intervals
         self.clock = clock
         self._last_vm_poll = float("-inf")
+        # Passes that act on what this cycle saw (issue 8: engine_lib.ha's fencing and
+        # HA restarts), run after every cycle in the loop's own thread.
+        self.after_cycle: list[Callable[[], None]] = []
 
     # -- one cycle -----------------------------------------------------------------------
 
@@ -59,6 +69,8 @@ class Monitor:
             facts = self._heartbeat(host)
             if facts is not None and poll_vms:
                 self._sync_vms(host)
+        for after in self.after_cycle:
+            after()
 
     def _hosts(self) -> list[HostRef]:
         with self.engine.store.transaction(commit=False) as session:
@@ -122,21 +134,61 @@ class Monitor:
         except KestrelError as err:
             log.warning("could not list the VMs of host %s: %s", ref.name, err.message)
             return
+        changed_devices: list[tuple[str, str]] = []
         try:
             with self.engine.store.transaction() as session:
                 host = _host(session, ref.name)
+                # Row locks (PostgreSQL): a module changing one of these VMs waits for
+                # this short transaction instead of failing on a stale row version.
                 for vm in session.scalars(select(Vm).where(
-                        Vm.run_on_host_id == host.id, Vm.status.in_(VmStatus.ACTIVE))):
-                    self._sync_vm(session, vm, reported.get(vm.id), host.name)
+                        Vm.run_on_host_id == host.id, Vm.status.in_(VmStatus.ACTIVE))
+                        .with_for_update()):
+                    report = reported.get(vm.id)
+                    self._sync_vm(session, vm, report, host.name)
+                    if _devices_changed(vm, report):
+                        changed_devices.append((vm.id, report["devices_hash"]))
         except StaleDataError:
             # A module changed one of these VMs meanwhile; its write wins and the
             # next cycle reads the new state.
             log.info("VMs of host %s changed during the sync; retrying next cycle", ref.name)
+            return
+        for vm_id, devices_hash in changed_devices:
+            self._match_devices(ref, vm_id, devices_hash)
+        guest_info.refresh(self.engine, ref, [vm_id for vm_id, report in reported.items()
+                                              if report.get("status") == VmStatus.UP])
+
+    def _match_devices(self, ref: HostRef, vm_id: str, devices_hash: str) -> None:
+        """The agent reports another devices hash: read the live XML and match it."""
+        try:
+            live_xml = self.engine.agent(ref.address, ref.port).vm_xml(vm_id)
+        except KestrelError as err:
+            log.warning("could not read the live XML of VM %s on host %s: %s",
+                        vm_id, ref.name, err.message)
+            return
+        try:
+            self._record_devices(ref.name, vm_id, live_xml, devices_hash)
+        except KestrelError as err:  # a live XML we cannot read, or a row that kept changing
+            log.warning("device matching of VM %s failed: %s", vm_id, err.message)
+
+    @retry_on_conflict
+    def _record_devices(self, host_name: str, vm_id: str, live_xml: str,
+                        devices_hash: str) -> None:
+        with self.engine.store.transaction() as session:
+            vm = session.execute(select(Vm).where(Vm.id == vm_id).with_for_update()
+                                 ).scalar_one_or_none()
+            if vm is None or vm.run_on_host is None or vm.run_on_host.name != host_name:
+                return  # removed, stopped or moved since the poll: that XML is not its truth
+            _, notes = devices.match_vm(vm, live_xml)
+            vm.devices_hash = devices_hash
+            for severity, message in notes:
+                audit(session, "vm", vm.name, message, severity)
 
     @staticmethod
     def _sync_vm(session, vm: Vm, report: dict | None, host_name: str) -> None:
         if report is None and vm.status == VmStatus.WAIT_FOR_LAUNCH:
             return  # claimed, and the start call to the agent is still in flight
+        if vm.status == VmStatus.MIGRATING_FROM:
+            return  # engine.migrations settles it with both agents' word (issue 7)
         if report is None or report.get("status") == VmStatus.DOWN:
             reason = (report or {}).get("exit_reason") or f"not running on host {host_name}"
             vm.status, vm.exit_reason, vm.run_on_host = VmStatus.DOWN, reason, None
@@ -160,6 +212,12 @@ class Monitor:
             if poll_vms:
                 self._last_vm_poll = started
             stop.wait(max(0.0, self.intervals.host_s - (time.monotonic() - started)))
+
+
+def _devices_changed(vm: Vm, report: dict | None) -> bool:
+    """Whether the agent reports a devices hash other than the one last matched."""
+    reported = (report or {}).get("devices_hash")
+    return bool(reported) and vm.status != VmStatus.DOWN and reported != vm.devices_hash
 
 
 def _aware(moment: datetime) -> datetime:

@@ -63,7 +63,7 @@ VM_KEYS = ("name", "cluster", "description", "memory", "max_memory", "cpu", "mac
            "firmware", "numa", "hugepages", "kernel", "initrd", "cmdline", "disks", "cdrom",
            "nics", "graphics", "video", "serial_console", "guest_agent", "rng", "watchdog",
            "balloon", "tpm", "cloud_init", "launch_paused", "custom_properties",
-           "high_availability", "placement")
+           "high_availability", "placement", "tags")
 
 
 # -- scalar checks ----------------------------------------------------------------------------
@@ -543,6 +543,7 @@ _SIMPLE = {
     "custom_properties": custom_properties,
     "high_availability": high_availability,
     "placement": placement,
+    "tags": lambda v: _names("tags", v),
 }
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run ansible-test on the kestrel.virt collection artifact, the way Galaxy users get it.
 #
-#   scripts/ansible-test.sh sanity|units [extra ansible-test arguments]
+#   scripts/ansible-test.sh sanity|units|integration [extra ansible-test arguments]
 #
 # Builds the collection with ansible-galaxy (so build_ignore is exercised too),
 # installs it under <build dir>/collections/ansible_collections/kestrel/virt
@@ -12,10 +12,10 @@
 # (default: $TMPDIR/kestrel-virt-ansible-test), ANSIBLE_TEST_PYTHON (default: 3.11).
 set -euo pipefail
 
-usage() { echo "usage: $0 sanity|units [ansible-test arguments...]" >&2; exit 2; }
+usage() { echo "usage: $0 sanity|units|integration [ansible-test arguments...]" >&2; exit 2; }
 [[ $# -ge 1 ]] || usage
 command=$1; shift
-case "$command" in sanity|units) ;; *) usage ;; esac
+case "$command" in sanity|units|integration) ;; *) usage ;; esac
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 python=${PYTHON:-$repo/.venv/bin/python}
@@ -77,4 +77,8 @@ install_get_pip_stand_in
 build_and_install
 cd "$installed"
 export PATH=$bin:$PATH
-exec "$bin/ansible-test" "$command" --python "$test_python" --color no "$@"
+extra=()
+# Integration targets run the modules here, against a throwaway engine
+# directory each (tests/integration/targets/setup_engine), with this Python.
+[[ $command == integration ]] && extra=(--local)
+exec "$bin/ansible-test" "$command" "${extra[@]}" --python "$test_python" --color no "$@"

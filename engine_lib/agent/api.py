@@ -22,6 +22,7 @@ from typing import Any
 
 import engine_lib
 from engine_lib.agent.config import AgentConfig
+from engine_lib.agent.convergence import POLICIES as MIGRATION_POLICIES
 from engine_lib.errors import InvalidSpec, KestrelError, NotFound
 
 log = logging.getLogger("kestrel.agent.api")
@@ -32,6 +33,7 @@ DEFAULT_CONSOLE_BYTES = 8192
 DEFAULT_SHUTDOWN_TIMEOUT = 60.0
 MAX_SHUTDOWN_TIMEOUT = 3600.0
 DEFAULT_UNPLUG_TIMEOUT = 20.0
+MAX_EVENTS_TIMEOUT = 60.0
 MAX_UNPLUG_TIMEOUT = 600.0
 _VOLUME_KEYS = {"domain", "image", "volume", "alias", "format", "size_mib"}
 
@@ -75,7 +77,9 @@ ROUTES = (
           "is reported with started=false, not started twice.",
           body={"type": "object", "required": ["xml"], "additionalProperties": False,
                 "properties": {"xml": {"type": "string"},
-                               "mode": {"type": "string", "enum": ["fresh"],
+                               "memory_volume": _VOLUME_SCHEMA,
+                               "mode": {"type": "string", "enum": ["fresh", "incoming",
+                                                                   "restore"],
                                         "default": "fresh"}}}),
     Route("GET", "/vms/{id}", "vm_status", "Status of one VM."),
     Route("GET", "/vms/{id}/xml", "vm_xml", "The live domain XML (with device aliases)."),
@@ -86,6 +90,15 @@ ROUTES = (
                                            "maximum": MAX_SHUTDOWN_TIMEOUT,
                                            "default": DEFAULT_SHUTDOWN_TIMEOUT}}}),
     Route("POST", "/vms/{id}/destroy", "destroy_vm", "Power off at once."),
+    Route("POST", "/vms/{id}/hibernate", "hibernate_vm", "Save the running VM's memory to "
+          "a memory volume on a storage domain (before_vm_hibernate hooks; SavingState); "
+          "the VM is then Down with exit reason 'saved'. Start it again with mode "
+          "'restore' and the same memory_volume, on this host or another.",
+          body={"type": "object", "required": ["memory_volume"], "additionalProperties": False,
+                "properties": {"memory_volume": _VOLUME_SCHEMA}}),
+    Route("POST", "/vms/{id}/reboot", "reboot_vm", "Reboot the guest: ACPI (the guest "
+          "restarts itself; the QEMU process stays), or a hard reset when libvirt cannot "
+          "send ACPI to this domain (method says which)."),
     Route("POST", "/vms/{id}/pause", "pause_vm", "Pause the guest's CPUs (status Paused). "
           "Pausing a paused VM changes nothing."),
     Route("POST", "/vms/{id}/resume", "resume_vm", "Let a paused VM run again (status Up). "
@@ -95,6 +108,10 @@ ROUTES = (
     Route("GET", "/vms/{id}/console", "console_log", "The tail of the serial console log.",
           query={"bytes": {"type": "integer", "minimum": 1, "maximum": MAX_CONSOLE_BYTES,
                            "default": DEFAULT_CONSOLE_BYTES}}),
+    Route("GET", "/vms/{id}/guest", "guest_info", "What qemu-guest-agent reports: hostname, "
+          "os, users, filesystems, interfaces (name, mac, ips), ips (without loopback and "
+          "link-local), timezone. 409 GuestAgentUnavailable when the agent does not answer "
+          "within 5 s (not installed, not started, VM not running)."),
     Route("GET", "/stats", "stats", "Host CPU and memory, VM counts, and per running VM: "
           "CPU, memory and balloon, disk and NIC counters (one libvirt call)."),
     Route("GET", "/vms/{id}/stats", "vm_stats", "One VM's CPU, memory and balloon, disk and "
@@ -108,10 +125,38 @@ ROUTES = (
           "and wait until the guest released it (409 with pending=true if not in time).",
           query={"timeout": {"type": "number", "minimum": 0, "maximum": MAX_UNPLUG_TIMEOUT,
                              "default": DEFAULT_UNPLUG_TIMEOUT}}),
+    Route("GET", "/events", "events", "VM status changes after sequence number 'after' "
+          "(each: seq, vm_id, name, status, exit_reason, time), waiting up to 'timeout' s "
+          "for the first (long poll). 'instance' changes when the agent restarts (numbering "
+          "starts again); 'gap' says events the client asked for are no longer kept.",
+          query={"after": {"type": "integer", "minimum": 0, "default": 0},
+                 "timeout": {"type": "number", "minimum": 0, "maximum": MAX_EVENTS_TIMEOUT,
+                             "default": 0}}),
+    Route("POST", "/vms/{id}/migrate", "migrate_vm", "Live-migrate a running VM, peer to "
+          "peer, to the libvirt daemon at destination_uri (prepared there with mode=incoming, "
+          "whose answer gives paths). Returns at once; the migration runs in the agent.",
+          body={"type": "object", "required": ["destination_uri"], "additionalProperties": False,
+                "properties": {"destination_uri": {"type": "string"},
+                               "paths": {"type": "object",
+                                         "additionalProperties": {"type": "string"}},
+                               "policy": {"type": "string", "enum": list(MIGRATION_POLICIES),
+                                          "default": "minimal_downtime"},
+                               "bandwidth_mibps": {"type": "integer", "minimum": 1}}}),
+    Route("GET", "/vms/{id}/migration", "migration_status", "The VM's migration on this "
+          "host: progress (data processed and remaining, iteration, downtime limit), then "
+          "the result with the final downtime."),
+    Route("POST", "/vms/{id}/migration/cancel", "cancel_migration", "Source: abort the "
+          "migration (the VM keeps running here). Destination: destroy the incoming copy "
+          "that never resumed (409 if it already runs here)."),
     Route("POST", "/volumes/delete", "delete_volumes", "Delete volume files on storage "
           "domains; refused for a volume a VM on this host still uses.",
           body={"type": "object", "required": ["volumes"], "additionalProperties": False,
                 "properties": {"volumes": {"type": "array", "items": _VOLUME_SCHEMA}}}),
+    Route("POST", "/volumes/resize", "resize_volume", "Grow a volume to size_mib (never "
+          "shrink): blockResize when a running VM here uses it, else qemu-img resize; a "
+          "missing volume is left for the next start to create.",
+          body={"type": "object", "required": ["volume"], "additionalProperties": False,
+                "properties": {"volume": _VOLUME_SCHEMA}}),
 )
 
 
@@ -194,7 +239,24 @@ class Api:
         mode = request.body.get("mode", "fresh")
         if not isinstance(mode, str):
             raise InvalidSpec("mode", "must be a string")
+        if mode == "restore":
+            if "memory_volume" not in request.body:
+                raise InvalidSpec("memory_volume", "mode 'restore' needs the memory volume "
+                                                   "{domain, image, volume} to restore from")
+            location = _volume_location(request.body["memory_volume"], "memory_volume")
+            return self.hypervisor.restore(xml, location)
+        if "memory_volume" in request.body:
+            raise InvalidSpec("memory_volume", f"only mode 'restore' takes a memory volume "
+                                               f"(mode is '{mode}')")
         return self.hypervisor.start(xml, mode)
+
+    def hibernate_vm(self, request: Request) -> dict:
+        vm_id = _vm_id(request)
+        location = _volume_location(request.body.get("memory_volume"), "memory_volume")
+        return self.hypervisor.hibernate(vm_id, location)
+
+    def reboot_vm(self, request: Request) -> dict:
+        return self.hypervisor.reboot(_vm_id(request))
 
     def vm_status(self, request: Request) -> dict:
         return self.hypervisor.status(_vm_id(request))
@@ -229,6 +291,9 @@ class Api:
             raise InvalidSpec("bytes", f"must be an integer from 1 to {MAX_CONSOLE_BYTES}, "
                                        f"got '{text}'")
         return self.hypervisor.console_log(_vm_id(request), int(text))
+
+    def guest_info(self, request: Request) -> dict:
+        return self.hypervisor.guest_info(_vm_id(request))
 
     def stats(self, _request: Request) -> dict:
         return self.hypervisor.stats()
@@ -278,6 +343,48 @@ class Api:
             raise InvalidSpec("alias", f"'{alias}' is not a device alias (ua-...)")
         return self.hypervisor.unplug_device(vm_id, alias, timeout)
 
+    def events(self, request: Request) -> dict:
+        after = request.query.get("after", ["0"])[-1]
+        if not after.isdigit():
+            raise InvalidSpec("after", f"must be a sequence number (an integer >= 0), "
+                                       f"got '{after}'")
+        text = request.query.get("timeout", ["0"])[-1]
+        try:
+            timeout = float(text)
+        except ValueError:
+            timeout = -1.0
+        if not 0 <= timeout <= MAX_EVENTS_TIMEOUT:
+            raise InvalidSpec("timeout", f"must be a number of seconds from 0 to "
+                                         f"{MAX_EVENTS_TIMEOUT:g}, got '{text}'")
+        return self.hypervisor.events_after(int(after), timeout)
+
+    def migrate_vm(self, request: Request) -> dict:
+        vm_id = _vm_id(request)
+        uri = request.body.get("destination_uri")
+        if not isinstance(uri, str) or "://" not in uri:
+            raise InvalidSpec("destination_uri", f"a libvirt URI is required "
+                                                 f"(e.g. qemu+tcp://host/system), got {uri!r}")
+        paths = request.body.get("paths", {})
+        if not isinstance(paths, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in paths.items()):
+            raise InvalidSpec("paths", "must map placeholders to the destination's paths")
+        policy = request.body.get("policy", "minimal_downtime")
+        if policy not in MIGRATION_POLICIES:
+            raise InvalidSpec("policy", f"must be one of {', '.join(MIGRATION_POLICIES)}, "
+                                        f"got {policy!r}")
+        bandwidth = request.body.get("bandwidth_mibps")
+        if bandwidth is not None and (isinstance(bandwidth, bool)
+                                      or not isinstance(bandwidth, int) or bandwidth < 1):
+            raise InvalidSpec("bandwidth_mibps", f"a positive integer (MiB/s) is required, "
+                                                 f"got {bandwidth!r}")
+        return self.hypervisor.migrations.start_outgoing(vm_id, uri, paths, policy, bandwidth)
+
+    def migration_status(self, request: Request) -> dict:
+        return self.hypervisor.migrations.report(_vm_id(request))
+
+    def cancel_migration(self, request: Request) -> dict:
+        return self.hypervisor.migrations.cancel(_vm_id(request))
+
     def delete_volumes(self, request: Request) -> dict:
         from engine_lib.agent.volumes import VolumeLocation
 
@@ -298,6 +405,24 @@ class Api:
             locations.append(VolumeLocation(item["domain"], item["image"], item["volume"]))
         return {"volumes": self.hypervisor.delete_volumes(locations)}
 
+    def resize_volume(self, request: Request) -> dict:
+        from engine_lib.agent.volumes import VolumeLocation
+
+        item = request.body.get("volume")
+        if not isinstance(item, dict):
+            raise InvalidSpec("volume", "must be an object")
+        unknown = set(item) - _VOLUME_KEYS
+        if unknown:
+            raise InvalidSpec("volume", f"unknown keys {sorted(unknown)}")
+        for key in ("domain", "image", "volume"):
+            if not isinstance(item.get(key), str) or not item[key]:
+                raise InvalidSpec(f"volume.{key}", "a non-empty string is required")
+        size = item.get("size_mib")
+        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+            raise InvalidSpec("volume.size_mib", f"a positive integer is required, got {size!r}")
+        location = VolumeLocation(item["domain"], item["image"], item["volume"])
+        return self.hypervisor.resize_volume(location, str(item.get("format", "qcow2")), size)
+
 
 class MethodNotAllowed(KestrelError):
     code = "MethodNotAllowed"
@@ -306,6 +431,21 @@ class MethodNotAllowed(KestrelError):
     def __init__(self, method: str, path: str, allowed: list[str]):
         super().__init__(f"{method} is not allowed on {path} (allowed: {', '.join(allowed)})",
                          method=method, path=path, allowed=allowed)
+
+
+def _volume_location(item, where: str):
+    """A {domain, image, volume} object as a VolumeLocation; InvalidSpec naming the field."""
+    from engine_lib.agent.volumes import VolumeLocation
+
+    if not isinstance(item, dict):
+        raise InvalidSpec(where, "must be an object {domain, image, volume}")
+    unknown = set(item) - _VOLUME_KEYS
+    if unknown:
+        raise InvalidSpec(where, f"unknown keys {sorted(unknown)}")
+    for key in ("domain", "image", "volume"):
+        if not isinstance(item.get(key), str) or not item[key]:
+            raise InvalidSpec(f"{where}.{key}", "a non-empty string is required")
+    return VolumeLocation(item["domain"], item["image"], item["volume"])
 
 
 def _vm_id(request: Request) -> str:

@@ -24,7 +24,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 from engine_lib import metadata
-from engine_lib.errors import InvalidSpec, KestrelError
+from engine_lib.errors import InvalidSpec, PayloadError
 
 VOLUME_LABEL = "cidata"
 # The files NoCloud reads; anything else on the ISO would be ignored by cloud-init,
@@ -33,13 +33,6 @@ FILE_NAMES = ("meta-data", "user-data", "network-config", "vendor-data")
 REQUIRED = ("meta-data", "user-data")
 _TIMEOUT = 60.0
 _NS = {metadata.PREFIX: metadata.NAMESPACE}
-
-
-class PayloadError(KestrelError):
-    """The ISO could not be written on this host (tool missing or failing)."""
-
-    code = "PayloadError"
-    http_status = 500
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from engine_lib.agent.states import VmStatus
@@ -82,17 +83,29 @@ def event_status(event: int, detail: int, *, shutdown_requested: bool = False
 
 
 class Registry:
-    """VM id -> VmRecord, guarded by one lock (events arrive on the event-loop thread)."""
+    """VM id -> VmRecord, guarded by one lock (events arrive on the event-loop thread).
 
-    def __init__(self) -> None:
+    ``listener(record)`` hears of every change of a VM's status or exit reason
+    (the event stream, engine_lib.agent.event_log). It is called under the
+    lock, so it hears changes in the order they happened; it must be quick and
+    must not call back into the registry.
+    """
+
+    def __init__(self, listener: Callable[[VmRecord], None] | None = None) -> None:
         self._vms: dict[str, VmRecord] = {}
         self._lock = threading.Lock()
+        self._listener = listener
+
+    def _changed(self, record: VmRecord, before: tuple | None) -> None:
+        if self._listener is not None and before != (record.status, record.exit_reason):
+            self._listener(_copy(record))
 
     def set(self, vm_id: str, name: str, status: VmStatus,
             exit_reason: str | None = None) -> VmRecord:
         """Record a status the agent knows first-hand (it just did or read it)."""
         with self._lock:
             record = self._vms.get(vm_id)
+            before = None if record is None else (record.status, record.exit_reason)
             if record is None:
                 record = self._vms[vm_id] = VmRecord(vm_id, name, status)
             record.name = name or record.name
@@ -101,6 +114,7 @@ class Registry:
             record.since = time.monotonic()
             if status == VmStatus.DOWN:
                 record.shutdown_requested = False
+            self._changed(record, before)
             return _copy(record)
 
     def on_event(self, vm_id: str, event: int, detail: int) -> VmRecord | None:
@@ -114,10 +128,12 @@ class Registry:
                 return _copy(record)
             if record.status == VmStatus.DOWN == change[0]:
                 return _copy(record)  # the first word on why it stopped is the right one
+            before = (record.status, record.exit_reason)
             record.status, record.exit_reason = change
             record.since = time.monotonic()
             if record.status == VmStatus.DOWN:
                 record.shutdown_requested = False
+            self._changed(record, before)
             return _copy(record)
 
     def request_shutdown(self, vm_id: str, requested: bool) -> None:
@@ -125,11 +141,13 @@ class Registry:
         with self._lock:
             record = self._vms.get(vm_id)
             if record is not None:
+                before = (record.status, record.exit_reason)
                 record.shutdown_requested = requested
                 if requested and record.status == VmStatus.UP:
                     record.status = VmStatus.POWERING_DOWN
                 elif not requested and record.status == VmStatus.POWERING_DOWN:
                     record.status = VmStatus.UP
+                self._changed(record, before)
 
     def get(self, vm_id: str) -> VmRecord | None:
         with self._lock:

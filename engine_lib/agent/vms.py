@@ -28,22 +28,30 @@ import libvirt
 
 import engine_lib
 from engine_lib import metadata, placeholders
-from engine_lib.agent import (domxml, events, hooks, hotplug, payload, registry, states, stats,
-                              volumes)
+from engine_lib.agent import (domxml, event_log, events, guest_agent, hibernation, hooks,
+                              hotplug, payload, registry, states, stats, volumes)
+from engine_lib.agent import migration
 from engine_lib.agent.config import AgentConfig
+from engine_lib.agent.devices_hash import DevicesHashes
 from engine_lib.agent.states import VmStatus
-from engine_lib.errors import (Conflict, HookError, InvalidSpec, KestrelError, LibvirtError,
-                               NotFound, VmNotFound)
+from engine_lib.errors import (Conflict, GuestAgentUnavailable, HookError, InvalidSpec,
+                               KestrelError, LibvirtError, NotFound, VmNotFound)
 
 log = logging.getLogger("kestrel.agent.vms")
 
 MiB = 1024 * 1024
-START_MODES = ("fresh",)
+START_MODES = ("fresh", "incoming")
 _UNDEFINE_FLAGS = (libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM
                    | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
                    | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
                    | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA)
 _POLL = 0.2
+# How long one question to qemu-guest-agent may take: a guest without an
+# answering agent must not hold an API thread (libvirt's default is to block).
+GUEST_AGENT_TIMEOUT = 5
+# libvirt's answers when the guest agent is missing, not connected or silent.
+_NO_GUEST_AGENT = {libvirt.VIR_ERR_AGENT_UNRESPONSIVE, libvirt.VIR_ERR_AGENT_UNSYNCED,
+                   libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED, libvirt.VIR_ERR_OPERATION_UNSUPPORTED}
 # A guest that is still booting (or busy) may miss a power button press, as
 # real ones do; press again at this interval until the timeout.
 ACPI_REPEAT = 5.0
@@ -84,11 +92,15 @@ class Hypervisor:
         self._conn_lock = threading.Lock()
         self._vm_locks: dict[str, threading.Lock] = {}
         self._vm_locks_lock = threading.Lock()
-        self.registry = registry.Registry()
+        # Every status change, numbered, for GET /events (the engine's event follower).
+        self.event_log = event_log.EventLog()
+        self.registry = registry.Registry(listener=self._log_change)
         # Hook scripts must be owned by root; a seam for tests that do not run as root.
         self.hook_owner_uid = 0
         self._event_callback: int | None = None
         self._sampler = stats.Sampler()
+        self._devices_hashes = DevicesHashes()
+        self.migrations = migration.Migrations(self)
 
     # -- connection and lookup -------------------------------------------------
 
@@ -108,7 +120,9 @@ class Hypervisor:
             try:
                 conn = libvirt.open(uri)
                 self._event_callback = events.watch_lifecycle(conn, self._on_lifecycle)
+                self._devices_hashes.watch(conn)
                 self._recover(conn)
+                self.migrations.recover(conn)
             except libvirt.libvirtError as exc:
                 if conn is not None:
                     with contextlib.suppress(libvirt.libvirtError):
@@ -129,6 +143,15 @@ class Hypervisor:
                 self._event_callback = None
 
     # -- registry: recovery and events ---------------------------------------------
+
+    def _log_change(self, record: registry.VmRecord) -> None:
+        self.event_log.append(record.id, record.name, record.status.value, record.exit_reason)
+
+    def events_after(self, seq: int, timeout: float) -> dict:
+        """Status changes after ``seq`` (long poll: waits up to ``timeout`` s for one)."""
+        with contextlib.suppress(KestrelError):
+            self.connection()  # a (re)connection recovers the registry, which logs
+        return self.event_log.after(seq, timeout)
 
     def _recover(self, conn: libvirt.virConnect) -> None:
         """Put every domain with our metadata into the registry in its true state.
@@ -162,6 +185,10 @@ class Hypervisor:
 
     def _on_lifecycle(self, dom: libvirt.virDomain, event: int, detail: int) -> None:
         """A libvirt lifecycle event (event thread): update the registry at once."""
+        # A start or incoming migration brings a new domain, and with it new devices.
+        self._devices_hashes.invalidate(dom.UUIDString())
+        if self.migrations.on_event(dom, event, detail):
+            return  # an incoming migration's VM: MigratingTo until it resumes here
         vm_id = dom.UUIDString()
         if vm_id not in self.registry:
             # Not started through this agent (an incoming migration, virsh): ours if
@@ -225,6 +252,8 @@ class Hypervisor:
         if mode not in START_MODES:
             raise InvalidSpec("mode", f"'{mode}' is not supported; this agent starts VMs in "
                                       f"mode {', '.join(repr(m) for m in START_MODES)}")
+        if mode == "incoming":
+            return self.migrations.prepare_incoming(xml)
         host = domxml.resolve(xml, self.config.paths, self.config.storage_domains)
         with self._vm_lock(host.uuid):
             existing = self._find(host.uuid)
@@ -484,7 +513,8 @@ class Hypervisor:
                   "state": states.state_name(state), "reason": reason,
                   "persistent": persistent, "vcpus": vcpus,
                   "memory_mib": memory_kib // 1024, "cpu_time_ns": cpu_time,
-                  "domain_id": domain_id if domain_id >= 0 else None}
+                  "domain_id": domain_id if domain_id >= 0 else None,
+                  "devices_hash": self._devices_hashes.get(dom) if domain_id >= 0 else None}
         if status == VmStatus.DOWN and exit_reason:
             report["exit_reason"] = exit_reason
         return report
@@ -556,6 +586,63 @@ class Hypervisor:
             "storage_domains": [_storage_domain(name, path) for name, path
                                 in sorted(self.config.storage_domains.items())],
         }
+
+    # -- hibernation and reboot ------------------------------------------------------
+
+    def hibernate(self, vm_id: str, location: volumes.VolumeLocation) -> dict:
+        """Save the VM's memory to a storage domain (engine_lib.agent.hibernation)."""
+        return hibernation.hibernate(self, vm_id, location)
+
+    def restore(self, xml: str, location: volumes.VolumeLocation) -> dict:
+        """Start mode "restore": the saved VM runs on where it was hibernated."""
+        return hibernation.restore(self, xml, location)
+
+    def reboot(self, vm_id: str) -> dict:
+        """ACPI reboot (libvirt turns the guest's power-off into a reset, so the QEMU
+        process stays); a hard reset where libvirt cannot send ACPI to the domain.
+
+        A guest that ignores the ACPI request is not reset behind its back, as
+        with a real machine's power button."""
+        with self._vm_lock(vm_id):
+            dom = self._lookup(vm_id)
+            if not _is_active(dom):
+                raise Conflict(f"cannot reboot VM {vm_id}: it is not running", vm_id=vm_id)
+            try:
+                dom.reboot(libvirt.VIR_DOMAIN_REBOOT_ACPI_POWER_BTN)
+                method = "acpi"
+            except libvirt.libvirtError as exc:
+                log.info("VM %s: ACPI reboot refused (%s); resetting", vm_id,
+                         exc.get_error_message())
+                with _libvirt_errors("reset", vm_id):
+                    dom.reset(0)
+                method = "reset"
+            return {**self._status(dom), "method": method}
+
+    # -- guest agent ---------------------------------------------------------------
+
+    def guest_info(self, vm_id: str) -> dict:
+        """What qemu-guest-agent reports (see engine_lib.agent.guest_agent).
+
+        A VM that is not running, has no guest-agent channel, or whose agent does
+        not answer within GUEST_AGENT_TIMEOUT s: GuestAgentUnavailable.
+        """
+        dom = self._lookup(vm_id)
+        if not _is_active(dom):
+            raise GuestAgentUnavailable(f"guest agent of VM {vm_id} not responding: the VM "
+                                        "is not running", vm_id=vm_id)
+        try:
+            dom.agentSetResponseTimeout(GUEST_AGENT_TIMEOUT, 0)
+            info = dom.guestInfo(0, 0)
+            addresses = dom.interfaceAddresses(
+                libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT, 0)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() in _NO_GUEST_AGENT or not _is_active(dom):
+                raise GuestAgentUnavailable(f"guest agent of VM {vm_id} not responding: "
+                                            f"{exc.get_error_message()}", vm_id=vm_id) from None
+            raise LibvirtError(f"libvirt could not query the guest agent of VM {vm_id}: "
+                               f"{exc.get_error_message()}", vm_id=vm_id,
+                               libvirt_code=exc.get_error_code()) from None
+        return {"id": vm_id, **guest_agent.report(info, addresses)}
 
     # -- hotplug -------------------------------------------------------------------
 
@@ -669,12 +756,36 @@ class Hypervisor:
                   "state": states.state_name(state), **stats.vm_stats(raw)}
         if "cpu.time" in raw:
             report["cpu"]["percent"] = self._sampler.vm_cpu_percent(vm_id, raw["cpu.time"])
+        report["devices_hash"] = self._devices_hashes.get(dom)
         return report
 
     # -- volumes -------------------------------------------------------------------
 
     def delete_volumes(self, locations: list[volumes.VolumeLocation]) -> list[dict]:
         return volumes.delete(locations, self.config.storage_domains, self._disks_in_use())
+
+    def resize_volume(self, location: volumes.VolumeLocation, fmt: str, size_mib: int) -> dict:
+        """Grow a volume: live through QEMU when a running domain here uses it."""
+        path = location.path(self.config.storage_domains)
+        real = os.path.realpath(path)
+        with _libvirt_errors("list domains"):
+            domains = self.connection().listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+        for dom in domains:
+            sources: set[str] = set()
+            with contextlib.suppress(libvirt.libvirtError):
+                sources = domxml.disk_sources(dom.XMLDesc(0))
+            for source in sources:
+                if os.path.realpath(source) == real:
+                    current = volumes.virtual_size_mib(path, fmt)
+                    if current >= size_mib:
+                        return {"path": path, "resized": False, "exists": True,
+                                "size_mib": current, "live": True}
+                    with _libvirt_errors("grow a disk of", dom.UUIDString()):
+                        dom.blockResize(source, size_mib * MiB,
+                                        libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
+                    return {"path": path, "resized": True, "exists": True, "size_mib": size_mib,
+                            "live": True}
+        return {**volumes.grow(path, fmt, size_mib), "live": False}
 
     def _disks_in_use(self) -> set[str]:
         """Disk files of every domain defined or running here (live and next-boot XML)."""

@@ -8,6 +8,7 @@ ever removes files inside a configured storage domain.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import uuid
@@ -122,3 +123,33 @@ def delete(locations: list[VolumeLocation], storage_domains: dict[str, str],
         results.append({"domain": loc.domain, "image": loc.image, "volume": loc.volume,
                         "path": path, "deleted": existed})
     return results
+
+
+def virtual_size_mib(path: str, fmt: str) -> int:
+    result = subprocess.run(["qemu-img", "info", "--output=json", "-U", "-f", fmt, path],
+                            capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise KestrelError(f"qemu-img cannot read volume {path}: "
+                           f"{result.stderr.strip() or result.returncode}", path=path)
+    return json.loads(result.stdout)["virtual-size"] // (1024 * 1024)
+
+
+def grow(path: str, fmt: str, size_mib: int) -> dict:
+    """Grow a volume no running domain uses to ``size_mib``; never shrink.
+
+    A missing file is left alone: ``prepare`` creates it at its full size at
+    the VM's next start. qemu-img's image lock refuses a file QEMU has open.
+    """
+    if fmt not in FORMATS:
+        raise InvalidSpec("volume.format", f"'{fmt}' is not one of {FORMATS}")
+    if not os.path.lexists(path):
+        return {"path": path, "resized": False, "exists": False, "size_mib": None}
+    current = virtual_size_mib(path, fmt)
+    if current >= size_mib:
+        return {"path": path, "resized": False, "exists": True, "size_mib": current}
+    result = subprocess.run(["qemu-img", "resize", "-q", "-f", fmt, path, f"{size_mib}M"],
+                            capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise KestrelError(f"qemu-img could not grow volume {path} to {size_mib} MiB: "
+                           f"{result.stderr.strip() or result.returncode}", path=path)
+    return {"path": path, "resized": True, "exists": True, "size_mib": size_mib}

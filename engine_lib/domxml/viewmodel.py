@@ -127,7 +127,8 @@ def _nic(device: VmDevice, boot: _BootOrders) -> dict:
     return {
         "alias": device.user_alias,
         "mac": spec["mac"],
-        "bridge": spec["network"],
+        # A cluster's logical network names its bridge; without one the network is the bridge.
+        "bridge": spec.get("bridge") or spec["network"],
         "model": spec["model"],
         "mtu": spec.get("mtu") or None,
         # A VLAN tag on the port needs an Open vSwitch bridge (libvirt's rule).
@@ -140,10 +141,16 @@ def _nic(device: VmDevice, boot: _BootOrders) -> dict:
 
 
 def _by_type(vm: Vm) -> dict[str, list[VmDevice]]:
-    """Devices grouped by type in one pass (rendering is on the hot path)."""
+    """Devices grouped by type in one pass (rendering is on the hot path).
+
+    Only the VM's own plugged devices: those libvirt added (unmanaged) it adds
+    again by itself, and an unplugged one stays out until it is plugged again.
+    ``is not False``: rows not yet flushed have None until their defaults apply.
+    """
     groups: dict[str, list[VmDevice]] = {}
     for device in vm.devices:
-        groups.setdefault(device.type, []).append(device)
+        if device.managed is not False and device.plugged is not False:
+            groups.setdefault(device.type, []).append(device)
     return groups
 
 

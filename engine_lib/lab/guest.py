@@ -15,6 +15,13 @@ volume label and every line of every file on it:
     kestrel-guest: cdrom label cidata
     kestrel-guest: cdrom user-data: #cloud-config
 
+It runs Debian's qemu-guest-agent (binary and shared libraries copied in)
+when the VM has the org.qemu.guest_agent.0 channel, and gives eth0 the
+static address ``kestrel.ip=ADDRESS/PREFIX`` from the kernel command line
+(lab networks have no DHCP for guests):
+
+    kestrel-guest: guest agent on vport1p1
+
 The initramfs is rebuilt when its recipe (modules, init script) changes.
 Boot it with ``<os><kernel/><initrd/><cmdline>console=ttyS0</cmdline></os>``.
 The ACPI power button powers it off, so graceful shutdown can be tested too.
@@ -40,6 +47,14 @@ INITRD_NAME = "initrd.img"
 STAMP_NAME = "guest.recipe"
 KERNEL_META_PACKAGE = "linux-image-amd64"
 BUSYBOX = "/bin/busybox"
+GUEST_AGENT_PACKAGE = "qemu-guest-agent"
+GUEST_AGENT_BINARY = "usr/sbin/qemu-ga"
+# What qemu-ga's guest-get-osinfo reports.
+OS_RELEASE = """NAME="kestrel test guest"
+ID=kestrel-guest
+VERSION_ID=1
+PRETTY_NAME="kestrel test guest 1 (busybox)"
+"""
 
 # Load order matters: insmod does not resolve dependencies.
 MODULES = (
@@ -54,6 +69,10 @@ CDROM_MODULES = (
     "scsi_common", "scsi_mod", "libata", "ata_piix", "libahci", "ahci", "cdrom", "sr_mod",
     "isofs",
 )
+
+# ext2 (through the ext4 driver) for a filesystem qemu-ga reports: loaded only
+# for ``kestrel.fs=DEVICE``, which formats DEVICE and mounts it on /mnt/data.
+FS_MODULES = ("crc32c_generic", "crc16", "mbcache", "jbd2", "ext4")
 
 INIT_SCRIPT = r"""#!/bin/sh
 # PID 1 of the kestrel test guest. Prints what the VM sees, then keeps a
@@ -70,6 +89,28 @@ hostname kestrel-guest
 echo "kestrel-guest: up $(uname -r)"
 echo "kestrel-guest: disks" $(ls /sys/block)
 echo "kestrel-guest: nics" $(ls /sys/class/net)
+mount -t tmpfs tmpfs /tmp
+ip link set lo up
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+        kestrel.ip=*) ip link set eth0 up && ip addr add "${arg#kestrel.ip=}" dev eth0 ;;
+        kestrel.fs=*)
+            for module in $(cat /lib/modules/fs-order); do insmod "/lib/modules/$module.ko"; done
+            mkdir -p /mnt/data
+            mke2fs -q "/dev/${arg#kestrel.fs=}" && mount -t ext2 "/dev/${arg#kestrel.fs=}" /mnt/data \
+                && echo "kestrel-guest: ${arg#kestrel.fs=} mounted on /mnt/data" ;;
+    esac
+done
+# No udev here: find the guest agent's virtio-serial port by its name.
+for port in /sys/class/virtio-ports/*; do
+    if [ "$(cat "$port/name" 2>/dev/null)" = org.qemu.guest_agent.0 ]; then
+        mkdir -p /dev/virtio-ports
+        ln -sf "../${port##*/}" /dev/virtio-ports/org.qemu.guest_agent.0
+        qemu-ga -m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0 \
+                -f /run/qemu-ga.pid -t /run 2>/tmp/qemu-ga.log &
+        echo "kestrel-guest: guest agent on ${port##*/}"
+    fi
+done
 # The payload CD-ROM, in the background: a guest without one must not wait for it.
 (for module in $(cat /lib/modules/cdrom-order); do
      insmod "/lib/modules/$module.ko" 2>/dev/null
@@ -117,6 +158,7 @@ def build(dest_dir: str) -> tuple[str, str]:
         modules = _extract_kernel(deb, work)
         root = os.path.join(work, "initramfs")
         _populate_initramfs(root, modules)
+        _add_guest_agent(root, work)
         _write_initramfs(root, os.path.join(work, INITRD_NAME))
         with open(os.path.join(work, STAMP_NAME), "w") as out:
             out.write(recipe())
@@ -128,7 +170,8 @@ def build(dest_dir: str) -> tuple[str, str]:
 
 def recipe() -> str:
     """What the initramfs is made of: a guest built from another recipe is rebuilt."""
-    digest = hashlib.sha256("\0".join((*MODULES, "|", *CDROM_MODULES, "|", INIT_SCRIPT))
+    digest = hashlib.sha256("\0".join((*MODULES, "|", *CDROM_MODULES, "|", *FS_MODULES, "|", INIT_SCRIPT, "|",
+                                      GUEST_AGENT_PACKAGE, OS_RELEASE))
                             .encode()).hexdigest()
     return f"{digest}\n"
 
@@ -155,13 +198,18 @@ def _kernel_package() -> str:
 
 
 def _download_kernel(work: str) -> str:
-    package = _kernel_package()
+    return _download(_kernel_package(), work)
+
+
+def _download(package: str, work: str) -> str:
+    """Download one Debian package into ``work``; the path of its .deb."""
+    before = set(os.listdir(work))
     try:
         # The sandbox user _apt cannot write into our private temp directory.
         run(["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", package], cwd=work)
     except LabError as exc:
         raise GuestBuildError(f"cannot download {package}: {exc}") from exc
-    debs = [name for name in os.listdir(work) if name.endswith(".deb")]
+    debs = [name for name in set(os.listdir(work)) - before if name.endswith(".deb")]
     if len(debs) != 1:
         raise GuestBuildError(f"apt-get download {package} left {debs or 'no .deb'}")
     return os.path.join(work, debs[0])
@@ -175,7 +223,7 @@ def _extract_kernel(deb: str, work: str) -> dict[str, bytes]:
     """
     module_re = re.compile(r"^\./(?:usr/)?lib/modules/[^/]+/kernel/.*/([^/]+)\.ko(\.xz)?$")
     builtin_re = re.compile(r"^\./(?:usr/)?lib/modules/[^/]+/modules\.builtin$")
-    wanted = set(MODULES) | set(CDROM_MODULES)
+    wanted = set(MODULES) | set(CDROM_MODULES) | set(FS_MODULES)
     modules: dict[str, bytes] = {}
     builtin = ""
     kernel_found = False
@@ -231,10 +279,57 @@ def _populate_initramfs(root: str, modules: dict[str, bytes]) -> None:
             out.write(modules[name])
     with open(os.path.join(root, "lib", "modules", "cdrom-order"), "w") as out:
         out.write("\n".join(cdrom_order) + "\n")
+    fs_order = [name for name in FS_MODULES if name in modules]
+    for name in fs_order:
+        with open(os.path.join(root, "lib", "modules", f"{name}.ko"), "wb") as out:
+            out.write(modules[name])
+    with open(os.path.join(root, "lib", "modules", "fs-order"), "w") as out:
+        out.write("\n".join(fs_order) + "\n")
     init = os.path.join(root, "init")
     with open(init, "w") as out:
         out.write(INIT_SCRIPT)
     os.chmod(init, 0o755)
+
+
+def _add_guest_agent(root: str, work: str) -> None:
+    """qemu-ga from its Debian package, with the shared libraries ``ldd`` finds here
+    (the host is Debian too), at the paths the binary asks for."""
+    deb = _download(GUEST_AGENT_PACKAGE, work)
+    unpacked = os.path.join(work, "qemu-ga")
+    try:
+        run(["dpkg-deb", "-x", deb, unpacked])
+    except LabError as exc:
+        raise GuestBuildError(f"cannot unpack {deb}: {exc}") from exc
+    binary = os.path.join(unpacked, GUEST_AGENT_BINARY)
+    if not os.path.isfile(binary):
+        raise GuestBuildError(f"{deb} holds no /{GUEST_AGENT_BINARY}")
+    shutil.copy2(binary, os.path.join(root, "bin", "qemu-ga"))
+    for library in _shared_libraries(binary):
+        target = os.path.join(root, library.lstrip("/"))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.copyfile(library, target)  # the file itself, not the symlink
+        os.chmod(target, 0o755)
+    for directory in ("run", "var"):
+        os.makedirs(os.path.join(root, directory), exist_ok=True)
+    os.symlink("../run", os.path.join(root, "var", "run"))
+    with open(os.path.join(root, "etc", "os-release"), "w") as out:
+        out.write(OS_RELEASE)
+
+
+def _shared_libraries(binary: str) -> list[str]:
+    """Absolute paths of every library ``binary`` loads, the dynamic loader included."""
+    try:
+        out = run(["ldd", binary]).stdout
+    except LabError as exc:
+        raise GuestBuildError(f"ldd {binary} failed (a library missing here?): {exc}") from exc
+    libraries = []
+    for line in out.splitlines():
+        match = re.search(r"(?:=>\s*)?(/\S+)\s+\(0x", line)
+        if match:
+            libraries.append(match.group(1))
+        elif "not found" in line:
+            raise GuestBuildError(f"{binary} needs {line.split()[0]}, not installed here")
+    return libraries
 
 
 def _write_initramfs(root: str, path: str) -> None:

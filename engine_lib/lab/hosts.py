@@ -182,6 +182,66 @@ def inventory_path(state_dir: str = DEFAULT_STATE_DIR) -> str:
     return os.path.join(os.path.abspath(state_dir), "inventory.yml")
 
 
+# -- power (issue 8: the lab's fence device) --------------------------------------------------
+
+# Run after power on when the host has it, the way systemd starts an enabled service
+# on boot: whoever installs the agent in a lab host may install this too.
+BOOT_SCRIPT = "/etc/kestrel/lab-boot"
+# What a reboot empties: the host's private /run directories (tmpfs on a real machine).
+_VOLATILE_DIRS = ("/run/libvirt", "/run/kestrel")
+
+
+def powered_on(host_name: str, state_dir: str = DEFAULT_STATE_DIR) -> bool:
+    """True while any process of the host runs besides the anchor holding its namespaces."""
+    record = _load(os.path.abspath(state_dir), host_name)
+    if not record or not _anchor_alive(record):
+        return False
+    return any(is_alive(pid) for pid in _host_pids(record) - {record["pid"]})
+
+
+def power_off(host_name: str, state_dir: str = DEFAULT_STATE_DIR) -> None:
+    """Pull the plug: SIGKILL every process of the host (VMs, libvirtd, agent, sshd).
+
+    The anchor and the namespaces stay, like the machine's disks and NICs, so
+    ``power_on`` can boot it again with its files; /run starts empty again.
+    """
+    state_dir = os.path.abspath(state_dir)
+    record = _load(state_dir, host_name)
+    if not record or not _anchor_alive(record):
+        raise LabError(f"lab host is not up (state dir {state_dir})", host_name)
+    kill_all(lambda: _host_pids(record) - {record["pid"]}, host=host_name)
+    for path in _VOLATILE_DIRS:
+        directory = hostfs.source(_host_root(state_dir, host_name), path)
+        for entry in os.listdir(directory) if os.path.isdir(directory) else []:
+            target = os.path.join(directory, entry)
+            if os.path.isdir(target) and not os.path.islink(target):
+                shutil.rmtree(target, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(target)
+
+
+def power_on(host_name: str, state_dir: str = DEFAULT_STATE_DIR) -> None:
+    """Boot a powered-off host: its daemons, then its boot script (the agent) if any."""
+    state_dir = os.path.abspath(state_dir)
+    record = _load(state_dir, host_name)
+    if not record or not _anchor_alive(record):
+        raise LabError(f"lab host is not up (state dir {state_dir})", host_name)
+    with _locked(state_dir):
+        _start_daemons(state_dir, host_name, _dead_daemons(state_dir, host_name))
+        _wait_ready(state_dir, host_name)
+    boot = hostfs.source(_host_root(state_dir, host_name), BOOT_SCRIPT)
+    if os.access(boot, os.X_OK):
+        run(_exec_argv(record, [BOOT_SCRIPT, "start"]), host=host_name,
+            stdin=subprocess.DEVNULL)
+
+
+def _host_pids(record: dict) -> set[int]:
+    netns = ns_inode(network.netns_path(record["name"]), "net")
+    anchor_mnt = ns_inode(record["pid"], "mnt")
+    return cgroups.pids(record["cgroups"]) | pids_in_namespaces(netns, anchor_mnt)
+
+
 # -- creating a host --------------------------------------------------------------------------
 
 def _create(state_dir: str, name: str, index: int) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from engine_lib import macpool
 from engine_lib.engine import Outcome
-from engine_lib.errors import Conflict
+from engine_lib.errors import Conflict, InvalidSpec
 from engine_lib.model import Cluster
 from engine_lib.scheduling import policies as scheduling_policies
 from engine_lib.services.common import audit, changed_fields, find, get_cluster, retry_on_conflict
@@ -25,7 +25,18 @@ def cluster_dict(cluster: Cluster) -> dict:
         "mac_pool": list(cluster.mac_pool),
         "scheduling_policy": cluster.scheduling_policy,
         "scheduling_policy_properties": dict(cluster.scheduling_properties or {}),
+        "migration_policy": cluster.migration_policy,
+        "migration_bandwidth_mbps": cluster.migration_bandwidth_mbps,
+        "fencing_policy": _fencing_policy(cluster.fencing_policy),
     }
+
+
+def _fencing_policy(stored: dict | None, given: dict | None = None) -> dict:
+    """Issue 8: the full fencing policy; ``given`` (partial) overrides the stored one."""
+    from engine_lib.fencing import normalize_policy
+
+    return normalize_policy("fencing_policy", {**normalize_policy("fencing_policy", stored or {}),
+                                               **(given or {})})
 
 
 def _scheduling(cluster: Cluster | None, policy: str | None, properties: dict | None) -> dict:
@@ -41,6 +52,20 @@ def _scheduling(cluster: Cluster | None, policy: str | None, properties: dict | 
     return {"scheduling_policy": resolved.name, "scheduling_properties": dict(resolved.values)}
 
 
+def _migration_settings(policy: str | None, bandwidth_mbps: int | None) -> dict:
+    """Issue 7: the cluster's convergence policy and per-migration bandwidth (0 = no limit)."""
+    from engine_lib.agent.convergence import POLICIES
+
+    if bandwidth_mbps is not None and (isinstance(bandwidth_mbps, bool)
+                                       or not isinstance(bandwidth_mbps, int)
+                                       or not 0 <= bandwidth_mbps <= 1_000_000):
+        raise InvalidSpec("migration_bandwidth_mbps", f"must be an integer from 0 (no limit) "
+                                                      f"to 1000000, got {bandwidth_mbps!r}")
+    return {"migration_policy": None if policy is None
+            else choice("migration_policy", policy, POLICIES),
+            "migration_bandwidth_mbps": bandwidth_mbps}
+
+
 class ClusterService:
     def __init__(self, engine):
         self.engine = engine
@@ -50,18 +75,28 @@ class ClusterService:
                memory_overcommit: int | None = None, mac_pool: list[str] | None = None,
                scheduling_policy: str | None = None,
                scheduling_policy_properties: dict | None = None,
+               migration_policy: str | None = None, migration_bandwidth_mbps: int | None = None,
+               fencing_policy: dict | None = None,
                check_mode: bool = False) -> Outcome:
         check_name("name", name)
+        if fencing_policy is not None:
+            _fencing_policy({}, fencing_policy)  # bad input fails before anything is read
         wanted = {
             "description": None if description is None else text("description", description),
             "virt_type": None if virt_type is None else choice("virt_type", virt_type, VIRT_TYPES),
             "memory_overcommit_percent": None if memory_overcommit is None
             else positive_int("memory_overcommit", memory_overcommit, 10000),
             "mac_pool": None if mac_pool is None else macpool.normalize_ranges("mac_pool", mac_pool),
+            **_migration_settings(migration_policy, migration_bandwidth_mbps),
         }
         with self.engine.store.transaction(commit=not check_mode) as session:
             cluster = find(session, Cluster, name)
             wanted.update(_scheduling(cluster, scheduling_policy, scheduling_policy_properties))
+            if fencing_policy is not None:
+                current = _fencing_policy(cluster.fencing_policy if cluster else {})
+                merged = _fencing_policy(current, fencing_policy)
+                # Compared as effective policies: {} stored means the defaults.
+                wanted["fencing_policy"] = merged if cluster is None or merged != current else None
             if cluster is None:
                 cluster = Cluster(name=name, description="", virt_type="kvm",
                                   memory_overcommit_percent=100,

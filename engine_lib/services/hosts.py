@@ -29,12 +29,18 @@ def host_dict(host: Host) -> dict:
         "networks": host.networks,
         "hooks": host.hooks,
         "last_seen": host.last_seen.isoformat() if host.last_seen else None,
+        # Issue 8: fencing (see engine_lib.fencing).
+        "power_management": dict(host.power_management or {}),
+        "soft_fence_command": host.soft_fence_command,
+        "fence_state": host.fence_state,
     }
 
 
 def _config(host: Host) -> dict:
     """The part of a host the user sets (what --diff compares)."""
-    return {"cluster": host.cluster.name, "address": host.address, "port": host.port}
+    return {"cluster": host.cluster.name, "address": host.address, "port": host.port,
+            "power_management": dict(host.power_management or {}),
+            "soft_fence_command": host.soft_fence_command}
 
 
 class HostService:
@@ -43,12 +49,15 @@ class HostService:
 
     @retry_on_conflict
     def ensure(self, name: str, *, address: str, cluster: str, port: int = 54321,
+               power_management: dict | None = None, soft_fence_command: str | None = None,
                check_mode: bool = False) -> Outcome:
         check_name("name", name)
         text("address", address, 255)
         if not address:
             raise InvalidSpec("address", "is required")
         positive_int("port", port, 65535)
+        # Issue 8: None keeps what the host has; {} removes its power management.
+        fencing = _fencing_settings(power_management, soft_fence_command)
         # Reach the agent before writing anything: a host the engine cannot
         # talk to is not registered at all (AgentUnreachable, CertificateError).
         capabilities = self.engine.agent(address, port).host_info()
@@ -64,6 +73,8 @@ class HostService:
                 raise Conflict(f"host '{name}' runs VMs; it cannot move to cluster '{cluster}'")
             else:
                 host.cluster, host.address, host.port = target_cluster, address, port
+            for key, value in fencing.items():
+                setattr(host, key, value)
             self.record_capabilities(host, capabilities)
             session.flush()
             after = _config(host)
@@ -86,9 +97,11 @@ class HostService:
         host.machines = caps.get("machines")
         host.networks = caps.get("networks")
         host.hooks = caps.get("hooks")
+        host.storage_domains = caps.get("storage_domains")
         host.hugepages = caps.get("hugepages") or {}
         host.used_memory_mib = int(caps.get("used_memory_mib", 0))
-        host.status = HostStatus.UP
+        if host.status not in HostStatus.HELD:  # only `activate` ends a maintenance
+            host.status = HostStatus.UP
         host.last_seen = now or utcnow()
 
     @staticmethod
@@ -111,6 +124,19 @@ class HostService:
             audit(session, "host", name, "host removed")
             return Outcome(True, None, {"before": before, "after": {}})
 
+    def maintenance(self, name: str, *, check_mode: bool = False,
+                    timeout: float = 600) -> Outcome:
+        """Migrate every VM away, then hold the host in Maintenance (services.maintenance)."""
+        from engine_lib.services.maintenance import enter
+
+        return enter(self.engine, name, check_mode=check_mode, timeout=timeout)
+
+    def activate(self, name: str, *, check_mode: bool = False) -> Outcome:
+        """End a maintenance: the host is Up again once its agent answers."""
+        from engine_lib.services.maintenance import leave
+
+        return leave(self.engine, name, check_mode=check_mode)
+
     def info(self, name: str | None = None, cluster: str | None = None) -> list[dict]:
         with self.engine.store.transaction(commit=False) as session:
             query = select(Host).order_by(Host.name)
@@ -119,3 +145,20 @@ class HostService:
             if cluster:
                 query = query.where(Host.cluster_id == get_cluster(session, cluster).id)
             return [host_dict(h) for h in session.scalars(query)]
+
+
+def _fencing_settings(power_management: dict | None, soft_fence_command: str | None) -> dict:
+    """Issue 8: the fencing columns to set, checked (None: keep the host's)."""
+    from engine_lib.fencing import normalize_power_management
+
+    settings = {}
+    if power_management is not None:
+        settings["power_management"] = normalize_power_management("power_management",
+                                                                  power_management)
+    if soft_fence_command is not None:
+        if not isinstance(soft_fence_command, str) or not soft_fence_command.strip() \
+                or "\n" in soft_fence_command:
+            raise InvalidSpec("soft_fence_command", "must be one non-empty line: the command "
+                              "that restarts the agent, run over SSH as root")
+        settings["soft_fence_command"] = soft_fence_command.strip()
+    return settings

@@ -40,8 +40,7 @@ def scheduling_request(vm: Vm, current_host: str | None = None) -> VmRequest:
         name=vm.name, vcpus=vm.vcpus, memory_mib=vm.memory_mib,
         machine=vm.machine or None,
         cpu_model=cpu_model or None,
-        networks=frozenset(d.spec.get("network") for d in vm.devices_of(DeviceType.INTERFACE)
-                           if d.spec.get("network")),
+        networks=_bridges(vm),
         hooks=frozenset(placement.get("hooks", ())),
         pinned_hosts=tuple(placement.get("hosts", ())),
         affinity_groups=tuple(placement.get("affinity_groups", ())),
@@ -49,6 +48,15 @@ def scheduling_request(vm: Vm, current_host: str | None = None) -> VmRequest:
         hugepage_kib=getattr(vm, "hugepages_kib", 0) or None,
         highly_available=bool(ha.get("enabled", False)),
     )
+
+
+def _bridges(vm: Vm) -> frozenset[str]:
+    """Host bridges the VM needs: its NICs' and its cluster's required networks' (issue 9)."""
+    bridges = {d.spec.get("bridge") or d.spec.get("network")
+               for d in vm.devices_of(DeviceType.INTERFACE) if d.spec.get("network")}
+    cluster = getattr(vm, "cluster", None)
+    bridges |= {n.bridge for n in (getattr(cluster, "networks", None) or ()) if n.required}
+    return frozenset(bridges)
 
 
 def affinity_context(session: Session, cluster_id: str) -> Context:

@@ -17,7 +17,7 @@ import uuid
 from typing import Any, Protocol
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from engine_lib import macpool, spec as specs
 from engine_lib.errors import Conflict, InvalidSpec
@@ -32,11 +32,11 @@ _TYPE_RANK = {DeviceType.CONTROLLER: 0, DeviceType.DISK: 1, DeviceType.INTERFACE
 # Normalized spec key -> Vm column, for settings that are plain values.
 _SCALARS = ("description", "memory_mib", "max_memory_mib", "machine", "kernel", "initrd",
             "cmdline", "custom_properties", "launch_paused", "cloud_init", "high_availability",
-            "placement")
+            "placement", "tags")
 NEW_VM_DEFAULTS = {"memory_mib": 1024, "machine": "q35", "serial_console": True,
                    "cpu": {"sockets": 1, "cores": 1, "threads": 1, "mode": None, "model": "",
                            "max_vcpus": 0},
-                   "balloon": {"enabled": True, "guarantee_mib": 0}}
+                   "balloon": {"enabled": True, "guarantee_mib": 0}, "tags": []}
 GUEST_AGENT_CHANNEL = "org.qemu.guest_agent.0"
 PAYLOAD_CDROM = "payload"
 USER_CDROM = "cdrom"
@@ -51,6 +51,8 @@ class Context(Protocol):
     def new_id(self, key: str) -> str: ...
 
     def taken_macs(self, vm: Vm) -> dict[str, str]: ...
+
+    def storage_domains(self, cluster: Cluster) -> set[str]: ...
 
 
 class DbContext:
@@ -72,6 +74,12 @@ class DbContext:
                        Vm.id != vm.id))
             return {spec["mac"]: owner for spec, owner in rows}
 
+    def storage_domains(self, cluster: Cluster) -> set[str]:
+        from engine_lib.services.storage_domains import attached_names
+
+        with self.session.no_autoflush:
+            return attached_names(self.session, cluster)
+
 
 class OfflineContext:
     """No database: deterministic ids, the default MAC pool, a cluster of the given virt_type."""
@@ -89,6 +97,9 @@ class OfflineContext:
 
     def taken_macs(self, vm: Vm) -> dict[str, str]:
         return {}
+
+    def storage_domains(self, cluster: Cluster) -> set[str]:
+        return set()
 
 
 def create(session: Session | None, spec: dict, ctx: Context | None = None) -> Vm:
@@ -218,8 +229,10 @@ def _reconcile_disks(vm: Vm, ctx: Context, disks: list[dict]) -> None:
         field = f"disks[{index}]"
         device = existing.get(disk["name"])
         if device is None:
+            _check_storage_domain(vm, ctx, field, disk)
             spec = dict(disk)
-            if "lun" not in disk:
+            # (The disk module attaches an existing volume by giving its ids.)
+            if "lun" not in disk and "volume_id" not in disk:
                 spec.update(image_id=ctx.new_id(f"disk/{disk['name']}/image"),
                             volume_id=ctx.new_id(f"disk/{disk['name']}/volume"))
             vm.devices.append(VmDevice(
@@ -241,6 +254,35 @@ def _reconcile_disks(vm: Vm, ctx: Context, disks: list[dict]) -> None:
         device.position = _position(DeviceType.DISK, index)
 
 
+def _check_storage_domain(vm: Vm, ctx: Context, field: str, disk: dict) -> None:
+    """Once a cluster has storage domains attached, new disks must use one of them."""
+    if "lun" in disk:
+        return
+    attached = ctx.storage_domains(vm.cluster)
+    if attached and disk["storage_domain"] not in attached:
+        raise InvalidSpec(f"{field}.storage_domain",
+                          f"'{disk['storage_domain']}' is not a storage domain attached to "
+                          f"cluster '{vm.cluster.name}' (attached: {', '.join(sorted(attached))})")
+
+
+def network_bridge(cluster: Cluster, field: str, network: str) -> str | None:
+    """The bridge of the cluster's logical network ``network``; None when the cluster
+    defines no networks (then the NIC's network is the bridge name itself)."""
+    session = object_session(cluster)
+    if session is not None:
+        # Loading the networks must not flush the VM being built.
+        with session.no_autoflush:
+            networks = {n.name: n for n in cluster.networks}
+    else:
+        networks = {n.name: n for n in (cluster.networks or ())}
+    if not networks:
+        return None
+    if network not in networks:
+        raise InvalidSpec(field, f"'{network}' is not a network of cluster '{cluster.name}' "
+                                 f"(networks: {', '.join(sorted(networks))})")
+    return networks[network].bridge
+
+
 def _reconcile_nics(vm: Vm, ctx: Context, nics: list[dict]) -> None:
     existing = {d.name: d for d in vm.devices_of(DeviceType.INTERFACE)}
     for name in existing.keys() - {n["name"] for n in nics}:
@@ -256,6 +298,9 @@ def _reconcile_nics(vm: Vm, ctx: Context, nics: list[dict]) -> None:
             own |= {n["mac"] for n in nics if n.get("mac")}
             mac = macpool.allocate(vm.cluster.mac_pool, set(taken) | own)
         spec = {**nic, "mac": mac}
+        bridge = network_bridge(vm.cluster, f"nics[{index}].network", nic["network"])
+        if bridge is not None:
+            spec["bridge"] = bridge
         if device is None:
             vm.devices.append(VmDevice(
                 id=ctx.new_id(f"interface/{nic['name']}"), type=DeviceType.INTERFACE,

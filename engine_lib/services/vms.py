@@ -18,18 +18,22 @@ from engine_lib import devices
 from engine_lib.domxml import render
 from engine_lib.domxml.viewmodel import volume_refs
 from engine_lib.engine import Outcome
+from engine_lib.guest_info import guest_dict
 from engine_lib.errors import (AgentError, Conflict, InvalidSpec, KestrelError, NoValidHost,
                                VmNotFound)
 from engine_lib.model import DeviceType, Host, HostStatus, Vm, VmStatus
 from engine_lib.scheduling import place, resolve
 from engine_lib.services.scheduling_facts import (affinity_context, host_state,
                                                   scheduling_request)
-from engine_lib.services import vm_config
+from engine_lib.services import hibernation, vm_config
 from engine_lib.services.common import audit, find, get_cluster, get_host, get_vm
 from engine_lib.spec import normalize_vm
 from engine_lib.store import lock_cluster
 
-STATES = ("present", "running", "stopped", "absent")
+STATES = ("present", "running", "stopped", "absent",
+          # Issue 4: hibernate (a Suspended VM runs on from its saved memory when it is
+          # "running" again), and reboot a running VM (always a change).
+          "suspended", "rebooted")
 
 
 @dataclass(frozen=True)
@@ -62,13 +66,18 @@ def vm_dict(vm: Vm) -> dict:
         "initrd": vm.initrd,
         "cmdline": vm.cmdline,
         "custom_properties": dict(vm.custom_properties),
+        "tags": list(vm.tags or []),
         "disks": [{"name": d.name, "id": d.id, "alias": d.user_alias, **d.spec}
                   for d in vm.devices_of(DeviceType.DISK)],
         "nics": [{"name": d.name, "id": d.id, "alias": d.user_alias, **d.spec}
                  for d in vm.devices_of(DeviceType.INTERFACE)],
-        "devices": [{"id": d.id, "type": d.type, "name": d.name, "alias": d.user_alias,
-                     "managed": d.managed, "plugged": d.plugged, "address": dict(d.address)}
+        # "alias" is what libvirt reports (libvirt's own for devices it added), ours until then.
+        "devices": [{"id": d.id, "type": d.type, "name": d.name, "alias": d.alias or (d.user_alias if d.managed else ""),
+                     "managed": d.managed, "plugged": d.plugged, "address": dict(d.address),
+                     "guest_name": d.guest_name}
                     for d in vm.devices],
+        "guest": guest_dict(vm),
+        "memory_volume": dict(vm.memory_volume) if vm.memory_volume else None,
     }
 
 
@@ -95,7 +104,10 @@ class VmService:
                         wait: bool, timeout: int) -> Outcome:
         name = wanted["name"]
         with self.engine.store.transaction(commit=not check_mode) as session:
-            vm = find(session, Vm, name)
+            # Locked (PostgreSQL) so the engine loop's status and device writes to this
+            # VM wait for this change, or this change for theirs: neither is lost.
+            vm = session.execute(select(Vm).where(Vm.name == name).with_for_update()
+                                 ).scalar_one_or_none()
             before_xml = render(vm) if vm else ""
             if vm is None:
                 vm = vm_config.create(session, wanted)
@@ -120,6 +132,29 @@ class VmService:
                 entity = self._stop(name, force=force, timeout=timeout)
             else:
                 entity["status"] = VmStatus.DOWN
+        elif state == "stopped" and entity["status"] == VmStatus.SUSPENDED:
+            power_changed = True  # stopping a Suspended VM discards its saved memory
+            if not check_mode:
+                hibernation.discard(self, name)
+                entity = self._reload(name)
+            else:
+                entity["status"] = VmStatus.DOWN
+        elif state == "suspended" and entity["status"] != VmStatus.SUSPENDED:
+            if not running:
+                raise Conflict(f"cannot suspend VM '{name}': it is not running (status "
+                               f"{entity['status']})", vm=name)
+            power_changed = True
+            if not check_mode:
+                entity = hibernation.suspend(self, name)
+            else:
+                entity["status"] = VmStatus.SUSPENDED
+        elif state == "rebooted":
+            if not running:
+                raise Conflict(f"cannot reboot VM '{name}': it is not running (status "
+                               f"{entity['status']})", vm=name)
+            power_changed = True
+            if not check_mode:
+                entity = hibernation.reboot(self, name)
         elif not check_mode:
             entity = self._reload(name)
         # A running domain keeps the XML it started with until it restarts.
@@ -187,11 +222,20 @@ class VmService:
             vm = get_vm(session, name)
             host, placement = self._place(session, vm)
             xml, vm_id = render(vm), vm.id
+            memory = dict(vm.memory_volume) if vm.memory_volume else None
         client = self._client(host)
         try:
-            reported = client.start_vm(xml)
+            if memory:  # Suspended: the guest runs on from its saved memory
+                reported = client.restore_vm(xml, memory)
+                hibernation.restored(self.engine, name)
+            else:
+                reported = client.start_vm(xml)
         except KestrelError as err:
-            self._mark_down(name, f"start failed on host {host.name}: {err.message}", "error")
+            if memory:
+                hibernation.restore_failed(self.engine, name, host.name, err.message)
+            else:
+                self._mark_down(name, f"start failed on host {host.name}: {err.message}",
+                                "error")
             raise
         status = reported.get("status", VmStatus.POWERING_UP)
         deadline = time.monotonic() + timeout
@@ -248,6 +292,8 @@ class VmService:
         with self.engine.store.transaction(commit=False) as session:
             vm = get_vm(session, name)
             volumes = [asdict(ref) for ref in volume_refs(vm)]
+            if vm.memory_volume:  # a Suspended VM's saved memory goes with it
+                volumes.append(dict(vm.memory_volume))
             helper = HostRef.of(session.scalars(select(Host).where(
                 Host.cluster_id == vm.cluster_id, Host.status == HostStatus.UP)
                 .order_by(Host.name)).first())

@@ -20,7 +20,7 @@ options:
   entity_type:
     description: Only entries about this kind of entity.
     type: str
-    choices: [cluster, host, vm]
+    choices: [cluster, host, vm, storage]
   entity_name:
     description: Only entries about the entity with this name.
     type: str
@@ -99,7 +99,7 @@ from ansible_collections.kestrel.virt.plugins.module_utils._kestrel import Kestr
 def main():
     module = KestrelModule(
         argument_spec=dict(
-            entity_type=dict(type='str', choices=['cluster', 'host', 'vm']),
+            entity_type=dict(type='str', choices=['cluster', 'host', 'vm', 'storage']),
             entity_name=dict(type='str'),
             severity=dict(type='str', choices=['info', 'warning', 'error']),
             after_id=dict(type='int', default=0),

@@ -11,6 +11,7 @@ short_description: Register hypervisor hosts with the kestrel engine
 version_added: 0.1.0
 description:
   - Add a host to a cluster, move or re-address it, or remove it.
+  - Put a host in maintenance (every VM migrates away first) and bring it back.
   - The engine reaches the host's agent over mutual TLS before it records
     anything, so a host the engine cannot talk to is never registered. Deploy
     the agent first with the C(kestrel.virt.host) role.
@@ -26,8 +27,21 @@ options:
     description:
       - V(present) registers the host or updates its cluster, address and port.
       - V(absent) removes it; a host that still runs VMs is refused.
+      - V(maintenance) first checks that every VM on the host can migrate to
+        another host of its cluster (the scheduler's filters, all VMs together);
+        one that cannot (pinned to this host, no room elsewhere) fails the task
+        at once with the VM's name and the scheduler's reasons, and nothing
+        changes. Otherwise the host goes C(PreparingForMaintenance) (nothing new
+        is placed there), its VMs migrate one at a time to scheduler-chosen hosts,
+        and the task waits until the host is C(Maintenance). A host already in
+        maintenance is left as it is. Heartbeats and O(state=present) keep a host
+        in maintenance.
+      - V(active) ends a maintenance once the host's agent answers; a host that
+        is not in maintenance is left as it is.
+      - O(address) and O(cluster) are not needed for V(absent), V(maintenance)
+        and V(active).
     type: str
-    choices: [present, absent]
+    choices: [present, absent, maintenance, active]
     default: present
   address:
     description:
@@ -43,6 +57,13 @@ options:
     description: TCP port of the agent's HTTPS API.
     type: int
     default: 54321
+  timeout:
+    description:
+      - With O(state=maintenance), seconds to wait for all the migrations together.
+      - When it runs out, or a migration fails, the host is put back to C(Up) and
+        the task fails naming the VM; VMs already migrated stay where they went.
+    type: int
+    default: 600
 extends_documentation_fragment:
   - kestrel.virt.engine
   - kestrel.virt.engine.attributes
@@ -60,6 +81,21 @@ EXAMPLES = r"""
     name: h1
     address: 10.77.0.1
     cluster: demo
+
+- name: Put h1 in maintenance (its VMs migrate to the other hosts first)
+  kestrel.virt.host:
+    name: h1
+    state: maintenance
+  register: h1_maintenance
+
+- name: Show where each VM went
+  ansible.builtin.debug:
+    msg: "{{ h1_maintenance.host.migrations | map(attribute='destination') | list }}"
+
+- name: Bring h1 back
+  kestrel.virt.host:
+    name: h1
+    state: active
 
 - name: Remove a host that runs no VMs
   kestrel.virt.host:
@@ -117,6 +153,15 @@ host:
     last_seen:
       description: When the engine last reached the agent (ISO 8601).
       type: str
+    migrations:
+      description:
+        - With O(state=maintenance), the VMs moved off the host, in order. In check
+          mode the planned moves, with status C(planned).
+      returned: when O(state) is V(maintenance) or V(active)
+      type: list
+      elements: dict
+      sample:
+        - {vm: web1, source: h1, destination: h2, status: succeeded, downtime_ms: 119, duration_s: 2.9}
 """
 
 from ansible_collections.kestrel.virt.plugins.module_utils._kestrel import KestrelModule
@@ -126,10 +171,12 @@ def main():
     module = KestrelModule(
         argument_spec=dict(
             name=dict(type='str', required=True),
-            state=dict(type='str', choices=['present', 'absent'], default='present'),
+            state=dict(type='str', choices=['present', 'absent', 'maintenance', 'active'],
+                       default='present'),
             address=dict(type='str'),
             cluster=dict(type='str'),
             port=dict(type='int', default=54321),
+            timeout=dict(type='int', default=600),
         ),
         required_if=[('state', 'present', ('address', 'cluster'))],
         entity_key='host',
@@ -137,6 +184,11 @@ def main():
     p = module.params
     if p['state'] == 'absent':
         module.apply(lambda engine, check_mode: engine.hosts.remove(p['name'], check_mode=check_mode))
+    elif p['state'] == 'maintenance':
+        module.apply(lambda engine, check_mode: engine.hosts.maintenance(
+            p['name'], check_mode=check_mode, timeout=p['timeout']))
+    elif p['state'] == 'active':
+        module.apply(lambda engine, check_mode: engine.hosts.activate(p['name'], check_mode=check_mode))
     else:
         module.apply(lambda engine, check_mode: engine.hosts.ensure(
             p['name'], address=p['address'], cluster=p['cluster'], port=p['port'],

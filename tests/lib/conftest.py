@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "support"))
 import postgres  # noqa: E402  (tests/support)
 
 from engine_lib.engine import Engine
-from engine_lib.errors import AgentUnreachable, VmNotFound
+from engine_lib.errors import AgentUnreachable, GuestAgentUnavailable, VmNotFound
 
 
 class FakeAgent:
@@ -72,6 +72,13 @@ class FakeAgent:
     def delete_volumes(self, volumes):
         self._check()
         self.deleted_volumes.extend(volumes)
+
+    def guest_info(self, vm_id):
+        self._check()
+        report = getattr(self, "guests", {}).get(vm_id)  # vm id -> guest agent report
+        if report is None:
+            raise GuestAgentUnavailable(f"guest agent of VM {vm_id} not responding")
+        return {"id": vm_id, **report}
 
 
 @pytest.fixture

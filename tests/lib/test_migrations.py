@@ -30,6 +30,8 @@ def test_upgrade_from_the_first_schema_keeps_clusters_hosts_and_vms(db_url, tmp_
         assert engine.hosts.info()[0]["cluster"] == "old"
         vm = engine.vms.info("vm1")[0]
         assert (vm["description"], vm["memory_mib"], vm["cluster"]) == ("kept", 256, "old")
+        assert vm["tags"] == [] and engine.networks.info("old") == []  # 0008
+        assert vm["guest"]["ips"] == []  # 0006: no guest-agent report yet
         # The upgraded VM is a full citizen: it renders and takes new settings.
         assert engine.vms.ensure({"name": "vm1", "memory": "512MiB"}, state="present").changed
         assert "<memory unit='MiB'>512</memory>" in engine.vms.domain_xml("vm1")

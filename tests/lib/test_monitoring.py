@@ -1,9 +1,12 @@
 """The engine loop's heartbeats and VM status sync, against fake agents and a fake clock."""
 
+import xml.etree.ElementTree as ET
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from conftest import FakeAgent
 
+from engine_lib.agent.devices_hash import devices_hash
 from engine_lib.monitoring import Intervals, Monitor
 
 T0 = datetime(2026, 11, 21, 12, 0, tzinfo=timezone.utc)
@@ -103,3 +106,92 @@ def test_a_vm_whose_launch_is_in_flight_is_not_marked_down(engine, cluster, agen
     monitor.cycle()
     vm = engine.vms.info("vm1")[0]
     assert (vm["status"], vm["host"]) == ("WaitForLaunch", "h1")
+
+
+# -- device matching on the VM poll ---------------------------------------------------------
+
+FOREIGN_NIC = ("<interface type='bridge'><mac address='52:54:00:5e:00:42'/>"
+               "<source bridge='br0'/><model type='virtio'/><alias name='net0'/>"
+               "<address type='pci' domain='0x0000' bus='0x00' slot='0x09' function='0x0'/>"
+               "</interface>")
+
+
+class MatchingAgent(FakeAgent):
+    """A fake agent that reports a devices hash and a live XML (the XML it was sent)."""
+
+    def __init__(self, name):
+        super().__init__(name)
+        self.extra_devices = ""
+        self.xml_reads = 0
+
+    def live_xml(self):
+        return self.last_xml.replace("</devices>", self.extra_devices + "</devices>")
+
+    def list_vms(self):
+        return [{**vm, "devices_hash": devices_hash(self.live_xml())}
+                for vm in super().list_vms()]
+
+    def vm_xml(self, vm_id):
+        self.xml_reads += 1
+        return self.live_xml()
+
+
+@pytest.fixture
+def matching(engine, cluster, agents):
+    agent = agents["10.0.0.1"] = MatchingAgent("10.0.0.1")
+    engine.hosts.ensure("h1", address="10.0.0.1", cluster=cluster)
+    engine.vms.ensure({"name": "vm1", "cluster": cluster, "memory": 256,
+                       "nics": [{"name": "nic1", "network": "br0"}]}, state="running")
+    agent.xml_reads = 0
+    return agent
+
+
+def test_the_live_xml_is_read_only_when_the_devices_hash_changed(engine, matching, monitor):
+    monitor.cycle()
+    assert matching.xml_reads == 1  # never matched by the loop: read once
+    monitor.cycle()
+    monitor.cycle()
+    assert matching.xml_reads == 1  # same hash: nothing to read
+
+    matching.extra_devices = FOREIGN_NIC
+    monitor.cycle()
+    assert matching.xml_reads == 2
+    foreign = [d for d in engine.vms.info("vm1")[0]["devices"] if not d["managed"]]
+    assert [(d["type"], d["alias"], d["address"]["slot"]) for d in foreign] == [
+        ("interface", "net0", "0x09")]
+    assert engine.events.info(entity_name="vm1")[-1]["message"] == (
+        "picked up unmanaged interface 52:54:00:5e:00:42 at pci 0000:00:09.0: "
+        "hotplugged outside the engine (no ua- alias)")
+    # Not the engine's NIC: its next domain XML leaves it out, its MAC stays taken.
+    assert "52:54:00:5e:00:42" not in engine.vms.domain_xml("vm1")
+
+    matching.extra_devices = ""
+    monitor.cycle()
+    assert [d for d in engine.vms.info("vm1")[0]["devices"] if not d["managed"]] == []
+
+
+def test_our_nic_missing_from_the_live_xml_is_marked_unplugged_and_not_rendered(
+        engine, matching, monitor):
+    nic = engine.vms.info("vm1")[0]["nics"][0]
+    matching.last_xml = ET.tostring(_without_alias(matching.last_xml, nic["alias"]),
+                                    encoding="unicode")
+    monitor.cycle()
+    device = next(d for d in engine.vms.info("vm1")[0]["devices"] if d["id"] == nic["id"])
+    assert device["plugged"] is False
+    assert nic["alias"] not in engine.vms.domain_xml("vm1")
+    assert engine.events.info(entity_name="vm1")[-1]["message"] == (
+        f"interface 'nic1' {nic['mac']} marked unplugged: not in the live XML: unplugged "
+        "from the running VM")
+    # The user's spec still lists it: a re-run keeps the row, and changes nothing.
+    assert not engine.vms.ensure({"name": "vm1", "nics": [{"name": "nic1",
+                                                           "network": "br0"}]}).changed
+
+
+def _without_alias(xml: str, alias: str) -> ET.Element:
+    root = ET.fromstring(xml)
+    devices = root.find("devices")
+    for element in list(devices):
+        found = element.find("alias")
+        if found is not None and found.get("name") == alias:
+            devices.remove(element)
+    return root

@@ -1,12 +1,12 @@
-"""Device matching (issue 5): reserved for what matching needs in vm_devices and vms.
+"""Device matching (issue 5): the devices hash last matched per VM, guest device names.
 
 Revision ID: 0004
 Revises: 0003
 Create Date: 2026-11-21
 """
 
-from alembic import op  # noqa: F401
-import sqlalchemy as sa  # noqa: F401
+from alembic import op
+import sqlalchemy as sa
 
 
 revision = '0004'
@@ -16,8 +16,17 @@ depends_on = None
 
 
 def upgrade():
-    pass
+    with op.batch_alter_table('vms', schema=None) as batch_op:
+        # '' = never matched: the first VM poll fetches the live XML.
+        batch_op.add_column(sa.Column('devices_hash', sa.String(length=64), nullable=False,
+                                      server_default=sa.text("''")))
+    with op.batch_alter_table('vm_devices', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('guest_name', sa.String(length=64), nullable=False,
+                                      server_default=sa.text("''")))
 
 
 def downgrade():
-    pass
+    with op.batch_alter_table('vm_devices', schema=None) as batch_op:
+        batch_op.drop_column('guest_name')
+    with op.batch_alter_table('vms', schema=None) as batch_op:
+        batch_op.drop_column('devices_hash')

@@ -5,8 +5,8 @@ Revises: 0005
 Create Date: 2026-11-21
 """
 
-from alembic import op  # noqa: F401
-import sqlalchemy as sa  # noqa: F401
+from alembic import op
+import sqlalchemy as sa
 
 
 revision = '0006'
@@ -16,8 +16,18 @@ depends_on = None
 
 
 def upgrade():
-    pass
+    with op.batch_alter_table('vms', schema=None) as batch_op:
+        # The latest qemu-guest-agent report ({} when none answered) and when it changed.
+        batch_op.add_column(sa.Column('guest_info', sa.JSON(), nullable=False,
+                                      server_default=sa.text("'{}'")))
+        batch_op.add_column(sa.Column('guest_info_at', sa.DateTime(timezone=True),
+                                      nullable=True))
+        # Where a Suspended VM's memory is saved ({domain, image, volume}).
+        batch_op.add_column(sa.Column('memory_volume', sa.JSON(), nullable=True))
 
 
 def downgrade():
-    pass
+    with op.batch_alter_table('vms', schema=None) as batch_op:
+        batch_op.drop_column('memory_volume')
+        batch_op.drop_column('guest_info_at')
+        batch_op.drop_column('guest_info')

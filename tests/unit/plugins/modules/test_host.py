@@ -38,3 +38,35 @@ def test_unreachable_agent_fails_with_its_code(engine, run_module):
     assert result['failed'] is True
     assert result['msg'] == 'agent at 10.77.0.9:54321 unreachable: timed out'
     assert result['error']['code'] == 'AgentUnreachable'
+
+
+def test_maintenance_needs_only_the_name_and_passes_the_timeout(engine, run_module):
+    engine.answer = Outcome(True, dict(name='h1', status='Maintenance', migrations=[
+        dict(vm='vm1', source='h1', destination='h2', status='succeeded')]))
+    result = run_module(host, dict(name='h1', state='maintenance', timeout=120))
+    assert engine.calls == [('hosts.maintenance', ('h1',), dict(check_mode=False, timeout=120))]
+    assert result['changed'] is True
+    assert result['host']['migrations'][0]['destination'] == 'h2'
+
+
+def test_maintenance_check_mode_is_passed_down(engine, run_module):
+    engine.answer = Outcome(True, dict(name='h1', status='Maintenance', migrations=[]))
+    run_module(host, dict(name='h1', state='maintenance', _ansible_check_mode=True))
+    assert engine.calls == [('hosts.maintenance', ('h1',), dict(check_mode=True, timeout=600))]
+
+
+def test_a_refused_maintenance_fails_with_the_engine_message(engine, run_module):
+    engine.answer = FakeError('Conflict', "host 'h1' cannot go to maintenance, nothing was "
+                              "changed: no host can run VM 'db' (h2: the VM is pinned to h1)",
+                              refused=dict(db='pinned'))
+    result = run_module(host, dict(name='h1', state='maintenance'))
+    assert result['failed'] is True
+    assert "VM 'db'" in result['msg']
+    assert result['error']['details']['refused'] == dict(db='pinned')
+
+
+def test_active_calls_activate(engine, run_module):
+    engine.answer = Outcome(False, dict(name='h1', status='Up', migrations=[]))
+    result = run_module(host, dict(name='h1', state='active'))
+    assert engine.calls == [('hosts.activate', ('h1',), dict(check_mode=False))]
+    assert result['changed'] is False

@@ -1,0 +1,28 @@
+"""Device matching: read a VM's live domain XML back and correlate it with the database.
+
+- ``live``: parse the live XML's devices into flat records;
+- ``match``: correlate them with the VM's device rows (pure, with reasons);
+- ``apply``: write the correlation onto the rows.
+"""
+
+from __future__ import annotations
+
+from engine_lib.devices.apply import apply
+from engine_lib.devices.live import ALIAS_PREFIX, LiveDevice, parse
+from engine_lib.devices.match import Correlation, correlate
+from engine_lib.model import Vm
+
+__all__ = ["ALIAS_PREFIX", "Correlation", "LiveDevice", "apply", "correlate", "match_vm",
+           "parse", "record_live"]
+
+
+def match_vm(vm: Vm, domain_xml: str) -> tuple[Correlation, list[tuple[str, str]]]:
+    """Correlate and apply; returns the correlation and the audit notes."""
+    _, live = parse(domain_xml)
+    correlation = correlate(vm.devices, live)
+    return correlation, apply(vm, correlation)
+
+
+def record_live(vm: Vm, domain_xml: str) -> list[tuple[str, str]]:
+    """What the engine does with the live XML right after starting a VM."""
+    return match_vm(vm, domain_xml)[1]

@@ -1,0 +1,181 @@
+"""Correlate the devices libvirt runs with the VM's devices in the database.
+
+Pure: takes device records (ORM rows or anything with the same attributes)
+and the parsed live XML, returns what matched, what is new and what is gone,
+each with the reason, and changes nothing. ``apply`` writes the result.
+
+The rules, in order (oVirt 4.2's engine-side device matching):
+1. a ``ua-<id>`` alias names the database device;
+2. a device a VM has only once (balloon, RNG, watchdog, sound, graphics, ...)
+   matches the VM's one device of that type; the console is the serial
+   port's other face and folds into it;
+3. a device recorded earlier as unmanaged matches by libvirt's alias, then by
+   its address (then, for one with neither, by its attributes);
+4. anything else is new and unmanaged: added by libvirt (controllers, PCI
+   roots, default USB, input) or hotplugged behind the engine's back;
+5. a database device libvirt no longer reports is unplugged if it is ours
+   (managed) and deleted if libvirt had added it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from engine_lib.devices.live import LiveDevice
+
+# Types a VM has at most once: a live one without our alias is still that device.
+ONCE_PER_VM = frozenset({"memballoon", "rng", "watchdog", "sound", "graphics", "video", "tpm",
+                         "serial"})
+# Devices a user adds; one without our alias was hotplugged outside the engine.
+USER_KINDS = frozenset({"disk", "cdrom", "interface", "hostdev"})
+
+
+@dataclass(slots=True)
+class Matched:
+    device: Any           # the database device
+    live: LiveDevice
+    reason: str
+
+
+@dataclass(slots=True)
+class New:
+    live: LiveDevice
+    reason: str
+
+
+@dataclass(slots=True)
+class Gone:
+    device: Any
+    action: str           # "unplugged" (ours) or "deleted" (libvirt's)
+    reason: str
+
+
+@dataclass(slots=True)
+class Correlation:
+    matched: list[Matched] = field(default_factory=list)
+    unmanaged_new: list[New] = field(default_factory=list)
+    unplugged: list[Gone] = field(default_factory=list)
+    # Live elements that are another face of a matched device (the serial console).
+    folded: list[Matched] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        """The JSON form ``kestrel devices match`` prints."""
+        return {
+            "matched": [{"id": m.device.id, "type": m.device.type, "name": m.device.name,
+                         "managed": m.device.managed is not False, "alias": m.live.alias,
+                         "address": m.live.address, "guest_name": m.live.guest_name,
+                         "reason": m.reason} for m in self.matched],
+            "unmanaged_new": [{"type": n.live.kind, "alias": n.live.alias,
+                               "address": n.live.address, "spec": unmanaged_spec(n.live),
+                               "reason": n.reason} for n in self.unmanaged_new],
+            "unplugged": [{"id": g.device.id, "type": g.device.type, "name": g.device.name,
+                           "managed": g.device.managed is not False, "action": g.action,
+                           "reason": g.reason} for g in self.unplugged],
+            "folded": [{"id": f.device.id, "type": f.live.kind, "alias": f.live.alias,
+                        "reason": f.reason} for f in self.folded],
+        }
+
+
+def unmanaged_spec(live: LiveDevice) -> dict:
+    """What identifies a device libvirt added: its attributes, model and MAC."""
+    spec = dict(live.attrs)
+    if live.model:
+        spec["model"] = live.model
+    if live.tag == "interface":
+        spec["mac"] = live.mac  # the cluster's MAC pool counts every NIC's "mac"
+    return spec
+
+
+def _address_key(kind: str, mac: str, address: dict) -> tuple | None:
+    # The MAC is part of a NIC's identity: another NIC in a freed slot is another device.
+    return (kind, mac, *sorted(address.items())) if address else None
+
+
+def _attrs_key(kind: str, spec: dict) -> tuple:
+    """For devices with neither alias nor address (``<audio id='1' type='none'/>``)."""
+    return (kind, *sorted((k, str(v)) for k, v in spec.items()))
+
+
+def correlate(devices: Iterable[Any], live: list[LiveDevice]) -> Correlation:
+    result = Correlation()
+    ours: dict[str, Any] = {}
+    singles: dict[str, list[Any]] = {}
+    theirs_by_alias: dict[tuple, Any] = {}
+    theirs_by_address: dict[tuple, Any] = {}
+    theirs_by_attrs: dict[tuple, Any] = {}
+    theirs: list[Any] = []
+    for device in devices:
+        if device.managed is not False:
+            ours[device.id] = device
+            if device.type in ONCE_PER_VM:
+                singles.setdefault(device.type, []).append(device)
+        else:
+            theirs.append(device)
+            mac = (device.spec or {}).get("mac", "")
+            if device.alias:
+                theirs_by_alias[device.type, mac, device.alias] = device
+            key = _address_key(device.type, mac, device.address or {})
+            if key is not None:
+                theirs_by_address[key] = device
+            elif not device.alias:
+                theirs_by_attrs[_attrs_key(device.type, device.spec or {})] = device
+    seen: dict[str, Any] = {}  # device id -> the device, once matched
+
+    for element in live:
+        device_id = element.user_alias_id
+        if device_id is not None:
+            device = ours.get(device_id)
+            if device is not None:
+                if device_id in seen:
+                    result.folded.append(Matched(device, element, f"shares alias "
+                                                 f"{element.alias} with the {device.type}"))
+                else:
+                    seen[device_id] = device
+                    result.matched.append(Matched(device, element, "ua- alias"))
+                continue
+        kind = element.kind
+        if kind == "console":
+            serial = (singles.get("serial") or [None])[0]
+            if serial is not None:
+                result.folded.append(Matched(serial, element, "the console of the serial port"))
+                continue
+        candidates = singles.get(kind)
+        if candidates is not None and len(candidates) == 1 and candidates[0].id not in seen:
+            device = candidates[0]
+            seen[device.id] = device
+            result.matched.append(Matched(device, element, f"the VM's only {kind}"))
+            continue
+        device = theirs_by_alias.get((kind, element.mac, element.alias)) if element.alias \
+            else None
+        reason = f"unmanaged, libvirt alias {element.alias}"
+        if device is None or device.id in seen:
+            if element.address:
+                device = theirs_by_address.get(_address_key(kind, element.mac, element.address))
+                reason = "unmanaged, same address"
+            elif not element.alias:
+                device = theirs_by_attrs.get(_attrs_key(kind, unmanaged_spec(element)))
+                reason = "unmanaged, same attributes"
+        if device is not None and device.id not in seen:
+            seen[device.id] = device
+            result.matched.append(Matched(device, element, reason))
+            continue
+        result.unmanaged_new.append(New(element, _why_new(element, device_id)))
+
+    for device in ours.values():
+        if device.id not in seen and device.plugged is not False:
+            result.unplugged.append(Gone(device, "unplugged",
+                                         "not in the live XML: unplugged from the running VM"))
+    for device in theirs:
+        if device.id not in seen:
+            result.unplugged.append(Gone(device, "deleted",
+                                         "not in the live XML: an unmanaged device is gone"))
+    return result
+
+
+def _why_new(element: LiveDevice, device_id: str | None) -> str:
+    if device_id is not None:
+        return f"alias {element.alias} names no device of this VM"
+    if element.kind in USER_KINDS:
+        return "hotplugged outside the engine (no ua- alias)"
+    return "added by libvirt"

@@ -1,0 +1,150 @@
+"""Suspend to disk (oVirt's hibernation), resume from it, and reboot, for VmService.
+
+Suspending saves the guest's memory to a *memory volume* on a storage domain
+(the one of the VM's first disk, else the first storage domain attached to its
+cluster): the VM is then "Suspended", holds no host, and the Vm row records
+where its memory is (``memory_volume``). Running it again restores that state
+on a host the scheduler picks, which may be another one than before: the guest
+continues, it does not boot. The agent deletes the memory volume once the
+restore succeeded; stopping or removing a Suspended VM discards it.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import select
+
+from engine_lib.domxml.viewmodel import volume_refs
+from engine_lib.errors import Conflict, KestrelError, VmNotFound
+from engine_lib.model import Host, HostStatus, StorageDomain, StorageDomainCluster, Vm, VmStatus
+from engine_lib.services.common import audit, get_vm, retry_on_conflict
+
+
+def memory_volume_for(session, vm: Vm) -> dict:
+    """Where to save the VM's memory: a new volume on a storage domain the VM can use."""
+    refs = volume_refs(vm)
+    domain = refs[0].domain if refs else session.scalars(
+        select(StorageDomain.name).join(StorageDomainCluster,
+                                        StorageDomainCluster.storage_domain_id == StorageDomain.id)
+        .where(StorageDomainCluster.cluster_id == vm.cluster_id)
+        .order_by(StorageDomain.name)).first()
+    if not domain:
+        raise Conflict(f"cannot suspend VM '{vm.name}': it has no disk on a storage domain and "
+                       "its cluster has no storage domain attached, so there is nowhere to "
+                       "save its memory", vm=vm.name)
+    return {"domain": domain, "image": str(uuid.uuid4()), "volume": str(uuid.uuid4())}
+
+
+def suspend(service, name: str) -> dict:
+    """Hibernate the running VM ``name``; returns its entity, Suspended."""
+    from engine_lib.services.vms import HostRef, vm_dict
+
+    with service.engine.store.transaction() as session:
+        vm = get_vm(session, name)
+        host, vm_id = HostRef.of(vm.run_on_host), vm.id
+        if host is None or vm.status not in VmStatus.ACTIVE:
+            raise Conflict(f"cannot suspend VM '{name}': it is not running (status {vm.status})",
+                           vm=name)
+        memory = memory_volume_for(session, vm)
+        vm.status = VmStatus.SAVING_STATE
+        audit(session, "vm", name, f"VM is saving its memory to storage domain "
+                                   f"{memory['domain']} (host {host.name})")
+    client = service._client(host)
+    try:
+        client.hibernate_vm(vm_id, memory)
+    except KestrelError as err:
+        _settle_after_failed_save(service, name, host, vm_id, err)
+        raise
+    try:
+        client.remove_vm(vm_id)
+    except VmNotFound:
+        pass
+    return _record_suspended(service.engine, name, memory, host.name)
+
+
+def _settle_after_failed_save(service, name: str, host, vm_id: str, err: KestrelError) -> None:
+    """The save failed: the VM is what its agent says it is (normally still running)."""
+    try:
+        status = service._client(host).vm_status(vm_id)["status"]
+    except KestrelError:
+        status = VmStatus.UNKNOWN  # never Down on a guess
+    with service.engine.store.transaction() as session:
+        vm = get_vm(session, name)
+        vm.status = VmStatus.UP if status == VmStatus.SAVING_STATE else status
+        if vm.status == VmStatus.DOWN:
+            vm.run_on_host = None
+        audit(session, "vm", name, f"suspending failed on host {host.name}: {err.message}",
+              "error")
+
+
+@retry_on_conflict
+def _record_suspended(engine, name: str, memory: dict, host_name: str) -> dict:
+    # Retried: the event follower may record the agent's Down ("saved") at the same time.
+    from engine_lib.services.vms import vm_dict
+
+    with engine.store.transaction() as session:
+        vm = get_vm(session, name)
+        vm.status, vm.exit_reason, vm.run_on_host = VmStatus.SUSPENDED, "", None
+        vm.memory_volume = memory
+        audit(session, "vm", name, f"VM is Suspended (memory saved on host {host_name})")
+        return vm_dict(vm)
+
+
+@retry_on_conflict
+def restored(engine, name: str) -> None:
+    """The agent restored (and deleted) the memory volume: forget it."""
+    with engine.store.transaction() as session:
+        vm = get_vm(session, name)
+        vm.memory_volume = None
+
+
+@retry_on_conflict
+def restore_failed(engine, name: str, host_name: str, message: str) -> None:
+    """A failed restore keeps the memory volume: the VM is still Suspended, to try again."""
+    with engine.store.transaction() as session:
+        vm = get_vm(session, name)
+        vm.status, vm.run_on_host = VmStatus.SUSPENDED, None
+        audit(session, "vm", name, f"restoring on host {host_name} failed: {message}", "error")
+
+
+def discard(service, name: str) -> bool:
+    """Delete a Suspended VM's memory volume (stop or removal); True when there was one."""
+    from engine_lib.services.vms import HostRef
+
+    with service.engine.store.transaction(commit=False) as session:
+        vm = get_vm(session, name)
+        memory = dict(vm.memory_volume) if vm.memory_volume else None
+        helper = HostRef.of(session.scalars(select(Host).where(
+            Host.cluster_id == vm.cluster_id, Host.status == HostStatus.UP)
+            .order_by(Host.name)).first())
+    if memory is None:
+        return False
+    if helper is None:
+        raise Conflict(f"cannot discard the saved memory of VM '{name}': no host of its "
+                       "cluster is Up; nothing was changed")
+    service._client(helper).delete_volumes([memory])
+    with service.engine.store.transaction() as session:
+        vm = get_vm(session, name)
+        vm.memory_volume = None
+        if vm.status == VmStatus.SUSPENDED:
+            vm.status, vm.exit_reason = VmStatus.DOWN, "saved state discarded"
+        audit(session, "vm", name, "VM's saved memory discarded")
+    return True
+
+
+def reboot(service, name: str) -> dict:
+    """Reboot the running VM ``name`` through its agent (ACPI, else reset)."""
+    from engine_lib.services.vms import HostRef, vm_dict
+
+    with service.engine.store.transaction(commit=False) as session:
+        vm = get_vm(session, name)
+        host, vm_id = HostRef.of(vm.run_on_host), vm.id
+    if host is None:
+        raise Conflict(f"cannot reboot VM '{name}': it is not running (status {vm.status})",
+                       vm=name)
+    method = service._client(host).reboot_vm(vm_id).get("method", "acpi")
+    with service.engine.store.transaction() as session:
+        vm = get_vm(session, name)
+        audit(session, "vm", name, f"VM rebooted on host {host.name} ({method})")
+        return vm_dict(vm)

@@ -1,0 +1,175 @@
+"""Fencing decisions, the fence-agents interface and the fencing settings' checks."""
+
+import sys
+
+import pytest
+
+from engine_lib.errors import InvalidSpec
+from engine_lib.fencing import (POWER_FENCE, SKIP, SOFT_FENCE, WAIT, FencingPolicy,
+                                connectivity_broken, decide, normalize_policy,
+                                normalize_power_management, power_off, power_on)
+
+UP, CONNECTING, NON_RESPONSIVE, MAINTENANCE = "Up", "Connecting", "NonResponsive", "Maintenance"
+
+# A fence device in a file: "on" or "off". Logs every call's stdin options.
+FENCE_AGENT = f"""#!{sys.executable}
+import json, sys
+options = dict(line.split("=", 1) for line in sys.stdin.read().splitlines() if "=" in line)
+with open(options["state_file"] + ".log", "a") as log:
+    log.write(json.dumps(options) + "\\n")
+state = open(options["state_file"]).read()
+if options["action"] == "status":
+    sys.exit(2 if state == "off" else 0)
+if options.get("stuck") != "yes":
+    open(options["state_file"], "w").write("off" if options["action"] == "off" else "on")
+sys.exit(0)
+"""
+
+
+@pytest.fixture
+def device(tmp_path):
+    agent = tmp_path / "fence_test"
+    agent.write_text(FENCE_AGENT)
+    agent.chmod(0o755)
+    state = tmp_path / "power"
+    state.write_text("on")
+    return {"agent": str(agent), "options": {"ip": "10.0.0.2", "plug": "h2",
+                                             "state_file": str(state)}}
+
+
+def calls(device) -> list[dict]:
+    import json
+
+    with open(device["options"]["state_file"] + ".log") as log:
+        return [json.loads(line) for line in log]
+
+
+# -- the connectivity rule ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("statuses, broken", [
+    ([NON_RESPONSIVE, UP, UP], False),  # 1 of 3: fence
+    ([NON_RESPONSIVE, CONNECTING, UP, UP], True),  # 2 of 4 is half: the engine's network
+    ([NON_RESPONSIVE, UP, MAINTENANCE], True),  # Maintenance counts neither way: 1 of 2
+    ([NON_RESPONSIVE], True),  # a one-host cluster cannot tell
+])
+def test_fencing_is_skipped_when_half_or_more_hosts_lost_connectivity(statuses, broken):
+    assert connectivity_broken(statuses, 50)[0] is broken
+
+
+def test_the_connectivity_threshold_is_the_clusters():
+    assert connectivity_broken([NON_RESPONSIVE, CONNECTING, UP, UP], 75)[0] is False
+
+
+# -- what to do next ---------------------------------------------------------------------------
+
+POLICY = FencingPolicy(soft_fence_grace_s=30)
+HEALTHY = [NON_RESPONSIVE, UP, UP]
+
+
+def test_a_non_responsive_host_is_soft_fenced_first_then_power_fenced_after_the_grace():
+    assert decide(POLICY, "", float("inf"), HEALTHY, True).action == SOFT_FENCE
+    assert decide(POLICY, "soft", 10, HEALTHY, True).action == WAIT
+    assert decide(POLICY, "soft", 31, HEALTHY, True).action == POWER_FENCE
+    assert decide(POLICY, "fenced", 31, HEALTHY, True).action == SKIP
+
+
+def test_without_power_management_nothing_is_power_fenced():
+    decision = decide(POLICY, "soft", 31, HEALTHY, False)
+    assert decision.action == SKIP and "no power management" in decision.reason
+
+
+def test_a_disabled_policy_or_broken_connectivity_fences_nothing():
+    assert decide(FencingPolicy(enabled=False), "", 0, HEALTHY, True).action == SKIP
+    broken = decide(POLICY, "", 0, [NON_RESPONSIVE, NON_RESPONSIVE, UP], True)
+    assert broken.action == SKIP and "2 of 3 hosts" in broken.reason
+    lenient = FencingPolicy(skip_if_connectivity_broken=False)
+    assert decide(lenient, "", 0, [NON_RESPONSIVE, NON_RESPONSIVE, UP], True).action == SOFT_FENCE
+
+
+# -- the fence-agents interface ----------------------------------------------------------------
+
+def test_power_off_sends_options_on_stdin_and_waits_for_status_off(device):
+    result = power_off(device, timeout=10)
+    assert result.ok and "power off confirmed by fence_test status" in result.detail
+    sent = calls(device)
+    assert [c["action"] for c in sent] == ["off", "status"]
+    assert sent[0] == {"action": "off", **device["options"]}
+    assert power_on(device, timeout=10).ok
+    assert calls(device)[-1]["action"] == "on"
+
+
+def test_a_device_that_never_says_off_is_no_proof(device):
+    device["options"]["stuck"] = "yes"
+    result = power_off(device, timeout=0.5, poll_s=0.1)
+    assert not result.ok and "did not say off" in result.detail
+
+
+def test_an_agent_that_cannot_run_is_a_failure(tmp_path):
+    result = power_off({"agent": str(tmp_path / "missing"), "options": {}}, timeout=1)
+    assert not result.ok and "exit -1" in result.detail
+
+
+# -- settings ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value, field", [
+    ({"agent": "fence_ipmilan"}, "power_management.agent"),  # not absolute
+    ({"agent": "/usr/sbin/fence_ipmilan", "options": {"ip": "a\naction=on"}},
+     "power_management.options.ip"),
+    ({"agent": "/usr/sbin/fence_ipmilan", "options": {"action": "off"}},
+     "power_management.options.action"),
+    ({"agent": "/usr/sbin/fence_ipmilan", "options": {"bad key": "x"}}, "power_management.options"),
+    ({"agent": "/usr/sbin/fence_ipmilan", "user": "x"}, "power_management.user"),
+    ("fence_ipmilan", "power_management"),
+])
+def test_bad_power_management_names_the_field(value, field):
+    with pytest.raises(InvalidSpec) as err:
+        normalize_power_management("power_management", value)
+    assert err.value.field == field
+
+
+def test_power_management_options_become_text():
+    assert normalize_power_management("pm", {"agent": "/usr/sbin/fence_ipmilan",
+                                             "options": {"ip": "10.0.0.9", "ipport": 623}}) == {
+        "agent": "/usr/sbin/fence_ipmilan", "options": {"ip": "10.0.0.9", "ipport": "623"}}
+    assert normalize_power_management("pm", {}) == {}
+
+
+@pytest.mark.parametrize("value, field", [
+    ({"enable": True}, "fencing_policy.enable"),
+    ({"connectivity_threshold_percent": 0}, "fencing_policy.connectivity_threshold_percent"),
+    ({"enabled": "yes"}, "fencing_policy.enabled"),
+    ({"soft_fence_grace_s": True}, "fencing_policy.soft_fence_grace_s"),
+    ({"power_timeout_s": -1}, "fencing_policy.power_timeout_s"),
+])
+def test_bad_fencing_policy_names_the_field(value, field):
+    with pytest.raises(InvalidSpec) as err:
+        normalize_policy("fencing_policy", value)
+    assert err.value.field == field
+
+
+# -- through the services ----------------------------------------------------------------------
+
+def test_a_clusters_fencing_policy_is_partial_and_idempotent(engine, cluster):
+    assert engine.clusters.get(cluster)["fencing_policy"] == normalize_policy("f", {})
+    first = engine.clusters.ensure(cluster, fencing_policy={"soft_fence_grace_s": 5})
+    assert first.changed and first.entity["fencing_policy"]["soft_fence_grace_s"] == 5
+    again = engine.clusters.ensure(cluster, fencing_policy={"enabled": True})
+    assert not again.changed and again.entity["fencing_policy"]["soft_fence_grace_s"] == 5
+    with pytest.raises(InvalidSpec):
+        engine.clusters.ensure(cluster, fencing_policy={"enabled": 1})
+    assert engine.clusters.get(cluster)["fencing_policy"]["enabled"] is True
+
+
+def test_a_hosts_power_management_is_kept_unless_given(engine, cluster):
+    pm = {"agent": "/usr/sbin/fence_ipmilan", "options": {"ip": "10.0.1.1"}}
+    added = engine.hosts.ensure("h1", address="10.0.0.1", cluster=cluster, power_management=pm,
+                                soft_fence_command="/etc/kestrel/lab-boot restart")
+    assert added.entity["power_management"] == pm
+    same = engine.hosts.ensure("h1", address="10.0.0.1", cluster=cluster)
+    assert not same.changed and same.entity["power_management"] == pm
+    removed = engine.hosts.ensure("h1", address="10.0.0.1", cluster=cluster, power_management={})
+    assert removed.changed and removed.diff["before"]["power_management"] == pm
+    with pytest.raises(InvalidSpec) as err:
+        engine.hosts.ensure("h1", address="10.0.0.1", cluster=cluster, soft_fence_command="a\nb")
+    assert err.value.field == "soft_fence_command"
+    assert engine.hosts.info("h1")[0]["soft_fence_command"] == "/etc/kestrel/lab-boot restart"

@@ -1,0 +1,196 @@
+"""HA restarts against fake agents: proof before restart, priority order, no second copy.
+
+The real thing (lab hosts, real faults) is tests/system/test_ha.py; these pin
+down the engine's own decisions, including the fence-agents calls, with a fence
+device that is a script and a file.
+"""
+
+from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
+
+import pytest
+
+from engine_lib.fencing import Result
+from engine_lib.ha import HighAvailability, restart_order
+from engine_lib.monitoring import Intervals, Monitor
+
+from test_fencing import FENCE_AGENT, calls
+
+T0 = datetime(2026, 11, 21, 12, 0, tzinfo=timezone.utc)
+
+
+class Clock:
+    def __init__(self):
+        self.now = T0
+
+    def __call__(self):
+        return self.now
+
+
+def test_restart_order_is_priority_then_name():
+    vms = [SimpleNamespace(name=n, high_availability={"enabled": True, "priority": p})
+           for n, p in (("b", 10), ("a", 10), ("c", 90), ("d", 0))]
+    assert [vm.name for vm in restart_order(vms)] == ["c", "a", "b", "d"]
+
+
+@pytest.fixture
+def device(tmp_path):
+    agent = tmp_path / "fence_test"
+    agent.write_text(FENCE_AGENT)
+    agent.chmod(0o755)
+    (tmp_path / "power").write_text("on")
+    return {"agent": str(agent), "options": {"plug": "h2", "state_file": str(tmp_path / "power")}}
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def loop(engine, cluster, agents, device, clock):
+    """h2 runs three HA VMs and one ordinary VM; h1 and h3 are empty; one cycle runs the
+    Monitor and the HA pass as ``kestrel engine run`` does."""
+    engine.clusters.ensure(cluster, fencing_policy={"soft_fence_grace_s": 30})
+    engine.hosts.ensure("h2", address="10.0.0.2", cluster=cluster, power_management=device)
+    for name, priority in (("ha-low", 1), ("ha-high", 90), ("ha-mid", 50)):
+        engine.vms.ensure({"name": name, "cluster": cluster, "memory": 256,
+                           "high_availability": {"enabled": True, "priority": priority}},
+                          state="running")
+    engine.vms.ensure({"name": "plain", "cluster": cluster, "memory": 256}, state="running")
+    engine.hosts.ensure("h1", address="10.0.0.1", cluster=cluster)
+    engine.hosts.ensure("h3", address="10.0.0.3", cluster=cluster)
+    monitor = Monitor(engine, Intervals(non_responsive_after_s=60), clock=clock)
+    ha = HighAvailability(engine, ssh_key="/nonexistent", clock=clock)
+    ha.fencer.soft_fence = lambda *args: Result(False, "exit 255: connection refused")
+    monitor.after_cycle.append(ha.cycle)
+
+    def cycle(after_s: float):
+        clock.now = T0 + timedelta(seconds=after_s)
+        monitor.cycle()
+    cycle.ha = ha
+    return cycle
+
+
+def where(engine) -> dict:
+    return {vm["name"]: (vm["status"], vm["host"]) for vm in engine.vms.info()}
+
+
+def copies(agents, vm_id) -> int:
+    """Running copies on the hosts that are on (a fenced host's fake keeps its list)."""
+    return sum(1 for agent in agents.values() if agent.reachable and agent.vms.get(vm_id) == "Up")
+
+
+def ha_messages(engine) -> list[tuple[str, str]]:
+    return [(e["entity_name"], e["message"]) for e in engine.events.info(entity_type="vm")
+            if "restarting highly available" in e["message"]]
+
+
+def test_a_fenced_hosts_ha_vms_restart_elsewhere_by_priority_ordinary_ones_stay_down(
+        engine, agents, loop, device):
+    loop(0)
+    agents["10.0.0.2"].reachable = False
+    loop(3)
+    loop(61)  # NonResponsive: soft fence fails, power fence off + status off, restarts
+    state = where(engine)
+    assert state["plain"] == ("Down", None)
+    for name in ("ha-high", "ha-mid", "ha-low"):
+        assert state[name][0] == "Up" and state[name][1] in ("h1", "h3")
+    assert [name for name, _ in ha_messages(engine)] == ["ha-high", "ha-mid", "ha-low"]
+    assert "power off confirmed by fence_test status" in ha_messages(engine)[0][1]
+    assert [c["action"] for c in calls(device)] == ["off", "status", "on"]
+    assert engine.hosts.info("h2")[0]["fence_state"] == "fenced_on"
+    # The fenced host comes back (the fake still lists the VMs it ran before the fence:
+    # the engine does not take them for running copies of VMs it restarted elsewhere).
+    agents["10.0.0.2"].vms.clear()
+    agents["10.0.0.2"].reachable = True
+    loop(70)
+    assert engine.hosts.info("h2")[0]["fence_state"] == ""
+    assert where(engine) == state
+
+
+def test_without_proof_nothing_is_restarted(engine, agents, loop):
+    engine.hosts.ensure("h2", address="10.0.0.2", cluster="c1", power_management={})
+    loop(0)
+    agents["10.0.0.2"].reachable = False
+    for second in (3, 61, 200, 400):
+        loop(second)
+    state = where(engine)
+    assert {state[n] for n in ("ha-high", "ha-mid", "ha-low", "plain")} == {("Unknown", "h2")}
+    assert ha_messages(engine) == []
+    notes = [e["message"] for e in engine.events.info(entity_name="h2")]
+    assert any("no power management configured" in m for m in notes)
+
+
+def test_no_fencing_when_half_the_cluster_lost_connectivity(engine, agents, loop, device):
+    loop(0)
+    agents["10.0.0.2"].reachable = agents["10.0.0.3"].reachable = False
+    loop(3)
+    loop(61)
+    assert {where(engine)[n][0] for n in ("ha-high", "plain")} == {"Unknown"}
+    notes = [e["message"] for e in engine.events.info(entity_name="h2")]
+    assert any("2 of 3 hosts of the cluster lost connectivity" in m for m in notes)
+    assert calls_or_none(device) == []
+
+
+def calls_or_none(device):
+    try:
+        return calls(device)
+    except FileNotFoundError:
+        return []
+
+
+def test_an_agent_that_comes_back_keeps_its_vms_no_restart(engine, agents, loop):
+    loop(0)
+    agents["10.0.0.2"].reachable = False
+    loop(3)
+    loop.ha.fencer.soft_fence = lambda *args: Result(True, "exit 0")
+    loop(61)  # soft fence sent: its grace runs; no proof of anything yet
+    assert {where(engine)[n][0] for n in ("ha-high", "plain")} == {"Unknown"}
+    agents["10.0.0.2"].reachable = True  # the agent restarted within the grace
+    loop(62)
+    state = where(engine)
+    assert all(state[n] == ("Up", "h2") for n in ("ha-high", "ha-mid", "ha-low", "plain"))
+    assert ha_messages(engine) == []
+    assert not any(vm_id for a in ("10.0.0.1", "10.0.0.3") for vm_id in agents[a].vms)
+
+
+def test_an_interrupted_restart_finds_its_copy_instead_of_starting_another(
+        engine, agents, loop):
+    loop(0)
+    agents["10.0.0.2"].reachable = False
+    loop(3)
+    # The engine died right after the agent started ha-high on h1 (status still
+    # WaitForLaunch in the database) and before anything else.
+    vm = engine.vms.info("ha-high")[0]
+    agents["10.0.0.1"].vms[vm["id"]] = "Up"
+    with engine.store.transaction() as session:
+        from engine_lib.model import Host, Vm
+
+        row = session.get(Vm, vm["id"])
+        row.status, row.ha_restart_pending = "WaitForLaunch", True
+        row.run_on_host = session.query(Host).filter_by(name="h1").one()
+    loop(61)
+    assert where(engine)["ha-high"] == ("Up", "h1")
+    assert copies(agents, vm["id"]) == 1
+    assert "ha-high" not in [name for name, _ in ha_messages(engine)]
+    assert [name for name, _ in ha_messages(engine)] == ["ha-mid", "ha-low"]
+
+
+def test_a_proven_down_vm_that_runs_elsewhere_is_adopted_not_started(engine, agents, loop):
+    loop(0)
+    agents["10.0.0.2"].reachable = False
+    loop(3)
+    loop(61)
+    vm = engine.vms.info("ha-high")[0]
+    # As if an engine killed mid-restart had left the database behind the hosts.
+    with engine.store.transaction() as session:
+        from engine_lib.model import Vm
+
+        row = session.get(Vm, vm["id"])
+        row.status, row.run_on_host, row.ha_restart_pending = "Down", None, True
+    loop(62)
+    assert where(engine)["ha-high"] == ("Up", vm["host"])
+    assert copies(agents, vm["id"]) == 1
+    found = [e["message"] for e in engine.events.info(entity_name="ha-high")]
+    assert any(f"found running on host {vm['host']}" in m for m in found)
