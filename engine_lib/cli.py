@@ -341,6 +341,16 @@ def lab_exec(args) -> int:
     return subprocess.call(hosts.exec_argv(args.host, command, args.state_dir))
 
 
+def lab_fence(args) -> int:
+    """The lab's fence device by hand (what scripts/fence_kestrel_lab does for the engine)."""
+    from engine_lib.lab import fence
+
+    code, message = fence.fence({"action": args.action, "plug": args.host,
+                                 "state_dir": args.state_dir})
+    print(message)
+    return code
+
+
 def lab_guest(args) -> int:
     from engine_lib.lab import guest
 
@@ -481,7 +491,11 @@ def build_parser() -> argparse.ArgumentParser:
     execute = command(lab, "exec", lab_exec, "run a command inside a lab host")
     execute.add_argument("host")
     execute.add_argument("command", nargs=argparse.REMAINDER)
-    for sub in (up, down, status, execute):
+    fence_host = command(lab, "fence", lab_fence, "power a lab host off/on like a fence "
+                         "device (status exits 0 on, 2 off)")
+    fence_host.add_argument("host")
+    fence_host.add_argument("action", choices=["on", "off", "reboot", "status"])
+    for sub in (up, down, status, execute, fence_host):
         sub.add_argument("--state-dir", default="/srv/kestrel-lab")
     guest = command(lab, "guest", lab_guest, "build the tiny test guest (kernel + initrd)")
     guest.add_argument("--dest", default="/srv/kestrel-lab/shared/images")

@@ -115,6 +115,8 @@ class HostFollower:
                     continue
                 if event["status"] == vm.status and event["status"] != VmStatus.DOWN:
                     continue
+                if vm.status == VmStatus.SAVING_STATE:
+                    continue  # the engine's suspend call settles it (Suspended, not Down)
                 Monitor._sync_vm(session, vm, event, host.name)
                 if vm.status == VmStatus.DOWN:
                     down.append(vm.id)

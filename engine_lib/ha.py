@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from datetime import datetime, timezone
 from typing import Callable
 
@@ -36,6 +37,9 @@ from engine_lib.services.vms import HostRef
 log = logging.getLogger("kestrel.engine.ha")
 
 START_TIMEOUT_S = 120
+# After a failed restart (no host, agent error) the VM waits this long before the next
+# try, so a cluster without room is not asked again every cycle.
+RETRY_AFTER_S = 10.0
 # A pending VM in one of these on an Up host is running (or being stopped): done.
 _RUNNING = frozenset({VmStatus.POWERING_UP, VmStatus.UP, VmStatus.PAUSED,
                       VmStatus.POWERING_DOWN})
@@ -62,6 +66,7 @@ class HighAvailability:
         self.engine = engine
         self.fencer = Fencer(engine, ssh_key or default_ssh_key(engine), release_vms, clock)
         self._said: dict[str, str] = {}  # VM -> the last "cannot restart yet" audited
+        self._retry_at: dict[str, float] = {}  # VM -> monotonic time of its next try
 
     def cycle(self) -> None:
         """One HA pass: note intents, fence, restart what is proven down, power fenced on."""
@@ -116,12 +121,16 @@ class HighAvailability:
         with self.engine.store.transaction(commit=False) as session:
             pending = restart_order(list(session.scalars(
                 select(Vm).where(Vm.ha_restart_pending.is_(True)))))
-            plan = [(vm.name, vm.id, vm.status, vm.run_on_host.status if vm.run_on_host else None)
-                    for vm in pending]
-        for name, vm_id, status, host_status in plan:
+            plan = [(vm.name, vm.id, vm.status, vm.run_on_host.status if vm.run_on_host else None,
+                     is_ha(vm)) for vm in pending]
+        for name, vm_id, status, host_status, still_ha in plan:
             try:
+                if not still_ha:
+                    self._done(name, "high availability was turned off; no restart")
+                    continue
                 self._handle(name, vm_id, status, host_status)
             except KestrelError as err:
+                self._retry_at[name] = time.monotonic() + RETRY_AFTER_S
                 self._say(name, f"HA restart not possible yet: {err.message}", "error")
             except Exception:  # noqa: BLE001 - one VM must not stop the others' restarts
                 log.exception("HA restart of VM %s failed", name)
@@ -131,6 +140,8 @@ class HighAvailability:
             return  # no proof yet: its host may still run it
         if status in _RUNNING:
             self._done(name, "it runs on its host; no restart needed")
+            return
+        if time.monotonic() < self._retry_at.get(name, 0.0):
             return
         # Down (proven) or WaitForLaunch (a restart interrupted): look everywhere first.
         found = self._running_somewhere(vm_id)
@@ -173,6 +184,7 @@ class HighAvailability:
         try:
             entity = self.engine.vms._start(name, wait=True, timeout=START_TIMEOUT_S)
         except NoValidHost as err:
+            self._retry_at[name] = time.monotonic() + RETRY_AFTER_S
             self._say(name, f"HA restart waits for a host: {err.message}", "error")
             return
         self._done(name, f"restarted on host {entity.get('host')}")

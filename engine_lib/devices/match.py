@@ -22,8 +22,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from engine_lib.devices.live import LiveDevice
+from engine_lib.devices.live import ALIAS_PREFIX, LiveDevice
 
+_PREFIX_LEN = len(ALIAS_PREFIX)
 # Types a VM has at most once: a live one without our alias is still that device.
 ONCE_PER_VM = frozenset({"memballoon", "rng", "watchdog", "sound", "graphics", "video", "tpm",
                          "serial"})
@@ -98,79 +99,96 @@ def _attrs_key(kind: str, spec: dict) -> tuple:
 
 
 def correlate(devices: Iterable[Any], live: list[LiveDevice]) -> Correlation:
+    """Correlate; the rules are in the module docstring.
+
+    Hot path (every changed VM of every poll): rows are read once each, and what
+    was matched is tracked by object identity, not by reading ORM attributes again.
+    """
     result = Correlation()
     ours: dict[str, Any] = {}
     singles: dict[str, list[Any]] = {}
-    theirs_by_alias: dict[tuple, Any] = {}
-    theirs_by_address: dict[tuple, Any] = {}
-    theirs_by_attrs: dict[tuple, Any] = {}
     theirs: list[Any] = []
+    theirs_by_alias: dict[tuple, Any] = {}
     for device in devices:
         if device.managed is not False:
             ours[device.id] = device
-            if device.type in ONCE_PER_VM:
-                singles.setdefault(device.type, []).append(device)
+            type_ = device.type
+            if type_ in ONCE_PER_VM:
+                singles.setdefault(type_, []).append(device)
         else:
             theirs.append(device)
-            mac = (device.spec or {}).get("mac", "")
-            if device.alias:
-                theirs_by_alias[device.type, mac, device.alias] = device
-            key = _address_key(device.type, mac, device.address or {})
-            if key is not None:
-                theirs_by_address[key] = device
-            elif not device.alias:
-                theirs_by_attrs[_attrs_key(device.type, device.spec or {})] = device
-    seen: dict[str, Any] = {}  # device id -> the device, once matched
+            alias = device.alias
+            if alias:
+                theirs_by_alias[device.type, (device.spec or {}).get("mac", ""), alias] = device
+    by_address: dict[tuple, Any] | None = None  # built on first need: libvirt's devices
+    by_attrs: dict[tuple, Any] | None = None     # nearly always keep their alias
+    seen: set[int] = set()  # id() of every matched row
 
     for element in live:
-        device_id = element.user_alias_id
+        alias = element.alias
+        device_id = alias[_PREFIX_LEN:] if alias.startswith(ALIAS_PREFIX) else None
         if device_id is not None:
             device = ours.get(device_id)
             if device is not None:
-                if device_id in seen:
-                    result.folded.append(Matched(device, element, f"shares alias "
-                                                 f"{element.alias} with the {device.type}"))
+                if id(device) in seen:
+                    result.folded.append(Matched(device, element, f"shares alias {alias} "
+                                                 f"with the {device.type}"))
                 else:
-                    seen[device_id] = device
+                    seen.add(id(device))
                     result.matched.append(Matched(device, element, "ua- alias"))
                 continue
         kind = element.kind
         if kind == "console":
-            serial = (singles.get("serial") or [None])[0]
-            if serial is not None:
-                result.folded.append(Matched(serial, element, "the console of the serial port"))
+            serial = singles.get("serial")
+            if serial:
+                result.folded.append(Matched(serial[0], element,
+                                             "the console of the serial port"))
                 continue
         candidates = singles.get(kind)
-        if candidates is not None and len(candidates) == 1 and candidates[0].id not in seen:
-            device = candidates[0]
-            seen[device.id] = device
-            result.matched.append(Matched(device, element, f"the VM's only {kind}"))
+        if candidates is not None and len(candidates) == 1 and id(candidates[0]) not in seen:
+            seen.add(id(candidates[0]))
+            result.matched.append(Matched(candidates[0], element, f"the VM's only {kind}"))
             continue
-        device = theirs_by_alias.get((kind, element.mac, element.alias)) if element.alias \
-            else None
-        reason = f"unmanaged, libvirt alias {element.alias}"
-        if device is None or device.id in seen:
+        device = theirs_by_alias.get((kind, element.mac, alias)) if alias else None
+        reason = "unmanaged, same libvirt alias"
+        if device is None or id(device) in seen:
+            device = None
             if element.address:
-                device = theirs_by_address.get(_address_key(kind, element.mac, element.address))
+                if by_address is None:
+                    by_address = _index_by_address(theirs)
+                device = by_address.get(_address_key(kind, element.mac, element.address))
                 reason = "unmanaged, same address"
-            elif not element.alias:
-                device = theirs_by_attrs.get(_attrs_key(kind, unmanaged_spec(element)))
+            elif not alias:
+                if by_attrs is None:
+                    by_attrs = {_attrs_key(d.type, d.spec or {}): d for d in theirs
+                                if not d.alias and not d.address}
+                device = by_attrs.get(_attrs_key(kind, unmanaged_spec(element)))
                 reason = "unmanaged, same attributes"
-        if device is not None and device.id not in seen:
-            seen[device.id] = device
+        if device is not None and id(device) not in seen:
+            seen.add(id(device))
             result.matched.append(Matched(device, element, reason))
             continue
         result.unmanaged_new.append(New(element, _why_new(element, device_id)))
 
     for device in ours.values():
-        if device.id not in seen and device.plugged is not False:
+        if id(device) not in seen and device.plugged is not False:
             result.unplugged.append(Gone(device, "unplugged",
                                          "not in the live XML: unplugged from the running VM"))
     for device in theirs:
-        if device.id not in seen:
+        if id(device) not in seen:
             result.unplugged.append(Gone(device, "deleted",
                                          "not in the live XML: an unmanaged device is gone"))
     return result
+
+
+def _index_by_address(theirs: list) -> dict[tuple, Any]:
+    found = {}
+    for device in theirs:
+        key = _address_key(device.type, (device.spec or {}).get("mac", ""),
+                           device.address or {})
+        if key is not None:
+            found[key] = device
+    return found
 
 
 def _why_new(element: LiveDevice, device_id: str | None) -> str:

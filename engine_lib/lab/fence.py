@@ -88,12 +88,12 @@ def boot_script(python: str) -> str:
 PIDFILE=/run/kestrel/agent.pid
 case "$1" in
   start|restart)
-    if [ "$1" = restart ] && [ -s "$PIDFILE" ]; then
-      pid=$(cat "$PIDFILE")
-      if tr '\\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q engine_lib.agent; then
-        kill -9 "$pid"
-        while grep -qs '^State:[[:space:]]*[^Z]' "/proc/$pid/status"; do sleep 0.1; done
-      fi
+    pid=$(cat "$PIDFILE" 2>/dev/null)
+    if [ -n "$pid" ] && tr '\\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q engine_lib.agent
+    then
+      [ "$1" = start ] && exit 0  # already running
+      kill -9 "$pid"
+      while grep -qs '^State:[[:space:]]*[^Z]' "/proc/$pid/status"; do sleep 0.1; done
     fi
     mkdir -p /run/kestrel /var/log/kestrel
     exec '{python}' -m engine_lib.agent --config /etc/kestrel/agent.conf --daemon \\

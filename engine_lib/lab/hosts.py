@@ -192,9 +192,15 @@ _VOLATILE_DIRS = ("/run/libvirt", "/run/kestrel")
 
 
 def powered_on(host_name: str, state_dir: str = DEFAULT_STATE_DIR) -> bool:
-    """True while any process of the host runs besides the anchor holding its namespaces."""
+    """True while any process of the host runs besides the anchor holding its namespaces.
+
+    A name the lab never had is an error, not "off": a fence device must never
+    vouch for a machine it does not know.
+    """
     record = _load(os.path.abspath(state_dir), host_name)
-    if not record or not _anchor_alive(record):
+    if not record:
+        raise LabError(f"no such lab host (state dir {state_dir})", host_name)
+    if not _anchor_alive(record):
         return False
     return any(is_alive(pid) for pid in _host_pids(record) - {record["pid"]})
 

@@ -30,7 +30,7 @@ def host_dict(host: Host) -> dict:
         "hooks": host.hooks,
         "last_seen": host.last_seen.isoformat() if host.last_seen else None,
         # Issue 8: fencing (see engine_lib.fencing).
-        "power_management": dict(host.power_management or {}),
+        "power_management": _redacted_pm(host.power_management),
         "soft_fence_command": host.soft_fence_command,
         "fence_state": host.fence_state,
     }
@@ -82,7 +82,8 @@ class HostService:
             if changed:
                 audit(session, "host", name, "host added" if created else
                       f"host updated: {', '.join(k for k in after if before.get(k) != after[k])}")
-            return Outcome(changed, host_dict(host), {"before": before, "after": after})
+            return Outcome(changed, host_dict(host), {"before": _redacted(before),
+                                                      "after": _redacted(after)})
 
     @staticmethod
     def record_capabilities(host: Host, caps: dict, now=None) -> None:
@@ -162,3 +163,17 @@ def _fencing_settings(power_management: dict | None, soft_fence_command: str | N
                               "that restarts the agent, run over SSH as root")
         settings["soft_fence_command"] = soft_fence_command.strip()
     return settings
+
+
+def _redacted_pm(power_management: dict | None) -> dict:
+    """Power management as shown to users: fence device passwords never leave the engine."""
+    pm = dict(power_management or {})
+    if pm.get("options"):
+        pm["options"] = {key: "********" if "pass" in key.lower() else value
+                         for key, value in pm["options"].items()}
+    return pm
+
+
+def _redacted(config: dict) -> dict:
+    return {**config, "power_management": _redacted_pm(config.get("power_management"))} \
+        if "power_management" in config else config

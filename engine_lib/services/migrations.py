@@ -51,6 +51,9 @@ DESTINATION_CHECK_INTERVAL = 1.0
 QUICK_TIMEOUT = 5.0
 SETTLE_TIMEOUT = 60.0
 RUNNING_STATES = {"running", "blocked", "paused"}
+# A running attempt another process started is left to it for this long (it may be
+# between writing the row and asking the agents).
+ORPHAN_AFTER = 60.0
 
 
 @dataclass
@@ -118,13 +121,9 @@ class MigrationService:
         except KestrelError as err:
             return self._settle(plan, None, f"could not start: {err.message}")
         if not wait:
-            with self._lock:
-                self._followed.add(plan.id)
             threading.Thread(target=self._follow_quietly, args=(plan, timeout), daemon=True,
                              name=f"migration-{plan.id}").start()
             return Outcome(True, plan.entity("running"))
-        with self._lock:
-            self._followed.add(plan.id)
         return self._follow(plan, timeout, progress)
 
     def cancel(self, vm: str) -> Outcome:
@@ -151,8 +150,10 @@ class MigrationService:
         with self.engine.store.transaction(commit=False) as session:
             rows = list(session.scalars(select(Migration).where(Migration.status == "running")
                                         .order_by(Migration.id)))
+            now = utcnow()
             orphans = [self._plan_of(session, row) for row in rows
-                       if row.id not in self._followed]
+                       if row.id not in self._followed
+                       and (now - _aware(row.started_at)).total_seconds() > ORPHAN_AFTER]
             result = [migration_dict(row) for row in rows]
         for plan in orphans:
             if plan is None:
@@ -223,6 +224,8 @@ class MigrationService:
                   f"started (policy {policy}{limit})")
             session.flush()
             plan.id = row.id
+            with self._lock:  # followed from now on: active() must not take it for an orphan
+                self._followed.add(plan.id)
             return plan
 
     def _start(self, plan: Plan) -> None:
@@ -437,3 +440,9 @@ class MigrationService:
                     HostRef.of(hosts[row.destination]), row.policy, row.bandwidth_mbps, "",
                     time.monotonic() - (row.duration_s or 0))
 
+
+def _aware(moment):
+    # SQLite hands back naive datetimes even for timezone-aware columns; all ours are UTC.
+    from datetime import timezone
+
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)

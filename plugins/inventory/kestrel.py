@@ -10,12 +10,15 @@ short_description: VMs of the kestrel engine as an inventory
 version_added: 0.1.0
 description:
   - Every VM the engine knows becomes an inventory host, grouped by cluster
-    (C(cluster_<name>)), by the hypervisor it runs on (C(host_<name>)) and by
-    status (C(status_up), C(status_down), ...).
+    (C(cluster_<name>)), by the hypervisor it runs on (C(host_<name>)), by
+    status (C(status_up), C(status_down), ...) and by each of its tags
+    (C(tag_<tag>), from the VM's C(tags)).
   - Each VM carries C(kestrel_id), C(kestrel_cluster), C(kestrel_host),
-    C(kestrel_status), C(kestrel_memory_mib), C(kestrel_vcpus) and
-    C(kestrel_nics) (names, networks and MAC addresses).
-  - C(ansible_host) is the first IP address the guest agent reports, when it
+    C(kestrel_status), C(kestrel_memory_mib), C(kestrel_vcpus), C(kestrel_tags),
+    C(kestrel_nics) (names, networks and MAC addresses) and C(kestrel_guest)
+    (what the guest agent reports - IP addresses, host name, OS).
+  - C(ansible_host) is the guest's first IPv4 address that is neither loopback
+    nor link-local, else its first such IPv6 address, when the guest agent
     reports one; O(compose) can set it from other facts.
   - The file must end in C(kestrel.yml) or C(kestrel.yaml).
 author:
@@ -60,6 +63,7 @@ keyed_groups:
 # ansible-inventory -i kestrel.yml --graph
 """
 
+import ipaddress
 import re
 
 from ansible.errors import AnsibleError
@@ -81,9 +85,24 @@ def group_name(prefix, value):
     return "%s_%s" % (prefix, _UNSAFE.sub("_", str(value)).lower())
 
 
+def _usable(address):
+    try:
+        ip = ipaddress.ip_address(str(address).split("/", maxsplit=1)[0].split("%", maxsplit=1)[0])
+    except ValueError:
+        return None
+    if ip.is_loopback or ip.is_link_local or ip.is_unspecified or ip.is_multicast:
+        return None
+    return ip
+
+
 def first_ip(vm):
-    for address in (vm.get("guest_info") or {}).get("ips", []):
-        return address
+    """The address Ansible should reach the guest at: IPv4 first, then IPv6."""
+    guest = vm.get("guest") or vm.get("guest_info") or {}
+    usable = [ip for ip in (_usable(a) for a in guest.get("ips") or []) if ip is not None]
+    for version in (4, 6):
+        for ip in usable:
+            if ip.version == version:
+                return str(ip)
     return None
 
 
@@ -118,6 +137,8 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
             "kestrel_memory_mib": vm["memory_mib"],
             "kestrel_vcpus": vm["vcpus"],
             "kestrel_custom_properties": vm["custom_properties"],
+            "kestrel_tags": list(vm.get("tags") or []),
+            "kestrel_guest": vm.get("guest") or {},
             "kestrel_nics": [{"name": n["name"], "network": n.get("network"), "mac": n.get("mac")}
                              for n in vm["nics"]],
         }
@@ -129,6 +150,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
         groups = [group_name("cluster", vm["cluster"]), group_name("status", vm["status"])]
         if vm["host"]:
             groups.append(group_name("host", vm["host"]))
+        groups += [group_name("tag", tag) for tag in vm.get("tags") or []]
         for group in groups:
             self.inventory.add_group(group)
             self.inventory.add_child(group, name)

@@ -12,6 +12,9 @@ Modules stay argument specs plus one call.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule, env_fallback, missing_required_lib
@@ -33,6 +36,28 @@ ENGINE_ARGUMENT_SPEC = dict(
     engine_dir=dict(type='path', fallback=(env_fallback, ['KESTREL_ENGINE_DIR'])),
     db_url=dict(type='str', no_log=True, fallback=(env_fallback, ['KESTREL_DB_URL'])),
 )
+
+
+# AWX's credential injectors write each file to a temporary path of its own;
+# these variables name them (docs/awx.md), so a job needs no engine directory.
+PKI_ENV = (('KESTREL_ENGINE_CA', 'ca.pem'), ('KESTREL_ENGINE_CERT', 'engine.pem'),
+           ('KESTREL_ENGINE_KEY', 'engine.key'))
+
+
+def pki_from_environment():
+    """A private engine directory whose pki/ links the credential's files, or None.
+
+    Used only when neither engine_dir nor KESTREL_ENGINE_DIR is set and all
+    three variables are; the caller removes the directory afterwards.
+    """
+    paths = [(os.environ.get(var), name) for var, name in PKI_ENV]
+    if not all(path for path, _name in paths):
+        return None
+    directory = tempfile.mkdtemp(prefix='kestrel-engine-')
+    os.mkdir(os.path.join(directory, 'pki'), 0o700)
+    for path, name in paths:
+        os.symlink(path, os.path.join(directory, 'pki', name))
+    return directory
 
 
 def drop_unset(value):
@@ -67,11 +92,17 @@ class KestrelModule(AnsibleModule):
 
     def _call_engine(self, call):
         """Open the engine, run ``call(engine)``, close; typed errors fail the task."""
+        engine_dir, private_dir = self.params['engine_dir'], None
+        if engine_dir is None and self.params['db_url']:
+            engine_dir = private_dir = pki_from_environment()
         try:
-            with Engine.open(engine_dir=self.params['engine_dir'], db_url=self.params['db_url']) as engine:
+            with Engine.open(engine_dir=engine_dir, db_url=self.params['db_url']) as engine:
                 return call(engine)
         except KestrelError as err:
             self.fail_json(msg=err.message, error=err.to_dict())
+        finally:
+            if private_dir is not None:
+                shutil.rmtree(private_dir, ignore_errors=True)
 
     def apply(self, call):
         """Run a change ``call(engine, check_mode)`` returning an Outcome, then exit.

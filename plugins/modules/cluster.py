@@ -63,6 +63,66 @@ options:
         form; a parameter not given keeps the policy's default.
       - Changing O(scheduling_policy) without this option starts the new policy from its defaults.
     type: dict
+  migration_policy:
+    description:
+      - How a live migration of the cluster's VMs converges, as oVirt's migration policies.
+        V(minimal_downtime) raises the allowed downtime step by step,
+        V(post_copy) switches to post-copy when pre-copy stalls,
+        V(suspend_workload) pauses the guest briefly to finish.
+      - New clusters use V(minimal_downtime).
+    type: str
+    choices: [minimal_downtime, post_copy, suspend_workload]
+  migration_bandwidth_mbps:
+    description:
+      - Bandwidth limit of each migration, in Mbps; V(0) (the default for new clusters) means no limit.
+    type: int
+  fencing_policy:
+    description:
+      - How the engine fences a host that stopped answering (NonResponsive) before it restarts
+        the host's highly available VMs elsewhere, as oVirt's fencing policy does. First a soft
+        fence (the host's C(soft_fence_command) over SSH), then, if the agent is still silent,
+        a power fence through the host's C(power_management) agent.
+      - An option not given keeps the cluster's current value (new clusters start from the
+        defaults given below).
+    type: dict
+    suboptions:
+      enabled:
+        description:
+          - Fence at all. When false, the VMs of a silent host stay Unknown until it answers.
+          - Default for a new cluster is C(true).
+        type: bool
+      skip_if_connectivity_broken:
+        description:
+          - Fence nothing while O(fencing_policy.connectivity_threshold_percent) or more of the
+            cluster's hosts lost connectivity at once, since the engine's own network is then the
+            likelier fault.
+          - Default for a new cluster is C(true).
+        type: bool
+      connectivity_threshold_percent:
+        description:
+          - See O(fencing_policy.skip_if_connectivity_broken); 1 to 100.
+          - Default for a new cluster is C(50).
+        type: int
+      soft_fence_grace_s:
+        description:
+          - Seconds the agent has to answer after a soft fence before the power fence.
+          - Default for a new cluster is C(30).
+        type: float
+      ssh_timeout_s:
+        description:
+          - Seconds the soft fence's SSH connection may take.
+          - Default for a new cluster is C(10).
+        type: float
+      power_timeout_s:
+        description:
+          - Seconds the power agent has to confirm the host is off (C(status) says off).
+          - Default for a new cluster is C(60).
+        type: float
+      power_on_after_fence:
+        description:
+          - Switch a fenced host on again once its HA VMs were restarted elsewhere.
+          - Default for a new cluster is C(true).
+        type: bool
 extends_documentation_fragment:
   - kestrel.virt.engine
   - kestrel.virt.engine.attributes
@@ -139,6 +199,14 @@ cluster:
       description: The parameter values the cluster sets (the others are the policy's defaults).
       type: dict
       sample: {high_utilization: 75}
+    migration_policy:
+      description: How live migrations converge.
+      type: str
+      sample: minimal_downtime
+    migration_bandwidth_mbps:
+      description: Bandwidth limit of each migration in Mbps, 0 for none.
+      type: int
+      sample: 0
 """
 
 from ansible_collections.kestrel.virt.plugins.module_utils._kestrel import KestrelModule
@@ -156,10 +224,26 @@ def main():
             scheduling_policy=dict(type='str', choices=['none', 'evenly_distributed', 'power_saving',
                                                         'vm_evenly_distributed', 'cluster_maintenance']),
             scheduling_policy_properties=dict(type='dict'),
+            migration_policy=dict(type='str', choices=['minimal_downtime', 'post_copy',
+                                                       'suspend_workload']),
+            migration_bandwidth_mbps=dict(type='int'),
+            # No defaults here: an option left out keeps the cluster's value.
+            fencing_policy=dict(type='dict', options=dict(
+                enabled=dict(type='bool'),
+                skip_if_connectivity_broken=dict(type='bool'),
+                connectivity_threshold_percent=dict(type='int'),
+                soft_fence_grace_s=dict(type='float'),
+                ssh_timeout_s=dict(type='float'),
+                power_timeout_s=dict(type='float'),
+                power_on_after_fence=dict(type='bool'),
+            )),
         ),
         entity_key='cluster',
     )
     p = module.params
+    fencing = p['fencing_policy']
+    if fencing is not None:
+        fencing = {key: value for key, value in fencing.items() if value is not None}
     if p['state'] == 'absent':
         module.apply(lambda engine, check_mode: engine.clusters.remove(p['name'], check_mode=check_mode))
     else:
@@ -167,7 +251,10 @@ def main():
             p['name'], description=p['description'], virt_type=p['virt_type'],
             memory_overcommit=p['memory_overcommit'], mac_pool=p['mac_pool'],
             scheduling_policy=p['scheduling_policy'],
-            scheduling_policy_properties=p['scheduling_policy_properties'], check_mode=check_mode))
+            scheduling_policy_properties=p['scheduling_policy_properties'],
+            migration_policy=p['migration_policy'],
+            migration_bandwidth_mbps=p['migration_bandwidth_mbps'],
+            fencing_policy=fencing, check_mode=check_mode))
 
 
 if __name__ == '__main__':

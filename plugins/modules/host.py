@@ -57,6 +57,36 @@ options:
     description: TCP port of the agent's HTTPS API.
     type: int
     default: 54321
+  power_management:
+    description:
+      - The host's power fence device, used when the host stops answering and a soft
+        fence did not bring its agent back (see the C(fencing_policy) of M(kestrel.virt.cluster)).
+      - Only a power off confirmed by the agent's C(status) lets the engine restart the
+        host's highly available VMs elsewhere.
+      - An empty mapping removes it; omitted, the host keeps what it has.
+    type: dict
+    suboptions:
+      agent:
+        description:
+          - Absolute path of a fence agent with the fence-agents interface
+            (C(/usr/sbin/fence_ipmilan), the lab's C(scripts/fence_kestrel_lab), ...).
+          - It gets C(action=on|off|status) and the O(power_management.options) as
+            C(key=value) lines on stdin; exit 0 is success, for C(status) 0 is on and 2 off.
+        type: str
+        required: true
+      options:
+        description:
+          - The agent's options, e.g. C(ip), C(username), C(password), C(lanplus), C(plug).
+          - Names are letters, digits, C(_) and C(-); values one line each; C(action) is the engine's.
+        type: dict
+        default: {}
+  soft_fence_command:
+    description:
+      - Command the engine runs as root over SSH (with its key, C(ENGINE_DIR/ssh/id_ed25519)
+        by default) to restart the agent of a host that stopped answering (the soft fence,
+        tried before any power fence).
+      - Omitted, the host keeps what it has; a new host gets C(systemctl restart kestrel-agent).
+    type: str
   timeout:
     description:
       - With O(state=maintenance), seconds to wait for all the migrations together.
@@ -177,6 +207,11 @@ def main():
             cluster=dict(type='str'),
             port=dict(type='int', default=54321),
             timeout=dict(type='int', default=600),
+            power_management=dict(type='dict', options=dict(
+                agent=dict(type='str', required=True),
+                options=dict(type='dict', default={}),
+            )),
+            soft_fence_command=dict(type='str'),
         ),
         required_if=[('state', 'present', ('address', 'cluster'))],
         entity_key='host',
@@ -192,6 +227,7 @@ def main():
     else:
         module.apply(lambda engine, check_mode: engine.hosts.ensure(
             p['name'], address=p['address'], cluster=p['cluster'], port=p['port'],
+            power_management=p['power_management'], soft_fence_command=p['soft_fence_command'],
             check_mode=check_mode))
 
 

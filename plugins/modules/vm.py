@@ -38,8 +38,13 @@ options:
       - V(running) also starts it on a host the scheduler picks, if it is not running.
       - V(stopped) also stops it, if it runs (a guest shutdown, or a power off with O(force)).
       - V(absent) powers it off if it runs and removes it with its disks.
+      - V(suspended) hibernates a running VM (its memory saved to storage, the
+        VM stopped); V(running) later resumes it from there, V(stopped) discards
+        the saved memory.
+      - V(rebooted) reboots a running VM (the guest restarts in the same
+        domain); it is always a change and fails for a VM that is not running.
     type: str
-    choices: [present, running, stopped, absent]
+    choices: [present, running, stopped, absent, suspended, rebooted]
     default: present
   cluster:
     description: Cluster of the VM. Required to create one; a VM must be down to move.
@@ -307,6 +312,12 @@ options:
     description:
       - Names and values handed to the host's hooks, as oVirt's custom properties.
     type: dict
+  tags:
+    description:
+      - Labels of the VM, the complete list. The C(kestrel.virt.kestrel) inventory
+        groups VMs by them (C(tag_<name>)). They do not change the domain.
+    type: list
+    elements: str
   force:
     description:
       - With O(state=stopped), power the VM off at once instead of asking the guest to shut down.
@@ -435,6 +446,11 @@ vm:
       description: Kernel command line.
       type: str
       sample: console=ttyS0
+    tags:
+      description: Labels of the VM.
+      type: list
+      elements: str
+      sample: [web, production]
     custom_properties:
       description: Custom properties for the host's hooks.
       type: dict
@@ -468,7 +484,7 @@ SPEC_OPTIONS = ('name', 'cluster', 'description', 'memory', 'max_memory', 'cpu',
                 'firmware', 'numa', 'hugepages', 'kernel', 'initrd', 'cmdline', 'disks', 'cdrom',
                 'nics', 'graphics', 'video', 'serial_console', 'guest_agent', 'rng', 'watchdog',
                 'balloon', 'tpm', 'cloud_init', 'launch_paused', 'custom_properties',
-                'high_availability', 'placement')
+                'high_availability', 'placement', 'tags')
 
 
 def vm_spec(params):
@@ -480,7 +496,8 @@ def main():
     module = KestrelModule(
         argument_spec=dict(
             name=dict(type='str', required=True),
-            state=dict(type='str', choices=['present', 'running', 'stopped', 'absent'],
+            state=dict(type='str', choices=['present', 'running', 'stopped', 'absent',
+                                            'suspended', 'rebooted'],
                        default='present'),
             cluster=dict(type='str'),
             description=dict(type='str'),
@@ -554,6 +571,7 @@ def main():
             )),
             serial_console=dict(type='bool'),
             custom_properties=dict(type='dict'),
+            tags=dict(type='list', elements='str'),
             force=dict(type='bool', default=False),
             wait=dict(type='bool', default=True),
             timeout=dict(type='int', default=120),

@@ -61,7 +61,7 @@ def test_a_rich_vm_matches_completely_against_what_the_engine_stored():
     reasons = by_reason(result.matched)
     assert reasons["ua- alias"] == sum(1 for r in rows if r.managed) - 1
     assert reasons["the VM's only graphics"] == 1  # libvirt gives graphics no alias
-    assert reasons["unmanaged, libvirt alias pci.1"] == 1  # a q35 root port
+    assert reasons["unmanaged, same libvirt alias"] == 19  # q35 root ports, usb, input, ...
     assert reasons["unmanaged, same attributes"] == 1  # <audio id='1' type='none'/>
     assert [f.reason for f in result.folded] == [
         f"shares alias {next(r.alias for r in rows if r.type == 'serial')} with the serial"]
@@ -141,7 +141,7 @@ def test_libvirts_own_devices_are_recognised_again_by_alias_then_address():
                         "<address type='pci' slot='0x05'/></controller>"))[1]
     result = correlate(rows, live)
     assert {m.device.id: m.reason for m in result.matched} == {
-        "u": "unmanaged, libvirt alias usb", "p": "unmanaged, same address"}
+        "u": "unmanaged, same libvirt alias", "p": "unmanaged, same address"}
 
 
 def test_an_unplugged_device_that_is_back_matches_and_nothing_is_unplugged_twice():
@@ -200,6 +200,7 @@ def test_kestrel_devices_match_names_the_bad_input(tmp_path, capsys):
 def test_the_devices_hash_follows_devices_not_their_state():
     xml = (LIVE / "rich.xml").read_text()
     same = devices_hash(xml)
+    assert "/dev/pts/" in xml and "<target dev='sdb' bus='sata'" in xml
     # State that moves while devices stay: a CD's source, a tray, the console's pty.
     assert devices_hash(xml.replace("/dev/pts/", "/dev/pts/9")) == same
     assert devices_hash(xml.replace("<target dev='sdb' bus='sata'",
@@ -227,3 +228,28 @@ def test_the_devices_hash_is_cached_until_libvirt_says_devices_changed():
     dom.xml = (LIVE / "hotplugged.xml").read_text()
     hashes.invalidate("vm-1")  # what the device-added event does
     assert hashes.get(dom) != first and dom.reads == 2
+
+
+# -- what the engine renders next ---------------------------------------------------------
+
+def test_devices_libvirt_added_and_unplugged_ones_are_not_rendered(engine, cluster):
+    from engine_lib.model import Vm, VmDevice
+    from engine_lib.services.common import get_vm
+
+    engine.vms.ensure({"name": "vm1", "cluster": cluster, "memory": 256, "disks": [
+        {"name": "a", "size": "1GiB", "storage_domain": "data", "interface": "scsi"},
+        {"name": "b", "size": "1GiB", "storage_domain": "data"}]})
+    with engine.store.transaction() as session:
+        vm: Vm = get_vm(session, "vm1")
+        ours = {d.type: d for d in vm.devices_of("controller")}
+        vm.devices.insert(0, VmDevice(id="libvirts-usb", type="controller", managed=False,
+                                      plugged=True, position=0, alias="usb",
+                                      spec={"type": "usb", "model": "piix3-uhci"}, address={}))
+        next(d for d in vm.devices_of("disk") if d.name == "b").plugged = False
+        our_controller = ours["controller"].user_alias
+    xml = engine.vms.domain_xml("vm1")
+    root = ET.fromstring(xml)
+    assert [c.find("alias").get("name") for c in root.iter("controller")] == [our_controller]
+    assert [d.find("target").get("dev") for d in root.iter("disk")] == ["sda"]
+    # The rows stay: the unplugged disk still holds the user's data.
+    assert {d["name"] for d in engine.vms.info("vm1")[0]["disks"]} == {"a", "b"}

@@ -173,3 +173,24 @@ def test_a_hosts_power_management_is_kept_unless_given(engine, cluster):
         engine.hosts.ensure("h1", address="10.0.0.1", cluster=cluster, soft_fence_command="a\nb")
     assert err.value.field == "soft_fence_command"
     assert engine.hosts.info("h1")[0]["soft_fence_command"] == "/etc/kestrel/lab-boot restart"
+
+
+def test_fence_device_passwords_are_never_shown(engine, cluster):
+    pm = {"agent": "/usr/sbin/fence_ipmilan", "options": {"ip": "10.0.1.1", "password": "s3cret"}}
+    added = engine.hosts.ensure("h1", address="10.0.0.1", cluster=cluster, power_management=pm)
+    assert added.entity["power_management"]["options"] == {"ip": "10.0.1.1",
+                                                           "password": "********"}
+    assert "s3cret" not in repr(added.diff) + repr(engine.hosts.info())
+    changed = engine.hosts.ensure("h1", address="10.0.0.1", cluster=cluster, power_management={
+        **pm, "options": {**pm["options"], "password": "n3w"}})
+    assert changed.changed  # compared on the real values
+
+
+def test_the_lab_fence_agent_reads_fence_agents_stdin_and_refuses_unknown_hosts(tmp_path):
+    from engine_lib.lab.fence import fence, parse_stdin
+
+    assert parse_stdin("# comment\naction=status\nplug = h2\n\nstate_dir=/x\n") == {
+        "action": "status", "plug": "h2", "state_dir": "/x"}
+    code, message = fence({"action": "status", "plug": "h9", "state_dir": str(tmp_path)})
+    assert code == 1 and "no such lab host" in message  # never "off" for a stranger
+    assert fence({"action": "status"})[0] == 1

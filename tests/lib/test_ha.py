@@ -194,3 +194,26 @@ def test_a_proven_down_vm_that_runs_elsewhere_is_adopted_not_started(engine, age
     assert copies(agents, vm["id"]) == 1
     found = [e["message"] for e in engine.events.info(entity_name="ha-high")]
     assert any(f"found running on host {vm['host']}" in m for m in found)
+
+
+def test_with_no_host_to_take_them_ha_vms_wait_pending_and_restart_once_one_joins(
+        engine, agents, loop, monkeypatch):
+    import engine_lib.ha
+
+    monkeypatch.setattr(engine_lib.ha, "RETRY_AFTER_S", 0.0)
+    loop(0)
+    for name in ("h1", "h3"):  # the other hosts are full
+        engine.hosts.ensure(name, address=f"10.0.0.{name[1]}", cluster="c1")
+        agents[f"10.0.0.{name[1]}"].memory_mib = 0
+    loop(1)
+    agents["10.0.0.2"].reachable = False
+    loop(3)
+    loop(61)
+    state = where(engine)
+    assert {state[n] for n in ("ha-high", "ha-mid", "ha-low")} == {("Down", None)}
+    notes = [e["message"] for e in engine.events.info(entity_name="ha-high")]
+    assert any(m.startswith("HA restart waits for a host") for m in notes)
+    agents["10.0.0.1"].memory_mib = 4096  # room again
+    loop(62)
+    loop(63)
+    assert {where(engine)[n] for n in ("ha-high", "ha-mid", "ha-low")} == {("Up", "h1")}

@@ -32,6 +32,10 @@ def test_upgrade_from_the_first_schema_keeps_clusters_hosts_and_vms(db_url, tmp_
         assert (vm["description"], vm["memory_mib"], vm["cluster"]) == ("kept", 256, "old")
         assert vm["tags"] == [] and engine.networks.info("old") == []  # 0008
         assert vm["guest"]["ips"] == []  # 0006: no guest-agent report yet
+        host = engine.hosts.info()[0]  # 0007: no power management, the default soft fence
+        assert (host["power_management"], host["soft_fence_command"], host["fence_state"]) == (
+            {}, "systemctl restart kestrel-agent", "")
+        assert engine.clusters.get("old")["fencing_policy"]["enabled"] is True
         # The upgraded VM is a full citizen: it renders and takes new settings.
         assert engine.vms.ensure({"name": "vm1", "memory": "512MiB"}, state="present").changed
         assert "<memory unit='MiB'>512</memory>" in engine.vms.domain_xml("vm1")

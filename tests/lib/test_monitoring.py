@@ -1,5 +1,6 @@
 """The engine loop's heartbeats and VM status sync, against fake agents and a fake clock."""
 
+import threading
 import xml.etree.ElementTree as ET
 from datetime import datetime, timedelta, timezone
 
@@ -195,3 +196,46 @@ def _without_alias(xml: str, alias: str) -> ET.Element:
         if found is not None and found.get("name") == alias:
             devices.remove(element)
     return root
+
+
+def test_the_loop_and_a_module_updating_the_same_vm_at_once_lose_no_update(
+        engine, matching, monitor):
+    """Status and device writes of the loop race a module's change of the same VM's settings
+    and NIC (SQLite and PostgreSQL): every write succeeds and none is overwritten."""
+    vm_id = engine.vms.info("vm1")[0]["id"]
+    errors, done = [], threading.Event()
+    last_loop_write = {}
+
+    def loop():
+        try:
+            index = 0
+            while not done.is_set() or index < 10:
+                index += 1
+                status = "Paused" if index % 2 else "Up"
+                matching.vms[vm_id] = status
+                matching.extra_devices = FOREIGN_NIC if index % 3 else ""
+                monitor.cycle()
+                vm = engine.vms.info("vm1")[0]
+                foreign = any(not d["managed"] for d in vm["devices"])
+                # The loop's own write is there once its cycle returns.
+                assert (vm["status"], foreign) == (status, bool(matching.extra_devices))
+                last_loop_write.update(status=status, foreign=foreign)
+        except Exception as err:  # noqa: BLE001 - the assertion below reports it
+            errors.append(err)
+
+    racing = threading.Thread(target=loop)
+    racing.start()
+    try:
+        for index in range(20):
+            outcome = engine.vms.ensure({"name": "vm1", "description": f"run {index}",
+                                         "nics": [{"name": "nic1", "network": "br0",
+                                                   "mtu": 1400 + index}]})
+            assert outcome.changed
+    finally:
+        done.set()
+        racing.join()
+    assert errors == []
+    vm = engine.vms.info("vm1")[0]
+    assert (vm["description"], vm["nics"][0]["mtu"]) == ("run 19", 1419)
+    assert vm["status"] == last_loop_write["status"]
+    assert any(not d["managed"] for d in vm["devices"]) == last_loop_write["foreign"]

@@ -132,3 +132,12 @@ def test_disks_must_use_an_attached_domain_once_the_cluster_has_any(engine, clus
         engine.storage_domains.remove("data")
     with pytest.raises(InvalidSpec, match="type cannot change"):
         engine.storage_domains.ensure("nfs1", type="file")
+
+
+def test_removing_a_cluster_takes_its_networks_and_attachments_along(engine, cluster):
+    engine.networks.ensure("vms", cluster=cluster)
+    engine.storage_domains.ensure("data", path="/srv/data", clusters=[cluster])
+    assert engine.clusters.remove(cluster).changed
+    assert engine.storage_domains.info("data")[0]["clusters"] == []
+    engine.clusters.ensure(cluster)
+    assert engine.networks.info(cluster) == []

@@ -277,3 +277,51 @@ def test_a_cancelled_migration_leaves_the_vm_on_its_source(engine, agents, guest
     assert_runs_only_on(engine, agents, vm, source)
     assert engine.migrations.history("cancel")[0]["status"] == "cancelled"
     assert engine.migrations.cancel("cancel").changed is False  # nothing runs any more
+
+
+# -- the module and the CLI ---------------------------------------------------------------
+
+
+def test_the_vm_migrate_module_predicts_in_check_mode_then_moves_the_vm(
+        engine, agents, guest, playbook):
+    vm = guest("played")
+    source, destination = vm["host"], other(vm)
+    task = {"kestrel.virt.vm_migrate": {"name": "played", "policy": "suspend_workload"}}
+
+    predicted, moved = playbook.run([{**task, "check_mode": True}, task])
+
+    assert predicted["changed"] and not predicted.get("failed")
+    assert predicted["migration"]["destination"] == destination
+    assert predicted["migration"]["downtime_ms"] is None
+    assert engine.migrations.history("played") == []  # check mode moved nothing
+    assert moved["changed"] and moved["migration"]["status"] == "succeeded"
+    assert moved["migration"]["destination"] == destination
+    assert 0 < moved["migration"]["downtime_ms"] <= moved["migration"]["policy_limit_ms"] == 5000
+    assert_runs_only_on(engine, agents, vm, destination)
+
+    [failed] = playbook.run([{"kestrel.virt.vm_migrate": {"name": "played", "host": destination,
+                                                          "bandwidth": -1}}])
+    assert failed["failed"] and "bandwidth_mbps" in failed["msg"]
+    assert_runs_only_on(engine, agents, vm, destination)
+
+
+def test_kestrel_vm_migrate_prints_progress_and_the_downtime(engine, engine_dir, agents, guest):
+    vm = guest("cli")
+    source, destination = vm["host"], other(vm)
+    kestrel = [os.path.join(os.path.dirname(sys.executable), "kestrel")]
+    where = ["--engine-dir", str(engine_dir), "--db-url", engine.store.url]
+
+    run = subprocess.run(kestrel + ["vm", "migrate", "cli", "--bandwidth", "400"] + where,
+                         capture_output=True, text=True, timeout=300)
+
+    assert run.returncode == 0, run.stderr
+    assert "migrating:" in run.stderr and "MiB left, iteration" in run.stderr  # not a TTY
+    assert run.stdout.startswith(f"VM cli succeeded: {source} -> {destination} in ")
+    assert "downtime " in run.stdout and "ms (policy minimal_downtime, at most 500 ms)" \
+        in run.stdout
+    assert_runs_only_on(engine, agents, vm, destination)
+    history = json.loads(subprocess.run(kestrel + ["vm", "migrations", "cli"] + where,
+                                        capture_output=True, text=True, check=True).stdout)
+    assert [(m["source"], m["destination"], m["status"]) for m in history] == \
+        [(source, destination, "succeeded")]
+    assert history[0]["bandwidth_mbps"] == 400

@@ -95,6 +95,7 @@ def test_disk_is_hotplugged_and_grown_live_in_three_beats(playbook, running_gues
     check, real, again = three_beats(playbook, grow)
     assert check["changed"] and real["changed"] and not again["changed"], real
     assert real["disk"]["size_mib"] == 48 and virtual_mib() == 48
+    grow_alias = real["disk"]["alias"]
     # QEMU itself knows the new size (blockResize on the running domain).
     stats = agent.client().vm_stats(vm["id"])
     assert virtual_mib() == 48 and stats
@@ -103,3 +104,33 @@ def test_disk_is_hotplugged_and_grown_live_in_three_beats(playbook, running_gues
                                                    "size": "16MiB"}}])
     assert shrink["failed"] and shrink["msg"].startswith("size:") and "shrinking" in shrink["msg"]
     assert virtual_mib() == 48
+
+    # Detached: unplugged from the guest, the volume stays and can be attached again.
+    detach = {"kestrel.virt.disk": {"vm": "devices1", "name": "extra", "state": "detached"}}
+    check, real, again = three_beats(playbook, detach)
+    assert check["changed"] and real["changed"] and not again["changed"], real
+    assert real["disk"]["hotplugged"] is True and real["disk"]["volume_id"] == volume.name
+    assert live_device(agent, vm["id"], grow_alias) is None and volume.exists()
+    attach, = playbook.run([{"kestrel.virt.disk": {
+        "vm": "devices1", "name": "again", "size": "48MiB", "storage_domain": "data",
+        "volume": {"image_id": real["disk"]["image_id"], "volume_id": real["disk"]["volume_id"]}}}])
+    assert attach["changed"] and attach["disk"]["hotplugged"] is True, attach
+    assert live_device(agent, vm["id"], attach["disk"]["alias"]) is not None
+    removed, = playbook.run([{"kestrel.virt.disk": {"vm": "devices1", "name": "again",
+                                                    "state": "absent"}}])
+    assert removed["changed"] and removed["disk"]["hotplugged"] is True, removed
+    assert not volume.exists()
+
+
+def test_vm_change_needing_a_restart_is_next_run_with_the_xml_diff(playbook, running_guest, engine):
+    vm, agent = running_guest
+    task = {"kestrel.virt.vm": {"name": "devices1", "memory": "192MiB", "tags": ["web"]}}
+    check, real, again = three_beats(playbook, task)
+    assert check["changed"] and real["changed"] and not again["changed"], real
+    assert check["vm"]["next_run"] is True and real["vm"]["next_run"] is True
+    assert "<memory unit='MiB'>128</memory>" in real["diff"]["before"]
+    assert "<memory unit='MiB'>192</memory>" in real["diff"]["after"]
+    assert real["vm"]["status"] == "Up" and real["vm"]["tags"] == ["web"]
+    # The running domain still has its old memory until the next start.
+    live = ET.fromstring(agent.client().vm_xml(vm["id"]))
+    assert int(live.findtext("memory")) == 128 * 1024

@@ -14,9 +14,17 @@ def test_present_passes_unset_options_as_none_so_the_engine_keeps_them(engine, r
     result = run_module(cluster, dict(name='demo', memory_overcommit=150))
     assert engine.calls == [('clusters.ensure', ('demo',), dict(
         description=None, virt_type=None, memory_overcommit=150, mac_pool=None,
-        scheduling_policy=None, scheduling_policy_properties=None, check_mode=False))]
+        scheduling_policy=None, scheduling_policy_properties=None, migration_policy=None,
+        migration_bandwidth_mbps=None, fencing_policy=None, check_mode=False))]
     assert result['changed'] is True
     assert result['cluster']['memory_overcommit'] == 150
+
+
+def test_migration_policy_and_bandwidth_reach_the_engine(engine, run_module):
+    engine.answer = Outcome(True, dict(name='demo', migration_policy='post_copy'))
+    run_module(cluster, dict(name='demo', migration_policy='post_copy', migration_bandwidth_mbps=500))
+    assert engine.calls[0][2]['migration_policy'] == 'post_copy'
+    assert engine.calls[0][2]['migration_bandwidth_mbps'] == 500
 
 
 def test_absent_removes_and_returns_no_entity(engine, run_module):

@@ -13,7 +13,8 @@ def test_present_registers_with_the_default_agent_port(engine, run_module):
     engine.answer = Outcome(True, dict(name='h1', address='10.77.0.1', status='Up'))
     result = run_module(host, dict(name='h1', address='10.77.0.1', cluster='demo'))
     assert engine.calls == [('hosts.ensure', ('h1',), dict(
-        address='10.77.0.1', cluster='demo', port=54321, check_mode=False))]
+        address='10.77.0.1', cluster='demo', port=54321, power_management=None,
+        soft_fence_command=None, check_mode=False))]
     assert result['host']['status'] == 'Up'
 
 

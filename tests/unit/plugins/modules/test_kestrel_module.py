@@ -75,3 +75,24 @@ def test_missing_engine_library_names_the_package(engine, run_module, monkeypatc
 def test_drop_unset_removes_what_ansible_filled_with_none():
     given = dict(a=None, b=[dict(c=None, d=1)], e=dict(f=None), g=False, h='')
     assert _kestrel.drop_unset(given) == dict(b=[dict(d=1)], e={}, g=False, h='')
+
+
+def test_awx_credential_files_become_a_private_engine_directory(engine, run_module, monkeypatch, tmp_path):
+    import os
+
+    seen = {}
+    for var, name in _kestrel.PKI_ENV:
+        (tmp_path / name).write_text(name)
+        monkeypatch.setenv(var, str(tmp_path / name))
+    original_open = engine.open
+
+    def open_and_look(engine_dir=None, db_url=None):
+        seen.update((name, open(os.path.join(engine_dir, 'pki', name)).read())
+                    for _var, name in _kestrel.PKI_ENV)
+        return original_open(engine_dir=engine_dir, db_url=db_url)
+
+    monkeypatch.setattr(engine, 'open', open_and_look)
+    engine.answer = Outcome(False, ENTITY)
+    run_module(cluster, dict(name='demo', db_url='postgresql+psycopg://k@db/k'))
+    assert seen == {'ca.pem': 'ca.pem', 'engine.pem': 'engine.pem', 'engine.key': 'engine.key'}
+    assert not os.path.exists(engine.opened_with['engine_dir'])  # removed after the task
