@@ -9,7 +9,7 @@ LAB_DIR ?= /srv/kestrel-lab
 LAB_HOSTS ?= 2
 export PATH := $(BIN):$(PATH)
 
-.PHONY: demo test deps venv unit system sanity units integration ee molecule lab-up lab-down clean bench-scheduler bench-xml bench-agent ha-faults bench-matching
+.PHONY: demo test deps venv unit system sanity units integration ee molecule lab-up lab-down clean bench-scheduler bench-xml bench-agent bench-migration ha-faults bench-matching
 
 deps:
 	@echo "==> system packages (libvirt, QEMU, sshd, PostgreSQL, ...)"
@@ -82,6 +82,10 @@ bench-xml: venv
 # Host agent vs bare libvirt on a lab host (start a VM; stats poll of 30 VMs); uses the lab lock.
 bench-agent: deps venv
 	@KESTREL_LAB_STATE_DIR=$(LAB_DIR) flock /tmp/kestrel-lab.lock $(BIN)/python -m bench.agent.bench
+
+# Live migration through the engine vs raw virsh migrate --live, h1 <-> h2; uses the lab lock.
+bench-migration: deps venv
+	@KESTREL_LAB_STATE_DIR=$(LAB_DIR) flock /tmp/kestrel-lab.lock $(BIN)/python -m bench.migration.bench
 
 ha-faults: deps venv
 	@KESTREL_LAB_STATE_DIR=$(LAB_DIR) flock /tmp/kestrel-lab.lock $(BIN)/python -m bench.ha.faults

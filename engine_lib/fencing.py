@@ -56,6 +56,7 @@ _LOST = frozenset({HostStatus.CONNECTING, HostStatus.NON_RESPONSIVE})
 EXIT_OK = 0
 STATUS_ON, STATUS_OFF = 0, 2
 ACTIONS = ("on", "off", "reboot", "status")
+POWER_ON_RETRY_S = 60.0
 _OPTION_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 
 
@@ -258,6 +259,7 @@ class Fencer:
         self.clock = clock
         self._said: dict[str, str] = {}  # host -> the last skip reason audited
         self.soft_fence = soft_fence  # replaceable: unit tests have no SSH to reach
+        self._power_on_retry_at: dict[str, float] = {}  # host -> monotonic time
 
     def step(self, host_name: str) -> None:
         with self.engine.store.transaction(commit=False) as session:
@@ -290,8 +292,10 @@ class Fencer:
         self._audit(host_name, f"power fencing host with {pm['agent']}", "warning")
         result = power_off(pm, policy.power_timeout_s)
         if not result.ok:
-            self._audit(host_name, f"power fence failed: {result.detail}; its VMs stay Unknown",
-                        "error")
+            # Back to "soft" with a fresh time: the next try comes after the grace again.
+            self._set_state(host_name, SOFT, f"power fence failed: {result.detail}; its VMs "
+                            f"stay Unknown; next try in {policy.soft_fence_grace_s:.0f}s",
+                            "error")
             return
         proof = f"host {host_name} was fenced: {result.detail}"
         self._set_state(host_name, FENCED, proof, "warning", fenced=True)
@@ -305,14 +309,18 @@ class Fencer:
                 return
             policy = FencingPolicy.of(host.cluster.fencing_policy)
             pm = dict(host.power_management)
-        if not policy.power_on_after_fence:
+        if not policy.power_on_after_fence \
+                or time.monotonic() < self._power_on_retry_at.get(host_name, 0.0):
             return
         result = power_on(pm, policy.power_timeout_s)
         if result.ok:
+            self._power_on_retry_at.pop(host_name, None)
             self._set_state(host_name, POWERED_ON, f"fenced host powered on: {result.detail}")
         else:
-            self._audit(host_name, f"powering the fenced host on failed: {result.detail}",
-                        "error")
+            # The VMs are safe elsewhere; a host that will not come on is retried slowly.
+            self._power_on_retry_at[host_name] = time.monotonic() + POWER_ON_RETRY_S
+            self._audit(host_name, f"powering the fenced host on failed: {result.detail}; "
+                        f"trying again in {POWER_ON_RETRY_S:.0f}s", "error")
 
     def recovered(self, host_name: str) -> None:
         """The host answers again: the next outage starts fencing from the beginning."""

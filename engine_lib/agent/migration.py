@@ -81,7 +81,8 @@ class Outgoing:
                 "bandwidth_mibps": self.bandwidth_mibps, "progress": dict(self.progress),
                 "downtime_ms": self.downtime_ms, "downtime_limit_ms": self.downtime_limit_ms,
                 "duration_s": round(end - self.started, 3), "error": self.error,
-                "steps": list(self.steps), "postcopy": self.postcopy}
+                "steps": list(self.steps), "postcopy": self.postcopy,
+                "cancel_requested": self.cancel_requested}
 
 
 class Migrations:

@@ -43,7 +43,7 @@ log = logging.getLogger("kestrel.migrations")
 
 # libvirt daemons talk to each other directly (peer to peer); the lab's listen on TCP.
 DESTINATION_URI = "qemu+tcp://{address}/system"
-POLL = 0.5
+POLL = 0.2
 PROGRESS_WRITE_INTERVAL = 1.0
 DESTINATION_CHECK_INTERVAL = 1.0
 # How long to wait for an agent's answer while a migration runs, and for an agent
@@ -282,6 +282,8 @@ class MigrationService:
                     why = f"the destination agent stopped answering ({err.message})"
                 except VmNotFound:
                     why = "the destination agent no longer knows the incoming VM"
+                if why and self._cancel_requested(source, plan.vm_id):
+                    why = ""  # a cancel drops the incoming copy: that is no failure
             if not cancelled and not why and now > deadline:
                 why = f"it did not finish within {timeout:g} s"
             if why and not cancelled:
@@ -290,6 +292,14 @@ class MigrationService:
         if report is not None and why and report.get("status") == "cancelled":
             report = {**report, "status": "failed"}  # we aborted it for a reason
         return self._settle(plan, report, why or (report or {}).get("error") or "")
+
+    @staticmethod
+    def _cancel_requested(source, vm_id: str) -> bool:
+        try:
+            report = source.migration(vm_id)
+        except KestrelError:
+            return False
+        return bool(report.get("cancel_requested")) or report.get("status") == "cancelled"
 
     def _abort(self, plan: Plan, why: str) -> bool:
         log.warning("migration of VM %s: aborting, %s", plan.vm, why)

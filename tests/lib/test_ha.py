@@ -217,3 +217,20 @@ def test_with_no_host_to_take_them_ha_vms_wait_pending_and_restart_once_one_join
     loop(62)
     loop(63)
     assert {where(engine)[n] for n in ("ha-high", "ha-mid", "ha-low")} == {("Up", "h1")}
+
+
+def test_a_failing_power_fence_proves_nothing_and_is_retried_after_the_grace(
+        engine, agents, loop, device):
+    device["options"]["stuck"] = "yes"  # "off" succeeds but the device stays on
+    engine.hosts.ensure("h2", address="10.0.0.2", cluster="c1", power_management=device)
+    engine.clusters.ensure("c1", fencing_policy={"power_timeout_s": 0.5})
+    loop(0)
+    agents["10.0.0.2"].reachable = False
+    loop(3)
+    loop(61)
+    loop(62)  # within the grace: no second try
+    assert [c["action"] for c in calls(device)].count("off") == 1
+    assert {where(engine)[n][0] for n in ("ha-high", "plain")} == {"Unknown"}
+    loop(95)
+    assert [c["action"] for c in calls(device)].count("off") == 2
+    assert ha_messages(engine) == []

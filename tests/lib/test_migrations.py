@@ -27,6 +27,9 @@ def test_upgrade_from_the_first_schema_keeps_clusters_hosts_and_vms(db_url, tmp_
     with Engine.open(engine_dir=str(tmp_path), db_url=db_url,
                      agent_factory=lambda *_: None) as engine:
         assert engine.clusters.get("old")["memory_overcommit"] == 150
+        # 0005: an existing cluster migrates with the default policy, no bandwidth limit.
+        assert (engine.clusters.get("old")["migration_policy"],
+                engine.clusters.get("old")["migration_bandwidth_mbps"]) == ("minimal_downtime", 0)
         assert engine.hosts.info()[0]["cluster"] == "old"
         vm = engine.vms.info("vm1")[0]
         assert (vm["description"], vm["memory_mib"], vm["cluster"]) == ("kept", 256, "old")
@@ -36,6 +39,8 @@ def test_upgrade_from_the_first_schema_keeps_clusters_hosts_and_vms(db_url, tmp_
         assert (host["power_management"], host["soft_fence_command"], host["fence_state"]) == (
             {}, "systemctl restart kestrel-agent", "")
         assert engine.clusters.get("old")["fencing_policy"]["enabled"] is True
+        with engine.store.transaction(commit=False) as session:  # 0004: never matched yet
+            assert session.execute(text("SELECT devices_hash FROM vms")).scalar_one() == ""
         # The upgraded VM is a full citizen: it renders and takes new settings.
         assert engine.vms.ensure({"name": "vm1", "memory": "512MiB"}, state="present").changed
         assert "<memory unit='MiB'>512</memory>" in engine.vms.domain_xml("vm1")

@@ -1,0 +1,83 @@
+"""engine.migrations' own decisions, before any agent moves anything (fake agents;
+the real moves, failures included, are in tests/system/test_migration.py)."""
+
+import pytest
+
+from engine_lib.errors import Conflict, HostNotFound, InvalidSpec, NoValidHost
+from engine_lib.services.migrations import mibps
+
+
+@pytest.fixture
+def running(engine, cluster):
+    for i in (1, 2):
+        engine.hosts.ensure(f"h{i}", address=f"10.0.0.{i}", cluster=cluster)
+    vm = engine.vms.ensure({"name": "vm1", "cluster": cluster, "memory": 256},
+                           state="running").entity
+    return vm
+
+
+def test_check_mode_names_the_destination_and_changes_nothing(engine, running):
+    outcome = engine.migrations.migrate("vm1", check_mode=True)
+    assert outcome.changed
+    assert outcome.entity["source"] == running["host"]
+    assert outcome.entity["destination"] == ({"h1", "h2"} - {running["host"]}).pop()
+    assert outcome.entity["policy"] == "minimal_downtime"
+    assert outcome.entity["policy_limit_ms"] == 500
+    assert engine.migrations.history("vm1") == []
+    assert engine.vms.info("vm1")[0]["status"] == "Up"
+
+
+def test_the_clusters_policy_and_bandwidth_apply_unless_the_call_says_otherwise(
+        engine, cluster, running):
+    engine.clusters.ensure(cluster, migration_policy="suspend_workload",
+                           migration_bandwidth_mbps=800)
+    planned = engine.migrations.migrate("vm1", check_mode=True).entity
+    assert (planned["policy"], planned["bandwidth_mbps"], planned["policy_limit_ms"]) == \
+        ("suspend_workload", 800, 5000)
+    planned = engine.migrations.migrate("vm1", policy="post_copy", bandwidth_mbps=0,
+                                        check_mode=True).entity
+    assert (planned["policy"], planned["bandwidth_mbps"]) == ("post_copy", 0)
+    assert mibps(800) == 95 and mibps(1) == 1 and mibps(0) is None
+
+
+@pytest.mark.parametrize("options, field", [
+    ({"policy": "fastest"}, "policy"),
+    ({"bandwidth_mbps": -5}, "bandwidth_mbps"),
+    ({"bandwidth_mbps": "fast"}, "bandwidth_mbps"),
+    ({"timeout": 0}, "timeout"),
+])
+def test_bad_options_are_refused_naming_the_field(engine, running, options, field):
+    with pytest.raises(InvalidSpec) as info:
+        engine.migrations.migrate("vm1", **options)
+    assert info.value.field == field
+    assert engine.migrations.history("vm1") == []
+
+
+def test_the_cluster_refuses_an_unknown_migration_policy(engine, cluster):
+    with pytest.raises(InvalidSpec) as info:
+        engine.clusters.ensure(cluster, migration_policy="fastest")
+    assert info.value.field == "migration_policy"
+    with pytest.raises(InvalidSpec) as info:
+        engine.clusters.ensure(cluster, migration_bandwidth_mbps=-1)
+    assert info.value.field == "migration_bandwidth_mbps"
+    assert engine.clusters.get(cluster)["migration_policy"] == "minimal_downtime"
+
+
+def test_where_a_vm_cannot_go_is_said_before_anything_moves(engine, cluster, running):
+    with pytest.raises(InvalidSpec) as info:
+        engine.migrations.migrate("vm1", host=running["host"])
+    assert info.value.field == "host" and "already runs" in info.value.reason
+    with pytest.raises(HostNotFound):
+        engine.migrations.migrate("vm1", host="h9")
+    engine.vms.ensure({"name": "vm1", "placement": {"hosts": [running["host"]]}})
+    with pytest.raises(NoValidHost) as info:
+        engine.migrations.migrate("vm1")
+    assert "pinned" in info.value.message
+    assert engine.migrations.history("vm1") == []
+
+
+def test_only_a_running_vm_migrates(engine, cluster, running):
+    engine.vms.ensure({"name": "idle", "cluster": cluster, "memory": 256})
+    with pytest.raises(Conflict) as info:
+        engine.migrations.migrate("idle")
+    assert "is Down, not Up" in info.value.message
