@@ -65,8 +65,8 @@ class AgentClient:
 
     # -- API ---------------------------------------------------------------------
 
-    def host_info(self) -> dict:
-        return self._call("GET", "/host")
+    def host_info(self, timeout: float | None = None) -> dict:
+        return self._call("GET", "/host", timeout=timeout)
 
     def list_vms(self) -> list[dict]:
         return self._call("GET", "/vms")["vms"]

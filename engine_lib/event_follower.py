@@ -23,9 +23,9 @@ from typing import Callable
 
 from sqlalchemy import select
 
-from engine_lib.errors import KestrelError, VmNotFound
+from engine_lib.errors import KestrelError
 from engine_lib.model import Host, HostStatus, Vm, VmStatus
-from engine_lib.monitoring import Monitor
+from engine_lib.monitoring import Monitor, forget_on_host
 from engine_lib.services.common import retry_on_conflict
 from engine_lib.services.vms import HostRef
 
@@ -126,15 +126,7 @@ class HostFollower:
         return down
 
     def forget(self, vm_id: str) -> None:
-        """Remove a VM that went Down from its host, as a stop does: the engine has its
-        exit reason now, and a domain left defined there would keep its disks busy."""
-        try:
-            self.engine.agent(self.host.address, self.host.port).remove_vm(vm_id)
-        except VmNotFound:
-            pass
-        except KestrelError as err:
-            log.warning("could not remove VM %s, Down, from host %s: %s", vm_id,
-                        self.host.name, err.message)
+        forget_on_host(self.engine, self.host, vm_id)
 
 
 class EventFollower:

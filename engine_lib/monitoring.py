@@ -27,7 +27,7 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from engine_lib import devices
 from engine_lib import guest_info
-from engine_lib.errors import AgentUnreachable, KestrelError
+from engine_lib.errors import AgentUnreachable, KestrelError, VmNotFound
 from engine_lib.model import Host, HostStatus, Vm, VmStatus
 from engine_lib.services.common import audit, retry_on_conflict
 from engine_lib.services.hosts import HostService
@@ -48,6 +48,14 @@ class Intervals:
     vm_s: float = 15.0
     # How long a host may stay silent (Connecting) before it is NonResponsive.
     non_responsive_after_s: float = 60.0
+    # How long one heartbeat may wait. A cut link refuses nothing, so without a
+    # bound of its own a heartbeat would wait the agent client's full timeout and
+    # stall the whole loop (HA included) far past non_responsive_after_s.
+    heartbeat_timeout_s: float = 10.0
+
+    @property
+    def heartbeat_wait_s(self) -> float:
+        return min(self.heartbeat_timeout_s, max(1.0, self.non_responsive_after_s / 2))
 
 
 class Monitor:
@@ -79,7 +87,8 @@ class Monitor:
 
     def _heartbeat(self, ref: HostRef) -> dict | None:
         try:
-            facts = self.engine.agent(ref.address, ref.port).host_info()
+            facts = self.engine.agent(ref.address, ref.port).host_info(
+                timeout=self.intervals.heartbeat_wait_s)
         except AgentUnreachable as err:
             self._record_silence(ref.name, err.message)
             return None
@@ -135,6 +144,7 @@ class Monitor:
             log.warning("could not list the VMs of host %s: %s", ref.name, err.message)
             return
         changed_devices: list[tuple[str, str]] = []
+        went_down: list[str] = []
         try:
             with self.engine.store.transaction() as session:
                 host = _host(session, ref.name)
@@ -145,6 +155,8 @@ class Monitor:
                         .with_for_update()):
                     report = reported.get(vm.id)
                     self._sync_vm(session, vm, report, host.name)
+                    if report is not None and vm.status == VmStatus.DOWN:
+                        went_down.append(vm.id)
                     if _devices_changed(vm, report):
                         changed_devices.append((vm.id, report["devices_hash"]))
         except StaleDataError:
@@ -152,6 +164,8 @@ class Monitor:
             # next cycle reads the new state.
             log.info("VMs of host %s changed during the sync; retrying next cycle", ref.name)
             return
+        for vm_id in went_down:
+            forget_on_host(self.engine, ref, vm_id)
         for vm_id, devices_hash in changed_devices:
             self._match_devices(ref, vm_id, devices_hash)
         guest_info.refresh(self.engine, ref, [vm_id for vm_id, report in reported.items()
@@ -212,6 +226,18 @@ class Monitor:
             if poll_vms:
                 self._last_vm_poll = started
             stop.wait(max(0.0, self.intervals.host_s - (time.monotonic() - started)))
+
+
+def forget_on_host(engine, ref: HostRef, vm_id: str) -> None:
+    """Remove a VM that went Down from its host, as a stop does: the engine has its
+    exit reason now, and a domain left defined there would keep its disks busy."""
+    try:
+        engine.agent(ref.address, ref.port).remove_vm(vm_id)
+    except VmNotFound:
+        pass
+    except KestrelError as err:
+        log.warning("could not remove VM %s, Down, from host %s: %s", vm_id, ref.name,
+                    err.message)
 
 
 def _devices_changed(vm: Vm, report: dict | None) -> bool:

@@ -126,7 +126,7 @@ class StandInAgent:
             if "ua-" not in m.group(0))
         self.slot = 0
 
-    def host_info(self):
+    def host_info(self, timeout=None):
         return {"hostname": self.name, "host_uuid": f"uuid-{self.name}", "cpus": 512,
                 "memory_mib": 4 << 20, "libvirt_version": "9.0.0"}
 

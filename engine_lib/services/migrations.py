@@ -289,8 +289,10 @@ class MigrationService:
             if why and not cancelled:
                 cancelled = self._abort(plan, why)
             time.sleep(POLL)
-        if report is not None and why and report.get("status") == "cancelled":
-            report = {**report, "status": "failed"}  # we aborted it for a reason
+        if report is not None and report.get("status") == "failed" and report.get("error"):
+            why = report["error"]  # it failed on its own: libvirt's (or the policy's) reason
+        elif report is not None and why and report.get("status") == "cancelled":
+            report = {**report, "status": "failed"}  # we aborted it, for this reason
         return self._settle(plan, report, why or (report or {}).get("error") or "")
 
     @staticmethod

@@ -29,7 +29,7 @@ class FakeAgent:
         if not self.reachable:
             raise AgentUnreachable(f"agent {self.name} unreachable: connection refused")
 
-    def host_info(self):
+    def host_info(self, timeout=None):
         self._check()
         return {"hostname": self.name, "host_uuid": f"uuid-{self.name}", "cpus": self.cpus,
                 "memory_mib": self.memory_mib, "libvirt_version": "9.0.0", "hooks": self.hooks}

@@ -86,6 +86,14 @@ def test_a_vm_the_host_no_longer_runs_is_down_with_a_reason(engine, running, mon
         "VM is Down: not running on host h1"
 
 
+def test_a_vm_its_host_reports_down_is_removed_from_that_host(engine, running, monitor):
+    agent, vm_id = running
+    agent.vms[vm_id] = "Down"  # the guest powered itself off; the domain is still defined
+    monitor.cycle()
+    assert statuses(engine) == ("Up", "Down")
+    assert vm_id not in agent.vms  # as a stop leaves it: nothing defined, disks free
+
+
 def test_hosts_in_maintenance_are_not_polled(engine, running, monitor, agents):
     from engine_lib.model import Host
 

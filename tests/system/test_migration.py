@@ -50,7 +50,7 @@ def guest(engine, cluster, agents):
     created = []
 
     def make(name: str, **extra) -> dict:
-        spec = tiny_guest(name, placement={"hosts": ["h1", "h2"]}, **extra)
+        spec = tiny_guest(name, **{"placement": {"hosts": ["h1", "h2"]}, **extra})
         vm = engine.vms.ensure(spec, state="running").entity
         created.append(vm)
         wait_for_console(engine, name, "kestrel-guest: nics")
@@ -327,3 +327,28 @@ def test_kestrel_vm_migrate_prints_progress_and_the_downtime(engine, engine_dir,
     assert [(m["source"], m["destination"], m["status"]) for m in history] == \
         [(source, destination, "succeeded")]
     assert history[0]["bandwidth_mbps"] == 400
+
+
+def test_a_host_sends_at_most_two_migrations_at_once(engine, agents, guest):
+    vms = [guest(f"busy{i}", placement={"hosts": ["h1"]}) for i in range(3)]
+    assert {vm["host"] for vm in vms} == {"h1"}
+    for vm in vms:  # free to move now
+        engine.vms.ensure({"name": vm["name"], "placement": {"hosts": ["h1", "h2", "h3"]}})
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        # One to each other host: neither receives two, but h1 sends two.
+        moving = [pool.submit(engine.migrations.migrate, vm["name"], host=host,
+                              bandwidth_mbps=SLOW_MBPS)
+                  for vm, host in zip(vms[:2], ("h2", "h3"))]
+        for vm, future in zip(vms[:2], moving):
+            try:
+                wait_for_progress(engine, vm["name"], timeout=60)
+            except AssertionError:
+                future.result(timeout=1)  # its own error says more
+                raise
+        with pytest.raises(MigrationFailed) as info:
+            engine.migrations.migrate("busy2", host="h2")
+        assert "this host already sends 2 migrations (at most 2)" in info.value.message
+        assert_runs_only_on(engine, agents, vms[2], "h1")
+        assert [f.result(timeout=240).entity["status"] for f in moving] == ["succeeded"] * 2
+    assert_runs_only_on(engine, agents, vms[0], "h2")
+    assert_runs_only_on(engine, agents, vms[1], "h3")
