@@ -311,18 +311,7 @@ class Api:
         volume = None
         item = request.body.get("volume")
         if item is not None:
-            if not isinstance(item, dict):
-                raise InvalidSpec("volume", "must be an object")
-            unknown = set(item) - _VOLUME_KEYS
-            if unknown:
-                raise InvalidSpec("volume", f"unknown keys {sorted(unknown)}")
-            for key in ("domain", "image", "volume"):
-                if not isinstance(item.get(key), str) or not item[key]:
-                    raise InvalidSpec(f"volume.{key}", "a non-empty string is required")
-            size = item.get("size_mib")
-            if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
-                raise InvalidSpec("volume.size_mib", f"a positive integer is required, "
-                                                     f"got {size!r}")
+            size = _checked_volume(item, "volume", sized=True)
             volume = VolumeRef(alias=str(item.get("alias", "")), domain=item["domain"],
                                image=item["image"], volume=item["volume"],
                                format=str(item.get("format", "qcow2")), size_mib=size)
@@ -393,15 +382,7 @@ class Api:
             raise InvalidSpec("volumes", "a list of {domain, image, volume} objects is required")
         locations = []
         for index, item in enumerate(items):
-            where = f"volumes[{index}]"
-            if not isinstance(item, dict):
-                raise InvalidSpec(where, "must be an object")
-            unknown = set(item) - _VOLUME_KEYS
-            if unknown:
-                raise InvalidSpec(where, f"unknown keys {sorted(unknown)}")
-            for key in ("domain", "image", "volume"):
-                if not isinstance(item.get(key), str) or not item[key]:
-                    raise InvalidSpec(f"{where}.{key}", "a non-empty string is required")
+            _checked_volume(item, f"volumes[{index}]")
             locations.append(VolumeLocation(item["domain"], item["image"], item["volume"]))
         return {"volumes": self.hypervisor.delete_volumes(locations)}
 
@@ -409,17 +390,7 @@ class Api:
         from engine_lib.agent.volumes import VolumeLocation
 
         item = request.body.get("volume")
-        if not isinstance(item, dict):
-            raise InvalidSpec("volume", "must be an object")
-        unknown = set(item) - _VOLUME_KEYS
-        if unknown:
-            raise InvalidSpec("volume", f"unknown keys {sorted(unknown)}")
-        for key in ("domain", "image", "volume"):
-            if not isinstance(item.get(key), str) or not item[key]:
-                raise InvalidSpec(f"volume.{key}", "a non-empty string is required")
-        size = item.get("size_mib")
-        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
-            raise InvalidSpec("volume.size_mib", f"a positive integer is required, got {size!r}")
+        size = _checked_volume(item, "volume", sized=True)
         location = VolumeLocation(item["domain"], item["image"], item["volume"])
         return self.hypervisor.resize_volume(location, str(item.get("format", "qcow2")), size)
 
@@ -446,6 +417,24 @@ def _volume_location(item, where: str):
         if not isinstance(item.get(key), str) or not item[key]:
             raise InvalidSpec(f"{where}.{key}", "a non-empty string is required")
     return VolumeLocation(item["domain"], item["image"], item["volume"])
+
+
+def _checked_volume(item, where: str, sized: bool = False) -> int | None:
+    """Validate a {domain, image, volume[, size_mib, ...]} object; its size when ``sized``."""
+    if not isinstance(item, dict):
+        raise InvalidSpec(where, "must be an object")
+    unknown = set(item) - _VOLUME_KEYS
+    if unknown:
+        raise InvalidSpec(where, f"unknown keys {sorted(unknown)}")
+    for key in ("domain", "image", "volume"):
+        if not isinstance(item.get(key), str) or not item[key]:
+            raise InvalidSpec(f"{where}.{key}", "a non-empty string is required")
+    if not sized:
+        return None
+    size = item.get("size_mib")
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        raise InvalidSpec(f"{where}.size_mib", f"a positive integer is required, got {size!r}")
+    return size
 
 
 def _vm_id(request: Request) -> str:
