@@ -114,6 +114,9 @@ def engine_run(args) -> int:
                     args.balance_interval, args.balance_max_migrations)).run, args=(stop,),
                     name="balancer", daemon=True).start()
             monitor = Monitor(engine, intervals)
+            # A migration whose caller died (a module run killed mid-way) would leave
+            # its VM MigratingFrom, which the Monitor does not touch: settle it here.
+            monitor.after_cycle.append(engine.migrations.active)
             if not args.no_ha:
                 from engine_lib.ha import HighAvailability
 

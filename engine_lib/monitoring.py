@@ -78,7 +78,10 @@ class Monitor:
             if facts is not None and poll_vms:
                 self._sync_vms(host)
         for after in self.after_cycle:
-            after()
+            try:
+                after()
+            except Exception:  # noqa: BLE001 - one failing pass must not starve the others
+                log.exception("after-cycle pass %s failed", getattr(after, "__qualname__", after))
 
     def _hosts(self) -> list[HostRef]:
         with self.engine.store.transaction(commit=False) as session:
