@@ -148,6 +148,7 @@ class Monitor:
             return
         changed_devices: list[tuple[str, str]] = []
         went_down: list[str] = []
+        ours: set[str] = set()
         try:
             with self.engine.store.transaction() as session:
                 host = _host(session, ref.name)
@@ -156,6 +157,7 @@ class Monitor:
                 for vm in session.scalars(select(Vm).where(
                         Vm.run_on_host_id == host.id, Vm.status.in_(VmStatus.ACTIVE))
                         .with_for_update()):
+                    ours.add(vm.id)
                     report = reported.get(vm.id)
                     self._sync_vm(session, vm, report, host.name)
                     if report is not None and vm.status == VmStatus.DOWN:
@@ -167,6 +169,10 @@ class Monitor:
             # next cycle reads the new state.
             log.info("VMs of host %s changed during the sync; retrying next cycle", ref.name)
             return
+        # A Down VM the engine does not run on this host is a leftover (a host fenced
+        # and back, a VM restarted elsewhere meanwhile): forget it there too.
+        went_down += [vm_id for vm_id, report in reported.items()
+                      if vm_id not in ours and report.get("status") == VmStatus.DOWN]
         for vm_id in went_down:
             forget_on_host(self.engine, ref, vm_id)
         for vm_id, devices_hash in changed_devices:

@@ -94,6 +94,16 @@ def test_a_vm_its_host_reports_down_is_removed_from_that_host(engine, running, m
     assert vm_id not in agent.vms  # as a stop leaves it: nothing defined, disks free
 
 
+def test_a_leftover_down_vm_is_forgotten_and_a_running_stranger_left_alone(
+        engine, running, monitor):
+    agent, vm_id = running
+    agent.vms["left-over"] = "Down"  # e.g. defined before its host was fenced
+    agent.vms["stranger"] = "Up"     # running, unknown to the engine: not ours to touch
+    monitor.cycle()
+    assert sorted(agent.vms) == sorted([vm_id, "stranger"])
+    assert statuses(engine) == ("Up", "Up")
+
+
 def test_hosts_in_maintenance_are_not_polled(engine, running, monitor, agents):
     from engine_lib.model import Host
 

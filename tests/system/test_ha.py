@@ -14,6 +14,8 @@ at any sample is a duplicate, and no scenario may ever see one.
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import os
 import signal
@@ -26,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from agent_fixtures import PIDFILE, is_alive, restart_agent
+from engine_lib.errors import VmNotFound
 from engine_lib.lab import hostfs
 from engine_lib.lab import hosts as lab_hosts
 from engine_lib.lab.fence import boot_script
@@ -209,6 +212,8 @@ def _restore(env) -> None:
             for command in (["destroy", vm_id], ["undefine", "--nvram", vm_id]):
                 lab_hosts.run_in(host.name, ["virsh", "-q", "-c", "qemu:///system", *command],
                                  env.state_dir, capture_output=True, timeout=30)
+            with contextlib.suppress(VmNotFound):  # the agent's Down record, too
+                handle.client().remove_vm(vm_id)
         Path(hostfs.source(host.root, lab_hosts.BOOT_SCRIPT)).unlink(missing_ok=True)
 
 

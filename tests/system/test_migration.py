@@ -103,10 +103,16 @@ def wait_for_progress(engine, name: str, timeout: float = 30) -> dict:
     raise AssertionError(f"no progress of the migration of {name} within {timeout}s")
 
 
-def assert_guest_runs(agent, vm_id: str) -> None:
+def assert_guest_runs(agent, vm_id: str, within: float = 15.0) -> None:
+    """The guest's vCPUs make progress (not merely "running" but paused inside). An idle
+    tickless guest may not use its CPU for a second or more, so give it some time."""
     before = agent.client().vm_status(vm_id)["cpu_time_ns"]
-    time.sleep(1.0)
-    assert agent.client().vm_status(vm_id)["cpu_time_ns"] > before
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        if agent.client().vm_status(vm_id)["cpu_time_ns"] > before:
+            return
+    raise AssertionError(f"the guest's CPU time stayed at {before} ns for {within:.0f} s")
 
 
 def assert_runs_only_on(engine, agents, vm: dict, host: str) -> None:
@@ -209,7 +215,7 @@ def test_a_destination_that_refuses_leaves_the_vm_on_its_source(engine, agents, 
             "hook before_vm_migrate_destination/50_refuse failed with exit status 1")
     finally:
         destination.run(["rm", "-rf", hook_dir])
-    assert destination.client().list_vms() == []
+    assert vm["id"] not in {v["id"] for v in destination.client().list_vms()}
 
 
 def test_a_cut_link_mid_flight_leaves_the_vm_on_its_source(engine, agents, guest, in_flight):
@@ -244,7 +250,7 @@ def test_a_destination_agent_killed_mid_flight_leaves_the_vm_on_its_source(
         while is_alive(destination.pid):
             time.sleep(0.1)
         restart_agent(destination)
-    assert destination.client().list_vms() == []
+    assert vm["id"] not in {v["id"] for v in destination.client().list_vms()}
 
 
 def test_a_source_agent_restarted_mid_flight_leaves_the_vm_on_its_source(
