@@ -8,18 +8,17 @@
 from __future__ import annotations
 
 from engine_lib.devices.apply import apply
-from engine_lib.devices.live import ALIAS_PREFIX, LiveDevice, parse
+from engine_lib.devices.live import ALIAS_PREFIX, LiveDevice, parse, parse_devices
 from engine_lib.devices.match import Correlation, correlate
 from engine_lib.model import Vm
 
 __all__ = ["ALIAS_PREFIX", "Correlation", "LiveDevice", "apply", "correlate", "match_vm",
-           "parse", "record_live"]
+           "parse", "parse_devices", "record_live"]
 
 
 def match_vm(vm: Vm, domain_xml: str) -> tuple[Correlation, list[tuple[str, str]]]:
     """Correlate and apply; returns the correlation and the audit notes."""
-    _, live = parse(domain_xml)
-    correlation = correlate(vm.devices, live)
+    correlation = correlate(vm.devices, parse_devices(domain_xml))
     return correlation, apply(vm, correlation)
 
 

@@ -17,7 +17,7 @@ import yaml
 
 from engine_lib import cli
 from engine_lib.agent.devices_hash import DevicesHashes, devices_hash
-from engine_lib.devices import correlate, parse
+from engine_lib.devices import correlate, parse, parse_devices
 from engine_lib.domxml.from_spec import render_spec
 from engine_lib.errors import InvalidSpec
 
@@ -157,6 +157,46 @@ def test_parse_rejects_what_is_not_a_libvirt_domain():
         parse("<domain>")
     with pytest.raises(InvalidSpec, match="live: is a <network> document"):
         parse("<network/>")
+
+
+def fields(devices) -> list[tuple]:
+    return [(d.tag, d.kind, dict(d.attrs), d.alias, dict(d.address), d.guest_name, d.mac,
+             d.model) for d in devices]
+
+
+@pytest.mark.parametrize("name", ["started", "hotplugged", "rich"])
+def test_the_monitors_fast_path_reads_what_the_strict_parse_reads(name):
+    xml = (LIVE / f"{name}.xml").read_text()
+    assert fields(parse_devices(xml)) == fields(parse(xml)[1])
+
+
+def test_the_fast_path_finds_the_domains_devices_past_metadata_that_names_devices():
+    xml = (LIVE / "started.xml").read_text().replace(
+        "</metadata>", "<x:devices xmlns:x='urn:x'><devices><disk/></devices></x:devices>"
+                       "</metadata>")
+    assert fields(parse_devices(xml)) == fields(parse(xml)[1])
+    assert all(d.kind != "disk" or d.alias for d in parse_devices(xml))
+
+
+def test_the_fast_path_leaves_a_broken_document_to_the_strict_parse():
+    with pytest.raises(InvalidSpec, match="live: is not well-formed XML"):
+        parse_devices("<domain><devices><disk></devices></domain>")
+    assert parse_devices("<domain><uuid>u</uuid></domain>") == []
+
+
+def test_rows_without_an_instance_dict_are_read_through_their_attributes():
+    class SlottedRow:
+        __slots__ = ("id", "type", "managed", "plugged", "alias", "address", "spec")
+
+        def __init__(self, **values):
+            for key, value in values.items():
+                setattr(self, key, value)
+
+    xml, rows = golden("rich")
+    slotted = [SlottedRow(**{k: getattr(r, k) for k in SlottedRow.__slots__}) for r in rows]
+    result = correlate(slotted, parse_devices(xml))
+    assert result.unmanaged_new == [] and result.unplugged == []
+    assert len(result.matched) == len(rows)
 
 
 # -- the CLI ------------------------------------------------------------------------------
