@@ -144,12 +144,16 @@ class AgentClient:
         return self._call("POST", "/vms", {"xml": xml, "mode": "incoming"})
 
     def migrate_vm(self, vm_id: str, destination_uri: str, paths: dict[str, str],
-                   policy: str = "minimal_downtime", bandwidth_mibps: int | None = None) -> dict:
-        """Source side: starts the migration and returns at once (see migration())."""
+                   policy: str = "minimal_downtime", bandwidth_mibps: int | None = None,
+                   tls: bool = False) -> dict:
+        """Source side: starts the migration and returns at once (see migration()).
+        ``tls``: QEMU's migration stream too goes over TLS (VIR_MIGRATE_TLS)."""
         body: dict[str, Any] = {"destination_uri": destination_uri, "paths": paths,
                                 "policy": policy}
         if bandwidth_mibps:
             body["bandwidth_mibps"] = bandwidth_mibps
+        if tls:
+            body["tls"] = True
         return self._call("POST", f"/vms/{_seg(vm_id)}/migrate", body)
 
     def migration(self, vm_id: str) -> dict:

@@ -42,6 +42,12 @@ def engine_init(args) -> int:
     config = EngineConfig.resolve(args.engine_dir, args.db_url)
     created = pki.init_ca(str(config.pki_dir))
     print(f"CA and engine certificate in {config.pki_dir}: {'created' if created else 'kept'}")
+    from engine_lib import engine_key
+
+    # Issue 9: the key the engine reaches hosts with (reinstall, soft fencing); never replaced.
+    key_created = engine_key.ensure(config.engine_dir)
+    print(f"engine SSH key {engine_key.private_key(config.engine_dir)}: "
+          f"{'created' if key_created else 'kept'} (public half: `kestrel engine ssh-key`)")
     store = Store(config.db_url)
     store.upgrade()
     store.close()
@@ -53,6 +59,15 @@ def _redact(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
+
+
+def engine_ssh_key(args) -> int:
+    """Print the engine's public SSH key: the line hosts authorize for root."""
+    from engine_lib import engine_key
+    from engine_lib.config import EngineConfig
+
+    print(engine_key.public_key(EngineConfig.resolve(args.engine_dir, args.db_url).engine_dir))
+    return 0
 
 
 def engine_sign_csr(args) -> int:
@@ -171,6 +186,17 @@ def cluster_list(args) -> int:
 def host_list(args) -> int:
     with _open_engine(args) as engine:
         _print_json(engine.hosts.info(name=args.name, cluster=args.cluster))
+    return 0
+
+
+def host_reinstall(args) -> int:
+    """Issue 9: reinstall the engine's agent build on a host over SSH, then activate it."""
+    with _open_engine(args) as engine:
+        outcome = engine.hosts.reinstall(args.name, force=args.force,
+                                         activate=not args.no_activate,
+                                         renew_certificate=args.renew_certificate,
+                                         timeout=args.timeout)
+    _print_json({"changed": outcome.changed, "host": outcome.entity})
     return 0
 
 
@@ -395,6 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     run_engine.add_argument("--pidfile", help="lock file holding the loop's PID")
     run_engine.add_argument("--log-file", help="default: stderr; engine.log in the engine "
                             "directory with --daemon")
+    _engine_options(command(engine, "ssh-key", engine_ssh_key,
+                            "print the engine's public SSH key (authorize it for root on hosts)"))
     sign = command(engine, "sign-csr", engine_sign_csr,
                    "sign a host's certificate request with the engine CA")
     _engine_options(sign)
@@ -422,6 +450,20 @@ def build_parser() -> argparse.ArgumentParser:
         if group_name == "host":
             lister.add_argument("--name")
             lister.add_argument("--cluster")
+            reinstall = command(sub, "reinstall", host_reinstall,
+                                "install the engine's agent build on a host again over SSH "
+                                "(it goes to maintenance first), then activate it; nothing "
+                                "happens when it already runs that build")
+            _engine_options(reinstall)
+            reinstall.add_argument("name")
+            reinstall.add_argument("--force", action="store_true",
+                                   help="reinstall even when the host runs the engine's build")
+            reinstall.add_argument("--no-activate", action="store_true",
+                                   help="leave the host in Maintenance afterwards")
+            reinstall.add_argument("--renew-certificate", action="store_true",
+                                   help="re-enroll the agent certificate even if still valid")
+            reinstall.add_argument("--timeout", type=float, default=600.0,
+                                   help="seconds for moving its VMs away (600)")
 
     audit_log = groups.add_parser("events", help="the audit log (oldest first)")
     audit_log.set_defaults(func=events)

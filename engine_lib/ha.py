@@ -21,7 +21,6 @@ Monitor). The rules, oVirt's:
 from __future__ import annotations
 
 import logging
-import os
 import time
 from datetime import datetime, timezone
 from typing import Callable
@@ -56,8 +55,10 @@ def restart_order(vms: list[Vm]) -> list[Vm]:
 
 
 def default_ssh_key(engine) -> str:
-    """The engine's SSH key for soft fencing: ``<engine_dir>/ssh/id_ed25519``."""
-    return os.path.join(str(engine.config.engine_dir), "ssh", "id_ed25519")
+    """The engine's SSH key for soft fencing: ``<engine_dir>/ssh/id_ed25519`` (engine_key)."""
+    from engine_lib import engine_key
+
+    return str(engine_key.private_key(engine.config.engine_dir))
 
 
 class HighAvailability:

@@ -39,6 +39,8 @@ class HostStatus:
     MAINTENANCE = "Maintenance"
     # Issue 7: its VMs are migrating away; the scheduler already places nothing here.
     PREPARING_FOR_MAINTENANCE = "PreparingForMaintenance"
+    # Issue 9 (host_deploy): a reinstall failed; the host stays out until one succeeds.
+    INSTALL_FAILED = "InstallFailed"
 
     # An operator put the host here: a heartbeat or re-registering does not make it Up.
     HELD = frozenset({MAINTENANCE, PREPARING_FOR_MAINTENANCE})
@@ -88,6 +90,12 @@ class Cluster(Base):
     # bandwidth limit of each migration in Mbps (0 = no limit).
     migration_policy: Mapped[str] = mapped_column(String(32), default="minimal_downtime")
     migration_bandwidth_mbps: Mapped[int] = mapped_column(Integer, default=0)
+    # Migration 0010: migrate over libvirt TLS (qemu+tls, VIR_MIGRATE_TLS); hosts need
+    # the host role's libvirt TLS. Off by default, as in oVirt.
+    migration_encrypted: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Issue 9 (migration 0009): the hosts' agents may shrink the balloons of this
+    # cluster's VMs under memory pressure (engine_lib.agent.ballooning).
+    ballooning: Mapped[bool] = mapped_column(Boolean, default=False)
     version: Mapped[int] = mapped_column(Integer, nullable=False)
 
     hosts: Mapped[list["Host"]] = relationship(back_populates="cluster")
@@ -136,6 +144,14 @@ class Host(Base):
     fence_state: Mapped[str] = mapped_column(String(16), default="")
     fence_changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
                                                               nullable=True)
+    # Issue 9 (migration 0011): the agent build the engine last installed (host_deploy):
+    # its version and wheel checksum ("" = never reinstalled by the engine), when, and
+    # why the last reinstall failed ("" after a success).
+    agent_version: Mapped[str] = mapped_column(String(64), default="")
+    agent_wheel_sha256: Mapped[str] = mapped_column(String(64), default="")
+    agent_installed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                                nullable=True)
+    install_error: Mapped[str] = mapped_column(Text, default="")
     version: Mapped[int] = mapped_column(Integer, nullable=False)
 
     cluster: Mapped[Cluster] = relationship(back_populates="hosts")
@@ -368,6 +384,8 @@ class Migration(Base):
     status: Mapped[str] = mapped_column(String(16), default="running")
     policy: Mapped[str] = mapped_column(String(32), default="minimal_downtime")
     bandwidth_mbps: Mapped[int] = mapped_column(Integer, default=0)
+    # Migration 0010: over libvirt TLS (the cluster's migration_encrypted at the time).
+    encrypted: Mapped[bool] = mapped_column(Boolean, default=False)
     progress: Mapped[dict] = mapped_column(JSON, default=dict)
     downtime_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
     error: Mapped[str] = mapped_column(Text, default="")

@@ -37,7 +37,7 @@ log = logging.getLogger("kestrel.engine.monitoring")
 
 # Hosts in these statuses are not polled: an operator put them there.
 # (PreparingForMaintenance too: a heartbeat must not turn it Up while its VMs leave.)
-_NOT_POLLED = HostStatus.HELD | {HostStatus.INSTALLING}
+_NOT_POLLED = HostStatus.HELD | {HostStatus.INSTALLING, HostStatus.INSTALL_FAILED}
 
 
 @dataclass(frozen=True)

@@ -112,8 +112,9 @@ ROUTES = (
           "os, users, filesystems, interfaces (name, mac, ips), ips (without loopback and "
           "link-local), timezone. 409 GuestAgentUnavailable when the agent does not answer "
           "within 5 s (not installed, not started, VM not running)."),
-    Route("GET", "/stats", "stats", "Host CPU and memory, VM counts, and per running VM: "
-          "CPU, memory and balloon, disk and NIC counters (one libvirt call)."),
+    Route("GET", "/stats", "stats", "Host CPU and memory, VM counts, the balloon policy's "
+          "last round, and per running VM: CPU, memory and balloon, disk and NIC counters "
+          "(one libvirt call)."),
     Route("GET", "/vms/{id}/stats", "vm_stats", "One VM's CPU, memory and balloon, disk and "
           "NIC counters."),
     Route("POST", "/vms/{id}/devices", "plug_device", "Hotplug a <disk> or <interface> "
@@ -141,7 +142,11 @@ ROUTES = (
                                          "additionalProperties": {"type": "string"}},
                                "policy": {"type": "string", "enum": list(MIGRATION_POLICIES),
                                           "default": "minimal_downtime"},
-                               "bandwidth_mibps": {"type": "integer", "minimum": 1}}}),
+                               "bandwidth_mibps": {"type": "integer", "minimum": 1},
+                               "tls": {"type": "boolean", "default": False,
+                                       "description": "QEMU's migration stream over TLS "
+                                       "too (VIR_MIGRATE_TLS); pair with a qemu+tls "
+                                       "destination_uri"}}}),
     Route("GET", "/vms/{id}/migration", "migration_status", "The VM's migration on this "
           "host: progress (data processed and remaining, iteration, downtime limit), then "
           "the result with the final downtime."),
@@ -189,6 +194,7 @@ class Api:
         except KestrelError as exc:
             log.warning("libvirt not reachable at start (%s); will retry on demand",
                         exc.message)
+        self.hypervisor.ballooning.start()  # each round reconnects if it must
 
     def close(self) -> None:
         if self._hypervisor is not None:
@@ -352,7 +358,7 @@ class Api:
         uri = request.body.get("destination_uri")
         if not isinstance(uri, str) or "://" not in uri:
             raise InvalidSpec("destination_uri", f"a libvirt URI is required "
-                                                 f"(e.g. qemu+tcp://host/system), got {uri!r}")
+                                                 f"(e.g. qemu+tls://host/system), got {uri!r}")
         paths = request.body.get("paths", {})
         if not isinstance(paths, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in paths.items()):
@@ -366,7 +372,11 @@ class Api:
                                       or not isinstance(bandwidth, int) or bandwidth < 1):
             raise InvalidSpec("bandwidth_mibps", f"a positive integer (MiB/s) is required, "
                                                  f"got {bandwidth!r}")
-        return self.hypervisor.migrations.start_outgoing(vm_id, uri, paths, policy, bandwidth)
+        tls = request.body.get("tls", False)
+        if not isinstance(tls, bool):
+            raise InvalidSpec("tls", f"must be true or false, got {tls!r}")
+        return self.hypervisor.migrations.start_outgoing(vm_id, uri, paths, policy, bandwidth,
+                                                         tls=tls)
 
     def migration_status(self, request: Request) -> dict:
         return self.hypervisor.migrations.report(_vm_id(request))

@@ -5,6 +5,8 @@
     [paths]            channels, payload, console, nvram   (roots of the placeholder kinds)
                        hooks                               (hook scripts, see agent.hooks)
     [storage_domains]  <name> = <mount point>
+    [ballooning]       interval, low_free_percent, high_free_percent, step_percent
+                       (the memory balloon policy, see agent.ballooning)
 
 Every key has a default except the storage domains. Unknown sections and keys
 are errors: the host role writes this file, and a typo silently ignored is a
@@ -31,8 +33,22 @@ _DEFAULTS: dict[str, dict[str, str]] = {
     "paths": {"channels": "/var/lib/kestrel/channels", "payload": "/var/lib/kestrel/payload",
               "console": "/var/log/kestrel/console", "nvram": "/var/lib/kestrel/nvram",
               "hooks": "/etc/kestrel/hooks"},
+    # MoM's defaults: shrink under 20% free host memory, by 5% of a VM's memory per step.
+    "ballooning": {"interval": "10", "low_free_percent": "20", "high_free_percent": "30",
+                   "step_percent": "5"},
 }
 _STORAGE = "storage_domains"
+
+
+@dataclass(frozen=True)
+class BallooningConfig:
+    """When the balloon policy shrinks (free host memory under ``low_free_percent``) and
+    grows back (over ``high_free_percent``) the balloons of VMs whose cluster allows it."""
+    interval_s: float = 10.0
+    low_free_percent: float = 20.0
+    high_free_percent: float = 30.0
+    # Of each VM's full memory, per interval.
+    step_percent: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -49,6 +65,7 @@ class AgentConfig:
     # Storage domain name -> mount point on this host.
     storage_domains: dict[str, str] = field(default_factory=dict)
     source: str = ""
+    ballooning: BallooningConfig = field(default_factory=BallooningConfig)
 
     @property
     def hooks_dir(self) -> str:
@@ -135,4 +152,26 @@ def parse(parser: configparser.ConfigParser, source: str) -> AgentConfig:
         paths=dict(values["paths"]),
         storage_domains=domains,
         source=source,
+        ballooning=_ballooning(values["ballooning"], lambda key: where("ballooning", key)),
     )
+
+
+def _ballooning(values: dict[str, str], where) -> BallooningConfig:
+    def number(key: str, low: float, high: float) -> float:
+        try:
+            value = float(values[key])
+        except ValueError:
+            value = float("nan")
+        if not low <= value <= high:  # NaN fails too
+            raise InvalidSpec(where(key), f"'{values[key]}' is not a number from {low:g} "
+                                          f"to {high:g}")
+        return value
+
+    interval = number("interval", 0.1, 3600)
+    low = number("low_free_percent", 0, 100)
+    high = number("high_free_percent", 0, 100)
+    if high < low:
+        raise InvalidSpec(where("high_free_percent"), f"{high:g} is below low_free_percent "
+                                                      f"({low:g}); the balloons would flap")
+    return BallooningConfig(interval_s=interval, low_free_percent=low, high_free_percent=high,
+                            step_percent=number("step_percent", 0.1, 100))

@@ -15,7 +15,8 @@ The domain XML for the destination is our own migratable live XML with this
 host's paths replaced by the destination's (what its prepare call resolved):
 the engine's XML lacks the device addresses libvirt requires to stay the same.
 On failure the source resumes the guest if the migration paused it: the one
-running copy stays here.
+running copy stays here. An encrypted migration (``tls``) adds VIR_MIGRATE_TLS, so
+QEMU's stream is TLS as well as the qemu+tls connection between the daemons.
 
 The destination gets a persistent definition (VIR_MIGRATE_PERSIST_DEST), as a
 fresh start defines one; the source keeps its definition until the completed
@@ -73,6 +74,7 @@ class Outgoing:
     steps: list[dict] = field(default_factory=list)
     cancel_requested: bool = False
     postcopy: bool = False
+    tls: bool = False
 
     def report(self) -> dict:
         end = self.finished if self.finished is not None else time.monotonic()
@@ -82,7 +84,7 @@ class Outgoing:
                 "downtime_ms": self.downtime_ms, "downtime_limit_ms": self.downtime_limit_ms,
                 "duration_s": round(end - self.started, 3), "error": self.error,
                 "steps": list(self.steps), "postcopy": self.postcopy,
-                "cancel_requested": self.cancel_requested}
+                "cancel_requested": self.cancel_requested, "tls": self.tls}
 
 
 class Migrations:
@@ -173,7 +175,7 @@ class Migrations:
     # -- source ----------------------------------------------------------------------
 
     def start_outgoing(self, vm_id: str, destination_uri: str, paths: dict[str, str],
-                       policy: str, bandwidth_mibps: int | None) -> dict:
+                       policy: str, bandwidth_mibps: int | None, *, tls: bool = False) -> dict:
         convergence.check_policy(policy)
         hv = self.hv
         with hv._vm_lock(vm_id):
@@ -189,7 +191,7 @@ class Migrations:
                 if running >= MAX_OUTGOING:
                     raise Conflict(f"this host already sends {running} migrations (at most "
                                    f"{MAX_OUTGOING})", vm_id=vm_id, limit=MAX_OUTGOING)
-                record = Outgoing(vm_id, destination_uri, policy, bandwidth_mibps)
+                record = Outgoing(vm_id, destination_uri, policy, bandwidth_mibps, tls=tls)
                 self._outgoing[vm_id] = record
             try:
                 hv._hook_xml("before_vm_migrate_source", dom)
@@ -235,7 +237,7 @@ class Migrations:
             params[libvirt.VIR_MIGRATE_PARAM_PERSIST_XML] = persist_xml
         if record.bandwidth_mibps:
             params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = record.bandwidth_mibps
-        flags = _FLAGS | (libvirt.VIR_MIGRATE_POSTCOPY if record.policy == "post_copy" else 0)
+        flags = migrate_flags(record.policy, record.tls)
         done = threading.Event()
         sampler = threading.Thread(target=self._sample, args=(record, dom, policy, done),
                                    daemon=True, name=f"migrate-progress-{vm_id[:8]}")
@@ -399,6 +401,14 @@ class Migrations:
                     self.hv.registry.set(vm_id, dom.name(), VmStatus.MIGRATING_TO)
             except libvirt.libvirtError:
                 continue
+
+
+def migrate_flags(policy: str, tls: bool) -> int:
+    """libvirt flags of an outgoing migration. VIR_MIGRATE_TLS makes QEMU's own stream
+    use TLS (qemu.conf's migrate_tls_x509_cert_dir on both hosts); libvirt refuses to
+    start rather than silently migrate in clear when either side lacks it."""
+    return (_FLAGS | (libvirt.VIR_MIGRATE_POSTCOPY if policy == "post_copy" else 0)
+            | (libvirt.VIR_MIGRATE_TLS if tls else 0))
 
 
 def _progress(stats: dict, downtime_limit_ms: int) -> dict:

@@ -30,7 +30,7 @@ import engine_lib
 from engine_lib import metadata, placeholders
 from engine_lib.agent import (domxml, event_log, events, guest_agent, hibernation, hooks,
                               hotplug, payload, registry, states, stats, volumes)
-from engine_lib.agent import migration
+from engine_lib.agent import ballooning, migration
 from engine_lib.agent.config import AgentConfig
 from engine_lib.agent.devices_hash import DevicesHashes
 from engine_lib.agent.states import VmStatus
@@ -101,6 +101,8 @@ class Hypervisor:
         self._sampler = stats.Sampler()
         self._devices_hashes = DevicesHashes()
         self.migrations = migration.Migrations(self)
+        # Issue 9: shrinks/grows balloons of VMs whose cluster allows it; started by Api.start.
+        self.ballooning = ballooning.BalloonPolicy(self, config.ballooning)
 
     # -- connection and lookup -------------------------------------------------
 
@@ -133,6 +135,7 @@ class Hypervisor:
             return self._conn
 
     def close(self) -> None:
+        self.ballooning.stop()
         with self._conn_lock:
             if self._conn is not None:
                 with contextlib.suppress(libvirt.libvirtError):
@@ -734,6 +737,7 @@ class Hypervisor:
             "free_memory_mib": free_mib,
             "running_vms": len(records),
             "vm_count": len(self.registry.all()),
+            "ballooning": self.ballooning.report(),
         }
         return {"host": host, "vms": [self._vm_stats(dom, raw) for dom, raw in ours]}
 
@@ -757,6 +761,9 @@ class Hypervisor:
         if "cpu.time" in raw:
             report["cpu"]["percent"] = self._sampler.vm_cpu_percent(vm_id, raw["cpu.time"])
         report["devices_hash"] = self._devices_hashes.get(dom)
+        target = self.ballooning.target_kib(vm_id)
+        if target is not None:
+            report["memory"]["target_kib"] = target  # current_kib is where the guest is
         return report
 
     # -- volumes -------------------------------------------------------------------

@@ -19,6 +19,8 @@ _TARGET_PREFIX = {"virtio": "vd", "sata": "sd", "scsi": "sd", "ide": "hd"}
 # Memory hotplug: DIMM slots offered when max_memory is set.
 MEMORY_SLOTS = 16
 GUEST_AGENT_CHANNEL = "org.qemu.guest_agent.0"
+# Ballooning clusters: how often the guest's balloon driver reports its memory use (s).
+BALLOON_STATS_PERIOD_S = 5
 # cpu mode -> the <cpu> attributes libvirt expects with it.
 _CPU_CHECK = {"host-model": "partial", "host-passthrough": "none", "custom": "partial"}
 
@@ -245,7 +247,14 @@ def _metadata(vm: Vm, groups: dict[str, list[VmDevice]],
         "custom_properties": sorted(vm.custom_properties.items()),
         "launch_paused": vm.launch_paused,
         "balloon_guarantee_mib": balloon.spec.get("guarantee_mib", 0) if balloon else 0,
+        # The agent's ballooning policy acts only on VMs flagged here (engine_lib.agent.ballooning).
+        "ballooning": _ballooning(vm, balloon),
     }
+
+
+def _ballooning(vm: Vm, balloon: VmDevice | None) -> bool:
+    """Issue 9: the cluster lets its hosts balloon this VM (it must have a balloon)."""
+    return balloon is not None and bool(vm.cluster.ballooning)
 
 
 _SINGLES = (DeviceType.SERIAL, DeviceType.BALLOON, DeviceType.CONTROLLER, DeviceType.GRAPHICS,
@@ -292,5 +301,6 @@ def build(vm: Vm) -> dict:
         "rng": _with_alias(singles[DeviceType.RNG]),
         "watchdog": _with_alias(singles[DeviceType.WATCHDOG]),
         "tpm": _with_alias(singles[DeviceType.TPM]),
-        "balloon": _with_alias(singles[DeviceType.BALLOON]),
+        "balloon": _with_alias(singles[DeviceType.BALLOON], stats_period_s=BALLOON_STATS_PERIOD_S
+                               if _ballooning(vm, singles[DeviceType.BALLOON]) else None),
     }

@@ -19,8 +19,9 @@ import uuid
 # log directories start with the package's empty layout; the rest start empty.
 CONFIG_DIRS = ("/etc/libvirt", "/etc/ssh")
 LAYOUT_DIRS = ("/var/lib/libvirt", "/var/cache/libvirt", "/var/log/libvirt")
+# /etc/pki: each host's libvirt TLS certificate and key (host role, kestrel_host_libvirt_tls).
 EMPTY_DIRS = ("/run/libvirt", "/etc/kestrel", "/var/lib/kestrel", "/var/log/kestrel",
-              "/run/kestrel", "/opt/kestrel")
+              "/run/kestrel", "/opt/kestrel", "/etc/pki")
 PRIVATE_DIRS = (*CONFIG_DIRS, *LAYOUT_DIRS, *EMPTY_DIRS)
 PRIVATE_FILES = ("/etc/hosts", "/etc/hostname", "/etc/resolv.conf")
 

@@ -504,6 +504,11 @@ def _write_inventory(state_dir: str) -> None:
         "        ansible_ssh_common_args: "
         "'-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null'",
         "        ansible_python_interpreter: /usr/bin/python3",
+        # The lab's sshd reads this file, not root's (the machine's /root is shared).
+        f"        kestrel_host_authorized_keys_file: "
+        f"{json.dumps(sshd.authorized_keys(state_dir))}",
+        # libvirtd runs with the lab's pidfile (the machine's /run is shared).
+        f"        kestrel_host_libvirtd_pidfile: {hostfs.LIBVIRTD_PIDFILE}",
     ]
     path = inventory_path(state_dir)
     with open(path + ".new", "w", encoding="utf-8") as out:

@@ -8,7 +8,7 @@ from engine_lib.errors import Conflict, InvalidSpec
 from engine_lib.model import Cluster
 from engine_lib.scheduling import policies as scheduling_policies
 from engine_lib.services.common import audit, changed_fields, find, get_cluster, retry_on_conflict
-from engine_lib.spec import choice, name as check_name, positive_int, text
+from engine_lib.spec import boolean, choice, name as check_name, positive_int, text
 
 VIRT_TYPES = ("kvm", "qemu")
 # Column -> the option name users set it with, for messages.
@@ -27,7 +27,9 @@ def cluster_dict(cluster: Cluster) -> dict:
         "scheduling_policy_properties": dict(cluster.scheduling_properties or {}),
         "migration_policy": cluster.migration_policy,
         "migration_bandwidth_mbps": cluster.migration_bandwidth_mbps,
+        "migration_encrypted": bool(cluster.migration_encrypted),
         "fencing_policy": _fencing_policy(cluster.fencing_policy),
+        "ballooning": bool(cluster.ballooning),
     }
 
 
@@ -76,7 +78,8 @@ class ClusterService:
                scheduling_policy: str | None = None,
                scheduling_policy_properties: dict | None = None,
                migration_policy: str | None = None, migration_bandwidth_mbps: int | None = None,
-               fencing_policy: dict | None = None,
+               migration_encrypted: bool | None = None,
+               fencing_policy: dict | None = None, ballooning: bool | None = None,
                check_mode: bool = False) -> Outcome:
         check_name("name", name)
         if fencing_policy is not None:
@@ -88,6 +91,9 @@ class ClusterService:
             else positive_int("memory_overcommit", memory_overcommit, 10000),
             "mac_pool": None if mac_pool is None else macpool.normalize_ranges("mac_pool", mac_pool),
             **_migration_settings(migration_policy, migration_bandwidth_mbps),
+            "migration_encrypted": None if migration_encrypted is None
+            else boolean("migration_encrypted", migration_encrypted),
+            "ballooning": None if ballooning is None else boolean("ballooning", ballooning),
         }
         with self.engine.store.transaction(commit=not check_mode) as session:
             cluster = find(session, Cluster, name)

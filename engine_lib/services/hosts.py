@@ -33,6 +33,14 @@ def host_dict(host: Host) -> dict:
         "power_management": _redacted_pm(host.power_management),
         "soft_fence_command": host.soft_fence_command,
         "fence_state": host.fence_state,
+        # Issue 9: what the agent serves from its storage domains, and the agent build the
+        # engine last installed there (services.host_deploy).
+        "storage_domains": host.storage_domains,
+        "agent_version": host.agent_version,
+        "agent_wheel_sha256": host.agent_wheel_sha256,
+        "agent_installed_at": host.agent_installed_at.isoformat()
+        if host.agent_installed_at else None,
+        "install_error": host.install_error,
     }
 
 
@@ -88,8 +96,10 @@ class HostService:
     @staticmethod
     def record_capabilities(host: Host, caps: dict, now=None) -> None:
         """Store what the agent reported; an answer means the host is Up."""
-        host.hostname = caps.get("hostname", "")
-        host.host_uuid = caps.get("host_uuid", "")
+        # `or ""`: an agent reports null for what libvirt does not know (a host
+        # without a UUID in its capabilities), and these columns are NOT NULL.
+        host.hostname = caps.get("hostname") or ""
+        host.host_uuid = caps.get("host_uuid") or ""
         host.cpus = int(caps.get("cpus", 0))
         host.memory_mib = int(caps.get("memory_mib", 0))
         host.libvirt_version = str(caps.get("libvirt_version", ""))
@@ -137,6 +147,17 @@ class HostService:
         from engine_lib.services.maintenance import leave
 
         return leave(self.engine, name, check_mode=check_mode)
+
+    def reinstall(self, name: str, *, force: bool = False, activate: bool = True,
+                  renew_certificate: bool = False, timeout: float = 600,
+                  check_mode: bool = False) -> Outcome:
+        """Issue 9: install the engine's agent build on the host again over SSH
+        (services.host_deploy), then activate it."""
+        from engine_lib.services.host_deploy import HostDeploy
+
+        return HostDeploy(self.engine).reinstall(
+            name, force=force, activate=activate, renew_certificate=renew_certificate,
+            timeout=timeout, check_mode=check_mode)
 
     def info(self, name: str | None = None, cluster: str | None = None) -> list[dict]:
         with self.engine.store.transaction(commit=False) as session:

@@ -41,8 +41,11 @@ from engine_lib.store import lock_cluster
 
 log = logging.getLogger("kestrel.migrations")
 
-# libvirt daemons talk to each other directly (peer to peer); the lab's listen on TCP.
-DESTINATION_URI = "qemu+tcp://{address}/system"
+# libvirt daemons talk to each other directly (peer to peer): over plain TCP, or over
+# TLS (port 16514, certificates from the engine CA: the host role's libvirt TLS) when
+# the cluster encrypts migrations; QEMU's migration stream then uses TLS too.
+DESTINATION_URIS = {False: "qemu+tcp://{address}/system", True: "qemu+tls://{address}/system"}
+LIBVIRT_TLS_PORT = 16514
 POLL = 0.2
 PROGRESS_WRITE_INTERVAL = 1.0
 DESTINATION_CHECK_INTERVAL = 1.0
@@ -67,13 +70,15 @@ class Plan:
     bandwidth_mbps: int
     xml: str
     started: float
+    encrypted: bool = False
 
     def entity(self, status: str, **extra) -> dict:
         return {"vm": self.vm, "source": self.source.name,
                 "destination": self.destination.name, "status": status, "downtime_ms": None,
                 "duration_s": round(time.monotonic() - self.started, 3), "policy": self.policy,
                 "policy_limit_ms": convergence.limit_of(self.policy),
-                "bandwidth_mbps": self.bandwidth_mbps, "progress": {}, "id": self.id, **extra}
+                "bandwidth_mbps": self.bandwidth_mbps, "encrypted": self.encrypted,
+                "progress": {}, "id": self.id, **extra}
 
 
 def migration_dict(row: Migration) -> dict:
@@ -81,7 +86,8 @@ def migration_dict(row: Migration) -> dict:
             "destination": row.destination, "status": row.status,
             "downtime_ms": row.downtime_ms, "duration_s": row.duration_s,
             "policy": row.policy, "policy_limit_ms": convergence.limit_of(row.policy),
-            "bandwidth_mbps": row.bandwidth_mbps, "progress": dict(row.progress or {}),
+            "bandwidth_mbps": row.bandwidth_mbps, "encrypted": bool(row.encrypted),
+            "progress": dict(row.progress or {}),
             "error": row.error, "started_at": row.started_at.isoformat(),
             "finished_at": row.finished_at.isoformat() if row.finished_at else None}
 
@@ -89,6 +95,24 @@ def migration_dict(row: Migration) -> dict:
 def mibps(bandwidth_mbps: int) -> int | None:
     """Mbps (oVirt's unit) -> libvirt's MiB/s, at least 1; 0 means no limit."""
     return max(1, round(bandwidth_mbps * 1_000_000 / 8 / 1024 / 1024)) if bandwidth_mbps else None
+
+
+def destination_uri(address: str, encrypted: bool) -> str:
+    """The destination libvirtd's URI; the host part is the address the host's libvirt
+    certificate names (the host role signs it for the host's name and address)."""
+    host = f"[{address}]" if ":" in address else address  # an IPv6 literal
+    return DESTINATION_URIS[bool(encrypted)].format(address=host)
+
+
+def _tls_hint(encrypted: bool, error: str) -> str:
+    """Say what an encrypted migration needs when libvirt's error is about TLS."""
+    lowered = error.lower()
+    if not encrypted or not any(word in lowered for word in (
+            str(LIBVIRT_TLS_PORT), "tls", "certificate", "x509")):
+        return ""
+    return (f" (the cluster encrypts migrations: the destination's libvirtd must accept TLS "
+            f"on port {LIBVIRT_TLS_PORT} with a certificate from the engine CA, as the "
+            f"kestrel.virt.host role sets up with kestrel_host_libvirt_tls)")
 
 
 class MigrationService:
@@ -210,18 +234,21 @@ class MigrationService:
             bandwidth = cluster.migration_bandwidth_mbps if bandwidth_mbps is None \
                 else bandwidth_mbps
             plan = Plan(None, name, vm.id, HostRef.of(source), HostRef.of(destination),
-                        policy, bandwidth or 0, render(vm), time.monotonic())
+                        policy, bandwidth or 0, render(vm), time.monotonic(),
+                        bool(cluster.migration_encrypted))
             if check_mode:
                 return plan
             row = Migration(vm_id=vm.id, vm_name=name, source=source.name,
                             destination=dest_name, status="running", policy=policy,
-                            bandwidth_mbps=plan.bandwidth_mbps, progress={}, error="",
+                            bandwidth_mbps=plan.bandwidth_mbps, encrypted=plan.encrypted,
+                            progress={}, error="",
                             duration_s=0.0)
             session.add(row)
             vm.status = VmStatus.MIGRATING_FROM
             limit = f", {plan.bandwidth_mbps} Mbps" if plan.bandwidth_mbps else ""
+            tls = ", encrypted" if plan.encrypted else ""
             audit(session, "vm", name, f"migration from {source.name} to {dest_name} "
-                  f"started (policy {policy}{limit})")
+                  f"started (policy {policy}{limit}{tls})")
             session.flush()
             plan.id = row.id
             with self._lock:  # followed from now on: active() must not take it for an orphan
@@ -231,8 +258,9 @@ class MigrationService:
     def _start(self, plan: Plan) -> None:
         prepared = self._client(plan.destination).prepare_incoming(plan.xml)
         self._client(plan.source).migrate_vm(
-            plan.vm_id, DESTINATION_URI.format(address=plan.destination.address),
-            prepared.get("paths", {}), plan.policy, mibps(plan.bandwidth_mbps))
+            plan.vm_id, destination_uri(plan.destination.address, plan.encrypted),
+            prepared.get("paths", {}), plan.policy, mibps(plan.bandwidth_mbps),
+            tls=plan.encrypted)
 
     # -- following -------------------------------------------------------------------------
 
@@ -291,6 +319,7 @@ class MigrationService:
             time.sleep(POLL)
         if report is not None and report.get("status") == "failed" and report.get("error"):
             why = report["error"]  # it failed on its own: libvirt's (or the policy's) reason
+            why += _tls_hint(plan.encrypted, why)
         elif report is not None and why and report.get("status") == "cancelled":
             report = {**report, "status": "failed"}  # we aborted it, for this reason
         return self._settle(plan, report, why or (report or {}).get("error") or "")
@@ -450,7 +479,8 @@ class MigrationService:
             return None
         return Plan(row.id, vm.name, vm.id, HostRef.of(hosts[row.source]),
                     HostRef.of(hosts[row.destination]), row.policy, row.bandwidth_mbps, "",
-                    time.monotonic() - (row.duration_s or 0))
+                    time.monotonic() - (row.duration_s or 0),
+                    bool(vm.cluster.migration_encrypted))
 
 
 def _aware(moment):

@@ -76,6 +76,16 @@ options:
     description:
       - Bandwidth limit of each migration, in Mbps; V(0) (the default for new clusters) means no limit.
     type: int
+  migration_encrypted:
+    description:
+      - Encrypt live migrations, as oVirt's "Encrypted VM migration" cluster option does. The
+        libvirt daemons then talk over C(qemu+tls) (port 16514) and QEMU's migration stream
+        uses TLS too (C(VIR_MIGRATE_TLS)), with certificates from the engine CA.
+      - Every host of the cluster needs libvirt TLS, which the M(kestrel.virt.host) role sets
+        up by default (C(kestrel_host_libvirt_tls)); a migration to a host without it fails
+        and the VM keeps running on its source.
+      - New clusters use V(false) (the hosts of existing clusters may predate libvirt TLS).
+    type: bool
   fencing_policy:
     description:
       - How the engine fences a host that stopped answering (NonResponsive) before it restarts
@@ -123,6 +133,17 @@ options:
           - Switch a fenced host on again once its HA VMs were restarted elsewhere.
           - Default for a new cluster is C(true).
         type: bool
+  ballooning:
+    description:
+      - Memory balloon optimization, as oVirt's cluster option of that name (MoM's policy).
+        When on, each host's agent shrinks the balloons of the cluster's running VMs while the
+        host's free memory is under its C([ballooning] low_free_percent) (agent.conf), one step
+        per interval and never below each VM's C(balloon.guarantee), and grows them back to
+        their full memory once free memory is over C(high_free_percent).
+      - Only VMs with a balloon and a guarantee are shrunk. The setting reaches a VM with its
+        domain XML, so it applies from the VM's next start.
+      - New clusters use V(false).
+    type: bool
 extends_documentation_fragment:
   - kestrel.virt.engine
   - kestrel.virt.engine.attributes
@@ -153,6 +174,11 @@ EXAMPLES = r"""
     scheduling_policy_properties:
       high_utilization: 75
       cpu_overcommit_duration_minutes: 5
+
+- name: Let hosts short of memory shrink VM balloons down to each VM's guarantee
+  kestrel.virt.cluster:
+    name: production
+    ballooning: true
 
 - name: Remove an empty cluster
   kestrel.virt.cluster:
@@ -207,6 +233,14 @@ cluster:
       description: Bandwidth limit of each migration in Mbps, 0 for none.
       type: int
       sample: 0
+    migration_encrypted:
+      description: Whether live migrations go over libvirt TLS.
+      type: bool
+      sample: true
+    ballooning:
+      description: Whether the hosts may shrink the balloons of the cluster's VMs under memory pressure.
+      type: bool
+      sample: false
 """
 
 from ansible_collections.kestrel.virt.plugins.module_utils._kestrel import KestrelModule
@@ -227,6 +261,7 @@ def main():
             migration_policy=dict(type='str', choices=['minimal_downtime', 'post_copy',
                                                        'suspend_workload']),
             migration_bandwidth_mbps=dict(type='int'),
+            migration_encrypted=dict(type='bool'),
             # No defaults here: an option left out keeps the cluster's value.
             fencing_policy=dict(type='dict', options=dict(
                 enabled=dict(type='bool'),
@@ -237,6 +272,7 @@ def main():
                 power_timeout_s=dict(type='float'),
                 power_on_after_fence=dict(type='bool'),
             )),
+            ballooning=dict(type='bool'),
         ),
         entity_key='cluster',
     )
@@ -254,6 +290,8 @@ def main():
             scheduling_policy_properties=p['scheduling_policy_properties'],
             migration_policy=p['migration_policy'],
             migration_bandwidth_mbps=p['migration_bandwidth_mbps'],
+            migration_encrypted=p['migration_encrypted'],
+            ballooning=p['ballooning'],
             fencing_policy=fencing, check_mode=check_mode))
 
 

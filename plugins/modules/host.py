@@ -12,6 +12,7 @@ version_added: 0.1.0
 description:
   - Add a host to a cluster, move or re-address it, or remove it.
   - Put a host in maintenance (every VM migrates away first) and bring it back.
+  - Reinstall a host's agent over SSH with the engine's key (oVirt's reinstall).
   - The engine reaches the host's agent over mutual TLS before it records
     anything, so a host the engine cannot talk to is never registered. Deploy
     the agent first with the C(kestrel.virt.host) role.
@@ -38,10 +39,24 @@ options:
         in maintenance.
       - V(active) ends a maintenance once the host's agent answers; a host that
         is not in maintenance is left as it is.
-      - O(address) and O(cluster) are not needed for V(absent), V(maintenance)
-        and V(active).
+      - V(reinstalled) installs the engine's own agent build on the host again over
+        SSH as root, with the engine's key (C(ENGINE_DIR/ssh/id_ed25519), made by
+        C(kestrel engine init) and authorized by the C(kestrel.virt.host) role). A
+        host that is not in maintenance goes there first, exactly as with
+        V(maintenance) (its VMs migrate away, or the task fails and nothing
+        changes). The host is C(Installing) while the wheel is copied and
+        pip-installed into the agent venv, the agent certificate is re-enrolled
+        if it expires within 30 days (or O(renew_certificate)), and the agent
+        restarts; once it answers over mutual TLS the host records
+        C(agent_version) and is activated (see O(activate)). Any failure leaves
+        the host C(InstallFailed) with the reason in C(install_error).
+      - V(reinstalled) is idempotent - a host whose recorded agent version and
+        wheel checksum are the engine's is left alone (C(changed=false)) unless
+        O(force); a host whose last reinstall failed is reinstalled.
+      - O(address) and O(cluster) are not needed for V(absent), V(maintenance),
+        V(active) and V(reinstalled).
     type: str
-    choices: [present, absent, maintenance, active]
+    choices: [present, absent, maintenance, active, reinstalled]
     default: present
   address:
     description:
@@ -87,9 +102,28 @@ options:
         tried before any power fence).
       - Omitted, the host keeps what it has; a new host gets C(systemctl restart kestrel-agent).
     type: str
+  force:
+    description:
+      - With O(state=reinstalled), reinstall even when the host already runs the
+        engine's agent build (or take over a reinstall that was interrupted).
+    type: bool
+    default: false
+  activate:
+    description:
+      - With O(state=reinstalled), activate the host (C(Up)) after a successful
+        reinstall; V(false) leaves it in C(Maintenance).
+    type: bool
+    default: true
+  renew_certificate:
+    description:
+      - With O(state=reinstalled), re-enroll the agent certificate with the engine CA
+        even if it is still valid (this also makes the reinstall happen).
+    type: bool
+    default: false
   timeout:
     description:
-      - With O(state=maintenance), seconds to wait for all the migrations together.
+      - With O(state=maintenance) or O(state=reinstalled), seconds to wait for all the
+        migrations together.
       - When it runs out, or a migration fails, the host is put back to C(Up) and
         the task fails naming the VM; VMs already migrated stay where they went.
     type: int
@@ -126,6 +160,19 @@ EXAMPLES = r"""
   kestrel.virt.host:
     name: h1
     state: active
+
+- name: Reinstall h1's agent if it does not run the engine's build (maintenance first)
+  kestrel.virt.host:
+    name: h1
+    state: reinstalled
+
+- name: Reinstall h2 anyway, renew its certificate, keep it in maintenance
+  kestrel.virt.host:
+    name: h2
+    state: reinstalled
+    force: true
+    renew_certificate: true
+    activate: false
 
 - name: Remove a host that runs no VMs
   kestrel.virt.host:
@@ -183,6 +230,23 @@ host:
     last_seen:
       description: When the engine last reached the agent (ISO 8601).
       type: str
+    agent_version:
+      description: Agent version the engine last installed (V(reinstalled)); empty if never.
+      type: str
+      sample: 0.1.0
+    agent_wheel_sha256:
+      description: SHA-256 of the agent wheel the engine last installed; empty if never.
+      type: str
+    agent_installed_at:
+      description: When the engine last reinstalled the host (ISO 8601); null if never.
+      type: str
+    install_error:
+      description: Why the last reinstall failed (status C(InstallFailed)); empty otherwise.
+      type: str
+    storage_domains:
+      description: Storage domains the agent reports (name, path, space); null when not reported.
+      type: list
+      elements: dict
     migrations:
       description:
         - With O(state=maintenance), the VMs moved off the host, in order. In check
@@ -201,8 +265,12 @@ def main():
     module = KestrelModule(
         argument_spec=dict(
             name=dict(type='str', required=True),
-            state=dict(type='str', choices=['present', 'absent', 'maintenance', 'active'],
+            state=dict(type='str', choices=['present', 'absent', 'maintenance', 'active',
+                                            'reinstalled'],
                        default='present'),
+            force=dict(type='bool', default=False),
+            activate=dict(type='bool', default=True),
+            renew_certificate=dict(type='bool', default=False),
             address=dict(type='str'),
             cluster=dict(type='str'),
             port=dict(type='int', default=54321),
@@ -222,6 +290,11 @@ def main():
     elif p['state'] == 'maintenance':
         module.apply(lambda engine, check_mode: engine.hosts.maintenance(
             p['name'], check_mode=check_mode, timeout=p['timeout']))
+    elif p['state'] == 'reinstalled':
+        module.apply(lambda engine, check_mode: engine.hosts.reinstall(
+            p['name'], force=p['force'], activate=p['activate'],
+            renew_certificate=p['renew_certificate'], timeout=p['timeout'],
+            check_mode=check_mode))
     elif p['state'] == 'active':
         module.apply(lambda engine, check_mode: engine.hosts.activate(p['name'], check_mode=check_mode))
     else:

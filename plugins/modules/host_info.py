@@ -11,7 +11,8 @@ short_description: Read hosts from the kestrel engine
 version_added: 0.1.0
 description:
   - List hosts with their status and the facts their agents report - CPUs,
-    memory, libvirt version, bridges (logical networks), machine types, hooks.
+    memory, libvirt version, bridges (logical networks), machine types, hooks,
+    the storage domains the agent serves, and the agent version the engine installed.
   - Filters combine; without any, every host is returned.
 author:
   - kestrel.virt maintainers (@kestrel-virt)
@@ -64,7 +65,8 @@ hosts:
       type: str
       sample: 10.77.0.1
     status:
-      description: V(Up), V(Connecting), V(NonResponsive), V(Maintenance), V(Installing).
+      description: V(Up), V(Connecting), V(NonResponsive), V(PreparingForMaintenance),
+        V(Maintenance), V(Installing), V(InstallFailed).
       type: str
       sample: Up
     cpus:
@@ -89,6 +91,31 @@ hosts:
       description: When the agent last answered (ISO 8601).
       type: str
       sample: "2026-11-21T16:05:12+00:00"
+    storage_domains:
+      description:
+        - The storage domains the host's agent serves, as it last reported them; null
+          when not reported.
+        - C(available) is false (with C(error)) when the domain's directory cannot be read.
+      type: list
+      elements: dict
+      sample:
+        - {name: data, path: /srv/kestrel-lab/shared/data, available: true, total_mib: 40960, free_mib: 12000}
+    agent_version:
+      description:
+        - Agent version the engine last installed (M(kestrel.virt.host) with
+          O(kestrel.virt.host#module:state=reinstalled));
+          empty when the engine never reinstalled the host.
+      type: str
+      sample: 0.1.0
+    agent_wheel_sha256:
+      description: SHA-256 of that agent wheel; empty when never reinstalled.
+      type: str
+    agent_installed_at:
+      description: When the engine last reinstalled the host (ISO 8601); null when never.
+      type: str
+    install_error:
+      description: Why the last reinstall failed (status V(InstallFailed)); empty otherwise.
+      type: str
 """
 
 from ansible_collections.kestrel.virt.plugins.module_utils._kestrel import KestrelModule

@@ -61,8 +61,10 @@ attributes:
   diff_mode:
     support: none
 notes:
-  - Between hosts the libvirt daemons connect to each other directly
-    (C(qemu+tcp://<host address>/system)), so they must listen there.
+  - Between hosts the libvirt daemons connect to each other directly, over
+    C(qemu+tcp://<host address>/system), or over C(qemu+tls://<host address>/system)
+    (port 16514, with QEMU's migration stream in TLS too) when the cluster sets
+    O(kestrel.virt.cluster#module:migration_encrypted); the destination's libvirtd must listen there.
 """
 
 EXAMPLES = r"""
@@ -120,6 +122,10 @@ migration:
       description: The convergence policy used.
       type: str
       sample: minimal_downtime
+    encrypted:
+      description: Whether it went over libvirt TLS (the cluster's O(kestrel.virt.cluster#module:migration_encrypted)).
+      type: bool
+      sample: false
     progress:
       description:
         - The source's last progress sample (data processed, remaining and

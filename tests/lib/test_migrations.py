@@ -30,6 +30,8 @@ def test_upgrade_from_the_first_schema_keeps_clusters_hosts_and_vms(db_url, tmp_
         # 0005: an existing cluster migrates with the default policy, no bandwidth limit.
         assert (engine.clusters.get("old")["migration_policy"],
                 engine.clusters.get("old")["migration_bandwidth_mbps"]) == ("minimal_downtime", 0)
+        # 0010: an existing cluster keeps migrating over plain qemu+tcp.
+        assert engine.clusters.get("old")["migration_encrypted"] is False
         assert engine.hosts.info()[0]["cluster"] == "old"
         vm = engine.vms.info("vm1")[0]
         assert (vm["description"], vm["memory_mib"], vm["cluster"]) == ("kept", 256, "old")
@@ -38,7 +40,11 @@ def test_upgrade_from_the_first_schema_keeps_clusters_hosts_and_vms(db_url, tmp_
         host = engine.hosts.info()[0]  # 0007: no power management, the default soft fence
         assert (host["power_management"], host["soft_fence_command"], host["fence_state"]) == (
             {}, "systemctl restart kestrel-agent", "")
+        # 0011: never reinstalled by the engine, so the next reinstall records its build.
+        assert (host["agent_version"], host["agent_installed_at"], host["install_error"]) == (
+            "", None, "")
         assert engine.clusters.get("old")["fencing_policy"]["enabled"] is True
+        assert engine.clusters.get("old")["ballooning"] is False  # 0009: off, as oVirt
         with engine.store.transaction(commit=False) as session:  # 0004: never matched yet
             assert session.execute(text("SELECT devices_hash FROM vms")).scalar_one() == ""
         # The upgraded VM is a full citizen: it renders and takes new settings.

@@ -72,6 +72,15 @@ def test_a_silent_host_goes_connecting_then_non_responsive_and_its_vms_unknown(
         "host is Up again (was NonResponsive)"]
 
 
+def test_a_host_whose_libvirt_knows_no_uuid_stays_up(engine, running, monitor):
+    agent, _ = running
+    facts = agent.host_info()
+    agent.host_info = lambda timeout=None: {**facts, "host_uuid": None, "hostname": None}
+    monitor.cycle()
+    assert statuses(engine) == ("Up", "Up")
+    assert engine.hosts.info()[0]["host_uuid"] == ""
+
+
 def test_a_vm_the_host_no_longer_runs_is_down_with_a_reason(engine, running, monitor):
     agent, vm_id = running
     agent.vms[vm_id] = "Paused"

@@ -60,11 +60,11 @@ def run_in_host(host, argv: list[str], **kwargs) -> subprocess.CompletedProcess:
     return lab_hosts.run_in(host.name, argv, host.state_dir, **kwargs)
 
 
-def agent_config_text(host) -> str:
+def agent_config_text(host, libvirt_uri: str = "qemu:///system") -> str:
     return f"""[agent]
 address = {host.address}
 port = {AGENT_PORT}
-libvirt_uri = qemu:///system
+libvirt_uri = {libvirt_uri}
 name = {host.name}
 
 [pki]
@@ -92,14 +92,14 @@ def _install(host, files: dict[str, tuple[bytes, int]]) -> None:
                            oct(mode)[2:]], input=data)
 
 
-def start_agent(host, pki_dir: str) -> AgentHandle:
+def start_agent(host, pki_dir: str, libvirt_uri: str = "qemu:///system") -> AgentHandle:
     key, cert = pki.issue(pki_dir, host.name, [host.address])
     ca = Path(pki_dir, "ca.pem").read_bytes()
     _install(host, {
         "/etc/kestrel/pki/ca.pem": (ca, 0o644),
         "/etc/kestrel/pki/agent.pem": (cert, 0o644),
         "/etc/kestrel/pki/agent.key": (key, 0o600),
-        CONFIG_PATH: (agent_config_text(host).encode(), 0o644),
+        CONFIG_PATH: (agent_config_text(host, libvirt_uri).encode(), 0o644),
     })
     run_in_host(host, [sys.executable, "-m", "engine_lib.agent", "--config", CONFIG_PATH,
                        "--daemon", "--pidfile", PIDFILE, "--log-file", LOG_FILE])

@@ -1,0 +1,370 @@
+"""Reinstalling a host: oVirt's host-deploy, in our shape.
+
+oVirt reinstalls a host in Maintenance: host-deploy runs again (packages,
+VDSM, certificates), then the host is activated. Here the engine does it
+itself, over SSH as root with its own key (engine_lib.engine_key):
+
+1. The host must be in Maintenance. One that is not is put there first,
+   the way oVirt's UI does it: its VMs migrate away (services.maintenance);
+   when one cannot move, the request is refused and nothing changes.
+2. Status ``Installing``; the engine builds its agent wheel (engine_lib.wheel:
+   the engine's own engine_lib, reproducible), copies it to the host and
+   pip-installs it into the agent venv (no index, no dependencies), as the
+   host role does (and marks it the same way, so the role sees it installed).
+3. The agent certificate is re-enrolled when it expires within
+   ``CERT_RENEW_DAYS`` or on request: the host makes the CSR with its key
+   (which never leaves it), the engine CA signs it.
+4. The agent restarts: ``systemctl restart kestrel-agent`` under systemd,
+   otherwise through its pidfile (stop that PID, wait for it to exit, start
+   the new one), like the role's agent_daemon.yml.
+5. Once it answers over mutual TLS, the host row records the agent's version,
+   its wheel's checksum and when; the host is activated (Up) unless asked
+   not to, and stays in Maintenance otherwise.
+
+Any failure leaves the host ``InstallFailed`` with the reason (audited and in
+``install_error``) and nothing else changed: it is not polled or scheduled
+until a reinstall succeeds.
+
+Reinstall is idempotent: it runs only when the host's recorded agent build
+(version and wheel checksum) differs from the engine's, when the last one
+failed, or when forced (or a certificate renewal is asked for).
+
+Commands reach the host as ``ssh ... -- ADDRESS 'argv'``: the remote shell
+parses the command line, so every argument is quoted (shlex), and the scripts
+are constants that take their data as positional arguments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from engine_lib import engine_key, pki
+from engine_lib.engine import Outcome
+from engine_lib.errors import AgentUnreachable, Conflict, InvalidSpec, KestrelError
+from engine_lib.model import HostStatus, utcnow
+from engine_lib.services import maintenance
+from engine_lib.services.common import audit, get_host, retry_on_conflict
+from engine_lib.services.hosts import HostService, host_dict
+from engine_lib.wheel import DIST_NAME, TAG, build_agent_wheel
+
+# Where the host role puts the agent; reinstall keeps to the same layout.
+AGENT_VENV = "/opt/kestrel/agent"
+WHEEL_DIR = "/opt/kestrel/wheels"
+AGENT_CONF = "/etc/kestrel/agent.conf"
+AGENT_KEY = "/etc/kestrel/pki/agent.key"
+AGENT_CERT = "/etc/kestrel/pki/agent.pem"
+AGENT_PIDFILE = "/run/kestrel/agent.pid"
+AGENT_LOG = "/var/log/kestrel/agent.log"
+CERT_RENEW_DAYS = 30
+SSH_CONNECT_TIMEOUT_S = 10
+STEP_TIMEOUT_S = 300.0
+AGENT_START_TIMEOUT_S = 60.0
+
+# A host in one of these may be reinstalled as it is (no maintenance first).
+READY = frozenset({HostStatus.MAINTENANCE, HostStatus.INSTALL_FAILED})
+
+# $1 directory, $2 file name; the wheel on stdin. Written aside, then renamed.
+UPLOAD = 'set -eu; umask 022; mkdir -p "$1"; cat > "$1/.$2.tmp"; mv "$1/.$2.tmp" "$1/$2"'
+# $1 venv, $2 wheel, $3 its sha1 (the host role's marker). Prints the installed version.
+INSTALL = """set -eu
+venv=$1 wheel=$2 sum=$3
+[ -x "$venv/bin/python" ] || /usr/bin/python3 -m venv --system-site-packages "$venv"
+"$venv/bin/python" -m pip install --quiet --no-deps --no-index --force-reinstall \\
+    --disable-pip-version-check "$wheel"
+printf '%s\\n' "$sum" > "$venv/.kestrel-wheel"
+"$venv/bin/python" -c 'import engine_lib, engine_lib.agent; print(engine_lib.__version__)'
+"""
+# $1 certificate path; the PEM on stdin.
+PUT_CERT = 'set -eu; cat > "$1.new"; chmod 0644 "$1.new"; mv "$1.new" "$1"'
+# $1 venv, $2 config, $3 pidfile, $4 log file. Stops the running agent by the PID in its
+# pidfile (never by name) and starts the new one; prints "old=PID pid=PID".
+RESTART = """set -u
+venv=$1 conf=$2 pidfile=$3 log=$4
+if [ -d /run/systemd/system ] && systemctl cat kestrel-agent >/dev/null 2>&1; then
+    systemctl restart kestrel-agent || exit 1
+    echo "old=systemd pid=$(systemctl show -p MainPID --value kestrel-agent)"
+    exit 0
+fi
+# PID 1 may not reap: a zombie counts as exited.
+alive() { [ -r "/proc/$1/status" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status"; }
+old=$(cat "$pidfile" 2>/dev/null || true)
+case "$old" in ''|*[!0-9]*) old= ;; esac
+if [ -n "$old" ] && alive "$old" \\
+        && tr '\\0' ' ' < "/proc/$old/cmdline" | grep -q -e kestrel -e engine_lib; then
+    kill -TERM "$old"
+    tries=0
+    while alive "$old"; do
+        tries=$((tries + 1))
+        if [ "$tries" -gt 150 ]; then echo "agent $old did not exit in 30s" >&2; exit 1; fi
+        sleep 0.2
+    done
+fi
+mkdir -p "$(dirname "$pidfile")" "$(dirname "$log")"
+"$venv/bin/kestrel" agent run --config "$conf" --daemon --pidfile "$pidfile" \\
+    --log-file "$log" </dev/null >/dev/null || exit 1
+echo "old=${old:-none} pid=$(cat "$pidfile")"
+"""
+
+
+class HostDeployFailed(Conflict):
+    """A reinstall step failed; the host is InstallFailed with this reason."""
+
+    code = "HostDeployFailed"
+
+
+@dataclass(frozen=True)
+class Build:
+    """The agent build the engine installs: its own engine_lib as a wheel."""
+
+    path: str
+    version: str
+    sha256: str
+    sha1: str  # what the host role records next to the venv
+
+    @classmethod
+    def of(cls, path: str) -> "Build":
+        data = Path(path).read_bytes()
+        name = Path(path).name
+        version = name[len(DIST_NAME) + 1:-len(f"-{TAG}.whl")]
+        return cls(path, version, hashlib.sha256(data).hexdigest(),
+                   hashlib.sha1(data).hexdigest())  # noqa: S324 - a marker, not security
+
+
+@dataclass(frozen=True)
+class Completed:
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+
+class SshRemote:
+    """Runs argv lists on one host as root over SSH with the engine's key."""
+
+    def __init__(self, address: str, key: str, known_hosts: str,
+                 connect_timeout: int = SSH_CONNECT_TIMEOUT_S):
+        if not address or address.startswith("-") or any(c.isspace() for c in address):
+            raise InvalidSpec("address", f"{address!r} cannot be an SSH destination")
+        self.address, self.key, self.known_hosts = address, key, known_hosts
+        self.connect_timeout = connect_timeout
+
+    def argv(self, command: list[str]) -> list[str]:
+        return ["ssh", "-i", self.key, "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+                "-o", "StrictHostKeyChecking=accept-new",
+                "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "LogLevel=ERROR",
+                "-o", f"ConnectTimeout={self.connect_timeout}", "-l", "root",
+                "--", self.address, shlex.join(command)]
+
+    def run(self, command: list[str], input: bytes | None = None,
+            timeout: float = STEP_TIMEOUT_S) -> Completed:
+        try:
+            done = subprocess.run(self.argv(command), input=input if input is not None else b"",
+                                  capture_output=True, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            return Completed(-1, b"", f"no answer within {timeout:.0f}s".encode())
+        except OSError as err:
+            return Completed(-1, b"", f"ssh: {err}".encode())
+        return Completed(done.returncode, done.stdout, done.stderr)
+
+
+def _sh(script: str, label: str, *args: str) -> list[str]:
+    """``sh -c SCRIPT LABEL ARGS...``: constant code, data only as positional arguments."""
+    return ["sh", "-c", script, label, *args]
+
+
+class _StepFailed(Exception):
+    def __init__(self, step: str, reason: str):
+        super().__init__(f"{step}: {reason}")
+        self.step, self.reason = step, reason
+
+
+def _state(status: str, version: str, sha256: str) -> dict:
+    """What --diff compares."""
+    return {"status": status, "agent_version": version, "agent_wheel_sha256": sha256}
+
+
+def _check_bool(field: str, value) -> None:
+    if not isinstance(value, bool):
+        raise InvalidSpec(field, f"must be true or false (got {value!r})")
+
+
+class HostDeploy:
+    """``reinstall`` is the one entry point; ``remote_factory`` is replaceable for unit tests."""
+
+    def __init__(self, engine, remote_factory: Callable[[str], object] | None = None,
+                 start_timeout: float = AGENT_START_TIMEOUT_S):
+        self.engine = engine
+        self.remote_factory = remote_factory or self._ssh
+        self.start_timeout = start_timeout
+
+    def _ssh(self, address: str) -> SshRemote:
+        engine_dir = self.engine.config.engine_dir
+        return SshRemote(address, str(engine_key.require(engine_dir)),
+                         str(engine_key.known_hosts(engine_dir)))
+
+    def build(self) -> Build:
+        return Build.of(build_agent_wheel(str(Path(self.engine.config.engine_dir) / "wheels")))
+
+    # -- the decision ----------------------------------------------------------------------
+
+    def reinstall(self, name: str, *, force: bool = False, activate: bool = True,
+                  renew_certificate: bool = False, timeout: float = 600,
+                  check_mode: bool = False) -> Outcome:
+        for field, value in (("force", force), ("activate", activate),
+                             ("renew_certificate", renew_certificate)):
+            _check_bool(field, value)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise InvalidSpec("timeout", f"must be a positive number of seconds (got {timeout!r})")
+        build = self.build()
+        with self.engine.store.transaction(commit=False) as session:
+            host = get_host(session, name)
+            status, address, port = host.status, host.address, host.port
+            before = _state(host.status, host.agent_version, host.agent_wheel_sha256)
+            entity = host_dict(host)
+            why = self._why(host, build, force, renew_certificate)
+        if why is None:
+            return Outcome(False, entity, {"before": before, "after": before})
+        if status == HostStatus.INSTALLING and not force:
+            raise Conflict(f"host '{name}' is Installing: another reinstall is running (or was "
+                           "interrupted: run again with force to take over); nothing was changed",
+                           host=name)
+        after = _state(HostStatus.UP if activate else HostStatus.MAINTENANCE,
+                       build.version, build.sha256)
+        if check_mode:
+            if status not in READY | {HostStatus.INSTALLING}:
+                # Raises, changing nothing, when a VM could not move away.
+                maintenance.enter(self.engine, name, check_mode=True, timeout=timeout)
+            return Outcome(True, {**entity, **after}, {"before": before, "after": after})
+
+        engine_key.require(self.engine.config.engine_dir)  # before anything changes
+        remote = self.remote_factory(address)
+        if status not in READY | {HostStatus.INSTALLING}:
+            maintenance.enter(self.engine, name, timeout=timeout)
+        self._mark_installing(name, why)
+        try:
+            report = self._deploy(remote, name, address, build, renew_certificate)
+            capabilities = self._wait_for_agent(address, port)
+        except _StepFailed as err:
+            self._mark_failed(name, err)
+            raise HostDeployFailed(f"reinstalling host '{name}' failed at {err.step}: "
+                                   f"{err.reason}; the host is InstallFailed", host=name,
+                                   step=err.step, reason=err.reason) from None
+        self._mark_installed(name, build, report, capabilities)
+        if activate:
+            maintenance.leave(self.engine, name)
+        with self.engine.store.transaction(commit=False) as session:
+            entity = host_dict(get_host(session, name))
+        return Outcome(True, entity, {"before": before, "after": after})
+
+    @staticmethod
+    def _why(host, build: Build, force: bool, renew_certificate: bool) -> str | None:
+        """Why this host needs a reinstall, or None when it has the engine's build."""
+        if force:
+            return "forced"
+        if renew_certificate:
+            return "certificate renewal requested"
+        if host.status in (HostStatus.INSTALL_FAILED, HostStatus.INSTALLING):
+            return f"the last reinstall did not finish ({host.status})"
+        if (host.agent_version, host.agent_wheel_sha256) != (build.version, build.sha256):
+            have = (f"{host.agent_version} (wheel {host.agent_wheel_sha256[:12]})"
+                    if host.agent_version else "an agent the engine did not install")
+            return f"it runs {have}, the engine's is {build.version} (wheel {build.sha256[:12]})"
+        return None
+
+    # -- the steps on the host -------------------------------------------------------------
+
+    def _deploy(self, remote, name: str, address: str, build: Build,
+                renew_certificate: bool) -> dict:
+        wheel_name = Path(build.path).name
+
+        def step(label: str, command: list[str], input: bytes | None = None) -> str:
+            done = remote.run(command, input=input)
+            if done.returncode != 0:
+                output = (done.stderr or done.stdout or b"").decode(errors="replace").strip()
+                raise _StepFailed(label, f"exit {done.returncode}"
+                                  + (f": {output[-400:]}" if output else ""))
+            return done.stdout.decode(errors="replace").strip()
+
+        step("copying the agent wheel", _sh(UPLOAD, "kestrel-upload", WHEEL_DIR, wheel_name),
+             Path(build.path).read_bytes())
+        installed = step("installing the agent", _sh(
+            INSTALL, "kestrel-install", AGENT_VENV, f"{WHEEL_DIR}/{wheel_name}", build.sha1))
+        installed = installed.splitlines()[-1] if installed else ""
+        if installed != build.version:
+            raise _StepFailed("installing the agent", f"the venv reports engine_lib "
+                              f"{installed!r}, not {build.version!r}")
+        certificate = self._certificate(remote, step, name, address, renew_certificate)
+        restarted = step("restarting the agent", _sh(
+            RESTART, "kestrel-restart", AGENT_VENV, AGENT_CONF, AGENT_PIDFILE, AGENT_LOG))
+        pids = dict(part.split("=", 1) for part in restarted.split() if "=" in part)
+        return {"version": installed, "certificate": certificate,
+                "old_pid": pids.get("old", "none"), "pid": pids.get("pid", "")}
+
+    def _certificate(self, remote, step, name: str, address: str, requested: bool) -> str:
+        """Re-enroll the agent certificate when asked or when it expires soon."""
+        if not requested:
+            valid = remote.run(["openssl", "x509", "-in", AGENT_CERT, "-noout", "-checkend",
+                                str(CERT_RENEW_DAYS * 86400)])
+            if valid.returncode == 0:
+                return f"kept (valid for more than {CERT_RENEW_DAYS} days)"
+        csr = step("re-enrolling the agent certificate",
+                   ["openssl", "req", "-new", "-key", AGENT_KEY, "-subj", f"/CN={name}"])
+        try:
+            cert = pki.sign_csr(str(self.engine.config.pki_dir), csr.encode(), name, [address])
+        except KestrelError as err:
+            raise _StepFailed("re-enrolling the agent certificate", err.message) from None
+        step("installing the agent certificate", _sh(PUT_CERT, "kestrel-cert", AGENT_CERT), cert)
+        return "renewed" + ("" if requested else f" (it expired within {CERT_RENEW_DAYS} days)")
+
+    def _wait_for_agent(self, address: str, port: int) -> dict:
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            try:
+                return self.engine.agent(address, port).host_info(timeout=5)
+            except AgentUnreachable as err:
+                if time.monotonic() > deadline:
+                    raise _StepFailed("waiting for the agent", f"it did not answer over mutual "
+                                      f"TLS within {self.start_timeout:.0f}s: {err.message}")
+                time.sleep(0.5)
+            except KestrelError as err:
+                raise _StepFailed("waiting for the agent", err.message) from None
+
+    # -- what the database records ---------------------------------------------------------
+
+    @retry_on_conflict
+    def _mark_installing(self, name: str, why: str) -> None:
+        with self.engine.store.transaction() as session:
+            host = get_host(session, name)
+            if host.status not in READY | {HostStatus.INSTALLING}:
+                raise Conflict(f"host '{name}' is {host.status}, not Maintenance: it cannot be "
+                               "reinstalled now; nothing was changed", host=name)
+            previous, host.status = host.status, HostStatus.INSTALLING
+            audit(session, "host", name, f"host reinstall started (was {previous}): {why}")
+
+    @retry_on_conflict
+    def _mark_failed(self, name: str, err: _StepFailed) -> None:
+        with self.engine.store.transaction() as session:
+            host = get_host(session, name)
+            host.status = HostStatus.INSTALL_FAILED
+            host.install_error = f"{err.step}: {err.reason}"
+            audit(session, "host", name, f"host reinstall failed at {err.step}: {err.reason}; "
+                  "the host is InstallFailed", "error")
+
+    @retry_on_conflict
+    def _mark_installed(self, name: str, build: Build, report: dict, capabilities: dict) -> None:
+        with self.engine.store.transaction() as session:
+            host = get_host(session, name)
+            HostService.record_capabilities(host, capabilities)
+            # Installed, not yet active: `activate` (maintenance.leave) makes it Up.
+            host.status = HostStatus.MAINTENANCE
+            host.agent_version, host.agent_wheel_sha256 = build.version, build.sha256
+            host.agent_installed_at, host.install_error = utcnow(), ""
+            audit(session, "host", name, f"host reinstalled: agent {build.version} (wheel sha256 "
+                  f"{build.sha256[:12]}) installed in {AGENT_VENV}; certificate "
+                  f"{report['certificate']}; agent restarted (pid {report['old_pid']} -> "
+                  f"{report['pid']}) and answers over mutual TLS")
