@@ -169,6 +169,10 @@ class AgentClient:
         """qemu-guest-agent's report; GuestAgentUnavailable when it does not answer."""
         return self._call("GET", f"/vms/{_seg(vm_id)}/guest")
 
+    def guests_info(self) -> dict:
+        """Every Up VM's guest-agent report: {"guests": {id: report}, "unavailable": {id: why}}."""
+        return self._call("GET", "/guests")
+
     def events(self, after: int = 0, timeout: float = 0) -> dict:
         """VM status changes after ``after`` (long poll up to ``timeout`` s):
         {"instance", "seq", "gap", "events": [...]}."""

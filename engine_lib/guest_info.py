@@ -1,7 +1,7 @@
 """What the guests' qemu-guest-agent reports, kept on the VM row.
 
-The Monitor's VM poll asks each Up VM's host agent (``GET /vms/{id}/guest``)
-and stores the answer (``Vm.guest_info``). A guest whose agent does not
+The Monitor's VM poll asks each host's agent once for all its Up VMs
+(``GET /guests``) and stores each answer (``Vm.guest_info``). A guest whose agent does not
 answer keeps its last report: a busy agent must not make a VM lose its
 address in the inventory. A VM that is not running shows no guest data.
 """
@@ -12,7 +12,7 @@ import logging
 
 from sqlalchemy import select
 
-from engine_lib.errors import GuestAgentUnavailable, KestrelError
+from engine_lib.errors import KestrelError
 from engine_lib.model import Host, Vm, VmStatus, utcnow
 from engine_lib.services.common import retry_on_conflict
 
@@ -34,16 +34,17 @@ def guest_dict(vm: Vm) -> dict:
 
 def refresh(engine, host, vm_ids: list[str]) -> None:
     """Ask ``host``'s agent for the guest info of ``vm_ids`` (Up VMs) and store it."""
-    client = engine.agent(host.address, host.port)
+    if not vm_ids:
+        return
+    try:
+        answer = engine.agent(host.address, host.port).guests_info()
+    except KestrelError as err:
+        log.warning("guest info of the VMs on host %s: %s", host.name, err.message)
+        return
     for vm_id in vm_ids:
-        try:
-            report = client.guest_info(vm_id)
-        except GuestAgentUnavailable:
-            continue  # no agent in the guest (yet): keep what we knew
-        except KestrelError as err:
-            log.warning("guest info of VM %s on host %s: %s", vm_id, host.name, err.message)
-            continue
-        report.pop("id", None)
+        report = answer["guests"].get(vm_id)
+        if report is None:
+            continue  # no agent in the guest (yet), or it did not answer: keep what we knew
         try:
             _store(engine, host.name, vm_id, report)
         except KestrelError as err:  # the row kept changing: next poll

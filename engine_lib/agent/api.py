@@ -112,6 +112,9 @@ ROUTES = (
           "os, users, filesystems, interfaces (name, mac, ips), ips (without loopback and "
           "link-local), timezone. 409 GuestAgentUnavailable when the agent does not answer "
           "within 5 s (not installed, not started, VM not running)."),
+    Route("GET", "/guests", "guests_info", "The guest-agent report of every Up VM, asked in "
+          "parallel: {guests: {vm id: report as GET /vms/{id}/guest}, unavailable: {vm id: "
+          "why}}. One request for the engine's VM poll instead of one per VM."),
     Route("GET", "/stats", "stats", "Host CPU and memory, VM counts, the balloon policy's "
           "last round, and per running VM: CPU, memory and balloon, disk and NIC counters "
           "(one libvirt call)."),
@@ -300,6 +303,9 @@ class Api:
 
     def guest_info(self, request: Request) -> dict:
         return self.hypervisor.guest_info(_vm_id(request))
+
+    def guests_info(self, _request: Request) -> dict:
+        return self.hypervisor.guests_info()
 
     def stats(self, _request: Request) -> dict:
         return self.hypervisor.stats()

@@ -80,6 +80,14 @@ class FakeAgent:
             raise GuestAgentUnavailable(f"guest agent of VM {vm_id} not responding")
         return {"id": vm_id, **report}
 
+    def guests_info(self):
+        self._check()
+        reports = getattr(self, "guests", {})
+        running = [vm_id for vm_id, status in self.vms.items() if status == "Up"]
+        return {"guests": {vm_id: reports[vm_id] for vm_id in running if vm_id in reports},
+                "unavailable": {vm_id: "guest agent not responding" for vm_id in running
+                                if vm_id not in reports}}
+
 
 @pytest.fixture
 def agents():

@@ -198,3 +198,36 @@ def test_rebuilt_errors_keep_class_message_and_details():
     assert type(error) is VmNotFound and error.message == "VM 'x' does not exist"
     unknown = rebuild_error("FancyNewError", "boom", {})
     assert type(unknown) is AgentError and unknown.details["code"] == "FancyNewError"
+
+
+def test_one_request_brings_every_up_vms_guest_agent_answer(agent, engine_pki):
+    """GET /guests asks each Up VM's guest agent (the test driver has none to ask: each
+    is unavailable with libvirt's reason); a paused VM is not asked."""
+    import uuid
+
+    import libvirt
+
+    from engine_lib import metadata
+
+    client = AgentClient("127.0.0.1", agent, str(engine_pki))
+    vm_ids = [str(uuid.uuid4()) for _ in range(3)]
+    for vm_id in vm_ids:
+        client.start_vm(f"<domain type='test'><name>guests-{vm_id[:8]}</name><uuid>{vm_id}</uuid>"
+                        f"<metadata><kestrel:vm xmlns:kestrel='{metadata.NAMESPACE}'/>"
+                        "</metadata><memory unit='MiB'>64</memory><os><type>hvm</type></os>"
+                        "</domain>")
+    try:
+        client.pause_vm(vm_ids[2])
+        answer = client.guests_info()
+        assert answer["guests"] == {}
+        assert set(answer["unavailable"]) >= set(vm_ids[:2])
+        assert vm_ids[2] not in answer["unavailable"]
+        assert all("not supported" in answer["unavailable"][vm_id] for vm_id in vm_ids[:2])
+    finally:
+        conn = libvirt.open("test:///default")  # the test driver lacks remove's undefine flags
+        for vm_id in vm_ids:
+            dom = conn.lookupByUUIDString(vm_id)
+            if dom.isActive():
+                dom.destroy()
+            dom.undefine()
+        conn.close()
