@@ -91,10 +91,10 @@ ha-faults: deps venv
 	@KESTREL_LAB_STATE_DIR=$(LAB_DIR) flock /tmp/kestrel-lab.lock $(BIN)/python -m bench.ha.faults
 
 # Device matching vs lxml's bare parse of the same 1,000 live XMLs; one monitoring cycle
-# over 500 VMs (in-process stand-in agents: see bench/matching/bench.py).
-bench-matching: venv
+# over 500 VMs, engine-only and through the lab hosts' agents; uses the lab lock.
+bench-matching: deps venv
 	@$(BIN)/python -c "import lxml" 2>/dev/null || $(BIN)/pip install -q "lxml>=5"
-	@$(BIN)/python bench/matching/bench.py
+	@KESTREL_LAB_STATE_DIR=$(LAB_DIR) flock /tmp/kestrel-lab.lock $(BIN)/python bench/matching/bench.py
 
 lab-up: deps venv
 	$(BIN)/kestrel lab up --hosts $(LAB_HOSTS) --state-dir $(LAB_DIR)
