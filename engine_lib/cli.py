@@ -245,6 +245,17 @@ def vm_migrate(args) -> int:
     return 0 if result["status"] == "succeeded" else 1
 
 
+def vm_cancel_migration(args) -> int:
+    """Abort a VM's running migration; it keeps running on its source."""
+    with _open_engine(args) as engine:
+        outcome = engine.migrations.cancel(args.name)
+    if outcome.entity is None:
+        print(f"VM {args.name} is not migrating", file=sys.stderr)
+        return 1
+    _print_json(outcome.entity)
+    return 0
+
+
 def vm_migrations(args) -> int:
     with _open_engine(args) as engine:
         _print_json(engine.migrations.history(args.name))
@@ -491,8 +502,10 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--bandwidth", type=int, help="limit in Mbps (default: the cluster's)")
     migrate.add_argument("--timeout", type=float, default=600.0)
     migrate.add_argument("--json", action="store_true")
+    cancel = command(vm, "cancel-migration", vm_cancel_migration,
+                     "abort a VM's running migration (it stays on its source)")
     history = command(vm, "migrations", vm_migrations, "every migration attempt of a VM")
-    for sub in (xml, console, migrate, history):
+    for sub in (xml, console, migrate, cancel, history):
         _engine_options(sub)
         sub.add_argument("name")
 

@@ -30,6 +30,8 @@ from engine_lib.services.common import audit, find, get_cluster, get_host, get_v
 from engine_lib.spec import normalize_vm
 from engine_lib.store import lock_cluster
 
+# States that would race a running migration (see _refuse_while_migrating).
+_RACE_A_MIGRATION = ("stopped", "suspended", "absent")
 STATES = ("present", "running", "stopped", "absent",
           # Issue 4: hibernate (a Suspended VM runs on from its saved memory when it is
           # "running" again), and reboot a running VM (always a change).
@@ -92,6 +94,8 @@ class VmService:
         if state not in STATES:
             raise InvalidSpec("state", f"must be one of {', '.join(STATES)} (got {state!r})")
         wanted = normalize_vm(spec)
+        if state in _RACE_A_MIGRATION:
+            self._refuse_while_migrating(wanted["name"], state)
         try:
             if state == "absent":
                 return self._remove(wanted["name"], check_mode=check_mode)
@@ -254,6 +258,18 @@ class VmService:
             entity = vm_dict(vm)
         entity["placement"] = placement
         return entity
+
+    def _refuse_while_migrating(self, name: str, state: str) -> None:
+        """Stopping, saving or removing a VM mid-migration would race the migration's own
+        outcome (which decides where the VM runs): the user waits for it or cancels it."""
+        with self.engine.store.transaction(commit=False) as session:
+            vm = find(session, Vm, name)
+            if vm is None or vm.status not in (VmStatus.MIGRATING_FROM, VmStatus.MIGRATING_TO):
+                return
+            host = vm.run_on_host.name if vm.run_on_host else "?"
+        raise Conflict(f"VM '{name}' is migrating away from host {host}: it cannot be made "
+                       f"{state} until the migration ends; wait for it, or cancel it with "
+                       f"`kestrel vm cancel-migration {name}`. Nothing was changed")
 
     def _stop(self, name: str, force: bool, timeout: int) -> dict:
         with self.engine.store.transaction() as session:

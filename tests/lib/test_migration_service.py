@@ -81,3 +81,28 @@ def test_only_a_running_vm_migrates(engine, cluster, running):
     with pytest.raises(Conflict) as info:
         engine.migrations.migrate("idle")
     assert "is Down, not Up" in info.value.message
+
+
+@pytest.mark.parametrize("state", ["stopped", "suspended", "absent"])
+def test_a_migrating_vm_is_not_stopped_saved_or_removed_behind_the_migrations_back(
+        engine, running, agents, state):
+    from engine_lib.model import Vm, VmStatus
+
+    with engine.store.transaction() as session:
+        session.get(Vm, running["id"]).status = VmStatus.MIGRATING_FROM
+    agent = agents[engine.hosts.info(running["host"])[0]["address"]]
+    with pytest.raises(Conflict) as info:
+        engine.vms.ensure({"name": "vm1"}, state=state)
+    assert "is migrating away from host" in info.value.message
+    assert "kestrel vm cancel-migration vm1" in info.value.message
+    assert engine.vms.info("vm1")[0]["status"] == "MigratingFrom"
+    assert agent.vms[running["id"]] == "Up"  # the agent was not asked to stop it
+
+
+def test_kestrel_vm_cancel_migration_says_when_there_is_none(engine, running, db_url, tmp_path,
+                                                             capsys):
+    from engine_lib import cli
+
+    assert cli.main(["vm", "cancel-migration", "vm1", "--engine-dir", str(tmp_path / "engine"),
+                     "--db-url", db_url]) == 1
+    assert "VM vm1 is not migrating" in capsys.readouterr().err
