@@ -31,6 +31,8 @@ DEFAULT_PORT = 54321
 SHUTDOWN_GRACE = 15.0
 # Saving or restoring a guest's memory takes as long as writing or reading it.
 HIBERNATE_TIMEOUT = 600.0
+# The agent gives mount 60 s (agent.storage_connections.MOUNT_TIMEOUT_S); wait a little longer.
+STORAGE_CONNECT_TIMEOUT = 75.0
 _HOSTNAME_MISMATCH = {62, 64}  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
 
 
@@ -117,6 +119,19 @@ class AgentClient:
     def resize_volume(self, volume: dict) -> dict:
         """Grow a volume (live when a VM on that host uses it); never shrinks."""
         return self._call("POST", "/volumes/resize", {"volume": volume})
+
+    def connect_storage(self, name: str, export: str, path: str, options: str = "") -> dict:
+        """Mount an NFS domain's export at path on the host and serve it
+        ({name, path, mounted, changed}); a failed mount is AgentError code MountFailed."""
+        body = {"name": name, "type": "nfs", "export": export, "path": path}
+        if options:
+            body["options"] = options
+        return self._call("POST", "/storage/connect", body,
+                          timeout=max(self.timeout, STORAGE_CONNECT_TIMEOUT))
+
+    def disconnect_storage(self, name: str) -> dict:
+        return self._call("POST", "/storage/disconnect", {"name": name},
+                          timeout=max(self.timeout, STORAGE_CONNECT_TIMEOUT))
 
     def console_log(self, vm_id: str, nbytes: int = 8192) -> str:
         return self._call("GET", f"/vms/{_seg(vm_id)}/console?bytes={int(nbytes)}")["data"]

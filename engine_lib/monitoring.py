@@ -31,6 +31,7 @@ from engine_lib.errors import AgentUnreachable, KestrelError, VmNotFound
 from engine_lib.model import Host, HostStatus, Vm, VmStatus
 from engine_lib.services.common import audit, retry_on_conflict
 from engine_lib.services.hosts import HostService
+from engine_lib.services.storage_domains import connect_host, nfs_unreported
 from engine_lib.services.vms import HostRef
 
 log = logging.getLogger("kestrel.engine.monitoring")
@@ -100,11 +101,14 @@ class Monitor:
             # reason to suspect the host; say so and try again next cycle.
             log.warning("host %s answered the heartbeat with an error: %s", ref.name, err.message)
             return None
-        self._record_answer(ref.name, facts)
+        if self._record_answer(ref.name, facts):
+            connect_host(self.engine, ref.name)  # issue 9: (re)mount its cluster's NFS domains
         return facts
 
     @retry_on_conflict
-    def _record_answer(self, name: str, facts: dict) -> None:
+    def _record_answer(self, name: str, facts: dict) -> bool:
+        """Whether the host's NFS domains need connecting: it came Up with this answer,
+        or its agent no longer reports one (restarted, reinstalled)."""
         with self.engine.store.transaction() as session:
             host = _host(session, name)
             previous = host.status
@@ -112,6 +116,8 @@ class Monitor:
             if previous != HostStatus.UP:
                 audit(session, "host", name, f"host is Up again (was {previous})")
                 log.info("host %s is Up again (was %s)", name, previous)
+            return host.status == HostStatus.UP and (previous != HostStatus.UP
+                                                     or nfs_unreported(session, host))
 
     @retry_on_conflict
     def _record_silence(self, name: str, why: str) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 import engine_lib
 from engine_lib.agent.config import AgentConfig
 from engine_lib.agent.convergence import POLICIES as MIGRATION_POLICIES
+from engine_lib.agent.storage_connections import StorageConnections
 from engine_lib.errors import InvalidSpec, KestrelError, NotFound
 
 log = logging.getLogger("kestrel.agent.api")
@@ -165,6 +166,27 @@ ROUTES = (
           "missing volume is left for the next start to create.",
           body={"type": "object", "required": ["volume"], "additionalProperties": False,
                 "properties": {"volume": _VOLUME_SCHEMA}}),
+    Route("POST", "/storage/connect", "connect_storage", "Connect an NFS storage domain: "
+          "mount export at path (mount -t nfs, creating the directory) unless mountinfo "
+          "shows it mounted there already, then serve the domain's volumes (registered "
+          "until the agent restarts). 409 if something else is mounted there; MountFailed "
+          "(502) with mount's stderr, and nothing registered, if the mount fails.",
+          body={"type": "object", "required": ["name", "export", "path"],
+                "additionalProperties": False,
+                "properties": {"name": {"type": "string"},
+                               "type": {"type": "string", "enum": ["nfs"]},
+                               "export": {"type": "string",
+                                          "description": "server:/path"},
+                               "options": {"type": "string",
+                                           "description": "mount -o options, comma-"
+                                           "separated, e.g. vers=4.2,soft"},
+                               "path": {"type": "string",
+                                        "description": "the mount point"}}}),
+    Route("POST", "/storage/disconnect", "disconnect_storage", "Disconnect a storage "
+          "domain connected with /storage/connect: unmount it and stop serving it; 409 "
+          "while a VM on this host has a disk on it; a domain not connected is no change.",
+          body={"type": "object", "required": ["name"], "additionalProperties": False,
+                "properties": {"name": {"type": "string"}}}),
 )
 
 
@@ -176,6 +198,9 @@ class Api:
         self.config = config
         self._factory = hypervisor_factory
         self._hypervisor = None
+        # Shares config.storage_domains with the hypervisor: what it connects resolves.
+        # (Some tests build an Api without a config; they never reach storage.)
+        self.storage = StorageConnections(config.storage_domains if config else {})
 
     @property
     def hypervisor(self):
@@ -236,7 +261,12 @@ class Api:
         return openapi_document()
 
     def host_info(self, _request: Request) -> dict:
-        return self.hypervisor.host_info()
+        info = self.hypervisor.host_info()
+        # Domains whose connect failed are facts too: unavailable, with mount's reason.
+        failed = self.storage.failures()
+        if failed and isinstance(info.get("storage_domains"), list):
+            info["storage_domains"] = info["storage_domains"] + failed
+        return info
 
     def list_vms(self, _request: Request) -> dict:
         return {"vms": self.hypervisor.list_vms()}
@@ -409,6 +439,14 @@ class Api:
         size = _checked_volume(item, "volume", sized=True)
         location = VolumeLocation(item["domain"], item["image"], item["volume"])
         return self.hypervisor.resize_volume(location, str(item.get("format", "qcow2")), size)
+
+    def connect_storage(self, request: Request) -> dict:
+        return self.storage.connect(request.body)
+
+    def disconnect_storage(self, request: Request) -> dict:
+        # Defined domains count as users too: their next start would need the disk.
+        return self.storage.disconnect(request.body.get("name"),
+                                       lambda: self.hypervisor._disks_in_use())
 
 
 class MethodNotAllowed(KestrelError):

@@ -255,8 +255,8 @@ class HostDeploy:
                                    f"{err.reason}; the host is InstallFailed", host=name,
                                    step=err.step, reason=err.reason) from None
         self._mark_installed(name, build, report, capabilities)
-        if activate:
-            maintenance.leave(self.engine, name)
+        if activate:  # as `activate` does: Up, then its cluster's NFS domains mounted
+            self.engine.hosts.activate(name)
         with self.engine.store.transaction(commit=False) as session:
             entity = host_dict(get_host(session, name))
         return Outcome(True, entity, {"before": before, "after": after})

@@ -90,8 +90,13 @@ class HostService:
             if changed:
                 audit(session, "host", name, "host added" if created else
                       f"host updated: {', '.join(k for k in after if before.get(k) != after[k])}")
-            return Outcome(changed, host_dict(host), {"before": _redacted(before),
-                                                      "after": _redacted(after)})
+            outcome = Outcome(changed, host_dict(host), {"before": _redacted(before),
+                                                         "after": _redacted(after)})
+        if not check_mode:
+            from engine_lib.services.storage_domains import connect_host
+
+            connect_host(self.engine, name)  # issue 9: an Up host mounts its cluster's NFS domains
+        return outcome
 
     @staticmethod
     def record_capabilities(host: Host, caps: dict, now=None) -> None:
@@ -145,8 +150,12 @@ class HostService:
     def activate(self, name: str, *, check_mode: bool = False) -> Outcome:
         """End a maintenance: the host is Up again once its agent answers."""
         from engine_lib.services.maintenance import leave
+        from engine_lib.services.storage_domains import connect_host
 
-        return leave(self.engine, name, check_mode=check_mode)
+        outcome = leave(self.engine, name, check_mode=check_mode)
+        if outcome.changed and not check_mode:
+            connect_host(self.engine, name)  # issue 9: its cluster's NFS domains
+        return outcome
 
     def reinstall(self, name: str, *, force: bool = False, activate: bool = True,
                   renew_certificate: bool = False, timeout: float = 600,

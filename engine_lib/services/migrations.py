@@ -92,6 +92,17 @@ def migration_dict(row: Migration) -> dict:
             "finished_at": row.finished_at.isoformat() if row.finished_at else None}
 
 
+def _final_progress(report: dict, row: Migration) -> dict:
+    """The last progress sample, with what the convergence policy did on the way: its
+    steps (downtime raised, post-copy, abort — each with the stall that caused it) and
+    whether the guest finished in post-copy."""
+    final = dict(report.get("progress") or row.progress or {})
+    if "steps" in report:
+        final["policy_steps"] = list(report["steps"])
+        final["postcopy"] = bool(report.get("postcopy"))
+    return final
+
+
 def mibps(bandwidth_mbps: int) -> int | None:
     """Mbps (oVirt's unit) -> libvirt's MiB/s, at least 1; 0 means no limit."""
     return max(1, round(bandwidth_mbps * 1_000_000 / 8 / 1024 / 1024)) if bandwidth_mbps else None
@@ -419,7 +430,7 @@ class MigrationService:
             vm.run_on_host, vm.status = host, VmStatus.UP
             devices.record_live(vm, live)
             row.status, row.downtime_ms = "succeeded", report.get("downtime_ms")
-            row.progress = dict(report.get("progress") or row.progress or {})
+            row.progress = _final_progress(report, row)
             row.error = report.get("error") or ""
             row.finished_at, row.duration_s = utcnow(), round(time.monotonic() - plan.started, 3)
             downtime = f", downtime {row.downtime_ms} ms" if row.downtime_ms is not None else ""
@@ -442,7 +453,7 @@ class MigrationService:
             vm.status = vm_status
             if row is not None:
                 row.status, row.error = status, message
-                row.progress = dict((report or {}).get("progress") or row.progress or {})
+                row.progress = _final_progress(report or {}, row)
                 row.finished_at = utcnow()
                 row.duration_s = round(time.monotonic() - plan.started, 3)
             severity = "warning" if status == "cancelled" else "error"

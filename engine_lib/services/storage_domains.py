@@ -15,15 +15,18 @@ a new disk must name one of the attached domains.
 
 from __future__ import annotations
 
+import logging
 import re
 
 from sqlalchemy import select
 
 from engine_lib.engine import Outcome
-from engine_lib.errors import Conflict, InvalidSpec, NotFound
-from engine_lib.model import Cluster, DeviceType, Host, StorageDomain, Vm, VmDevice
+from engine_lib.errors import Conflict, InvalidSpec, KestrelError, NotFound
+from engine_lib.model import Cluster, DeviceType, Host, HostStatus, StorageDomain, Vm, VmDevice
 from engine_lib.services.common import audit, find, get_cluster, retry_on_conflict
 from engine_lib.spec import choice, name as check_name, text
+
+log = logging.getLogger("kestrel.engine.storage_domains")
 
 TYPES = ("file", "nfs")
 # server:/path; the server a host name or an IPv4/bracketed IPv6 address.
@@ -130,7 +133,17 @@ class StorageDomainService:
                 audit(session, "storage", name, f"storage domain {'updated' if before else 'created'}"
                       f": {domain.type} at {domain.path}, clusters "
                       f"{', '.join(after['clusters']) or 'none'}")
-            return Outcome(changed, entity, {"before": before, "after": after})
+            outcome = Outcome(changed, entity, {"before": before, "after": after})
+            is_nfs = domain.type == "nfs"
+        if is_nfs and not check_mode and changed:
+            # Attach connects the domain on the Up hosts of the new clusters, detach disconnects.
+            attached = set(after["clusters"]) - set(before.get("clusters", []))
+            detached = set(before.get("clusters", [])) - set(after["clusters"])
+            for host in _up_hosts(self.engine, attached):
+                connect_host(self.engine, host, only=name)
+            disconnect_hosts(self.engine, name, _up_hosts(self.engine, detached))
+            outcome = Outcome(changed, self.info(name)[0], outcome.diff)
+        return outcome
 
     @staticmethod
     def _hosts(session, domain: StorageDomain) -> dict[str, list | None]:
@@ -163,7 +176,9 @@ class StorageDomainService:
             before = domain_dict(domain)
             session.delete(domain)
             audit(session, "storage", name, "storage domain removed")
-            return Outcome(True, None, {"before": before, "after": {}})
+        if before["type"] == "nfs" and not check_mode:
+            disconnect_hosts(self.engine, name, _up_hosts(self.engine, set(before["clusters"])))
+        return Outcome(True, None, {"before": before, "after": {}})
 
     def info(self, name: str | None = None, cluster: str | None = None) -> list[dict]:
         """Domains with, per host of their clusters, whether the host has them."""
@@ -182,3 +197,114 @@ class StorageDomainService:
 
 def _export(value) -> str:
     return "" if value == "" else export("export", value)
+
+
+# -- connecting NFS domains on hosts (VDSM's connectStorageServer) ----------------------
+
+def connect_host(engine, host: str, only: str | None = None) -> list[dict]:
+    """Have the host's agent mount every nfs domain attached to its cluster (or just
+    ``only``), as oVirt does when a host is activated.
+
+    Never raises for what an agent answers: a domain that cannot be connected is
+    audited with the reason and recorded unavailable in the host's storage facts
+    (the scheduler and ``info`` read those), and the others are still connected.
+    """
+    with engine.store.transaction(commit=False) as session:
+        row = find(session, Host, host)
+        if row is None or row.status != HostStatus.UP:
+            return []
+        address, port = row.address, row.port
+        query = (select(StorageDomain).join(StorageDomain.clusters)
+                 .where(Cluster.id == row.cluster_id, StorageDomain.type == "nfs")
+                 .order_by(StorageDomain.name))
+        if only is not None:
+            query = query.where(StorageDomain.name == only)
+        wanted = [(d.name, d.export, d.path) for d in session.scalars(query)]
+    results = []
+    for name, export_, path in wanted:
+        try:
+            answer = engine.agent(address, port).connect_storage(name, export_, path)
+            results.append({"name": name, "path": path, "export": export_, "available": True,
+                            "changed": bool(answer.get("changed"))})
+        except KestrelError as err:
+            results.append({"name": name, "path": path, "export": export_, "available": False,
+                            "error": err.message})
+    if results:
+        try:
+            _record_connections(engine, host, results)
+        except KestrelError as err:  # the host row kept changing; the next heartbeat reports
+            log.warning("could not record storage connections of host %s: %s", host,
+                        err.message)
+    return results
+
+
+def nfs_unreported(session, host: Host) -> bool:
+    """Whether an nfs domain of the host's cluster is missing from its agent's facts.
+
+    An agent keeps its connections in memory, so a restarted or reinstalled one
+    forgets them; the heartbeat then connects again. A failed connect is in the
+    facts (unavailable, with the error) and is not retried on every heartbeat: a
+    mount may take a minute; the next time the host comes Up retries it.
+    """
+    if not isinstance(host.storage_domains, list):
+        return False  # not reported at all: nothing to compare
+    reported = {entry.get("name") for entry in host.storage_domains if isinstance(entry, dict)}
+    attached = session.scalars(select(StorageDomain.name).join(StorageDomain.clusters).where(
+        Cluster.id == host.cluster_id, StorageDomain.type == "nfs"))
+    return any(name not in reported for name in attached)
+
+
+def disconnect_hosts(engine, domain: str, hosts: list[str]) -> None:
+    """Unmount the domain on each host; a refusal (a VM there still uses it) is audited."""
+    for host in hosts:
+        with engine.store.transaction(commit=False) as session:
+            row = find(session, Host, host)
+            if row is None:
+                continue
+            address, port = row.address, row.port
+        try:
+            answer = engine.agent(address, port).disconnect_storage(domain)
+        except KestrelError as err:
+            _audit_host(engine, host, f"storage domain '{domain}' could not be disconnected: "
+                        f"{err.message}", "warning")
+            continue
+        if answer.get("changed"):
+            _audit_host(engine, host, f"storage domain '{domain}' disconnected "
+                        f"({answer.get('path')} unmounted)")
+
+
+def _up_hosts(engine, cluster_names: set[str]) -> list[str]:
+    if not cluster_names:
+        return []
+    with engine.store.transaction(commit=False) as session:
+        return list(session.scalars(select(Host.name).join(Host.cluster).where(
+            Cluster.name.in_(sorted(cluster_names)), Host.status == HostStatus.UP)
+            .order_by(Host.name)))
+
+
+@retry_on_conflict
+def _record_connections(engine, host: str, results: list[dict]) -> None:
+    with engine.store.transaction() as session:
+        row = find(session, Host, host)
+        if row is None:
+            return
+        facts = {e.get("name"): e for e in (row.storage_domains or []) if isinstance(e, dict)}
+        for result in results:
+            name = result["name"]
+            if result["available"]:
+                if not (facts.get(name) or {}).get("available"):
+                    facts[name] = {"name": name, "path": result["path"], "available": True}
+                if result["changed"]:
+                    audit(session, "host", host, f"storage domain '{name}' connected: "
+                          f"{result['export']} mounted at {result['path']}")
+            else:
+                facts[name] = {"name": name, "path": result["path"], "available": False,
+                               "error": result["error"]}
+                audit(session, "host", host, f"storage domain '{name}' is unavailable on this "
+                      f"host: {result['error']}", "warning")
+        row.storage_domains = [facts[n] for n in sorted(facts)]
+
+
+def _audit_host(engine, host: str, message: str, severity: str = "info") -> None:
+    with engine.store.transaction() as session:
+        audit(session, "host", host, message, severity)

@@ -17,6 +17,12 @@ description:
     maps the domain's name to its directory (the C(kestrel.virt.host) role's
     C(kestrel_host_storage_domains)). This module records the domain and its
     clusters; the returned C(hosts) shows per host whether its agent has the domain.
+  - For O(type=nfs) the engine mounts the export on the hosts itself (like oVirt's
+    C(connectStorageServer)) - on each Up host of a cluster the domain gets attached
+    to, whenever a host of an attached cluster comes Up (added, activated, or back
+    after being unreachable), and it unmounts on detach and removal. A host that
+    cannot mount it shows C(available=false) with mount's error in C(hosts), and the
+    engine's events say why. Check mode mounts nothing.
   - Once any storage domain is attached to a cluster, new VM disks in that
     cluster must name one of the attached domains. A cluster with none
     attached accepts any name its hosts know (the older rule).

@@ -31,8 +31,17 @@ class FakeAgent:
 
     def host_info(self, timeout=None):
         self._check()
-        return {"hostname": self.name, "host_uuid": f"uuid-{self.name}", "cpus": self.cpus,
-                "memory_mib": self.memory_mib, "libvirt_version": "9.0.0", "hooks": self.hooks}
+        facts = {"hostname": self.name, "host_uuid": f"uuid-{self.name}", "cpus": self.cpus,
+                 "memory_mib": self.memory_mib, "libvirt_version": "9.0.0", "hooks": self.hooks}
+        if "connected_storage" in self.__dict__:  # as the agent reports connected domains
+            failed = self.__dict__.get("storage_failures", {})
+            facts["storage_domains"] = sorted(
+                [{"name": n, "path": p, "available": True}
+                 for n, p in self.connected_storage.items()]
+                + [{"name": n, "path": p, "available": False, "error": e}
+                   for n, (p, e) in failed.items() if n not in self.connected_storage],
+                key=lambda entry: entry["name"])
+        return facts
 
     def start_vm(self, xml, mode="fresh"):
         self._check()
@@ -72,6 +81,30 @@ class FakeAgent:
     def delete_volumes(self, volumes):
         self._check()
         self.deleted_volumes.extend(volumes)
+
+    def connect_storage(self, name, export, path, options=""):
+        """Records the call; ``mount_errors`` (name -> message) makes a mount fail."""
+        self._check()
+        self.storage_calls = getattr(self, "storage_calls", []) + [("connect", name, export,
+                                                                    path)]
+        connected = self.__dict__.setdefault("connected_storage", {})
+        failures = self.__dict__.setdefault("storage_failures", {})
+        error = getattr(self, "mount_errors", {}).get(name)
+        if error:
+            from engine_lib.errors import AgentError
+
+            failures[name] = (path, error)
+            raise AgentError(error, code="MountFailed")
+        failures.pop(name, None)
+        changed = connected.get(name) != path
+        connected[name] = path
+        return {"name": name, "path": path, "mounted": True, "changed": changed}
+
+    def disconnect_storage(self, name):
+        self._check()
+        self.storage_calls = getattr(self, "storage_calls", []) + [("disconnect", name)]
+        path = self.__dict__.setdefault("connected_storage", {}).pop(name, None)
+        return {"name": name, "path": path, "mounted": False, "changed": path is not None}
 
     def guest_info(self, vm_id):
         self._check()
