@@ -15,7 +15,8 @@ def test_present_passes_unset_options_as_none_so_the_engine_keeps_them(engine, r
     assert engine.calls == [('clusters.ensure', ('demo',), dict(
         description=None, virt_type=None, memory_overcommit=150, mac_pool=None,
         scheduling_policy=None, scheduling_policy_properties=None, migration_policy=None,
-        migration_bandwidth_mbps=None, fencing_policy=None, check_mode=False))]
+        migration_bandwidth_mbps=None, migration_encrypted=None, ballooning=None,
+        fencing_policy=None, check_mode=False))]
     assert result['changed'] is True
     assert result['cluster']['memory_overcommit'] == 150
 
