@@ -18,7 +18,8 @@ volume label and every line of every file on it:
 It runs Debian's qemu-guest-agent (binary and shared libraries copied in)
 when the VM has the org.qemu.guest_agent.0 channel, and gives eth0 the
 static address ``kestrel.ip=ADDRESS/PREFIX`` from the kernel command line
-(lab networks have no DHCP for guests):
+(lab networks have no DHCP for guests); ``kestrel.dirty=MIB`` keeps rewriting
+MIB of its memory (a guest live migration cannot simply copy):
 
     kestrel-guest: guest agent on vport1p1
 
@@ -99,6 +100,15 @@ for arg in $(cat /proc/cmdline); do
             mkdir -p /mnt/data
             mke2fs -q "/dev/${arg#kestrel.fs=}" && mount -t ext2 "/dev/${arg#kestrel.fs=}" /mnt/data \
                 && echo "kestrel-guest: ${arg#kestrel.fs=} mounted on /mnt/data" ;;
+        kestrel.dirty=*)
+            # A busy guest for live migration: rewrite MiB of random (not zero: QEMU
+            # sends zero pages nearly free) memory over and over, as fast as it can.
+            mib="${arg#kestrel.dirty=}"
+            dd if=/dev/urandom of=/tmp/dirty-source bs=1M count="$mib" 2>/dev/null
+            (while true; do
+                 dd if=/tmp/dirty-source of=/tmp/dirty bs=1M count="$mib" conv=notrunc 2>/dev/null
+             done) &
+            echo "kestrel-guest: dirtying $mib MiB" ;;
     esac
 done
 # No udev here: find the guest agent's virtio-serial port by its name.

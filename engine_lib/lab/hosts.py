@@ -73,6 +73,17 @@ class LabHost:
         return os.path.join(self.state_dir, "ssh", "id_ed25519")
 
 
+# QEMU runs unprivileged and needs userfaultfd for post-copy migration; Debian's
+# default (0) makes it answer "Postcopy is not supported". Machine-wide, like the bridge.
+_USERFAULTFD_SYSCTL = "/proc/sys/vm/unprivileged_userfaultfd"
+
+
+def _allow_postcopy() -> None:
+    with contextlib.suppress(OSError):  # read-only /proc/sys: post-copy tests say why they fail
+        with open(_USERFAULTFD_SYSCTL, "w", encoding="ascii") as sysctl:
+            sysctl.write("1\n")
+
+
 def up(count: int = 2, state_dir: str = DEFAULT_STATE_DIR) -> list[LabHost]:
     """Bring hosts h1..h<count> up and return them; hosts already up are kept.
 
@@ -88,6 +99,7 @@ def up(count: int = 2, state_dir: str = DEFAULT_STATE_DIR) -> list[LabHost]:
             os.makedirs(shared_dir(state_dir, domain), exist_ok=True)
         sshd.client_key(state_dir)
         network.ensure_bridge()
+        _allow_postcopy()
         created, restarted = [], []
         for index, name in enumerate(names, start=1):
             record = _load(state_dir, name)
