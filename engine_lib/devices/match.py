@@ -29,7 +29,7 @@ _PREFIX_LEN = len(ALIAS_PREFIX)
 ONCE_PER_VM = frozenset({"memballoon", "rng", "watchdog", "sound", "graphics", "video", "tpm",
                          "serial"})
 # What the matching reads of every database device (see _columns).
-_MATCHED_COLUMNS = frozenset({"id", "type", "managed", "alias", "spec"})
+_MATCHED_COLUMNS = frozenset({"id", "type", "managed", "alias", "spec", "address"})
 # Devices a user adds; one without our alias was hotplugged outside the engine.
 USER_KINDS = frozenset({"disk", "cdrom", "interface", "hostdev"})
 
@@ -109,7 +109,7 @@ def correlate(devices: Iterable[Any], live: list[LiveDevice]) -> Correlation:
     result = Correlation()
     ours: dict[str, Any] = {}
     singles: dict[str, list[Any]] = {}
-    theirs: list[Any] = []
+    theirs: list[tuple[Any, dict]] = []  # (row, its columns)
     theirs_by_alias: dict[tuple, Any] = {}
     for device in devices:
         row = _columns(device)
@@ -119,7 +119,7 @@ def correlate(devices: Iterable[Any], live: list[LiveDevice]) -> Correlation:
             if type_ in ONCE_PER_VM:
                 singles.setdefault(type_, []).append(device)
         else:
-            theirs.append(device)
+            theirs.append((device, row))
             alias = row["alias"]
             if alias:
                 theirs_by_alias[row["type"], (row["spec"] or {}).get("mac", ""), alias] = device
@@ -163,8 +163,8 @@ def correlate(devices: Iterable[Any], live: list[LiveDevice]) -> Correlation:
                 reason = "unmanaged, same address"
             elif not alias:
                 if by_attrs is None:
-                    by_attrs = {_attrs_key(d.type, d.spec or {}): d for d in theirs
-                                if not d.alias and not d.address}
+                    by_attrs = {_attrs_key(row["type"], row["spec"] or {}): d
+                                for d, row in theirs if not row["alias"] and not row["address"]}
                 device = by_attrs.get(_attrs_key(kind, unmanaged_spec(element)))
                 reason = "unmanaged, same attributes"
         if device is not None and id(device) not in seen:
@@ -177,7 +177,7 @@ def correlate(devices: Iterable[Any], live: list[LiveDevice]) -> Correlation:
         if id(device) not in seen and device.plugged is not False:
             result.unplugged.append(Gone(device, "unplugged",
                                          "not in the live XML: unplugged from the running VM"))
-    for device in theirs:
+    for device, _ in theirs:
         if id(device) not in seen:
             result.unplugged.append(Gone(device, "deleted",
                                          "not in the live XML: an unmanaged device is gone"))
@@ -199,11 +199,11 @@ def _columns(device: Any) -> dict:
     return {name: getattr(device, name) for name in _MATCHED_COLUMNS}
 
 
-def _index_by_address(theirs: list) -> dict[tuple, Any]:
+def _index_by_address(theirs: list[tuple[Any, dict]]) -> dict[tuple, Any]:
     found = {}
-    for device in theirs:
-        key = _address_key(device.type, (device.spec or {}).get("mac", ""),
-                           device.address or {})
+    for device, row in theirs:
+        key = _address_key(row["type"], (row["spec"] or {}).get("mac", ""),
+                           row["address"] or {})
         if key is not None:
             found[key] = device
     return found
