@@ -41,7 +41,7 @@ from engine_lib.devices import correlate, parse_devices  # noqa: E402
 from engine_lib.engine import Engine  # noqa: E402
 from engine_lib.model import VmDevice  # noqa: E402
 from engine_lib.monitoring import Monitor  # noqa: E402
-from lab_cycle import bench_lab_cycle, rich_spec  # noqa: E402
+from lab_cycle import bench_lab_cycle, rich_spec, timed_ms  # noqa: E402
 
 XMLS = 1000
 ROUNDS = 7
@@ -203,15 +203,15 @@ def bench_cycle() -> dict:
                 engine.vms.ensure(rich_spec(index), state="running")
             setup_s = time.perf_counter() - started
             monitor = Monitor(engine)
-            first = _timed(monitor.cycle)
-            steady = statistics.median(_timed(monitor.cycle) for _ in range(5))
+            first = timed_ms(monitor.cycle)
+            steady = statistics.median(timed_ms(monitor.cycle) for _ in range(5))
             # A few VMs' devices change (5%): those are fetched and matched again.
             changed = list(agents.values())[0]
             for vm_id in list(changed.live)[:CYCLE_VMS // 20]:
                 changed.live[vm_id] = changed.live[vm_id].replace(
                     "</devices>", "<interface type='bridge'><mac address='52:54:00:00:00:01'/>"
                     "<alias name='net9'/></interface></devices>")
-            some = _timed(monitor.cycle)
+            some = timed_ms(monitor.cycle)
             per_host = {a.name: len(a.live) for a in agents.values()}
         finally:
             engine.close()
@@ -222,12 +222,6 @@ def bench_cycle() -> dict:
     print(f"  cycle with {CYCLE_VMS // 20} VMs' devices changed                     {some:8.1f} ms")
     return {"engine_cycle_500_ms": round(steady, 1), "engine_cycle_500_first_ms": round(first, 1),
             "engine_cycle_500_5pct_changed_ms": round(some, 1)}
-
-
-def _timed(func) -> float:
-    start = time.perf_counter()
-    func()
-    return (time.perf_counter() - start) * 1e3
 
 
 def main() -> None:

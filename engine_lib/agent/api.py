@@ -462,14 +462,7 @@ def _volume_location(item, where: str):
     """A {domain, image, volume} object as a VolumeLocation; InvalidSpec naming the field."""
     from engine_lib.agent.volumes import VolumeLocation
 
-    if not isinstance(item, dict):
-        raise InvalidSpec(where, "must be an object {domain, image, volume}")
-    unknown = set(item) - _VOLUME_KEYS
-    if unknown:
-        raise InvalidSpec(where, f"unknown keys {sorted(unknown)}")
-    for key in ("domain", "image", "volume"):
-        if not isinstance(item.get(key), str) or not item[key]:
-            raise InvalidSpec(f"{where}.{key}", "a non-empty string is required")
+    _checked_volume(item, where)
     return VolumeLocation(item["domain"], item["image"], item["volume"])
 
 
