@@ -327,9 +327,12 @@ class Migrations:
         except libvirt.libvirtError as exc:
             log.error("VM %s: after the failed migration the source domain is not "
                       "readable: %s", record.vm_id, exc.get_error_message())
+        # An error already recorded is the convergence policy's abort: that is the cause
+        # even when the engine, seeing the destination drop its copy, asked to cancel too.
+        gave_up = record.error is not None
         record.error = record.error or message
         record.finished = time.monotonic()
-        record.status = "cancelled" if record.cancel_requested else "failed"
+        record.status = "cancelled" if record.cancel_requested and not gave_up else "failed"
         log.warning("migration of VM %s to %s %s: %s", record.vm_id, record.destination_uri,
                     record.status, record.error)
 

@@ -14,7 +14,9 @@ _UNMANAGED_POSITION = 100_000
 
 def reported_address(live: LiveDevice) -> dict:
     # The disk's target rides along in the address too (what users read since issue 3).
-    return {**live.address, "target": live.guest_name} if live.guest_name else live.address
+    # Always a copy: parsed devices are shared between VMs (live.DeviceBlocks).
+    return {**live.address, "target": live.guest_name} if live.guest_name \
+        else dict(live.address)
 
 
 def _set(device: VmDevice, **values) -> None:

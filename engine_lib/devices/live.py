@@ -1,19 +1,18 @@
 """Read the devices of a live domain XML: what libvirt runs, as flat records.
 
-One pass over ``<devices>`` with the standard library's C parser (measured: lxml
-parses faster but its per-element proxies make the same walk slower); each record
-keeps only what matching and the database need (alias, address, guest name,
-MAC, model), so reading 20 devices costs little more than parsing them.
+The standard library's C parser builds the tree (measured: lxml parses faster
+but its per-element proxies make the same walk slower); each record keeps only
+what matching and the database need (alias, address, guest name, MAC, model).
 
 ``parse`` reads any document and explains what is wrong with a bad one (the
-``kestrel devices match`` CLI); ``parse_devices`` is the monitor's path for XML
-straight from libvirt and parses only the ``<devices>`` element — about 80% of
-the text, and the part that changes.
+``kestrel devices match`` CLI). ``parse_devices`` is the monitor's path for XML
+straight from libvirt: it cuts ``<devices>`` into one block of text per device
+and parses only the blocks it has not seen before (see ``DeviceBlocks``).
 """
 
 from __future__ import annotations
 
-import re
+import threading
 import xml.etree.ElementTree as ET
 
 from engine_lib.errors import InvalidSpec
@@ -21,8 +20,11 @@ from engine_lib.errors import InvalidSpec
 ALIAS_PREFIX = "ua-"
 # Children of <devices> that are not devices.
 _NOT_DEVICES = frozenset({"emulator"})
-# A line break and the indentation after it.
-_INDENTATION = re.compile(r"\n *")
+# libvirt indents each child of <devices> by four spaces, and nothing else in the
+# section starts a line that way: deeper elements are indented further, and a "<"
+# in user text is escaped.
+_DEVICE_START = "\n    <"
+_UNSEEN = object()
 
 
 class LiveDevice:
@@ -69,45 +71,120 @@ def parse_devices(domain_xml: str) -> list[LiveDevice]:
     libvirt writes ``<devices>`` once, without attributes, as a child of
     ``<domain>``, and nothing after it can hold that tag (user text is escaped), so
     the last ``<devices>`` start tag and the last end tag bound the element. Anything
-    else (no such element, a fragment that does not parse) takes the strict path.
+    else (no such element, text laid out otherwise, a fragment that does not parse)
+    takes the strict path.
     """
     start, end = domain_xml.rfind("<devices>"), domain_xml.rfind("</devices>")
     if 0 <= start < end:
-        # Dropping libvirt's indentation first costs less than the whitespace text
-        # objects the parser would make of it; the walk reads only attributes, and
-        # libvirt writes none with a line break in it.
-        section = _INDENTATION.sub("", domain_xml[start:end + len("</devices>")])
-        try:
-            return _devices(ET.fromstring(section))
-        except ET.ParseError:
-            pass
+        devices = BLOCKS.read(domain_xml[start + len("<devices>"):end])
+        if devices is not None:
+            return devices
     return parse(domain_xml)[1]
+
+
+class DeviceBlocks:
+    """Devices already parsed, by the exact text libvirt wrote for each.
+
+    libvirt formats a device the same way every time, so when one NIC of a VM
+    changes only that NIC is parsed again, and the controllers libvirt adds to
+    every VM of a cluster (byte for byte the same) are parsed once. A cached
+    record is shared by every VM whose XML holds that text: never modify one.
+    Bounded: emptied when full (a cleared cache only costs parsing again).
+    """
+
+    def __init__(self, capacity: int = 8192):
+        self.capacity = capacity
+        self._parsed: dict[str, LiveDevice | None] = {}  # None: a child that is no device
+        self._lock = threading.Lock()
+
+    def clear(self) -> None:
+        self._parsed.clear()
+
+    def read(self, section: str) -> list[LiveDevice] | None:
+        """The devices in the text between ``<devices>`` and ``</devices>``.
+
+        None when the text is not laid out as libvirt writes it or does not parse.
+        """
+        pieces = section.rstrip().split(_DEVICE_START)
+        if pieces[0]:
+            return None
+        found: list = []          # devices, and the blocks still to parse
+        unseen: list[int] = []    # their positions in ``found``
+        parsed = self._parsed
+        count, index = len(pieces), 1
+        while index < count:
+            block = pieces[index]
+            index += 1
+            if index < count and pieces[index][:1] == "/":  # the element's end tag
+                block = block + _DEVICE_START + pieces[index]
+                index += 1
+            device = parsed.get(block, _UNSEEN)
+            if device is _UNSEEN:
+                unseen.append(len(found))
+                device = block
+            found.append(device)
+        if unseen and not self._parse_unseen(found, unseen):
+            return None
+        return [device for device in found if device is not None]
+
+    def _parse_unseen(self, found: list, unseen: list[int]) -> bool:
+        """Parse the blocks at ``unseen`` in one go; replace them by their devices."""
+        blocks = [found[position] for position in unseen]
+        try:
+            elements = list(ET.fromstring("<devices><" + "<".join(blocks) + "</devices>"))
+        except ET.ParseError:
+            return False
+        if len(elements) != len(blocks):
+            return False
+        devices = []
+        for block, element in zip(blocks, elements):
+            tag = element.tag
+            if not block.startswith(tag) or block[len(tag):len(tag) + 1] not in (" ", ">", "/"):
+                return False  # the cut did not fall between devices
+            devices.append(_device(element))
+        with self._lock:
+            if len(self._parsed) + len(blocks) > self.capacity:
+                self._parsed.clear()
+            self._parsed.update(zip(blocks, devices))
+        for position, device in zip(unseen, devices):
+            found[position] = device
+        return True
+
+
+BLOCKS = DeviceBlocks()
 
 
 def _devices(devices: ET.Element) -> list[LiveDevice]:
     found = []
     for element in devices:
-        tag = element.tag
-        if tag in _NOT_DEVICES:
-            continue
-        attrs = element.attrib
-        if tag == "memballoon" and attrs.get("model") == "none":
-            continue  # "no balloon" is written as a balloon of model none
-        # The parsed tree is thrown away: its attribute dicts can be kept as they are.
-        device = LiveDevice(tag, "cdrom" if tag == "disk" and attrs.get("device") == "cdrom"
-                            else tag, attrs)
-        for child in element:
-            name = child.tag
-            if name == "alias":
-                device.alias = child.get("name", "")
-            elif name == "address":
-                device.address = child.attrib
-            elif name == "target":
-                if tag == "disk":
-                    device.guest_name = child.get("dev", "")
-            elif name == "mac":
-                device.mac = child.get("address", "")
-            elif name == "model":
-                device.model = child.get("type", "")
-        found.append(device)
+        device = _device(element)
+        if device is not None:
+            found.append(device)
     return found
+
+
+def _device(element: ET.Element) -> LiveDevice | None:
+    """The record of one child of ``<devices>``; None for one that is no device."""
+    tag = element.tag
+    if tag in _NOT_DEVICES:
+        return None
+    attrs = element.attrib
+    if tag == "memballoon" and attrs.get("model") == "none":
+        return None  # "no balloon" is written as a balloon of model none
+    # The parsed tree is thrown away: its attribute dicts can be kept as they are.
+    device = LiveDevice(tag, "cdrom" if tag == "disk" and attrs.get("device") == "cdrom"
+                        else tag, attrs)
+    for child in element:
+        name = child.tag
+        if name == "alias":
+            device.alias = child.get("name", "")
+        elif name == "address":
+            device.address = child.attrib
+        elif name == "target":
+            if tag == "disk":
+                device.guest_name = child.get("dev", "")
+        elif name == "mac":
+            device.mac = child.get("address", "")
+        elif name == "model":
+            device.model = child.get("type", "")
+    return device

@@ -10,7 +10,9 @@ gives ``down`` a complete list of the host's processes, QEMU included.
 
 from __future__ import annotations
 
+import errno
 import os
+import time
 from dataclasses import dataclass
 
 from engine_lib.lab.errors import LabError
@@ -108,18 +110,31 @@ def pids(directories: list[str]) -> set[int]:
     return found
 
 
-def remove(directories: list[str]) -> None:
-    """Remove the groups and everything libvirt made below them (deepest first)."""
+def remove(directories: list[str], busy_timeout: float = 15.0) -> None:
+    """Remove the groups and everything libvirt made below them (deepest first).
+
+    A group stays busy until its last killed process has finished exiting (a QEMU
+    still unmapping guest memory on a loaded machine): wait for that, then give up.
+    """
+    deadline = time.monotonic() + busy_timeout
     for directory in directories:
         if not os.path.isdir(directory):
             continue
         for path, _, _ in sorted(os.walk(directory), key=lambda entry: -entry[0].count("/")):
-            try:
-                os.rmdir(path)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                raise LabError(f"cannot remove cgroup {path}: {exc}") from exc
+            while True:
+                try:
+                    os.rmdir(path)
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    if exc.errno == errno.EBUSY and time.monotonic() < deadline:
+                        time.sleep(0.1)
+                        continue
+                    left = sorted(pids([path]))
+                    raise LabError(f"cannot remove cgroup {path}: {exc}"
+                                   f"{f' (processes {left} still in it)' if left else ''}"
+                                   ) from exc
+                break
 
 
 def mount_argvs(target: str = CGROUP_ROOT) -> list[list[str]]:

@@ -82,11 +82,13 @@ def pids_in_namespaces(net_inode: int | None, mnt_inode: int | None) -> set[int]
     return found
 
 
-def kill_all(find_pids, timeout: float = 10.0, host: str = "") -> None:
+def kill_all(find_pids, timeout: float = 30.0, host: str = "") -> None:
     """SIGKILL every process ``find_pids()`` returns until it returns none.
 
     ``find_pids`` is called again after each round because a dying daemon may
-    still fork (libvirtd spawning a helper) between the scan and the signal.
+    still fork (libvirtd spawning a helper) between the scan and the signal. A
+    killed QEMU counts until it has unmapped its guest's memory, which takes
+    seconds on a loaded machine: hence the generous timeout.
     """
     deadline = time.monotonic() + timeout
     while True:

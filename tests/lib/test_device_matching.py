@@ -17,7 +17,8 @@ import yaml
 
 from engine_lib import cli
 from engine_lib.agent.devices_hash import DevicesHashes, devices_hash
-from engine_lib.devices import correlate, parse, parse_devices
+from engine_lib.devices import correlate, live, parse, parse_devices
+from engine_lib.devices.live import BLOCKS
 from engine_lib.domxml.from_spec import render_spec
 from engine_lib.errors import InvalidSpec
 
@@ -167,7 +168,50 @@ def fields(devices) -> list[tuple]:
 @pytest.mark.parametrize("name", ["started", "hotplugged", "rich"])
 def test_the_monitors_fast_path_reads_what_the_strict_parse_reads(name):
     xml = (LIVE / f"{name}.xml").read_text()
+    BLOCKS.clear()
     assert fields(parse_devices(xml)) == fields(parse(xml)[1])
+    assert fields(parse_devices(xml)) == fields(parse(xml)[1])  # now from the cache
+
+
+def test_after_a_hotplug_only_the_new_device_is_parsed_and_it_is_read_right():
+    BLOCKS.clear()
+    parse_devices((LIVE / "started.xml").read_text())
+    parsed = []
+    original = ET.fromstring
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(live.ET, "fromstring", lambda text: parsed.append(text) or original(text))
+        xml = (LIVE / "hotplugged.xml").read_text()
+        devices = parse_devices(xml)
+    assert fields(devices) == fields(parse(xml)[1])
+    [text] = parsed
+    assert [element.tag for element in original(text)] == ["interface"]
+
+
+def test_xml_not_laid_out_as_libvirt_writes_it_is_read_by_the_strict_parse():
+    root = ET.fromstring((LIVE / "rich.xml").read_text())
+    for element in root.iter():  # one line, no indentation
+        element.tail = None
+    xml = ET.tostring(root, encoding="unicode")
+    assert BLOCKS.read(xml[xml.rfind("<devices>") + 9:xml.rfind("</devices>")]) is None
+    assert fields(parse_devices(xml)) == fields(parse((LIVE / "rich.xml").read_text())[1])
+
+
+def test_a_cut_that_does_not_fall_between_devices_is_never_cached():
+    # An element inside a device indented like a device: the cut falls inside it.
+    xml = (LIVE / "started.xml").read_text().replace("\n      <alias name='ua-", "\n    <alias name='ua-", 1)
+    BLOCKS.clear()
+    assert fields(parse_devices(xml)) == fields(parse(xml)[1])
+    assert len(BLOCKS._parsed) == 0
+
+
+def test_a_full_cache_is_emptied_and_reads_stay_right():
+    blocks = live.DeviceBlocks(capacity=40)  # each of these documents has fewer devices
+    for name in ["rich", "started", "hotplugged", "rich", "started"]:
+        xml = (LIVE / f"{name}.xml").read_text()
+        section = xml[xml.rfind("<devices>") + len("<devices>"):xml.rfind("</devices>")]
+        assert fields(blocks.read(section)) == fields(parse(xml)[1])
+        assert 0 < len(blocks._parsed) <= 40
+
 
 
 def test_the_fast_path_finds_the_domains_devices_past_metadata_that_names_devices():

@@ -1,20 +1,23 @@
-"""Post-copy on a guest that keeps its memory busy, for real.
+"""Convergence policies on a guest that keeps its memory busy, for real.
 
 The tiny guest booted with ``kestrel.dirty=8`` rewrites 8 MiB of random data over
-and over; with the migration held to 16 Mbps (2 MiB/s) pre-copy iterations stall,
-``post_copy`` switches to post-copy and the VM finishes on the destination.
-(A real minimal_downtime test on the same guest aborted correctly but got the
-destination's "no longer knows the incoming VM" as its error instead of the
-source's stall reason in a full run; it comes back once the engine prefers the
-source's reason. The schedule itself is unit-tested.)
+and over; with the migration held to 16 Mbps (2 MiB/s) every pre-copy iteration
+starts with as much to send as the one before — a stall. The policies' answers
+are then visible in what really happens: ``minimal_downtime`` raises the allowed
+downtime step by step and finally aborts (the VM stays on its source, running);
+``post_copy`` switches to post-copy and the VM finishes on the destination;
+``suspend_workload`` steps up the same way and its last 5,000 ms step lets a
+4 MiB working set (2 s at 2 MiB/s) go across while the guest is paused.
 """
 
 from __future__ import annotations
 
 import pytest
 
+from engine_lib.agent import convergence
+from engine_lib.errors import MigrationFailed
 from test_migration import (assert_guest_runs, assert_runs_only_on, by_name, cluster,  # noqa: F401
-                            copies, guest, other, wait_for_console)
+                            copies, guest, other, wait_for_console, wait_for_copies)
 
 pytestmark = pytest.mark.lab
 
@@ -23,11 +26,32 @@ BUSY_MBPS = 16  # 2 MiB/s: far below what the guest dirties
 
 @pytest.fixture
 def busy_guest(guest, engine):
-    def make(name: str) -> dict:
-        vm = guest(name, cmdline="console=ttyS0 kestrel.dirty=8")
-        wait_for_console(engine, name, "kestrel-guest: dirtying 8 MiB")
+    def make(name: str, dirty_mib: int = 8) -> dict:
+        vm = guest(name, cmdline=f"console=ttyS0 kestrel.dirty={dirty_mib}")
+        wait_for_console(engine, name, f"kestrel-guest: dirtying {dirty_mib} MiB")
         return vm
     return make
+
+
+def test_minimal_downtime_steps_up_then_aborts_and_the_vm_stays_on_its_source(
+        engine, agents, busy_guest):
+    vm = busy_guest("busy1")
+    source = vm["host"]
+
+    with pytest.raises(MigrationFailed) as info:
+        engine.migrations.migrate("busy1", policy="minimal_downtime", bandwidth_mbps=BUSY_MBPS,
+                                  timeout=300)
+
+    assert "stalled" in info.value.message and f"it runs on {source}" in info.value.message
+    wait_for_copies(agents, vm["id"], {source: "running"})
+    assert_runs_only_on(engine, agents, vm, source)
+    assert_guest_runs(by_name(agents, source), vm["id"])
+    [record] = engine.migrations.history("busy1")
+    steps = record["progress"]["policy_steps"]
+    # Every step of the schedule was tried, each on a stalled iteration, then the abort.
+    assert [s["downtime_ms"] for s in steps[:-1]] == list(convergence.MINIMAL_STEPS_MS[1:])
+    assert all("stalled" in s["reason"] for s in steps)
+    assert steps[-1]["action"] == "abort" and not record["progress"]["postcopy"]
 
 
 def test_post_copy_finishes_a_migration_pre_copy_cannot(engine, agents, busy_guest):
@@ -43,3 +67,19 @@ def test_post_copy_finishes_a_migration_pre_copy_cannot(engine, agents, busy_gue
     assert_runs_only_on(engine, agents, vm, other(vm))
     assert_guest_runs(by_name(agents, other(vm)), vm["id"])
     assert source not in copies(agents, vm["id"])
+
+
+def test_suspend_workload_converges_on_its_last_5000_ms_step(engine, agents, busy_guest):
+    vm = busy_guest("busy3", dirty_mib=4)
+
+    result = engine.migrations.migrate("busy3", policy="suspend_workload",
+                                       bandwidth_mbps=BUSY_MBPS, timeout=300).entity
+
+    assert result["status"] == "succeeded" and result["destination"] == other(vm)
+    steps = result["progress"]["policy_steps"]
+    assert [s["downtime_ms"] for s in steps] == \
+        list(convergence.MINIMAL_STEPS_MS[1:]) + [convergence.SUSPEND_STEP_MS]
+    # Only the last step could converge: more than 500 ms of the guest went across paused.
+    assert 500 < result["downtime_ms"]
+    assert_runs_only_on(engine, agents, vm, other(vm))
+    assert_guest_runs(by_name(agents, other(vm)), vm["id"])
