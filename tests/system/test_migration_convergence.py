@@ -6,8 +6,8 @@ starts with as much to send as the one before — a stall. The policies' answers
 are then visible in what really happens: ``minimal_downtime`` raises the allowed
 downtime step by step and finally aborts (the VM stays on its source, running);
 ``post_copy`` switches to post-copy and the VM finishes on the destination;
-``suspend_workload`` steps up the same way and its last 5,000 ms step lets a
-4 MiB working set (2 s at 2 MiB/s) go across while the guest is paused.
+``suspend_workload`` steps up the same way and converges on its last 5,000 ms
+step, the first limit above QEMU's estimate for a 4 MiB working set (2 s at 2 MiB/s).
 """
 
 from __future__ import annotations
@@ -79,7 +79,8 @@ def test_suspend_workload_converges_on_its_last_5000_ms_step(engine, agents, bus
     steps = result["progress"]["policy_steps"]
     assert [s["downtime_ms"] for s in steps] == \
         list(convergence.MINIMAL_STEPS_MS[1:]) + [convergence.SUSPEND_STEP_MS]
-    # Only the last step could converge: more than 500 ms of the guest went across paused.
-    assert 500 < result["downtime_ms"]
+    # QEMU estimates the downtime at the limited bandwidth (4 MiB: about 2 s); the final
+    # copy itself runs unthrottled, so the guest was paused far shorter than allowed.
+    assert 0 < result["downtime_ms"] <= convergence.SUSPEND_STEP_MS
     assert_runs_only_on(engine, agents, vm, other(vm))
     assert_guest_runs(by_name(agents, other(vm)), vm["id"])
