@@ -171,7 +171,8 @@ def _device(element: ET.Element) -> LiveDevice | None:
     attrs = element.attrib
     if tag == "memballoon" and attrs.get("model") == "none":
         return None  # "no balloon" is written as a balloon of model none
-    # The parsed tree is thrown away: its attribute dicts can be kept as they are.
+    # The parsed tree is thrown away: its attribute dicts are kept as they are (and
+    # shared through DeviceBlocks, so nothing may modify them).
     device = LiveDevice(tag, "cdrom" if tag == "disk" and attrs.get("device") == "cdrom"
                         else tag, attrs)
     for child in element:

@@ -131,9 +131,8 @@ def remove(directories: list[str], busy_timeout: float = 15.0) -> None:
                         time.sleep(0.1)
                         continue
                     left = sorted(pids([path]))
-                    raise LabError(f"cannot remove cgroup {path}: {exc}"
-                                   f"{f' (processes {left} still in it)' if left else ''}"
-                                   ) from exc
+                    still = f" (processes {left} still in it)" if left else ""
+                    raise LabError(f"cannot remove cgroup {path}: {exc}{still}") from exc
                 break
 
 
