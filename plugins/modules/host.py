@@ -91,10 +91,18 @@ options:
         required: true
       options:
         description:
-          - The agent's options, e.g. C(ip), C(username), C(password), C(lanplus), C(plug).
+          - The agent's options, e.g. C(ip), C(username), C(lanplus), C(plug).
           - Names are letters, digits, C(_) and C(-); values one line each; C(action) is the engine's.
+          - Values of options whose name contains C(pass) are hidden in the module's output,
+            but Ansible may log the task's arguments before the module runs; give the
+            password as O(power_management.password).
         type: dict
         default: {}
+      password:
+        description:
+          - The fence device's password, passed to the agent as its C(password) option.
+          - Never logged nor shown; the engine shows stored passwords as C(********).
+        type: str
   soft_fence_command:
     description:
       - Command the engine runs as root over SSH (with its key, C(ENGINE_DIR/ssh/id_ed25519)
@@ -278,6 +286,7 @@ def main():
             power_management=dict(type='dict', options=dict(
                 agent=dict(type='str', required=True),
                 options=dict(type='dict', default={}),
+                password=dict(type='str', no_log=True),
             )),
             soft_fence_command=dict(type='str'),
         ),
@@ -300,8 +309,23 @@ def main():
     else:
         module.apply(lambda engine, check_mode: engine.hosts.ensure(
             p['name'], address=p['address'], cluster=p['cluster'], port=p['port'],
-            power_management=p['power_management'], soft_fence_command=p['soft_fence_command'],
+            power_management=_power_management(module), soft_fence_command=p['soft_fence_command'],
             check_mode=check_mode))
+
+
+def _power_management(module):
+    """What the engine stores: the password joins the agent's options, and every
+    option value named like a password is kept out of what the module prints."""
+    pm = module.params['power_management']
+    if not pm:
+        return pm  # None keeps the host's; an empty mapping removes it
+    options = dict(pm['options'] or {})
+    if pm['password'] is not None:
+        options['password'] = pm['password']
+    for key, value in options.items():
+        if 'pass' in key.lower() and value not in (None, ''):
+            module.no_log_values.add(str(value))
+    return dict(agent=pm['agent'], options=options)
 
 
 if __name__ == '__main__':

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import json
+
 from ansible_collections.kestrel.virt.plugins.modules import host
 
 from ansible_collections.kestrel.virt.tests.unit.plugins.modules.kestrel_fakes import FakeError, Outcome
@@ -71,3 +73,26 @@ def test_active_calls_activate(engine, run_module):
     result = run_module(host, dict(name='h1', state='active'))
     assert engine.calls == [('hosts.activate', ('h1',), dict(check_mode=False))]
     assert result['changed'] is False
+
+
+def test_the_fence_password_joins_the_agents_options_and_is_never_printed(engine, run_module):
+    engine.answer = Outcome(True, dict(name='h1', status='Up'))
+    result = run_module(host, dict(name='h1', address='10.77.0.1', cluster='demo',
+                                   power_management=dict(agent='/usr/sbin/fence_ipmilan',
+                                                         options=dict(ip='10.0.0.9'),
+                                                         password='s3cr3t-pw')))
+    [(_, _, kwargs)] = engine.calls
+    assert kwargs['power_management'] == dict(agent='/usr/sbin/fence_ipmilan',
+                                              options=dict(ip='10.0.0.9', password='s3cr3t-pw'))
+    assert 's3cr3t-pw' not in json.dumps(result)
+
+
+def test_a_password_given_among_the_options_is_hidden_from_the_output(engine, run_module):
+    engine.answer = Outcome(True, dict(name='h1', status='Up'))
+    result = run_module(host, dict(name='h1', address='10.77.0.1', cluster='demo',
+                                   power_management=dict(agent='/usr/sbin/fence_ipmilan',
+                                                         options=dict(ip='10.0.0.9',
+                                                                      passwd='0ther-pw'))))
+    assert engine.calls[0][2]['power_management']['options']['passwd'] == '0ther-pw'
+    assert '0ther-pw' not in json.dumps(result)
+    assert result['invocation']['module_args']['power_management']['options']['ip'] == '10.0.0.9'
