@@ -154,6 +154,16 @@ EXAMPLES = r"""
     address: 10.77.0.1
     cluster: demo
 
+- name: Register h2 with an IPMI fence device, so its HA VMs can restart elsewhere
+  kestrel.virt.host:
+    name: h2
+    address: 10.77.0.2
+    cluster: demo
+    power_management:
+      agent: /usr/sbin/fence_ipmilan
+      options: {ip: 10.0.9.2, username: admin, lanplus: 1}
+      password: "{{ ipmi_password }}"
+
 - name: Put h1 in maintenance (its VMs migrate to the other hosts first)
   kestrel.virt.host:
     name: h1
