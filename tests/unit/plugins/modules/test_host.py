@@ -82,8 +82,8 @@ def test_the_fence_password_joins_the_agents_options_and_is_never_printed(engine
                                                          options=dict(ip='10.0.0.9'),
                                                          password='s3cr3t-pw')))
     [call] = engine.calls
-    assert call[2]['power_management'] == dict(agent='/usr/sbin/fence_ipmilan',
-                                              options=dict(ip='10.0.0.9', password='s3cr3t-pw'))
+    assert call[2]['power_management'] == dict(
+        agent='/usr/sbin/fence_ipmilan', options=dict(ip='10.0.0.9', password='s3cr3t-pw'))
     assert 's3cr3t-pw' not in json.dumps(result)
 
 
