@@ -22,6 +22,7 @@ import ssl
 from typing import Any
 from urllib.parse import quote
 
+from engine_lib.agent.storage_connections import MOUNT_TIMEOUT_S
 from engine_lib.errors import (ERRORS_BY_CODE, AgentError, AgentUnreachable, CertificateError,
                                KestrelError)
 
@@ -31,8 +32,8 @@ DEFAULT_PORT = 54321
 SHUTDOWN_GRACE = 15.0
 # Saving or restoring a guest's memory takes as long as writing or reading it.
 HIBERNATE_TIMEOUT = 600.0
-# The agent gives mount 60 s (agent.storage_connections.MOUNT_TIMEOUT_S); wait a little longer.
-STORAGE_CONNECT_TIMEOUT = 75.0
+# Connecting storage waits for mount: give the agent's own limit some slack.
+STORAGE_CONNECT_TIMEOUT = MOUNT_TIMEOUT_S + 15.0
 _HOSTNAME_MISMATCH = {62, 64}  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
 
 

@@ -111,29 +111,31 @@ def pids(directories: list[str]) -> set[int]:
 
 
 def remove(directories: list[str], busy_timeout: float = 15.0) -> None:
-    """Remove the groups and everything libvirt made below them (deepest first).
-
-    A group stays busy until its last killed process has finished exiting (a QEMU
-    still unmapping guest memory on a loaded machine): wait for that, then give up.
-    """
+    """Remove the groups and everything libvirt made below them (deepest first)."""
     deadline = time.monotonic() + busy_timeout
     for directory in directories:
         if not os.path.isdir(directory):
             continue
         for path, _, _ in sorted(os.walk(directory), key=lambda entry: -entry[0].count("/")):
-            while True:
-                try:
-                    os.rmdir(path)
-                except FileNotFoundError:
-                    pass
-                except OSError as exc:
-                    if exc.errno == errno.EBUSY and time.monotonic() < deadline:
-                        time.sleep(0.1)
-                        continue
-                    left = sorted(pids([path]))
-                    still = f" (processes {left} still in it)" if left else ""
-                    raise LabError(f"cannot remove cgroup {path}: {exc}{still}") from exc
-                break
+            _rmdir_when_empty(path, deadline)
+
+
+def _rmdir_when_empty(path: str, deadline: float) -> None:
+    """A group stays busy until its last killed process has finished exiting (a QEMU
+    still unmapping guest memory on a loaded machine): wait for that, then give up."""
+    while True:
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if exc.errno == errno.EBUSY and time.monotonic() < deadline:
+                time.sleep(0.1)
+                continue
+            left = sorted(pids([path]))
+            still = f" (processes {left} still in it)" if left else ""
+            raise LabError(f"cannot remove cgroup {path}: {exc}{still}") from exc
 
 
 def mount_argvs(target: str = CGROUP_ROOT) -> list[list[str]]:

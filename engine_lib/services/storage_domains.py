@@ -16,21 +16,20 @@ a new disk must name one of the attached domains.
 from __future__ import annotations
 
 import logging
-import re
 
 from sqlalchemy import select
 
+from engine_lib.agent.storage_connections import EXPORT_RE
 from engine_lib.engine import Outcome
 from engine_lib.errors import Conflict, InvalidSpec, KestrelError, NotFound
 from engine_lib.model import Cluster, DeviceType, Host, HostStatus, StorageDomain, Vm, VmDevice
 from engine_lib.services.common import audit, find, get_cluster, retry_on_conflict
+from engine_lib.services.vms import HostRef
 from engine_lib.spec import choice, name as check_name, text
 
 log = logging.getLogger("kestrel.engine.storage_domains")
 
 TYPES = ("file", "nfs")
-# server:/path; the server a host name or an IPv4/bracketed IPv6 address.
-EXPORT_RE = re.compile(r"^(?P<server>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):(?P<path>/[^\x00\s]*)$")
 
 
 def domain_dict(domain: StorageDomain, hosts: dict[str, list | None] | None = None) -> dict:
@@ -140,7 +139,7 @@ class StorageDomainService:
             attached = set(after["clusters"]) - set(before.get("clusters", []))
             detached = set(before.get("clusters", [])) - set(after["clusters"])
             for host in _up_hosts(self.engine, attached):
-                connect_host(self.engine, host, only=name)
+                connect_host(self.engine, host.name, only=name)
             disconnect_hosts(self.engine, name, _up_hosts(self.engine, detached))
             outcome = Outcome(changed, self.info(name)[0], outcome.diff)
         return outcome
@@ -254,32 +253,28 @@ def nfs_unreported(session, host: Host) -> bool:
     return any(name not in reported for name in attached)
 
 
-def disconnect_hosts(engine, domain: str, hosts: list[str]) -> None:
+def disconnect_hosts(engine, domain: str, hosts: list[HostRef]) -> None:
     """Unmount the domain on each host; a refusal (a VM there still uses it) is audited."""
     for host in hosts:
-        with engine.store.transaction(commit=False) as session:
-            row = find(session, Host, host)
-            if row is None:
-                continue
-            address, port = row.address, row.port
         try:
-            answer = engine.agent(address, port).disconnect_storage(domain)
+            answer = engine.agent(host.address, host.port).disconnect_storage(domain)
         except KestrelError as err:
-            _audit_host(engine, host, f"storage domain '{domain}' could not be disconnected: "
-                        f"{err.message}", "warning")
+            _audit_host(engine, host.name, f"storage domain '{domain}' could not be "
+                        f"disconnected: {err.message}", "warning")
             continue
         if answer.get("changed"):
-            _audit_host(engine, host, f"storage domain '{domain}' disconnected "
+            _audit_host(engine, host.name, f"storage domain '{domain}' disconnected "
                         f"({answer.get('path')} unmounted)")
 
 
-def _up_hosts(engine, cluster_names: set[str]) -> list[str]:
+def _up_hosts(engine, cluster_names: set[str]) -> list[HostRef]:
     if not cluster_names:
         return []
+    query = (select(Host).join(Host.cluster)
+             .where(Cluster.name.in_(sorted(cluster_names)), Host.status == HostStatus.UP)
+             .order_by(Host.name))
     with engine.store.transaction(commit=False) as session:
-        return list(session.scalars(select(Host.name).join(Host.cluster).where(
-            Cluster.name.in_(sorted(cluster_names)), Host.status == HostStatus.UP)
-            .order_by(Host.name)))
+        return [HostRef.of(host) for host in session.scalars(query)]
 
 
 @retry_on_conflict
