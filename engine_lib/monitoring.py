@@ -147,6 +147,11 @@ class Monitor:
                       "NonResponsive", "warning")
 
     def _sync_vms(self, ref: HostRef) -> None:
+        # The engine's own view before the agent is asked: a VM whose row changes while
+        # the agent answers (a migration switched it to this host, a start or a stop
+        # wrote it) is judged next cycle, from a report newer than that change. oVirt's
+        # monitoring skips reports older than a VM's last change for the same reason.
+        versions_before = self._vm_versions(ref.name)
         try:
             reported = {vm["id"]: vm for vm in self.engine.agent(ref.address, ref.port).list_vms()}
         except KestrelError as err:
@@ -164,6 +169,8 @@ class Monitor:
                         Vm.run_on_host_id == host.id, Vm.status.in_(VmStatus.ACTIVE))
                         .with_for_update()):
                     ours.add(vm.id)
+                    if versions_before.get(vm.id) != vm.version:
+                        continue  # changed while the agent answered: that report may predate it
                     report = reported.get(vm.id)
                     self._sync_vm(session, vm, report, host.name)
                     if report is not None and vm.status == VmStatus.DOWN:
@@ -185,6 +192,12 @@ class Monitor:
             self._match_devices(ref, vm_id, devices_hash)
         guest_info.refresh(self.engine, ref, [vm_id for vm_id, report in reported.items()
                                               if report.get("status") == VmStatus.UP])
+
+    def _vm_versions(self, host_name: str) -> dict[str, int]:
+        with self.engine.store.transaction(commit=False) as session:
+            return dict(session.execute(
+                select(Vm.id, Vm.version).join(Host, Vm.run_on_host_id == Host.id)
+                .where(Host.name == host_name)).all())
 
     def _match_devices(self, ref: HostRef, vm_id: str, devices_hash: str) -> None:
         """The agent reports another devices hash: read the live XML and match it."""
@@ -218,6 +231,10 @@ class Monitor:
             return  # claimed, and the start call to the agent is still in flight
         if vm.status == VmStatus.MIGRATING_FROM:
             return  # engine.migrations settles it with both agents' word (issue 7)
+        if report is not None and report.get("status") == VmStatus.MIGRATING_TO:
+            # The engine moves a VM to its destination only once it runs there: the
+            # incoming copy's status was reported before that switch, and is history.
+            return
         if report is None or report.get("status") == VmStatus.DOWN:
             reason = (report or {}).get("exit_reason") or f"not running on host {host_name}"
             vm.status, vm.exit_reason, vm.run_on_host = VmStatus.DOWN, reason, None
