@@ -24,7 +24,8 @@ BOOT_TIMEOUT = 30
 def virsh(host: kestrel_lab.LabHost, *args: str) -> str:
     """virsh run inside ``host``, talking to whatever qemu:///system is there."""
     result = kestrel_lab.run_in(host.name, ["virsh", "-q", "-c", "qemu:///system", *args],
-                                host.state_dir, capture_output=True, text=True, check=True)
+                                host.state_dir, capture_output=True, text=True)
+    assert result.returncode == 0, f"{host.name}: virsh {' '.join(args)}: {result.stderr}"
     return result.stdout
 
 
