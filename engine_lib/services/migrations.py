@@ -34,7 +34,7 @@ from engine_lib.errors import (AgentUnreachable, Conflict, HostNotFound, Invalid
 from engine_lib.model import Migration, Vm, VmStatus, utcnow
 from engine_lib.scheduling import place
 from engine_lib.services import cluster_facts
-from engine_lib.services.common import audit, get_vm
+from engine_lib.services.common import audit, get_vm, retry_on_conflict
 from engine_lib.services.scheduling_facts import scheduling_request
 from engine_lib.services.vms import HostRef
 from engine_lib.store import lock_cluster
@@ -215,6 +215,9 @@ class MigrationService:
 
     # -- planning ------------------------------------------------------------------------
 
+    # The engine loop writes the same VM rows (statuses, devices, guest data): the
+    # migration's own writes are re-done on a fresh read when one of them came first.
+    @retry_on_conflict
     def _plan(self, name: str, host: str | None, policy: str | None,
               bandwidth_mbps: int | None, check_mode: bool) -> Plan:
         with self.engine.store.transaction(commit=not check_mode) as session:
@@ -422,7 +425,18 @@ class MigrationService:
     def _record_success(self, plan: Plan, report: dict | None) -> dict:
         report = report or {}
         destination = self._client(plan.destination)
-        live = destination.vm_xml(plan.vm_id)
+        entity = self._switch(plan, report, destination.vm_xml(plan.vm_id))
+        with self._lock:
+            self._followed.discard(plan.id)
+        try:  # the source's record of the VM (Down, "migrated"), if it kept one
+            self._client(plan.source, QUICK_TIMEOUT).remove_vm(plan.vm_id)
+        except (VmNotFound, Conflict, AgentUnreachable):
+            pass
+        return entity
+
+    @retry_on_conflict
+    def _switch(self, plan: Plan, report: dict, live: str) -> dict:
+        """The VM runs on its destination now: record it, with the devices it has there."""
         with self.engine.store.transaction() as session:
             vm = get_vm(session, plan.vm)
             row = session.get(Migration, plan.id)
@@ -436,15 +450,9 @@ class MigrationService:
             downtime = f", downtime {row.downtime_ms} ms" if row.downtime_ms is not None else ""
             audit(session, "vm", plan.vm, f"migrated from {plan.source.name} to "
                   f"{plan.destination.name} in {row.duration_s:.1f} s{downtime}")
-            entity = migration_dict(row)
-        with self._lock:
-            self._followed.discard(plan.id)
-        try:  # the source's record of the VM (Down, "migrated"), if it kept one
-            self._client(plan.source, QUICK_TIMEOUT).remove_vm(plan.vm_id)
-        except (VmNotFound, Conflict, AgentUnreachable):
-            pass
-        return entity
+            return migration_dict(row)
 
+    @retry_on_conflict
     def _record_end(self, plan: Plan, report: dict | None, status: str, message: str,
                     vm_status: str) -> None:
         with self.engine.store.transaction() as session:

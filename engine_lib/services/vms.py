@@ -26,7 +26,8 @@ from engine_lib.scheduling import place, resolve
 from engine_lib.services.scheduling_facts import (affinity_context, host_state,
                                                   scheduling_request)
 from engine_lib.services import hibernation, vm_config
-from engine_lib.services.common import audit, find, get_cluster, get_host, get_vm
+from engine_lib.services.common import (audit, find, get_cluster, get_host, get_vm,
+                                       retry_on_conflict)
 from engine_lib.spec import normalize_vm
 from engine_lib.store import lock_cluster
 
@@ -191,6 +192,10 @@ class VmService:
             return False
         return True
 
+    # Written after the agent acted, so never given up on a conflict: the engine loop
+    # may have written the same VM meanwhile (its event, its devices), and a retry
+    # re-reads it.
+    @retry_on_conflict
     def _mark_down(self, name: str, reason: str, severity: str = "info") -> dict:
         with self.engine.store.transaction() as session:
             vm = get_vm(session, name)
@@ -249,15 +254,18 @@ class VmService:
                                  f"{timeout}s (last status {status})", status=status)
             time.sleep(0.5)
             status = client.vm_status(vm_id)["status"]
-        live = client.vm_xml(vm_id)
+        entity = self._record_started(name, host.name, status, client.vm_xml(vm_id))
+        entity["placement"] = placement
+        return entity
+
+    @retry_on_conflict
+    def _record_started(self, name: str, host_name: str, status: str, live: str) -> dict:
         with self.engine.store.transaction() as session:
             vm = get_vm(session, name)
             vm.status = status
             devices.record_live(vm, live)
-            audit(session, "vm", name, f"VM started on host {host.name} ({status})")
-            entity = vm_dict(vm)
-        entity["placement"] = placement
-        return entity
+            audit(session, "vm", name, f"VM started on host {host_name} ({status})")
+            return vm_dict(vm)
 
     def _refuse_while_migrating(self, name: str, state: str) -> None:
         """Stopping, saving or removing a VM mid-migration would race the migration's own

@@ -2,8 +2,11 @@
 the real moves, failures included, are in tests/system/test_migration.py)."""
 
 import pytest
+from conftest import FakeAgent
 
 from engine_lib.errors import Conflict, HostNotFound, InvalidSpec, NoValidHost
+from engine_lib.model import Vm
+from engine_lib.services import migrations as migrations_service
 from engine_lib.services.migrations import mibps
 
 
@@ -106,3 +109,56 @@ def test_kestrel_vm_cancel_migration_says_when_there_is_none(engine, running, db
     assert cli.main(["vm", "cancel-migration", "vm1", "--engine-dir", str(tmp_path / "engine"),
                      "--db-url", db_url]) == 1
     assert "VM vm1 is not migrating" in capsys.readouterr().err
+
+
+class MovingAgent(FakeAgent):
+    """Source and destination of a migration that succeeds at once."""
+
+    def prepare_incoming(self, xml):
+        return {"paths": {}}
+
+    def migrate_vm(self, vm_id, destination_uri, paths, policy="minimal_downtime",
+                   bandwidth_mibps=None, tls=False):
+        return {"status": "running"}
+
+    def migration(self, vm_id):
+        return {"id": vm_id, "status": "succeeded", "downtime_ms": 40}
+
+    def vm_status(self, vm_id):
+        return {**super().vm_status(vm_id), "state": "running"}
+
+
+# PostgreSQL only: there two transactions interleave; SQLite serializes them (BEGIN IMMEDIATE).
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_vm_row_written_by_the_engine_loop_meanwhile_does_not_lose_the_switch(
+        engine, cluster, agents, monkeypatch):
+    for i in (1, 2):
+        agents[f"10.0.0.{i}"] = MovingAgent(f"h{i}")
+        engine.hosts.ensure(f"h{i}", address=f"10.0.0.{i}", cluster=cluster)
+    vm = engine.vms.ensure({"name": "vm1", "cluster": cluster, "memory": 256},
+                           state="running").entity
+    source = vm["host"]
+    destination = ({"h1", "h2"} - {source}).pop()
+    incoming = agents[f"10.0.0.{destination[1]}"]
+    incoming.vms[vm["id"]] = "Up"  # the incoming copy, resumed
+    incoming.last_xml = agents[f"10.0.0.{source[1]}"].last_xml
+    read = migrations_service.get_vm
+    loop_wrote = []
+
+    def read_then_the_loop_writes(session, name):
+        row = read(session, name)
+        # Once while planning (Up), once while switching (MigratingFrom): the loop's
+        # guest-info write lands between the migration's read and its write.
+        if row.status not in loop_wrote:
+            loop_wrote.append(row.status)
+            with engine.store.transaction() as other:
+                other.get(Vm, row.id).guest_info = {"hostname": f"seen {row.status}"}
+        return row
+
+    monkeypatch.setattr(migrations_service, "get_vm", read_then_the_loop_writes)
+    outcome = engine.migrations.migrate("vm1", host=destination)
+    assert loop_wrote == ["Up", "MigratingFrom"]
+    assert outcome.entity["status"] == "succeeded"
+    vm = engine.vms.info("vm1")[0]
+    assert (vm["host"], vm["status"]) == (destination, "Up")
+    assert vm["guest"]["hostname"] == "seen MigratingFrom"  # the loop's write kept, too
