@@ -117,7 +117,10 @@ class HostFollower:
                     continue
                 if vm.status == VmStatus.SAVING_STATE:
                     continue  # the engine's suspend call settles it (Suspended, not Down)
+                before = vm.status
                 Monitor._sync_vm(session, vm, event, host.name)
+                if vm.status == before:
+                    continue  # the rule kept what the engine knows (e.g. a stale MigratingTo)
                 if vm.status == VmStatus.DOWN:
                     down.append(vm.id)
                 log.info("VM %s: %s%s (event %s of host %s)", vm.name, event["status"],

@@ -65,6 +65,16 @@ def test_an_agent_restart_makes_the_follower_ask_again_from_the_start(engine, ru
     assert vm1(engine)["status"] == "Paused"
 
 
+def test_an_incoming_status_applied_after_the_switch_is_history(engine, running):
+    # Fetched from h1 while the VM came in there, applied once the engine runs it there.
+    f = follower(engine)
+    f.handle({"instance": "a", "seq": 1, "gap": False,
+              "events": [event(1, running, "MigratingTo")]})
+    assert vm1(engine)["status"] == "Up"
+    assert not any("MigratingTo" in e["message"]
+                   for e in engine.events.info(entity_name="vm1"))
+
+
 def test_events_of_another_hosts_vm_change_nothing(engine, running):
     follower(engine, "h2").handle({"instance": "x", "seq": 1, "gap": False,
                                    "events": [event(1, running, "Down", "migrated")]})
