@@ -15,11 +15,11 @@ deps:
 	@echo "==> system packages (libvirt, QEMU, sshd, PostgreSQL, ...)"
 	@bash scripts/install-system-deps.sh
 
-$(BIN)/kestrel: pyproject.toml requirements-dev.txt
+$(BIN)/kestrel: pyproject.toml lab/pyproject.toml requirements-dev.txt
 	@echo "==> Python environment in .venv"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/pip install -q --upgrade pip
-	@$(BIN)/pip install -q -r requirements-dev.txt -e .
+	@$(BIN)/pip install -q -r requirements-dev.txt -e . -e lab
 	@touch $@
 
 venv: $(BIN)/kestrel
@@ -97,10 +97,10 @@ bench-matching: deps venv
 	@KESTREL_LAB_STATE_DIR=$(LAB_DIR) flock /tmp/kestrel-lab.lock $(BIN)/python bench/matching/bench.py
 
 lab-up: deps venv
-	$(BIN)/kestrel lab up --hosts $(LAB_HOSTS) --state-dir $(LAB_DIR)
+	$(BIN)/kestrel-lab up --hosts $(LAB_HOSTS) --state-dir $(LAB_DIR)
 
 lab-down: venv
-	$(BIN)/kestrel lab down --state-dir $(LAB_DIR)
+	$(BIN)/kestrel-lab down --state-dir $(LAB_DIR)
 
 clean:
 	rm -rf .build tests/output .pytest_cache

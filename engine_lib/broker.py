@@ -22,12 +22,18 @@ import ssl
 from typing import Any
 from urllib.parse import quote
 
-from engine_lib.agent.storage_connections import MOUNT_TIMEOUT_S
-from engine_lib.errors import (ERRORS_BY_CODE, AgentError, AgentUnreachable, CertificateError,
-                               KestrelError)
+from engine_lib.protocol.errors import (
+    ERRORS_BY_CODE,
+    AgentError,
+    AgentUnreachable,
+    CertificateError,
+    KestrelError,
+)
+from engine_lib.protocol.storage import MOUNT_TIMEOUT_S
+from engine_lib.protocol.wire import AGENT_PORT, API_PREFIX
 
-API = "/api/v1"
-DEFAULT_PORT = 54321
+API = API_PREFIX
+DEFAULT_PORT = AGENT_PORT
 # A shutdown request waits for the guest on the agent; give the answer this much extra time.
 SHUTDOWN_GRACE = 15.0
 # Saving or restoring a guest's memory takes as long as writing or reading it.

@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from engine_lib.errors import InvalidSpec, KestrelError
+from engine_lib.protocol.errors import InvalidSpec, KestrelError
 
 
 def _engine_options(parser: argparse.ArgumentParser) -> None:
@@ -88,8 +88,8 @@ def engine_run(args) -> int:
     from engine_lib import daemon
     from engine_lib.broker import client_context
     from engine_lib.config import EngineConfig
-    from engine_lib.event_follower import EventFollower
-    from engine_lib.monitoring import Intervals, Monitor
+    from engine_lib.loop.event_follower import EventFollower
+    from engine_lib.loop.monitoring import Intervals, Monitor
 
     if args.daemon and not args.pidfile:
         raise InvalidSpec("--pidfile", "is required with --daemon")
@@ -122,7 +122,7 @@ def engine_run(args) -> int:
                                         name="event-follower", daemon=True)
             follower.start()
             if args.balance_interval > 0:
-                from engine_lib.balancer import Balancer, Settings
+                from engine_lib.loop.balancer import Balancer, Settings
 
                 # Issue 7: each cluster's balancing policy, a few migrations per round.
                 threading.Thread(target=Balancer(engine, Settings(
@@ -133,7 +133,7 @@ def engine_run(args) -> int:
             # its VM MigratingFrom, which the Monitor does not touch: settle it here.
             monitor.after_cycle.append(engine.migrations.active)
             if not args.no_ha:
-                from engine_lib.ha import HighAvailability
+                from engine_lib.loop.ha import HighAvailability
 
                 # Issue 8: fence NonResponsive hosts, restart their HA VMs elsewhere.
                 monitor.after_cycle.append(HighAvailability(engine, args.ssh_key).cycle)
@@ -345,60 +345,6 @@ def devices_match(args) -> int:
     return 0
 
 
-# -- lab -------------------------------------------------------------------------------------
-
-def lab_up(args) -> int:
-    from engine_lib.lab import hosts
-
-    for host in hosts.up(args.hosts, args.state_dir):
-        print(f"{host.name}: {host.address} up")
-    print(f"inventory: {Path(args.state_dir) / 'inventory.yml'}")
-    return 0
-
-
-def lab_down(args) -> int:
-    from engine_lib.lab import hosts
-
-    hosts.down(args.state_dir)
-    print("lab is down")
-    return 0
-
-
-def lab_status(args) -> int:
-    from engine_lib.lab import hosts
-
-    for host in hosts.status(args.state_dir):
-        print(f"{host.name}: {host.address} pid {host.pid}")
-    return 0
-
-
-def lab_exec(args) -> int:
-    import subprocess
-
-    from engine_lib.lab import hosts
-
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    return subprocess.call(hosts.exec_argv(args.host, command, args.state_dir))
-
-
-def lab_fence(args) -> int:
-    """The lab's fence device by hand (what scripts/fence_kestrel_lab does for the engine)."""
-    from engine_lib.lab import fence
-
-    code, message = fence.fence({"action": args.action, "plug": args.host,
-                                 "state_dir": args.state_dir})
-    print(message)
-    return code
-
-
-def lab_guest(args) -> int:
-    from engine_lib.lab import guest
-
-    kernel, initrd = guest.build(args.dest)
-    print(f"kernel: {kernel}\ninitrd: {initrd}")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kestrel", description="kestrel.virt: the engine, the host agent, VMs and the test lab.")
@@ -540,23 +486,6 @@ def build_parser() -> argparse.ArgumentParser:
                                    help="live domain XML (virsh dumpxml, or the agent's)")
     _engine_options(devices_match_cmd)
 
-    lab = groups.add_parser("lab", help="test hosts in network namespaces").add_subparsers(
-        dest="command", required=True)
-    up = command(lab, "up", lab_up, "bring up lab hosts (idempotent)")
-    up.add_argument("--hosts", type=int, default=2)
-    down = command(lab, "down", lab_down, "stop every lab host and remove its traces")
-    status = command(lab, "status", lab_status, "list lab hosts")
-    execute = command(lab, "exec", lab_exec, "run a command inside a lab host")
-    execute.add_argument("host")
-    execute.add_argument("command", nargs=argparse.REMAINDER)
-    fence_host = command(lab, "fence", lab_fence, "power a lab host off/on like a fence "
-                         "device (status exits 0 on, 2 off)")
-    fence_host.add_argument("host")
-    fence_host.add_argument("action", choices=["on", "off", "reboot", "status"])
-    for sub in (up, down, status, execute, fence_host):
-        sub.add_argument("--state-dir", default="/srv/kestrel-lab")
-    guest = command(lab, "guest", lab_guest, "build the tiny test guest (kernel + initrd)")
-    guest.add_argument("--dest", default="/srv/kestrel-lab/shared/images")
     return parser
 
 

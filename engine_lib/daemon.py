@@ -17,7 +17,7 @@ import os
 import sys
 from typing import Callable
 
-from engine_lib.errors import KestrelError
+from engine_lib.protocol.errors import KestrelError
 
 
 def lock_pidfile(path: str, what: str) -> int:

@@ -34,14 +34,14 @@ def _default_agent_factory(config: EngineConfig) -> Callable:
 class Engine:
     def __init__(self, config: EngineConfig, store: Store, agent_factory: Callable | None = None):
         from engine_lib.services.affinity import AffinityService
-        from engine_lib.services.networks import NetworkService
-        from engine_lib.services.storage_domains import StorageDomainService
-        from engine_lib.services.vm_devices import VmDeviceService
         from engine_lib.services.clusters import ClusterService
         from engine_lib.services.events import EventService
         from engine_lib.services.hosts import HostService
-        from engine_lib.services.vms import VmService
         from engine_lib.services.migrations import MigrationService
+        from engine_lib.services.networks import NetworkService
+        from engine_lib.services.storage_domains import StorageDomainService
+        from engine_lib.services.vm_devices import VmDeviceService
+        from engine_lib.services.vms import VmService
 
         self.config = config
         self.store = store

@@ -17,7 +17,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-from engine_lib.errors import Conflict
+from engine_lib.protocol.errors import Conflict
 
 KEY_NAME = "id_ed25519"
 

@@ -10,7 +10,7 @@ from typing import Iterable
 
 import netaddr
 
-from engine_lib.errors import InvalidSpec
+from engine_lib.protocol.errors import InvalidSpec
 
 # Locally administered, unicast (oVirt uses 56:6f:...; we keep a range of our own).
 DEFAULT_RANGES = ("56:6f:4b:00:00:00-56:6f:4b:ff:ff:ff",)

@@ -14,9 +14,21 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timezone
 
-from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text,
-                        UniqueConstraint)
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from engine_lib.protocol.statuses import HostStatus, VmStatus
+from engine_lib.protocol.wire import AGENT_PORT
 
 
 def new_id() -> str:
@@ -31,42 +43,6 @@ class Base(DeclarativeBase):
     pass
 
 
-class HostStatus:
-    INSTALLING = "Installing"
-    UP = "Up"
-    CONNECTING = "Connecting"
-    NON_RESPONSIVE = "NonResponsive"
-    MAINTENANCE = "Maintenance"
-    # Issue 7: its VMs are migrating away; the scheduler already places nothing here.
-    PREPARING_FOR_MAINTENANCE = "PreparingForMaintenance"
-    # Issue 9 (host_deploy): a reinstall failed; the host stays out until one succeeds.
-    INSTALL_FAILED = "InstallFailed"
-
-    # An operator put the host here: a heartbeat or re-registering does not make it Up.
-    HELD = frozenset({MAINTENANCE, PREPARING_FOR_MAINTENANCE})
-
-
-class VmStatus:
-    DOWN = "Down"
-    WAIT_FOR_LAUNCH = "WaitForLaunch"
-    POWERING_UP = "PoweringUp"
-    UP = "Up"
-    PAUSED = "Paused"
-    POWERING_DOWN = "PoweringDown"
-    UNKNOWN = "Unknown"
-    # Issue 7: live migration (the VM runs on run_on_host, its source, until it is Up
-    # on the destination).
-    MIGRATING_FROM = "MigratingFrom"
-    MIGRATING_TO = "MigratingTo"
-    # Issue 4: hibernation. Suspended = memory saved on a storage domain, no host.
-    SAVING_STATE = "SavingState"
-    RESTORING_STATE = "RestoringState"
-    SUSPENDED = "Suspended"
-
-    # A VM in one of these holds resources on its host (oVirt's pending and
-    # committed resources): the scheduler must count it.
-    ACTIVE = frozenset({WAIT_FOR_LAUNCH, POWERING_UP, UP, PAUSED, POWERING_DOWN, UNKNOWN,
-                        MIGRATING_FROM, MIGRATING_TO, SAVING_STATE, RESTORING_STATE})
 
 
 class Cluster(Base):
@@ -84,9 +60,9 @@ class Cluster(Base):
     # the cluster's values for that policy's parameters.
     scheduling_policy: Mapped[str] = mapped_column(String(32), default="none")
     scheduling_properties: Mapped[dict] = mapped_column(JSON, default=dict)
-    # Issue 8 (migration 0007): engine_lib.fencing.FencingPolicy's fields; {} = defaults.
+    # Issue 8 (migration 0007): engine_lib.loop.fencing.FencingPolicy's fields; {} = defaults.
     fencing_policy: Mapped[dict] = mapped_column(JSON, default=dict)
-    # Issue 7 (migration 0005): engine_lib.agent.convergence's policy name, and the
+    # Issue 7 (migration 0005): engine_lib.protocol.convergence's policy name, and the
     # bandwidth limit of each migration in Mbps (0 = no limit).
     migration_policy: Mapped[str] = mapped_column(String(32), default="minimal_downtime")
     migration_bandwidth_mbps: Mapped[int] = mapped_column(Integer, default=0)
@@ -114,7 +90,7 @@ class Host(Base):
     name: Mapped[str] = mapped_column(String(64), unique=True)
     cluster_id: Mapped[str] = mapped_column(ForeignKey("clusters.id"))
     address: Mapped[str] = mapped_column(String(255))
-    port: Mapped[int] = mapped_column(Integer, default=54321)
+    port: Mapped[int] = mapped_column(Integer, default=AGENT_PORT)
     status: Mapped[str] = mapped_column(String(32), default=HostStatus.INSTALLING)
     # Capabilities as the agent last reported them.
     hostname: Mapped[str] = mapped_column(String(255), default="")
@@ -138,7 +114,7 @@ class Host(Base):
     last_seen: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     # Issue 8 (migration 0007): {"agent": path, "options": {...}} of a fence-agents style
     # power fence agent ({} = none); the command a soft fence runs over SSH; and where the
-    # engine stands in fencing the host ("", "soft", "fenced"; see engine_lib.fencing).
+    # engine stands in fencing the host ("", "soft", "fenced"; see engine_lib.loop.fencing).
     power_management: Mapped[dict] = mapped_column(JSON, default=dict)
     soft_fence_command: Mapped[str] = mapped_column(Text, default="systemctl restart kestrel-agent")
     fence_state: Mapped[str] = mapped_column(String(16), default="")

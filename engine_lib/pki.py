@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from engine_lib.errors import InvalidSpec, KestrelError
+from engine_lib.protocol.errors import InvalidSpec, KestrelError
 
 CA_CERT = "ca.pem"
 CA_KEY = "ca.key"

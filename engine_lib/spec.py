@@ -20,7 +20,7 @@ from typing import Any
 
 import netaddr
 
-from engine_lib.errors import InvalidSpec
+from engine_lib.protocol.errors import InvalidSpec
 from engine_lib.units import size_mib
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

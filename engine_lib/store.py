@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from engine_lib.model import Cluster
 
-MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+SCHEMA_DIR = Path(__file__).parent / "schema"
 
 
 def connect(db_url: str) -> SqlEngine:
@@ -51,7 +51,7 @@ def _serialize_sqlite_writers(engine: SqlEngine) -> None:
 
 def alembic_config(engine: SqlEngine) -> Config:
     config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("script_location", str(SCHEMA_DIR))
     config.attributes["engine"] = engine
     return config
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from engine_lib.errors import InvalidSpec
+from engine_lib.protocol.errors import InvalidSpec
 
 _FACTORS_KIB = {
     "k": 1, "kib": 1, "m": 1024, "mib": 1024, "g": 1024**2, "gib": 1024**2,

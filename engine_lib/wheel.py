@@ -1,10 +1,13 @@
-"""Build a wheel of the engine_lib this controller runs, for the host agents.
+"""Build the host agent's wheel from the engine_lib this controller runs.
 
 Hosts install the agent from this wheel with ``pip install --no-deps
 --no-index``: they need no package index, and engine and agents always run the
 same code, whatever way the controller got engine_lib (wheel, sdist or an
-editable checkout). The wheel is byte-for-byte reproducible — sorted entries,
-fixed timestamps — so deployment tools can tell "changed" from its checksum.
+editable checkout). The wheel carries only what a host runs: the agent and the
+vocabulary it shares with the engine (``engine_lib.agent``,
+``engine_lib.protocol``), never the store, services, scheduler or templates.
+It is byte-for-byte reproducible — sorted entries, fixed timestamps — so
+deployment tools can tell "changed" from its checksum.
 
 Standard library only: the CLI calls this on the controller, and nothing here
 may pull in the engine's heavier dependencies.
@@ -18,16 +21,19 @@ import io
 import os
 import tempfile
 import zipfile
-from importlib import metadata
 from pathlib import Path
 
 import engine_lib
 
-DISTRIBUTION = "kestrel-engine"
-DIST_NAME = "kestrel_engine"  # the distribution name as wheel file names spell it
+DISTRIBUTION = "kestrel-agent"
+DIST_NAME = "kestrel_agent"  # the distribution name as wheel file names spell it
 TAG = "py3-none-any"
-# Used when engine_lib runs from a source tree that was never installed.
-FALLBACK_SCRIPTS = {"kestrel": "engine_lib.cli:main"}
+SCRIPTS = {"kestrel-agent": "engine_lib.agent.__main__:cli"}
+# What a host runs, below engine_lib/ (engine_lib/__init__.py holds only the version).
+HOST_PACKAGES = ("agent", "protocol")
+REQUIRES = ("Requires-Python: >=3.11",
+            "Summary: kestrel.virt host agent (needs libvirt-python from the host's distribution)",
+            "License: GPL-3.0-or-later")
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip entry can carry
 _SKIPPED_DIRS = {"__pycache__"}
 _SKIPPED_SUFFIXES = (".pyc", ".pyo")
@@ -39,13 +45,13 @@ def build_agent_wheel(out_dir: str) -> str:
     An existing wheel with the same content is left untouched (same bytes,
     same mtime), so rebuilding on every deployment is free.
     """
-    version, meta_lines, scripts = _distribution_facts()
+    version = engine_lib.__version__
     dist_info = f"{DIST_NAME}-{version}.dist-info"
     files = [(name, path.read_bytes()) for name, path in _package_files()]
     files += [
-        (f"{dist_info}/METADATA", _metadata(version, meta_lines)),
+        (f"{dist_info}/METADATA", _metadata(version, list(REQUIRES))),
         (f"{dist_info}/WHEEL", _wheel_file()),
-        (f"{dist_info}/entry_points.txt", _entry_points(scripts)),
+        (f"{dist_info}/entry_points.txt", _entry_points(SCRIPTS)),
         (f"{dist_info}/top_level.txt", b"engine_lib\n"),
     ]
     files.append((f"{dist_info}/RECORD", _record(files, f"{dist_info}/RECORD")))
@@ -69,33 +75,17 @@ def build_agent_wheel(out_dir: str) -> str:
     return str(target)
 
 
-def _distribution_facts() -> tuple[str, list[str], dict[str, str]]:
-    """Version, the METADATA header lines worth keeping, and console scripts.
-
-    Taken from the installed distribution so the wheel declares what the
-    controller's own install declares (its dependencies, even though hosts
-    install with --no-deps); a bare source tree falls back to engine_lib itself.
-    """
-    try:
-        dist = metadata.distribution(DISTRIBUTION)
-    except metadata.PackageNotFoundError:
-        return engine_lib.__version__, [], dict(FALLBACK_SCRIPTS)
-    kept = ("Summary", "License", "Requires-Python", "Requires-Dist", "Provides-Extra")
-    lines = [f"{key}: {value}" for key in kept for value in dist.metadata.get_all(key) or []]
-    scripts = {ep.name: ep.value for ep in dist.entry_points if ep.group == "console_scripts"}
-    return dist.version, lines, scripts or dict(FALLBACK_SCRIPTS)
-
-
 def _package_files() -> list[tuple[str, Path]]:
-    """Every file of the imported engine_lib package (code and package data), sorted."""
+    """engine_lib/__init__.py and every file of the host packages, sorted."""
     root = Path(engine_lib.__file__).resolve().parent
-    found = []
-    for directory, subdirs, names in os.walk(root):
-        subdirs[:] = sorted(d for d in subdirs if d not in _SKIPPED_DIRS)
-        for name in names:
-            if not name.endswith(_SKIPPED_SUFFIXES):
-                path = Path(directory) / name
-                found.append(("engine_lib/" + path.relative_to(root).as_posix(), path))
+    found = [("engine_lib/__init__.py", root / "__init__.py")]
+    for package in HOST_PACKAGES:
+        for directory, subdirs, names in os.walk(root / package):
+            subdirs[:] = sorted(d for d in subdirs if d not in _SKIPPED_DIRS)
+            for name in names:
+                if not name.endswith(_SKIPPED_SUFFIXES):
+                    path = Path(directory) / name
+                    found.append(("engine_lib/" + path.relative_to(root).as_posix(), path))
     return sorted(found)
 
 

@@ -31,12 +31,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "system"))  # how the system tests run an agent
 
+import kestrel_lab  # noqa: E402
 import libvirt  # noqa: E402
-
-import engine_lib.lab as kestrel_lab  # noqa: E402
 from agent_fixtures import CONFIG_PATH, start_agent, stop_agent  # noqa: E402
-from engine_lib import metadata, pki, placeholders  # noqa: E402
+
+from engine_lib import pki  # noqa: E402
 from engine_lib.agent import stats  # noqa: E402
+from engine_lib.protocol import metadata, placeholders
 
 START_ROUNDS = 12
 STATS_VMS = 30

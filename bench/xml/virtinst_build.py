@@ -14,10 +14,22 @@ import time
 
 sys.path.insert(0, "/usr/share/virt-manager")
 
-from virtinst import DeviceChannel, DeviceController, DeviceDisk, DeviceGraphics  # noqa: E402
-from virtinst import DeviceInterface, DeviceMemballoon, DeviceRng, DeviceSerial  # noqa: E402
-from virtinst import DeviceConsole, DeviceTpm, DeviceVideo, DeviceWatchdog  # noqa: E402
-from virtinst import Guest, VirtinstConnection  # noqa: E402
+from virtinst import (  # noqa: E402  # noqa: E402  # noqa: E402  # noqa: E402
+    DeviceChannel,
+    DeviceConsole,
+    DeviceController,
+    DeviceDisk,
+    DeviceGraphics,
+    DeviceInterface,
+    DeviceMemballoon,
+    DeviceRng,
+    DeviceSerial,
+    DeviceTpm,
+    DeviceVideo,
+    DeviceWatchdog,
+    Guest,
+    VirtinstConnection,
+)
 
 PH = "/kestrel-placeholder"
 

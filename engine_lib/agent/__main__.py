@@ -7,11 +7,11 @@ import sys
 
 from engine_lib.agent import main
 from engine_lib.agent.config import DEFAULT_PATH
-from engine_lib.errors import KestrelError
+from engine_lib.protocol.errors import KestrelError
 
 
 def cli(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m engine_lib.agent",
+    parser = argparse.ArgumentParser(prog="kestrel-agent",
                                      description="kestrel host agent")
     parser.add_argument("--config", default=DEFAULT_PATH, help=f"INI file (default {DEFAULT_PATH})")
     parser.add_argument("--daemon", action="store_true", help="detach and run in the background")

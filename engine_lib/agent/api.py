@@ -22,13 +22,14 @@ from typing import Any
 
 import engine_lib
 from engine_lib.agent.config import AgentConfig
-from engine_lib.agent.convergence import POLICIES as MIGRATION_POLICIES
 from engine_lib.agent.storage_connections import StorageConnections
-from engine_lib.errors import InvalidSpec, KestrelError, NotFound
+from engine_lib.protocol.convergence import POLICIES as MIGRATION_POLICIES
+from engine_lib.protocol.errors import InvalidSpec, KestrelError, NotFound
+from engine_lib.protocol.wire import API_PREFIX
 
 log = logging.getLogger("kestrel.agent.api")
 
-PREFIX = "/api/v1"
+PREFIX = API_PREFIX
 MAX_CONSOLE_BYTES = 1024 * 1024
 DEFAULT_CONSOLE_BYTES = 8192
 DEFAULT_SHUTDOWN_TIMEOUT = 60.0
@@ -344,7 +345,7 @@ class Api:
         return self.hypervisor.vm_stats(_vm_id(request))
 
     def plug_device(self, request: Request) -> dict:
-        from engine_lib.metadata import VolumeRef
+        from engine_lib.protocol.metadata import VolumeRef
 
         vm_id = _vm_id(request)
         xml = request.body.get("xml")

@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 
 import libvirt
 
-from engine_lib import metadata
 from engine_lib.agent.config import BallooningConfig
 from engine_lib.agent.states import VmStatus
-from engine_lib.errors import KestrelError
+from engine_lib.protocol import metadata
+from engine_lib.protocol.errors import KestrelError
 
 log = logging.getLogger("kestrel.agent.ballooning")
 

@@ -19,11 +19,12 @@ import configparser
 import socket
 from dataclasses import dataclass, field
 
-from engine_lib import placeholders
-from engine_lib.errors import InvalidSpec
+from engine_lib.protocol import placeholders
+from engine_lib.protocol.errors import InvalidSpec
+from engine_lib.protocol.wire import AGENT_PORT
 
 DEFAULT_PATH = "/etc/kestrel/agent.conf"
-DEFAULT_PORT = 54321
+DEFAULT_PORT = AGENT_PORT
 
 _DEFAULTS: dict[str, dict[str, str]] = {
     "agent": {"address": "0.0.0.0", "port": str(DEFAULT_PORT),

@@ -1,6 +1,6 @@
 """Run the agent: in the foreground, or as a classic double-fork daemon.
 
-Hosts without systemd (lab hosts, containers) run ``kestrel agent run
+Hosts without systemd (lab hosts, containers) run ``kestrel-agent
 --daemon --pidfile P``. Everything that can fail for a reason the operator
 must see (config, certificates, a busy port, an agent already running)
 happens before the fork, and the launching process exits only when the
@@ -22,7 +22,7 @@ from engine_lib import daemon
 from engine_lib.agent import config as agent_config
 from engine_lib.agent.api import Api
 from engine_lib.agent.server import AgentServer, server_context
-from engine_lib.errors import KestrelError
+from engine_lib.protocol.errors import KestrelError
 
 DEFAULT_LOG_FILE = "/var/log/kestrel/agent.log"
 log = logging.getLogger("kestrel.agent")

@@ -1,6 +1,6 @@
 """Turn the engine's domain XML into this host's: resolve the placeholders.
 
-The engine writes host paths as placeholders (see engine_lib.placeholders).
+The engine writes host paths as placeholders (see engine_lib.protocol.placeholders).
 Here every attribute value and element text that is a placeholder becomes
 the real path from the agent config. Nothing else in the XML is touched:
 the engine owns the device model, the agent only fills in the host.
@@ -12,8 +12,8 @@ import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
-from engine_lib import metadata, placeholders
-from engine_lib.errors import InvalidSpec
+from engine_lib.protocol import metadata, placeholders
+from engine_lib.protocol.errors import InvalidSpec
 
 # Serialize our metadata with its usual prefix rather than ET's "ns0".
 ET.register_namespace(metadata.PREFIX, metadata.NAMESPACE)

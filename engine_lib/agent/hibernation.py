@@ -28,7 +28,7 @@ import libvirt
 from engine_lib.agent import domxml
 from engine_lib.agent.states import VmStatus
 from engine_lib.agent.volumes import VolumeLocation
-from engine_lib.errors import Conflict, LibvirtError, NotFound
+from engine_lib.protocol.errors import Conflict, LibvirtError, NotFound
 
 log = logging.getLogger("kestrel.agent.hibernation")
 

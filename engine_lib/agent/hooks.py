@@ -27,7 +27,7 @@ import subprocess
 import tempfile
 from collections.abc import Mapping
 
-from engine_lib.errors import HookError
+from engine_lib.protocol.errors import HookError
 
 log = logging.getLogger("kestrel.agent.hooks")
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from engine_lib import placeholders
-from engine_lib.errors import InvalidSpec
+from engine_lib.protocol import placeholders
+from engine_lib.protocol.devices import ALIAS_PREFIX, device_alias
+from engine_lib.protocol.errors import InvalidSpec
 
 KINDS = ("disk", "interface")
-ALIAS_PREFIX = "ua-"
 
 
 def parse_device(xml: str) -> ET.Element:
@@ -33,11 +33,6 @@ def parse_device(xml: str) -> ET.Element:
     return device
 
 
-def device_alias(device: ET.Element) -> str:
-    node = device.find("alias")
-    return node.get("name", "") if node is not None else ""
-
-
 def resolve(device: ET.Element, roots: dict[str, str],
             storage_domains: dict[str, str]) -> tuple[str, list[str]]:
     """Replace every placeholder in the device; return (XML, storage paths it uses)."""
@@ -51,14 +46,3 @@ def resolve(device: ET.Element, roots: dict[str, str],
                     storage_paths.append(path)
     return ET.tostring(device, encoding="unicode"), storage_paths
 
-
-def find_by_alias(domain_xml: str, alias: str) -> ET.Element | None:
-    """The live device with this alias, or None (unplugged, or never there)."""
-    root = ET.fromstring(domain_xml)
-    devices = root.find("devices")
-    if devices is None:
-        return None
-    for device in devices:
-        if device_alias(device) == alias:
-            return device
-    return None

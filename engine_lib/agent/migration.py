@@ -10,7 +10,7 @@ incoming domain that never resumed, so a failed migration leaves no copy here.
 
 Source (``start_outgoing``): peer-to-peer between the libvirt daemons
 (migrateToURI3), in a thread, while another thread samples the job's progress
-and applies the cluster's convergence policy (engine_lib.agent.convergence).
+and applies the cluster's convergence policy (engine_lib.protocol.convergence).
 The domain XML for the destination is our own migratable live XML with this
 host's paths replaced by the destination's (what its prepare call resolved):
 the engine's XML lacks the device addresses libvirt requires to stay the same.
@@ -38,10 +38,10 @@ from dataclasses import dataclass, field
 
 import libvirt
 
-from engine_lib import placeholders
-from engine_lib.agent import convergence, domxml, registry
+from engine_lib.agent import domxml, registry
 from engine_lib.agent.states import VmStatus
-from engine_lib.errors import Conflict, InvalidSpec, KestrelError, LibvirtError, NotFound
+from engine_lib.protocol import convergence, placeholders
+from engine_lib.protocol.errors import Conflict, InvalidSpec, KestrelError, LibvirtError, NotFound
 
 log = logging.getLogger("kestrel.agent.migration")
 

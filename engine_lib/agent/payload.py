@@ -23,8 +23,8 @@ import tempfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
-from engine_lib import metadata
-from engine_lib.errors import InvalidSpec, PayloadError
+from engine_lib.protocol import metadata
+from engine_lib.protocol.errors import InvalidSpec, PayloadError
 
 VOLUME_LABEL = "cidata"
 # The files NoCloud reads; anything else on the ISO would be ignored by cloud-init,

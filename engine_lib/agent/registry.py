@@ -5,7 +5,7 @@ engine's words (oVirt's statuses), including what libvirt cannot tell: that
 the agent is launching it (WaitForLaunch), shutting it down, migrating it, or
 that a guest powered itself off ("user shutdown") rather than being shut down
 by the engine. Lifecycle events update it the moment they happen
-(engine_lib.agent.events); agent operations update it as they go.
+(engine_lib.agent.libvirt_events); agent operations update it as they go.
 
 A VM that went Down stays here, Down with its exit reason, until the engine
 removes it (DELETE): that is how the engine learns why it stopped, even when
@@ -86,7 +86,7 @@ class Registry:
     """VM id -> VmRecord, guarded by one lock (events arrive on the event-loop thread).
 
     ``listener(record)`` hears of every change of a VM's status or exit reason
-    (the event stream, engine_lib.agent.event_log). It is called under the
+    (the event stream, engine_lib.agent.event_stream). It is called under the
     lock, so it hears changes in the order they happened; it must be quick and
     must not call back into the registry.
     """

@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 import engine_lib
 from engine_lib.agent.api import Api
 from engine_lib.agent.config import AgentConfig
-from engine_lib.errors import InvalidSpec, KestrelError
+from engine_lib.protocol.errors import InvalidSpec, KestrelError
 
 log = logging.getLogger("kestrel.agent.http")
 

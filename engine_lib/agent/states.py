@@ -7,23 +7,7 @@ without libvirt-python (the numbers are libvirt's stable ABI).
 
 from __future__ import annotations
 
-from enum import Enum
-
-
-class VmStatus(str, Enum):
-    WAIT_FOR_LAUNCH = "WaitForLaunch"
-    UP = "Up"
-    PAUSED = "Paused"
-    POWERING_UP = "PoweringUp"
-    POWERING_DOWN = "PoweringDown"
-    DOWN = "Down"
-    MIGRATING_FROM = "MigratingFrom"
-    MIGRATING_TO = "MigratingTo"
-    SAVING_STATE = "SavingState"
-    RESTORING_STATE = "RestoringState"
-    SUSPENDED = "Suspended"
-    UNKNOWN = "Unknown"
-
+from engine_lib.protocol.statuses import VmStatus
 
 # virDomainState
 NOSTATE, RUNNING, BLOCKED, PAUSED, SHUTDOWN, SHUTOFF, CRASHED, PMSUSPENDED = range(8)

@@ -18,15 +18,11 @@ import subprocess
 import threading
 from collections.abc import Callable
 
-from engine_lib.errors import Conflict, InvalidSpec, KestrelError
+from engine_lib.protocol.errors import Conflict, InvalidSpec, KestrelError
+from engine_lib.protocol.storage import EXPORT_RE, MOUNT_TIMEOUT_S
 
 MOUNTINFO = "/proc/self/mountinfo"
 TYPES = ("nfs",)
-# NFS gives up on an unreachable server only after minutes; answer before the engine does.
-MOUNT_TIMEOUT_S = 60.0
-# server:/path; the server a host name or an IPv4/bracketed IPv6 address. The engine
-# checks storage domain specs with it too.
-EXPORT_RE = re.compile(r"^(?P<server>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):(?P<path>/[^\x00\s]*)$")
 # "vers=4.2,soft,timeo=600": words, key=value pairs, nothing a shell or mount could misread.
 OPTIONS_RE = re.compile(r"^[A-Za-z0-9_.:=-]+(,[A-Za-z0-9_.:=-]+)*$")
 _NFS_FSTYPES = ("nfs", "nfs4")

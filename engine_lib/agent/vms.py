@@ -28,15 +28,37 @@ from xml.sax.saxutils import quoteattr
 import libvirt
 
 import engine_lib
-from engine_lib import metadata, placeholders
-from engine_lib.agent import (domxml, event_log, events, guest_agent, hibernation, hooks,
-                              hotplug, payload, registry, states, stats, volumes)
-from engine_lib.agent import ballooning, migration
+from engine_lib.agent import (
+    ballooning,
+    domxml,
+    event_stream,
+    guest_agent,
+    hibernation,
+    hooks,
+    hotplug,
+    libvirt_events,
+    migration,
+    payload,
+    registry,
+    states,
+    stats,
+    volumes,
+)
 from engine_lib.agent.config import AgentConfig
 from engine_lib.agent.devices_hash import DevicesHashes
 from engine_lib.agent.states import VmStatus
-from engine_lib.errors import (Conflict, GuestAgentUnavailable, HookError, InvalidSpec,
-                               KestrelError, LibvirtError, NotFound, VmNotFound)
+from engine_lib.protocol import metadata, placeholders
+from engine_lib.protocol.devices import device_alias, find_by_alias
+from engine_lib.protocol.errors import (
+    Conflict,
+    GuestAgentUnavailable,
+    HookError,
+    InvalidSpec,
+    KestrelError,
+    LibvirtError,
+    NotFound,
+    VmNotFound,
+)
 
 log = logging.getLogger("kestrel.agent.vms")
 
@@ -97,7 +119,7 @@ class Hypervisor:
         self._vm_locks: dict[str, threading.Lock] = {}
         self._vm_locks_lock = threading.Lock()
         # Every status change, numbered, for GET /events (the engine's event follower).
-        self.event_log = event_log.EventLog()
+        self.event_log = event_stream.EventLog()
         self.registry = registry.Registry(listener=self._log_change)
         # Hook scripts must be owned by root; a seam for tests that do not run as root.
         self.hook_owner_uid = 0
@@ -121,11 +143,11 @@ class Hypervisor:
                     pass
                 self._conn = None
             uri = self.config.libvirt_uri
-            events.ensure_loop()  # before open: only then does the connection get events
+            libvirt_events.ensure_loop()  # before open: only then does the connection get events
             conn = None
             try:
                 conn = libvirt.open(uri)
-                self._event_callback = events.watch_lifecycle(conn, self._on_lifecycle)
+                self._event_callback = libvirt_events.watch_lifecycle(conn, self._on_lifecycle)
                 self._devices_hashes.watch(conn)
                 self._recover(conn)
                 self.migrations.recover(conn)
@@ -690,7 +712,7 @@ class Hypervisor:
         they leave is attached. Returns the live device (with its address).
         """
         device = hotplug.parse_device(xml)
-        alias = hotplug.device_alias(device)
+        alias = device_alias(device)
         device_xml, _ = hotplug.resolve(device, self.config.paths, self.config.storage_domains)
         with self._vm_lock(vm_id):
             dom = self._lookup(vm_id)
@@ -699,7 +721,7 @@ class Hypervisor:
                                vm_id=vm_id)
             with _libvirt_errors("read the XML of", vm_id):
                 live = dom.XMLDesc(0)
-            if hotplug.find_by_alias(live, alias) is not None:
+            if find_by_alias(live, alias) is not None:
                 raise Conflict(f"VM {vm_id} already has a device with alias {alias}",
                                vm_id=vm_id, alias=alias)
             meta = metadata.read(domxml.parse_domain(live))
@@ -714,7 +736,7 @@ class Hypervisor:
             with _libvirt_errors(f"attach device {alias} to", vm_id):
                 dom.attachDeviceFlags(device_xml, flags)
                 live = dom.XMLDesc(0)
-        plugged = hotplug.find_by_alias(live, alias)
+        plugged = find_by_alias(live, alias)
         return {"id": vm_id, "alias": alias,
                 "xml": ET.tostring(plugged, encoding="unicode") if plugged is not None else None}
 
@@ -729,7 +751,7 @@ class Hypervisor:
             dom = self._lookup(vm_id)
             with _libvirt_errors("read the XML of", vm_id):
                 live = dom.XMLDesc(0)
-            if hotplug.find_by_alias(live, alias) is None:
+            if find_by_alias(live, alias) is None:
                 raise NotFound(f"device of VM {vm_id} with alias", alias)
             flags = libvirt.VIR_DOMAIN_AFFECT_LIVE
             if dom.isPersistent():
@@ -739,7 +761,7 @@ class Hypervisor:
             deadline = time.monotonic() + timeout
             while True:
                 with _libvirt_errors("read the XML of", vm_id):
-                    gone = hotplug.find_by_alias(dom.XMLDesc(0), alias) is None
+                    gone = find_by_alias(dom.XMLDesc(0), alias) is None
                 if gone:
                     return {"id": vm_id, "alias": alias, "removed": True}
                 if time.monotonic() >= deadline:

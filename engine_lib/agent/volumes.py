@@ -14,8 +14,8 @@ import subprocess
 import uuid
 from dataclasses import dataclass
 
-from engine_lib.errors import Conflict, InvalidSpec, KestrelError
-from engine_lib.metadata import VolumeRef
+from engine_lib.protocol.errors import Conflict, InvalidSpec, KestrelError
+from engine_lib.protocol.metadata import VolumeRef
 
 FORMATS = ("qcow2", "raw")
 

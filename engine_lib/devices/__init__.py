@@ -8,11 +8,11 @@
 from __future__ import annotations
 
 from engine_lib.devices.apply import apply
-from engine_lib.devices.live import ALIAS_PREFIX, LiveDevice, parse, parse_devices
+from engine_lib.devices.live import LiveDevice, parse, parse_devices
 from engine_lib.devices.match import Correlation, correlate
 from engine_lib.model import Vm
 
-__all__ = ["ALIAS_PREFIX", "Correlation", "LiveDevice", "apply", "correlate", "match_vm",
+__all__ = ["Correlation", "LiveDevice", "apply", "correlate", "match_vm",
            "parse", "parse_devices", "record_live"]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from engine_lib.devices.live import LiveDevice
-from engine_lib.devices.match import Correlation, USER_KINDS, unmanaged_spec
+from engine_lib.devices.match import USER_KINDS, Correlation, unmanaged_spec
 from engine_lib.model import Vm, VmDevice, new_id
 
 # Unmanaged rows sort after every device of ours (positions are type rank * 1000 + index).

@@ -7,8 +7,8 @@ from typing import Any
 
 from engine_lib.devices.live import parse
 from engine_lib.devices.match import correlate
-from engine_lib.errors import InvalidSpec
 from engine_lib.model import Vm
+from engine_lib.protocol.errors import InvalidSpec
 from engine_lib.services import vm_config
 from engine_lib.services.common import find
 from engine_lib.spec import normalize_vm

@@ -15,9 +15,9 @@ from __future__ import annotations
 import threading
 import xml.etree.ElementTree as ET
 
-from engine_lib.errors import InvalidSpec
+from engine_lib.protocol.devices import ALIAS_PREFIX
+from engine_lib.protocol.errors import InvalidSpec
 
-ALIAS_PREFIX = "ua-"
 # Children of <devices> that are not devices.
 _NOT_DEVICES = frozenset({"emulator"})
 # libvirt indents each child of <devices> by four spaces, and nothing else in the

@@ -22,7 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from engine_lib.devices.live import ALIAS_PREFIX, LiveDevice
+from engine_lib.devices.live import LiveDevice
+from engine_lib.protocol.devices import ALIAS_PREFIX
 
 _PREFIX_LEN = len(ALIAS_PREFIX)
 # Types a VM has at most once: a live one without our alias is still that device.

@@ -16,8 +16,8 @@ from typing import Any
 import yaml
 
 from engine_lib.domxml.render import render
-from engine_lib.errors import InvalidSpec
 from engine_lib.model import Vm
+from engine_lib.protocol.errors import InvalidSpec
 from engine_lib.services import vm_config
 from engine_lib.services.common import find
 from engine_lib.spec import normalize_vm

@@ -7,6 +7,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from engine_lib.domxml import viewmodel
 from engine_lib.model import Vm
 
+
 class _Environment(Environment):
     """Looks keys up in the view-model's dicts first.
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from engine_lib import metadata, placeholders
 from engine_lib.model import DeviceType, Vm, VmDevice
+from engine_lib.protocol import metadata, placeholders
+from engine_lib.protocol.devices import GUEST_AGENT_CHANNEL
 
 _TARGET_PREFIX = {"virtio": "vd", "sata": "sd", "scsi": "sd", "ide": "hd"}
 # Memory hotplug: DIMM slots offered when max_memory is set.
 MEMORY_SLOTS = 16
-GUEST_AGENT_CHANNEL = "org.qemu.guest_agent.0"
 # Ballooning clusters: how often the guest's balloon driver reports its memory use (s).
 BALLOON_STATS_PERIOD_S = 5
 # cpu mode -> the <cpu> attributes libvirt expects with it.

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
-from engine_lib.errors import InvalidSpec
+from engine_lib.protocol.errors import InvalidSpec
 
 # Every policy runs these, in this order: cheap and decisive ones first, so the
 # explanation names the most basic reason a host was removed.

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from engine_lib.errors import InvalidSpec
+from engine_lib.protocol.errors import InvalidSpec
 from engine_lib.scheduling.placement import place
 from engine_lib.scheduling.policies import Policy
 from engine_lib.scheduling.state import VM_RULES, AffinityGroup, Context, HostState, VmRequest
 from engine_lib.scheduling.table import HostTable
-from engine_lib.spec import boolean, choice, name as check_name, positive_int, text
+from engine_lib.spec import boolean, choice, positive_int, text
+from engine_lib.spec import name as check_name
 from engine_lib.units import size_mib
 
 HOST_STATUSES = {"up": "Up", "maintenance": "Maintenance", "non_responsive": "NonResponsive"}

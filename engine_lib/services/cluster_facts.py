@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from engine_lib.model import Cluster, Host, Vm, VmStatus
+from engine_lib.model import Cluster, Host, Vm
+from engine_lib.protocol.statuses import VmStatus
 from engine_lib.scheduling import Context, HostState, Policy, VmRequest, resolve
 from engine_lib.services.scheduling_facts import affinity_context, host_state, scheduling_request
 

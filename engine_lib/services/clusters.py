@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from engine_lib import macpool
 from engine_lib.engine import Outcome
-from engine_lib.errors import Conflict, InvalidSpec
 from engine_lib.model import Cluster
+from engine_lib.protocol.errors import Conflict, InvalidSpec
 from engine_lib.scheduling import policies as scheduling_policies
 from engine_lib.services.common import audit, changed_fields, find, get_cluster, retry_on_conflict
-from engine_lib.spec import boolean, choice, name as check_name, positive_int, text
+from engine_lib.spec import boolean, choice, positive_int, text
+from engine_lib.spec import name as check_name
 
 VIRT_TYPES = ("kvm", "qemu")
 # Column -> the option name users set it with, for messages.
@@ -35,7 +36,7 @@ def cluster_dict(cluster: Cluster) -> dict:
 
 def _fencing_policy(stored: dict | None, given: dict | None = None) -> dict:
     """Issue 8: the full fencing policy; ``given`` (partial) overrides the stored one."""
-    from engine_lib.fencing import normalize_policy
+    from engine_lib.loop.fencing import normalize_policy
 
     return normalize_policy("fencing_policy", {**normalize_policy("fencing_policy", stored or {}),
                                                **(given or {})})
@@ -56,7 +57,7 @@ def _scheduling(cluster: Cluster | None, policy: str | None, properties: dict | 
 
 def _migration_settings(policy: str | None, bandwidth_mbps: int | None) -> dict:
     """Issue 7: the cluster's convergence policy and per-migration bandwidth (0 = no limit)."""
-    from engine_lib.agent.convergence import POLICIES
+    from engine_lib.protocol.convergence import POLICIES
 
     if bandwidth_mbps is not None and (isinstance(bandwidth_mbps, bool)
                                        or not isinstance(bandwidth_mbps, int)

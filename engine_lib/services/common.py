@@ -10,8 +10,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
-from engine_lib.errors import ClusterNotFound, Conflict, HostNotFound, VmNotFound
 from engine_lib.model import AuditEntry, Cluster, Host, Vm
+from engine_lib.protocol.errors import ClusterNotFound, Conflict, HostNotFound, VmNotFound
 
 
 def find(session: Session, entity, name: str):

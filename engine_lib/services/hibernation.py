@@ -16,8 +16,9 @@ import uuid
 from sqlalchemy import select
 
 from engine_lib.domxml.viewmodel import volume_refs
-from engine_lib.errors import Conflict, KestrelError, VmNotFound
-from engine_lib.model import Host, HostStatus, StorageDomain, StorageDomainCluster, Vm, VmStatus
+from engine_lib.model import Host, StorageDomain, StorageDomainCluster, Vm
+from engine_lib.protocol.errors import Conflict, KestrelError, VmNotFound
+from engine_lib.protocol.statuses import HostStatus, VmStatus
 from engine_lib.services.common import audit, get_vm, retry_on_conflict
 
 

@@ -46,8 +46,9 @@ from typing import Callable
 
 from engine_lib import engine_key, pki
 from engine_lib.engine import Outcome
-from engine_lib.errors import AgentUnreachable, Conflict, InvalidSpec, KestrelError
-from engine_lib.model import HostStatus, utcnow
+from engine_lib.model import utcnow
+from engine_lib.protocol.errors import AgentUnreachable, Conflict, InvalidSpec, KestrelError
+from engine_lib.protocol.statuses import HostStatus
 from engine_lib.services import maintenance
 from engine_lib.services.common import audit, get_host, retry_on_conflict
 from engine_lib.services.hosts import HostService, host_dict
@@ -75,6 +76,10 @@ UPLOAD = 'set -eu; umask 022; mkdir -p "$1"; cat > "$1/.$2.tmp"; mv "$1/.$2.tmp"
 INSTALL = """set -eu
 venv=$1 wheel=$2 sum=$3
 [ -x "$venv/bin/python" ] || /usr/bin/python3 -m venv --system-site-packages "$venv"
+# Agents up to 0.1 came as the whole kestrel-engine distribution.
+if [ -e "$venv/bin/kestrel" ]; then
+    "$venv/bin/python" -m pip uninstall --yes --quiet kestrel-engine
+fi
 "$venv/bin/python" -m pip install --quiet --no-deps --no-index --force-reinstall \\
     --disable-pip-version-check "$wheel"
 printf '%s\\n' "$sum" > "$venv/.kestrel-wheel"
@@ -106,7 +111,7 @@ if [ -n "$old" ] && alive "$old" \\
     done
 fi
 mkdir -p "$(dirname "$pidfile")" "$(dirname "$log")"
-"$venv/bin/kestrel" agent run --config "$conf" --daemon --pidfile "$pidfile" \\
+"$venv/bin/kestrel-agent" --config "$conf" --daemon --pidfile "$pidfile" \\
     --log-file "$log" </dev/null >/dev/null || exit 1
 echo "old=${old:-none} pid=$(cat "$pidfile")"
 """

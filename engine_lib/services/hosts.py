@@ -5,10 +5,13 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from engine_lib.engine import Outcome
-from engine_lib.errors import Conflict, InvalidSpec
-from engine_lib.model import Host, HostStatus, Vm, VmStatus, utcnow
+from engine_lib.model import Host, Vm, utcnow
+from engine_lib.protocol.errors import Conflict, InvalidSpec
+from engine_lib.protocol.statuses import HostStatus, VmStatus
+from engine_lib.protocol.wire import AGENT_PORT
 from engine_lib.services.common import audit, find, get_cluster, retry_on_conflict
-from engine_lib.spec import name as check_name, positive_int, text
+from engine_lib.spec import name as check_name
+from engine_lib.spec import positive_int, text
 
 
 def host_dict(host: Host) -> dict:
@@ -29,7 +32,7 @@ def host_dict(host: Host) -> dict:
         "networks": host.networks,
         "hooks": host.hooks,
         "last_seen": host.last_seen.isoformat() if host.last_seen else None,
-        # Issue 8: fencing (see engine_lib.fencing).
+        # Issue 8: fencing (see engine_lib.loop.fencing).
         "power_management": _redacted_pm(host.power_management),
         "soft_fence_command": host.soft_fence_command,
         "fence_state": host.fence_state,
@@ -56,7 +59,7 @@ class HostService:
         self.engine = engine
 
     @retry_on_conflict
-    def ensure(self, name: str, *, address: str, cluster: str, port: int = 54321,
+    def ensure(self, name: str, *, address: str, cluster: str, port: int = AGENT_PORT,
                power_management: dict | None = None, soft_fence_command: str | None = None,
                check_mode: bool = False) -> Outcome:
         check_name("name", name)
@@ -180,7 +183,7 @@ class HostService:
 
 def _fencing_settings(power_management: dict | None, soft_fence_command: str | None) -> dict:
     """Issue 8: the fencing columns to set, checked (None: keep the host's)."""
-    from engine_lib.fencing import normalize_power_management
+    from engine_lib.loop.fencing import normalize_power_management
 
     settings = {}
     if power_management is not None:

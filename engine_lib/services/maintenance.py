@@ -24,8 +24,9 @@ from dataclasses import dataclass, field, replace
 from sqlalchemy import select
 
 from engine_lib.engine import Outcome
-from engine_lib.errors import Conflict, InvalidSpec, KestrelError, NoValidHost
-from engine_lib.model import Host, HostStatus, Vm, VmStatus
+from engine_lib.model import Host, Vm
+from engine_lib.protocol.errors import Conflict, InvalidSpec, KestrelError, NoValidHost
+from engine_lib.protocol.statuses import HostStatus, VmStatus
 from engine_lib.scheduling import HostTable, place
 from engine_lib.services import cluster_facts
 from engine_lib.services.common import audit, get_host, retry_on_conflict

@@ -25,13 +25,22 @@ from typing import Callable
 from sqlalchemy import select
 
 from engine_lib import devices
-from engine_lib.agent import convergence
 from engine_lib.domxml import render
 from engine_lib.engine import Outcome
-from engine_lib.errors import (AgentUnreachable, Conflict, HostNotFound, InvalidSpec,
-                               KestrelError, MigrationFailed, NoValidHost, NotFound,
-                               VmNotFound)
-from engine_lib.model import Migration, Vm, VmStatus, utcnow
+from engine_lib.model import Migration, Vm, utcnow
+from engine_lib.protocol import convergence
+from engine_lib.protocol.errors import (
+    AgentUnreachable,
+    Conflict,
+    HostNotFound,
+    InvalidSpec,
+    KestrelError,
+    MigrationFailed,
+    NotFound,
+    NoValidHost,
+    VmNotFound,
+)
+from engine_lib.protocol.statuses import VmStatus
 from engine_lib.scheduling import place
 from engine_lib.services import cluster_facts
 from engine_lib.services.common import audit, get_vm, retry_on_conflict

@@ -18,10 +18,11 @@ import re
 from sqlalchemy import select
 
 from engine_lib.engine import Outcome
-from engine_lib.errors import Conflict, InvalidSpec
 from engine_lib.model import DeviceType, Host, LogicalNetwork, Vm, VmDevice
+from engine_lib.protocol.errors import Conflict, InvalidSpec
 from engine_lib.services.common import audit, get_cluster, retry_on_conflict
-from engine_lib.spec import boolean, name as check_name, positive_int, text
+from engine_lib.spec import boolean, positive_int, text
+from engine_lib.spec import name as check_name
 
 # Linux interface names: at most 15 bytes, no '/', ':' or whitespace.
 BRIDGE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")

@@ -9,7 +9,9 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from engine_lib.model import AffinityGroup as AffinityGroupRow, Cluster, DeviceType, Host, Vm, VmStatus
+from engine_lib.model import AffinityGroup as AffinityGroupRow
+from engine_lib.model import Cluster, DeviceType, Host, Vm
+from engine_lib.protocol.statuses import VmStatus
 from engine_lib.scheduling import AffinityGroup, Context, HostState, VmRequest
 
 

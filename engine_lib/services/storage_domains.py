@@ -19,13 +19,15 @@ import logging
 
 from sqlalchemy import select
 
-from engine_lib.agent.storage_connections import EXPORT_RE
 from engine_lib.engine import Outcome
-from engine_lib.errors import Conflict, InvalidSpec, KestrelError, NotFound
-from engine_lib.model import Cluster, DeviceType, Host, HostStatus, StorageDomain, Vm, VmDevice
+from engine_lib.model import Cluster, DeviceType, Host, StorageDomain, Vm, VmDevice
+from engine_lib.protocol.errors import Conflict, InvalidSpec, KestrelError, NotFound
+from engine_lib.protocol.statuses import HostStatus
+from engine_lib.protocol.storage import EXPORT_RE
 from engine_lib.services.common import audit, find, get_cluster, retry_on_conflict
 from engine_lib.services.vms import HostRef
-from engine_lib.spec import choice, name as check_name, text
+from engine_lib.spec import choice, text
+from engine_lib.spec import name as check_name
 
 log = logging.getLogger("kestrel.engine.storage_domains")
 

@@ -19,9 +19,12 @@ from typing import Any, Protocol
 from sqlalchemy import select
 from sqlalchemy.orm import Session, object_session
 
-from engine_lib import macpool, spec as specs
-from engine_lib.errors import Conflict, InvalidSpec
-from engine_lib.model import Cluster, DeviceType, Vm, VmDevice, VmStatus, new_id
+from engine_lib import macpool
+from engine_lib import spec as specs
+from engine_lib.model import Cluster, DeviceType, Vm, VmDevice, new_id
+from engine_lib.protocol.devices import GUEST_AGENT_CHANNEL
+from engine_lib.protocol.errors import Conflict, InvalidSpec
+from engine_lib.protocol.statuses import VmStatus
 from engine_lib.services.common import get_cluster
 
 # Order of devices of one type in the domain XML (and so in the guest's PCI slots).
@@ -37,7 +40,6 @@ NEW_VM_DEFAULTS = {"memory_mib": 1024, "machine": "q35", "serial_console": True,
                    "cpu": {"sockets": 1, "cores": 1, "threads": 1, "mode": None, "model": "",
                            "max_vcpus": 0},
                    "balloon": {"enabled": True, "guarantee_mib": 0}, "tags": []}
-GUEST_AGENT_CHANNEL = "org.qemu.guest_agent.0"
 PAYLOAD_CDROM = "payload"
 USER_CDROM = "cdrom"
 OFFLINE_NAMESPACE = uuid.UUID("6b657374-7265-4c2e-9669-72742f786d6c")

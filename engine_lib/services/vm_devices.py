@@ -29,12 +29,13 @@ from dataclasses import asdict
 from sqlalchemy import select
 
 from engine_lib import spec as specs
-from engine_lib.agent.hotplug import find_by_alias
 from engine_lib.domxml import render
 from engine_lib.domxml.viewmodel import volume_ref
 from engine_lib.engine import Outcome
-from engine_lib.errors import Conflict, InvalidSpec, KestrelError
-from engine_lib.model import DeviceType, Host, HostStatus, Vm, VmDevice, VmStatus
+from engine_lib.model import DeviceType, Host, Vm, VmDevice
+from engine_lib.protocol.devices import find_by_alias
+from engine_lib.protocol.errors import Conflict, InvalidSpec, KestrelError
+from engine_lib.protocol.statuses import HostStatus, VmStatus
 from engine_lib.services import vm_config
 from engine_lib.services.common import audit, get_vm, retry_on_conflict
 from engine_lib.services.vms import HostRef

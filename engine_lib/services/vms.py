@@ -18,16 +18,21 @@ from engine_lib import devices
 from engine_lib.domxml import render
 from engine_lib.domxml.viewmodel import volume_refs
 from engine_lib.engine import Outcome
-from engine_lib.guest_info import guest_dict
-from engine_lib.errors import (AgentError, Conflict, InvalidSpec, KestrelError, NoValidHost,
-                               VmNotFound)
-from engine_lib.model import DeviceType, Host, HostStatus, Vm, VmStatus
+from engine_lib.loop.guest_info import guest_dict
+from engine_lib.model import DeviceType, Host, Vm
+from engine_lib.protocol.errors import (
+    AgentError,
+    Conflict,
+    InvalidSpec,
+    KestrelError,
+    NoValidHost,
+    VmNotFound,
+)
+from engine_lib.protocol.statuses import HostStatus, VmStatus
 from engine_lib.scheduling import place, resolve
-from engine_lib.services.scheduling_facts import (affinity_context, host_state,
-                                                  scheduling_request)
 from engine_lib.services import hibernation, vm_config
-from engine_lib.services.common import (audit, find, get_cluster, get_host, get_vm,
-                                       retry_on_conflict)
+from engine_lib.services.common import audit, find, get_cluster, get_host, get_vm, retry_on_conflict
+from engine_lib.services.scheduling_facts import affinity_context, host_state, scheduling_request
 from engine_lib.spec import normalize_vm
 from engine_lib.store import lock_cluster
 

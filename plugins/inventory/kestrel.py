@@ -71,7 +71,7 @@ from ansible.plugins.inventory import BaseInventoryPlugin, Constructable
 
 try:
     from engine_lib.engine import Engine
-    from engine_lib.errors import KestrelError
+    from engine_lib.protocol.errors import KestrelError
 except ImportError as import_error:
     ENGINE_IMPORT_ERROR = import_error
 else:

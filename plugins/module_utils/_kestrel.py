@@ -21,7 +21,7 @@ from ansible.module_utils.basic import AnsibleModule, env_fallback, missing_requ
 
 try:
     from engine_lib.engine import Engine
-    from engine_lib.errors import KestrelError
+    from engine_lib.protocol.errors import KestrelError
 except ImportError:
     ENGINE_IMPORT_ERROR = traceback.format_exc()
     Engine = None

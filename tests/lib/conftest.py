@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "support"))
 import postgres  # noqa: E402  (tests/support)
 
 from engine_lib.engine import Engine
-from engine_lib.errors import AgentUnreachable, GuestAgentUnavailable, VmNotFound
+from engine_lib.protocol.errors import AgentUnreachable, GuestAgentUnavailable, VmNotFound
 
 
 class FakeAgent:
@@ -91,7 +91,7 @@ class FakeAgent:
         failures = self.__dict__.setdefault("storage_failures", {})
         error = getattr(self, "mount_errors", {}).get(name)
         if error:
-            from engine_lib.errors import AgentError
+            from engine_lib.protocol.errors import AgentError
 
             failures[name] = (path, error)
             raise AgentError(error, code="MountFailed")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from engine_lib.errors import ClusterNotFound, InvalidSpec, NoValidHost
+from engine_lib.protocol.errors import ClusterNotFound, InvalidSpec, NoValidHost
 
 
 @pytest.fixture

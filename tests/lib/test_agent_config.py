@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from engine_lib.agent import config
-from engine_lib.errors import InvalidSpec
+from engine_lib.protocol.errors import InvalidSpec
 
 FULL = """
 [agent]

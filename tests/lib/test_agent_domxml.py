@@ -6,9 +6,9 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from engine_lib import metadata, placeholders
 from engine_lib.agent import domxml
-from engine_lib.errors import InvalidSpec
+from engine_lib.protocol import metadata, placeholders
+from engine_lib.protocol.errors import InvalidSpec
 
 VM_ID = "6f1d2c9e-8a4b-4c1e-9f7a-0123456789ab"
 ROOTS = {"channels": "/var/lib/kestrel/channels", "payload": "/var/lib/kestrel/payload",

@@ -4,7 +4,7 @@ import threading
 import time
 
 from engine_lib.agent.api import Api
-from engine_lib.agent.event_log import EventLog
+from engine_lib.agent.event_stream import EventLog
 from engine_lib.agent.registry import STOPPED, Registry
 from engine_lib.agent.states import VmStatus
 

@@ -9,11 +9,11 @@ import xml.etree.ElementTree as ET
 import libvirt
 import pytest
 
-from engine_lib import metadata
 from engine_lib.agent import hooks
 from engine_lib.agent.config import AgentConfig
 from engine_lib.agent.vms import Hypervisor
-from engine_lib.errors import HookError, VmNotFound
+from engine_lib.protocol import metadata
+from engine_lib.protocol.errors import HookError, VmNotFound
 
 VM_ID = "6c1f3c1e-9a43-4c55-9d59-6a0c1f2d1b10"
 XML = f"<domain type='test'><name>vm1</name><uuid>{VM_ID}</uuid></domain>"

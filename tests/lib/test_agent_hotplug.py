@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import pytest
 
-from engine_lib import placeholders
 from engine_lib.agent import hotplug
 from engine_lib.agent.api import Api
 from engine_lib.agent.config import AgentConfig
-from engine_lib.errors import InvalidSpec
+from engine_lib.protocol import placeholders
+from engine_lib.protocol.devices import find_by_alias
+from engine_lib.protocol.errors import InvalidSpec
 
 VM = "2f1c1b8e-7a43-4d4e-9a57-2a3a4f6b7c11"
 DISK = (f"<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
@@ -41,8 +42,8 @@ def test_device_xml_that_cannot_be_plugged_is_refused(xml, reason):
 def test_the_device_is_found_again_by_its_alias():
     domain = (f"<domain><devices>{DISK}<interface type='bridge'><alias name='ua-nic'/>"
               "</interface></devices></domain>")
-    assert hotplug.find_by_alias(domain, "ua-nic").tag == "interface"
-    assert hotplug.find_by_alias(domain, "ua-gone") is None
+    assert find_by_alias(domain, "ua-nic").tag == "interface"
+    assert find_by_alias(domain, "ua-gone") is None
 
 
 class _Refuses:

@@ -19,8 +19,14 @@ from engine_lib.agent.api import ROUTES, Api
 from engine_lib.agent.config import AgentConfig
 from engine_lib.agent.server import AgentServer, server_context
 from engine_lib.broker import AgentClient, rebuild_error
-from engine_lib.errors import (AgentError, AgentUnreachable, CertificateError, InvalidSpec,
-                               NotFound, VmNotFound)
+from engine_lib.protocol.errors import (
+    AgentError,
+    AgentUnreachable,
+    CertificateError,
+    InvalidSpec,
+    NotFound,
+    VmNotFound,
+)
 
 
 def _agent_config(tmp_path, pki_dir, name="agent", addresses=("127.0.0.1",)) -> AgentConfig:
@@ -113,7 +119,7 @@ def test_pause_and_resume_through_the_engines_client(agent, engine_pki):
     """The whole path: broker -> HTTPS -> API -> Hypervisor on libvirt's test driver."""
     import uuid
 
-    from engine_lib import metadata
+    from engine_lib.protocol import metadata
 
     client = AgentClient("127.0.0.1", agent, str(engine_pki))
     vm_id = str(uuid.uuid4())
@@ -207,7 +213,7 @@ def test_one_request_brings_every_up_vms_guest_agent_answer(agent, engine_pki):
 
     import libvirt
 
-    from engine_lib import metadata
+    from engine_lib.protocol import metadata
 
     client = AgentClient("127.0.0.1", agent, str(engine_pki))
     vm_ids = [str(uuid.uuid4()) for _ in range(3)]

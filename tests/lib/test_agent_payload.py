@@ -10,11 +10,11 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from engine_lib import metadata, placeholders
 from engine_lib.agent import payload, vms
 from engine_lib.agent.config import AgentConfig
 from engine_lib.agent.vms import Hypervisor
-from engine_lib.errors import InvalidSpec
+from engine_lib.protocol import metadata, placeholders
+from engine_lib.protocol.errors import InvalidSpec
 
 P = metadata.PREFIX
 

@@ -13,13 +13,13 @@ import uuid
 import libvirt
 import pytest
 
-from engine_lib import metadata
 from engine_lib.agent import registry
 from engine_lib.agent.config import AgentConfig
 from engine_lib.agent.registry import Registry, event_status
 from engine_lib.agent.states import VmStatus
 from engine_lib.agent.vms import EXIT_NAMESPACE, Hypervisor
-from engine_lib.errors import Conflict, VmNotFound
+from engine_lib.protocol import metadata
+from engine_lib.protocol.errors import Conflict, VmNotFound
 
 URI = "test:///default"
 

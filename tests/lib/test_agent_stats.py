@@ -88,7 +88,7 @@ def hv():
 
 
 def test_host_stats_count_vms_and_report_only_the_agents_own(hv):
-    from engine_lib import metadata
+    from engine_lib.protocol import metadata
 
     vm_id = str(uuid.uuid4())
     hv.start(f"<domain type='test'><name>st-{vm_id[:8]}</name><uuid>{vm_id}</uuid>"

@@ -9,8 +9,8 @@ import pytest
 
 from engine_lib.agent import volumes
 from engine_lib.agent.volumes import VolumeLocation
-from engine_lib.errors import Conflict, InvalidSpec
-from engine_lib.metadata import VolumeRef
+from engine_lib.protocol.errors import Conflict, InvalidSpec
+from engine_lib.protocol.metadata import VolumeRef
 
 
 @pytest.fixture

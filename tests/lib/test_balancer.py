@@ -1,10 +1,10 @@
 """The engine loop's balancer, with fake agents and a fake migration service (real lab: tests/system)."""
 
 import pytest
-
-from engine_lib.balancer import Balancer, Settings
-from engine_lib.model import Host
 from fake_migrations import FakeMigrations
+
+from engine_lib.loop.balancer import Balancer, Settings
+from engine_lib.model import Host
 
 VM_COUNT = {"high_vm_count": 1, "migration_threshold": 1}
 

@@ -12,12 +12,18 @@ import xml.etree.ElementTree as ET
 import libvirt
 import pytest
 
-from engine_lib import metadata
 from engine_lib.agent import config as agent_config
-from engine_lib.agent.ballooning import (GROWING, IDLE, SHRINKING, BalloonedVm,
-                                         balloon_settings, decide)
+from engine_lib.agent.ballooning import (
+    GROWING,
+    IDLE,
+    SHRINKING,
+    BalloonedVm,
+    balloon_settings,
+    decide,
+)
 from engine_lib.agent.config import BallooningConfig
-from engine_lib.errors import InvalidSpec
+from engine_lib.protocol import metadata
+from engine_lib.protocol.errors import InvalidSpec
 
 MiB = 1024
 SETTINGS = BallooningConfig(interval_s=10, low_free_percent=20, high_free_percent=30,

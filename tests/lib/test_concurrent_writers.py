@@ -2,7 +2,7 @@
 
 import threading
 
-from engine_lib.monitoring import Monitor
+from engine_lib.loop.monitoring import Monitor
 
 
 def test_heartbeats_and_host_updates_at_once(engine, cluster, agents):

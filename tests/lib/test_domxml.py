@@ -5,7 +5,7 @@ import xml.etree.ElementTree as ET
 import libvirt
 import pytest
 
-from engine_lib import metadata
+from engine_lib.protocol import metadata
 
 FULL = {"name": "web1", "cluster": "c1", "memory": "256MiB", "cpu": {"sockets": 2, "cores": 2},
         "description": "front end", "kernel": "images:vmlinuz", "initrd": "images:initrd.img",

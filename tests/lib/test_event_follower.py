@@ -2,7 +2,7 @@
 
 import pytest
 
-from engine_lib.event_follower import EventFollower, HostFollower, latest_per_vm
+from engine_lib.loop.event_follower import EventFollower, HostFollower, latest_per_vm
 from engine_lib.services.vms import HostRef
 
 

@@ -4,10 +4,20 @@ import sys
 
 import pytest
 
-from engine_lib.errors import InvalidSpec
-from engine_lib.fencing import (POWER_FENCE, SKIP, SOFT_FENCE, WAIT, FencingPolicy,
-                                connectivity_broken, decide, normalize_policy,
-                                normalize_power_management, power_off, power_on)
+from engine_lib.loop.fencing import (
+    POWER_FENCE,
+    SKIP,
+    SOFT_FENCE,
+    WAIT,
+    FencingPolicy,
+    connectivity_broken,
+    decide,
+    normalize_policy,
+    normalize_power_management,
+    power_off,
+    power_on,
+)
+from engine_lib.protocol.errors import InvalidSpec
 
 UP, CONNECTING, NON_RESPONSIVE, MAINTENANCE = "Up", "Connecting", "NonResponsive", "Maintenance"
 
@@ -187,7 +197,7 @@ def test_fence_device_passwords_are_never_shown(engine, cluster):
 
 
 def test_the_lab_fence_agent_reads_fence_agents_stdin_and_refuses_unknown_hosts(tmp_path):
-    from engine_lib.lab.fence import fence, parse_stdin
+    from kestrel_lab.fence import fence, parse_stdin
 
     assert parse_stdin("# comment\naction=status\nplug = h2\n\nstate_dir=/x\n") == {
         "action": "status", "plug": "h2", "state_dir": "/x"}

@@ -3,7 +3,7 @@
 from datetime import datetime, timedelta, timezone
 
 from engine_lib.agent import guest_agent
-from engine_lib.monitoring import Intervals, Monitor
+from engine_lib.loop.monitoring import Intervals, Monitor
 
 GUEST_INFO = {  # virDomainGetGuestInfo as libvirt 9 returns it for a small Linux guest
     "user.count": 1, "user.0.name": "root", "user.0.login-time": 1763750000000,

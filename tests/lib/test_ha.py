@@ -9,12 +9,11 @@ from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 
 import pytest
-
-from engine_lib.fencing import Result
-from engine_lib.ha import HighAvailability, restart_order
-from engine_lib.monitoring import Intervals, Monitor
-
 from test_fencing import FENCE_AGENT, calls
+
+from engine_lib.loop.fencing import Result
+from engine_lib.loop.ha import HighAvailability, restart_order
+from engine_lib.loop.monitoring import Intervals, Monitor
 
 T0 = datetime(2026, 11, 21, 12, 0, tzinfo=timezone.utc)
 
@@ -198,9 +197,9 @@ def test_a_proven_down_vm_that_runs_elsewhere_is_adopted_not_started(engine, age
 
 def test_with_no_host_to_take_them_ha_vms_wait_pending_and_restart_once_one_joins(
         engine, agents, loop, monkeypatch):
-    import engine_lib.ha
+    import engine_lib.loop.ha
 
-    monkeypatch.setattr(engine_lib.ha, "RETRY_AFTER_S", 0.0)
+    monkeypatch.setattr(engine_lib.loop.ha, "RETRY_AFTER_S", 0.0)
     loop(0)
     for name in ("h1", "h3"):  # the other hosts are full
         engine.hosts.ensure(name, address=f"10.0.0.{name[1]}", cluster="c1")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from engine_lib.errors import Conflict
+from engine_lib.protocol.errors import Conflict
 
 SPEC = {"name": "vm1", "cluster": "c1", "memory": 256,
         "disks": [{"name": "root", "size": "1GiB", "storage_domain": "data"}]}

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from engine_lib import engine_key, pki
-from engine_lib.errors import Conflict, InvalidSpec
+from engine_lib.protocol.errors import Conflict, InvalidSpec
 from engine_lib.services.host_deploy import Completed, HostDeploy, HostDeployFailed, SshRemote
 
 REFUSED = Completed(255, b"", b"root@10.0.0.1: Permission denied (publickey).")

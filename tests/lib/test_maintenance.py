@@ -1,10 +1,10 @@
 """Host maintenance decisions, with fake agents and a fake migration service (real lab: tests/system)."""
 
 import pytest
-
-from engine_lib.errors import AgentUnreachable, Conflict, NoValidHost
-from engine_lib.monitoring import Monitor
 from fake_migrations import FakeMigrations
+
+from engine_lib.loop.monitoring import Monitor
+from engine_lib.protocol.errors import AgentUnreachable, Conflict, NoValidHost
 
 
 @pytest.fixture
@@ -218,14 +218,14 @@ def test_activate_with_the_agent_down_keeps_the_host_in_maintenance(
 
 
 def test_an_unknown_host_is_named(engine, cluster, migrations):
-    from engine_lib.errors import HostNotFound
+    from engine_lib.protocol.errors import HostNotFound
 
     with pytest.raises(HostNotFound, match="host 'nope' does not exist"):
         engine.hosts.maintenance("nope")
 
 
 def test_a_timeout_that_is_not_positive_is_refused_before_anything(engine, cluster, migrations):
-    from engine_lib.errors import InvalidSpec
+    from engine_lib.protocol.errors import InvalidSpec
 
     engine.hosts.ensure("h1", address="10.0.0.1", cluster=cluster)
     with pytest.raises(InvalidSpec, match="timeout: must be a positive number of seconds"):

@@ -2,9 +2,9 @@
 
 import pytest
 
-from engine_lib.agent import convergence
-from engine_lib.agent.convergence import Convergence
-from engine_lib.errors import InvalidSpec
+from engine_lib.protocol import convergence
+from engine_lib.protocol.convergence import Convergence
+from engine_lib.protocol.errors import InvalidSpec
 
 
 def feed(policy: Convergence, samples):

@@ -4,8 +4,8 @@ the real moves, failures included, are in tests/system/test_migration.py)."""
 import pytest
 from conftest import FakeAgent
 
-from engine_lib.errors import Conflict, HostNotFound, InvalidSpec, NoValidHost
 from engine_lib.model import Vm
+from engine_lib.protocol.errors import Conflict, HostNotFound, InvalidSpec, NoValidHost
 from engine_lib.services import migrations as migrations_service
 from engine_lib.services.migrations import mibps
 
@@ -89,7 +89,8 @@ def test_only_a_running_vm_migrates(engine, cluster, running):
 @pytest.mark.parametrize("state", ["stopped", "suspended", "absent"])
 def test_a_migrating_vm_is_not_stopped_saved_or_removed_behind_the_migrations_back(
         engine, running, agents, state):
-    from engine_lib.model import Vm, VmStatus
+    from engine_lib.model import Vm
+    from engine_lib.protocol.statuses import VmStatus
 
     with engine.store.transaction() as session:
         session.get(Vm, running["id"]).status = VmStatus.MIGRATING_FROM

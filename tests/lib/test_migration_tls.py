@@ -10,7 +10,7 @@ from conftest import FakeAgent
 
 from engine_lib.agent.api import Api
 from engine_lib.agent.migration import migrate_flags
-from engine_lib.errors import InvalidSpec, MigrationFailed, NotFound
+from engine_lib.protocol.errors import InvalidSpec, MigrationFailed, NotFound
 from engine_lib.services.migrations import destination_uri
 
 REFUSED = "unable to connect to server at '10.0.0.2:16514': Connection refused"

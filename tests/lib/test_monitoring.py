@@ -8,7 +8,7 @@ import pytest
 from conftest import FakeAgent
 
 from engine_lib.agent.devices_hash import devices_hash
-from engine_lib.monitoring import Intervals, Monitor
+from engine_lib.loop.monitoring import Intervals, Monitor
 
 T0 = datetime(2026, 11, 21, 12, 0, tzinfo=timezone.utc)
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from engine_lib.errors import Conflict, InvalidSpec, NoValidHost
+from engine_lib.protocol.errors import Conflict, InvalidSpec, NoValidHost
 
 VM = {"name": "vm1", "cluster": "c1", "memory": "256MiB",
       "nics": [{"name": "nic1", "network": "vms"}],

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from engine_lib import pki
-from engine_lib.errors import InvalidSpec, KestrelError
+from engine_lib.protocol.errors import InvalidSpec, KestrelError
 
 
 @pytest.fixture

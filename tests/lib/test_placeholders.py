@@ -1,7 +1,7 @@
 import pytest
 
-from engine_lib import placeholders
-from engine_lib.errors import InvalidSpec
+from engine_lib.protocol import placeholders
+from engine_lib.protocol.errors import InvalidSpec
 
 ROOTS = {"channels": "/var/lib/kestrel/channels", "payload": "/var/lib/kestrel/payload",
          "console": "/var/log/kestrel/console", "nvram": "/var/lib/kestrel/nvram"}

@@ -2,7 +2,7 @@
 
 from concurrent.futures import ThreadPoolExecutor
 
-from engine_lib.errors import NoValidHost
+from engine_lib.protocol.errors import NoValidHost
 
 
 def test_eight_concurrent_starts_with_room_for_four(engine, cluster, agents):

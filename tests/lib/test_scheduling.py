@@ -4,9 +4,17 @@ import random
 
 import pytest
 
-from engine_lib.errors import InvalidSpec
-from engine_lib.scheduling import (POLICIES, AffinityGroup, Context, HostState, HostTable,
-                                   VmRequest, place, resolve)
+from engine_lib.protocol.errors import InvalidSpec
+from engine_lib.scheduling import (
+    POLICIES,
+    AffinityGroup,
+    Context,
+    HostState,
+    HostTable,
+    VmRequest,
+    place,
+    resolve,
+)
 from engine_lib.scheduling.reference import place_reference
 
 

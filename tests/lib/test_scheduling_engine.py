@@ -5,7 +5,7 @@ import json
 import pytest
 
 from engine_lib.cli import main
-from engine_lib.errors import InvalidSpec, NoValidHost
+from engine_lib.protocol.errors import InvalidSpec, NoValidHost
 
 
 def test_cluster_policy_is_set_validated_and_described(engine, cluster):

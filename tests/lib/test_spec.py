@@ -2,7 +2,7 @@
 
 import pytest
 
-from engine_lib.errors import InvalidSpec
+from engine_lib.protocol.errors import InvalidSpec
 from engine_lib.spec import normalize_vm
 from engine_lib.units import size_mib
 

@@ -3,7 +3,7 @@
 import pytest
 
 from engine_lib.domxml.from_spec import render_spec
-from engine_lib.errors import InvalidSpec
+from engine_lib.protocol.errors import InvalidSpec
 
 DISK = {"name": "root", "size": "1GiB", "storage_domain": "data"}
 

@@ -12,10 +12,11 @@ import xml.etree.ElementTree as ET
 
 import libvirt
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from engine_lib.domxml.from_spec import render_spec
-from engine_lib.errors import InvalidSpec
+from engine_lib.protocol.errors import InvalidSpec
 
 HOSTILE = ["<", ">", "&", "'", '"', "]]>", "<!--", "&amp;", "\x00", "\x07", "\x1b", "\r", "\n",
            "\t", "é", "✓", "\U0001f600", "\ufffe", "\ud800", "${x}", "{{ x }}", "{% x %}"]

@@ -16,15 +16,16 @@ import threading
 
 import pytest
 
-from engine_lib import pki, placeholders
+from engine_lib import pki
 from engine_lib.agent.api import Api
 from engine_lib.agent.config import AgentConfig
 from engine_lib.agent.server import AgentServer, server_context
 from engine_lib.agent.storage_connections import MountFailed, StorageConnections, mounts
 from engine_lib.agent.volumes import VolumeLocation
 from engine_lib.broker import AgentClient
-from engine_lib.errors import AgentError, Conflict, InvalidSpec
-from engine_lib.monitoring import Intervals, Monitor
+from engine_lib.loop.monitoring import Intervals, Monitor
+from engine_lib.protocol import placeholders
+from engine_lib.protocol.errors import AgentError, Conflict, InvalidSpec
 
 EXPORT = "nas.example:/exports/kestrel"
 

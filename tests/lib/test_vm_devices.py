@@ -3,9 +3,9 @@
 import xml.etree.ElementTree as ET
 
 import pytest
-
 from conftest import FakeAgent
-from engine_lib.errors import Conflict, InvalidSpec
+
+from engine_lib.protocol.errors import Conflict, InvalidSpec
 
 VM = {"name": "vm1", "cluster": "c1", "memory": "256MiB",
       "disks": [{"name": "root", "size": "1GiB", "storage_domain": "data"}],

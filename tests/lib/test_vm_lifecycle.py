@@ -2,8 +2,13 @@
 
 import pytest
 
-from engine_lib.errors import (AgentUnreachable, ClusterNotFound, Conflict, InvalidSpec,
-                               NoValidHost)
+from engine_lib.protocol.errors import (
+    AgentUnreachable,
+    ClusterNotFound,
+    Conflict,
+    InvalidSpec,
+    NoValidHost,
+)
 
 VM = {"name": "vm1", "cluster": "c1", "memory": "512MiB",
       "disks": [{"name": "root", "size": "1GiB", "storage_domain": "data"}],

@@ -51,12 +51,12 @@ def _run(venv: Path, *argv: str) -> subprocess.CompletedProcess:
 
 
 def test_wheel_is_named_for_the_installed_version(wheel):
-    assert wheel.name == f"kestrel_engine-{engine_lib.__version__}-py3-none-any.whl"
+    assert wheel.name == f"kestrel_agent-{engine_lib.__version__}-py3-none-any.whl"
 
 
 def test_record_lists_every_file_with_its_sha256(wheel):
     with zipfile.ZipFile(wheel) as archive:
-        dist_info = f"kestrel_engine-{engine_lib.__version__}.dist-info"
+        dist_info = f"kestrel_agent-{engine_lib.__version__}.dist-info"
         rows = list(csv.reader(io.StringIO(archive.read(f"{dist_info}/RECORD").decode())))
         recorded = {row[0] for row in rows}
         assert recorded == set(archive.namelist())
@@ -70,10 +70,12 @@ def test_record_lists_every_file_with_its_sha256(wheel):
             assert int(size) == len(data), name
 
 
-def test_wheel_carries_package_data_and_no_bytecode(wheel):
+def test_wheel_carries_only_what_a_host_runs_and_no_bytecode(wheel):
     names = zipfile.ZipFile(wheel).namelist()
-    assert "engine_lib/domxml/templates/domain.xml.j2" in names
-    assert "engine_lib/placeholders.py" in names
+    assert "engine_lib/agent/api.py" in names
+    assert "engine_lib/protocol/placeholders.py" in names
+    packages = {n.split("/")[1] for n in names if n.startswith("engine_lib/") and n.count("/") > 1}
+    assert packages == {"agent", "protocol"}
     assert not [n for n in names if n.endswith(".pyc") or "__pycache__" in n]
 
 
@@ -88,13 +90,13 @@ def test_rebuilding_gives_the_same_bytes_and_keeps_the_file(wheel):
 
 
 def test_pip_installs_it_offline_and_the_console_script_runs(agent_venv):
-    result = _run(agent_venv, "kestrel", "--help")
+    result = _run(agent_venv, "kestrel-agent", "--help")
     assert result.returncode == 0, result.stderr
-    assert "agent" in result.stdout
+    assert "--config" in result.stdout
 
 
-@pytest.mark.parametrize("module", ["engine_lib.placeholders", "engine_lib.metadata",
-                                    "engine_lib.errors", "engine_lib.agent"])
+@pytest.mark.parametrize("module", ["engine_lib.protocol.placeholders", "engine_lib.protocol.metadata",
+                                    "engine_lib.protocol.errors", "engine_lib.agent"])
 def test_host_side_modules_import_without_the_engine_dependencies(agent_venv, module):
     """The host has no SQLAlchemy, Jinja2 or cryptography; the agent must not need them."""
     code = (f"import {module}, engine_lib, sys; print(engine_lib.__file__); "

@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from kestrel_lab import hosts as lab_hosts
 
-from engine_lib import metadata, placeholders, pki
+from engine_lib import pki
 from engine_lib.broker import AgentClient
-from engine_lib.errors import AgentUnreachable
-from engine_lib.lab import hosts as lab_hosts
+from engine_lib.protocol import metadata, placeholders
+from engine_lib.protocol.errors import AgentUnreachable
 
 AGENT_PORT = 54321
 CONFIG_PATH = "/etc/kestrel/agent.conf"

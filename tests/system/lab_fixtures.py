@@ -2,7 +2,7 @@
 
 The ``lab`` fixture brings h1, h2 and h3 up (with the tiny guest in the "images"
 storage domain) and yields their LabHost records. Several pytest sessions may
-share one lab (parallel runs, a developer's ``kestrel lab up``), so each
+share one lab (parallel runs, a developer's ``kestrel-lab up``), so each
 session registers itself and the last one out takes the lab down, and only
 when a test session brought it up: a lab that was already running before is
 left running. ``KESTREL_LAB_STATE_DIR`` picks another state directory.
@@ -15,10 +15,9 @@ import fcntl
 import os
 from collections.abc import Iterator
 
+import kestrel_lab
 import pytest
-
-import engine_lib.lab as kestrel_lab
-from engine_lib.lab.process import is_alive
+from kestrel_lab.process import is_alive
 
 LAB_HOSTS = 3
 STARTED_BY_TESTS = "started-by-tests"

@@ -11,13 +11,18 @@ import time
 import xml.etree.ElementTree as ET
 
 import pytest
-
 from agent_fixtures import AGENT_PORT, CONFIG_PATH, PIDFILE, guest_domain_xml
+from kestrel_lab import hosts as lab_hosts
+
 from engine_lib import pki
 from engine_lib.broker import AgentClient, client_context
-from engine_lib.errors import (AgentUnreachable, CertificateError, Conflict, InvalidSpec,
-                               VmNotFound)
-from engine_lib.lab import hosts as lab_hosts
+from engine_lib.protocol.errors import (
+    AgentUnreachable,
+    CertificateError,
+    Conflict,
+    InvalidSpec,
+    VmNotFound,
+)
 
 pytestmark = pytest.mark.lab
 

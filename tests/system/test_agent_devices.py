@@ -7,17 +7,17 @@ import uuid
 import xml.etree.ElementTree as ET
 
 import pytest
-
 from agent_fixtures import guest_domain_xml
-from engine_lib import metadata, placeholders
-from engine_lib.errors import Conflict, HookError, NotFound
+
+from engine_lib.protocol import metadata, placeholders
+from engine_lib.protocol.errors import Conflict, HookError, NotFound
 
 pytestmark = pytest.mark.lab
 
 BOOT_TIMEOUT = 90.0
 PAYLOAD_ROOT = "/var/lib/kestrel/payload"  # [paths] payload in agent_fixtures
 HOOK_DIR = "/etc/kestrel/hooks/before_device_create"
-BRIDGE = "kestrelmgmt"  # every lab host has it (engine_lib.lab.network)
+BRIDGE = "kestrelmgmt"  # every lab host has it (kestrel_lab.network)
 VIRSH = ["virsh", "-c", "qemu:///system"]
 P = metadata.PREFIX
 

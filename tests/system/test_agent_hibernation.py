@@ -15,11 +15,11 @@ import uuid
 import xml.etree.ElementTree as ET
 
 import pytest
-
 from agent_fixtures import guest_domain_xml
-from engine_lib import placeholders
-from engine_lib.errors import Conflict, HookError, InvalidSpec
-from engine_lib.lab import hosts as lab_hosts
+from kestrel_lab import hosts as lab_hosts
+
+from engine_lib.protocol import placeholders
+from engine_lib.protocol.errors import Conflict, HookError, InvalidSpec
 
 pytestmark = pytest.mark.lab
 

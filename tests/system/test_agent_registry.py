@@ -8,8 +8,8 @@ import time
 import xml.etree.ElementTree as ET
 
 import pytest
-
 from agent_fixtures import guest_domain_xml, is_alive, restart_agent
+
 from engine_lib.agent.states import VmStatus
 
 pytestmark = pytest.mark.lab

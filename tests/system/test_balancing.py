@@ -11,9 +11,9 @@ import threading
 import time
 
 import pytest
-
-from engine_lib.balancer import Balancer, Settings
 from test_migration import copies, tiny_guest, wait_for_console
+
+from engine_lib.loop.balancer import Balancer, Settings
 
 pytestmark = pytest.mark.lab
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from agent_fixtures import CONFIG_PATH, agent_config_text, restart_agent, stop_agent
 
 VIRSH = ["virsh", "-c", "qemu:///system"]

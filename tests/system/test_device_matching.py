@@ -9,11 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
-
 from sqlalchemy import select
 
+from engine_lib.loop.monitoring import Monitor
 from engine_lib.model import Vm, VmDevice
-from engine_lib.monitoring import Monitor
 
 pytestmark = pytest.mark.lab
 

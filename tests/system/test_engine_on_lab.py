@@ -8,11 +8,11 @@ import time
 from pathlib import Path
 
 import pytest
+from kestrel_lab import hosts as lab_hosts
 
 from engine_lib import pki
 from engine_lib.engine import Engine
-from engine_lib.errors import CertificateError, NoValidHost, VmNotFound
-from engine_lib.lab import hosts as lab_hosts
+from engine_lib.protocol.errors import CertificateError, NoValidHost, VmNotFound
 
 
 def tiny_guest(name: str) -> dict:
@@ -114,7 +114,7 @@ def test_an_agent_whose_certificate_another_ca_signed_is_refused(agents, tmp_pat
 def test_the_engine_loop_never_guesses_a_vm_down_when_its_agent_dies(engine, cluster, agents):
     from agent_fixtures import start_agent, stop_agent
 
-    from engine_lib.monitoring import Intervals, Monitor
+    from engine_lib.loop.monitoring import Intervals, Monitor
 
     vm = engine.vms.ensure(tiny_guest("guest2"), state="running").entity
     agent = next(a for a in agents if a.name == vm["host"])

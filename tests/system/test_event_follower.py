@@ -10,9 +10,9 @@ import threading
 import time
 
 import pytest
-
 from agent_fixtures import restart_agent, stop_agent
-from engine_lib.event_follower import EventFollower
+
+from engine_lib.loop.event_follower import EventFollower
 
 pytestmark = pytest.mark.lab
 

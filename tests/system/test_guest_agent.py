@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from engine_lib.errors import GuestAgentUnavailable
-from engine_lib.monitoring import Monitor
+from engine_lib.loop.monitoring import Monitor
+from engine_lib.protocol.errors import GuestAgentUnavailable
 
 pytestmark = pytest.mark.lab
 

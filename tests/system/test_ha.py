@@ -15,7 +15,6 @@ at any sample is a duplicate, and no scenario may ever see one.
 from __future__ import annotations
 
 import contextlib
-
 import json
 import os
 import signal
@@ -26,13 +25,13 @@ import time
 from pathlib import Path
 
 import pytest
-
 from agent_fixtures import PIDFILE, is_alive, restart_agent
-from engine_lib.errors import VmNotFound
-from engine_lib.lab import hostfs
-from engine_lib.lab import hosts as lab_hosts
-from engine_lib.lab.fence import boot_script
-from engine_lib.lab.process import run as lab_run
+from kestrel_lab import hostfs
+from kestrel_lab import hosts as lab_hosts
+from kestrel_lab.fence import boot_script
+from kestrel_lab.process import run as lab_run
+
+from engine_lib.protocol.errors import VmNotFound
 
 REPO = Path(__file__).resolve().parents[2]
 FENCE_AGENT = str(REPO / "scripts" / "fence_kestrel_lab")

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-import engine_lib
 from agent_fixtures import PIDFILE, is_alive, run_in_host
 from engine_fixtures import REPO, _collections_path
-from engine_lib import engine_key
-from engine_lib.lab import sshd
-from engine_lib.services.host_deploy import AGENT_VENV, HostDeployFailed
+from kestrel_lab import sshd
 from test_migration import tiny_guest, wait_for_console
+
+import engine_lib
+from engine_lib import engine_key
+from engine_lib.services.host_deploy import AGENT_VENV, HostDeployFailed
 
 pytestmark = pytest.mark.lab
 
@@ -113,7 +113,7 @@ def test_reinstall_with_the_role_authorized_key_restarts_the_agent_and_the_host_
     # A new agent process, from the venv the engine installed into, serves the host.
     assert h3.pid != old_pid and not is_alive(old_pid)
     cmdline = Path(f"/proc/{h3.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    assert f"{AGENT_VENV}/bin/kestrel agent run" in cmdline
+    assert f"{AGENT_VENV}/bin/kestrel-agent" in cmdline
     installed = run_in_host(h3.host, [f"{AGENT_VENV}/bin/python", "-c",
                                       "import engine_lib; print(engine_lib.__version__)"],
                             text=True).stdout.strip()

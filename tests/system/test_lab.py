@@ -10,11 +10,10 @@ import sys
 import time
 import uuid
 
+import kestrel_lab
 import libvirt
 import pytest
 import yaml
-
-import engine_lib.lab as kestrel_lab
 
 pytestmark = pytest.mark.lab
 

@@ -7,9 +7,9 @@ hosts (virsh inside each), not just the database.
 from __future__ import annotations
 
 import pytest
-
-from engine_lib.errors import Conflict
 from test_migration import copies, tiny_guest, wait_for_console
+
+from engine_lib.protocol.errors import Conflict
 
 pytestmark = pytest.mark.lab
 

@@ -17,11 +17,11 @@ import sys
 import time
 
 import pytest
-
 from agent_fixtures import is_alive, restart_agent
-from engine_lib.agent import convergence
-from engine_lib.errors import InvalidSpec, MigrationFailed
-from engine_lib.lab import network as lab_network
+from kestrel_lab import network as lab_network
+
+from engine_lib.protocol import convergence
+from engine_lib.protocol.errors import InvalidSpec, MigrationFailed
 
 pytestmark = pytest.mark.lab
 

@@ -13,11 +13,20 @@ step, the first limit above QEMU's estimate for a 4 MiB working set (2 s at 2 Mi
 from __future__ import annotations
 
 import pytest
+from test_migration import (  # noqa: F401
+    assert_guest_runs,
+    assert_runs_only_on,
+    by_name,
+    cluster,
+    copies,
+    guest,
+    other,
+    wait_for_console,
+    wait_for_copies,
+)
 
-from engine_lib.agent import convergence
-from engine_lib.errors import MigrationFailed
-from test_migration import (assert_guest_runs, assert_runs_only_on, by_name, cluster,  # noqa: F401
-                            copies, guest, other, wait_for_console, wait_for_copies)
+from engine_lib.protocol import convergence
+from engine_lib.protocol.errors import MigrationFailed
 
 pytestmark = pytest.mark.lab
 

@@ -20,19 +20,20 @@ import threading
 import time
 from pathlib import Path
 
+import kestrel_lab
 import pytest
+from agent_fixtures import is_alive, run_in_host
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509 import CertificateSigningRequestBuilder, Name, NameAttribute
 from cryptography.x509.oid import NameOID
-
-import engine_lib.lab as kestrel_lab
-from agent_fixtures import is_alive, run_in_host
 from engine_fixtures import _collections_path
-from engine_lib import pki
-from engine_lib.errors import MigrationFailed
-from engine_lib.lab import hostfs, hosts as lab_hosts
+from kestrel_lab import hostfs
+from kestrel_lab import hosts as lab_hosts
 from test_migration import assert_guest_runs, copies, tiny_guest, wait_for_console
+
+from engine_lib import pki
+from engine_lib.protocol.errors import MigrationFailed
 
 pytestmark = pytest.mark.lab
 
@@ -97,7 +98,7 @@ def tls_hosts(lab, agents, engine_dir, lab_state_dir):
         if in_host(agent, ["findmnt", "-n", "/etc/pki"], check=False).returncode != 0:
             pytest.fail(f"{agent.name}: /etc/pki is not private to the lab host (the lab "
                         "was brought up before hostfs made it private): run "
-                        "'kestrel lab down' and let the tests bring it up again")
+                        "'kestrel-lab down' and let the tests bring it up again")
     saved = {a.name: {f: in_host(a, ["cat", f]).stdout for f in LIBVIRT_FILES}
              for a in tls_agents}
     try:

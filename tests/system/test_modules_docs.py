@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import yaml
-
 from engine_fixtures import REPO, _collections_path
 
 MODULES = sorted(p.stem for p in (REPO / "plugins" / "modules").glob("*.py")

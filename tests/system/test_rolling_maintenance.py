@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from engine_fixtures import REPO, _collections_path
 from test_migration import copies, tiny_guest, wait_for_console
 

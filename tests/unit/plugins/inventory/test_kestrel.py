@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import pytest
-
 from ansible.inventory.data import InventoryData
 from ansible_collections.kestrel.virt.plugins.inventory import kestrel
 

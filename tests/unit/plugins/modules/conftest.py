@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from ansible.module_utils import basic
 from ansible_collections.kestrel.virt.plugins.module_utils import _kestrel
-from ansible_collections.kestrel.virt.tests.unit.plugins.modules.kestrel_fakes import FakeEngine, FakeError
+from ansible_collections.kestrel.virt.tests.unit.plugins.modules.kestrel_fakes import (
+    FakeEngine,
+    FakeError,
+)
 
 try:
     from ansible.module_utils.testing import patch_module_args

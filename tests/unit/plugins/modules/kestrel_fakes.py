@@ -22,7 +22,7 @@ class Outcome:
 
 
 class FakeError(Exception):
-    """Shaped like engine_lib.errors.KestrelError."""
+    """Shaped like engine_lib.protocol.errors.KestrelError."""
 
     def __init__(self, code, message, **details):
         super().__init__(message)

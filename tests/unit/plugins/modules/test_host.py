@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 
 from ansible_collections.kestrel.virt.plugins.modules import host
-
-from ansible_collections.kestrel.virt.tests.unit.plugins.modules.kestrel_fakes import FakeError, Outcome
+from ansible_collections.kestrel.virt.tests.unit.plugins.modules.kestrel_fakes import (
+    FakeError,
+    Outcome,
+)
 
 
 def test_present_registers_with_the_default_agent_port(engine, run_module):

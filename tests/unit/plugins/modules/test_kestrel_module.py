@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from ansible_collections.kestrel.virt.plugins.module_utils import _kestrel
 from ansible_collections.kestrel.virt.plugins.modules import cluster
-
-from ansible_collections.kestrel.virt.tests.unit.plugins.modules.kestrel_fakes import FakeError, Outcome
+from ansible_collections.kestrel.virt.tests.unit.plugins.modules.kestrel_fakes import (
+    FakeError,
+    Outcome,
+)
 
 ENTITY = dict(id='c-1', name='demo', virt_type='qemu')
 

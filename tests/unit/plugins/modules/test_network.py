@@ -5,8 +5,10 @@
 from __future__ import annotations
 
 from ansible_collections.kestrel.virt.plugins.modules import network
-
-from ansible_collections.kestrel.virt.tests.unit.plugins.modules.kestrel_fakes import FakeError, Outcome
+from ansible_collections.kestrel.virt.tests.unit.plugins.modules.kestrel_fakes import (
+    FakeError,
+    Outcome,
+)
 
 
 def test_present_passes_unset_options_as_none(engine, run_module):

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 from ansible_collections.kestrel.virt.plugins.modules import storage_domain
-
 from ansible_collections.kestrel.virt.tests.unit.plugins.modules.kestrel_fakes import Outcome
 
 

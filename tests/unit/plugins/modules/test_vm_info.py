@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 from ansible_collections.kestrel.virt.plugins.modules import vm_info
-
 from ansible_collections.kestrel.virt.tests.unit.plugins.modules.kestrel_fakes import FakeError
 
 VMS = [dict(id='7d3f', name='vm1', status='Up', host='h1',

@@ -1,0 +1,7 @@
+"""What the engine and the host agent both speak.
+
+Statuses, device aliases, the agent's port and API prefix, host placeholders,
+the domain metadata, convergence policies, storage export syntax and the typed
+errors that cross the wire. Standard library only: the agent imports this
+package and nothing else of engine_lib, and the agent wheel ships it.
+"""
