@@ -42,53 +42,6 @@ options:
     type: str
     choices: [present, detached, absent]
     default: present
-  size:
-    description: Size with a unit, for example C(10GiB). Required for a new disk; can only grow.
-    type: str
-  storage_domain:
-    description: Storage domain of a new disk's volume (one attached to the VM's cluster, when it has any). Fixed once created.
-    type: str
-  format:
-    description: Volume format of a new disk. Fixed once created.
-    type: str
-    choices: [qcow2, raw]
-  lun:
-    description: A host block device (C(/dev/...)) instead of a volume.
-    type: str
-  interface:
-    description: Bus the guest sees the disk on.
-    type: str
-    choices: [virtio, sata, scsi]
-  bootable:
-    description: Whether the VM may boot from the disk.
-    type: bool
-  boot_order:
-    description: Boot order of the disk.
-    type: int
-  readonly:
-    description: Whether the guest sees the disk read-only.
-    type: bool
-  shareable:
-    description: Whether several VMs may use the disk at once.
-    type: bool
-  cache:
-    description: Host cache mode.
-    type: str
-    choices: [default, none, writethrough, writeback, directsync, unsafe]
-  io:
-    description: I/O mode.
-    type: str
-    choices: [default, native, threads, io_uring]
-  discard:
-    description: Whether guest discards reach the volume.
-    type: str
-    choices: [ignore, unmap]
-  serial:
-    description: Serial number the guest sees (1-20 characters).
-    type: str
-  iotune:
-    description: I/O limits (C(total_bytes_sec), C(read_iops_sec), ...).
-    type: dict
   volume:
     description: An existing volume to attach, as a detached disk's result names it.
     type: dict
@@ -102,6 +55,7 @@ options:
         type: str
         required: true
 extends_documentation_fragment:
+  - kestrel.virt.disk
   - kestrel.virt.engine
   - kestrel.virt.engine.attributes
   - ansible.builtin.action_common_attributes
@@ -191,10 +145,10 @@ disk:
       sample: false
 """
 
+from ansible_collections.kestrel.virt.plugins.module_utils._args_common import DISK_ARG_SPEC
 from ansible_collections.kestrel.virt.plugins.module_utils._kestrel import KestrelModule, drop_unset
 
-SETTINGS = ('size', 'storage_domain', 'format', 'lun', 'interface', 'bootable', 'boot_order',
-            'readonly', 'shareable', 'cache', 'io', 'discard', 'serial', 'iotune')
+SETTINGS = tuple(DISK_ARG_SPEC)
 
 
 def main():
@@ -203,25 +157,11 @@ def main():
             vm=dict(type='str', required=True),
             name=dict(type='str', required=True),
             state=dict(type='str', choices=['present', 'detached', 'absent'], default='present'),
-            size=dict(type='str'),
-            storage_domain=dict(type='str'),
-            format=dict(type='str', choices=['qcow2', 'raw']),
-            lun=dict(type='str'),
-            interface=dict(type='str', choices=['virtio', 'sata', 'scsi']),
-            bootable=dict(type='bool'),
-            boot_order=dict(type='int'),
-            readonly=dict(type='bool'),
-            shareable=dict(type='bool'),
-            cache=dict(type='str', choices=['default', 'none', 'writethrough', 'writeback',
-                                            'directsync', 'unsafe']),
-            io=dict(type='str', choices=['default', 'native', 'threads', 'io_uring']),
-            discard=dict(type='str', choices=['ignore', 'unmap']),
-            serial=dict(type='str'),
-            iotune=dict(type='dict'),
             volume=dict(type='dict', options=dict(
                 image_id=dict(type='str', required=True),
                 volume_id=dict(type='str', required=True),
             )),
+            **DISK_ARG_SPEC
         ),
         entity_key='disk',
         mutually_exclusive=[('lun', 'storage_domain'), ('lun', 'size'), ('lun', 'volume')],

@@ -41,30 +41,8 @@ options:
       - Logical network of the VM's cluster (M(kestrel.virt.network)), or the
         host bridge name in a cluster without logical networks. Required to add a NIC.
     type: str
-  mac:
-    description: MAC address; drawn from the cluster's MAC pool when not given.
-    type: str
-  model:
-    description: Emulated NIC model (default V(virtio) for a new NIC).
-    type: str
-    choices: [virtio, e1000, e1000e, rtl8139]
-  mtu:
-    description: MTU of the NIC (68-65535).
-    type: int
-  vlan:
-    description: VLAN tag on the port (needs an Open vSwitch bridge).
-    type: int
-  link_state:
-    description: Whether the link is up.
-    type: str
-    choices: [up, down]
-  bandwidth:
-    description: Inbound and outbound limits, each C(average), C(peak) (KiB/s) and C(burst) (KiB).
-    type: dict
-  boot_order:
-    description: Boot order of the NIC (network boot).
-    type: int
 extends_documentation_fragment:
+  - kestrel.virt.nic
   - kestrel.virt.engine
   - kestrel.virt.engine.attributes
   - ansible.builtin.action_common_attributes
@@ -136,9 +114,10 @@ nic:
       sample: false
 """
 
+from ansible_collections.kestrel.virt.plugins.module_utils._args_common import NIC_ARG_SPEC
 from ansible_collections.kestrel.virt.plugins.module_utils._kestrel import KestrelModule, drop_unset
 
-SETTINGS = ('network', 'mac', 'model', 'mtu', 'vlan', 'link_state', 'bandwidth', 'boot_order')
+SETTINGS = ('network',) + tuple(NIC_ARG_SPEC)
 
 
 def main():
@@ -148,13 +127,7 @@ def main():
             name=dict(type='str', required=True),
             state=dict(type='str', choices=['present', 'absent'], default='present'),
             network=dict(type='str'),
-            mac=dict(type='str'),
-            model=dict(type='str', choices=['virtio', 'e1000', 'e1000e', 'rtl8139']),
-            mtu=dict(type='int'),
-            vlan=dict(type='int'),
-            link_state=dict(type='str', choices=['up', 'down']),
-            bandwidth=dict(type='dict'),
-            boot_order=dict(type='int'),
+            **NIC_ARG_SPEC
         ),
         entity_key='nic',
     )

@@ -202,107 +202,6 @@ options:
   cmdline:
     description: Kernel command line for O(kernel).
     type: str
-  disks:
-    description:
-      - The VM's disks. New volumes are created on the host when the VM first starts.
-    type: list
-    elements: dict
-    suboptions:
-      name:
-        description: Name of the disk, unique in the VM.
-        type: str
-        required: true
-      size:
-        description:
-          - Size with a unit (V(64MiB), V(20GiB)); a bare number means MiB.
-          - Required unless O(disks[].lun) is given.
-        type: str
-      format:
-        description: Volume format. The engine uses V(qcow2) when not given.
-        type: str
-        choices: [qcow2, raw]
-      interface:
-        description: Bus the guest sees. The engine uses V(virtio) when not given.
-        type: str
-        choices: [virtio, sata, scsi]
-      storage_domain:
-        description: Storage domain that holds the volume. Required unless O(disks[].lun) is given.
-        type: str
-      lun:
-        description: A host block device under C(/dev) used as the disk, instead of a volume.
-        type: str
-      bootable:
-        description: Boot from this disk. The engine uses V(false) when not given.
-        type: bool
-      boot_order:
-        description: Explicit boot order; two devices cannot share one.
-        type: int
-      readonly:
-        description: The guest cannot write to the disk.
-        type: bool
-      shareable:
-        description: Several VMs may use the disk at once.
-        type: bool
-      cache:
-        description: Host cache mode.
-        type: str
-        choices: [default, none, writethrough, writeback, directsync, unsafe]
-      io:
-        description: Host I/O mode (V(native) needs cache V(none) or V(directsync)).
-        type: str
-        choices: [default, native, threads, io_uring]
-      discard:
-        description: Pass the guest's discard requests to the volume.
-        type: str
-        choices: [ignore, unmap]
-      iotune:
-        description:
-          - I/O limits, any of C(total_bytes_sec), C(read_bytes_sec), C(write_bytes_sec),
-            C(total_iops_sec), C(read_iops_sec), C(write_iops_sec).
-        type: dict
-      serial:
-        description: Serial number the guest sees (default the disk id).
-        type: str
-  nics:
-    description: The VM's network interfaces.
-    type: list
-    elements: dict
-    suboptions:
-      name:
-        description: Name of the NIC, unique in the VM.
-        type: str
-        required: true
-      network:
-        description: Network (host bridge) to attach to.
-        type: str
-        required: true
-      mac:
-        description:
-          - MAC address. When not given, the NIC gets one from the cluster's MAC
-            pool once and keeps it.
-        type: str
-      model:
-        description: Device model the guest sees. The engine uses V(virtio) when not given.
-        type: str
-        choices: [virtio, e1000, e1000e, rtl8139]
-      mtu:
-        description: MTU of the guest NIC.
-        type: int
-      vlan:
-        description: VLAN tag (needs an Open vSwitch bridge).
-        type: int
-      link_state:
-        description: Whether the link is up.
-        type: str
-        choices: [up, down]
-      bandwidth:
-        description:
-          - Limits in KiB/s, C(inbound) and C(outbound), each with C(average),
-            C(peak) and C(burst).
-        type: dict
-      boot_order:
-        description: Boot from the network in this order.
-        type: int
   serial_console:
     description:
       - Give the VM a serial console whose output the engine can read
@@ -334,6 +233,8 @@ options:
     type: int
     default: 120
 extends_documentation_fragment:
+  - kestrel.virt.disk.vm_disks
+  - kestrel.virt.nic.vm_nics
   - kestrel.virt.engine
   - kestrel.virt.engine.attributes
   - ansible.builtin.action_common_attributes
@@ -477,6 +378,7 @@ vm:
       returned: when the task started the VM
 """
 
+from ansible_collections.kestrel.virt.plugins.module_utils._args_common import VM_DISKS_ARG_SPEC, VM_NICS_ARG_SPEC
 from ansible_collections.kestrel.virt.plugins.module_utils._kestrel import KestrelModule, drop_unset
 
 # The options that make up the VM spec the engine validates; the rest steer the task.
@@ -540,35 +442,8 @@ def main():
             kernel=dict(type='str'),
             initrd=dict(type='str'),
             cmdline=dict(type='str'),
-            disks=dict(type='list', elements='dict', options=dict(
-                name=dict(type='str', required=True),
-                size=dict(type='str'),
-                format=dict(type='str', choices=['qcow2', 'raw']),
-                interface=dict(type='str', choices=['virtio', 'sata', 'scsi']),
-                storage_domain=dict(type='str'),
-                lun=dict(type='str'),
-                bootable=dict(type='bool'),
-                boot_order=dict(type='int'),
-                readonly=dict(type='bool'),
-                shareable=dict(type='bool'),
-                cache=dict(type='str', choices=['default', 'none', 'writethrough', 'writeback',
-                                                'directsync', 'unsafe']),
-                io=dict(type='str', choices=['default', 'native', 'threads', 'io_uring']),
-                discard=dict(type='str', choices=['ignore', 'unmap']),
-                iotune=dict(type='dict'),
-                serial=dict(type='str'),
-            )),
-            nics=dict(type='list', elements='dict', options=dict(
-                name=dict(type='str', required=True),
-                network=dict(type='str', required=True),
-                mac=dict(type='str'),
-                model=dict(type='str', choices=['virtio', 'e1000', 'e1000e', 'rtl8139']),
-                mtu=dict(type='int'),
-                vlan=dict(type='int'),
-                link_state=dict(type='str', choices=['up', 'down']),
-                bandwidth=dict(type='dict'),
-                boot_order=dict(type='int'),
-            )),
+            **VM_DISKS_ARG_SPEC,
+            **VM_NICS_ARG_SPEC,
             serial_console=dict(type='bool'),
             custom_properties=dict(type='dict'),
             tags=dict(type='list', elements='str'),
