@@ -9,7 +9,7 @@ LAB_DIR ?= /srv/kestrel-lab
 LAB_HOSTS ?= 2
 export PATH := $(BIN):$(PATH)
 
-.PHONY: demo test deps venv unit system sanity units integration ee molecule lab-up lab-down clean bench-scheduler bench-xml bench-agent bench-migration ha-faults bench-matching
+.PHONY: demo test lint deps venv unit system sanity units integration ee molecule lab-up lab-down clean bench-scheduler bench-xml bench-agent bench-migration ha-faults bench-matching
 
 deps:
 	@echo "==> system packages (libvirt, QEMU, sshd, PostgreSQL, ...)"
@@ -26,6 +26,15 @@ venv: $(BIN)/kestrel
 
 demo: deps venv
 	@bash scripts/demo.sh
+
+# The conventions, held by tools: ruff, mypy (strict on the pure packages), the
+# import contracts of DESIGN.md, yamllint and ansible-lint (production profile).
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy
+	$(BIN)/yamllint -s .
+	source scripts/collection-path.sh && $(BIN)/ansible-lint -q
 
 unit: venv
 	$(BIN)/pytest -q tests/lib
@@ -52,6 +61,8 @@ molecule: deps venv
 	source scripts/collection-path.sh && molecule test -s migration
 
 test: deps venv
+	@echo "==> lint: ruff, mypy, import contracts, yamllint, ansible-lint"
+	$(MAKE) --no-print-directory lint
 	@echo "==> engine_lib unit tests"
 	$(BIN)/pytest -q tests/lib
 	@echo "==> real libvirt/QEMU, agents and playbooks on lab hosts"

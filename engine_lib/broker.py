@@ -243,7 +243,7 @@ class AgentClient:
             raise AgentUnreachable(f"agent {self.endpoint} unreachable: cannot resolve "
                                    f"'{self.address}' ({exc.strerror})",
                                    agent=self.endpoint, cause="dns") from None
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             raise AgentUnreachable(f"agent {self.endpoint} unreachable: no answer within "
                                    f"{timeout:g} s", agent=self.endpoint,
                                    cause="timeout") from None

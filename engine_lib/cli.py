@@ -85,7 +85,7 @@ def engine_run(args) -> int:
     import signal
     import threading
 
-    from engine_lib import daemon
+    from engine_lib.protocol import daemon
     from engine_lib.broker import client_context
     from engine_lib.config import EngineConfig
     from engine_lib.loop.event_follower import EventFollower

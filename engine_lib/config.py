@@ -21,7 +21,7 @@ class EngineConfig:
         return self.engine_dir / "pki"
 
     @classmethod
-    def resolve(cls, engine_dir: str | None = None, db_url: str | None = None) -> "EngineConfig":
+    def resolve(cls, engine_dir: str | None = None, db_url: str | None = None) -> EngineConfig:
         """Explicit arguments win, then the environment, then the defaults.
 
         The default database is a SQLite file inside the engine directory, so

@@ -12,7 +12,7 @@ version: two writers updating the same row cannot silently overwrite each other.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import (
     JSON,
@@ -36,7 +36,7 @@ def new_id() -> str:
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Base(DeclarativeBase):
@@ -74,10 +74,10 @@ class Cluster(Base):
     ballooning: Mapped[bool] = mapped_column(Boolean, default=False)
     version: Mapped[int] = mapped_column(Integer, nullable=False)
 
-    hosts: Mapped[list["Host"]] = relationship(back_populates="cluster")
-    vms: Mapped[list["Vm"]] = relationship(back_populates="cluster")
+    hosts: Mapped[list[Host]] = relationship(back_populates="cluster")
+    vms: Mapped[list[Vm]] = relationship(back_populates="cluster")
     # Issue 9: the cluster's logical networks go with it.
-    networks: Mapped[list["LogicalNetwork"]] = relationship(
+    networks: Mapped[list[LogicalNetwork]] = relationship(
         cascade="all, delete-orphan", order_by="LogicalNetwork.name")
 
     __mapper_args__ = {"version_id_col": version}
@@ -194,7 +194,7 @@ class Vm(Base):
 
     cluster: Mapped[Cluster] = relationship(back_populates="vms")
     run_on_host: Mapped[Host | None] = relationship()
-    devices: Mapped[list["VmDevice"]] = relationship(
+    devices: Mapped[list[VmDevice]] = relationship(
         back_populates="vm", cascade="all, delete-orphan", order_by="VmDevice.position")
 
     __mapper_args__ = {"version_id_col": version}
@@ -203,7 +203,7 @@ class Vm(Base):
     def vcpus(self) -> int:
         return self.sockets * self.cores * self.threads
 
-    def devices_of(self, type_: str) -> list["VmDevice"]:
+    def devices_of(self, type_: str) -> list[VmDevice]:
         """The VM's own devices of a type, plugged or not; never those libvirt added."""
         # ``is not False``: a device not yet flushed has managed=None until its default applies.
         return [d for d in self.devices if d.type == type_ and d.managed is not False]

@@ -207,7 +207,7 @@ def _key_pem(key) -> bytes:
 
 
 def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 def _write(path: Path, data: bytes, *, private: bool = False) -> None:

@@ -26,17 +26,18 @@ import sys
 import tempfile
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "system"))  # how the system tests run an agent
 
-import kestrel_lab  # noqa: E402
-import libvirt  # noqa: E402
-from agent_fixtures import CONFIG_PATH, start_agent, stop_agent  # noqa: E402
+import libvirt
+from agent_fixtures import CONFIG_PATH, start_agent, stop_agent
 
-from engine_lib import pki  # noqa: E402
-from engine_lib.agent import stats  # noqa: E402
+import kestrel_lab
+from engine_lib import pki
+from engine_lib.agent import stats
 from engine_lib.protocol import metadata, placeholders
 
 START_ROUNDS = 12
@@ -121,7 +122,7 @@ def bench_start(client, raw: RawLibvirt) -> tuple[list[float], list[float]]:
     agent_times, raw_times = [], []
     for round_ in range(START_ROUNDS + 1):  # round 0 warms both up (TLS, caches, dirs)
         vm_id, xml, _volume = domain_xml(with_devices=False)
-        seconds = timed(lambda: client.start_vm(xml))
+        seconds = timed(partial(client.start_vm, xml))
         client.destroy_vm(vm_id)
         client.remove_vm(vm_id)
         vm_id, xml, _volume = domain_xml(with_devices=False)

@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "system"))
 
-from test_ha import NON_RESPONSIVE_AFTER_S  # noqa: E402
+from test_ha import NON_RESPONSIVE_AFTER_S
 
 
 def run_round(report: str) -> int:

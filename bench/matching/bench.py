@@ -37,14 +37,14 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 LIVE = ROOT / "tests" / "lib" / "golden" / "live"
 
-from lab_cycle import bench_lab_cycle, rich_spec, timed_ms  # noqa: E402
+from lab_cycle import bench_lab_cycle, rich_spec, timed_ms
 
-from engine_lib.agent.devices_hash import devices_hash  # noqa: E402
-from engine_lib.devices import correlate, parse_devices  # noqa: E402
-from engine_lib.devices.live import BLOCKS  # noqa: E402
-from engine_lib.engine import Engine  # noqa: E402
-from engine_lib.loop.monitoring import Monitor  # noqa: E402
-from engine_lib.model import VmDevice  # noqa: E402
+from engine_lib.agent.devices_hash import devices_hash
+from engine_lib.devices import correlate, parse_devices
+from engine_lib.devices.live import BLOCKS
+from engine_lib.engine import Engine
+from engine_lib.loop.monitoring import Monitor
+from engine_lib.model import VmDevice
 
 XMLS = 1000
 ROUNDS = 7

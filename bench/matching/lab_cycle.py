@@ -28,14 +28,14 @@ from sqlalchemy import select
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "system"))
 
-import kestrel_lab  # noqa: E402
-from agent_fixtures import start_agent, stop_agent  # noqa: E402
-from kestrel_lab import hosts as lab_hosts  # noqa: E402
+from agent_fixtures import start_agent, stop_agent
 
-from engine_lib import pki  # noqa: E402
-from engine_lib.engine import Engine  # noqa: E402
-from engine_lib.loop.monitoring import Monitor  # noqa: E402
-from engine_lib.model import Host  # noqa: E402
+import kestrel_lab
+from engine_lib import pki
+from engine_lib.engine import Engine
+from engine_lib.loop.monitoring import Monitor
+from engine_lib.model import Host
+from kestrel_lab import hosts as lab_hosts
 
 HOSTS = 3
 

@@ -30,12 +30,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "system"))  # how the system tests run agents
 
-import kestrel_lab  # noqa: E402
-from agent_fixtures import start_agent, stop_agent  # noqa: E402
+from agent_fixtures import start_agent, stop_agent
 
-from engine_lib import pki  # noqa: E402
-from engine_lib.engine import Engine  # noqa: E402
-from engine_lib.protocol import convergence  # noqa: E402
+import kestrel_lab
+from engine_lib import pki
+from engine_lib.engine import Engine
+from engine_lib.protocol import convergence
 
 ROUNDS = 3
 GOAL_RATIO = 1.2

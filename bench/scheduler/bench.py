@@ -66,7 +66,7 @@ def baseline_rate(host_count: int, n: int) -> float:
 
 
 def same_answers(host_count: int, n: int) -> bool:
-    table, states, requests = HostTable(hosts(host_count, 1)), hosts(host_count, 1), vms(n, 2)
+    table, requests = HostTable(hosts(host_count, 1)), vms(n, 2)
     for vm in requests:
         decision = place(vm, table, POLICY)
         if decision.host != place_reference(vm, [table.state(i) for i in range(table.size)],

@@ -14,7 +14,7 @@ import time
 
 sys.path.insert(0, "/usr/share/virt-manager")
 
-from virtinst import (  # noqa: E402  # noqa: E402  # noqa: E402  # noqa: E402
+from virtinst import (
     DeviceChannel,
     DeviceConsole,
     DeviceController,

@@ -18,7 +18,7 @@ import os
 import signal
 import threading
 
-from engine_lib import daemon
+from engine_lib.protocol import daemon
 from engine_lib.agent import config as agent_config
 from engine_lib.agent.api import Api
 from engine_lib.agent.server import AgentServer, server_context

@@ -123,7 +123,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
                              db_url=self.get_option("db_url")) as engine:
                 vms = engine.vms.info(cluster=self.get_option("cluster"))
         except KestrelError as err:
-            raise AnsibleError("kestrel engine: %s" % err.message)
+            raise AnsibleError("kestrel engine: %s" % err.message) from None
         for vm in vms:
             self._add_vm(vm)
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "support"))
-import postgres  # noqa: E402  (tests/support)
+import postgres
 
 from engine_lib.engine import Engine
 from engine_lib.protocol.errors import AgentUnreachable, GuestAgentUnavailable, VmNotFound

@@ -297,10 +297,10 @@ class FakeDomain:
     def __init__(self, xml: str):
         self.xml, self.reads = xml, 0
 
-    def UUIDString(self):  # noqa: N802 - libvirt's name
+    def UUIDString(self):
         return "vm-1"
 
-    def XMLDesc(self, flags):  # noqa: N802
+    def XMLDesc(self, flags):
         self.reads += 1
         return self.xml
 

@@ -66,17 +66,27 @@ def test_metadata_tells_the_agent_how_to_prepare_volumes(engine, cluster):
 def test_disk_targets_and_boot_order(engine, cluster):
     spec = {**FULL, "kernel": "", "initrd": ""}
     root = ET.fromstring(render(engine, spec))
-    targets = [(d.find("target").get("dev"), d.find("target").get("bus")) for d in root.iter("disk")]
+    targets = [
+        (d.find("target").get("dev"), d.find("target").get("bus")) for d in root.iter("disk")
+    ]
     assert targets == [("vda", "virtio"), ("sda", "scsi"), ("sdb", "sata")]
-    boots = [d.find("boot").get("order") if d.find("boot") is not None else None
-             for d in root.iter("disk")]
+    boots = [
+        d.find("boot").get("order") if d.find("boot") is not None else None
+        for d in root.iter("disk")
+    ]
     assert boots == ["1", None, None]
 
 
-@pytest.mark.parametrize("evil", ["<script>", "a & b", "it's \"quoted\"", "]]>", "ünïcødé ✓"])
+@pytest.mark.parametrize("evil", ["<script>", "a & b", 'it\'s "quoted"', "]]>", "ünïcødé ✓"])
 def test_user_strings_cannot_break_the_xml(engine, cluster, evil, test_driver):
-    spec = {"name": "evil", "cluster": "c1", "memory": 128, "description": evil,
-            "custom_properties": {"note": evil}, "cmdline": evil}
+    spec = {
+        "name": "evil",
+        "cluster": "c1",
+        "memory": 128,
+        "description": evil,
+        "custom_properties": {"note": evil},
+        "cmdline": evil,
+    }
     xml = render(engine, spec)
     root = ET.fromstring(xml)
     assert root.findtext("description") == evil

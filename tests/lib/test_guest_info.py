@@ -1,6 +1,6 @@
 """Guest-agent reports: the agent's translation of libvirt's answers, and the engine's record."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from engine_lib.agent import guest_agent
 from engine_lib.loop.monitoring import Intervals, Monitor
@@ -55,7 +55,7 @@ def test_the_vm_poll_stores_the_guest_report_and_keeps_it_while_the_agent_is_sil
     assert engine.vms.info("vm1")[0]["guest"]["ips"] == []
     agent = agents["10.0.0.1"]
     agent.guests = {vm_id: guest_agent.report(GUEST_INFO, ADDRESSES)}
-    now = [datetime(2026, 11, 21, tzinfo=timezone.utc)]
+    now = [datetime(2026, 11, 21, tzinfo=UTC)]
     monitor = Monitor(engine, Intervals(), clock=lambda: now[0])
     monitor.cycle()
     guest = engine.vms.info("vm1")[0]["guest"]

@@ -5,7 +5,7 @@ down the engine's own decisions, including the fence-agents calls, with a fence
 device that is a script and a file.
 """
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import pytest
@@ -15,7 +15,7 @@ from engine_lib.loop.fencing import Result
 from engine_lib.loop.ha import HighAvailability, restart_order
 from engine_lib.loop.monitoring import Intervals, Monitor
 
-T0 = datetime(2026, 11, 21, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 
 
 class Clock:

@@ -2,7 +2,7 @@
 
 import threading
 import xml.etree.ElementTree as ET
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from conftest import FakeAgent
@@ -10,7 +10,7 @@ from conftest import FakeAgent
 from engine_lib.agent.devices_hash import devices_hash
 from engine_lib.loop.monitoring import Intervals, Monitor
 
-T0 = datetime(2026, 11, 21, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 
 
 class Clock:
@@ -290,7 +290,7 @@ def test_the_loop_and_a_module_updating_the_same_vm_at_once_lose_no_update(
                 matching.vms[vm_id] = "Paused" if cycles % 2 else "Up"
                 matching.extra_devices = FOREIGN_NIC if cycles % 3 else ""
                 monitor.cycle()
-        except Exception as err:  # noqa: BLE001 - the assertion below reports it
+        except Exception as err:
             errors.append(err)
 
     racing = threading.Thread(target=loop)

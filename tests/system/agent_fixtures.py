@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from kestrel_lab import hosts as lab_hosts
 
 from engine_lib import pki
 from engine_lib.broker import AgentClient
 from engine_lib.protocol import metadata, placeholders
 from engine_lib.protocol.errors import AgentUnreachable
+from kestrel_lab import hosts as lab_hosts
 
 AGENT_PORT = 54321
 CONFIG_PATH = "/etc/kestrel/agent.conf"

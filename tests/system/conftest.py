@@ -1,6 +1,6 @@
 """Fixtures for tests against real components: libvirtd and QEMU inside lab
 hosts (network namespaces), the host agent, and the engine."""
 
-from agent_fixtures import *  # noqa: F401,F403  agents running inside lab hosts
-from engine_fixtures import *  # noqa: F401,F403  an engine directory, CA and database
-from lab_fixtures import *  # noqa: F401,F403  lab hosts with their own libvirtd and sshd
+from agent_fixtures import *  # noqa: F403  agents running inside lab hosts
+from engine_fixtures import *  # noqa: F403  an engine directory, CA and database
+from lab_fixtures import *  # noqa: F403  lab hosts with their own libvirtd and sshd

@@ -61,8 +61,8 @@ class Playbook:
                 "name": "collect results",
                 "ansible.builtin.copy": {
                     "dest": str(out),
-                    "content": "{{ [%s] | to_json }}" % ", ".join(
-                        f"result_{i}" for i in range(len(tasks)))}}],
+                    "content": "{{ [" + ", ".join(f"result_{i}" for i in range(len(tasks)))
+                               + "] | to_json }}"}}],
         }]
         path = self.workdir / "play.yml"
         path.write_text(yaml.safe_dump(play))

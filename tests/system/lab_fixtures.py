@@ -15,8 +15,9 @@ import fcntl
 import os
 from collections.abc import Iterator
 
-import kestrel_lab
 import pytest
+
+import kestrel_lab
 from kestrel_lab.process import is_alive
 
 LAB_HOSTS = 3

@@ -12,7 +12,6 @@ import xml.etree.ElementTree as ET
 
 import pytest
 from agent_fixtures import AGENT_PORT, CONFIG_PATH, PIDFILE, guest_domain_xml
-from kestrel_lab import hosts as lab_hosts
 
 from engine_lib import pki
 from engine_lib.broker import AgentClient, client_context
@@ -23,6 +22,7 @@ from engine_lib.protocol.errors import (
     InvalidSpec,
     VmNotFound,
 )
+from kestrel_lab import hosts as lab_hosts
 
 pytestmark = pytest.mark.lab
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 import xml.etree.ElementTree as ET
+from functools import partial
 
 import pytest
 from agent_fixtures import guest_domain_xml
@@ -42,11 +43,11 @@ def cleanup(agents):
     yield started
     for agent, vm_id, volumes in started:
         client = agent.client()
-        for step in (lambda: client.destroy_vm(vm_id), lambda: client.remove_vm(vm_id),
-                     lambda: client.delete_volumes(volumes)):
+        for step in (partial(client.destroy_vm, vm_id), partial(client.remove_vm, vm_id),
+                     partial(client.delete_volumes, volumes)):
             try:
                 step()
-            except Exception:  # noqa: BLE001  best effort: the test's own assertion matters
+            except Exception:
                 pass
 
 

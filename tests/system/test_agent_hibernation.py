@@ -12,14 +12,14 @@ import json
 import os
 import time
 import uuid
-import xml.etree.ElementTree as ET
+from functools import partial
 
 import pytest
 from agent_fixtures import guest_domain_xml
-from kestrel_lab import hosts as lab_hosts
 
 from engine_lib.protocol import placeholders
 from engine_lib.protocol.errors import Conflict, HookError, InvalidSpec
+from kestrel_lab import hosts as lab_hosts
 
 pytestmark = pytest.mark.lab
 
@@ -62,7 +62,7 @@ def wait_for_guest_agent(agent, vm_id: str) -> None:
         try:
             qga(agent, vm_id, "guest-ping")
             return
-        except Exception:  # noqa: BLE001  not up yet
+        except Exception:
             if time.monotonic() > deadline:
                 raise
             time.sleep(1)
@@ -90,14 +90,14 @@ def cleanup(agents):
     for vm_id, volume, memory in started:
         for agent in agents:
             client = agent.client()
-            for step in (lambda: client.destroy_vm(vm_id), lambda: client.remove_vm(vm_id)):
+            for step in (partial(client.destroy_vm, vm_id), partial(client.remove_vm, vm_id)):
                 try:
                     step()
-                except Exception:  # noqa: BLE001  best effort
+                except Exception:
                     pass
         try:
             agents[0].client().delete_volumes([volume, memory])
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
 
 

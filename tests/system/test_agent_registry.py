@@ -6,6 +6,7 @@ import os
 import signal
 import time
 import xml.etree.ElementTree as ET
+from functools import partial
 
 import pytest
 from agent_fixtures import guest_domain_xml, is_alive, restart_agent
@@ -44,11 +45,11 @@ def cleanup(agents):
     yield started
     for agent, vm_id, volume in started:
         client = agent.client()
-        for step in (lambda: client.destroy_vm(vm_id), lambda: client.remove_vm(vm_id),
-                     lambda: client.delete_volumes([volume])):
+        for step in (partial(client.destroy_vm, vm_id), partial(client.remove_vm, vm_id),
+                     partial(client.delete_volumes, [volume])):
             try:
                 step()
-            except Exception:  # noqa: BLE001  best effort: the test's own assertion matters
+            except Exception:
                 pass
 
 

@@ -8,11 +8,11 @@ import time
 from pathlib import Path
 
 import pytest
-from kestrel_lab import hosts as lab_hosts
 
 from engine_lib import pki
 from engine_lib.engine import Engine
 from engine_lib.protocol.errors import CertificateError, NoValidHost, VmNotFound
+from kestrel_lab import hosts as lab_hosts
 
 
 def tiny_guest(name: str) -> dict:

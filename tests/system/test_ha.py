@@ -26,12 +26,12 @@ from pathlib import Path
 
 import pytest
 from agent_fixtures import PIDFILE, is_alive, restart_agent
+
+from engine_lib.protocol.errors import VmNotFound
 from kestrel_lab import hostfs
 from kestrel_lab import hosts as lab_hosts
 from kestrel_lab.fence import boot_script
 from kestrel_lab.process import run as lab_run
-
-from engine_lib.protocol.errors import VmNotFound
 
 REPO = Path(__file__).resolve().parents[2]
 FENCE_AGENT = str(REPO / "scripts" / "fence_kestrel_lab")
@@ -83,7 +83,7 @@ class Duplicates:
             self.samples += 1
             self._stop.wait(0.3)
 
-    def __enter__(self) -> "Duplicates":
+    def __enter__(self) -> Duplicates:
         self._thread.start()
         return self
 

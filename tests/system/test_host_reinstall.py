@@ -13,12 +13,12 @@ import pytest
 import yaml
 from agent_fixtures import PIDFILE, is_alive, run_in_host
 from engine_fixtures import REPO, _collections_path
-from kestrel_lab import sshd
 from test_migration import tiny_guest, wait_for_console
 
 import engine_lib
 from engine_lib import engine_key
 from engine_lib.services.host_deploy import AGENT_VENV, HostDeployFailed
+from kestrel_lab import sshd
 
 pytestmark = pytest.mark.lab
 

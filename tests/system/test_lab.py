@@ -10,10 +10,11 @@ import sys
 import time
 import uuid
 
-import kestrel_lab
 import libvirt
 import pytest
 import yaml
+
+import kestrel_lab
 
 pytestmark = pytest.mark.lab
 

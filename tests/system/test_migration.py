@@ -18,10 +18,10 @@ import time
 
 import pytest
 from agent_fixtures import is_alive, restart_agent
-from kestrel_lab import network as lab_network
 
 from engine_lib.protocol import convergence
 from engine_lib.protocol.errors import InvalidSpec, MigrationFailed
+from kestrel_lab import network as lab_network
 
 pytestmark = pytest.mark.lab
 

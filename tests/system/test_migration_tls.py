@@ -20,7 +20,6 @@ import threading
 import time
 from pathlib import Path
 
-import kestrel_lab
 import pytest
 from agent_fixtures import is_alive, run_in_host
 from cryptography.hazmat.primitives import hashes, serialization
@@ -28,12 +27,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509 import CertificateSigningRequestBuilder, Name, NameAttribute
 from cryptography.x509.oid import NameOID
 from engine_fixtures import _collections_path
-from kestrel_lab import hostfs
-from kestrel_lab import hosts as lab_hosts
 from test_migration import assert_guest_runs, copies, tiny_guest, wait_for_console
 
+import kestrel_lab
 from engine_lib import pki
 from engine_lib.protocol.errors import MigrationFailed
+from kestrel_lab import hostfs
+from kestrel_lab import hosts as lab_hosts
 
 pytestmark = pytest.mark.lab
 

@@ -9,8 +9,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from kestrel_lab import hosts as lab_hosts
 from test_engine_on_lab import tiny_guest, wait_for_console
+
+from kestrel_lab import hosts as lab_hosts
 
 
 @pytest.fixture

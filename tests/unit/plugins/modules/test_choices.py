@@ -15,11 +15,10 @@ from __future__ import annotations
 from unittest import mock
 
 import pytest
+from ansible_collections.kestrel.virt.plugins.modules import disk, nic, vm
 
 from engine_lib import spec
 from engine_lib.services import vm_devices, vms
-
-from ansible_collections.kestrel.virt.plugins.modules import disk, nic, vm
 
 MODULES = dict(vm=vm, disk=disk, nic=nic)
 

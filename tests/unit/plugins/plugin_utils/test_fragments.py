@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 import yaml
-
 from ansible_collections.kestrel.virt.plugins.doc_fragments import disk, nic
 from ansible_collections.kestrel.virt.plugins.plugin_utils._fragments import as_suboptions
 

@@ -15,7 +15,7 @@ import fcntl
 import logging
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from engine_lib.protocol.errors import KestrelError
 
