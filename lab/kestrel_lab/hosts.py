@@ -194,7 +194,7 @@ def inventory_path(state_dir: str = DEFAULT_STATE_DIR) -> str:
     return os.path.join(os.path.abspath(state_dir), "inventory.yml")
 
 
-# -- power (issue 8: the lab's fence device) --------------------------------------------------
+# -- power (the lab's fence device) ------------------------------------------------------------
 
 # Run after power on when the host has it, the way systemd starts an enabled service
 # on boot: whoever installs the agent in a lab host may install this too.
