@@ -1,1 +1,2 @@
-"""The engine loop: host heartbeats, VM statuses, agent event streams, HA and fencing, balancing."""
+"""The engine loop (``kestrel engine run``): monitoring, event following, HA, fencing,
+balancing, and the one VM status rule the poll and the event paths share (vm_status)."""

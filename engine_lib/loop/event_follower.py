@@ -3,9 +3,9 @@
 The Monitor polls VM statuses every 15 s (oVirt's interval); a guest that
 powers itself off would stay "Up" in the engine until then. The follower
 long-polls every Up host's event stream (agent ``GET /events``) in a thread
-of its own and applies each change the moment the agent reports it, with the
-Monitor's rules (``Monitor._sync_vm``: audit entries, a VM only ever goes Down
-because its host said so).
+of its own and applies each change the moment the agent reports it, by the
+rule the Monitor's poll applies too (engine_lib.loop.vm_status: audit entries,
+a VM only ever goes Down because its host said so).
 
 It never judges a host: a host that does not answer is retried with a growing
 pause, and its status stays the Monitor's business (heartbeats). An agent
@@ -23,10 +23,11 @@ from typing import Callable
 
 from sqlalchemy import select
 
-from engine_lib.loop.monitoring import Monitor, forget_on_host
+from engine_lib.loop import vm_status
+from engine_lib.loop.vm_status import Report, forget_on_host
 from engine_lib.model import Host, Vm
 from engine_lib.protocol.errors import KestrelError
-from engine_lib.protocol.statuses import HostStatus, VmStatus
+from engine_lib.protocol.statuses import HostStatus
 from engine_lib.services.common import retry_on_conflict
 from engine_lib.services.vms import HostRef
 
@@ -109,20 +110,12 @@ class HostFollower:
                 return down
             for event in events:
                 vm = session.get(Vm, event["vm_id"])
-                # Only a VM the engine runs on this host: an old event of a VM that
-                # has moved on (migrated, restarted elsewhere) is history.
-                if vm is None or vm.run_on_host_id != host.id \
-                        or vm.status not in VmStatus.ACTIVE:
+                if vm is None:
                     continue
-                if event["status"] == vm.status and event["status"] != VmStatus.DOWN:
-                    continue
-                if vm.status == VmStatus.SAVING_STATE:
-                    continue  # the engine's suspend call settles it (Suspended, not Down)
-                before = vm.status
-                Monitor._sync_vm(session, vm, event, host.name)
-                if vm.status == before:
-                    continue  # the rule kept what the engine knows (e.g. a stale MigratingTo)
-                if vm.status == VmStatus.DOWN:
+                change = vm_status.judge(session, vm, host, Report.pushed(event))
+                if change is None:
+                    continue  # history (a VM that moved on, a stale MigratingTo), or known
+                if change.remove_from_host:
                     down.append(vm.id)
                 log.info("VM %s: %s%s (event %s of host %s)", vm.name, event["status"],
                          f" ({event['exit_reason']})" if event.get("exit_reason") else "",

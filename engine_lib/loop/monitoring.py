@@ -6,7 +6,8 @@ taken as an answer: a silent host goes Connecting, then NonResponsive once it
 has been silent longer than the timeout, and only then are its VMs Unknown —
 never Down on a guess (a partitioned host's VMs may well still run).
 
-Every status transition is recorded in the audit log.
+Every status transition is recorded in the audit log. A VM's status follows
+the rule of engine_lib.loop.vm_status, which the event follower applies too.
 
 Device matching rides on the VM poll: the agent reports a hash of each VM's
 devices; when it differs from the hash last matched, the engine reads the
@@ -26,9 +27,10 @@ from sqlalchemy import select
 from sqlalchemy.orm.exc import StaleDataError
 
 from engine_lib import devices
-from engine_lib.loop import guest_info
+from engine_lib.loop import guest_info, vm_status
+from engine_lib.loop.vm_status import Report, forget_on_host
 from engine_lib.model import Host, Vm
-from engine_lib.protocol.errors import AgentUnreachable, KestrelError, VmNotFound
+from engine_lib.protocol.errors import AgentUnreachable, KestrelError
 from engine_lib.protocol.statuses import HostStatus, VmStatus
 from engine_lib.services.common import audit, retry_on_conflict
 from engine_lib.services.hosts import HostService
@@ -67,8 +69,8 @@ class Monitor:
         self.intervals = intervals
         self.clock = clock
         self._last_vm_poll = float("-inf")
-        # Passes that act on what this cycle saw (issue 8: engine_lib.loop.ha's fencing and
-        # HA restarts), run after every cycle in the loop's own thread.
+        # Passes that act on what this cycle saw (engine_lib.loop.ha's fencing and HA
+        # restarts), run after every cycle in the loop's own thread.
         self.after_cycle: list[Callable[[], None]] = []
 
     # -- one cycle -----------------------------------------------------------------------
@@ -103,7 +105,7 @@ class Monitor:
             log.warning("host %s answered the heartbeat with an error: %s", ref.name, err.message)
             return None
         if self._record_answer(ref.name, facts):
-            connect_host(self.engine, ref.name)  # issue 9: (re)mount its cluster's NFS domains
+            connect_host(self.engine, ref.name)  # (re)mount its cluster's NFS domains
         return facts
 
     @retry_on_conflict
@@ -136,16 +138,7 @@ class Monitor:
                 audit(session, "host", name, f"host is NonResponsive: silent for "
                       f"{int(silent_for.total_seconds())}s ({why})", "error")
                 log.error("host %s is NonResponsive: %s", name, why)
-                self._vms_unknown(session, host)
-
-    @staticmethod
-    def _vms_unknown(session, host: Host) -> None:
-        for vm in session.scalars(select(Vm).where(
-                Vm.run_on_host_id == host.id, Vm.status.in_(VmStatus.ACTIVE))):
-            if vm.status != VmStatus.UNKNOWN:
-                vm.status = VmStatus.UNKNOWN
-                audit(session, "vm", vm.name, f"VM is Unknown: its host {host.name} is "
-                      "NonResponsive", "warning")
+                vm_status.host_lost(session, host)
 
     def _sync_vms(self, ref: HostRef) -> None:
         # The engine's own view before the agent is asked: a VM whose row changes while
@@ -173,8 +166,8 @@ class Monitor:
                     if versions_before.get(vm.id) != vm.version:
                         continue  # changed while the agent answered: that report may predate it
                     report = reported.get(vm.id)
-                    self._sync_vm(session, vm, report, host.name)
-                    if report is not None and vm.status == VmStatus.DOWN:
+                    change = vm_status.judge(session, vm, host, Report.polled(report))
+                    if change is not None and change.remove_from_host:
                         went_down.append(vm.id)
                     if _devices_changed(vm, report):
                         changed_devices.append((vm.id, report["devices_hash"]))
@@ -226,24 +219,6 @@ class Monitor:
             for severity, message in notes:
                 audit(session, "vm", vm.name, message, severity)
 
-    @staticmethod
-    def _sync_vm(session, vm: Vm, report: dict | None, host_name: str) -> None:
-        if report is None and vm.status == VmStatus.WAIT_FOR_LAUNCH:
-            return  # claimed, and the start call to the agent is still in flight
-        if vm.status == VmStatus.MIGRATING_FROM:
-            return  # engine.migrations settles it with both agents' word (issue 7)
-        if report is not None and report.get("status") == VmStatus.MIGRATING_TO:
-            # The engine moves a VM to its destination only once it runs there: the
-            # incoming copy's status was reported before that switch, and is history.
-            return
-        if report is None or report.get("status") == VmStatus.DOWN:
-            reason = (report or {}).get("exit_reason") or f"not running on host {host_name}"
-            vm.status, vm.exit_reason, vm.run_on_host = VmStatus.DOWN, reason, None
-            audit(session, "vm", vm.name, f"VM is Down: {reason}")
-        elif report["status"] != vm.status:
-            audit(session, "vm", vm.name, f"VM is {report['status']} (was {vm.status})")
-            vm.status = report["status"]
-
     # -- the loop ------------------------------------------------------------------------
 
     def run(self, stop: threading.Event | None = None) -> None:
@@ -259,18 +234,6 @@ class Monitor:
             if poll_vms:
                 self._last_vm_poll = started
             stop.wait(max(0.0, self.intervals.host_s - (time.monotonic() - started)))
-
-
-def forget_on_host(engine, ref: HostRef, vm_id: str) -> None:
-    """Remove a VM that went Down from its host, as a stop does: the engine has its
-    exit reason now, and a domain left defined there would keep its disks busy."""
-    try:
-        engine.agent(ref.address, ref.port).remove_vm(vm_id)
-    except VmNotFound:
-        pass
-    except KestrelError as err:
-        log.warning("could not remove VM %s, Down, from host %s: %s", vm_id, ref.name,
-                    err.message)
 
 
 def _devices_changed(vm: Vm, report: dict | None) -> bool:

@@ -1,0 +1,188 @@
+"""The ``kestrel`` command: the engine, its clusters, hosts and VMs, and offline tools.
+
+One module per family of subcommands: engine (init, ssh-key, sign-csr, run, events),
+entities (cluster, host, vm), offline (schedule, xml render, devices match) and
+agent (the agent's wheel). The agent itself runs as ``kestrel-agent``; the test lab
+as ``kestrel-lab``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+# Subcommands import what they need inside their function, not here: ``kestrel`` starts fast,
+# and an engine host without an optional dependency still runs every command that needs none.
+from engine_lib.cli.agent import agent_wheel
+from engine_lib.cli.common import engine_options
+from engine_lib.cli.engine import engine_init, engine_run, engine_sign_csr, engine_ssh_key, events
+from engine_lib.cli.entities import (
+    cluster_list,
+    host_list,
+    host_reinstall,
+    vm_cancel_migration,
+    vm_console,
+    vm_list,
+    vm_migrate,
+    vm_migrations,
+    vm_xml,
+)
+from engine_lib.cli.offline import devices_match, schedule, xml_render
+from engine_lib.protocol.errors import InvalidSpec, KestrelError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kestrel", description="kestrel.virt: the engine, its hosts and VMs.")
+    groups = parser.add_subparsers(dest="group", required=True)
+
+    def command(group, name, func, help_):
+        sub = group.add_parser(name, help=help_, description=help_)
+        sub.set_defaults(func=func)
+        return sub
+
+    engine = groups.add_parser("engine", help="the engine's CA and database").add_subparsers(
+        dest="command", required=True)
+    engine_options(command(engine, "init", engine_init,
+                           "create the engine CA and certificate, and the database schema"))
+    run_engine = command(engine, "run", engine_run,
+                         "run the engine loop: host heartbeats and VM statuses")
+    engine_options(run_engine)
+    run_engine.add_argument("--host-interval", type=float, default=3.0, help="seconds (3)")
+    run_engine.add_argument("--vm-interval", type=float, default=15.0, help="seconds (15)")
+    run_engine.add_argument("--non-responsive-after", type=float, default=60.0,
+                            help="seconds a host may stay Connecting before NonResponsive (60)")
+    run_engine.add_argument("--ssh-key", help="the engine's SSH key for soft fencing "
+                            "(default: ENGINE_DIR/ssh/id_ed25519)")
+    run_engine.add_argument("--balance-interval", type=float, default=60.0,
+                            help="seconds between balancing rounds; 0 turns balancing off (60)")
+    run_engine.add_argument("--balance-max-migrations", type=int, default=1,
+                            help="migrations per cluster per balancing round (1)")
+    run_engine.add_argument("--no-ha", action="store_true",
+                            help="no fencing and no HA restarts (monitoring only)")
+    run_engine.add_argument("--daemon", action="store_true", help="detach (needs --pidfile)")
+    run_engine.add_argument("--pidfile", help="lock file holding the loop's PID")
+    run_engine.add_argument("--log-file", help="default: stderr; engine.log in the engine "
+                            "directory with --daemon")
+    engine_options(command(engine, "ssh-key", engine_ssh_key,
+                           "print the engine's public SSH key (authorize it for root on hosts)"))
+    sign = command(engine, "sign-csr", engine_sign_csr,
+                   "sign a host's certificate request with the engine CA")
+    engine_options(sign)
+    sign.add_argument("--csr", required=True, help="PEM certificate signing request")
+    sign.add_argument("--name", required=True, help="host name (certificate CN)")
+    sign.add_argument("--address", action="append", default=[], help="host address (repeatable)")
+    sign.add_argument("--out", required=True, help="where to write the signed PEM certificate")
+
+    agent = groups.add_parser("agent", help="the host agent").add_subparsers(
+        dest="command", required=True)
+    wheel = command(agent, "wheel", agent_wheel,
+                    "build a wheel of this engine_lib for installing the agent on hosts")
+    wheel.add_argument("--out", required=True, help="directory for the wheel")
+
+    for group_name, func, help_ in (("cluster", cluster_list, "clusters"),
+                                    ("host", host_list, "hosts")):
+        sub = groups.add_parser(group_name, help=help_).add_subparsers(dest="command",
+                                                                       required=True)
+        lister = command(sub, "list", func, f"list {help_} as JSON")
+        engine_options(lister)
+        if group_name == "host":
+            lister.add_argument("--name")
+            lister.add_argument("--cluster")
+            reinstall = command(sub, "reinstall", host_reinstall,
+                                "install the engine's agent build on a host again over SSH "
+                                "(it goes to maintenance first), then activate it; nothing "
+                                "happens when it already runs that build")
+            engine_options(reinstall)
+            reinstall.add_argument("name")
+            reinstall.add_argument("--force", action="store_true",
+                                   help="reinstall even when the host runs the engine's build")
+            reinstall.add_argument("--no-activate", action="store_true",
+                                   help="leave the host in Maintenance afterwards")
+            reinstall.add_argument("--renew-certificate", action="store_true",
+                                   help="re-enroll the agent certificate even if still valid")
+            reinstall.add_argument("--timeout", type=float, default=600.0,
+                                   help="seconds for moving its VMs away (600)")
+
+    audit_log = groups.add_parser("events", help="the audit log (oldest first)")
+    audit_log.set_defaults(func=events)
+    engine_options(audit_log)
+    audit_log.add_argument("--type", choices=("cluster", "host", "vm"))
+    audit_log.add_argument("--name", help="entity name")
+    audit_log.add_argument("--limit", type=int, default=50)
+    audit_log.add_argument("--json", action="store_true")
+
+    vm = groups.add_parser("vm", help="virtual machines").add_subparsers(
+        dest="command", required=True)
+    lister = command(vm, "list", vm_list, "list VMs")
+    engine_options(lister)
+    for option in ("--name", "--cluster", "--host"):
+        lister.add_argument(option)
+    lister.add_argument("--json", action="store_true")
+    xml = command(vm, "xml", vm_xml, "print the domain XML the engine renders for a VM")
+    console = command(vm, "console", vm_console, "print the tail of a VM's serial console")
+    console.add_argument("--bytes", type=int, default=8192)
+    migrate = command(vm, "migrate", vm_migrate, "move a running VM live to another host")
+    migrate.add_argument("--host", help="destination (default: the scheduler picks)")
+    migrate.add_argument("--policy", choices=("minimal_downtime", "post_copy",
+                                              "suspend_workload"),
+                         help="convergence policy (default: the cluster's)")
+    migrate.add_argument("--bandwidth", type=int, help="limit in Mbps (default: the cluster's)")
+    migrate.add_argument("--timeout", type=float, default=600.0)
+    migrate.add_argument("--json", action="store_true")
+    cancel = command(vm, "cancel-migration", vm_cancel_migration,
+                     "abort a VM's running migration (it stays on its source)")
+    history = command(vm, "migrations", vm_migrations, "every migration attempt of a VM")
+    for sub in (xml, console, migrate, cancel, history):
+        engine_options(sub)
+        sub.add_argument("name")
+
+    sched = groups.add_parser("schedule",
+                              help="place VMs on hosts offline and explain each decision",
+                              description="Place the VMs of VMS.yaml, in order, on the hosts of "
+                              "HOSTS.yaml with a cluster scheduling policy; print JSON: each VM's "
+                              "host (or null) and the explanation.")
+    sched.set_defaults(func=schedule)
+    sched.add_argument("--hosts", required=True, help="YAML list of hosts")
+    sched.add_argument("--vms", required=True, help="YAML list of VM specs")
+    sched.add_argument("--policy", default="none", help="scheduling policy (default: none)")
+    sched.add_argument("--properties", help="policy parameters as a JSON object")
+    sched.add_argument("--affinity-groups", help="YAML list of affinity groups")
+
+    xmlgroup = groups.add_parser("xml", help="domain XML").add_subparsers(
+        dest="command", required=True)
+    xml_render_cmd = command(xmlgroup, "render", xml_render,
+                             "print the domain XML for a VM spec file (YAML or JSON)")
+    xml_render_cmd.add_argument("spec", help="VM spec file, as docs/vm-spec.md describes")
+    xml_render_cmd.add_argument("--virt-type", choices=("kvm", "qemu"), default="kvm",
+                                help="the cluster's virt_type when rendering without a database")
+    engine_options(xml_render_cmd)
+
+    devgroup = groups.add_parser("devices", help="device matching").add_subparsers(
+        dest="command", required=True)
+    devices_match_cmd = command(devgroup, "match", devices_match,
+                                "correlate a live domain XML's devices with a VM spec's: "
+                                "matched, unmanaged_new, unplugged, each with its reason")
+    devices_match_cmd.add_argument("--spec", required=True,
+                                   help="VM spec file (YAML or JSON), as the vm module takes")
+    devices_match_cmd.add_argument("--live", required=True,
+                                   help="live domain XML (virsh dumpxml, or the agent's)")
+    engine_options(devices_match_cmd)
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except InvalidSpec as err:
+        print(f"kestrel: invalid input: {err.message}", file=sys.stderr)
+        return 2
+    except KestrelError as err:
+        print(f"kestrel: {err.code}: {err.message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""``kestrel engine init|ssh-key|sign-csr|run`` and ``kestrel events``: the engine itself."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine_lib.cli.common import open_engine, print_json
+from engine_lib.protocol.errors import InvalidSpec
+
+
+def engine_init(args) -> int:
+    from engine_lib import engine_key, pki
+    from engine_lib.config import EngineConfig
+    from engine_lib.store import Store
+
+    config = EngineConfig.resolve(args.engine_dir, args.db_url)
+    created = pki.init_ca(str(config.pki_dir))
+    print(f"CA and engine certificate in {config.pki_dir}: {'created' if created else 'kept'}")
+    # The key the engine reaches hosts with (reinstall, soft fencing); never replaced.
+    key_created = engine_key.ensure(config.engine_dir)
+    print(f"engine SSH key {engine_key.private_key(config.engine_dir)}: "
+          f"{'created' if key_created else 'kept'} (public half: `kestrel engine ssh-key`)")
+    store = Store(config.db_url)
+    store.upgrade()
+    store.close()
+    print(f"database schema up to date: {_redact(config.db_url)}")
+    return 0
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def engine_ssh_key(args) -> int:
+    """Print the engine's public SSH key: the line hosts authorize for root."""
+    from engine_lib import engine_key
+    from engine_lib.config import EngineConfig
+
+    print(engine_key.public_key(EngineConfig.resolve(args.engine_dir, args.db_url).engine_dir))
+    return 0
+
+
+def engine_sign_csr(args) -> int:
+    from engine_lib import pki
+    from engine_lib.config import EngineConfig
+
+    config = EngineConfig.resolve(args.engine_dir, args.db_url)
+    cert = pki.sign_csr(str(config.pki_dir), Path(args.csr).read_bytes(), args.name, args.address)
+    Path(args.out).write_bytes(cert)
+    print(f"signed certificate for {args.name} written to {args.out}")
+    return 0
+
+
+def engine_run(args) -> int:
+    """Run the engine loop (engine_lib.loop.runner), in the foreground or as a daemon."""
+    import os
+    import signal
+    import threading
+
+    from engine_lib.protocol import daemon
+    from engine_lib.broker import client_context
+    from engine_lib.config import EngineConfig
+    from engine_lib.loop import runner
+    from engine_lib.loop.monitoring import Intervals
+
+    if args.daemon and not args.pidfile:
+        raise InvalidSpec("--pidfile", "is required with --daemon")
+    if args.balance_max_migrations < 1:
+        raise InvalidSpec("--balance-max-migrations", "must be at least 1")
+    settings = runner.Settings(
+        intervals=Intervals(args.host_interval, args.vm_interval, args.non_responsive_after),
+        balance_interval_s=args.balance_interval,
+        balance_max_migrations=args.balance_max_migrations,
+        ha=not args.no_ha, ssh_key=args.ssh_key)
+    lock_fd = daemon.lock_pidfile(args.pidfile, "the engine loop") if args.pidfile else None
+    # Fail here, before any fork: no TLS material to reach agents with, or a
+    # database that cannot be reached or upgraded.
+    client_context(str(EngineConfig.resolve(args.engine_dir, args.db_url).pki_dir))
+    open_engine(args).close()
+    ready_fd = daemon.daemonize(lock_fd, "engine loop") if args.daemon else None
+    if args.daemon and ready_fd is None:
+        return 0  # the launching process: the loop runs
+    log_file = args.log_file
+    if args.daemon and not log_file:
+        log_file = str(EngineConfig.resolve(args.engine_dir, args.db_url).engine_dir / "engine.log")
+    daemon.setup_logging(log_file)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        if lock_fd is not None:
+            daemon.write_pid(lock_fd)
+        with open_engine(args) as engine:
+            daemon.report_ready(ready_fd, None)
+            runner.run(engine, settings, stop)
+    finally:
+        if lock_fd is not None:
+            os.unlink(args.pidfile)
+            os.close(lock_fd)
+    return 0
+
+
+def events(args) -> int:
+    with open_engine(args) as engine:
+        entries = engine.events.info(entity_type=args.type, entity_name=args.name,
+                                     limit=args.limit)
+    if args.json:
+        print_json(entries)
+        return 0
+    for entry in entries:
+        print(f"{entry['time'][:19]} {entry['severity']:7} {entry['entity_type']:7} "
+              f"{entry['entity_name']:16} {entry['message']}")
+    return 0
