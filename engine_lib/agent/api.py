@@ -209,7 +209,7 @@ class Api:
     def hypervisor(self):
         if self._hypervisor is None:
             if self._factory is None:
-                from engine_lib.agent.vms import Hypervisor  # lazily: the API answers without libvirt
+                from engine_lib.agent.vms import Hypervisor  # late: the API works without libvirt
                 self._factory = Hypervisor
             self._hypervisor = self._factory(self.config)
         return self._hypervisor

@@ -54,7 +54,9 @@ def ask(dom: libvirt.virDomain) -> dict:
 
 
 def ask_all(vm_ids: list[str], ask_one: Callable[[str], dict]) -> dict:
-    """``ask_one`` for every VM, a few at a time: {"guests": {id: report}, "unavailable": {id: why}}.
+    """``ask_one`` for every VM, a few at a time.
+
+    The answer is {"guests": {id: report}, "unavailable": {id: why}}.
 
     The engine's VM poll asks once per host instead of once per VM (a request is
     a TLS handshake: 500 VMs took longer than the poll interval).

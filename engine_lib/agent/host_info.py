@@ -61,7 +61,7 @@ def describe(conn: libvirt.virConnect, config: AgentConfig, hook_owner_uid: int)
 
 
 def version(number: int) -> str:
-    """libvirt's packed version number (major * 1e6 + minor * 1e3 + micro) as "major.minor.micro"."""
+    """libvirt's packed version number (major * 10^6 + minor * 10^3 + micro) as "x.y.z"."""
     major, rest = divmod(number, 1_000_000)
     minor, micro = divmod(rest, 1000)
     return f"{major}.{minor}.{micro}"
