@@ -7,9 +7,10 @@ memory volume (``<domain>/<image>/<volume>`` on a storage domain, like a disk
 volume), then QEMU is gone: the VM is Down with exit reason "saved" and, like
 a stopped VM, stays in the registry until the engine removes it.
 
-Restore (``POST /vms`` with mode "restore"): the engine's XML is resolved for
-*this* host (the VM may come back on another one: the storage domain is
-shared), defined, and libvirt restores the saved state into it with that XML
+Restore (``POST /vms`` with mode "restore"), a start mode of the one start
+sequence (engine_lib.agent.vm_start): the engine's XML is resolved for *this*
+host (the VM may come back on another one: the storage domain is shared),
+defined, and libvirt restores the saved state into it with that XML
 (RestoringState, then Up: the guest continues where it was, it does not
 boot). The after_vm_dehibernate hooks run over the live XML. The memory
 volume is deleted after a successful restore: the state in it is stale the

@@ -72,11 +72,10 @@ def machines(caps: ET.Element) -> list[str] | None:
 
     None when libvirt lists none (e.g. its test driver): unknown, not "no machine".
     """
-    names = set()
+    names: set[str] = set()
     for machine in caps.iterfind("guest/arch[@name='x86_64']/machine"):
         names.add(machine.text or "")
-        if machine.get("canonical"):
-            names.add(machine.get("canonical"))
+        names.add(machine.get("canonical") or "")
     return sorted(n for n in names if n) or None
 
 
@@ -93,7 +92,7 @@ def bridges() -> list[str]:
 
 def free_hugepages(root: str = "/sys/kernel/mm/hugepages") -> dict[str, int]:
     """Free huge pages per page size in KiB, e.g. {"2048": 512}."""
-    free = {}
+    free: dict[str, int] = {}
     try:
         sizes = os.listdir(root)
     except OSError:

@@ -1,6 +1,7 @@
 """Live migration on a host: the destination's incoming start and the source's outgoing move.
 
-Destination (``prepare_incoming``): resolve the engine's XML for this host,
+Destination (``prepare_incoming``, start mode "incoming" of the one start
+sequence, engine_lib.agent.vm_start): resolve the engine's XML for this host,
 run the before_vm_migrate_destination hooks (a failing hook refuses the
 migration), create missing volumes (existing ones are never touched), and
 register the VM MigratingTo. libvirt then starts the incoming QEMU when the

@@ -33,9 +33,8 @@ Recovery (:func:`recover`) has nothing to define or start, its domains run
 already: it is steps 1 and 9 for every domain with our metadata, on every
 (re)connection to libvirt, and it touches no domain.
 
-The sequence drives the Hypervisor (engine_lib.agent.vms) through its public
-methods only: ``vm_lock``, ``find``, ``connection``, ``registry``, ``config``,
-``hook_owner_uid``, ``ensure_registered``, ``run_after_hook``, ``report``.
+The sequence drives the Hypervisor (engine_lib.agent.vms) through the public
+methods listed in :class:`VmHost` only.
 """
 
 from __future__ import annotations
@@ -43,6 +42,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from contextlib import AbstractContextManager
+from typing import Protocol
 
 import libvirt
 
@@ -58,10 +59,31 @@ from engine_lib.agent.domains import (
 )
 from engine_lib.agent.registry import Registry
 from engine_lib.agent.states import VmStatus
-from engine_lib.protocol import placeholders
+from engine_lib.protocol import metadata, placeholders
 from engine_lib.protocol.errors import Conflict, HookError, InvalidSpec
 
 log = logging.getLogger("kestrel.agent.vm_start")
+
+
+class VmHost(Protocol):
+    """What the start sequence needs of the Hypervisor: its public side, nothing more."""
+
+    config: AgentConfig
+    registry: Registry
+    hook_owner_uid: int
+
+    def vm_lock(self, vm_id: str) -> AbstractContextManager[None]: ...
+
+    def find(self, vm_id: str) -> libvirt.virDomain | None: ...
+
+    def connection(self) -> libvirt.virConnect: ...
+
+    def ensure_registered(self, dom: libvirt.virDomain) -> None: ...
+
+    def run_after_hook(self, point: str, dom: libvirt.virDomain,
+                       meta: metadata.VmMetadata | None = None) -> dict: ...
+
+    def report(self, dom: libvirt.virDomain) -> dict: ...
 
 
 class StartSequence:
@@ -75,7 +97,7 @@ class StartSequence:
     hook_xml_used = False
     after_hook: str | None = None
 
-    def __init__(self, hypervisor, host: domxml.HostDomain):
+    def __init__(self, hypervisor: VmHost, host: domxml.HostDomain):
         self.hv = hypervisor
         self.host = host
 
