@@ -16,7 +16,8 @@ Under the VM's lock, in this order:
 3. the mode claims what it needs besides the host (incoming: a migration slot);
 4. the mode's before hook runs over the resolved XML (fresh: the XML the
    scripts leave is the one defined);
-5. the registry shows the mode's status meanwhile (WaitForLaunch, RestoringState);
+5. the registry shows the mode's status meanwhile (WaitForLaunch, RestoringState;
+   incoming: nothing yet);
 6. the host is prepared: directories for logs and sockets, volumes, the
    cloud-init payload;
 7. the domain is defined and brought up by the mode's libvirt call (create,
@@ -25,9 +26,9 @@ Under the VM's lock, in this order:
    existed before stays), the registry shows what it showed before, the claim
    is released;
 9. the registry takes libvirt's state, and an exit reason noted by an earlier
-   run is forgotten;
+   run is forgotten (incoming: MigratingTo, until the VM resumes here);
 10. the mode's after hook runs: the VM runs, so a failing script is a warning
-    in the answer, not an error.
+    in the answer, not an error (incoming: when the VM resumes here).
 
 Recovery (:func:`recover`) has nothing to define or start, its domains run
 already: it is steps 1 and 9 for every domain with our metadata, on every
@@ -112,7 +113,7 @@ class StartSequence:
             self.claim()
             try:
                 xml = self._run_before_hook()
-                dom = self._bring_up(xml, existing)
+                dom = self._prepare_and_bring_up(xml, existing)
             except BaseException:
                 self.release()
                 raise
@@ -178,8 +179,8 @@ class StartSequence:
             return host.xml
         return _checked_hook_xml(self.before_hook, xml, host)
 
-    def _bring_up(self, xml: str, existing: libvirt.virDomain | None
-                  ) -> libvirt.virDomain | None:
+    def _prepare_and_bring_up(self, xml: str, existing: libvirt.virDomain | None
+                              ) -> libvirt.virDomain | None:
         """Steps 5-8."""
         registry, host = self.hv.registry, self.host
         previous = registry.get(host.uuid)
