@@ -23,8 +23,10 @@ from typing import Any
 import engine_lib
 from engine_lib.agent.config import AgentConfig
 from engine_lib.agent.storage_connections import StorageConnections
+from engine_lib.agent.volumes import VolumeLocation
 from engine_lib.protocol.convergence import POLICIES as MIGRATION_POLICIES
 from engine_lib.protocol.errors import InvalidSpec, KestrelError, NotFound
+from engine_lib.protocol.metadata import VolumeRef
 from engine_lib.protocol.wire import API_PREFIX
 
 log = logging.getLogger("kestrel.agent.api")
@@ -207,7 +209,7 @@ class Api:
     def hypervisor(self):
         if self._hypervisor is None:
             if self._factory is None:
-                from engine_lib.agent.vms import Hypervisor  # imports libvirt
+                from engine_lib.agent.vms import Hypervisor  # late: the API works without libvirt
                 self._factory = Hypervisor
             self._hypervisor = self._factory(self.config)
         return self._hypervisor
@@ -345,8 +347,6 @@ class Api:
         return self.hypervisor.vm_stats(_vm_id(request))
 
     def plug_device(self, request: Request) -> dict:
-        from engine_lib.protocol.metadata import VolumeRef
-
         vm_id = _vm_id(request)
         xml = request.body.get("xml")
         if not isinstance(xml, str) or not xml.strip():
@@ -422,8 +422,6 @@ class Api:
         return self.hypervisor.migrations.cancel(_vm_id(request))
 
     def delete_volumes(self, request: Request) -> dict:
-        from engine_lib.agent.volumes import VolumeLocation
-
         items = request.body.get("volumes")
         if not isinstance(items, list):
             raise InvalidSpec("volumes", "a list of {domain, image, volume} objects is required")
@@ -434,8 +432,6 @@ class Api:
         return {"volumes": self.hypervisor.delete_volumes(locations)}
 
     def resize_volume(self, request: Request) -> dict:
-        from engine_lib.agent.volumes import VolumeLocation
-
         item = request.body.get("volume")
         size = _checked_volume(item, "volume", sized=True)
         location = VolumeLocation(item["domain"], item["image"], item["volume"])
@@ -447,7 +443,7 @@ class Api:
     def disconnect_storage(self, request: Request) -> dict:
         # Defined domains count as users too: their next start would need the disk.
         return self.storage.disconnect(request.body.get("name"),
-                                       lambda: self.hypervisor._disks_in_use())
+                                       lambda: self.hypervisor.disks_in_use())
 
 
 class MethodNotAllowed(KestrelError):
@@ -461,8 +457,6 @@ class MethodNotAllowed(KestrelError):
 
 def _volume_location(item, where: str):
     """A {domain, image, volume} object as a VolumeLocation; InvalidSpec naming the field."""
-    from engine_lib.agent.volumes import VolumeLocation
-
     _checked_volume(item, where)
     return VolumeLocation(item["domain"], item["image"], item["volume"])
 

@@ -2,8 +2,8 @@
 
 Every ``[ballooning] interval`` seconds the agent compares the host's free
 memory (libvirt's node memory stats: free + buffers + page cache, as MoM counts
-it, of the total) with two thresholds. Under ``low_free_percent`` it shrinks the balloon target of each
-eligible VM by ``step_percent`` of the VM's memory, never below the VM's
+it, of the total) with two thresholds. Under ``low_free_percent`` it shrinks the
+balloon target of each eligible VM by ``step_percent`` of the VM's memory, never below the VM's
 guaranteed memory; over ``high_free_percent`` it grows them back by the same
 step, up to the full memory; in between it leaves them where they are (the gap
 keeps the balloons from flapping).

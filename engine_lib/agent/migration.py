@@ -1,6 +1,7 @@
 """Live migration on a host: the destination's incoming start and the source's outgoing move.
 
-Destination (``prepare_incoming``): resolve the engine's XML for this host,
+Destination (``prepare_incoming``, start mode "incoming" of the one start
+sequence, engine_lib.agent.vm_start): resolve the engine's XML for this host,
 run the before_vm_migrate_destination hooks (a failing hook refuses the
 migration), create missing volumes (existing ones are never touched), and
 register the VM MigratingTo. libvirt then starts the incoming QEMU when the
@@ -39,7 +40,9 @@ from dataclasses import dataclass, field
 import libvirt
 
 from engine_lib.agent import domxml, registry
+from engine_lib.agent.domains import is_running, libvirt_status, undefine
 from engine_lib.agent.states import VmStatus
+from engine_lib.agent.vm_start import StartSequence
 from engine_lib.protocol import convergence, placeholders
 from engine_lib.protocol.errors import Conflict, InvalidSpec, KestrelError, LibvirtError, NotFound
 
@@ -99,44 +102,33 @@ class Migrations:
     # -- destination -----------------------------------------------------------------
 
     def prepare_incoming(self, xml: str) -> dict:
+        """Start mode "incoming": make this host ready to receive the VM (IncomingStart)."""
         hv = self.hv
         host = domxml.resolve(xml, hv.config.paths, hv.config.storage_domains)
-        with hv._vm_lock(host.uuid):
-            existing = hv._find(host.uuid)
-            if existing is not None and existing.isActive():
-                raise Conflict(f"VM {host.uuid} already runs on this host; it cannot migrate "
-                               "here", vm_id=host.uuid)
-            hv._check_name_free(host.name, host.uuid)
-            with self._lock:
-                if host.uuid not in self._incoming and len(self._incoming) >= MAX_INCOMING:
-                    raise Conflict(f"this host already receives {len(self._incoming)} "
-                                   f"migrations (at most {MAX_INCOMING})", vm_id=host.uuid,
-                                   limit=MAX_INCOMING)
-                self._incoming[host.uuid] = time.monotonic()
-            try:
-                from engine_lib.agent import hooks
-
-                hooks.run("before_vm_migrate_destination", host.xml, host.uuid,
-                          hv.config.hooks_dir, host.metadata.custom_properties,
-                          owner_uid=hv.hook_owner_uid)
-                hv._prepare(host)
-            except KestrelError:
-                with self._lock:
-                    self._incoming.pop(host.uuid, None)
-                raise
-            hv.registry.set(host.uuid, host.name, VmStatus.MIGRATING_TO)
+        answer = IncomingStart(self, xml, host).run()
         timer = threading.Timer(INCOMING_TIMEOUT, self._expire_incoming, (host.uuid,))
         timer.daemon = True
         timer.start()
-        return {"id": host.uuid, "name": host.name, "status": VmStatus.MIGRATING_TO.value,
-                "started": False, "xml": host.xml, "paths": _placeholder_paths(
-                    xml, hv.config.paths, hv.config.storage_domains)}
+        return answer
+
+    def claim_incoming(self, vm_id: str) -> None:
+        """Count an incoming migration against MAX_INCOMING (a retry holds the same slot)."""
+        with self._lock:
+            if vm_id not in self._incoming and len(self._incoming) >= MAX_INCOMING:
+                raise Conflict(f"this host already receives {len(self._incoming)} "
+                               f"migrations (at most {MAX_INCOMING})", vm_id=vm_id,
+                               limit=MAX_INCOMING)
+            self._incoming[vm_id] = time.monotonic()
+
+    def release_incoming(self, vm_id: str) -> None:
+        with self._lock:
+            self._incoming.pop(vm_id, None)
 
     def _expire_incoming(self, vm_id: str) -> None:
         with self._lock:
             if vm_id not in self._incoming:
                 return
-        if self.hv._find(vm_id) is None:
+        if self.hv.find(vm_id) is None:
             log.warning("incoming VM %s: the source never started the migration; forgotten",
                         vm_id)
             self._forget_incoming(vm_id)
@@ -154,7 +146,7 @@ class Migrations:
         with self._lock:
             if vm_id not in self._incoming:
                 return False
-        if event == registry.RESUMED or (event == registry.STARTED and _is_running(dom)):
+        if event == registry.RESUMED or (event == registry.STARTED and is_running(dom)):
             with self._lock:
                 self._incoming.pop(vm_id, None)
             self.hv.registry.set(vm_id, dom.name(), VmStatus.UP)
@@ -168,9 +160,9 @@ class Migrations:
         return True
 
     def _after_incoming(self, vm_id: str) -> None:
-        dom = self.hv._find(vm_id)
+        dom = self.hv.find(vm_id)
         if dom is not None:
-            self.hv._after_hooks("after_vm_migrate_destination", dom)
+            self.hv.run_after_hook("after_vm_migrate_destination", dom)
 
     # -- source ----------------------------------------------------------------------
 
@@ -178,8 +170,8 @@ class Migrations:
                        policy: str, bandwidth_mibps: int | None, *, tls: bool = False) -> dict:
         convergence.check_policy(policy)
         hv = self.hv
-        with hv._vm_lock(vm_id):
-            dom = hv._lookup(vm_id)
+        with hv.vm_lock(vm_id):
+            dom = hv.lookup(vm_id)
             if not dom.isActive():
                 raise Conflict(f"VM {vm_id} is not running on this host; nothing to migrate",
                                vm_id=vm_id)
@@ -194,7 +186,7 @@ class Migrations:
                 record = Outgoing(vm_id, destination_uri, policy, bandwidth_mibps, tls=tls)
                 self._outgoing[vm_id] = record
             try:
-                hv._hook_xml("before_vm_migrate_source", dom)
+                hv.run_domain_hook("before_vm_migrate_source", dom)
                 dest_xml, persist_xml = self._destination_xml(dom, paths)
             except KestrelError:
                 with self._lock:
@@ -300,13 +292,13 @@ class Migrations:
             record.downtime_ms = int(completed["downtime"])
         if completed:
             record.progress = _progress(completed, record.downtime_limit_ms)
-        warnings = hv._after_hooks("after_vm_migrate_source", dom)
-        with hv._vm_lock(record.vm_id):
+        warnings = hv.run_after_hook("after_vm_migrate_source", dom)
+        with hv.vm_lock(record.vm_id):
             with contextlib.suppress(libvirt.libvirtError):
                 if not dom.isActive() and dom.isPersistent():
-                    dom.undefineFlags(_undefine_flags())
+                    undefine(dom)
             hv.registry.remove(record.vm_id)
-        hv._remove_payload(record.vm_id)
+        hv.remove_payload(record.vm_id)
         record.error = "; ".join(warnings.get("hook_warnings", [])) or None
         record.finished = time.monotonic()
         record.status = "succeeded"
@@ -323,7 +315,7 @@ class Migrations:
             if state == libvirt.VIR_DOMAIN_PAUSED and not record.postcopy and \
                     reason == libvirt.VIR_DOMAIN_PAUSED_MIGRATION:
                 dom.resume()
-            hv.registry.set(record.vm_id, dom.name(), *_status(dom))
+            hv.registry.set(record.vm_id, dom.name(), *libvirt_status(dom))
         except libvirt.libvirtError as exc:
             log.error("VM %s: after the failed migration the source domain is not "
                       "readable: %s", record.vm_id, exc.get_error_message())
@@ -354,7 +346,7 @@ class Migrations:
             record = self._outgoing.get(vm_id)
         if record is not None and record.status == "running":
             record.cancel_requested = True
-            dom = self.hv._lookup(vm_id)
+            dom = self.hv.lookup(vm_id)
             with contextlib.suppress(libvirt.libvirtError):
                 dom.abortJob()
             return record.report()
@@ -367,8 +359,8 @@ class Migrations:
         record = hv.registry.get(vm_id)
         if not pending and (record is None or record.status != VmStatus.MIGRATING_TO):
             raise NotFound("migration of VM", vm_id)
-        dom = hv._find(vm_id)
-        if dom is not None and _is_running(dom) and not _migrating_in(dom):
+        dom = hv.find(vm_id)
+        if dom is not None and is_running(dom) and not _migrating_in(dom):
             raise Conflict(f"VM {vm_id} already runs on this host: its migration completed",
                            vm_id=vm_id)
         if dom is not None:
@@ -376,9 +368,9 @@ class Migrations:
                 dom.destroy()
             with contextlib.suppress(libvirt.libvirtError):
                 if dom.isPersistent():
-                    dom.undefineFlags(_undefine_flags())
+                    undefine(dom)
         self._forget_incoming(vm_id)
-        hv._remove_payload(vm_id)
+        hv.remove_payload(vm_id)
         return {"id": vm_id, "role": "destination", "status": "cancelled"}
 
     def recover(self, conn: libvirt.virConnect) -> None:
@@ -404,6 +396,43 @@ class Migrations:
                     self.hv.registry.set(vm_id, dom.name(), VmStatus.MIGRATING_TO)
             except libvirt.libvirtError:
                 continue
+
+
+class IncomingStart(StartSequence):
+    """Start mode "incoming": the host is prepared and the VM registered MigratingTo; the
+    source's libvirt defines and starts the domain (VIR_MIGRATE_PERSIST_DEST).
+
+    The before_vm_migrate_destination hooks only judge (a failing one refuses the
+    migration): the domain's XML comes from the source. The after hook runs when
+    the VM resumes here (Migrations.on_event).
+    """
+
+    before_hook = "before_vm_migrate_destination"
+
+    def __init__(self, migrations: Migrations, engine_xml: str, host: domxml.HostDomain):
+        super().__init__(migrations.hv, host)
+        self.migrations = migrations
+        self.engine_xml = engine_xml  # with placeholders: the source renames its paths by them
+
+    def already_running(self, dom: libvirt.virDomain) -> dict:
+        raise Conflict(f"VM {self.host.uuid} already runs on this host; it cannot migrate "
+                       "here", vm_id=self.host.uuid)
+
+    def claim(self) -> None:
+        self.migrations.claim_incoming(self.host.uuid)
+
+    def release(self) -> None:
+        self.migrations.release_incoming(self.host.uuid)
+
+    def bring_up(self, xml: str, existing: libvirt.virDomain | None) -> None:
+        return None  # the source's libvirt calls ours when it starts the migration
+
+    def started(self, dom: None) -> dict:
+        hv, host = self.hv, self.host
+        hv.registry.set(host.uuid, host.name, VmStatus.MIGRATING_TO)
+        return {"id": host.uuid, "name": host.name, "status": VmStatus.MIGRATING_TO.value,
+                "started": False, "xml": host.xml, "paths": _placeholder_paths(
+                    self.engine_xml, hv.config.paths, hv.config.storage_domains)}
 
 
 def migrate_flags(policy: str, tls: bool) -> int:
@@ -450,28 +479,9 @@ def _rename_paths(xml: str, rename: dict[str, str]) -> str:
     return ET.tostring(root, encoding="unicode")
 
 
-def _is_running(dom: libvirt.virDomain) -> bool:
-    try:
-        return dom.state()[0] in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED)
-    except libvirt.libvirtError:
-        return False
-
-
 def _migrating_in(dom: libvirt.virDomain) -> bool:
     try:
         stats = dom.jobStats()
     except libvirt.libvirtError:
         return False
     return stats.get("operation") == libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_IN
-
-
-def _status(dom: libvirt.virDomain):
-    from engine_lib.agent.vms import _libvirt_status
-
-    return _libvirt_status(dom)
-
-
-def _undefine_flags() -> int:
-    from engine_lib.agent.vms import _UNDEFINE_FLAGS
-
-    return _UNDEFINE_FLAGS

@@ -49,5 +49,20 @@ def vm_status(state: int, reason: int, *, migrating: bool = False,
     return VmStatus.UNKNOWN
 
 
+def status_and_exit_reason(state: int, reason: int) -> tuple[VmStatus, str | None]:
+    """The VM status of a libvirt (state, reason) pair and, for a VM that is Down, why.
+
+    The exit reason is libvirt's shutoff reason by name ("destroyed", "saved",
+    ...), "crashed", or "unknown"; the agent replaces it where it knows better.
+    """
+    status = vm_status(state, reason)
+    exit_reason = None
+    if status == VmStatus.DOWN:
+        exit_reason = (SHUTOFF_REASONS[reason]
+                       if state == SHUTOFF and 0 <= reason < len(SHUTOFF_REASONS)
+                       else "crashed" if state == CRASHED else "unknown")
+    return status, exit_reason
+
+
 def state_name(state: int) -> str:
     return STATE_NAMES[state] if 0 <= state < len(STATE_NAMES) else f"state-{state}"

@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from engine_lib.agent import payload, vms
+from engine_lib.agent import domains, payload
 from engine_lib.agent.config import AgentConfig
 from engine_lib.agent.vms import Hypervisor
 from engine_lib.protocol import metadata, placeholders
@@ -95,7 +95,7 @@ def test_a_missing_tool_is_a_payload_error_saying_what_to_install(tmp_path, monk
 
 def test_start_writes_the_iso_before_define_and_remove_deletes_it(tmp_path, monkeypatch):
     # The test driver knows none of the undefine flags QEMU needs (NVRAM, snapshots).
-    monkeypatch.setattr(vms, "_UNDEFINE_FLAGS", 0)
+    monkeypatch.setattr(domains, "UNDEFINE_FLAGS", 0)
     roots = {kind: str(tmp_path / kind) for kind in placeholders.KINDS if kind != "storage"}
     hv = Hypervisor(AgentConfig(name="t", address="127.0.0.1", port=0,
                                 libvirt_uri="test:///default", ca="/ca", cert="/c", key="/k",
