@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from engine_lib.devices.live import LiveDevice
 from engine_lib.devices.match import USER_KINDS, Correlation, unmanaged_spec

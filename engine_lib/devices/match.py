@@ -19,8 +19,9 @@ The rules, in order (oVirt 4.2's engine-side device matching):
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Hashable, Iterable, Mapping
+from typing import Any
 
 from engine_lib.devices.live import LiveDevice
 from engine_lib.protocol.devices import ALIAS_PREFIX

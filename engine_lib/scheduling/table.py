@@ -11,7 +11,8 @@ offline simulation or a benchmark place VM after VM on one table.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Hashable, Sequence, TypeVar
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
