@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 import netaddr
@@ -122,7 +123,7 @@ def ip_address(field: str, value: Any) -> str:
         raise InvalidSpec(field, f"'{value}' is not an IP address") from None
 
 
-def _mapping(field: str, value: Any, allowed: tuple[str, ...]) -> dict:
+def _mapping(field: str, value: Any, allowed: tuple[str, ...]) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InvalidSpec(field, f"must be a mapping, got {type(value).__name__}")
     for key in value:
@@ -132,19 +133,19 @@ def _mapping(field: str, value: Any, allowed: tuple[str, ...]) -> dict:
     return value
 
 
-def _list(field: str, value: Any) -> list:
+def _list(field: str, value: Any) -> list[Any]:
     if not isinstance(value, list):
         raise InvalidSpec(field, f"must be a list, got {type(value).__name__}")
     return value
 
 
-def _require(field: str, value: dict, keys: tuple[str, ...]) -> None:
+def _require(field: str, value: dict[str, Any], keys: tuple[str, ...]) -> None:
     for key in keys:
         if key not in value:
             raise InvalidSpec(f"{field}.{key}", "is required")
 
 
-def _toggle(field: str, value: Any, allowed: tuple[str, ...]) -> dict | None:
+def _toggle(field: str, value: Any, allowed: tuple[str, ...]) -> dict[str, Any] | None:
     """Devices a VM has once: false (none), true (defaults) or a mapping of settings."""
     if value is False or value is None:
         return None
@@ -155,27 +156,27 @@ def _toggle(field: str, value: Any, allowed: tuple[str, ...]) -> dict | None:
 
 def boot_file(field: str, value: Any) -> str:
     """A kernel, initrd or ISO: 'domain:relative/path' on a storage domain, or an absolute path."""
-    value = text(field, value, 1024)
-    if value.startswith("/"):
-        if "\n" in value or "\r" in value or "\t" in value:
+    given = text(field, value, 1024)
+    if given.startswith("/"):
+        if "\n" in given or "\r" in given or "\t" in given:
             raise InvalidSpec(field, "an absolute path cannot contain tabs or line breaks")
-        return value
-    domain, sep, path = value.partition(":")
+        return given
+    domain, sep, path = given.partition(":")
     if not sep or not domain or not path:
         raise InvalidSpec(field, "must be '<storage domain>:<path>' or an absolute path "
-                                 f"(got {value!r})")
+                                 f"(got {given!r})")
     name(field, domain)
     if path.startswith("/") or ".." in path.split("/") or any(c in path for c in "\n\r\t"):
         raise InvalidSpec(field, f"path '{path}' must be relative and stay inside the storage domain")
-    return value
+    return given
 
 
 def boot_order(field: str, value: Any) -> int | None:
     return None if value is None else positive_int(field, value, MAX_BOOT_ORDER)
 
 
-def _unique(field: str, items: list[dict], key: str) -> None:
-    seen: set = set()
+def _unique(field: str, items: list[dict[str, Any]], key: str) -> None:
+    seen: set[Any] = set()
     for index, item in enumerate(items):
         value = item.get(key)
         if value not in (None, "") and value in seen:
@@ -196,7 +197,7 @@ def _names(field: str, value: Any) -> list[str]:
 CPU_KEYS = ("sockets", "cores", "threads", "mode", "model", "max_vcpus")
 
 
-def cpu(value: Any) -> dict:
+def cpu(value: Any) -> dict[str, Any]:
     value = _mapping("cpu", value, CPU_KEYS)
     out: dict[str, Any] = {key: positive_int(f"cpu.{key}", value.get(key, 1), 256)
                            for key in ("sockets", "cores", "threads")}
@@ -219,7 +220,7 @@ def cpu(value: Any) -> dict:
     return out
 
 
-def check_vcpus(topology: dict, max_vcpus: int) -> None:
+def check_vcpus(topology: dict[str, Any], max_vcpus: int) -> None:
     """max_vcpus bounds the vCPUs and is built of whole sockets (libvirt's topology rule)."""
     vcpus = topology["sockets"] * topology["cores"] * topology["threads"]
     if vcpus > 1024:
@@ -235,7 +236,7 @@ def check_vcpus(topology: dict, max_vcpus: int) -> None:
                                            f"({per_socket}) so vCPUs are added by whole sockets")
 
 
-def firmware(value: Any) -> dict:
+def firmware(value: Any) -> dict[str, Any]:
     if isinstance(value, str):
         value = {"type": value}
     value = _mapping("firmware", value, ("type", "secure_boot"))
@@ -265,7 +266,7 @@ def numa(value: Any) -> int:
     return positive_int("numa.nodes", value.get("nodes", 1), 64)
 
 
-def high_availability(value: Any) -> dict:
+def high_availability(value: Any) -> dict[str, Any]:
     if isinstance(value, bool):
         value = {"enabled": value}
     value = _mapping("high_availability", value, ("enabled", "priority"))
@@ -274,7 +275,7 @@ def high_availability(value: Any) -> dict:
                                      HA_PRIORITY_MAX, minimum=0)}
 
 
-def placement(value: Any) -> dict:
+def placement(value: Any) -> dict[str, Any]:
     value = _mapping("placement", value, ("hosts", "affinity_groups", "hooks"))
     return {"hosts": _names("placement.hosts", value.get("hosts", [])),
             "affinity_groups": _names("placement.affinity_groups",
@@ -311,7 +312,7 @@ def iotune(field: str, value: Any) -> dict[str, int]:
             if key in value}
 
 
-def disk(field: str, value: Any) -> dict:
+def disk(field: str, value: Any) -> dict[str, Any]:
     value = _mapping(field, value, DISK_KEYS)
     _require(field, value, ("name",))
     out: dict[str, Any] = {"name": name(f"{field}.name", value["name"])}
@@ -356,7 +357,7 @@ def disk(field: str, value: Any) -> dict:
     return out
 
 
-def cdrom(value: Any) -> dict | None:
+def cdrom(value: Any) -> dict[str, Any] | None:
     """False removes the drive; '' or {} is an empty drive; a string is the ISO."""
     if value is False:
         return None
@@ -372,7 +373,7 @@ NIC_KEYS = ("name", "network", "mac", "model", "mtu", "vlan", "link_state", "ban
             "boot_order")
 
 
-def bandwidth(field: str, value: Any) -> dict:
+def bandwidth(field: str, value: Any) -> dict[str, Any]:
     value = _mapping(field, value, ("inbound", "outbound"))
     out = {}
     for direction in ("inbound", "outbound"):
@@ -386,10 +387,10 @@ def bandwidth(field: str, value: Any) -> dict:
     return out
 
 
-def nic(field: str, value: Any) -> dict:
+def nic(field: str, value: Any) -> dict[str, Any]:
     value = _mapping(field, value, NIC_KEYS)
     _require(field, value, ("name", "network"))
-    result = {
+    result: dict[str, Any] = {
         "name": name(f"{field}.name", value["name"]),
         "network": name(f"{field}.network", value["network"]),
         "model": choice(f"{field}.model", value.get("model", "virtio"), NIC_MODELS),
@@ -408,7 +409,7 @@ def nic(field: str, value: Any) -> dict:
     return result
 
 
-def graphics(value: Any) -> dict | None:
+def graphics(value: Any) -> dict[str, Any] | None:
     if value is False or value is None:
         return None
     if isinstance(value, str):
@@ -425,7 +426,7 @@ def graphics(value: Any) -> dict | None:
     return out
 
 
-def video(value: Any) -> dict | None:
+def video(value: Any) -> dict[str, Any] | None:
     if value is False or value is None:
         return None
     if isinstance(value, str):
@@ -435,7 +436,7 @@ def video(value: Any) -> dict | None:
             "heads": positive_int("video.heads", value.get("heads", 1), 4)}
 
 
-def rng(value: Any) -> dict | None:
+def rng(value: Any) -> dict[str, Any] | None:
     value = _toggle("rng", value, ("source",))
     if value is None:
         return None
@@ -443,7 +444,7 @@ def rng(value: Any) -> dict | None:
     return {"source": RNG_SOURCES[source]}
 
 
-def watchdog(value: Any) -> dict | None:
+def watchdog(value: Any) -> dict[str, Any] | None:
     value = _toggle("watchdog", value, ("model", "action"))
     if value is None:
         return None
@@ -451,7 +452,7 @@ def watchdog(value: Any) -> dict | None:
             "action": choice("watchdog.action", value.get("action", "reset"), WATCHDOG_ACTIONS)}
 
 
-def balloon(value: Any) -> dict:
+def balloon(value: Any) -> dict[str, Any]:
     if isinstance(value, bool):
         value = {"enabled": value}
     value = _mapping("balloon", value, ("enabled", "guarantee"))
@@ -463,7 +464,7 @@ def balloon(value: Any) -> dict:
     return out
 
 
-def tpm(value: Any) -> dict | None:
+def tpm(value: Any) -> dict[str, Any] | None:
     value = _toggle("tpm", value, ("model", "version"))
     if value is None:
         return None
@@ -477,7 +478,7 @@ def tpm(value: Any) -> dict | None:
 CLOUD_INIT_KEYS = ("user_data", "hostname", "ssh_keys", "network_config")
 
 
-def cloud_init(value: Any) -> dict:
+def cloud_init(value: Any) -> dict[str, Any]:
     """A NoCloud payload; {} (or false) means none."""
     if value is False or value is None:
         return {}
@@ -504,7 +505,7 @@ def cloud_init(value: Any) -> dict:
     return out
 
 
-def _check_boot_orders(out: dict) -> None:
+def _check_boot_orders(out: dict[str, Any]) -> None:
     """Two devices cannot share a boot order (when the spec gives every bootable list)."""
     seen: dict[int, str] = {}
     for field, items in (("disks", out.get("disks", [])), ("nics", out.get("nics", [])),
@@ -521,7 +522,8 @@ def _check_boot_orders(out: dict) -> None:
 
 # -- the whole spec ---------------------------------------------------------------------------
 
-_SIMPLE = {
+# Each top-level key with a check of its own: the value as given -> its canonical form.
+_SIMPLE: dict[str, Callable[[Any], Any]] = {
     "cluster": lambda v: name("cluster", v),
     "description": lambda v: text("description", v),
     "machine": lambda v: choice("machine", v, MACHINES),
@@ -547,7 +549,7 @@ _SIMPLE = {
 }
 
 
-def normalize_vm(spec: Any) -> dict:
+def normalize_vm(spec: Any) -> dict[str, Any]:
     """Validate a VM spec; return the canonical form of the keys it gives."""
     spec = _mapping("", spec, VM_KEYS)
     if "name" not in spec:

@@ -16,7 +16,7 @@ _FACTORS_KIB = {
 _SIZE = re.compile(r"^\s*([-+]?\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
 
 
-def size_mib(field: str, value) -> int:
+def size_mib(field: str, value: object) -> int:
     """Parse a positive size; a bare number means MiB."""
     if isinstance(value, bool):
         raise InvalidSpec(field, f"expected a size such as 512MiB or 4GiB, got {value!r}")

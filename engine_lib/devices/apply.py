@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
+from typing import Any
 
 from engine_lib.devices.live import LiveDevice
 from engine_lib.devices.match import USER_KINDS, Correlation, unmanaged_spec
@@ -12,14 +14,14 @@ from engine_lib.model import Vm, VmDevice, new_id
 _UNMANAGED_POSITION = 100_000
 
 
-def reported_address(live: LiveDevice) -> dict:
+def reported_address(live: LiveDevice) -> dict[str, str]:
     # The disk's target rides along in the address too (what users read since issue 3).
     # Always a copy: parsed devices are shared between VMs (live.DeviceBlocks).
     return {**live.address, "target": live.guest_name} if live.guest_name \
         else dict(live.address)
 
 
-def _set(device: VmDevice, **values) -> None:
+def _set(device: VmDevice, **values: Any) -> None:
     """Assign only what changed, so an unchanged device row is not written."""
     for key, value in values.items():
         if getattr(device, key) != value:
@@ -43,7 +45,7 @@ def apply(vm: Vm, correlation: Correlation) -> list[tuple[str, str]]:
         elif device.plugged is False:
             notes.append(("info", f"{_describe(device)} is plugged again ({match.reason})"))
         _set(device, **values)
-    added = Counter()
+    added: Counter[str] = Counter()
     position = max((d.position for d in vm.devices), default=0)
     for new in correlation.unmanaged_new:
         live = new.live
@@ -81,7 +83,7 @@ def _describe(device: VmDevice) -> str:
     return f"{owner}{device.type}{label}{ident}"
 
 
-def _where(address: dict) -> str:
+def _where(address: Mapping[str, str]) -> str:
     if address.get("type") == "pci":
         return "pci {}:{}:{}.{}".format(*(address.get(k, "?").removeprefix("0x") for k in
                                           ("domain", "bus", "slot", "function")))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine_lib.devices.live import parse
 from engine_lib.devices.match import correlate
@@ -13,6 +13,9 @@ from engine_lib.services import vm_config
 from engine_lib.services.common import find
 from engine_lib.spec import normalize_vm
 
+if TYPE_CHECKING:
+    from engine_lib.store import Store
+
 
 def read_live(path: str) -> str:
     try:
@@ -21,7 +24,7 @@ def read_live(path: str) -> str:
         raise InvalidSpec("live", f"cannot read {path}: {exc}") from None
 
 
-def correlate_spec(spec: Any, live_xml: str, store=None) -> dict:
+def correlate_spec(spec: Any, live_xml: str, store: Store | None = None) -> dict[str, Any]:
     """Match ``live_xml`` against the devices of the VM ``spec`` describes.
 
     Without a store the VM is built offline (ids derived from its name, as

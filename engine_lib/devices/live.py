@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import xml.etree.ElementTree as ET
+from typing import Any
 
 from engine_lib.protocol.devices import ALIAS_PREFIX
 from engine_lib.protocol.errors import InvalidSpec
@@ -32,8 +33,8 @@ class LiveDevice:
 
     __slots__ = ("tag", "kind", "alias", "address", "guest_name", "attrs", "mac", "model")
 
-    def __init__(self, tag: str, kind: str, attrs: dict, alias: str = "",
-                 address: dict | None = None, guest_name: str = "", mac: str = "",
+    def __init__(self, tag: str, kind: str, attrs: dict[str, str], alias: str = "",
+                 address: dict[str, str] | None = None, guest_name: str = "", mac: str = "",
                  model: str = ""):
         self.tag = tag              # libvirt's element name: disk, interface, controller, ...
         self.kind = kind            # our device type: a <disk device='cdrom'> is a cdrom
@@ -108,7 +109,9 @@ class DeviceBlocks:
         pieces = section.rstrip().split(_DEVICE_START)
         if pieces[0]:
             return None
-        found: list = []          # devices, and the blocks still to parse
+        # Devices (LiveDevice, or None for a child that is no device), and the blocks
+        # (str) still to parse: _parse_unseen replaces each block by its device.
+        found: list[Any] = []
         unseen: list[int] = []    # their positions in ``found``
         parsed = self._parsed
         count, index = len(pieces), 1
@@ -127,7 +130,7 @@ class DeviceBlocks:
             return None
         return [device for device in found if device is not None]
 
-    def _parse_unseen(self, found: list, unseen: list[int]) -> bool:
+    def _parse_unseen(self, found: list[Any], unseen: list[int]) -> bool:
         """Parse the blocks at ``unseen`` in one go; replace them by their devices."""
         blocks = [found[position] for position in unseen]
         try:

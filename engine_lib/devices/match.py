@@ -19,8 +19,9 @@ The rules, in order (oVirt 4.2's engine-side device matching):
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from engine_lib.devices.live import LiveDevice
 from engine_lib.protocol.devices import ALIAS_PREFIX
@@ -33,6 +34,8 @@ ONCE_PER_VM = frozenset({"memballoon", "rng", "watchdog", "sound", "graphics", "
 _MATCHED_COLUMNS = frozenset({"id", "type", "managed", "alias", "spec", "address"})
 # Devices a user adds; one without our alias was hotplugged outside the engine.
 USER_KINDS = frozenset({"disk", "cdrom", "interface", "hostdev"})
+# What an unmanaged device is looked up by: its type, then its MAC and address or attributes.
+_Key = tuple[Hashable, ...]
 
 
 @dataclass(slots=True)
@@ -63,7 +66,7 @@ class Correlation:
     # Live elements that are another face of a matched device (the serial console).
     folded: list[Matched] = field(default_factory=list)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         """The JSON form ``kestrel devices match`` prints."""
         return {
             "matched": [{"id": m.device.id, "type": m.device.type, "name": m.device.name,
@@ -81,7 +84,7 @@ class Correlation:
         }
 
 
-def unmanaged_spec(live: LiveDevice) -> dict:
+def unmanaged_spec(live: LiveDevice) -> dict[str, str]:
     """What identifies a device libvirt added: its attributes, model and MAC."""
     spec = dict(live.attrs)
     if live.model:
@@ -91,12 +94,12 @@ def unmanaged_spec(live: LiveDevice) -> dict:
     return spec
 
 
-def _address_key(kind: str, mac: str, address: dict) -> tuple | None:
+def _address_key(kind: str, mac: str, address: Mapping[str, str]) -> _Key | None:
     # The MAC is part of a NIC's identity: another NIC in a freed slot is another device.
     return (kind, mac, *sorted(address.items())) if address else None
 
 
-def _attrs_key(kind: str, spec: dict) -> tuple:
+def _attrs_key(kind: str, spec: Mapping[str, Any]) -> _Key:
     """For devices with neither alias nor address (``<audio id='1' type='none'/>``)."""
     return (kind, *sorted((k, str(v)) for k, v in spec.items()))
 
@@ -110,8 +113,8 @@ def correlate(devices: Iterable[Any], live: list[LiveDevice]) -> Correlation:
     result = Correlation()
     ours: dict[str, Any] = {}
     singles: dict[str, list[Any]] = {}
-    theirs: list[tuple[Any, dict]] = []  # (row, its columns)
-    theirs_by_alias: dict[tuple, Any] = {}
+    theirs: list[tuple[Any, dict[str, Any]]] = []  # (row, its columns)
+    theirs_by_alias: dict[tuple[str, str, str], Any] = {}
     for device in devices:
         row = _columns(device)
         if row["managed"] is not False:
@@ -124,8 +127,8 @@ def correlate(devices: Iterable[Any], live: list[LiveDevice]) -> Correlation:
             alias = row["alias"]
             if alias:
                 theirs_by_alias[row["type"], (row["spec"] or {}).get("mac", ""), alias] = device
-    by_address: dict[tuple, Any] | None = None  # built on first need: libvirt's devices
-    by_attrs: dict[tuple, Any] | None = None     # nearly always keep their alias
+    by_address: dict[_Key, Any] | None = None  # built on first need: libvirt's devices
+    by_attrs: dict[_Key, Any] | None = None     # nearly always keep their alias
     seen: set[int] = set()  # id() of every matched row
 
     for element in live:
@@ -160,7 +163,8 @@ def correlate(devices: Iterable[Any], live: list[LiveDevice]) -> Correlation:
             if element.address:
                 if by_address is None:
                     by_address = _index_by_address(theirs)
-                device = by_address.get(_address_key(kind, element.mac, element.address))
+                key = _address_key(kind, element.mac, element.address)  # not None: an address
+                device = by_address.get(key) if key is not None else None
                 reason = "unmanaged, same address"
             elif not alias:
                 if by_attrs is None:
@@ -185,7 +189,7 @@ def correlate(devices: Iterable[Any], live: list[LiveDevice]) -> Correlation:
     return result
 
 
-def _columns(device: Any) -> dict:
+def _columns(device: Any) -> dict[str, Any]:
     """The columns matching reads of every row, as a mapping.
 
     A loaded ORM row keeps its column values in its instance dict; reading them
@@ -194,14 +198,14 @@ def _columns(device: Any) -> dict:
     with an expired or unloaded column, or a record without a ``__dict__``, goes
     through its attributes (which load what is missing).
     """
-    values = getattr(device, "__dict__", None)
+    values: dict[str, Any] | None = getattr(device, "__dict__", None)
     if values is not None and values.keys() >= _MATCHED_COLUMNS:
         return values
     return {name: getattr(device, name) for name in _MATCHED_COLUMNS}
 
 
-def _index_by_address(theirs: list[tuple[Any, dict]]) -> dict[tuple, Any]:
-    found = {}
+def _index_by_address(theirs: list[tuple[Any, dict[str, Any]]]) -> dict[_Key, Any]:
+    found: dict[_Key, Any] = {}
     for device, row in theirs:
         key = _address_key(row["type"], (row["spec"] or {}).get("mac", ""),
                            row["address"] or {})

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -21,6 +21,11 @@ from engine_lib.protocol.errors import InvalidSpec
 from engine_lib.services import vm_config
 from engine_lib.services.common import find
 from engine_lib.spec import normalize_vm
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from engine_lib.store import Store
 
 
 def load_spec(path: str) -> Any:
@@ -44,7 +49,7 @@ def render_spec(spec: Any, virt_type: str = "kvm") -> str:
 class _PreviewContext(vm_config.DbContext):
     """Cluster and MACs from the database; new ids derived, so a preview is repeatable."""
 
-    def __init__(self, session, vm_name: str):
+    def __init__(self, session: Session, vm_name: str):
         super().__init__(session)
         self._ids = vm_config.OfflineContext(vm_name)
 
@@ -52,7 +57,7 @@ class _PreviewContext(vm_config.DbContext):
         return self._ids.new_id(key)
 
 
-def render_spec_stored(store, spec: Any) -> str:
+def render_spec_stored(store: Store, spec: Any) -> str:
     wanted = normalize_vm(spec)
     with store.transaction(commit=False) as session:
         ctx = _PreviewContext(session, wanted["name"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from engine_lib.domxml import viewmodel
@@ -16,7 +18,7 @@ class _Environment(Environment):
     that was most of the render time (see ``make bench-xml``).
     """
 
-    def getattr(self, obj, attribute):
+    def getattr(self, obj: Any, attribute: str) -> Any:
         if type(obj) is dict:
             try:
                 return obj[attribute]

@@ -76,11 +76,12 @@ class _BootOrders:
         self.explicit = {d.spec["boot_order"] for d in bootables if d.spec.get("boot_order")}
         self.next_free = 0
 
-    def order(self, spec: dict) -> int | None:
+    def order(self, spec: dict[str, Any]) -> int | None:
         if self.direct_boot:
             return None
         if spec.get("boot_order"):
-            return spec["boot_order"]
+            explicit: int = spec["boot_order"]
+            return explicit
         if not spec.get("bootable"):
             return None
         self.next_free += 1
@@ -89,7 +90,7 @@ class _BootOrders:
         return self.next_free
 
 
-def _disk(device: VmDevice, targets: _Targets, boot: _BootOrders) -> dict:
+def _disk(device: VmDevice, targets: _Targets, boot: _BootOrders) -> dict[str, Any]:
     spec = device.spec
     lun = spec.get("lun")
     return {
@@ -113,7 +114,7 @@ def _disk(device: VmDevice, targets: _Targets, boot: _BootOrders) -> dict:
     }
 
 
-def _cdrom(vm: Vm, device: VmDevice, targets: _Targets, boot: _BootOrders) -> dict:
+def _cdrom(vm: Vm, device: VmDevice, targets: _Targets, boot: _BootOrders) -> dict[str, Any]:
     spec = device.spec
     bus = "sata" if vm.machine == "q35" else "ide"
     if spec.get("payload"):
@@ -124,7 +125,7 @@ def _cdrom(vm: Vm, device: VmDevice, targets: _Targets, boot: _BootOrders) -> di
             "boot_order": boot.order(spec)}
 
 
-def _nic(device: VmDevice, boot: _BootOrders) -> dict:
+def _nic(device: VmDevice, boot: _BootOrders) -> dict[str, Any]:
     spec = device.spec
     return {
         "alias": device.user_alias,
@@ -156,7 +157,7 @@ def _by_type(vm: Vm) -> dict[str, list[VmDevice]]:
     return groups
 
 
-def _storage_and_network(vm: Vm, groups: dict[str, list[VmDevice]]) -> dict:
+def _storage_and_network(vm: Vm, groups: dict[str, list[VmDevice]]) -> dict[str, Any]:
     disks = groups.get(DeviceType.DISK, [])
     cdroms = groups.get(DeviceType.CDROM, [])
     nics = groups.get(DeviceType.INTERFACE, [])
@@ -169,7 +170,7 @@ def _storage_and_network(vm: Vm, groups: dict[str, list[VmDevice]]) -> dict:
     }
 
 
-def _numa_cells(vm: Vm) -> list[dict]:
+def _numa_cells(vm: Vm) -> list[dict[str, Any]]:
     """vCPUs and memory split evenly; memory hotplug needs at least one cell."""
     nodes = vm.numa_nodes or (1 if vm.max_memory_mib else 0)
     if not nodes:
@@ -185,7 +186,7 @@ def _numa_cells(vm: Vm) -> list[dict]:
     return cells
 
 
-def _cpu(vm: Vm) -> dict:
+def _cpu(vm: Vm) -> dict[str, Any]:
     # KVM guests follow the host's CPU; TCG (virt_type qemu) cannot model the host, so its
     # default is libvirt's own (no mode), which the lab's tiny guests boot with.
     mode = vm.cpu_mode or ("host-model" if vm.cluster.virt_type == "kvm" else None)
@@ -201,7 +202,7 @@ def _cpu(vm: Vm) -> dict:
     }
 
 
-def _os(vm: Vm) -> dict:
+def _os(vm: Vm) -> dict[str, Any]:
     efi = vm.firmware == "uefi"
     return {
         "machine": vm.machine,
@@ -231,7 +232,7 @@ def payload_files(vm: Vm) -> list[tuple[str, str]]:
 
 
 def _metadata(vm: Vm, groups: dict[str, list[VmDevice]],
-              singles: dict[str, VmDevice | None]) -> dict:
+              singles: dict[str, VmDevice | None]) -> dict[str, Any]:
     balloon = singles[DeviceType.BALLOON]
     graphics = singles[DeviceType.GRAPHICS]
     payload = next((d for d in groups.get(DeviceType.CDROM, []) if d.spec.get("payload")), None)
@@ -265,14 +266,15 @@ def _singles(groups: dict[str, list[VmDevice]]) -> dict[str, VmDevice | None]:
     return {type_: groups[type_][0] if groups.get(type_) else None for type_ in _SINGLES}
 
 
-def _with_alias(device: VmDevice | None, **extra: Any) -> dict | None:
+def _with_alias(device: VmDevice | None, **extra: Any) -> dict[str, Any] | None:
     return {"alias": device.user_alias, **device.spec, **extra} if device else None
 
 
-def build(vm: Vm) -> dict:
+def build(vm: Vm) -> dict[str, Any]:
     groups = _by_type(vm)
     singles = _singles(groups)
     serial = singles[DeviceType.SERIAL]
+    graphics = singles[DeviceType.GRAPHICS]
     channels = [{"alias": d.user_alias, "name": d.name,
                  "path": placeholders.channel(vm.id, d.name)}
                 for d in groups.get(DeviceType.CHANNEL, [])]
@@ -293,7 +295,7 @@ def build(vm: Vm) -> dict:
         "metadata": _metadata(vm, groups, singles),
         **_storage_and_network(vm, groups),
         "scsi_controller": _with_alias(singles[DeviceType.CONTROLLER]),
-        "graphics": singles[DeviceType.GRAPHICS].spec if singles[DeviceType.GRAPHICS] else None,
+        "graphics": graphics.spec if graphics else None,
         "video": _with_alias(singles[DeviceType.VIDEO]),
         "serial": {"alias": serial.user_alias, "log": placeholders.console_log(vm.id)}
         if serial else None,

@@ -69,7 +69,7 @@ class Convergence:
     _done: bool = False
     history: list[Action] = field(default_factory=list)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self.steps = steps_of(self.policy)
 
     @property

@@ -7,6 +7,8 @@ message. ``code`` is the stable name used on the wire between agent and engine.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class KestrelError(Exception):
     """Base of every error kestrel raises on purpose."""
@@ -14,12 +16,12 @@ class KestrelError(Exception):
     code = "KestrelError"
     http_status = 500
 
-    def __init__(self, message: str, **details):
+    def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message)
         self.message = message
         self.details = details
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"code": self.code, "message": self.message, "details": self.details}
 
 
@@ -77,7 +79,7 @@ class NoValidHost(KestrelError):
     code = "NoValidHost"
     http_status = 409
 
-    def __init__(self, vm: str, explanation: dict):
+    def __init__(self, vm: str, explanation: dict[str, Any]) -> None:
         reasons = "; ".join(
             f"{host}: {reason}" for host, reason in explanation.get("filtered", {}).items()
         ) or "the cluster has no hosts"

@@ -33,7 +33,7 @@ class Placeholder:
     relpath: str
 
 
-def _check_segment(field: str, value: str) -> str:
+def _check_segment(field: str, value: str | None) -> str:
     if not value or "/" in value or value in (".", "..") or "\x00" in value:
         raise InvalidSpec(field, f"'{value}' is not a valid path segment")
     return value
@@ -52,7 +52,8 @@ def storage(domain: str, relpath: str) -> str:
     return f"{PREFIX}/storage/{domain}/{_check_relpath('path', relpath)}"
 
 
-def channel(vm_id: str, name: str) -> str:
+def channel(vm_id: str, name: str | None) -> str:
+    """A channel's socket; a channel without a name is refused like a bad one."""
     return f"{PREFIX}/channels/{_check_segment('vm_id', vm_id)}.{_check_segment('channel', name)}"
 
 

@@ -11,15 +11,17 @@ if every sample of the policy's duration is. Without history the current
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from engine_lib.scheduling.placement import Avoid, place
 from engine_lib.scheduling.policies import Policy
 from engine_lib.scheduling.state import Context, VmRequest
-from engine_lib.scheduling.table import HostTable
+from engine_lib.scheduling.table import FloatColumn, HostTable, Indexes, IntColumn
 
 
 @dataclass(frozen=True)
@@ -35,17 +37,18 @@ class Running:
     """The running VMs as columns; ``host`` is an index into the host table."""
 
     names: Sequence[str]
-    host: np.ndarray
-    memory_mib: np.ndarray
-    vcpus: np.ndarray
+    host: IntColumn
+    memory_mib: IntColumn
+    vcpus: IntColumn
     # CPU load each VM puts on its host, in percent of the host.
-    cpu_percent: np.ndarray
+    cpu_percent: FloatColumn
 
-    def on(self, order: np.ndarray, starts: np.ndarray, host: int) -> np.ndarray:
+    def on(self, order: Indexes, starts: Indexes, host: int) -> Indexes:
         return order[starts[host]:starts[host + 1]]
 
 
-def _sustained(table: HostTable, history: np.ndarray | None, minutes: int) -> tuple[np.ndarray, np.ndarray]:
+def _sustained(table: HostTable, history: NDArray[np.float64] | None,
+               minutes: int) -> tuple[FloatColumn, FloatColumn]:
     """(lowest, highest) CPU load of each host over the last ``minutes``."""
     if history is None or history.shape[1] == 0:
         return table.used_cpu_percent, table.used_cpu_percent
@@ -65,11 +68,15 @@ class _Pass:
         self.starts = np.searchsorted(running.host[self.order], np.arange(table.size + 1))
         self.claims: list[tuple[int, VmRequest]] = []
 
-    def vms_on(self, host: int) -> np.ndarray:
+    def vms_on(self, host: int) -> Indexes:
         return self.order[self.starts[host]:self.starts[host + 1]]
 
+    def source(self, k: int) -> str:
+        """The host VM ``k`` runs on."""
+        return self.table.names[int(self.running.host[k])]
+
     def request(self, k: int) -> VmRequest:
-        name, source = self.running.names[k], self.table.names[self.running.host[k]]
+        name, source = self.running.names[k], self.source(k)
         known = self.requests.get(name)
         if known is not None:
             return VmRequest(**{**known.__dict__, "current_host": source})
@@ -79,11 +86,11 @@ class _Pass:
     def move(self, k: int, reason: str, avoid: Avoid | None = None) -> Proposal | None:
         request = self.request(k)
         decision = place(request, self.table, self.policy, self.context, avoid)
-        if decision.host is None:
+        if decision.host is None or decision.host_index is None:  # set together
             return None
         self.table.claim(decision.host_index, request)
         self.claims.append((decision.host_index, request))
-        return Proposal(request.name, request.current_host, decision.host,
+        return Proposal(request.name, self.source(k), decision.host,
                         f"{reason}; {decision.host} has the best weight "
                         f"({decision.weights[decision.host]:.3f})")
 
@@ -92,7 +99,7 @@ class _Pass:
             self.table.release(index, request)
 
 
-def _relieve_overutilized(p: _Pass, high: int, minutes: int, low_cpu: np.ndarray,
+def _relieve_overutilized(p: _Pass, high: int, minutes: int, low_cpu: FloatColumn,
                           limit: int) -> list[Proposal]:
     over = np.flatnonzero(p.table.up & (low_cpu > high))
     proposals = []
@@ -113,7 +120,8 @@ def _relieve_overutilized(p: _Pass, high: int, minutes: int, low_cpu: np.ndarray
 
 
 def evenly_distributed(policy: Policy, table: HostTable, running: Running,
-                       cpu_history: np.ndarray | None = None, context: Context | None = None,
+                       cpu_history: NDArray[np.float64] | None = None,
+                       context: Context | None = None,
                        requests: dict[str, VmRequest] | None = None,
                        limit: int = 10) -> list[Proposal]:
     """Move the busiest VM off each host whose CPU stayed above ``high_utilization``."""
@@ -126,7 +134,8 @@ def evenly_distributed(policy: Policy, table: HostTable, running: Running,
 
 
 def power_saving(policy: Policy, table: HostTable, running: Running,
-                 cpu_history: np.ndarray | None = None, context: Context | None = None,
+                 cpu_history: NDArray[np.float64] | None = None,
+                 context: Context | None = None,
                  requests: dict[str, VmRequest] | None = None, limit: int = 10) -> list[Proposal]:
     """Relieve over-utilized hosts, then empty the under-utilized host with the fewest VMs
     (onto hosts that are not under-utilized themselves) so it can be powered down."""
@@ -155,7 +164,8 @@ def power_saving(policy: Policy, table: HostTable, running: Running,
 
 
 def vm_evenly_distributed(policy: Policy, table: HostTable, running: Running,
-                          cpu_history: np.ndarray | None = None, context: Context | None = None,
+                          cpu_history: NDArray[np.float64] | None = None,
+                          context: Context | None = None,
                           requests: dict[str, VmRequest] | None = None,
                           limit: int = 10) -> list[Proposal]:
     """Move a VM from the host with the most VMs when it has more than ``high_vm_count`` and
@@ -185,11 +195,13 @@ def vm_evenly_distributed(policy: Policy, table: HostTable, running: Running,
         p.undo()
 
 
-BALANCERS = {"evenly_distributed": evenly_distributed, "power_saving": power_saving,
-             "vm_evenly_distributed": vm_evenly_distributed}
+# Each takes (policy, table, running) and the keywords of evenly_distributed.
+BALANCERS: dict[str, Callable[..., list[Proposal]]] = {
+    "evenly_distributed": evenly_distributed, "power_saving": power_saving,
+    "vm_evenly_distributed": vm_evenly_distributed}
 
 
-def balance(policy: Policy, table: HostTable, running: Running, **kw) -> list[Proposal]:
+def balance(policy: Policy, table: HostTable, running: Running, **kw: Any) -> list[Proposal]:
     """The policy's balancer; a policy without one proposes nothing."""
     balancer = BALANCERS.get(policy.balancer or "")
     return balancer(policy, table, running, **kw) if balancer else []

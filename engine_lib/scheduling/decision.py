@@ -10,18 +10,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from engine_lib.scheduling.filters import Filter
 from engine_lib.scheduling.state import VmRequest
-from engine_lib.scheduling.table import HostTable
+from engine_lib.scheduling.table import FloatColumn, HostTable, Indexes, IntColumn
 
 
 class Decision:
     def __init__(self, vm: VmRequest, policy_name: str, table: HostTable,
-                 snapshot: dict[str, np.ndarray],
-                 removed: list[tuple[Filter, Any, np.ndarray]], candidates: np.ndarray,
-                 scores: list[tuple[str, float, np.ndarray]], total: np.ndarray,
+                 snapshot: dict[str, IntColumn],
+                 removed: list[tuple[Filter, Any, Indexes]], candidates: Indexes,
+                 scores: list[tuple[str, float, FloatColumn]], total: FloatColumn,
                  chosen: int | None):
         self.vm = vm
         self.policy = policy_name
@@ -57,7 +55,7 @@ class Decision:
         names = self._table.names
         return {check.name: [names[i] for i in indexes] for check, _d, indexes in self._removed}
 
-    def weight_table(self) -> list[dict]:
+    def weight_table(self) -> list[dict[str, Any]]:
         """One row per candidate host, best first: its total and each unit's share."""
         names = self._table.names
         order = sorted(range(len(self._candidates)),
@@ -66,7 +64,7 @@ class Decision:
                  "units": {unit: round(float(scores[k]), 6) for unit, _f, scores in self._scores}}
                 for k in order]
 
-    def explain(self) -> dict:
+    def explain(self) -> dict[str, Any]:
         return {
             "vm": self.vm.name,
             "policy": self.policy,

@@ -7,7 +7,7 @@ name that sorts first, so the same question always gets the same answer.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -15,7 +15,7 @@ from engine_lib.scheduling.decision import Decision
 from engine_lib.scheduling.filters import FILTERS, Filter
 from engine_lib.scheduling.policies import DEFAULT_POLICY, POLICIES, Policy
 from engine_lib.scheduling.state import Context, HostState, VmRequest
-from engine_lib.scheduling.table import HostTable
+from engine_lib.scheduling.table import FloatColumn, HostTable, Indexes, Mask
 from engine_lib.scheduling.weights import WEIGHTS, normalize
 
 
@@ -24,13 +24,13 @@ class Avoid(Filter):
 
     name = "balancer"
 
-    def __init__(self, mask: np.ndarray, reason: str):
+    def __init__(self, mask: Mask, reason: str):
         self._mask, self.description = mask, reason
 
-    def mask(self, table, vm, detail):
+    def mask(self, table: HostTable, vm: VmRequest, detail: Any) -> Mask:
         return ~self._mask
 
-    def check(self, host, vm, detail):
+    def check(self, host: HostState, vm: VmRequest, detail: Any) -> str | None:
         return self.description
 
 
@@ -41,7 +41,7 @@ def place(vm: VmRequest, hosts: Sequence[HostState] | HostTable, policy: Policy 
     ctx = context if context is not None else Context()
 
     alive = np.ones(table.size, dtype=bool)
-    removed = []
+    removed: list[tuple[Filter, Any, Indexes]] = []
     checks = [FILTERS[name] for name in policy.filters] + ([avoid] if avoid else [])
     for check in checks:
         detail = check.detail(vm, ctx)
@@ -55,7 +55,7 @@ def place(vm: VmRequest, hosts: Sequence[HostState] | HostTable, policy: Policy 
 
     candidates = np.flatnonzero(alive)
     total = np.zeros(candidates.size)
-    scores = []
+    scores: list[tuple[str, float, FloatColumn]] = []
     if candidates.size:
         params = policy.params
         for name, factor in policy.weights:

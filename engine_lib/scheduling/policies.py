@@ -83,7 +83,7 @@ class Policy:
             values[key] = value
         return replace(self, values=values)
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "description": self.description,

@@ -25,12 +25,13 @@ HOST_KEYS = ("name", "cpus", "memory", "status", "networks", "used_memory", "use
 GROUP_KEYS = ("name", "vm_rule", "vm_enforcing", "host_rule", "host_enforcing", "hosts")
 
 
-def _mapping(field: str, value: Any, allowed: tuple[str, ...] | None = None) -> dict:
+def _mapping(field: str, value: Any, allowed: tuple[str, ...] | None = None) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InvalidSpec(field, f"must be a mapping, got {type(value).__name__}")
-    for key in value if allowed else ():
-        if key not in allowed:
-            raise InvalidSpec(f"{field}.{key}", f"unknown key (allowed: {', '.join(allowed)})")
+    if allowed:
+        for key in value:
+            if key not in allowed:
+                raise InvalidSpec(f"{field}.{key}", f"unknown key (allowed: {', '.join(allowed)})")
     return value
 
 
@@ -137,7 +138,7 @@ def parse_group(field: str, entry: Any) -> AffinityGroup:
     )
 
 
-def _entries(field: str, data: Any) -> list:
+def _entries(field: str, data: Any) -> list[Any]:
     if data is None or data == ():
         return []
     if isinstance(data, dict) and field in data:
@@ -148,7 +149,7 @@ def _entries(field: str, data: Any) -> list:
 
 
 def simulate(hosts: Iterable[Any], vms: Iterable[Any], policy: Policy,
-             groups: Iterable[Any] = ()) -> list[dict]:
+             groups: Iterable[Any] = ()) -> list[dict[str, Any]]:
     """Place ``vms`` in order on ``hosts``; one {vm, host, explanation} per VM."""
     host_states = [parse_host(f"hosts[{i}]", h) for i, h in enumerate(_entries("hosts", hosts))]
     seen: set[str] = set()
@@ -168,7 +169,7 @@ def simulate(hosts: Iterable[Any], vms: Iterable[Any], policy: Policy,
     results = []
     for vm in requests:
         decision = place(vm, table, policy, context)
-        if decision.host is not None:
+        if decision.host is not None and decision.host_index is not None:  # set together
             table.claim(decision.host_index, vm)
             context.record(vm.name, decision.host, vm.affinity_groups)
         results.append({"vm": vm.name, "host": decision.host, "explanation": decision.explain()})

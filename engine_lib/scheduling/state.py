@@ -123,7 +123,7 @@ class Context:
         for group in groups:
             self._members.get(group, {}).pop(vm, None)
 
-    def member_hosts(self, group: str, excluding: str) -> Counter:
+    def member_hosts(self, group: str, excluding: str) -> Counter[str]:
         """Host -> how many other members of ``group`` run there."""
         return Counter(host for vm, host in self._members.get(group, {}).items() if vm != excluding)
 

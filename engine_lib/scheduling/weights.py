@@ -15,7 +15,12 @@ from typing import Any
 import numpy as np
 
 from engine_lib.scheduling.state import Context, HostState, VmRequest
-from engine_lib.scheduling.table import HostTable
+from engine_lib.scheduling.table import FloatColumn, HostTable
+
+# A soft VM affinity rule: (+1 towards, -1 away), host -> other members running there.
+VmAffinityRule = tuple[float, dict[str, int]]
+# A soft host affinity rule: (+1 towards, -1 away), the hosts the group names.
+HostAffinityRule = tuple[float, tuple[str, ...]]
 
 
 class Weight(abc.ABC):
@@ -24,11 +29,11 @@ class Weight(abc.ABC):
     name = ""
     description = ""
 
-    def detail(self, vm: VmRequest, ctx: Context, params: dict) -> Any:
+    def detail(self, vm: VmRequest, ctx: Context, params: dict[str, int]) -> Any:
         return params
 
     @abc.abstractmethod
-    def raw(self, table: HostTable, vm: VmRequest, detail: Any) -> np.ndarray:
+    def raw(self, table: HostTable, vm: VmRequest, detail: Any) -> FloatColumn:
         """The metric for every host of the table."""
 
     @abc.abstractmethod
@@ -40,10 +45,10 @@ class CpuEven(Weight):
     name = "cpu_even"
     description = "prefer the host whose CPU load stays lowest with the VM on it"
 
-    def raw(self, table, vm, detail):
+    def raw(self, table: HostTable, vm: VmRequest, detail: Any) -> FloatColumn:
         return -table.cpu_load_with(vm.vcpus)
 
-    def raw_one(self, host, vm, detail):
+    def raw_one(self, host: HostState, vm: VmRequest, detail: Any) -> float:
         return -host.cpu_load_with(vm.vcpus)
 
 
@@ -51,10 +56,10 @@ class MemoryEven(Weight):
     name = "memory_even"
     description = "prefer the host with the most schedulable memory left after placement"
 
-    def raw(self, table, vm, detail):
+    def raw(self, table: HostTable, vm: VmRequest, detail: Any) -> FloatColumn:
         return (table.schedulable_mib() - vm.memory_mib).astype(np.float64)
 
-    def raw_one(self, host, vm, detail):
+    def raw_one(self, host: HostState, vm: VmRequest, detail: Any) -> float:
         return float(host.schedulable_mib - vm.memory_mib)
 
 
@@ -63,11 +68,11 @@ class PowerCpu(Weight):
     description = ("prefer the busiest host that stays under the high CPU threshold, so idle "
                    "hosts stay empty and can be powered down")
 
-    def raw(self, table, vm, detail):
+    def raw(self, table: HostTable, vm: VmRequest, detail: Any) -> FloatColumn:
         load = table.cpu_load_with(vm.vcpus)
         return np.where(load <= detail["high_utilization"], load, -load)
 
-    def raw_one(self, host, vm, detail):
+    def raw_one(self, host: HostState, vm: VmRequest, detail: Any) -> float:
         load = host.cpu_load_with(vm.vcpus)
         return load if load <= detail["high_utilization"] else -load
 
@@ -76,10 +81,10 @@ class PowerMemory(Weight):
     name = "power_memory"
     description = "prefer the host with the least schedulable memory left (pack VMs)"
 
-    def raw(self, table, vm, detail):
+    def raw(self, table: HostTable, vm: VmRequest, detail: Any) -> FloatColumn:
         return -(table.schedulable_mib() - vm.memory_mib).astype(np.float64)
 
-    def raw_one(self, host, vm, detail):
+    def raw_one(self, host: HostState, vm: VmRequest, detail: Any) -> float:
         return -float(host.schedulable_mib - vm.memory_mib)
 
 
@@ -87,10 +92,10 @@ class VmCountEven(Weight):
     name = "vm_count_even"
     description = "prefer the host running the fewest VMs"
 
-    def raw(self, table, vm, detail):
+    def raw(self, table: HostTable, vm: VmRequest, detail: Any) -> FloatColumn:
         return -table.vm_count.astype(np.float64)
 
-    def raw_one(self, host, vm, detail):
+    def raw_one(self, host: HostState, vm: VmRequest, detail: Any) -> float:
         return -float(host.vm_count)
 
 
@@ -98,8 +103,8 @@ class VmAffinitySoft(Weight):
     name = "vm_affinity"
     description = "non-enforcing VM-to-VM groups: towards (positive) or away from (negative) members"
 
-    def detail(self, vm, ctx, params):
-        rules = []
+    def detail(self, vm: VmRequest, ctx: Context, params: dict[str, int]) -> list[VmAffinityRule]:
+        rules: list[VmAffinityRule] = []
         for name in vm.affinity_groups:
             group = ctx.groups.get(name)
             if group and not group.vm_enforcing and group.vm_rule != "disabled":
@@ -107,7 +112,7 @@ class VmAffinitySoft(Weight):
                 rules.append((sign, dict(ctx.member_hosts(name, vm.name))))
         return rules
 
-    def raw(self, table, vm, detail):
+    def raw(self, table: HostTable, vm: VmRequest, detail: list[VmAffinityRule]) -> FloatColumn:
         score = np.zeros(table.size)
         for sign, counts in detail:
             for host, count in counts.items():
@@ -115,7 +120,7 @@ class VmAffinitySoft(Weight):
                     score[table.index[host]] += sign * count
         return score
 
-    def raw_one(self, host, vm, detail):
+    def raw_one(self, host: HostState, vm: VmRequest, detail: list[VmAffinityRule]) -> float:
         return float(sum(sign * counts.get(host.name, 0) for sign, counts in detail))
 
 
@@ -123,18 +128,18 @@ class HostAffinitySoft(Weight):
     name = "host_affinity"
     description = "non-enforcing VM-to-host groups: towards (positive) or away from (negative) their hosts"
 
-    def detail(self, vm, ctx, params):
+    def detail(self, vm: VmRequest, ctx: Context, params: dict[str, int]) -> list[HostAffinityRule]:
         return [(1.0 if g.host_rule == "positive" else -1.0, tuple(g.hosts)) for g in
                 (ctx.groups.get(n) for n in vm.affinity_groups)
                 if g and not g.host_enforcing and g.host_rule != "disabled"]
 
-    def raw(self, table, vm, detail):
+    def raw(self, table: HostTable, vm: VmRequest, detail: list[HostAffinityRule]) -> FloatColumn:
         score = np.zeros(table.size)
         for sign, hosts in detail:
             score += sign * table.names_mask(hosts)
         return score
 
-    def raw_one(self, host, vm, detail):
+    def raw_one(self, host: HostState, vm: VmRequest, detail: list[HostAffinityRule]) -> float:
         return float(sum(sign for sign, hosts in detail if host.name in hosts))
 
 
@@ -142,12 +147,12 @@ class PreferredHosts(Weight):
     name = "preferred_hosts"
     description = "prefer the hosts the VM names as preferred"
 
-    def raw(self, table, vm, detail):
+    def raw(self, table: HostTable, vm: VmRequest, detail: Any) -> FloatColumn:
         if not vm.preferred_hosts:
             return np.zeros(table.size)
         return table.names_mask(vm.preferred_hosts).astype(np.float64)
 
-    def raw_one(self, host, vm, detail):
+    def raw_one(self, host: HostState, vm: VmRequest, detail: Any) -> float:
         return 1.0 if host.name in vm.preferred_hosts else 0.0
 
 
@@ -156,11 +161,11 @@ WEIGHTS: dict[str, Weight] = {w.name: w for w in (
     HostAffinitySoft(), PreferredHosts())}
 
 
-def normalize(raw: np.ndarray) -> np.ndarray:
+def normalize(raw: FloatColumn) -> FloatColumn:
     """Scale to [0, 1] over the candidates; all equal -> all 0 (no opinion)."""
     if raw.size == 0:
         return raw
-    low, high = raw.min(), raw.max()
+    low, high = float(raw.min()), float(raw.max())
     if high == low:
         return np.zeros_like(raw, dtype=np.float64)
     return (raw - low) / (high - low)
