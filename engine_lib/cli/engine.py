@@ -59,11 +59,11 @@ def engine_run(args) -> int:
     import signal
     import threading
 
-    from engine_lib.protocol import daemon
     from engine_lib.broker import client_context
     from engine_lib.config import EngineConfig
     from engine_lib.loop import runner
     from engine_lib.loop.monitoring import Intervals
+    from engine_lib.protocol import daemon
 
     if args.daemon and not args.pidfile:
         raise InvalidSpec("--pidfile", "is required with --daemon")

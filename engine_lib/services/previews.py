@@ -1,4 +1,5 @@
-"""Domain XML straight from a spec file: ``kestrel xml render SPEC``.
+"""Previews of a VM spec, changing nothing: its domain XML (``kestrel xml render SPEC``)
+and how a live domain XML's devices correlate with it (``kestrel devices match``).
 
 Without a database the VM is built in memory with ids derived from its name
 (UUIDv5), so rendering the same file twice gives the same bytes. With one, a
@@ -15,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from engine_lib.devices.live import parse
+from engine_lib.devices.match import correlate
 from engine_lib.domxml.render import render
 from engine_lib.model import Vm
 from engine_lib.protocol.errors import InvalidSpec
@@ -70,3 +73,32 @@ def render_spec_stored(store: Store, spec: Any) -> str:
             xml = render(vm)
         session.rollback()
     return xml
+
+
+def read_live(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidSpec("live", f"cannot read {path}: {exc}") from None
+
+
+def correlate_spec(spec: Any, live_xml: str, store: Store | None = None) -> dict[str, Any]:
+    """Match ``live_xml`` against the devices of the VM ``spec`` describes.
+
+    Without a store the VM is built offline (ids derived from its name, as
+    ``kestrel xml render`` does); with one, a stored VM of that name brings its
+    own device rows, unmanaged ones included. Nothing is written either way.
+    """
+    wanted = normalize_vm(spec)
+    uuid, live = parse(live_xml)
+    if store is None:
+        vm = vm_config.build_offline(wanted)
+        return {"vm": vm.name, "domain_uuid": uuid, **correlate(vm.devices, live).as_dict()}
+    with store.transaction(commit=False) as session:
+        with session.no_autoflush:
+            vm = find(session, Vm, wanted["name"])
+            if vm is None:
+                vm = vm_config.build_offline(wanted)
+            result = correlate(vm.devices, live).as_dict()
+        session.rollback()
+    return {"vm": wanted["name"], "domain_uuid": uuid, **result}
