@@ -8,8 +8,8 @@ resulting entity, and a before/after diff.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from engine_lib.config import EngineConfig
 from engine_lib.store import Store
@@ -60,7 +60,7 @@ class Engine:
 
     @classmethod
     def open(cls, engine_dir: str | None = None, db_url: str | None = None,
-             agent_factory: Callable | None = None) -> "Engine":
+             agent_factory: Callable | None = None) -> Engine:
         config = EngineConfig.resolve(engine_dir, db_url)
         store = Store(config.db_url)
         store.upgrade()
@@ -69,7 +69,7 @@ class Engine:
     def close(self) -> None:
         self.store.close()
 
-    def __enter__(self) -> "Engine":
+    def __enter__(self) -> Engine:
         return self
 
     def __exit__(self, *exc) -> None:

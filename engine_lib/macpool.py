@@ -6,7 +6,7 @@ re-run of the same playbook must not change a guest's MAC.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import netaddr
 

@@ -241,7 +241,7 @@ class Api:
             if exc.http_status >= 500:
                 log.warning("%s %s failed: %s", method, path, exc.message)
             return exc.http_status, {"error": exc.to_dict()}
-        except Exception as exc:  # noqa: BLE001  the boundary: report, never crash the server
+        except Exception as exc:
             log.exception("%s %s: internal error", method, path)
             error = KestrelError(f"internal agent error: {type(exc).__name__}: {exc}")
             return 500, {"error": error.to_dict()}

@@ -145,7 +145,7 @@ class BalloonPolicy:
             except (KestrelError, libvirt.libvirtError) as exc:
                 log.warning("balloon policy skipped a round: %s",
                             getattr(exc, "message", None) or exc)
-            except Exception:  # noqa: BLE001  the thread must outlive any one bad round
+            except Exception:
                 log.exception("balloon policy round failed")
 
     def tick(self) -> Decision:

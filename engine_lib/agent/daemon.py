@@ -18,10 +18,10 @@ import os
 import signal
 import threading
 
-from engine_lib.protocol import daemon
 from engine_lib.agent import config as agent_config
 from engine_lib.agent.api import Api
 from engine_lib.agent.server import AgentServer, server_context
+from engine_lib.protocol import daemon
 from engine_lib.protocol.errors import KestrelError
 
 DEFAULT_LOG_FILE = "/var/log/kestrel/agent.log"

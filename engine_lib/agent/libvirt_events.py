@@ -110,7 +110,7 @@ def watch_lifecycle(conn: libvirt.virConnect, callback) -> int:
     def on_event(_conn, dom, event, detail, _opaque):
         try:
             callback(dom, event, detail)
-        except Exception:  # noqa: BLE001  an event must never kill the loop
+        except Exception:
             log.exception("handling lifecycle event %s/%s failed", event, detail)
 
     return conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,

@@ -142,5 +142,5 @@ class AgentRequestHandler(BaseHTTPRequestHandler):
         except (AttributeError, KeyError, TypeError, ValueError):
             return self.client_address[0]
 
-    def log_message(self, format, *args):  # noqa: A002  (BaseHTTPRequestHandler's signature)
+    def log_message(self, format, *args):
         log.info("%s %s", self._peer(), format % args)

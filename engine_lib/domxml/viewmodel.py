@@ -14,7 +14,6 @@ from typing import Any
 
 from engine_lib.model import DeviceType, Vm, VmDevice
 from engine_lib.protocol import metadata, placeholders
-from engine_lib.protocol.devices import GUEST_AGENT_CHANNEL
 
 _TARGET_PREFIX = {"virtio": "vd", "sata": "sd", "scsi": "sd", "ide": "hd"}
 # Memory hotplug: DIMM slots offered when max_memory is set.

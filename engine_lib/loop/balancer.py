@@ -24,8 +24,8 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from sqlalchemy import select
@@ -159,7 +159,7 @@ class Balancer:
         while not stop.wait(self.settings.interval_s):
             try:
                 self.cycle()
-            except Exception:  # noqa: BLE001 - the loop must outlive one bad round
+            except Exception:
                 log.exception("balancing round failed")
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from sqlalchemy import select
 
@@ -74,7 +74,7 @@ class HostFollower:
             failures = 0
             try:
                 self.handle(answer)
-            except Exception:  # noqa: BLE001 - one bad batch must not end the stream
+            except Exception:
                 log.exception("applying events of host %s failed", self.host.name)
                 self.stop.wait(BACKOFF_S[0])
 
@@ -143,7 +143,7 @@ class EventFollower:
             while not stop.is_set():
                 try:
                     self.sync_hosts()
-                except Exception:  # noqa: BLE001 - the follower must outlive a bad read
+                except Exception:
                     log.exception("listing hosts for the event follower failed")
                 stop.wait(self.hosts_interval)
         finally:

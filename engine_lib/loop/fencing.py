@@ -34,9 +34,9 @@ import os
 import re
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
-from datetime import datetime, timezone
-from typing import Callable
+from datetime import UTC, datetime
 
 from sqlalchemy import select
 
@@ -76,7 +76,7 @@ class FencingPolicy:
     power_on_after_fence: bool = True
 
     @classmethod
-    def of(cls, stored: dict | None) -> "FencingPolicy":
+    def of(cls, stored: dict | None) -> FencingPolicy:
         return cls(**normalize_policy("fencing_policy", stored or {}))
 
 
@@ -253,7 +253,7 @@ class Fencer:
     """
 
     def __init__(self, engine, ssh_key: str, on_fenced: Callable,
-                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)):
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
         self.engine = engine
         self.ssh_key = ssh_key
         self.on_fenced = on_fenced
@@ -349,7 +349,7 @@ class Fencer:
 
 def _aware(moment: datetime) -> datetime:
     # SQLite hands back naive datetimes even for timezone-aware columns; all ours are UTC.
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _host(session, name: str) -> Host:

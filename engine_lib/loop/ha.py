@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timezone
-from typing import Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
 
 from sqlalchemy import select
 
@@ -64,7 +64,7 @@ def default_ssh_key(engine) -> str:
 
 class HighAvailability:
     def __init__(self, engine, ssh_key: str | None = None,
-                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)):
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
         self.engine = engine
         self.fencer = Fencer(engine, ssh_key or default_ssh_key(engine), release_vms, clock)
         self._said: dict[str, str] = {}  # VM -> the last "cannot restart yet" audited
@@ -76,14 +76,14 @@ class HighAvailability:
         for host in self._mark_intents():
             try:
                 self.fencer.step(host)
-            except Exception:  # noqa: BLE001 - one host's fencing must not stop the others
+            except Exception:
                 log.exception("fencing host %s failed", host)
         self._restart_pending()
         # Fenced hosts go back on only after their VMs restarted: the VMs come first.
         for host in self._fenced_hosts():
             try:
                 self.fencer.power_on_fenced(host)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("powering host %s on failed", host)
 
     # -- hosts -------------------------------------------------------------------------------
@@ -134,7 +134,7 @@ class HighAvailability:
             except KestrelError as err:
                 self._retry_at[name] = time.monotonic() + RETRY_AFTER_S
                 self._say(name, f"HA restart not possible yet: {err.message}", "error")
-            except Exception:  # noqa: BLE001 - one VM must not stop the others' restarts
+            except Exception:
                 log.exception("HA restart of VM %s failed", name)
 
     def _handle(self, name: str, vm_id: str, status: str, host_status: str | None) -> None:

@@ -19,9 +19,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Callable
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm.exc import StaleDataError
@@ -64,7 +64,7 @@ class Intervals:
 
 class Monitor:
     def __init__(self, engine, intervals: Intervals = Intervals(),
-                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)):
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
         self.engine = engine
         self.intervals = intervals
         self.clock = clock
@@ -84,7 +84,7 @@ class Monitor:
         for after in self.after_cycle:
             try:
                 after()
-            except Exception:  # noqa: BLE001 - one failing pass must not starve the others
+            except Exception:
                 log.exception("after-cycle pass %s failed", getattr(after, "__qualname__", after))
 
     def _hosts(self) -> list[HostRef]:
@@ -229,7 +229,7 @@ class Monitor:
             poll_vms = started - self._last_vm_poll >= self.intervals.vm_s
             try:
                 self.cycle(poll_vms=poll_vms)
-            except Exception:  # noqa: BLE001 - the loop must outlive one bad cycle
+            except Exception:
                 log.exception("monitoring cycle failed")
             if poll_vms:
                 self._last_vm_poll = started
@@ -244,7 +244,7 @@ def _devices_changed(vm: Vm, report: dict | None) -> bool:
 
 def _aware(moment: datetime) -> datetime:
     # SQLite hands back naive datetimes even for timezone-aware columns; all ours are UTC.
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _host(session, name: str) -> Host:

@@ -132,7 +132,9 @@ class CpuModel(Filter):
         return table.where(("cpu_model", vm.cpu_model), lambda h: self.check(h, vm, detail) is None)
 
     def check(self, host: HostState, vm: VmRequest, detail: Any) -> str | None:
-        if vm.cpu_model is None or host.cpu_model is None or cpu_models.compatible(host.cpu_model, vm.cpu_model):
+        if vm.cpu_model is None or host.cpu_model is None:
+            return None
+        if cpu_models.compatible(host.cpu_model, vm.cpu_model):
             return None
         return f"host CPU {host.cpu_model} cannot provide CPU model {vm.cpu_model}"
 

@@ -7,7 +7,8 @@ name that sorts first, so the same question always gets the same answer.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

@@ -7,8 +7,9 @@ validates both and gives back the policy with the cluster's values.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from typing import Any
 
 from engine_lib.protocol.errors import InvalidSpec
 
@@ -62,7 +63,7 @@ class Policy:
         return {p.name: self.param(p.name) for p in self.parameters}
 
     def with_properties(self, properties: Mapping[str, Any] | None,
-                        field_name: str = "scheduling_policy_properties") -> "Policy":
+                        field_name: str = "scheduling_policy_properties") -> Policy:
         """This policy with the cluster's parameter values; unknown or out-of-range is refused."""
         if not properties:
             return self

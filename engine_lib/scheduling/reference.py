@@ -6,7 +6,7 @@ it host for host, and ``make bench-scheduler`` measures both side by side.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from engine_lib.scheduling.filters import FILTERS
 from engine_lib.scheduling.policies import DEFAULT_POLICY, POLICIES, Policy

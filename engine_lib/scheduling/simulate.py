@@ -8,7 +8,8 @@ the scheduler needs are read here, so the spec can grow without this module.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from engine_lib.protocol.errors import InvalidSpec
 from engine_lib.scheduling.placement import place
@@ -102,7 +103,8 @@ def parse_vm(field: str, spec: Any) -> VmRequest:
                                     .get("network")) for i, n in enumerate(nics))
     placement = _mapping(f"{field}.placement", spec.get("placement") or {})
     ha = spec.get("high_availability") or {}
-    ha_enabled = ha if isinstance(ha, bool) else _mapping(f"{field}.high_availability", ha).get("enabled", False)
+    ha_enabled = (ha if isinstance(ha, bool)
+                  else _mapping(f"{field}.high_availability", ha).get("enabled", False))
     hugepages = spec.get("hugepages")
     if isinstance(hugepages, dict):
         hugepages = hugepages.get("size", hugepages.get("page_size", True))
@@ -111,8 +113,10 @@ def parse_vm(field: str, spec: Any) -> VmRequest:
         name=check_name(f"{field}.name", spec["name"]),
         vcpus=vcpus,
         memory_mib=memory,
-        guaranteed_mib=None if guaranteed is None else _size_or_zero(f"{field}.memory_guaranteed", guaranteed),
-        machine=choice(f"{field}.machine", spec["machine"], ("pc", "q35")) if spec.get("machine") else None,
+        guaranteed_mib=(None if guaranteed is None
+                        else _size_or_zero(f"{field}.memory_guaranteed", guaranteed)),
+        machine=(choice(f"{field}.machine", spec["machine"], ("pc", "q35"))
+                 if spec.get("machine") else None),
         cpu_model=text(f"{field}.cpu.model", cpu["model"], 64) if cpu.get("model") else None,
         networks=networks,
         hooks=frozenset(_mapping(f"{field}.custom_properties", spec.get("custom_properties") or {})),
