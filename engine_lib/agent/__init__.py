@@ -6,7 +6,7 @@ host placeholders, prepares volumes and directories, and drives libvirt.
 Runs on hosts that install the wheel with ``--no-deps``: this package imports
 only the standard library, libvirt-python, engine_lib.protocol (the vocabulary
 it shares with the engine) and ``engine_lib.__version__``. Never the store,
-Jinja2, YAML or cryptography (tests/lib/test_agent_imports.py checks it).
+Jinja2, YAML or cryptography (tests/lib/agent/test_agent_imports.py checks it).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ FOREIGN_NIC = f"""<interface type='bridge'>
 </interface>
 """
 # KESTREL_REGENERATE_LIVE=1 stores the live XML and device rows this test sees as golden
-# files for tests/lib/test_device_matching.py (real libvirtd output, not hand-written).
+# files for tests/lib/devices/test_match.py (real libvirtd output, not hand-written).
 GOLDEN = Path(__file__).parent.parent / "lib" / "golden" / "live"
 
 

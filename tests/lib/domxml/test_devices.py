@@ -10,7 +10,7 @@ from engine_lib import cli
 from engine_lib.protocol.errors import InvalidSpec
 from engine_lib.services.previews import render_spec_stored
 
-CASES = yaml.safe_load((Path(__file__).parent / "golden" / "cases.yaml").read_text())
+CASES = yaml.safe_load((Path(__file__).parent.parent / "golden" / "cases.yaml").read_text())
 EVERYTHING = {**CASES["everything"]["spec"], "cluster": "c1"}
 
 

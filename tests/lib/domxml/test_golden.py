@@ -23,7 +23,7 @@ from engine_lib.agent.domxml import resolve
 from engine_lib.services.previews import render_spec
 from engine_lib.spec import VM_KEYS
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = Path(__file__).parent.parent / "golden"
 CASES = yaml.safe_load((GOLDEN / "cases.yaml").read_text())
 REGENERATE = os.environ.get("KESTREL_REGENERATE_GOLDEN") == "1"
 ROOTS = {kind: f"/var/lib/kestrel/{kind}" for kind in ("channels", "payload", "console", "nvram")}

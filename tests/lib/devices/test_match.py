@@ -22,7 +22,7 @@ from engine_lib.devices.live import BLOCKS
 from engine_lib.protocol.errors import InvalidSpec
 from engine_lib.services.previews import render_spec
 
-LIVE = Path(__file__).parent / "golden" / "live"
+LIVE = Path(__file__).parent.parent / "golden" / "live"
 
 
 @dataclass
