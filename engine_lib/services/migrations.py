@@ -63,6 +63,7 @@ DESTINATION_CHECK_INTERVAL = 1.0
 QUICK_TIMEOUT = 5.0
 SETTLE_TIMEOUT = 60.0
 RUNNING_STATES = {"running", "blocked", "paused"}
+RESUMED_STATES = RUNNING_STATES - {"paused"}
 # A running attempt another process started is left to it for this long (it may be
 # between writing the row and asking the agents).
 ORPHAN_AFTER = 60.0
@@ -396,21 +397,28 @@ class MigrationService:
     def _runs_on(self, host: HostRef, vm_id: str, wait: bool) -> bool:
         """Whether the host's agent reports the VM's domain running (or paused) there.
 
-        ``wait``: the agent may be restarting; give it SETTLE_TIMEOUT to answer.
+        ``wait``: give the agent SETTLE_TIMEOUT to settle. It may be restarting; or
+        libvirt already resumed the incoming guest while the agent still says
+        MigratingTo: it learns of the resume from a libvirt event, which can arrive
+        after the source has reported success. A resumed guest is not "nowhere".
         """
         client = self._client(host, QUICK_TIMEOUT)
         deadline = time.monotonic() + (SETTLE_TIMEOUT if wait else 0)
         while True:
             try:
                 report = client.vm_status(vm_id)
-                return report.get("state") in RUNNING_STATES and \
-                    report.get("status") != VmStatus.MIGRATING_TO
+                if report.get("state") not in RUNNING_STATES:
+                    return False
+                if report.get("status") != VmStatus.MIGRATING_TO:
+                    return True
+                if report.get("state") not in RESUMED_STATES or time.monotonic() >= deadline:
+                    return False  # an incoming copy that never resumed does not run there
             except VmNotFound:
                 return False
             except AgentUnreachable:
                 if time.monotonic() >= deadline:
                     return False
-                time.sleep(POLL)
+            time.sleep(POLL)
 
     def _drop_incoming(self, plan: Plan) -> str:
         """Destroy the destination's incoming copy that never resumed; say if we could not."""

@@ -21,12 +21,34 @@ pytestmark = pytest.mark.lab
 BOOT_TIMEOUT = 30
 
 
-def virsh(host: kestrel_lab.LabHost, *args: str) -> str:
-    """virsh run inside ``host``, talking to whatever qemu:///system is there."""
+def virsh(host: kestrel_lab.LabHost, *args: str, logs_of: tuple = (), domain: str = "") -> str:
+    """virsh run inside ``host``, talking to whatever qemu:///system is there.
+
+    On failure the message also carries the end of the libvirtd log of each host in
+    ``logs_of`` and of ``domain``'s QEMU log there: a flaky failure says why at once."""
+    started = time.monotonic()
     result = kestrel_lab.run_in(host.name, ["virsh", "-q", "-c", "qemu:///system", *args],
                                 host.state_dir, capture_output=True, text=True)
-    assert result.returncode == 0, f"{host.name}: virsh {' '.join(args)}: {result.stderr}"
+    assert result.returncode == 0, (
+        f"{host.name}: virsh {' '.join(args)} (exit {result.returncode} after "
+        f"{time.monotonic() - started:.1f}s): {result.stderr}"
+        + "".join(_log_tails(other, domain) for other in logs_of))
     return result.stdout
+
+
+def _log_tails(host: kestrel_lab.LabHost, domain: str, lines: int = 30) -> str:
+    paths = ["var/log/libvirt/libvirtd.log"]
+    if domain:
+        paths.append(f"var/log/libvirt/qemu/{domain}.log")
+    text = ""
+    for path in paths:
+        try:
+            with open(os.path.join(host.root, path), errors="replace") as log:
+                tail = log.readlines()[-lines:]
+        except FileNotFoundError:
+            tail = ["(missing)\n"]
+        text += f"\n--- {host.name}:/{path} (last {lines} lines)\n" + "".join(tail)
+    return text
 
 
 def guest_xml(name: str, kernel: str, initrd: str, disk: str) -> str:
@@ -133,7 +155,8 @@ def test_guest_boots_in_h1_and_live_migrates_to_h2(lab, lab_guest, lab_state_dir
         assert "kestrel-guest: nics eth0 lo" in log
         assert name not in virsh(h2, "list", "--name")
 
-        virsh(h1, "migrate", "--live", "--unsafe", name, h2.libvirt_uri)
+        virsh(h1, "migrate", "--live", "--unsafe", name, h2.libvirt_uri,
+              logs_of=(h1, h2), domain=name)
 
         assert name in virsh(h2, "list", "--name")
         assert name not in virsh(h1, "list", "--all", "--name")

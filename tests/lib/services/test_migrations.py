@@ -163,3 +163,48 @@ def test_a_vm_row_written_by_the_engine_loop_meanwhile_does_not_lose_the_switch(
     vm = engine.vms.info("vm1")[0]
     assert (vm["host"], vm["status"]) == (destination, "Up")
     assert vm["guest"]["hostname"] == "seen MigratingFrom"  # the loop's write kept, too
+
+
+class LaggingDestination(MovingAgent):
+    """A destination agent whose registry still says MigratingTo for a moment after
+    libvirt resumed the guest there: the RESUMED event is on its way to the agent."""
+
+    def __init__(self, name, stale_answers):
+        super().__init__(name)
+        self.stale_answers = stale_answers
+
+    def vm_status(self, vm_id):
+        report = super().vm_status(vm_id)
+        if self.stale_answers > 0:
+            self.stale_answers -= 1
+            return {**report, "status": "MigratingTo"}
+        return report
+
+    def cancel_migration(self, vm_id):
+        # What the real agent answers for a copy libvirt already resumed.
+        raise Conflict(f"VM {vm_id} already runs on this host: its migration completed")
+
+
+def test_a_destination_that_has_not_yet_seen_its_resume_event_is_waited_for(
+        engine, cluster, agents, monkeypatch):
+    """The source reports success once the destination's libvirtd resumed the guest; the
+    destination agent learns it from an event a moment later. Until then it reports the
+    guest running but still MigratingTo: that is a migration about to settle, not a VM
+    that runs nowhere (which recorded it Unknown and raised MigrationFailed)."""
+    monkeypatch.setattr(migrations_service, "POLL", 0.01)
+    agents["10.0.0.1"] = MovingAgent("h1")
+    engine.hosts.ensure("h1", address="10.0.0.1", cluster=cluster)
+    vm = engine.vms.ensure({"name": "vm1", "cluster": cluster, "memory": 256},
+                           state="running").entity
+    agents["10.0.0.2"] = destination = LaggingDestination("h2", stale_answers=3)
+    engine.hosts.ensure("h2", address="10.0.0.2", cluster=cluster)
+    destination.vms[vm["id"]] = "Up"
+    destination.last_xml = agents["10.0.0.1"].last_xml
+    agents["10.0.0.1"].vms.pop(vm["id"])  # the source's copy is gone after the switchover
+
+    outcome = engine.migrations.migrate("vm1", host="h2")
+
+    assert outcome.entity["status"] == "succeeded"
+    assert destination.stale_answers == 0
+    moved = engine.vms.info("vm1")[0]
+    assert (moved["host"], moved["status"]) == ("h2", "Up")
