@@ -56,27 +56,27 @@ class Cluster(Base):
     memory_overcommit_percent: Mapped[int] = mapped_column(Integer, default=100)
     # List of "first-last" MAC ranges.
     mac_pool: Mapped[list] = mapped_column(JSON, default=list)
-    # Issue 6 (migration 0003): a name from engine_lib.scheduling.policies and
+    # A name from engine_lib.scheduling.policies and
     # the cluster's values for that policy's parameters.
     scheduling_policy: Mapped[str] = mapped_column(String(32), default="none")
     scheduling_properties: Mapped[dict] = mapped_column(JSON, default=dict)
-    # Issue 8 (migration 0007): engine_lib.loop.fencing.FencingPolicy's fields; {} = defaults.
+    # engine_lib.services.fencing_settings.FencingPolicy's fields; {} = defaults.
     fencing_policy: Mapped[dict] = mapped_column(JSON, default=dict)
-    # Issue 7 (migration 0005): engine_lib.protocol.convergence's policy name, and the
+    # engine_lib.protocol.convergence's policy name, and the
     # bandwidth limit of each migration in Mbps (0 = no limit).
     migration_policy: Mapped[str] = mapped_column(String(32), default="minimal_downtime")
     migration_bandwidth_mbps: Mapped[int] = mapped_column(Integer, default=0)
     # Migration 0010: migrate over libvirt TLS (qemu+tls, VIR_MIGRATE_TLS); hosts need
     # the host role's libvirt TLS. Off by default, as in oVirt.
     migration_encrypted: Mapped[bool] = mapped_column(Boolean, default=False)
-    # Issue 9 (migration 0009): the hosts' agents may shrink the balloons of this
+    # The hosts' agents may shrink the balloons of this
     # cluster's VMs under memory pressure (engine_lib.agent.ballooning).
     ballooning: Mapped[bool] = mapped_column(Boolean, default=False)
     version: Mapped[int] = mapped_column(Integer, nullable=False)
 
     hosts: Mapped[list["Host"]] = relationship(back_populates="cluster")
     vms: Mapped[list["Vm"]] = relationship(back_populates="cluster")
-    # Issue 9: the cluster's logical networks go with it.
+    # The cluster's logical networks go with it.
     networks: Mapped[list["LogicalNetwork"]] = relationship(
         cascade="all, delete-orphan", order_by="LogicalNetwork.name")
 
@@ -98,13 +98,13 @@ class Host(Base):
     cpus: Mapped[int] = mapped_column(Integer, default=0)
     memory_mib: Mapped[int] = mapped_column(Integer, default=0)
     libvirt_version: Mapped[str] = mapped_column(String(32), default="")
-    # Issue 6 (migration 0003): facts the scheduler's filters read. None means
+    # Facts the scheduler's filters read. None means
     # "not reported", which no filter holds against the host.
     cpu_model: Mapped[str | None] = mapped_column(String(64), nullable=True)
     machines: Mapped[list | None] = mapped_column(JSON, nullable=True)
     networks: Mapped[list | None] = mapped_column(JSON, nullable=True)
     hooks: Mapped[list | None] = mapped_column(JSON, nullable=True)
-    # Issue 9 (migration 0008): [{name, path, available, ...}] from the agent's
+    # [{name, path, available, ...}] from the agent's
     # configured storage domains; None until the agent reports them.
     storage_domains: Mapped[list | None] = mapped_column(JSON, nullable=True)
     # Huge page size in KiB (as a string key) -> free pages.
@@ -112,7 +112,7 @@ class Host(Base):
     used_memory_mib: Mapped[int] = mapped_column(Integer, default=0)
     used_cpu_percent: Mapped[float] = mapped_column(Float, default=0.0)
     last_seen: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    # Issue 8 (migration 0007): {"agent": path, "options": {...}} of a fence-agents style
+    # {"agent": path, "options": {...}} of a fence-agents style
     # power fence agent ({} = none); the command a soft fence runs over SSH; and where the
     # engine stands in fencing the host ("", "soft", "fenced"; see engine_lib.loop.fencing).
     power_management: Mapped[dict] = mapped_column(JSON, default=dict)
@@ -120,7 +120,7 @@ class Host(Base):
     fence_state: Mapped[str] = mapped_column(String(16), default="")
     fence_changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
                                                               nullable=True)
-    # Issue 9 (migration 0011): the agent build the engine last installed (host_deploy):
+    # The agent build the engine last installed (host_deploy):
     # its version and wheel checksum ("" = never reinstalled by the engine), when, and
     # why the last reinstall failed ("" after a success).
     agent_version: Mapped[str] = mapped_column(String(64), default="")
@@ -151,7 +151,7 @@ class Vm(Base):
     initrd: Mapped[str] = mapped_column(Text, default="")
     cmdline: Mapped[str] = mapped_column(Text, default="")
     custom_properties: Mapped[dict] = mapped_column(JSON, default=dict)
-    # Issue 3 (migration 0002). 0 means "none": no memory hotplug, no vCPU hotplug, ...
+    # 0 means "none": no memory hotplug, no vCPU hotplug, ...
     max_memory_mib: Mapped[int] = mapped_column(Integer, default=0)
     max_vcpus: Mapped[int] = mapped_column(Integer, default=0)
     # "" lets the engine choose from the cluster's virt_type at render time.
@@ -164,24 +164,24 @@ class Vm(Base):
     launch_paused: Mapped[bool] = mapped_column(Boolean, default=False)
     # The NoCloud payload as spec.cloud_init normalizes it; {} for none.
     cloud_init: Mapped[dict] = mapped_column(JSON, default=dict)
-    # Canonical forms shared with the scheduler (issue 6):
+    # Canonical forms shared with the scheduler:
     # {"enabled": bool, "priority": int} and {"hosts": [...], "affinity_groups": [...]}.
     high_availability: Mapped[dict] = mapped_column(
         JSON, default=lambda: {"enabled": False, "priority": 0})
     placement: Mapped[dict] = mapped_column(
         JSON, default=lambda: {"hosts": [], "affinity_groups": []})
-    # Issue 9 (migration 0008): free-form labels; the inventory plugin groups by them.
+    # Free-form labels; the inventory plugin groups by them.
     tags: Mapped[list] = mapped_column(JSON, default=list)
     status: Mapped[str] = mapped_column(String(32), default=VmStatus.DOWN)
     exit_reason: Mapped[str] = mapped_column(String(255), default="")
-    # Issue 8 (migration 0007): the engine owes this HA VM a restart (its host failed);
+    # The engine owes this HA VM a restart (its host failed);
     # ha_proof says why it is known not to run there (empty until proven).
     ha_restart_pending: Mapped[bool] = mapped_column(Boolean, default=False)
     ha_proof: Mapped[str] = mapped_column(Text, default="")
-    # Issue 5 (migration 0004): the agent's devices hash at the last device matching;
+    # The agent's devices hash at the last device matching;
     # the engine fetches the live XML again only when the agent reports another.
     devices_hash: Mapped[str] = mapped_column(String(64), default="")
-    # Issue 4 (migration 0006): qemu-guest-agent's latest report (agent GET /vms/{id}/guest),
+    # qemu-guest-agent's latest report (agent GET /vms/{id}/guest),
     # refreshed on the VM poll; {} until a guest agent answered; _at: when it last changed.
     guest_info: Mapped[dict] = mapped_column(JSON, default=dict)
     guest_info_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
@@ -240,7 +240,7 @@ class VmDevice(Base):
     # Reported back from the live domain XML.
     alias: Mapped[str] = mapped_column(String(64), default="")
     address: Mapped[dict] = mapped_column(JSON, default=dict)
-    # Issue 5 (migration 0004): the name the guest sees (a disk's target, e.g. vda).
+    # The name the guest sees (a disk's target, e.g. vda).
     guest_name: Mapped[str] = mapped_column(String(64), default="")
 
     vm: Mapped[Vm] = relationship(back_populates="devices")
@@ -251,7 +251,7 @@ class VmDevice(Base):
 
 
 class AffinityGroup(Base):
-    """Issue 6 (migration 0003): oVirt's affinity group, per cluster.
+    """oVirt's affinity group, per cluster.
 
     Members are the VMs whose ``placement.affinity_groups`` name the group.
     """
@@ -260,7 +260,8 @@ class AffinityGroup(Base):
     __table_args__ = (UniqueConstraint("cluster_id", "name"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    cluster_id: Mapped[str] = mapped_column(ForeignKey("clusters.id", ondelete="CASCADE"), index=True)
+    cluster_id: Mapped[str] = mapped_column(ForeignKey("clusters.id", ondelete="CASCADE"),
+                                            index=True)
     name: Mapped[str] = mapped_column(String(64))
     vm_rule: Mapped[str] = mapped_column(String(16), default="disabled")
     vm_enforcing: Mapped[bool] = mapped_column(Boolean, default=True)
@@ -284,7 +285,7 @@ class AuditEntry(Base):
 
 
 class LogicalNetwork(Base):
-    """Issue 9 (migration 0008): a cluster's logical network, carried by a host bridge.
+    """A cluster's logical network, carried by a host bridge.
 
     A VM NIC's ``network`` names one of these once its cluster defines any;
     a ``required`` network's bridge must exist on a host for VMs to run there.
@@ -294,7 +295,8 @@ class LogicalNetwork(Base):
     __table_args__ = (UniqueConstraint("cluster_id", "name"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    cluster_id: Mapped[str] = mapped_column(ForeignKey("clusters.id", ondelete="CASCADE"), index=True)
+    cluster_id: Mapped[str] = mapped_column(ForeignKey("clusters.id", ondelete="CASCADE"),
+                                            index=True)
     name: Mapped[str] = mapped_column(String(64))
     description: Mapped[str] = mapped_column(Text, default="")
     bridge: Mapped[str] = mapped_column(String(15))
@@ -308,7 +310,7 @@ class LogicalNetwork(Base):
 
 
 class StorageDomainCluster(Base):
-    """Issue 9 (migration 0008): which clusters a storage domain is attached to."""
+    """Which clusters a storage domain is attached to."""
 
     __tablename__ = "storage_domain_clusters"
 
@@ -319,7 +321,7 @@ class StorageDomainCluster(Base):
 
 
 class StorageDomain(Base):
-    """Issue 9 (migration 0008): a file storage domain (a directory, or an NFS export).
+    """A file storage domain (a directory, or an NFS export).
 
     Hosts mount or hold it at the path their agent is configured with
     (agent.conf [storage_domains]); the engine names it and attaches it to clusters.
@@ -343,7 +345,7 @@ class StorageDomain(Base):
 
 
 class Migration(Base):
-    """Issue 7 (migration 0005): one live migration attempt of a VM, kept as a record.
+    """One live migration attempt of a VM, kept as a record.
 
     ``progress`` is the source agent's last sample (data processed and remaining,
     iteration, downtime limit); ``downtime_ms`` the final downtime libvirt measured.

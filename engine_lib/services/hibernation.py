@@ -20,6 +20,8 @@ from engine_lib.model import Host, StorageDomain, StorageDomainCluster, Vm
 from engine_lib.protocol.errors import Conflict, KestrelError, VmNotFound
 from engine_lib.protocol.statuses import HostStatus, VmStatus
 from engine_lib.services.common import audit, get_vm, retry_on_conflict
+from engine_lib.services.host_records import HostRef
+from engine_lib.services.vm_records import vm_dict
 
 
 def memory_volume_for(session, vm: Vm) -> dict:
@@ -39,8 +41,6 @@ def memory_volume_for(session, vm: Vm) -> dict:
 
 def suspend(service, name: str) -> dict:
     """Hibernate the running VM ``name``; returns its entity, Suspended."""
-    from engine_lib.services.vms import HostRef, vm_dict
-
     with service.engine.store.transaction() as session:
         vm = get_vm(session, name)
         host, vm_id = HostRef.of(vm.run_on_host), vm.id
@@ -82,8 +82,6 @@ def _settle_after_failed_save(service, name: str, host, vm_id: str, err: Kestrel
 @retry_on_conflict
 def _record_suspended(engine, name: str, memory: dict, host_name: str) -> dict:
     # Retried: the event follower may record the agent's Down ("saved") at the same time.
-    from engine_lib.services.vms import vm_dict
-
     with engine.store.transaction() as session:
         vm = get_vm(session, name)
         vm.status, vm.exit_reason, vm.run_on_host = VmStatus.SUSPENDED, "", None
@@ -111,8 +109,6 @@ def restore_failed(engine, name: str, host_name: str, message: str) -> None:
 
 def discard(service, name: str) -> bool:
     """Delete a Suspended VM's memory volume (stop or removal); True when there was one."""
-    from engine_lib.services.vms import HostRef
-
     with service.engine.store.transaction(commit=False) as session:
         vm = get_vm(session, name)
         memory = dict(vm.memory_volume) if vm.memory_volume else None
@@ -136,8 +132,6 @@ def discard(service, name: str) -> bool:
 
 def reboot(service, name: str) -> dict:
     """Reboot the running VM ``name`` through its agent (ACPI, else reset)."""
-    from engine_lib.services.vms import HostRef, vm_dict
-
     with service.engine.store.transaction(commit=False) as session:
         vm = get_vm(session, name)
         host, vm_id = HostRef.of(vm.run_on_host), vm.id
