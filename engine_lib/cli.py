@@ -320,7 +320,7 @@ def schedule(args) -> int:
 
 def xml_render(args) -> int:
     """Print the domain XML for a spec file; offline unless a database is named."""
-    from engine_lib.domxml.from_spec import load_spec, render_spec, render_spec_stored
+    from engine_lib.services.previews import load_spec, render_spec, render_spec_stored
 
     spec = load_spec(args.spec)
     if args.engine_dir or args.db_url:
@@ -333,8 +333,7 @@ def xml_render(args) -> int:
 
 def devices_match(args) -> int:
     """Print how a live domain XML's devices correlate with a VM spec's (JSON)."""
-    from engine_lib.devices.debug import correlate_spec, read_live
-    from engine_lib.domxml.from_spec import load_spec
+    from engine_lib.services.previews import correlate_spec, load_spec, read_live
 
     spec, live = load_spec(args.spec), read_live(args.live)
     if args.engine_dir or args.db_url:

@@ -19,8 +19,8 @@ from engine_lib import cli
 from engine_lib.agent.devices_hash import DevicesHashes, devices_hash
 from engine_lib.devices import correlate, live, parse, parse_devices
 from engine_lib.devices.live import BLOCKS
-from engine_lib.domxml.from_spec import render_spec
 from engine_lib.protocol.errors import InvalidSpec
+from engine_lib.services.previews import render_spec
 
 LIVE = Path(__file__).parent / "golden" / "live"
 

@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 from engine_lib import cli
-from engine_lib.domxml.from_spec import render_spec_stored
 from engine_lib.protocol.errors import InvalidSpec
+from engine_lib.services.previews import render_spec_stored
 
 CASES = yaml.safe_load((Path(__file__).parent / "golden" / "cases.yaml").read_text())
 EVERYTHING = {**CASES["everything"]["spec"], "cluster": "c1"}

@@ -20,7 +20,7 @@ import yaml
 from lxml import etree
 
 from engine_lib.agent.domxml import resolve
-from engine_lib.domxml.from_spec import render_spec
+from engine_lib.services.previews import render_spec
 from engine_lib.spec import VM_KEYS
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -2,8 +2,8 @@
 
 import pytest
 
-from engine_lib.domxml.from_spec import render_spec
 from engine_lib.protocol.errors import InvalidSpec
+from engine_lib.services.previews import render_spec
 
 DISK = {"name": "root", "size": "1GiB", "storage_domain": "data"}
 

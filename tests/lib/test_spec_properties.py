@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine_lib.domxml.from_spec import render_spec
 from engine_lib.protocol.errors import InvalidSpec
+from engine_lib.services.previews import render_spec
 
 HOSTILE = ["<", ">", "&", "'", '"', "]]>", "<!--", "&amp;", "\x00", "\x07", "\x1b", "\r", "\n",
            "\t", "é", "✓", "\U0001f600", "\ufffe", "\ud800", "${x}", "{{ x }}", "{% x %}"]
