@@ -108,7 +108,7 @@ class VmService:
         elif state == "stopped" and entity["status"] == VmStatus.SUSPENDED:
             power_changed = True  # stopping a Suspended VM discards its saved memory
             if not check_mode:
-                hibernation.discard(self, name)
+                hibernation.discard(self.engine, name)
                 entity = self._reload(name)
             else:
                 entity["status"] = VmStatus.DOWN
@@ -118,7 +118,7 @@ class VmService:
                                f"{entity['status']})", vm=name)
             power_changed = True
             if not check_mode:
-                entity = hibernation.suspend(self, name)
+                entity = hibernation.suspend(self.engine, name)
             else:
                 entity["status"] = VmStatus.SUSPENDED
         elif state == "rebooted":
@@ -127,7 +127,7 @@ class VmService:
                                f"{entity['status']})", vm=name)
             power_changed = True
             if not check_mode:
-                entity = hibernation.reboot(self, name)
+                entity = hibernation.reboot(self.engine, name)
         elif not check_mode:
             entity = self._reload(name)
         # A running domain keeps the XML it started with until it restarts.

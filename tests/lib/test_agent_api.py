@@ -116,7 +116,7 @@ def _base(node: ast.expr) -> str:
 
 def _defined(cls: ast.ClassDef) -> dict[str, ast.FunctionDef | ast.Lambda]:
     """The AgentApi methods a class body defines (``def``, or ``name = lambda``)."""
-    methods = {}
+    methods: dict[str, ast.FunctionDef | ast.Lambda] = {}
     for node in cls.body:
         if isinstance(node, ast.FunctionDef) and node.name in METHODS:
             methods[node.name] = node
