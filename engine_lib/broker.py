@@ -9,6 +9,10 @@ Errors come back typed, so callers never parse messages:
 - an error document from the agent -> the same class (ERRORS_BY_CODE) with
   the agent's message and details, plus ``details["agent"]``.
 
+``AgentApi`` is what the engine asks of an agent: AgentClient implements it over
+the wire, and the unit tests' in-process stand-ins declare it, so that a change
+here shows up in them (tests/lib/test_agent_api.py compares the signatures).
+
 Standard library only: the engine may run where only the stdlib is certain.
 """
 
@@ -19,7 +23,7 @@ import json
 import os
 import socket
 import ssl
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import quote
 
 from engine_lib.protocol.errors import (
@@ -62,8 +66,107 @@ def client_context(pki_dir: str) -> ssl.SSLContext:
     return context
 
 
+def _not_modelled(client: object, method: str) -> NotImplementedError:
+    return NotImplementedError(f"{type(client).__name__} does not model the agent's {method}()")
+
+
+@runtime_checkable
+class AgentApi(Protocol):
+    """Every call the engine (its services and its loop) makes on a host's agent.
+
+    ``Engine.agent(address, port)`` returns one. A stand-in that subclasses this
+    and leaves a method out raises NotImplementedError for it rather than answer
+    None, so a test that reaches an unmodelled call says which one.
+    """
+
+    # -- host --------------------------------------------------------------------------------
+
+    def host_info(self, timeout: float | None = None) -> dict:
+        raise _not_modelled(self, "host_info")
+
+    def events(self, after: int = 0, timeout: float = 0) -> dict:
+        raise _not_modelled(self, "events")
+
+    def guests_info(self) -> dict:
+        raise _not_modelled(self, "guests_info")
+
+    # -- VM lifecycle ------------------------------------------------------------------------
+
+    def list_vms(self) -> list[dict]:
+        raise _not_modelled(self, "list_vms")
+
+    def start_vm(self, xml: str, mode: str = "fresh") -> dict:
+        raise _not_modelled(self, "start_vm")
+
+    def restore_vm(self, xml: str, memory_volume: dict) -> dict:
+        raise _not_modelled(self, "restore_vm")
+
+    def hibernate_vm(self, vm_id: str, memory_volume: dict) -> dict:
+        raise _not_modelled(self, "hibernate_vm")
+
+    def reboot_vm(self, vm_id: str) -> dict:
+        raise _not_modelled(self, "reboot_vm")
+
+    def vm_status(self, vm_id: str) -> dict:
+        raise _not_modelled(self, "vm_status")
+
+    def vm_xml(self, vm_id: str) -> str:
+        raise _not_modelled(self, "vm_xml")
+
+    def shutdown_vm(self, vm_id: str, timeout: float = 60) -> dict:
+        raise _not_modelled(self, "shutdown_vm")
+
+    def destroy_vm(self, vm_id: str) -> dict:
+        raise _not_modelled(self, "destroy_vm")
+
+    def remove_vm(self, vm_id: str) -> dict:
+        raise _not_modelled(self, "remove_vm")
+
+    def console_log(self, vm_id: str, nbytes: int = 8192) -> str:
+        raise _not_modelled(self, "console_log")
+
+    # -- devices and storage -----------------------------------------------------------------
+
+    def plug_device(self, vm_id: str, xml: str, volume: dict | None = None) -> dict:
+        raise _not_modelled(self, "plug_device")
+
+    def unplug_device(self, vm_id: str, alias: str, timeout: float = 20) -> dict:
+        raise _not_modelled(self, "unplug_device")
+
+    def delete_volumes(self, volumes: list[dict]) -> list[dict]:
+        raise _not_modelled(self, "delete_volumes")
+
+    def resize_volume(self, volume: dict) -> dict:
+        raise _not_modelled(self, "resize_volume")
+
+    def connect_storage(self, name: str, export: str, path: str, options: str = "") -> dict:
+        raise _not_modelled(self, "connect_storage")
+
+    def disconnect_storage(self, name: str) -> dict:
+        raise _not_modelled(self, "disconnect_storage")
+
+    # -- migration ---------------------------------------------------------------------------
+
+    def prepare_incoming(self, xml: str) -> dict:
+        raise _not_modelled(self, "prepare_incoming")
+
+    def migrate_vm(self, vm_id: str, destination_uri: str, paths: dict[str, str],
+                   policy: str = "minimal_downtime", bandwidth_mibps: int | None = None,
+                   tls: bool = False) -> dict:
+        raise _not_modelled(self, "migrate_vm")
+
+    def migration(self, vm_id: str) -> dict:
+        raise _not_modelled(self, "migration")
+
+    def cancel_migration(self, vm_id: str) -> dict:
+        raise _not_modelled(self, "cancel_migration")
+
+
 class AgentClient:
-    """One host agent. Thread-safe: every request uses its own connection."""
+    """One host agent, over HTTPS (implements AgentApi and a few calls beyond it).
+
+    Thread-safe: every request uses its own connection.
+    """
 
     def __init__(self, address: str, port: int, pki_dir: str, timeout: float = 30):
         self.address = address

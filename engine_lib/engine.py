@@ -9,45 +9,42 @@ resulting entity, and a before/after diff.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
+from engine_lib.broker import AgentApi, AgentClient
 from engine_lib.config import EngineConfig
+from engine_lib.services.affinity import AffinityService
+from engine_lib.services.clusters import ClusterService
+from engine_lib.services.events import EventService
+from engine_lib.services.hosts import HostService
+from engine_lib.services.migrations import MigrationService
+from engine_lib.services.networks import NetworkService
+from engine_lib.services.results import Outcome
+from engine_lib.services.storage_domains import StorageDomainService
+from engine_lib.services.vm_devices import VmDeviceService
+from engine_lib.services.vms import VmService
 from engine_lib.store import Store
 
+__all__ = ["AgentFactory", "Engine", "Outcome"]
 
-@dataclass
-class Outcome:
-    changed: bool
-    entity: dict | None
-    diff: dict | None = None
+# (address, port) -> a client of that host's agent.
+AgentFactory = Callable[[str, int], AgentApi]
 
 
-def _default_agent_factory(config: EngineConfig) -> Callable:
-    def connect(address: str, port: int):
-        from engine_lib.broker import AgentClient
-
+def _default_agent_factory(config: EngineConfig) -> AgentFactory:
+    def connect(address: str, port: int) -> AgentApi:
         return AgentClient(address, port, str(config.pki_dir))
 
     return connect
 
 
 class Engine:
-    def __init__(self, config: EngineConfig, store: Store, agent_factory: Callable | None = None):
-        from engine_lib.services.affinity import AffinityService
-        from engine_lib.services.clusters import ClusterService
-        from engine_lib.services.events import EventService
-        from engine_lib.services.hosts import HostService
-        from engine_lib.services.migrations import MigrationService
-        from engine_lib.services.networks import NetworkService
-        from engine_lib.services.storage_domains import StorageDomainService
-        from engine_lib.services.vm_devices import VmDeviceService
-        from engine_lib.services.vms import VmService
-
+    def __init__(self, config: EngineConfig, store: Store,
+                 agent_factory: AgentFactory | None = None):
         self.config = config
         self.store = store
-        # (address, port) -> AgentClient; replaceable so unit tests of the
-        # engine's own logic need no agent.
-        self.agent = agent_factory or _default_agent_factory(config)
+        # Replaceable so unit tests of the engine's own logic need no agent: their
+        # stand-ins implement AgentApi as AgentClient does.
+        self.agent: AgentFactory = agent_factory or _default_agent_factory(config)
         self.clusters = ClusterService(self)
         self.hosts = HostService(self)
         self.vms = VmService(self)
@@ -60,7 +57,7 @@ class Engine:
 
     @classmethod
     def open(cls, engine_dir: str | None = None, db_url: str | None = None,
-             agent_factory: Callable | None = None) -> Engine:
+             agent_factory: AgentFactory | None = None) -> Engine:
         config = EngineConfig.resolve(engine_dir, db_url)
         store = Store(config.db_url)
         store.upgrade()

@@ -60,7 +60,7 @@ class Cluster(Base):
     # the cluster's values for that policy's parameters.
     scheduling_policy: Mapped[str] = mapped_column(String(32), default="none")
     scheduling_properties: Mapped[dict] = mapped_column(JSON, default=dict)
-    # The fencing policy's fields (engine_lib.loop.fencing.FencingPolicy); {} = defaults.
+    # The fencing policy's fields (engine_lib.services.fencing_settings.FencingPolicy); {} = defaults.
     fencing_policy: Mapped[dict] = mapped_column(JSON, default=dict)
     # A convergence policy's name (engine_lib.protocol.convergence), and the
     # bandwidth limit of each migration in Mbps (0 = no limit).
@@ -251,7 +251,7 @@ class VmDevice(Base):
 
 
 class AffinityGroup(Base):
-    """OVirt's affinity group, per cluster.
+    """oVirt's affinity group, per cluster.
 
     Members are the VMs whose ``placement.affinity_groups`` name the group.
     """

@@ -40,6 +40,7 @@ LIVE = ROOT / "tests" / "lib" / "golden" / "live"
 from lab_cycle import bench_lab_cycle, rich_spec, timed_ms
 
 from engine_lib.agent.devices_hash import devices_hash
+from engine_lib.broker import AgentApi
 from engine_lib.devices import correlate, parse_devices
 from engine_lib.devices.live import BLOCKS
 from engine_lib.engine import Engine
@@ -163,7 +164,7 @@ def bench_match(shape=rich) -> dict:
             "devices_per_xml": devices, "xml_kb": round(size / 1024, 1)}
 
 
-class StandInAgent:
+class StandInAgent(AgentApi):
     """What a host's agent answers, in-process: facts, VMs with devices hashes, live XML."""
 
     def __init__(self, name: str):

@@ -14,23 +14,9 @@ from sqlalchemy import select
 
 from engine_lib.model import Host, Vm, utcnow
 from engine_lib.protocol.errors import KestrelError
-from engine_lib.protocol.statuses import VmStatus
 from engine_lib.services.common import retry_on_conflict
 
 log = logging.getLogger("kestrel.engine.guest_info")
-
-# What vm_dict shows: the inventory reads "ips" (ansible_host).
-_KEYS = ("ips", "hostname", "os", "users", "filesystems", "interfaces", "timezone")
-_EMPTY = {"ips": [], "hostname": "", "os": {}, "users": [], "filesystems": [],
-          "interfaces": []}
-
-
-def guest_dict(vm: Vm) -> dict:
-    """vm_dict's "guest": the latest report while the VM runs, else empty fields."""
-    info = vm.guest_info or {}
-    if vm.status not in VmStatus.ACTIVE or not info:
-        return {**_EMPTY}
-    return {**_EMPTY, **{key: info[key] for key in _KEYS if key in info}}
 
 
 def refresh(engine, host, vm_ids: list[str]) -> None:

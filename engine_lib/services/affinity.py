@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from engine_lib.engine import Outcome
 from engine_lib.model import AffinityGroup, Host
 from engine_lib.protocol.errors import InvalidSpec
 from engine_lib.services.common import audit, get_cluster, retry_on_conflict
+from engine_lib.services.results import Outcome
 from engine_lib.spec import boolean, choice
 from engine_lib.spec import name as check_name
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from sqlalchemy import select
+
 from engine_lib import macpool
-from engine_lib.engine import Outcome
 from engine_lib.model import Cluster
+from engine_lib.protocol import convergence
 from engine_lib.protocol.errors import Conflict, InvalidSpec
 from engine_lib.scheduling import policies as scheduling_policies
 from engine_lib.services.common import audit, changed_fields, find, get_cluster, retry_on_conflict
+from engine_lib.services.fencing_settings import normalize_policy
+from engine_lib.services.results import Outcome
 from engine_lib.spec import boolean, choice, positive_int, text
 from engine_lib.spec import name as check_name
 
@@ -35,9 +39,7 @@ def cluster_dict(cluster: Cluster) -> dict:
 
 
 def _fencing_policy(stored: dict | None, given: dict | None = None) -> dict:
-    """Issue 8: the full fencing policy; ``given`` (partial) overrides the stored one."""
-    from engine_lib.loop.fencing import normalize_policy
-
+    """The full fencing policy; ``given`` (partial) overrides the stored one."""
     return normalize_policy("fencing_policy", {**normalize_policy("fencing_policy", stored or {}),
                                                **(given or {})})
 
@@ -56,16 +58,14 @@ def _scheduling(cluster: Cluster | None, policy: str | None, properties: dict | 
 
 
 def _migration_settings(policy: str | None, bandwidth_mbps: int | None) -> dict:
-    """Issue 7: the cluster's convergence policy and per-migration bandwidth (0 = no limit)."""
-    from engine_lib.protocol.convergence import POLICIES
-
+    """The cluster's convergence policy and per-migration bandwidth (0 = no limit)."""
     if bandwidth_mbps is not None and (isinstance(bandwidth_mbps, bool)
                                        or not isinstance(bandwidth_mbps, int)
                                        or not 0 <= bandwidth_mbps <= 1_000_000):
         raise InvalidSpec("migration_bandwidth_mbps", f"must be an integer from 0 (no limit) "
                                                       f"to 1000000, got {bandwidth_mbps!r}")
     return {"migration_policy": None if policy is None
-            else choice("migration_policy", policy, POLICIES),
+            else choice("migration_policy", policy, convergence.POLICIES),
             "migration_bandwidth_mbps": bandwidth_mbps}
 
 
@@ -90,7 +90,8 @@ class ClusterService:
             "virt_type": None if virt_type is None else choice("virt_type", virt_type, VIRT_TYPES),
             "memory_overcommit_percent": None if memory_overcommit is None
             else positive_int("memory_overcommit", memory_overcommit, 10000),
-            "mac_pool": None if mac_pool is None else macpool.normalize_ranges("mac_pool", mac_pool),
+            "mac_pool": None if mac_pool is None
+            else macpool.normalize_ranges("mac_pool", mac_pool),
             **_migration_settings(migration_policy, migration_bandwidth_mbps),
             "migration_encrypted": None if migration_encrypted is None
             else boolean("migration_encrypted", migration_encrypted),
@@ -116,7 +117,8 @@ class ClusterService:
                 session.add(cluster)
                 session.flush()
                 audit(session, "cluster", name, "cluster created")
-                return Outcome(True, cluster_dict(cluster), {"before": {}, "after": cluster_dict(cluster)})
+                return Outcome(True, cluster_dict(cluster),
+                               {"before": {}, "after": cluster_dict(cluster)})
             before = cluster_dict(cluster)
             updates = changed_fields(cluster, wanted)
             for key, value in updates.items():
@@ -128,7 +130,8 @@ class ClusterService:
             after = cluster_dict(cluster)
             return Outcome(bool(updates), after, {"before": before, "after": after})
 
-    def scheduling_policies(self, name: str | None = None, cluster: str | None = None) -> list[dict]:
+    def scheduling_policies(self, name: str | None = None,
+                            cluster: str | None = None) -> list[dict]:
         """The policies a cluster can choose (filters, weights with factors, balancer,
         parameters), or the one ``cluster`` uses with its parameter values."""
         if cluster is not None:
@@ -149,7 +152,8 @@ class ClusterService:
             if cluster.hosts or cluster.vms:
                 raise Conflict(f"cluster '{name}' still has {len(cluster.hosts)} host(s) and "
                                f"{len(cluster.vms)} VM(s); remove them first",
-                               hosts=[h.name for h in cluster.hosts], vms=[v.name for v in cluster.vms])
+                               hosts=[h.name for h in cluster.hosts],
+                               vms=[v.name for v in cluster.vms])
             before = cluster_dict(cluster)
             session.delete(cluster)
             audit(session, "cluster", name, "cluster removed")
@@ -160,7 +164,6 @@ class ClusterService:
             return cluster_dict(get_cluster(session, name))
 
     def info(self) -> list[dict]:
-        from sqlalchemy import select
-
         with self.engine.store.transaction(commit=False) as session:
-            return [cluster_dict(c) for c in session.scalars(select(Cluster).order_by(Cluster.name))]
+            return [cluster_dict(c)
+                    for c in session.scalars(select(Cluster).order_by(Cluster.name))]

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
-from engine_lib.model import AuditEntry, Cluster, Host, Vm
+from engine_lib.model import AuditEntry, Cluster, Host, StorageDomain, Vm
 from engine_lib.protocol.errors import ClusterNotFound, Conflict, HostNotFound, VmNotFound
 
 
@@ -28,6 +28,12 @@ def get_host(session: Session, name: str) -> Host:
 
 def get_vm(session: Session, name: str) -> Vm:
     return find(session, Vm, name) or _raise(VmNotFound(name))
+
+
+def attached_names(session: Session, cluster: Cluster) -> set[str]:
+    """Names of the storage domains attached to the cluster (empty: any name goes)."""
+    return set(session.scalars(select(StorageDomain.name).join(StorageDomain.clusters)
+                               .where(Cluster.id == cluster.id)))
 
 
 def _raise(error: Exception):

@@ -20,6 +20,8 @@ from engine_lib.model import Host, StorageDomain, StorageDomainCluster, Vm
 from engine_lib.protocol.errors import Conflict, KestrelError, VmNotFound
 from engine_lib.protocol.statuses import HostStatus, VmStatus
 from engine_lib.services.common import audit, get_vm, retry_on_conflict
+from engine_lib.services.host_records import HostRef
+from engine_lib.services.vm_records import vm_dict
 
 
 def memory_volume_for(session, vm: Vm) -> dict:
@@ -37,11 +39,9 @@ def memory_volume_for(session, vm: Vm) -> dict:
     return {"domain": domain, "image": str(uuid.uuid4()), "volume": str(uuid.uuid4())}
 
 
-def suspend(service, name: str) -> dict:
+def suspend(engine, name: str) -> dict:
     """Hibernate the running VM ``name``; returns its entity, Suspended."""
-    from engine_lib.services.vms import HostRef, vm_dict
-
-    with service.engine.store.transaction() as session:
+    with engine.store.transaction() as session:
         vm = get_vm(session, name)
         host, vm_id = HostRef.of(vm.run_on_host), vm.id
         if host is None or vm.status not in VmStatus.ACTIVE:
@@ -51,26 +51,27 @@ def suspend(service, name: str) -> dict:
         vm.status = VmStatus.SAVING_STATE
         audit(session, "vm", name, f"VM is saving its memory to storage domain "
                                    f"{memory['domain']} (host {host.name})")
-    client = service._client(host)
+    client = engine.agent(host.address, host.port)
     try:
         client.hibernate_vm(vm_id, memory)
     except KestrelError as err:
-        _settle_after_failed_save(service, name, host, vm_id, err)
+        _settle_after_failed_save(engine, name, host, vm_id, err)
         raise
     try:
         client.remove_vm(vm_id)
     except VmNotFound:
         pass
-    return _record_suspended(service.engine, name, memory, host.name)
+    return _record_suspended(engine, name, memory, host.name)
 
 
-def _settle_after_failed_save(service, name: str, host, vm_id: str, err: KestrelError) -> None:
+def _settle_after_failed_save(engine, name: str, host: HostRef, vm_id: str,
+                              err: KestrelError) -> None:
     """The save failed: the VM is what its agent says it is (normally still running)."""
     try:
-        status = service._client(host).vm_status(vm_id)["status"]
+        status = engine.agent(host.address, host.port).vm_status(vm_id)["status"]
     except KestrelError:
         status = VmStatus.UNKNOWN  # never Down on a guess
-    with service.engine.store.transaction() as session:
+    with engine.store.transaction() as session:
         vm = get_vm(session, name)
         vm.status = VmStatus.UP if status == VmStatus.SAVING_STATE else status
         if vm.status == VmStatus.DOWN:
@@ -82,8 +83,6 @@ def _settle_after_failed_save(service, name: str, host, vm_id: str, err: Kestrel
 @retry_on_conflict
 def _record_suspended(engine, name: str, memory: dict, host_name: str) -> dict:
     # Retried: the event follower may record the agent's Down ("saved") at the same time.
-    from engine_lib.services.vms import vm_dict
-
     with engine.store.transaction() as session:
         vm = get_vm(session, name)
         vm.status, vm.exit_reason, vm.run_on_host = VmStatus.SUSPENDED, "", None
@@ -109,11 +108,9 @@ def restore_failed(engine, name: str, host_name: str, message: str) -> None:
         audit(session, "vm", name, f"restoring on host {host_name} failed: {message}", "error")
 
 
-def discard(service, name: str) -> bool:
+def discard(engine, name: str) -> bool:
     """Delete a Suspended VM's memory volume (stop or removal); True when there was one."""
-    from engine_lib.services.vms import HostRef
-
-    with service.engine.store.transaction(commit=False) as session:
+    with engine.store.transaction(commit=False) as session:
         vm = get_vm(session, name)
         memory = dict(vm.memory_volume) if vm.memory_volume else None
         helper = HostRef.of(session.scalars(select(Host).where(
@@ -124,8 +121,8 @@ def discard(service, name: str) -> bool:
     if helper is None:
         raise Conflict(f"cannot discard the saved memory of VM '{name}': no host of its "
                        "cluster is Up; nothing was changed")
-    service._client(helper).delete_volumes([memory])
-    with service.engine.store.transaction() as session:
+    engine.agent(helper.address, helper.port).delete_volumes([memory])
+    with engine.store.transaction() as session:
         vm = get_vm(session, name)
         vm.memory_volume = None
         if vm.status == VmStatus.SUSPENDED:
@@ -134,18 +131,16 @@ def discard(service, name: str) -> bool:
     return True
 
 
-def reboot(service, name: str) -> dict:
+def reboot(engine, name: str) -> dict:
     """Reboot the running VM ``name`` through its agent (ACPI, else reset)."""
-    from engine_lib.services.vms import HostRef, vm_dict
-
-    with service.engine.store.transaction(commit=False) as session:
+    with engine.store.transaction(commit=False) as session:
         vm = get_vm(session, name)
         host, vm_id = HostRef.of(vm.run_on_host), vm.id
     if host is None:
         raise Conflict(f"cannot reboot VM '{name}': it is not running (status {vm.status})",
                        vm=name)
-    method = service._client(host).reboot_vm(vm_id).get("method", "acpi")
-    with service.engine.store.transaction() as session:
+    method = engine.agent(host.address, host.port).reboot_vm(vm_id).get("method", "acpi")
+    with engine.store.transaction() as session:
         vm = get_vm(session, name)
         audit(session, "vm", name, f"VM rebooted on host {host.name} ({method})")
         return vm_dict(vm)

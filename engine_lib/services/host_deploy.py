@@ -40,18 +40,18 @@ import hashlib
 import shlex
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from engine_lib import engine_key, pki
-from engine_lib.engine import Outcome
 from engine_lib.model import utcnow
 from engine_lib.protocol.errors import AgentUnreachable, Conflict, InvalidSpec, KestrelError
 from engine_lib.protocol.statuses import HostStatus
 from engine_lib.services import maintenance
 from engine_lib.services.common import audit, get_host, retry_on_conflict
-from engine_lib.services.hosts import HostService, host_dict
+from engine_lib.services.host_records import host_dict, record_capabilities
+from engine_lib.services.results import Outcome
 from engine_lib.wheel import DIST_NAME, TAG, build_agent_wheel
 
 # Where the host role puts the agent; reinstall keeps to the same layout.
@@ -133,12 +133,12 @@ class Build:
     sha1: str  # what the host role records next to the venv
 
     @classmethod
-    def of(cls, path: str) -> "Build":
+    def of(cls, path: str) -> Build:
         data = Path(path).read_bytes()
         name = Path(path).name
         version = name[len(DIST_NAME) + 1:-len(f"-{TAG}.whl")]
         return cls(path, version, hashlib.sha256(data).hexdigest(),
-                   hashlib.sha1(data).hexdigest())  # noqa: S324 - a marker, not security
+                   hashlib.sha1(data).hexdigest())
 
 
 @dataclass(frozen=True)
@@ -334,7 +334,7 @@ class HostDeploy:
             except AgentUnreachable as err:
                 if time.monotonic() > deadline:
                     raise _StepFailed("waiting for the agent", f"it did not answer over mutual "
-                                      f"TLS within {self.start_timeout:.0f}s: {err.message}")
+                                      f"TLS within {self.start_timeout:.0f}s: {err.message}") from None
                 time.sleep(0.5)
             except KestrelError as err:
                 raise _StepFailed("waiting for the agent", err.message) from None
@@ -364,7 +364,7 @@ class HostDeploy:
     def _mark_installed(self, name: str, build: Build, report: dict, capabilities: dict) -> None:
         with self.engine.store.transaction() as session:
             host = get_host(session, name)
-            HostService.record_capabilities(host, capabilities)
+            record_capabilities(host, capabilities)
             # Installed, not yet active: `activate` (maintenance.leave) makes it Up.
             host.status = HostStatus.MAINTENANCE
             host.agent_version, host.agent_wheel_sha256 = build.version, build.sha256

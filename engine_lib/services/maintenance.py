@@ -23,14 +23,14 @@ from dataclasses import dataclass, field, replace
 
 from sqlalchemy import select
 
-from engine_lib.engine import Outcome
 from engine_lib.model import Host, Vm
 from engine_lib.protocol.errors import Conflict, InvalidSpec, KestrelError, NoValidHost
 from engine_lib.protocol.statuses import HostStatus, VmStatus
 from engine_lib.scheduling import HostTable, place
 from engine_lib.services import cluster_facts
 from engine_lib.services.common import audit, get_host, retry_on_conflict
-from engine_lib.services.hosts import HostService, host_dict
+from engine_lib.services.host_records import host_dict, record_capabilities
+from engine_lib.services.results import Outcome
 from engine_lib.store import lock_cluster
 
 # Live migration moves a running guest; anything paused, migrating or in transition must
@@ -216,7 +216,7 @@ def _activate(engine, name: str, capabilities: dict, check_mode: bool) -> Outcom
     with engine.store.transaction(commit=not check_mode) as session:
         host = get_host(session, name)
         previous = host.status
-        HostService.record_capabilities(host, capabilities)
+        record_capabilities(host, capabilities)
         host.status = HostStatus.UP
         audit(session, "host", name, f"host activated: Up (was {previous})")
         return Outcome(previous != HostStatus.UP, _entity(host, []),

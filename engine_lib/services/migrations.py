@@ -19,14 +19,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from datetime import UTC
 
 from sqlalchemy import select
 
 from engine_lib import devices
 from engine_lib.domxml import render
-from engine_lib.engine import Outcome
 from engine_lib.model import Migration, Vm, utcnow
 from engine_lib.protocol import convergence
 from engine_lib.protocol.errors import (
@@ -44,8 +44,9 @@ from engine_lib.protocol.statuses import VmStatus
 from engine_lib.scheduling import place
 from engine_lib.services import cluster_facts
 from engine_lib.services.common import audit, get_vm, retry_on_conflict
+from engine_lib.services.host_records import HostRef
+from engine_lib.services.results import Outcome
 from engine_lib.services.scheduling_facts import scheduling_request
-from engine_lib.services.vms import HostRef
 from engine_lib.store import lock_cluster
 
 log = logging.getLogger("kestrel.migrations")
@@ -521,6 +522,4 @@ class MigrationService:
 
 def _aware(moment):
     # SQLite hands back naive datetimes even for timezone-aware columns; all ours are UTC.
-    from datetime import timezone
-
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

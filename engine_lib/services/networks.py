@@ -17,10 +17,10 @@ import re
 
 from sqlalchemy import select
 
-from engine_lib.engine import Outcome
 from engine_lib.model import DeviceType, Host, LogicalNetwork, Vm, VmDevice
 from engine_lib.protocol.errors import Conflict, InvalidSpec
 from engine_lib.services.common import audit, get_cluster, retry_on_conflict
+from engine_lib.services.results import Outcome
 from engine_lib.spec import boolean, positive_int, text
 from engine_lib.spec import name as check_name
 
@@ -28,7 +28,8 @@ from engine_lib.spec import name as check_name
 BRIDGE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 
 
-def network_dict(network: LogicalNetwork, cluster: str, hosts: dict[str, list | None] | None = None) -> dict:
+def network_dict(network: LogicalNetwork, cluster: str,
+                 hosts: dict[str, list | None] | None = None) -> dict:
     out = {"name": network.name, "cluster": cluster, "description": network.description,
            "bridge": network.bridge, "vlan": network.vlan or None, "mtu": network.mtu or None,
            "required": network.required}

@@ -19,13 +19,13 @@ import logging
 
 from sqlalchemy import select
 
-from engine_lib.engine import Outcome
 from engine_lib.model import Cluster, DeviceType, Host, StorageDomain, Vm, VmDevice
 from engine_lib.protocol.errors import Conflict, InvalidSpec, KestrelError, NotFound
 from engine_lib.protocol.statuses import HostStatus
 from engine_lib.protocol.storage import EXPORT_RE
 from engine_lib.services.common import audit, find, get_cluster, retry_on_conflict
-from engine_lib.services.vms import HostRef
+from engine_lib.services.host_records import HostRef
+from engine_lib.services.results import Outcome
 from engine_lib.spec import choice, text
 from engine_lib.spec import name as check_name
 
@@ -68,12 +68,6 @@ def export(field: str, value) -> str:
     if not EXPORT_RE.match(value):
         raise InvalidSpec(field, f"must be an NFS export 'server:/path' (got {value!r})")
     return value
-
-
-def attached_names(session, cluster: Cluster) -> set[str]:
-    """Names of the storage domains attached to the cluster (empty: any name goes)."""
-    return set(session.scalars(select(StorageDomain.name).join(StorageDomain.clusters)
-                               .where(Cluster.id == cluster.id)))
 
 
 def disk_users(session, domain: str, cluster_ids: list[str] | None = None) -> list[str]:
@@ -131,7 +125,8 @@ class StorageDomainService:
             changed = before != after
             entity = domain_dict(domain, self._hosts(session, domain))
             if changed:
-                audit(session, "storage", name, f"storage domain {'updated' if before else 'created'}"
+                audit(session, "storage", name,
+                      f"storage domain {'updated' if before else 'created'}"
                       f": {domain.type} at {domain.path}, clusters "
                       f"{', '.join(after['clusters']) or 'none'}")
             outcome = Outcome(changed, entity, {"before": before, "after": after})
@@ -160,7 +155,8 @@ class StorageDomainService:
         if users:
             raise Conflict(f"storage domain '{domain.name}' holds disks of VM(s) "
                            f"{', '.join(users)} in cluster(s) "
-                           f"{', '.join(c.name for c in dropped)}; it cannot be detached", vms=users)
+                           f"{', '.join(c.name for c in dropped)}; it cannot be detached",
+                           vms=users)
         if [c.name for c in domain.clusters] != names:
             domain.clusters = wanted
 

@@ -25,7 +25,7 @@ from engine_lib.model import Cluster, DeviceType, Vm, VmDevice, new_id
 from engine_lib.protocol.devices import GUEST_AGENT_CHANNEL
 from engine_lib.protocol.errors import Conflict, InvalidSpec
 from engine_lib.protocol.statuses import VmStatus
-from engine_lib.services.common import get_cluster
+from engine_lib.services.common import attached_names, get_cluster
 
 # Order of devices of one type in the domain XML (and so in the guest's PCI slots).
 _TYPE_RANK = {DeviceType.CONTROLLER: 0, DeviceType.DISK: 1, DeviceType.INTERFACE: 2,
@@ -77,8 +77,6 @@ class DbContext:
             return {spec["mac"]: owner for spec, owner in rows}
 
     def storage_domains(self, cluster: Cluster) -> set[str]:
-        from engine_lib.services.storage_domains import attached_names
-
         with self.session.no_autoflush:
             return attached_names(self.session, cluster)
 

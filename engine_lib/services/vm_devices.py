@@ -31,14 +31,14 @@ from sqlalchemy import select
 from engine_lib import spec as specs
 from engine_lib.domxml import render
 from engine_lib.domxml.viewmodel import volume_ref
-from engine_lib.engine import Outcome
 from engine_lib.model import DeviceType, Host, Vm, VmDevice
 from engine_lib.protocol.devices import find_by_alias
 from engine_lib.protocol.errors import Conflict, InvalidSpec, KestrelError
 from engine_lib.protocol.statuses import HostStatus, VmStatus
 from engine_lib.services import vm_config
 from engine_lib.services.common import audit, get_vm, retry_on_conflict
-from engine_lib.services.vms import HostRef
+from engine_lib.services.host_records import HostRef
+from engine_lib.services.results import Outcome
 from engine_lib.units import size_mib
 
 NIC_STATES = ("present", "absent")
@@ -265,7 +265,8 @@ class VmDeviceService:
                 and "lun" not in device.spec else None
             if changed:
                 audit(session, "vm", vm, f"{'NIC' if type_ == DeviceType.INTERFACE else 'disk'} "
-                      f"{name} {'removed' if device is None else 'added' if old is None else 'updated'}"
+                      f"{name} "
+                      f"{'removed' if device is None else 'added' if old is None else 'updated'}"
                       f"{' (detached, volume kept)' if state == 'detached' else ''}")
             if unplug and not check_mode:
                 # The guest releases the device before the DB forgets it.

@@ -9,7 +9,7 @@ than guess (a VM is never assumed Down).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 from sqlalchemy import func, select
 from sqlalchemy.orm.exc import StaleDataError
@@ -17,9 +17,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from engine_lib import devices
 from engine_lib.domxml import render
 from engine_lib.domxml.viewmodel import volume_refs
-from engine_lib.engine import Outcome
-from engine_lib.loop.guest_info import guest_dict
-from engine_lib.model import DeviceType, Host, Vm
+from engine_lib.model import Host, Vm
 from engine_lib.protocol.errors import (
     AgentError,
     Conflict,
@@ -31,62 +29,27 @@ from engine_lib.protocol.errors import (
 from engine_lib.protocol.statuses import HostStatus, VmStatus
 from engine_lib.scheduling import place, resolve
 from engine_lib.services import hibernation, vm_config
-from engine_lib.services.common import audit, find, get_cluster, get_host, get_vm, retry_on_conflict
+from engine_lib.services.common import (
+    audit,
+    find,
+    get_cluster,
+    get_host,
+    get_vm,
+    retry_on_conflict,
+)
+from engine_lib.services.host_records import HostRef
+from engine_lib.services.results import Outcome
 from engine_lib.services.scheduling_facts import affinity_context, host_state, scheduling_request
+from engine_lib.services.vm_records import vm_dict
 from engine_lib.spec import normalize_vm
 from engine_lib.store import lock_cluster
 
 # States that would race a running migration (see _refuse_while_migrating).
 _RACE_A_MIGRATION = ("stopped", "suspended", "absent")
 STATES = ("present", "running", "stopped", "absent",
-          # Issue 4: hibernate (a Suspended VM runs on from its saved memory when it is
-          # "running" again), and reboot a running VM (always a change).
+          # Hibernate (a Suspended VM runs on from its saved memory when it is "running"
+          # again), and reboot a running VM (always a change).
           "suspended", "rebooted")
-
-
-@dataclass(frozen=True)
-class HostRef:
-    """What the engine needs to reach a host once its transaction has ended."""
-
-    name: str
-    address: str
-    port: int
-
-    @classmethod
-    def of(cls, host: Host | None) -> "HostRef | None":
-        return cls(host.name, host.address, host.port) if host else None
-
-
-def vm_dict(vm: Vm) -> dict:
-    return {
-        "id": vm.id,
-        "name": vm.name,
-        "cluster": vm.cluster.name,
-        "description": vm.description,
-        "status": vm.status,
-        "exit_reason": vm.exit_reason,
-        "host": vm.run_on_host.name if vm.run_on_host else None,
-        "memory_mib": vm.memory_mib,
-        "vcpus": vm.vcpus,
-        "cpu": {"sockets": vm.sockets, "cores": vm.cores, "threads": vm.threads},
-        "machine": vm.machine,
-        "kernel": vm.kernel,
-        "initrd": vm.initrd,
-        "cmdline": vm.cmdline,
-        "custom_properties": dict(vm.custom_properties),
-        "tags": list(vm.tags or []),
-        "disks": [{"name": d.name, "id": d.id, "alias": d.user_alias, **d.spec}
-                  for d in vm.devices_of(DeviceType.DISK)],
-        "nics": [{"name": d.name, "id": d.id, "alias": d.user_alias, **d.spec}
-                 for d in vm.devices_of(DeviceType.INTERFACE)],
-        # "alias" is what libvirt reports (libvirt's own for devices it added), ours until then.
-        "devices": [{"id": d.id, "type": d.type, "name": d.name, "alias": d.alias or (d.user_alias if d.managed else ""),
-                     "managed": d.managed, "plugged": d.plugged, "address": dict(d.address),
-                     "guest_name": d.guest_name}
-                    for d in vm.devices],
-        "guest": guest_dict(vm),
-        "memory_volume": dict(vm.memory_volume) if vm.memory_volume else None,
-    }
 
 
 class VmService:
@@ -145,7 +108,7 @@ class VmService:
         elif state == "stopped" and entity["status"] == VmStatus.SUSPENDED:
             power_changed = True  # stopping a Suspended VM discards its saved memory
             if not check_mode:
-                hibernation.discard(self, name)
+                hibernation.discard(self.engine, name)
                 entity = self._reload(name)
             else:
                 entity["status"] = VmStatus.DOWN
@@ -155,7 +118,7 @@ class VmService:
                                f"{entity['status']})", vm=name)
             power_changed = True
             if not check_mode:
-                entity = hibernation.suspend(self, name)
+                entity = hibernation.suspend(self.engine, name)
             else:
                 entity["status"] = VmStatus.SUSPENDED
         elif state == "rebooted":
@@ -164,7 +127,7 @@ class VmService:
                                f"{entity['status']})", vm=name)
             power_changed = True
             if not check_mode:
-                entity = hibernation.reboot(self, name)
+                entity = hibernation.reboot(self.engine, name)
         elif not check_mode:
             entity = self._reload(name)
         # A running domain keeps the XML it started with until it restarts.

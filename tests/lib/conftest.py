@@ -5,18 +5,29 @@ from __future__ import annotations
 import itertools
 import os
 import sys
+import xml.etree.ElementTree as ET
 
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "support"))
 import postgres
 
+from engine_lib.broker import AgentApi
 from engine_lib.engine import Engine
-from engine_lib.protocol.errors import AgentUnreachable, GuestAgentUnavailable, VmNotFound
+from engine_lib.protocol.errors import (
+    AgentError,
+    AgentUnreachable,
+    GuestAgentUnavailable,
+    VmNotFound,
+)
 
 
-class FakeAgent:
-    """Stands in for a host agent in tests of the engine's own decisions."""
+class FakeAgent(AgentApi):
+    """Stands in for a host agent in tests of the engine's own decisions.
+
+    What it does not model raises NotImplementedError (AgentApi's default); subclasses
+    in the tests add what they need. test_agent_api.py keeps the signatures in line.
+    """
 
     def __init__(self, name: str, memory_mib: int = 4096, cpus: int = 4):
         self.name, self.memory_mib, self.cpus = name, memory_mib, cpus
@@ -45,8 +56,6 @@ class FakeAgent:
 
     def start_vm(self, xml, mode="fresh"):
         self._check()
-        import xml.etree.ElementTree as ET
-
         vm_id = ET.fromstring(xml).findtext("uuid")
         self.vms[vm_id] = "Up"
         self.last_xml = xml
@@ -72,7 +81,8 @@ class FakeAgent:
             raise VmNotFound(vm_id)
         self.vms[vm_id] = "Down"
 
-    shutdown_vm = lambda self, vm_id, timeout: self.destroy_vm(vm_id)  # noqa: E731
+    def shutdown_vm(self, vm_id, timeout=60):
+        return self.destroy_vm(vm_id)
 
     def remove_vm(self, vm_id):
         self._check()
@@ -91,8 +101,6 @@ class FakeAgent:
         failures = self.__dict__.setdefault("storage_failures", {})
         error = getattr(self, "mount_errors", {}).get(name)
         if error:
-            from engine_lib.protocol.errors import AgentError
-
             failures[name] = (path, error)
             raise AgentError(error, code="MountFailed")
         failures.pop(name, None)

@@ -9,11 +9,11 @@ by the system tests on the lab.
 
 from __future__ import annotations
 
-from engine_lib.engine import Outcome
 from engine_lib.protocol.errors import AgentError, NoValidHost
 from engine_lib.scheduling import place
 from engine_lib.services import cluster_facts
 from engine_lib.services.common import get_host, get_vm
+from engine_lib.services.results import Outcome
 from engine_lib.store import lock_cluster
 
 

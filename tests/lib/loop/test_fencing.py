@@ -9,15 +9,17 @@ from engine_lib.loop.fencing import (
     SKIP,
     SOFT_FENCE,
     WAIT,
-    FencingPolicy,
     connectivity_broken,
     decide,
-    normalize_policy,
-    normalize_power_management,
     power_off,
     power_on,
 )
 from engine_lib.protocol.errors import InvalidSpec
+from engine_lib.services.fencing_settings import (
+    FencingPolicy,
+    normalize_policy,
+    normalize_power_management,
+)
 
 UP, CONNECTING, NON_RESPONSIVE, MAINTENANCE = "Up", "Connecting", "NonResponsive", "Maintenance"
 
