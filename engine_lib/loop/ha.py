@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import select
 
+from engine_lib import engine_key
 from engine_lib.loop.fencing import FENCED, POWERED_ON, Fencer
 from engine_lib.model import Host, Vm
 from engine_lib.protocol.errors import KestrelError, NoValidHost
@@ -57,8 +58,6 @@ def restart_order(vms: list[Vm]) -> list[Vm]:
 
 def default_ssh_key(engine) -> str:
     """The engine's SSH key for soft fencing: ``<engine_dir>/ssh/id_ed25519`` (engine_key)."""
-    from engine_lib import engine_key
-
     return str(engine_key.private_key(engine.config.engine_dir))
 
 
