@@ -2,7 +2,7 @@
 
 ``Engine.open()`` finds the engine directory and database, brings the schema
 up to date and exposes one service per entity. Every mutating call takes
-``check_mode`` and returns an ``Outcome``: whether anything changed, the
+``check_mode`` and returns an ``Outcome`` (engine_lib.services.results): whether anything changed, the
 resulting entity, and a before/after diff.
 """
 
@@ -18,13 +18,12 @@ from engine_lib.services.events import EventService
 from engine_lib.services.hosts import HostService
 from engine_lib.services.migrations import MigrationService
 from engine_lib.services.networks import NetworkService
-from engine_lib.services.results import Outcome
 from engine_lib.services.storage_domains import StorageDomainService
 from engine_lib.services.vm_devices import VmDeviceService
 from engine_lib.services.vms import VmService
 from engine_lib.store import Store
 
-__all__ = ["AgentFactory", "Engine", "Outcome"]
+__all__ = ["AgentFactory", "Engine"]
 
 # (address, port) -> a client of that host's agent.
 AgentFactory = Callable[[str, int], AgentApi]

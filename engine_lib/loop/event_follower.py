@@ -29,7 +29,7 @@ from engine_lib.model import Host, Vm
 from engine_lib.protocol.errors import KestrelError
 from engine_lib.protocol.statuses import HostStatus
 from engine_lib.services.common import retry_on_conflict
-from engine_lib.services.vms import HostRef
+from engine_lib.services.host_records import HostRef
 
 log = logging.getLogger("kestrel.engine.events")
 

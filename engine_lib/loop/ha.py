@@ -33,7 +33,7 @@ from engine_lib.model import Host, Vm
 from engine_lib.protocol.errors import KestrelError, NoValidHost
 from engine_lib.protocol.statuses import HostStatus, VmStatus
 from engine_lib.services.common import audit, get_vm, retry_on_conflict
-from engine_lib.services.vms import HostRef
+from engine_lib.services.host_records import HostRef
 
 log = logging.getLogger("kestrel.engine.ha")
 

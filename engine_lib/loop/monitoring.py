@@ -33,9 +33,8 @@ from engine_lib.model import Host, Vm
 from engine_lib.protocol.errors import AgentUnreachable, KestrelError
 from engine_lib.protocol.statuses import HostStatus, VmStatus
 from engine_lib.services.common import audit, retry_on_conflict
-from engine_lib.services.hosts import HostService
+from engine_lib.services.host_records import HostRef, record_capabilities
 from engine_lib.services.storage_domains import connect_host, nfs_unreported
-from engine_lib.services.vms import HostRef
 
 log = logging.getLogger("kestrel.engine.monitoring")
 
@@ -115,7 +114,7 @@ class Monitor:
         with self.engine.store.transaction() as session:
             host = _host(session, name)
             previous = host.status
-            HostService.record_capabilities(host, facts, self.clock())
+            record_capabilities(host, facts, self.clock())
             if previous != HostStatus.UP:
                 audit(session, "host", name, f"host is Up again (was {previous})")
                 log.info("host %s is Up again (was %s)", name, previous)

@@ -34,7 +34,7 @@ from engine_lib.model import Host, Vm
 from engine_lib.protocol.errors import KestrelError, VmNotFound
 from engine_lib.protocol.statuses import VmStatus
 from engine_lib.services.common import audit
-from engine_lib.services.vms import HostRef
+from engine_lib.services.host_records import HostRef
 
 log = logging.getLogger("kestrel.engine.monitoring")
 

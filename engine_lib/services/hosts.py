@@ -72,9 +72,6 @@ class HostService:
             connect_host(self.engine, name)  # an Up host mounts its cluster's NFS domains
         return outcome
 
-    # Kept here as well: the engine loop records its heartbeats through the host service.
-    record_capabilities = staticmethod(record_capabilities)
-
     @staticmethod
     def _active_vms(session, host: Host) -> list[str]:
         return list(session.scalars(select(Vm.name).where(

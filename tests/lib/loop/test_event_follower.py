@@ -3,7 +3,7 @@
 import pytest
 
 from engine_lib.loop.event_follower import EventFollower, HostFollower, latest_per_vm
-from engine_lib.services.vms import HostRef
+from engine_lib.services.host_records import HostRef
 
 
 @pytest.fixture
