@@ -52,6 +52,7 @@ from engine_lib.agent.devices_hash import DevicesHashes
 from engine_lib.agent.domains import (
     is_active,
     is_ours,
+    is_running,
     libvirt_errors,
     libvirt_status,
     remember_exit,
@@ -170,8 +171,10 @@ class Hypervisor:
             return
         if event in (registry.STOPPED, registry.CRASHED) and is_active(dom):
             return  # stale: the VM was started again before this event was dispatched
-        if event in (registry.STARTED, registry.RESUMED) and not is_active(dom):
-            return  # stale: it went down again meanwhile
+        if event in (registry.STARTED, registry.RESUMED) and not is_running(dom):
+            return  # stale: it went down or was paused again before this was dispatched
+        if event == registry.SUSPENDED and is_running(dom):
+            return  # stale: it was resumed again before this was dispatched
         record = self.registry.on_event(vm_id, event, detail)
         if record is not None and record.status == VmStatus.DOWN and record.exit_reason:
             # Only while no operation holds the VM: a start in flight redefines the

@@ -138,6 +138,20 @@ def test_a_pause_behind_the_agents_back_is_seen(hv, outsider):
     assert _wait_for(hv, vm_id, "Up")["status"] == "Up"
 
 
+def test_a_late_start_or_pause_event_does_not_undo_a_newer_state(hv, outsider):
+    """libvirt dispatches events on its own thread: a start's STARTED event can arrive
+    after the VM was already paused (and a SUSPENDED one after it resumed)."""
+    vm_id = _start(hv, outsider)
+    dom = hv.connection().lookupByUUIDString(vm_id)
+    assert hv.pause(vm_id)["status"] == "Paused"
+    hv._on_lifecycle(dom, registry.STARTED, 0)
+    hv._on_lifecycle(dom, registry.RESUMED, 0)
+    assert hv.status(vm_id)["status"] == "Paused"
+    assert hv.resume(vm_id)["status"] == "Up"
+    hv._on_lifecycle(dom, registry.SUSPENDED, 0)
+    assert hv.status(vm_id)["status"] == "Up"
+
+
 def test_pause_and_resume_through_the_agent(hv, outsider):
     vm_id = _start(hv, outsider)
     assert hv.pause(vm_id)["status"] == "Paused"
