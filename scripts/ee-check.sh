@@ -28,7 +28,8 @@ for needed in "kestrel-engine" "openssh-client"; do
         echo "introspect did not find $needed in kestrel.virt's requirements" >&2; exit 1; }
 done
 
-"$bin/kestrel" agent wheel --out "$work/wheels" >/dev/null
+# The engine library itself (the agent wheel carries only what a host runs).
+"$bin/pip" wheel --quiet --no-deps -w "$work/wheels" "$repo" >/dev/null
 cp "$tarball" "$work/"
 cat >"$work/execution-environment.yml" <<YAML
 version: 3
