@@ -34,10 +34,8 @@ from engine_lib.protocol.errors import (
     KestrelError,
 )
 from engine_lib.protocol.storage import MOUNT_TIMEOUT_S
-from engine_lib.protocol.wire import AGENT_PORT, API_PREFIX
+from engine_lib.protocol.wire import API_PREFIX
 
-API = API_PREFIX
-DEFAULT_PORT = AGENT_PORT
 # A shutdown request waits for the guest on the agent; give the answer this much extra time.
 SHUTDOWN_GRACE = 15.0
 # Saving or restoring a guest's memory takes as long as writing or reading it.
@@ -308,7 +306,7 @@ class AgentClient:
 
     def _call(self, method: str, path: str, body: dict | None = None,
               timeout: float | None = None) -> Any:
-        status, data = self._request(method, API + path, body, timeout or self.timeout)
+        status, data = self._request(method, API_PREFIX + path, body, timeout or self.timeout)
         try:
             document = json.loads(data) if data else {}
         except ValueError:

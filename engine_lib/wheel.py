@@ -31,7 +31,7 @@ TAG = "py3-none-any"
 SCRIPTS = {"kestrel-agent": "engine_lib.agent.__main__:cli"}
 # What a host runs, below engine_lib/ (engine_lib/__init__.py holds only the version).
 HOST_PACKAGES = ("agent", "protocol")
-REQUIRES = ("Requires-Python: >=3.11",
+METADATA_LINES = ("Requires-Python: >=3.11",
             "Summary: kestrel.virt host agent (needs libvirt-python from the host's distribution)",
             "License: GPL-3.0-or-later")
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip entry can carry
@@ -49,7 +49,7 @@ def build_agent_wheel(out_dir: str) -> str:
     dist_info = f"{DIST_NAME}-{version}.dist-info"
     files = [(name, path.read_bytes()) for name, path in _package_files()]
     files += [
-        (f"{dist_info}/METADATA", _metadata(version, list(REQUIRES))),
+        (f"{dist_info}/METADATA", _metadata(version, list(METADATA_LINES))),
         (f"{dist_info}/WHEEL", _wheel_file()),
         (f"{dist_info}/entry_points.txt", _entry_points(SCRIPTS)),
         (f"{dist_info}/top_level.txt", b"engine_lib\n"),

@@ -31,7 +31,6 @@ from engine_lib.protocol.wire import API_PREFIX
 
 log = logging.getLogger("kestrel.agent.api")
 
-PREFIX = API_PREFIX
 MAX_CONSOLE_BYTES = 1024 * 1024
 DEFAULT_CONSOLE_BYTES = 8192
 DEFAULT_SHUTDOWN_TIMEOUT = 60.0
@@ -52,7 +51,7 @@ class Request:
 @dataclass(frozen=True)
 class Route:
     method: str
-    path: str  # e.g. "/vms/{id}/xml", below PREFIX
+    path: str  # e.g. "/vms/{id}/xml", below API_PREFIX
     operation: str  # OpenAPI operationId and the Api method that serves it
     summary: str
     body: dict | None = None  # JSON schema of the request body
@@ -60,7 +59,7 @@ class Route:
     regex: re.Pattern = field(init=False, compare=False)
 
     def __post_init__(self):
-        pattern = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", PREFIX + self.path)
+        pattern = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", API_PREFIX + self.path)
         object.__setattr__(self, "regex", re.compile(f"^{pattern}$"))
 
 
@@ -501,7 +500,7 @@ def _json_body(body: bytes, route: Route) -> dict:
     unknown = set(data) - set((route.body or {}).get("properties", {}))
     if unknown:
         takes = "takes no fields" if route.body is None else "does not know"
-        raise InvalidSpec("body", f"{route.method} {PREFIX}{route.path} {takes} "
+        raise InvalidSpec("body", f"{route.method} {API_PREFIX}{route.path} {takes} "
                                   f"{sorted(unknown)}")
     return data
 
@@ -539,7 +538,7 @@ def openapi_document() -> dict:
             operation["requestBody"] = {
                 "required": bool(route.body.get("required")),
                 "content": {"application/json": {"schema": route.body}}}
-        paths.setdefault(PREFIX + route.path, {})[route.method.lower()] = operation
+        paths.setdefault(API_PREFIX + route.path, {})[route.method.lower()] = operation
     return {
         "openapi": "3.0.3",
         "info": {"title": "kestrel host agent", "version": engine_lib.__version__,

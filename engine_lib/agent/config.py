@@ -24,10 +24,9 @@ from engine_lib.protocol.errors import InvalidSpec
 from engine_lib.protocol.wire import AGENT_PORT
 
 DEFAULT_PATH = "/etc/kestrel/agent.conf"
-DEFAULT_PORT = AGENT_PORT
 
 _DEFAULTS: dict[str, dict[str, str]] = {
-    "agent": {"address": "0.0.0.0", "port": str(DEFAULT_PORT),
+    "agent": {"address": "0.0.0.0", "port": str(AGENT_PORT),
               "libvirt_uri": "qemu:///system", "name": ""},
     "pki": {"ca": "/etc/kestrel/pki/ca.pem", "cert": "/etc/kestrel/pki/agent.pem",
             "key": "/etc/kestrel/pki/agent.key"},

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 from pathlib import Path
 
 from engine_lib.cli.common import open_engine, print_json
@@ -55,10 +58,6 @@ def engine_sign_csr(args) -> int:
 
 def engine_run(args) -> int:
     """Run the engine loop (engine_lib.loop.runner), in the foreground or as a daemon."""
-    import os
-    import signal
-    import threading
-
     from engine_lib.broker import client_context
     from engine_lib.config import EngineConfig
     from engine_lib.loop import runner
@@ -77,14 +76,15 @@ def engine_run(args) -> int:
     lock_fd = daemon.lock_pidfile(args.pidfile, "the engine loop") if args.pidfile else None
     # Fail here, before any fork: no TLS material to reach agents with, or a
     # database that cannot be reached or upgraded.
-    client_context(str(EngineConfig.resolve(args.engine_dir, args.db_url).pki_dir))
+    config = EngineConfig.resolve(args.engine_dir, args.db_url)
+    client_context(str(config.pki_dir))
     open_engine(args).close()
     ready_fd = daemon.daemonize(lock_fd, "engine loop") if args.daemon else None
     if args.daemon and ready_fd is None:
         return 0  # the launching process: the loop runs
     log_file = args.log_file
     if args.daemon and not log_file:
-        log_file = str(EngineConfig.resolve(args.engine_dir, args.db_url).engine_dir / "engine.log")
+        log_file = str(config.engine_dir / "engine.log")
     daemon.setup_logging(log_file)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
