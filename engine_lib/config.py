@@ -20,6 +20,13 @@ class EngineConfig:
     def pki_dir(self) -> Path:
         return self.engine_dir / "pki"
 
+    def make_private(self) -> None:
+        """The engine directory, 0700: it holds the CA key, the SSH key to every host and
+        (embedded) the database."""
+        self.engine_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.engine_dir.stat().st_mode & 0o077:
+            os.chmod(self.engine_dir, 0o700)
+
     @classmethod
     def resolve(cls, engine_dir: str | None = None, db_url: str | None = None) -> EngineConfig:
         """Explicit arguments win, then the environment, then the defaults.

@@ -58,6 +58,8 @@ class Engine:
     def open(cls, engine_dir: str | None = None, db_url: str | None = None,
              agent_factory: AgentFactory | None = None) -> Engine:
         config = EngineConfig.resolve(engine_dir, db_url)
+        if config.engine_dir.exists():
+            config.make_private()  # one made by an older release, or by hand
         store = Store(config.db_url)
         store.upgrade()
         return cls(config, store, agent_factory)

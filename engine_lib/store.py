@@ -10,6 +10,7 @@ has no row locks, so every transaction there starts with BEGIN IMMEDIATE.
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 from alembic import command
@@ -27,11 +28,24 @@ def connect(db_url: str) -> SqlEngine:
     if db_url.startswith("sqlite"):
         database = db_url.split("///", 1)[-1]
         if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+            private_sqlite_file(database)
         engine = create_engine(db_url, connect_args={"timeout": 30})
         _serialize_sqlite_writers(engine)
         return engine
     return create_engine(db_url, pool_pre_ping=True)
+
+
+def private_sqlite_file(database: str) -> None:
+    """Create the database file 0600 (0700 directory) before SQLite opens it, and tighten an
+    older one: it holds fence and VNC passwords and cloud-init user-data in clear. SQLite
+    gives its -wal, -shm and -journal files the database file's mode, so they follow."""
+    path = Path(database)
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True)
+    os.close(os.open(path, os.O_RDONLY | os.O_CREAT, 0o600))
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(f"{database}{suffix}", 0o600)
 
 
 def _serialize_sqlite_writers(engine: SqlEngine) -> None:

@@ -12,6 +12,7 @@ import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
+from engine_lib.agent import payload
 from engine_lib.protocol import metadata, placeholders
 from engine_lib.protocol.errors import InvalidSpec
 
@@ -29,6 +30,8 @@ class HostDomain:
     metadata: metadata.VmMetadata
     # Resolved paths by placeholder kind, e.g. {"console": ["/var/log/kestrel/console/<id>.log"]}.
     paths: dict[str, list[str]] = field(default_factory=dict)
+    # The cloud-init files, taken out of the XML: libvirt's read-only socket shows metadata.
+    payload: payload.Payload | None = None
 
 
 def parse_domain(xml: str) -> ET.Element:
@@ -64,6 +67,7 @@ def resolve(xml: str, roots: dict[str, str], storage_domains: dict[str, str]) ->
     if not name:
         raise InvalidSpec("xml", "the domain has no <name>")
     meta = metadata.read(root)
+    seed = payload.take(root)
     found: dict[str, list[str]] = {}
 
     def host_path(value: str) -> str:
@@ -83,7 +87,7 @@ def resolve(xml: str, roots: dict[str, str], storage_domains: dict[str, str]) ->
         if element.text and placeholders.is_placeholder(element.text.strip()):
             element.text = host_path(element.text.strip())
     return HostDomain(uuid=vm_id, name=name, xml=ET.tostring(root, encoding="unicode"),
-                      metadata=meta, paths=found)
+                      metadata=meta, paths=found, payload=seed)
 
 
 def disk_sources(xml: str) -> set[str]:

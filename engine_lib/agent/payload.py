@@ -2,9 +2,11 @@
 
 The engine renders the payload's files into the domain metadata
 (``<kestrel:payload alias=... type='nocloud'><kestrel:file name='user-data'>...``)
-and a CD-ROM whose source is the payload placeholder. The agent writes the
-files onto an ISO at that placeholder's host path before the domain is
-defined, and deletes the ISO when the VM is removed.
+and a CD-ROM whose source is the payload placeholder. The agent takes the
+files out of the XML before anything else sees it (user-data may hold a root
+password, and libvirt shows a domain's metadata on its read-only socket),
+writes them onto an ISO readable by its owner only at that placeholder's host
+path before the domain is defined, and deletes the ISO when the VM is removed.
 
 Why genisoimage: it is the tool cloud-init's own NoCloud documentation uses
 (``genisoimage -volid cidata -joliet -rock``), it is a Debian package the host
@@ -39,6 +41,16 @@ _NS = {metadata.PREFIX: metadata.NAMESPACE}
 class Payload:
     alias: str
     files: tuple[tuple[str, str], ...]  # (name, content), in the engine's order
+
+
+def take(domain: ET.Element) -> Payload | None:
+    """Remove the payload from the domain's metadata and return it (None if there is none)."""
+    vm = domain.find(f"metadata/{metadata.PREFIX}:vm", _NS)
+    seed = read(domain)
+    if vm is not None:
+        for node in vm.findall(f"{metadata.PREFIX}:payload", _NS):
+            vm.remove(node)
+    return seed
 
 
 def read(domain: ET.Element) -> Payload | None:
@@ -106,7 +118,9 @@ def build(payload: Payload, path: str) -> str:
             raise PayloadError(f"{argv[0]} failed to build the payload ISO {path} "
                                f"(exit {result.returncode}): {result.stderr.strip()}",
                                path=path, stderr=result.stderr.strip())
-        os.chmod(tmp_iso, 0o644)  # QEMU runs as another user on real hosts
+        # root only: libvirt hands the file to QEMU's user while the VM runs
+        # (dynamic_ownership) and gives it back when it stops.
+        os.chmod(tmp_iso, 0o600)
         os.replace(tmp_iso, path)
     return path
 

@@ -262,9 +262,8 @@ def prepare_host(host: domxml.HostDomain, config: AgentConfig) -> None:
         for path in host.paths.get(kind, []):
             os.makedirs(os.path.dirname(path), exist_ok=True)
     volumes.prepare(host.metadata.volumes, config.storage_domains)
-    seed = payload.read(domxml.parse_domain(host.xml))
-    if seed is not None:
-        payload.build(seed, config.resolve(placeholders.payload(host.uuid)))
+    if host.payload is not None:
+        payload.build(host.payload, config.resolve(placeholders.payload(host.uuid)))
 
 
 def _checked_hook_xml(point: str, xml: str, host: domxml.HostDomain) -> str:

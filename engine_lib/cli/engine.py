@@ -17,6 +17,7 @@ def engine_init(args) -> int:
     from engine_lib.store import Store
 
     config = EngineConfig.resolve(args.engine_dir, args.db_url)
+    config.make_private()
     created = pki.init_ca(str(config.pki_dir))
     print(f"CA and engine certificate in {config.pki_dir}: {'created' if created else 'kept'}")
     # The key the engine reaches hosts with (reinstall, soft fencing); never replaced.

@@ -4,6 +4,6 @@
 in Python; the Jinja2 template only loops and prints. ``render`` joins them.
 """
 
-from engine_lib.domxml.render import render
+from engine_lib.domxml.render import render, render_redacted
 
-__all__ = ["render"]
+__all__ = ["render", "render_redacted"]

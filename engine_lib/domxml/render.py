@@ -39,5 +39,23 @@ _ENV = _Environment(
 _DOMAIN = _ENV.get_template("domain.xml.j2")
 
 
+# What a masked secret reads as: that one is set is visible, its value is not.
+SECRET_MASK = "********"
+
+
 def render(vm: Vm) -> str:
     return _DOMAIN.render(vm=viewmodel.build(vm))
+
+
+def render_redacted(vm: Vm) -> str:
+    """The XML with its secrets masked (the console password, the cloud-init user-data):
+    what --diff and ``kestrel vm xml`` print. Compare with ``render`` to see a change."""
+    model = viewmodel.build(vm)
+    if model["graphics"] and model["graphics"].get("password"):
+        model["graphics"] = {**model["graphics"], "password": SECRET_MASK}
+    seed = model["metadata"]["payload"]
+    if seed:
+        files = [(name, SECRET_MASK if name == "user-data" else content)
+                 for name, content in seed["files"]]
+        model["metadata"] = {**model["metadata"], "payload": {**seed, "files": files}}
+    return _DOMAIN.render(vm=model)

@@ -29,7 +29,7 @@ from dataclasses import asdict
 from sqlalchemy import select
 
 from engine_lib import spec as specs
-from engine_lib.domxml import render
+from engine_lib.domxml import render, render_redacted
 from engine_lib.domxml.viewmodel import volume_ref
 from engine_lib.model import DeviceType, Host, Vm, VmDevice
 from engine_lib.protocol.devices import find_by_alias
@@ -89,7 +89,7 @@ class VmDeviceService:
             raise InvalidSpec("name", "give the NIC's name as the name option, not a setting")
         with self.engine.store.transaction(commit=False) as session:
             row = get_vm(session, vm)
-            before_xml = render(row)
+            before_xml = render_redacted(row)  # diffs show no secrets
             device = _device(row, DeviceType.INTERFACE, name)
             if state == "absent":
                 if device is None:
@@ -177,7 +177,7 @@ class VmDeviceService:
         with self.engine.store.transaction(commit=not check_mode) as session:
             row = get_vm(session, vm)
             device = _device(row, DeviceType.DISK, name)
-            before_xml, before = render(row), device_dict(row, device)
+            before_xml, before = render_redacted(row), device_dict(row, device)
             spec = dict(device.spec)
             if "size" in settings:
                 new = size_mib("size", settings.pop("size"))
@@ -203,7 +203,7 @@ class VmDeviceService:
                 session.flush()
                 audit(session, "vm", vm, f"disk {name} updated"
                       + (f": grown to {spec['size_mib']} MiB" if grown else ""))
-            after_xml, after = render(row), device_dict(row, device)
+            after_xml, after = render_redacted(row), device_dict(row, device)
             host = _running_on(row)
             if grown:
                 # The volume grows now (live when the VM runs), before the DB says so.
@@ -233,7 +233,7 @@ class VmDeviceService:
         with self.engine.store.transaction(commit=not check_mode) as session:
             row = get_vm(session, vm)
             host, vm_id = _running_on(row), row.id
-            before_xml = render(row)
+            before_xml = render_redacted(row)
             device = _device(row, type_, name)
             old_spec = dict(device.spec) if device else None
             alias = device.user_alias if device else None
@@ -250,7 +250,7 @@ class VmDeviceService:
                 row.devices.remove(device)
                 vm_config.apply(session, row, {})
             session.flush()
-            after_xml = render(row)
+            after_xml = render_redacted(row)
             device = _device(row, type_, name)
             entity = device_dict(row, device) if device else None
             old = None if old_spec is None else {k: v for k, v in old_spec.items()

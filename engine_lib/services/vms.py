@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm.exc import StaleDataError
 
 from engine_lib import devices
-from engine_lib.domxml import render
+from engine_lib.domxml import render, render_redacted
 from engine_lib.domxml.viewmodel import volume_refs
 from engine_lib.model import Host, Vm
 from engine_lib.protocol.errors import (
@@ -82,12 +82,13 @@ class VmService:
             vm = session.execute(select(Vm).where(Vm.name == name).with_for_update()
                                  ).scalar_one_or_none()
             before_xml = render(vm) if vm else ""
+            shown_before = render_redacted(vm) if vm else ""
             if vm is None:
                 vm = vm_config.create(session, wanted)
             else:
                 vm_config.apply(session, vm, wanted)
             session.flush()
-            after_xml = render(vm)
+            after_xml, shown_after = render(vm), render_redacted(vm)
             entity = vm_dict(vm)
         config_changed = before_xml != after_xml
 
@@ -133,7 +134,7 @@ class VmService:
         # A running domain keeps the XML it started with until it restarts.
         entity["next_run"] = config_changed and running and state != "stopped"
         return Outcome(config_changed or power_changed, entity,
-                       {"before": before_xml, "after": after_xml})
+                       {"before": shown_before, "after": shown_after})
 
     # -- power state -----------------------------------------------------------------------
 
@@ -275,7 +276,7 @@ class VmService:
             vm = find(session, Vm, name)
             if vm is None:
                 return Outcome(False, None, {"before": "", "after": ""})
-            before_xml, active = render(vm), vm.status in VmStatus.ACTIVE
+            before_xml, active = render_redacted(vm), vm.status in VmStatus.ACTIVE
         diff = {"before": before_xml, "after": ""}
         if check_mode:
             return Outcome(True, None, diff)
@@ -315,9 +316,10 @@ class VmService:
             return [vm_dict(vm) for vm in session.scalars(query)]
 
     def domain_xml(self, name: str) -> str:
-        """The domain XML the engine would send for this VM (placeholders unresolved)."""
+        """The domain XML the engine would send for this VM (placeholders unresolved,
+        secrets masked)."""
         with self.engine.store.transaction(commit=False) as session:
-            return render(get_vm(session, name))
+            return render_redacted(get_vm(session, name))
 
     def console(self, name: str, nbytes: int = 8192) -> str:
         """The tail of the VM's serial console log, read through its host's agent."""

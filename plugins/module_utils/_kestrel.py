@@ -81,14 +81,33 @@ class KestrelModule(AnsibleModule):
     (``cluster``, ``host``, ``vm``), so playbooks read ``result.vm.id``.
     """
 
-    def __init__(self, argument_spec, entity_key=None, **kwargs):
+    def __init__(self, argument_spec, entity_key=None, secrets=None, **kwargs):
+        # ``secrets(params)`` lists the secret values inside free-form options (a console
+        # password in a raw ``graphics``), which no_log cannot reach.
+        self._secrets = secrets
         spec = dict(ENGINE_ARGUMENT_SPEC)
         spec.update(argument_spec)
         kwargs.setdefault('supports_check_mode', True)
         super().__init__(argument_spec=spec, **kwargs)
+        self._hide_secrets()
         self.entity_key = entity_key
         if ENGINE_IMPORT_ERROR is not None:
             self.fail_json(msg=missing_required_lib('kestrel-engine'), exception=ENGINE_IMPORT_ERROR)
+
+    def _hide_secrets(self):
+        for value in (self._secrets(self.params) if self._secrets else ()):
+            if value not in (None, ''):
+                self.no_log_values.add(str(value))
+
+    def _log_invocation(self):
+        self._hide_secrets()  # before the invocation reaches syslog
+        # That log prints a dict option with str(): a secret sub-option with a newline (a
+        # user-data document) shows there escaped, so its escaped form is hidden too.
+        for value in list(self.no_log_values):
+            escaped = repr(value)[1:-1]
+            if escaped != value:
+                self.no_log_values.add(escaped)
+        super()._log_invocation()
 
     def _call_engine(self, call):
         """Open the engine, run ``call(engine)``, close; typed errors fail the task."""

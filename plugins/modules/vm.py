@@ -119,6 +119,7 @@ options:
       - A graphical console, V(vnc) or V(spice), or a mapping with C(type),
         C(listen) (an IP address, V(127.0.0.1) by default) and C(password);
         V(false) for none.
+      - The password is kept out of the module's output, logs and diffs (shown as V(********)).
     type: raw
   video:
     description:
@@ -151,9 +152,25 @@ options:
     type: raw
   cloud_init:
     description:
-      - A cloud-init NoCloud payload delivered on a CD-ROM, with keys C(user_data),
-        C(hostname), C(ssh_keys) (a list) and C(network_config) (a string or a mapping).
+      - A cloud-init NoCloud payload delivered on a CD-ROM, built on the host as a file
+        only root and the VM's QEMU process can read.
     type: dict
+    suboptions:
+      user_data:
+        description:
+          - The user-data document (C(#cloud-config) ...). It often carries passwords, so it is
+            kept out of the module's output, logs and diffs, and out of the domain's metadata.
+        type: str
+      hostname:
+        description: The guest's host name (meta-data C(local-hostname)); the VM name by default.
+        type: str
+      ssh_keys:
+        description: OpenSSH public keys for the default user (meta-data C(public-keys)).
+        type: list
+        elements: str
+      network_config:
+        description: A network-config document, as a string or a mapping.
+        type: raw
   launch_paused:
     description: Start the VM paused.
     type: bool
@@ -394,6 +411,11 @@ def vm_spec(params):
     return drop_unset(dict((key, params[key]) for key in SPEC_OPTIONS))
 
 
+def console_password(params):
+    graphics = params['graphics']
+    return [graphics.get('password')] if isinstance(graphics, dict) else []
+
+
 def main():
     module = KestrelModule(
         argument_spec=dict(
@@ -427,7 +449,12 @@ def main():
             watchdog=dict(type='raw'),
             balloon=dict(type='raw'),
             tpm=dict(type='raw'),
-            cloud_init=dict(type='dict'),
+            cloud_init=dict(type='dict', options=dict(
+                user_data=dict(type='str', no_log=True),
+                hostname=dict(type='str'),
+                ssh_keys=dict(type='list', elements='str', no_log=False),
+                network_config=dict(type='raw'),
+            )),
             launch_paused=dict(type='bool'),
             high_availability=dict(type='dict', options=dict(
                 enabled=dict(type='bool'),
@@ -452,6 +479,7 @@ def main():
             timeout=dict(type='int', default=120),
         ),
         entity_key='vm',
+        secrets=console_password,
     )
     p = module.params
     spec = vm_spec(p)

@@ -82,6 +82,14 @@ def test_the_guest_reads_the_cloud_init_payload_back(agents, lab_guest, cleanup)
     vm_id = start(agent, cleanup, payload=True)
     iso = f"{PAYLOAD_ROOT}/{vm_id}.iso"
     assert "Volume id: cidata" in agent.run(["isoinfo", "-d", "-i", iso], text=True).stdout
+    # The user-data (a root password, often) is root's alone: QEMU reads the ISO because
+    # libvirt hands it over while the VM runs, and libvirt's read-only socket, which
+    # shows the domain's metadata to anyone allowed to connect, no longer carries it.
+    mode = agent.run(["stat", "-c", "%a", iso], text=True).stdout.strip()
+    assert mode == "600"
+    readonly_xml = agent.run(["virsh", "-r", "-c", "qemu:///system", "dumpxml", vm_id],
+                             text=True).stdout
+    assert "hello from kestrel" not in readonly_xml and f"{P}:payload" not in readonly_xml
 
     log = wait_for_console(client, vm_id, "kestrel-guest: cdrom user-data: ")
     assert "kestrel-guest: up" in log  # the guest's existing lines are still there

@@ -58,7 +58,7 @@ def test_the_iso_is_labelled_cidata_and_holds_every_file_verbatim(tmp_path):
     assert _iso_label(iso) == "cidata"
     for name, content in FILES:
         assert _iso_read(iso, name) == content
-    assert oct(os.stat(iso).st_mode & 0o777) == "0o644"
+    assert oct(os.stat(iso).st_mode & 0o777) == "0o600"  # it may hold a root password
     assert os.listdir(tmp_path) == ["seed.iso"]  # no work files left behind
 
 
@@ -94,6 +94,8 @@ def test_a_missing_tool_is_a_payload_error_saying_what_to_install(tmp_path, monk
 
 
 def test_start_writes_the_iso_before_define_and_remove_deletes_it(tmp_path, monkeypatch):
+    """And keeps the user-data private: the ISO is root's alone, and the metadata libvirt
+    keeps (readable through its read-only socket) no longer holds the files."""
     # The test driver knows none of the undefine flags QEMU needs (NVRAM, snapshots).
     monkeypatch.setattr(domains, "UNDEFINE_FLAGS", 0)
     roots = {kind: str(tmp_path / kind) for kind in placeholders.KINDS if kind != "storage"}
@@ -107,6 +109,9 @@ def test_start_writes_the_iso_before_define_and_remove_deletes_it(tmp_path, monk
         live = ET.fromstring(hv.xml(vm_id)["xml"])
         assert live.find("devices/disk[@device='cdrom']/source").get("file") == iso
         assert _iso_read(iso, "user-data") == FILES[1][1]
+        assert os.stat(iso).st_mode & 0o777 == 0o600
+        assert "packages: [nginx]" not in hv.xml(vm_id)["xml"]
+        assert live.find(f"metadata/{P}:vm/{P}:payload", {P: metadata.NAMESPACE}) is None
         hv.destroy(vm_id)
         hv.remove(vm_id)
         assert not os.path.exists(iso)

@@ -135,3 +135,19 @@ def test_a_failed_start_releases_the_claim(engine, hosts):
 def test_cluster_with_hosts_cannot_be_removed(engine, hosts):
     with pytest.raises(Conflict, match="still has 2 host"):
         engine.clusters.remove("c1")
+
+
+def test_diffs_and_the_xml_shown_to_users_mask_the_console_password_and_user_data(engine, hosts):
+    secret_vm = {**VM, "graphics": {"type": "vnc", "password": "s3cr3tpw"},
+                 "cloud_init": {"user_data": "#cloud-config\npassword: hunter2\n"}}
+    created = engine.vms.ensure(secret_vm)
+    shown = created.diff["after"] + engine.vms.domain_xml("vm1")
+    assert "s3cr3tpw" not in shown and "hunter2" not in shown
+    assert "passwd='********'" in created.diff["after"]
+    # A new password is still a change, though the diff cannot show which.
+    changed = engine.vms.ensure({**secret_vm, "graphics": {"type": "vnc", "password": "0therpw"}})
+    assert changed.changed and "0therpw" not in changed.diff["after"]
+    for outcome in (engine.vm_devices.nic("vm1", "nic2", settings={"network": "kestrelmgmt"}),
+                    engine.vm_devices.disk("vm1", "root", settings={"bootable": True}),
+                    engine.vms.ensure({"name": "vm1"}, state="absent")):
+        assert "0therpw" not in str(outcome.diff) and "hunter2" not in str(outcome.diff)

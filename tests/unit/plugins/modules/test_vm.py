@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import json
+
 from ansible_collections.kestrel.virt.plugins.modules import vm
 from ansible_collections.kestrel.virt.tests.unit.plugins.modules.kestrel_fakes import Outcome
 
@@ -88,3 +90,21 @@ def test_a_lun_disk_needs_no_size_so_the_engine_checks_it(engine, run_module):
     run_module(vm, dict(name='vm1', disks=[dict(name='db', lun='/dev/sdb', interface='scsi')]))
     spec = ensure_call(engine)[0]
     assert spec['disks'] == [dict(name='db', lun='/dev/sdb', interface='scsi')]
+
+
+def test_the_console_password_and_the_user_data_never_reach_the_output_or_the_log(
+        engine, run_module, monkeypatch):
+    logged = []
+    monkeypatch.setattr(vm.KestrelModule, 'log', lambda self, msg, log_args=None: logged.append(msg))
+    engine.answer = Outcome(True, VM, dict(before='', after="<graphics passwd='********'/>"))
+    result = run_module(vm, dict(
+        name='vm1', graphics=dict(type='vnc', password='vnc-s3cret'),
+        cloud_init=dict(user_data='#cloud-config\npassword: hunter2-pw\n', hostname='web1'),
+        _ansible_diff=True))
+    spec = ensure_call(engine)[0]
+    assert spec['graphics']['password'] == 'vnc-s3cret'
+    assert spec['cloud_init'] == dict(user_data='#cloud-config\npassword: hunter2-pw\n',
+                                      hostname='web1')
+    shown = json.dumps(result) + ''.join(logged)
+    assert logged and 'web1' in shown
+    assert 'vnc-s3cret' not in shown and 'hunter2-pw' not in shown
