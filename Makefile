@@ -9,7 +9,7 @@ LAB_DIR ?= /srv/kestrel-lab
 LAB_HOSTS ?= 2
 export PATH := $(BIN):$(PATH)
 
-.PHONY: demo test lint deps venv unit system sanity units integration ee molecule lab-up lab-down clean bench-scheduler bench-xml bench-agent bench-migration ha-faults bench-matching
+.PHONY: demo test lint deps venv unit system sanity units integration ee ee-lock molecule lab-up lab-down clean bench-scheduler bench-xml bench-agent bench-migration ha-faults bench-matching
 
 deps:
 	@echo "==> system packages (libvirt, QEMU, sshd, PostgreSQL, ...)"
@@ -55,6 +55,14 @@ integration: venv
 # ansible-builder: the collection's EE requirements, and a build context for AWX (docs/awx.md).
 ee: venv
 	bash scripts/ee-check.sh
+
+# Re-pin ee/requirements.lock (with hashes) after pyproject.toml's dependencies change.
+ee-lock: venv
+	@test -x .build/pip-tools/bin/pip-compile || \
+		($(PYTHON) -m venv .build/pip-tools && .build/pip-tools/bin/pip install -q pip-tools)
+	@cd ee && ../.build/pip-tools/bin/pip-compile -q --upgrade --generate-hashes --allow-unsafe \
+		--strip-extras --extra postgresql --no-header --no-emit-index-url --no-emit-find-links \
+		-o requirements.lock ../pyproject.toml
 
 molecule: deps venv
 	source scripts/collection-path.sh && molecule test

@@ -28,9 +28,15 @@ for needed in "kestrel-engine" "openssh-client"; do
         echo "introspect did not find $needed in kestrel.virt's requirements" >&2; exit 1; }
 done
 
+echo "==> ee/requirements.lock: every package the engine needs, pinned and hashed"
+# pip refuses, in --require-hashes mode, any package (dependencies included) that is not
+# pinned with a hash; the dry run resolves without installing anything.
+"$bin/pip" install --quiet --dry-run --ignore-installed --require-hashes --only-binary :all: \
+    -r "$repo/ee/requirements.lock"
+
 # The engine library itself (the agent wheel carries only what a host runs).
 "$bin/pip" wheel --quiet --no-deps -w "$work/wheels" "$repo" >/dev/null
-cp "$tarball" "$work/"
+cp "$tarball" "$repo/ee/requirements.lock" "$work/"
 cat >"$work/execution-environment.yml" <<YAML
 version: 3
 images:
@@ -41,16 +47,17 @@ dependencies:
     collections:
       - name: /build/$(basename "$tarball")
         type: file
-  python:
-    - psycopg[binary]>=3.1
 additional_build_files:
   - src: wheels
     dest: wheels
   - src: $(basename "$tarball")
     dest: .
+  - src: requirements.lock
+    dest: .
 additional_build_steps:
   prepend_builder:
-    - RUN pip install /build/wheels/kestrel_engine-*.whl
+    - RUN pip install --require-hashes -r /build/requirements.lock
+    - RUN pip install --no-deps /build/wheels/kestrel_engine-*.whl
 YAML
 
 echo "==> ansible-builder create"
