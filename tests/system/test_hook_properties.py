@@ -60,7 +60,7 @@ def test_a_hook_gets_the_allowed_property_namespaced_and_nothing_else(engine, ag
 
         # An engine that let BASH_ENV through (older, or its metadata forged): the agent
         # still never hands it to the hook under a name bash reads.
-        engine.vms.ensure({"name": "hooked"}, state="stopped")
+        engine.vms.ensure({"name": "hooked"}, state="stopped", force=True)
         xml = engine.vms.domain_xml("hooked").replace(
             "</kestrel:vm>", f"<kestrel:custom name='BASH_ENV'>{PAYLOAD}</kestrel:custom>"
                              "<kestrel:custom name='PERL5OPT'>-Mx</kestrel:custom></kestrel:vm>")
