@@ -72,6 +72,9 @@ class Cluster(Base):
     # The hosts' agents may shrink the balloons of this
     # cluster's VMs under memory pressure (engine_lib.agent.ballooning).
     ballooning: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The custom properties its VMs may set: name -> the regular expression a value
+    # must match in full (engine_lib.services.custom_properties); {} allows none.
+    custom_properties: Mapped[dict] = mapped_column(JSON, default=dict)
     version: Mapped[int] = mapped_column(Integer, nullable=False)
 
     hosts: Mapped[list[Host]] = relationship(back_populates="cluster")

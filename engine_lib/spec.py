@@ -21,11 +21,11 @@ from typing import Any
 
 import netaddr
 
+from engine_lib.protocol import custom_properties as properties
 from engine_lib.protocol.errors import InvalidSpec
 from engine_lib.units import size_mib
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-PROPERTY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 SERIAL_RE = re.compile(r"^[A-Za-z0-9_.-]{1,20}$")
 LUN_RE = re.compile(r"^/dev/[A-Za-z0-9._:+@=-]+(/[A-Za-z0-9._:+@=-]+)*$")
 HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -290,9 +290,8 @@ def custom_properties(value: Any) -> dict[str, str]:
         raise InvalidSpec("custom_properties", "must be a mapping of names to strings")
     out = {}
     for key, item in value.items():
-        if not isinstance(key, str) or not PROPERTY_RE.match(key):
-            raise InvalidSpec(f"custom_properties.{key}",
-                              "names are letters, digits and '_', not starting with a digit")
+        if not properties.is_name(key):
+            raise InvalidSpec(f"custom_properties.{key}", f"names are {properties.NAME_RULE}")
         if isinstance(item, (dict, list)) or item is None:
             raise InvalidSpec(f"custom_properties.{key}", "must be a string, number or boolean")
         out[key] = text(f"custom_properties.{key}",

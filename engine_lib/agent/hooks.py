@@ -5,8 +5,16 @@
 Every executable file in a hook point's folder runs, in sorted name order,
 with the domain XML in a temporary file whose path is in ``_hook_domxml``; a
 script may rewrite that file, and the XML the last one leaves is the XML the
-operation uses. The environment also carries the VM id (``vmId``), the hook
-point (``_hook_point``) and the VM's custom properties, one variable each.
+operation uses.
+
+A script starts from a clean environment, not the agent's: ``PATH``
+(``/usr/sbin:/usr/bin:/sbin:/bin``), ``LANG`` and ``LC_ALL`` (``C.UTF-8``), the
+VM id (``vmId``), the hook point (``_hook_point``), ``_hook_domxml``, and each
+of the VM's custom properties as ``KESTREL_PROP_<name>``. A property is a VM
+owner's string and the script runs as root, so it never gets a name a program
+interprets (``BASH_ENV``, ``PERL5OPT``, ``LD_PRELOAD``): a property whose name
+is not a plain lowercase identifier, or whose value holds a NUL, is dropped
+and logged (the engine refuses both before they get here).
 
 A hook runs as root with the VM's XML in hand, so the agent refuses a hook
 point whose folder (or the hooks root) is group- or world-writable, and a
@@ -27,6 +35,7 @@ import subprocess
 import tempfile
 from collections.abc import Mapping
 
+from engine_lib.protocol import custom_properties as properties
 from engine_lib.protocol.errors import HookError
 
 log = logging.getLogger("kestrel.agent.hooks")
@@ -43,8 +52,8 @@ DEFAULT_TIMEOUT = 60.0
 DOMXML_ENV = "_hook_domxml"
 VM_ID_ENV = "vmId"
 POINT_ENV = "_hook_point"
-_RESERVED = {DOMXML_ENV, VM_ID_ENV, POINT_ENV, "PATH"}
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# All a script's environment holds besides these three and the properties.
+BASE_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
 _STDERR_LIMIT = 4000
 _UNSAFE_MODE = stat.S_IWGRP | stat.S_IWOTH
 
@@ -136,16 +145,13 @@ def installed(hooks_dir: str, *, owner_uid: int = 0) -> list[str]:
 
 
 def _environment(point: str, vm_id: str, custom_properties: Mapping[str, str]) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if key not in _RESERVED}
-    env["PATH"] = os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+    env = dict(BASE_ENV)
     for name, value in custom_properties.items():
-        if name in _RESERVED:
-            continue  # a property must not redirect the XML file or change the VM id
-        if not _ENV_NAME.match(name) or "\0" in value:
-            log.warning("custom property %r of VM %s cannot be an environment "
-                        "variable (name or NUL in value); hooks do not see it", name, vm_id)
+        if not properties.is_name(name) or "\0" in value:
+            log.warning("custom property %r of VM %s dropped: hooks get only names of %s, "
+                        "values without NUL", name, vm_id, properties.NAME_RULE)
             continue
-        env[name] = value
+        env[properties.env_name(name)] = value
     env[VM_ID_ENV] = vm_id
     env[POINT_ENV] = point
     return env

@@ -10,6 +10,7 @@ from engine_lib.protocol import convergence
 from engine_lib.protocol.errors import Conflict, InvalidSpec
 from engine_lib.scheduling import policies as scheduling_policies
 from engine_lib.services.common import audit, changed_fields, find, get_cluster, retry_on_conflict
+from engine_lib.services.custom_properties import normalize_allowed
 from engine_lib.services.fencing_settings import normalize_policy
 from engine_lib.services.results import Outcome
 from engine_lib.spec import boolean, choice, positive_int, text
@@ -35,6 +36,7 @@ def cluster_dict(cluster: Cluster) -> dict:
         "migration_encrypted": bool(cluster.migration_encrypted),
         "fencing_policy": _fencing_policy(cluster.fencing_policy),
         "ballooning": bool(cluster.ballooning),
+        "custom_properties": dict(cluster.custom_properties or {}),
     }
 
 
@@ -81,7 +83,7 @@ class ClusterService:
                migration_policy: str | None = None, migration_bandwidth_mbps: int | None = None,
                migration_encrypted: bool | None = None,
                fencing_policy: dict | None = None, ballooning: bool | None = None,
-               check_mode: bool = False) -> Outcome:
+               custom_properties: dict | None = None, check_mode: bool = False) -> Outcome:
         check_name("name", name)
         if fencing_policy is not None:
             _fencing_policy({}, fencing_policy)  # bad input fails before anything is read
@@ -96,6 +98,8 @@ class ClusterService:
             "migration_encrypted": None if migration_encrypted is None
             else boolean("migration_encrypted", migration_encrypted),
             "ballooning": None if ballooning is None else boolean("ballooning", ballooning),
+            "custom_properties": None if custom_properties is None
+            else normalize_allowed("custom_properties", custom_properties),
         }
         with self.engine.store.transaction(commit=not check_mode) as session:
             cluster = find(session, Cluster, name)
@@ -110,7 +114,7 @@ class ClusterService:
                                   memory_overcommit_percent=100,
                                   mac_pool=list(macpool.DEFAULT_RANGES),
                                   scheduling_policy=scheduling_policies.DEFAULT_POLICY,
-                                  scheduling_properties={})
+                                  scheduling_properties={}, custom_properties={})
                 for key, value in wanted.items():
                     if value is not None:
                         setattr(cluster, key, value)

@@ -28,7 +28,7 @@ from engine_lib.protocol.errors import (
 )
 from engine_lib.protocol.statuses import HostStatus, VmStatus
 from engine_lib.scheduling import place, resolve
-from engine_lib.services import hibernation, vm_config
+from engine_lib.services import custom_properties, hibernation, vm_config
 from engine_lib.services.common import (
     audit,
     find,
@@ -83,10 +83,15 @@ class VmService:
                                  ).scalar_one_or_none()
             before_xml = render(vm) if vm else ""
             shown_before = render_redacted(vm) if vm else ""
+            properties_before = vm and (vm.cluster.name, dict(vm.custom_properties))
             if vm is None:
                 vm = vm_config.create(session, wanted)
             else:
                 vm_config.apply(session, vm, wanted)
+            # Checked when they change: a VM whose properties are no longer allowed can
+            # still be stopped or edited (it does not start).
+            if properties_before != (vm.cluster.name, vm.custom_properties):
+                custom_properties.check_vm(vm)
             session.flush()
             after_xml, shown_after = render(vm), render_redacted(vm)
             entity = vm_dict(vm)
@@ -198,6 +203,7 @@ class VmService:
     def _start(self, name: str, wait: bool, timeout: int) -> dict:
         with self.engine.store.transaction() as session:
             vm = get_vm(session, name)
+            custom_properties.check_vm(vm, starting=True)  # the cluster's list may have changed
             host, placement = self._place(session, vm)
             xml, vm_id = render(vm), vm.id
             memory = dict(vm.memory_volume) if vm.memory_volume else None

@@ -144,6 +144,18 @@ options:
         domain XML, so it applies from the VM's next start.
       - New clusters use V(false).
     type: bool
+  custom_properties:
+    description:
+      - The VM custom properties the cluster's VMs may set, each name with the regular
+        expression its value must match in full, as oVirt's C(UserDefinedVMProperties)
+        (C(name=regexp)). Custom properties reach the hosts' hook scripts, which run as root.
+      - A VM that sets a property not listed, or a value its pattern does not match, is
+        refused when created or changed, and again at every start (a VM whose properties
+        are no longer allowed stays Down until they are allowed or removed from it).
+      - Names are 1-64 lowercase letters, digits and C(_), starting with a letter; patterns
+        are Python regular expressions of up to 1024 characters.
+      - The complete list; V({}) allows none. New clusters allow none.
+    type: dict
 extends_documentation_fragment:
   - kestrel.virt.engine
   - kestrel.virt.engine.attributes
@@ -179,6 +191,13 @@ EXAMPLES = r"""
   kestrel.virt.cluster:
     name: production
     ballooning: true
+
+- name: Let VMs set sap_agent (true or false) and numa_policy for the hosts' hooks
+  kestrel.virt.cluster:
+    name: production
+    custom_properties:
+      sap_agent: '^(true|false)$'
+      numa_policy: 'interleave|strict|preferred'
 
 - name: Remove an empty cluster
   kestrel.virt.cluster:
@@ -241,6 +260,10 @@ cluster:
       description: Whether the hosts may shrink the balloons of the cluster's VMs under memory pressure.
       type: bool
       sample: false
+    custom_properties:
+      description: The custom properties the cluster's VMs may set, each with its value pattern.
+      type: dict
+      sample: {sap_agent: '^(true|false)$'}
 """
 
 from ansible_collections.kestrel.virt.plugins.module_utils._kestrel import KestrelModule
@@ -273,6 +296,7 @@ def main():
                 power_on_after_fence=dict(type='bool'),
             )),
             ballooning=dict(type='bool'),
+            custom_properties=dict(type='dict'),
         ),
         entity_key='cluster',
     )
@@ -291,7 +315,7 @@ def main():
             migration_policy=p['migration_policy'],
             migration_bandwidth_mbps=p['migration_bandwidth_mbps'],
             migration_encrypted=p['migration_encrypted'],
-            ballooning=p['ballooning'],
+            ballooning=p['ballooning'], custom_properties=p['custom_properties'],
             fencing_policy=fencing, check_mode=check_mode))
 
 

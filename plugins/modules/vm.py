@@ -227,6 +227,10 @@ options:
   custom_properties:
     description:
       - Names and values handed to the host's hooks, as oVirt's custom properties.
+      - Each name must be allowed by the cluster's administrator, with a pattern the value
+        matches (M(kestrel.virt.cluster) O(kestrel.virt.cluster#module:custom_properties));
+        checked when the properties or the cluster change and again at every start.
+      - Hooks read a property from the environment variable C(KESTREL_PROP_<name>).
     type: dict
   tags:
     description:

@@ -45,6 +45,8 @@ def test_upgrade_from_the_first_schema_keeps_clusters_hosts_and_vms(db_url, tmp_
             "", None, "")
         assert engine.clusters.get("old")["fencing_policy"]["enabled"] is True
         assert engine.clusters.get("old")["ballooning"] is False  # 0009: off, as oVirt
+        # 0012: no custom property allowed until an administrator lists them.
+        assert engine.clusters.get("old")["custom_properties"] == {}
         with engine.store.transaction(commit=False) as session:  # 0004: never matched yet
             assert session.execute(text("SELECT devices_hash FROM vms")).scalar_one() == ""
         # The upgraded VM is a full citizen: it renders and takes new settings.

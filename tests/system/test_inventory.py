@@ -10,7 +10,7 @@ from engine_fixtures import _collections_path
 
 
 def test_vms_grouped_by_cluster_host_and_status(engine, engine_dir, tmp_path, agents):
-    engine.clusters.ensure("inv", virt_type="qemu")
+    engine.clusters.ensure("inv", virt_type="qemu", custom_properties={"role": "[a-z]+"})
     for agent in agents:
         engine.hosts.ensure(agent.name, address=agent.address, cluster="inv")
     web = engine.vms.ensure({"name": "web-1", "cluster": "inv", "memory": 128, "machine": "pc",

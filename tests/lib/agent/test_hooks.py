@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 import xml.etree.ElementTree as ET
 
@@ -45,14 +46,46 @@ def test_scripts_run_in_sorted_order_and_the_xml_they_leave_is_used(tmp_path):
     assert ET.fromstring(result).findtext("description") == VM_ID
 
 
-def test_environment_carries_vm_id_point_and_custom_properties(tmp_path):
-    out = tmp_path / "env"
-    hook(tmp_path, "before_vm_destroy", "50_env",
-         f'echo "$vmId|$_hook_point|$sap_agent|$(cat "$_hook_domxml")" > {out}\n')
-    run("before_vm_destroy", tmp_path, props={"sap_agent": "true", "_hook_domxml": "/etc/passwd",
-                                              "not-a-name": "x"})
-    vm_id, point, prop, xml = out.read_text().rstrip("\n").split("|", 3)
-    assert (vm_id, point, prop, xml) == (VM_ID, "before_vm_destroy", "true", XML)
+def environment_of_hooks(tmp_path, props, monkeypatch) -> dict[str, str]:
+    """The exact environment a hook script was started with, read back from /proc."""
+    # What an agent may have in its own environment; none of it is for hooks.
+    for key, value in {"PERL5OPT": "-Mwarnings", "PYTHONPATH": "/srv/agent",
+                       "AGENT_MARKER": "leaked", "PATH": "/opt/agent/bin:/usr/bin"}.items():
+        monkeypatch.setenv(key, value)
+    out = tmp_path / "environ"
+    hook(tmp_path, "before_vm_destroy", "50_env", f'cat /proc/$$/environ > {out}\n')
+    run("before_vm_destroy", tmp_path, props=props)
+    pairs = [item.split("=", 1) for item in out.read_text().split("\0") if item]
+    return {key: value for key, value in pairs}
+
+
+def test_hooks_start_from_a_clean_environment_with_properties_namespaced(tmp_path, monkeypatch):
+    env = environment_of_hooks(tmp_path, {
+        "sap_agent": "true", "note": "two\nlines", "_hook_domxml": "/etc/passwd",
+        "BASH_ENV": "/tmp/x", "PERL5OPT": "-Mx", "LD_PRELOAD": "/tmp/x.so", "not-a-name": "x",
+        "nul": "a\0b"}, monkeypatch)
+    domxml = env.pop("_hook_domxml")
+    assert env == {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
+                   "LC_ALL": "C.UTF-8", "vmId": VM_ID, "_hook_point": "before_vm_destroy",
+                   "KESTREL_PROP_sap_agent": "true", "KESTREL_PROP_note": "two\nlines"}
+    assert domxml.startswith(tempfile.gettempdir()) and domxml != "/etc/passwd"
+
+
+def test_dropped_properties_are_logged(tmp_path, monkeypatch, caplog):
+    environment_of_hooks(tmp_path, {"BASH_ENV": "/tmp/x", "nul": "a\0b"}, monkeypatch)
+    dropped = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(dropped) == 2 and "'BASH_ENV'" in dropped[0] and "'nul'" in dropped[1]
+
+
+def test_a_property_cannot_make_a_bash_hook_run_a_file(tmp_path):
+    # BASH_ENV names a file every non-interactive bash runs first: as root, here.
+    marker, payload = tmp_path / "owned", tmp_path / "payload"
+    payload.write_text(f"touch {marker}\n")
+    hook(tmp_path, "before_vm_start", "50_bash", "exit 0\n")
+    script = tmp_path / "before_vm_start" / "50_bash"
+    script.write_text("#!/bin/bash\nexit 0\n")
+    run("before_vm_start", tmp_path, props={"BASH_ENV": str(payload)})
+    assert not marker.exists()
 
 
 def test_no_folder_or_no_executable_means_nothing_runs(tmp_path):
@@ -137,7 +170,7 @@ def hypervisor(tmp_path):
 def test_before_vm_start_edits_the_domain_that_starts(hypervisor, tmp_path):
     hv, started = hypervisor
     hook(tmp_path, "before_vm_start", "50_describe",
-         'sed -i "s|</name>|</name><description>owner $owner</description>|" '
+         'sed -i "s|</name>|</name><description>owner $KESTREL_PROP_owner</description>|" '
          '"$_hook_domxml"\n')
     vm_id = str(uuid.uuid4())
     started.append(vm_id)

@@ -16,6 +16,13 @@ CASES = yaml.safe_load((Path(__file__).parent.parent / "golden" / "cases.yaml").
 EVERYTHING = {**CASES["everything"]["spec"], "cluster": "c1"}
 
 
+@pytest.fixture
+def cluster(cluster, engine):
+    """The cluster, allowing the custom property the "everything" VM sets."""
+    engine.clusters.ensure(cluster, custom_properties={"hook": "enabled"})
+    return cluster
+
+
 def test_a_full_vm_is_stored_and_rerenders_byte_identical(engine, cluster):
     first = engine.vms.ensure(EVERYTHING, state="present")
     assert first.changed

@@ -19,6 +19,13 @@ FULL = {"name": "web1", "cluster": "c1", "memory": "256MiB", "cpu": {"sockets": 
         "custom_properties": {"sap_agent": "true"}}
 
 
+@pytest.fixture
+def cluster(cluster, engine):
+    """The cluster, allowing the custom properties these VMs set (any value)."""
+    engine.clusters.ensure(cluster, custom_properties={"sap_agent": "true", "note": ".*"})
+    return cluster
+
+
 @pytest.fixture(scope="module")
 def test_driver():
     conn = libvirt.open("test:///default")

@@ -54,6 +54,7 @@ def test_groups_are_validated_and_removable(engine, two_hosts):
 
 def test_a_vm_needing_a_hook_runs_only_where_it_is_installed(engine, two_hosts, agents):
     agents["10.0.2.2"].hooks = ["sap_agent"]
+    engine.clusters.ensure(two_hosts, custom_properties={"sid": "[A-Z]{3}", "x": r"\d+"})
     for name, address in (("h1", "10.0.2.1"), ("h2", "10.0.2.2")):
         engine.hosts.ensure(name, address=address, cluster=two_hosts)
     spec = {"name": "sap", "cluster": "c1", "memory": 256, "custom_properties": {"sid": "PRD"},

@@ -15,7 +15,7 @@ def test_present_passes_unset_options_as_none_so_the_engine_keeps_them(engine, r
         description=None, virt_type=None, memory_overcommit=150, mac_pool=None,
         scheduling_policy=None, scheduling_policy_properties=None, migration_policy=None,
         migration_bandwidth_mbps=None, migration_encrypted=None, ballooning=None,
-        fencing_policy=None, check_mode=False))]
+        custom_properties=None, fencing_policy=None, check_mode=False))]
     assert result['changed'] is True
     assert result['cluster']['memory_overcommit'] == 150
 
@@ -25,6 +25,12 @@ def test_migration_policy_and_bandwidth_reach_the_engine(engine, run_module):
     run_module(cluster, dict(name='demo', migration_policy='post_copy', migration_bandwidth_mbps=500))
     assert engine.calls[0][2]['migration_policy'] == 'post_copy'
     assert engine.calls[0][2]['migration_bandwidth_mbps'] == 500
+
+
+def test_custom_properties_reach_the_engine_as_given(engine, run_module):
+    engine.answer = Outcome(True, dict(name='demo', custom_properties={'sap_agent': 'true|false'}))
+    run_module(cluster, dict(name='demo', custom_properties={'sap_agent': 'true|false'}))
+    assert engine.calls[0][2]['custom_properties'] == {'sap_agent': 'true|false'}
 
 
 def test_absent_removes_and_returns_no_entity(engine, run_module):
