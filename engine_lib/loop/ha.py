@@ -1,7 +1,7 @@
 """High availability: restart HA VMs of a failed host elsewhere, never two copies.
 
-Run once per engine cycle (``HighAvailability.cycle``, hooked into the
-Monitor). The rules, oVirt's:
+A pass (``HighAvailability.cycle``) runs at the host interval, in a thread of
+its own beside the Monitor (engine_lib.loop.runner). The rules, oVirt's:
 
 - A host that went NonResponsive owes its HA VMs a restart: they are marked
   ``ha_restart_pending`` at once, in the database, so the intent survives an
@@ -17,10 +17,9 @@ Monitor). The rules, oVirt's:
 - Pending VMs restart highest priority first, through the normal start path
   (scheduler, resource claim, agent), so placement rules hold as for any start.
 
-The pass runs in a thread of its own (engine_lib.loop.runner), so no host's
-heartbeat or VM poll delays it, and each host's fencing runs in a thread of
-its own too (engine_lib.loop.host_tasks): a fence agent or SSH that takes its
-full timeout holds neither the restarts of VMs already proven down nor the
+No host's heartbeat or VM poll delays a pass, and each host's fencing runs in a
+thread of its own (engine_lib.loop.host_tasks): a fence agent or SSH that takes
+its full timeout holds neither the restarts of VMs already proven down nor the
 fencing of another host.
 """
 
