@@ -174,11 +174,12 @@ def test_a_hung_host_delays_neither_heartbeats_nor_fencing_nor_ha_restarts_elsew
     vm = engine.vms.info("ha")[0]
     assert (vm["status"], vm["host"]) == ("Up", "h1")
     assert engine.hosts.info("h3")[0]["fence_state"] in ("fenced", "fenced_on")
-    # h1's heartbeats kept coming the whole time h2's waited (within a few intervals;
-    # waiting for h2 would have made a gap of HEARTBEAT_WAIT_S).
+    # h1's heartbeats kept coming the whole time h2's waited: a few intervals apart when
+    # the machine is idle, seconds under a heavy load; waiting for h2 makes a gap of
+    # HEARTBEAT_WAIT_S.
     beats = [t for t in h1.beats if hung_calls[0] <= t <= restarted]
     gaps = [later - earlier for earlier, later in zip(beats, beats[1:])]
     assert len(beats) >= 3
-    assert max(gaps) < HEARTBEAT_WAIT_S / 5, max(gaps)
+    assert max(gaps) < HEARTBEAT_WAIT_S / 2, max(gaps)
     print(f"restart {restarted - hung_calls[0]:.2f}s into the hung heartbeat; h1 beats "
           f"{len(beats)}, largest gap {max(gaps):.2f}s")
