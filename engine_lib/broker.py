@@ -2,7 +2,9 @@
 
 Errors come back typed, so callers never parse messages:
 - agent not reachable (refused, timeout, DNS, reset) -> AgentUnreachable
-  naming host:port and the cause;
+  naming host:port and the cause; so is an agent that does not answer whole
+  within the call's deadline;
+- an answer larger than the call's cap -> ReplyTooLarge, cut at the cap;
 - agent's certificate not signed by the engine CA, or not issued for the
   address we dialled -> CertificateError saying which; the agent refusing the
   engine's own certificate is a CertificateError as well;
@@ -13,16 +15,26 @@ Errors come back typed, so callers never parse messages:
 the wire, and the unit tests' in-process stand-ins declare it, so that a change
 here shows up in them (tests/lib/test_agent_api.py compares the signatures).
 
+Every call has one total deadline, for connecting, the TLS handshake, sending
+and every read of the answer (a socket timeout alone bounds each read, so an
+agent trickling a byte at a time could hold a call for ever), and a cap on the
+answer's size, checked against Content-Length before reading and counted while
+reading when the length is unknown (chunked). Both have defaults per kind of
+call (an action waits on libvirt and hooks, a question does not; a list grows
+with the host's VMs) that the client's arguments override.
+
 Standard library only: the engine may run where only the stdlib is certain.
 """
 
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import os
 import socket
 import ssl
+import time
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import quote
 
@@ -32,10 +44,21 @@ from engine_lib.protocol.errors import (
     AgentUnreachable,
     CertificateError,
     KestrelError,
+    ReplyTooLarge,
 )
 from engine_lib.protocol.storage import MOUNT_TIMEOUT_S
 from engine_lib.protocol.wire import API_PREFIX
 
+# Default total deadlines: a call that changes something waits on libvirt, hooks and
+# storage; a question is answered from the agent's registry or libvirt's counters.
+ACTION_TIMEOUT = 30.0
+QUERY_TIMEOUT = 10.0
+# Default answer caps: an answer about one thing (a VM's status or XML, an action's
+# result), and one that grows with the host's VMs (lists, stats, guest reports, events,
+# a console tail of up to 1 MiB, JSON-escaped).
+REPLY_CAP = 4 << 20
+LIST_REPLY_CAP = 16 << 20
+_READ_PIECE = 64 << 10
 # A shutdown request waits for the guest on the agent; give the answer this much extra time.
 SHUTDOWN_GRACE = 15.0
 # Saving or restoring a guest's memory takes as long as writing or reading it.
@@ -164,22 +187,32 @@ class AgentClient:
     """One host agent, over HTTPS (implements AgentApi and a few calls beyond it).
 
     Thread-safe: every request uses its own connection.
+
+    ``timeout`` is the total deadline of an action (calls that wait longer on the
+    agent, a shutdown or a hibernation, get at least theirs); questions get
+    ``query_timeout`` (never more than ``timeout``). ``reply_cap`` and
+    ``list_reply_cap`` bound the answers, in bytes.
     """
 
-    def __init__(self, address: str, port: int, pki_dir: str, timeout: float = 30):
+    def __init__(self, address: str, port: int, pki_dir: str, timeout: float = ACTION_TIMEOUT,
+                 query_timeout: float = QUERY_TIMEOUT, reply_cap: int = REPLY_CAP,
+                 list_reply_cap: int = LIST_REPLY_CAP):
         self.address = address
         self.port = port
         self.timeout = timeout
+        self.query_timeout = min(query_timeout, timeout)
+        self.reply_cap = reply_cap
+        self.list_reply_cap = list_reply_cap
         self.endpoint = f"{address}:{port}"
         self._context = client_context(pki_dir)
 
     # -- API ---------------------------------------------------------------------
 
     def host_info(self, timeout: float | None = None) -> dict:
-        return self._call("GET", "/host", timeout=timeout)
+        return self._query("GET", "/host", timeout=timeout)
 
     def list_vms(self) -> list[dict]:
-        return self._call("GET", "/vms")["vms"]
+        return self._query("GET", "/vms", cap=self.list_reply_cap)["vms"]
 
     def start_vm(self, xml: str, mode: str = "fresh") -> dict:
         return self._call("POST", "/vms", {"xml": xml, "mode": mode})
@@ -200,10 +233,10 @@ class AgentClient:
         return self._call("POST", f"/vms/{_seg(vm_id)}/reboot")
 
     def vm_status(self, vm_id: str) -> dict:
-        return self._call("GET", f"/vms/{_seg(vm_id)}")
+        return self._query("GET", f"/vms/{_seg(vm_id)}")
 
     def vm_xml(self, vm_id: str) -> str:
-        return self._call("GET", f"/vms/{_seg(vm_id)}/xml")["xml"]
+        return self._query("GET", f"/vms/{_seg(vm_id)}/xml")["xml"]
 
     def shutdown_vm(self, vm_id: str, timeout: float = 60) -> dict:
         return self._call("POST", f"/vms/{_seg(vm_id)}/shutdown", {"timeout": timeout},
@@ -242,14 +275,15 @@ class AgentClient:
                           timeout=max(self.timeout, STORAGE_CONNECT_TIMEOUT))
 
     def console_log(self, vm_id: str, nbytes: int = 8192) -> str:
-        return self._call("GET", f"/vms/{_seg(vm_id)}/console?bytes={int(nbytes)}")["data"]
+        return self._query("GET", f"/vms/{_seg(vm_id)}/console?bytes={int(nbytes)}",
+                           cap=self.list_reply_cap)["data"]
 
     def stats(self) -> dict:
         """Host counters and every running VM's: {"host": {...}, "vms": [...]}."""
-        return self._call("GET", "/stats")
+        return self._query("GET", "/stats", cap=self.list_reply_cap)
 
     def vm_stats(self, vm_id: str) -> dict:
-        return self._call("GET", f"/vms/{_seg(vm_id)}/stats")
+        return self._query("GET", f"/vms/{_seg(vm_id)}/stats")
 
     def plug_device(self, vm_id: str, xml: str, volume: dict | None = None) -> dict:
         """Hotplug a <disk> or <interface>; returns the live device XML."""
@@ -280,33 +314,40 @@ class AgentClient:
         return self._call("POST", f"/vms/{_seg(vm_id)}/migrate", body)
 
     def migration(self, vm_id: str) -> dict:
-        return self._call("GET", f"/vms/{_seg(vm_id)}/migration")
+        return self._query("GET", f"/vms/{_seg(vm_id)}/migration")
 
     def cancel_migration(self, vm_id: str) -> dict:
         return self._call("POST", f"/vms/{_seg(vm_id)}/migration/cancel")
 
     def openapi(self) -> dict:
-        return self._call("GET", "/openapi.json")
+        return self._query("GET", "/openapi.json")
 
     def guest_info(self, vm_id: str) -> dict:
         """qemu-guest-agent's report; GuestAgentUnavailable when it does not answer."""
         return self._call("GET", f"/vms/{_seg(vm_id)}/guest")
 
     def guests_info(self) -> dict:
-        """Every Up VM's guest-agent report: {"guests": {id: report}, "unavailable": {id: why}}."""
-        return self._call("GET", "/guests")
+        """Every Up VM's guest-agent report: {"guests": {id: report}, "unavailable": {id: why}}.
+        An action's deadline: the agent waits on each guest's agent (in parallel)."""
+        return self._call("GET", "/guests", cap=self.list_reply_cap)
 
     def events(self, after: int = 0, timeout: float = 0) -> dict:
         """VM status changes after ``after`` (long poll up to ``timeout`` s):
-        {"instance", "seq", "gap", "events": [...]}."""
+        {"instance", "seq", "gap", "events": [...]}. One answer per call (the agent
+        keeps its last thousand events), so a deadline and a cap per answer bound it."""
         return self._call("GET", f"/events?after={int(after)}&timeout={timeout:g}",
-                          timeout=self.timeout + timeout)
+                          timeout=self.timeout + timeout, cap=self.list_reply_cap)
 
     # -- transport ---------------------------------------------------------------
 
+    def _query(self, method: str, path: str, timeout: float | None = None,
+               cap: int | None = None) -> Any:
+        return self._call(method, path, timeout=timeout or self.query_timeout, cap=cap)
+
     def _call(self, method: str, path: str, body: dict | None = None,
-              timeout: float | None = None) -> Any:
-        status, data = self._request(method, API_PREFIX + path, body, timeout or self.timeout)
+              timeout: float | None = None, cap: int | None = None) -> Any:
+        status, data = self._request(method, API_PREFIX + path, body, timeout or self.timeout,
+                                     cap or self.reply_cap)
         try:
             document = json.loads(data) if data else {}
         except ValueError:
@@ -318,17 +359,18 @@ class AgentClient:
         return document
 
     def _request(self, method: str, path: str, body: dict | None,
-                 timeout: float) -> tuple[int, bytes]:
+                 timeout: float, cap: int) -> tuple[int, bytearray]:
         payload = json.dumps(body).encode() if body is not None else None
         headers = {"Accept": "application/json"}
         if payload is not None:
             headers["Content-Type"] = "application/json"
-        conn = http.client.HTTPSConnection(self.address, self.port, timeout=timeout,
-                                           context=self._context)
+        conn = response = None
         try:
+            conn = _Connection(self.address, self.port, self._context,
+                               deadline=time.monotonic() + timeout)
             conn.request(method, path, body=payload, headers=headers)
             response = conn.getresponse()
-            return response.status, response.read()
+            return response.status, self._read(response, cap, method, path)
         except ssl.SSLCertVerificationError as exc:
             if exc.verify_code in _HOSTNAME_MISMATCH:
                 reason = f"presented a certificate not issued for '{self.address}'"
@@ -353,7 +395,29 @@ class AgentClient:
             raise AgentUnreachable(f"agent {self.endpoint} unreachable: {cause}",
                                    agent=self.endpoint, cause=cause) from None
         finally:
-            conn.close()
+            # An answer cut at its cap or deadline ends with its connection.
+            if response is not None:
+                response.close()
+            if conn is not None:
+                conn.close()
+
+    def _read(self, response: http.client.HTTPResponse, cap: int, method: str,
+              path: str) -> bytearray:
+        """The body, refused before reading when its Content-Length is over ``cap``, else
+        read in pieces and cut as soon as it passes ``cap`` (chunked, or no length)."""
+        if response.length is not None and response.length > cap:
+            raise self._too_large(cap, method, path, f"announced {response.length} bytes")
+        body = bytearray()
+        while piece := response.read(min(_READ_PIECE, cap + 1 - len(body))):
+            body += piece
+            if len(body) > cap:
+                raise self._too_large(cap, method, path, "sent more")
+        return body
+
+    def _too_large(self, cap: int, method: str, path: str, what: str) -> ReplyTooLarge:
+        return ReplyTooLarge(f"agent {self.endpoint} answered {method} {path} with more than "
+                             f"{cap} bytes ({what}); the answer was cut there",
+                             agent=self.endpoint, limit=cap)
 
     def _error(self, status: int, document: dict, method: str, path: str) -> KestrelError:
         error = document.get("error") if isinstance(document, dict) else None
@@ -363,6 +427,92 @@ class AgentClient:
         details = error.get("details") if isinstance(error.get("details"), dict) else {}
         return rebuild_error(error.get("code", ""), str(error["message"]),
                              {**details, "agent": self.endpoint})
+
+
+class _Connection(http.client.HTTPSConnection):
+    """HTTPS to one agent within one deadline: connecting, the TLS handshake, sending and
+    each read get only the time left of it (the handshake is one bounded operation)."""
+
+    def __init__(self, address: str, port: int, context: ssl.SSLContext, deadline: float):
+        super().__init__(address, port, timeout=_time_left(deadline), context=context)
+        self._deadline = deadline
+        self._create_connection = self._open
+
+    def _open(self, address, timeout, source_address):
+        sock = socket.create_connection(address, _time_left(self._deadline), source_address)
+        sock.settimeout(_time_left(self._deadline))  # what is left for the handshake
+        return sock
+
+    def connect(self) -> None:
+        super().connect()
+        self.sock = _DeadlineSocket(self.sock, self._deadline)
+
+
+class _DeadlineSocket:
+    """A connected socket whose every send and receive waits only for what is left of
+    the call's deadline; ``makefile`` reads through it (http.client reads that way)."""
+
+    def __init__(self, sock: socket.socket, deadline: float):
+        self._sock = sock
+        self._deadline = deadline
+        # As a socket's own: closed for good once it and every reader made of it are.
+        self._readers = 0
+        self._closed = False
+
+    def _arm(self) -> None:
+        self._sock.settimeout(_time_left(self._deadline))
+
+    def sendall(self, data) -> None:
+        view = memoryview(data).cast("B")
+        while view:
+            self._arm()
+            view = view[self._sock.send(view):]
+
+    def recv_into(self, buffer, nbytes: int = 0) -> int:
+        self._arm()
+        return self._sock.recv_into(buffer, nbytes)
+
+    def makefile(self, mode: str = "rb", *_args, **_kwargs) -> io.BufferedReader:
+        self._readers += 1
+        return io.BufferedReader(_Reader(self))
+
+    def reader_closed(self) -> None:
+        self._readers -= 1
+        if self._closed and not self._readers:
+            self._sock.close()
+
+    def close(self) -> None:
+        self._closed = True
+        if not self._readers:
+            self._sock.close()
+
+    def __getattr__(self, name: str):
+        return getattr(self._sock, name)  # getpeercert, fileno, ...
+
+
+class _Reader(io.RawIOBase):
+    def __init__(self, sock: _DeadlineSocket):
+        super().__init__()
+        self._sock = sock
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        return self._sock.recv_into(buffer)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._sock.reader_closed()
+        super().close()
+
+
+def _time_left(deadline: float) -> float:
+    """Seconds left until ``deadline``; TimeoutError once it has passed."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("the call's deadline passed")
+    return left
 
 
 def rebuild_error(code: str, message: str, details: dict) -> KestrelError:

@@ -1,7 +1,7 @@
 """High availability: restart HA VMs of a failed host elsewhere, never two copies.
 
-Run once per engine cycle (``HighAvailability.cycle``, hooked into the
-Monitor). The rules, oVirt's:
+A pass (``HighAvailability.cycle``) runs at the host interval, in a thread of
+its own beside the Monitor (engine_lib.loop.runner). The rules, oVirt's:
 
 - A host that went NonResponsive owes its HA VMs a restart: they are marked
   ``ha_restart_pending`` at once, in the database, so the intent survives an
@@ -16,10 +16,16 @@ Monitor). The rules, oVirt's:
   and adopts it instead of starting a second one.
 - Pending VMs restart highest priority first, through the normal start path
   (scheduler, resource claim, agent), so placement rules hold as for any start.
+
+No host's heartbeat or VM poll delays a pass, and each host's fencing runs in a
+thread of its own (engine_lib.loop.host_tasks): a fence agent or SSH that takes
+its full timeout holds neither the restarts of VMs already proven down nor the
+fencing of another host.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -29,6 +35,7 @@ from sqlalchemy import select
 
 from engine_lib import engine_key
 from engine_lib.loop.fencing import FENCED, POWERED_ON, Fencer
+from engine_lib.loop.host_tasks import HostTasks
 from engine_lib.model import Host, Vm
 from engine_lib.protocol.errors import KestrelError, NoValidHost
 from engine_lib.protocol.statuses import HostStatus, VmStatus
@@ -62,37 +69,42 @@ def default_ssh_key(engine) -> str:
 
 
 class HighAvailability:
+    """``fence_wait_s``: how long a pass waits for the fencing it started before it goes
+    on with the restarts (None: until it ends); what a fence proves later is acted on
+    by the next pass."""
+
     def __init__(self, engine, ssh_key: str | None = None,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 fence_wait_s: float | None = None):
         self.engine = engine
         self.fencer = Fencer(engine, ssh_key or default_ssh_key(engine), release_vms, clock)
+        self.fence_wait_s = fence_wait_s
+        # Every fencing step of one host (fence, power on, clear) in turn, hosts side by side.
+        self._fencing = HostTasks("fencing")
         self._said: dict[str, str] = {}  # VM -> the last "cannot restart yet" audited
         self._retry_at: dict[str, float] = {}  # VM -> monotonic time of its next try
 
     def cycle(self) -> None:
         """One HA pass: note intents, fence, restart what is proven down, power fenced on."""
-        self._clear_recovered_hosts()
-        for host in self._mark_intents():
-            try:
-                self.fencer.step(host)
-            except Exception:
-                log.exception("fencing host %s failed", host)
+        self._fence(self._recovered_hosts(), self.fencer.recovered)
+        self._fence(self._mark_intents(), self.fencer.step)
         self._restart_pending()
         # Fenced hosts go back on only after their VMs restarted: the VMs come first.
-        for host in self._fenced_hosts():
-            try:
-                self.fencer.power_on_fenced(host)
-            except Exception:
-                log.exception("powering host %s on failed", host)
+        self._fence(self._fenced_hosts(), self.fencer.power_on_fenced)
+
+    def _fence(self, hosts: list[str], step: Callable[[str], None]) -> None:
+        """``step`` each host in its own thread (a host whose fencing still runs waits for
+        the next pass), then wait for them as ``fence_wait_s`` says."""
+        started = [host for host in hosts
+                   if self._fencing.submit(host, functools.partial(step, host))]
+        self._fencing.wait(started, self.fence_wait_s)
 
     # -- hosts -------------------------------------------------------------------------------
 
-    def _clear_recovered_hosts(self) -> None:
+    def _recovered_hosts(self) -> list[str]:
         with self.engine.store.transaction(commit=False) as session:
-            names = list(session.scalars(select(Host.name).where(
+            return list(session.scalars(select(Host.name).where(
                 Host.status == HostStatus.UP, Host.fence_state != "")))
-        for name in names:
-            self.fencer.recovered(name)
 
     @retry_on_conflict
     def _mark_intents(self) -> list[str]:

@@ -6,6 +6,10 @@ taken as an answer: a silent host goes Connecting, then NonResponsive once it
 has been silent longer than the timeout, and only then are its VMs Unknown —
 never Down on a guess (a partitioned host's VMs may well still run).
 
+Each host is checked (heartbeat, then its VMs) in a thread of its own
+(engine_lib.loop.host_tasks): a host whose agent hangs delays only itself,
+never another host's heartbeat; it is skipped until its check returns.
+
 Every status transition is recorded in the audit log. A VM's status follows
 the rule of engine_lib.loop.vm_status, which the event follower applies too.
 
@@ -16,6 +20,7 @@ live domain XML and correlates it with the database (engine_lib.devices).
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -28,6 +33,7 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from engine_lib import devices
 from engine_lib.loop import guest_info, vm_status
+from engine_lib.loop.host_tasks import HostTasks
 from engine_lib.loop.vm_status import Report, forget_on_host
 from engine_lib.model import Host, Vm
 from engine_lib.protocol.errors import AgentUnreachable, KestrelError
@@ -52,8 +58,8 @@ class Intervals:
     # How long a host may stay silent (Connecting) before it is NonResponsive.
     non_responsive_after_s: float = 60.0
     # How long one heartbeat may wait. A cut link refuses nothing, so without a
-    # bound of its own a heartbeat would wait the agent client's full timeout and
-    # stall the whole loop (HA included) far past non_responsive_after_s.
+    # bound of its own a heartbeat would wait the agent client's full deadline and
+    # the host's silence would be noticed that much later.
     heartbeat_timeout_s: float = 10.0
 
     @property
@@ -67,24 +73,35 @@ class Monitor:
         self.engine = engine
         self.intervals = intervals
         self.clock = clock
-        self._last_vm_poll = float("-inf")
-        # Passes that act on what this cycle saw (engine_lib.loop.ha's fencing and HA
-        # restarts), run after every cycle in the loop's own thread.
-        self.after_cycle: list[Callable[[], None]] = []
+        self._last_vm_poll: dict[str, float] = {}  # host -> monotonic time of its last VM poll
+        self._checks = HostTasks("monitoring")
 
     # -- one cycle -----------------------------------------------------------------------
 
-    def cycle(self, poll_vms: bool = True) -> None:
-        """Heartbeat every host; sync VM statuses of the hosts that answered."""
+    def cycle(self, poll_vms: bool | None = True, wait_s: float | None = None) -> None:
+        """Heartbeat every host and sync the VMs of those that answered, each host in a
+        thread of its own; wait for them at most ``wait_s`` (None: until they end).
+
+        ``poll_vms`` None polls each host's VMs at the VM interval. A host whose previous
+        check still runs is skipped this cycle (it owes no answer yet: its call is within
+        its deadline).
+        """
+        now = time.monotonic()
+        started = []
         for host in self._hosts():
-            facts = self._heartbeat(host)
-            if facts is not None and poll_vms:
-                self._sync_vms(host)
-        for after in self.after_cycle:
-            try:
-                after()
-            except Exception:
-                log.exception("after-cycle pass %s failed", getattr(after, "__qualname__", after))
+            poll = poll_vms if poll_vms is not None else \
+                now - self._last_vm_poll.get(host.name, float("-inf")) >= self.intervals.vm_s
+            if self._checks.submit(host.name, functools.partial(self._check, host, poll)):
+                started.append(host.name)
+                if poll:
+                    self._last_vm_poll[host.name] = now
+            else:
+                log.debug("host %s: its previous check still runs; skipped", host.name)
+        self._checks.wait(started, wait_s)
+
+    def _check(self, host: HostRef, poll_vms: bool) -> None:
+        if self._heartbeat(host) is not None and poll_vms:
+            self._sync_vms(host)
 
     def _hosts(self) -> list[HostRef]:
         with self.engine.store.transaction(commit=False) as session:
@@ -225,13 +242,10 @@ class Monitor:
         stop = stop or threading.Event()
         while not stop.is_set():
             started = time.monotonic()
-            poll_vms = started - self._last_vm_poll >= self.intervals.vm_s
             try:
-                self.cycle(poll_vms=poll_vms)
+                self.cycle(poll_vms=None, wait_s=self.intervals.host_s)
             except Exception:
                 log.exception("monitoring cycle failed")
-            if poll_vms:
-                self._last_vm_poll = started
             stop.wait(max(0.0, self.intervals.host_s - (time.monotonic() - started)))
 
 

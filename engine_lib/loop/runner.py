@@ -7,23 +7,35 @@
    host status);
 2. the balancer, in a thread of its own, unless balancing is off: each cluster's
    balancing policy, a few migrations per round;
-3. the Monitor, in the caller's thread, with its after-cycle passes: settling
-   migrations whose caller died (a module run killed mid-way would leave its VM
-   MigratingFrom, which the Monitor does not touch), then fencing NonResponsive
-   hosts and restarting their HA VMs elsewhere, unless HA is off.
+3. settling migrations whose caller died (a module run killed mid-way would
+   leave its VM MigratingFrom, which the Monitor does not touch), in a thread of
+   its own at the host interval;
+4. unless HA is off, fencing NonResponsive hosts and restarting their HA VMs
+   elsewhere, in a thread of its own at the host interval (each host's fencing
+   in a thread of its own again);
+5. the Monitor, in the caller's thread: heartbeats and VM polls, each host's in
+   a thread of its own.
+
+So no pass waits for another, and a host whose agent hangs delays only what
+concerns that host: every agent call has a total deadline (engine_lib.broker).
 
 Daemonizing, the pidfile, logging and signals are the caller's (the CLI's).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from engine_lib.loop import balancer
 from engine_lib.loop.event_follower import EventFollower
 from engine_lib.loop.ha import HighAvailability
 from engine_lib.loop.monitoring import Intervals, Monitor
+
+log = logging.getLogger("kestrel.engine.loop")
 
 
 @dataclass(frozen=True)
@@ -45,9 +57,24 @@ def run(engine, settings: Settings, stop: threading.Event) -> None:
         threading.Thread(target=balancer.Balancer(engine, balancer.Settings(
             settings.balance_interval_s, settings.balance_max_migrations)).run, args=(stop,),
             name="balancer", daemon=True).start()
-    monitor = Monitor(engine, settings.intervals)
-    monitor.after_cycle.append(engine.migrations.active)
+    host_s = settings.intervals.host_s
+    threading.Thread(target=every, args=(host_s, engine.migrations.active, stop),
+                     name="migrations", daemon=True).start()
     if settings.ha:
-        monitor.after_cycle.append(HighAvailability(engine, settings.ssh_key).cycle)
-    monitor.run(stop)
+        # A pass never waits for fencing: what a fence proves is acted on next pass.
+        ha = HighAvailability(engine, settings.ssh_key, fence_wait_s=0)
+        threading.Thread(target=every, args=(host_s, ha.cycle, stop), name="ha",
+                         daemon=True).start()
+    Monitor(engine, settings.intervals).run(stop)
     follower.join(5)
+
+
+def every(interval_s: float, work: Callable[[], object], stop: threading.Event) -> None:
+    """``work()`` every ``interval_s`` until ``stop`` is set; a failure is logged."""
+    while not stop.is_set():
+        started = time.monotonic()
+        try:
+            work()
+        except Exception:
+            log.exception("%s failed", getattr(work, "__qualname__", work))
+        stop.wait(max(0.0, interval_s - (time.monotonic() - started)))

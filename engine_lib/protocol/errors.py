@@ -101,6 +101,13 @@ class AgentUnreachable(AgentError):
     http_status = 503
 
 
+class ReplyTooLarge(AgentError):
+    """The agent's answer was larger than the engine reads for that call; it was cut
+    there (``details["limit"]`` bytes), never held whole in memory."""
+
+    code = "ReplyTooLarge"
+
+
 class CertificateError(AgentUnreachable):
     """A TLS peer presented a certificate our CA did not sign (or none)."""
 
@@ -145,7 +152,7 @@ ERRORS_BY_CODE = {
     cls.code: cls
     for cls in (
         KestrelError, InvalidSpec, NotFound, VmNotFound, HostNotFound, ClusterNotFound,
-        Conflict, NoValidHost, AgentError, AgentUnreachable, CertificateError,
+        Conflict, NoValidHost, AgentError, AgentUnreachable, ReplyTooLarge, CertificateError,
         LibvirtError, HookError,
         MigrationFailed, PayloadError, GuestAgentUnavailable,
     )

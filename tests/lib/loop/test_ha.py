@@ -49,7 +49,7 @@ def clock():
 @pytest.fixture
 def loop(engine, cluster, agents, device, clock):
     """h2 runs three HA VMs and one ordinary VM; h1 and h3 are empty; one cycle runs the
-    Monitor and the HA pass as ``kestrel engine run`` does."""
+    Monitor's cycle, then an HA pass (``kestrel engine run`` runs them side by side)."""
     engine.clusters.ensure(cluster, fencing_policy={"soft_fence_grace_s": 30})
     engine.hosts.ensure("h2", address="10.0.0.2", cluster=cluster, power_management=device)
     for name, priority in (("ha-low", 1), ("ha-high", 90), ("ha-mid", 50)):
@@ -62,11 +62,11 @@ def loop(engine, cluster, agents, device, clock):
     monitor = Monitor(engine, Intervals(non_responsive_after_s=60), clock=clock)
     ha = HighAvailability(engine, ssh_key="/nonexistent", clock=clock)
     ha.fencer.soft_fence = lambda *args: Result(False, "exit 255: connection refused")
-    monitor.after_cycle.append(ha.cycle)
 
     def cycle(after_s: float):
         clock.now = T0 + timedelta(seconds=after_s)
         monitor.cycle()
+        ha.cycle()
     cycle.ha = ha
     return cycle
 

@@ -1,4 +1,4 @@
-"""The engine loop's assembly: the Monitor's after-cycle passes, balancing and HA switches."""
+"""The engine loop's assembly: which passes run in threads of their own, and the switches."""
 
 import threading
 
@@ -9,27 +9,38 @@ from engine_lib.loop.monitoring import Intervals
 
 
 @pytest.fixture
-def monitor_seen(monkeypatch):
-    seen = {}
+def started(monkeypatch):
+    """What ``runner.run`` starts: the Monitor's intervals, and each pass run every so
+    often: (its thread, interval, what)."""
+    seen = {"every": set()}
 
     def run(self, stop):
         seen["intervals"] = self.intervals
-        seen["passes"] = [after.__qualname__ for after in self.after_cycle]
+
+    def every(interval_s, work, stop):
+        seen["every"].add((threading.current_thread().name, interval_s, work.__qualname__))
 
     monkeypatch.setattr(runner.Monitor, "run", run)
+    monkeypatch.setattr(runner, "every", every)
     return seen
 
 
-def test_the_monitor_settles_migrations_then_runs_ha_after_every_cycle(engine, monitor_seen):
+def _run(engine, settings):
     stop = threading.Event()
     stop.set()
-    runner.run(engine, runner.Settings(Intervals(host_s=0.5), balance_interval_s=0), stop)
-    assert monitor_seen["passes"] == ["MigrationService.active", "HighAvailability.cycle"]
-    assert monitor_seen["intervals"] == Intervals(host_s=0.5)
+    runner.run(engine, settings, stop)
+    for thread in threading.enumerate():
+        if thread.name in ("migrations", "ha"):
+            thread.join(10)
 
 
-def test_without_ha_only_migrations_are_settled(engine, monitor_seen):
-    stop = threading.Event()
-    stop.set()
-    runner.run(engine, runner.Settings(ha=False, balance_interval_s=0), stop)
-    assert monitor_seen["passes"] == ["MigrationService.active"]
+def test_migrations_and_ha_run_beside_the_monitor_at_the_host_interval(engine, started):
+    _run(engine, runner.Settings(Intervals(host_s=0.5), balance_interval_s=0))
+    assert started["intervals"] == Intervals(host_s=0.5)
+    assert started["every"] == {("migrations", 0.5, "MigrationService.active"),
+                                ("ha", 0.5, "HighAvailability.cycle")}
+
+
+def test_without_ha_only_migrations_are_settled(engine, started):
+    _run(engine, runner.Settings(ha=False, balance_interval_s=0))
+    assert started["every"] == {("migrations", 3.0, "MigrationService.active")}
