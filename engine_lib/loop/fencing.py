@@ -12,7 +12,10 @@ oVirt's order, and its reasons:
    for a restart elsewhere.
 
 Power management agents speak the fence-agents interface (ClusterLabs
-FenceAgentAPI), so ``fence_ipmilan`` and friends plug in unchanged:
+FenceAgentAPI), so ``fence_ipmilan`` and friends plug in unchanged. A host's
+power management names its agent; each call finds the executable again in the
+system's directory or the administrator's list (fencing_settings.fence_agent_path),
+never at a path stored with the host. The agent gets
 ``key=value`` lines on stdin (``action=on|off|reboot|status`` plus the
 configured options such as ``ip``, ``username``, ``plug``), exit code 0 for
 success and 1 for failure; for ``status``, 0 means on and 2 means off.
@@ -40,9 +43,10 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 
 from engine_lib.model import Host
+from engine_lib.protocol.errors import InvalidSpec
 from engine_lib.protocol.statuses import HostStatus
 from engine_lib.services.common import audit, retry_on_conflict
-from engine_lib.services.fencing_settings import FencingPolicy
+from engine_lib.services.fencing_settings import FencingPolicy, fence_agent_path
 
 log = logging.getLogger("kestrel.engine.fencing")
 
@@ -108,10 +112,19 @@ class Result:
     detail: str
 
 
+def resolved(power_management: dict, config) -> dict:
+    """The power management with its agent's executable in place of its name."""
+    return {**power_management, "agent": fence_agent_path(
+        "power_management.agent", power_management.get("agent"), config)}
+
+
 def run_fence_agent(power_management: dict, action: str, timeout: float) -> tuple[int, str]:
-    """Run the host's fence agent once; (exit code, its output) — -1 when it could not run."""
+    """Run the host's fence agent (``resolved``) once; (exit code, its output) — -1 when it
+    could not run."""
     if action not in ACTIONS:
         raise ValueError(f"fence action {action!r} not in {ACTIONS}")
+    if not os.path.isabs(power_management["agent"]):
+        raise ValueError(f"fence agent {power_management['agent']!r} was not resolved")
     lines = [f"action={action}"] + [f"{k}={v}" for k, v in power_management["options"].items()]
     try:
         done = subprocess.run([power_management["agent"]], input="\n".join(lines) + "\n",
@@ -207,7 +220,10 @@ class Fencer:
 
     def _power_fence(self, host_name: str, pm: dict, policy: FencingPolicy) -> None:
         self._audit(host_name, f"power fencing host with {pm['agent']}", "warning")
-        result = power_off(pm, policy.power_timeout_s)
+        try:
+            result = power_off(resolved(pm, self.engine.config), policy.power_timeout_s)
+        except InvalidSpec as err:
+            result = Result(False, err.message)
         if not result.ok:
             # Back to "soft" with a fresh time: the next try comes after the grace again.
             self._set_state(host_name, SOFT, f"power fence failed: {result.detail}; its VMs "
@@ -229,7 +245,10 @@ class Fencer:
         if not policy.power_on_after_fence \
                 or time.monotonic() < self._power_on_retry_at.get(host_name, 0.0):
             return
-        result = power_on(pm, policy.power_timeout_s)
+        try:
+            result = power_on(resolved(pm, self.engine.config), policy.power_timeout_s)
+        except InvalidSpec as err:
+            result = Result(False, err.message)
         if result.ok:
             self._power_on_retry_at.pop(host_name, None)
             self._set_state(host_name, POWERED_ON, f"fenced host powered on: {result.detail}")

@@ -41,7 +41,7 @@ class HostService:
             raise InvalidSpec("address", "is required")
         positive_int("port", port, 65535)
         # None keeps what the host has; {} removes its power management.
-        fencing = _fencing_settings(power_management, soft_fence_command)
+        fencing = _fencing_settings(power_management, soft_fence_command, self.engine.config)
         # Reach the agent before writing anything: a host the engine cannot
         # talk to is not registered at all (AgentUnreachable, CertificateError).
         capabilities = self.engine.agent(address, port).host_info()
@@ -123,12 +123,13 @@ class HostService:
             return [host_dict(h) for h in session.scalars(query)]
 
 
-def _fencing_settings(power_management: dict | None, soft_fence_command: str | None) -> dict:
+def _fencing_settings(power_management: dict | None, soft_fence_command: str | None,
+                      config) -> dict:
     """The fencing columns to set, checked (None: keep the host's)."""
     settings = {}
     if power_management is not None:
         settings["power_management"] = normalize_power_management("power_management",
-                                                                  power_management)
+                                                                  power_management, config)
     if soft_fence_command is not None:
         if not isinstance(soft_fence_command, str) or not soft_fence_command.strip() \
                 or "\n" in soft_fence_command:

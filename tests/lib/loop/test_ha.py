@@ -33,12 +33,16 @@ def test_restart_order_is_priority_then_name():
 
 
 @pytest.fixture
-def device(tmp_path):
+def device(tmp_path, engine):
+    """The test's fence agent, listed in the engine's fence_agents as an administrator would."""
     agent = tmp_path / "fence_test"
     agent.write_text(FENCE_AGENT)
     agent.chmod(0o755)
+    engine.config.engine_dir.mkdir(parents=True, exist_ok=True)
+    engine.config.fence_agents_file.write_text(f"{agent}\n")
     (tmp_path / "power").write_text("on")
-    return {"agent": str(agent), "options": {"plug": "h2", "state_file": str(tmp_path / "power")}}
+    return {"agent": "fence_test", "options": {"plug": "h2",
+                                               "state_file": str(tmp_path / "power")}}
 
 
 @pytest.fixture
