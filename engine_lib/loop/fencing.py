@@ -3,7 +3,8 @@
 oVirt's order, and its reasons:
 
 1. **Soft fence**: restart the host's agent over SSH (``soft_fence_command``,
-   ``systemctl restart kestrel-agent`` on a real host). Most silent hosts are
+   ``systemctl restart kestrel-agent`` on a real host), to the host holding the
+   SSH host key recorded at its enrollment only (services.host_keys). Most silent hosts are
    a hung agent on a healthy machine; their VMs keep running, nothing moves.
 2. **Power fence**: if the agent still does not answer ``soft_fence_grace_s``
    later (or SSH failed), switch the host off through its power management
@@ -45,8 +46,10 @@ from sqlalchemy import select
 from engine_lib.model import Host
 from engine_lib.protocol.errors import InvalidSpec
 from engine_lib.protocol.statuses import HostStatus
+from engine_lib.services import host_keys
 from engine_lib.services.common import audit, retry_on_conflict
 from engine_lib.services.fencing_settings import FencingPolicy, fence_agent_path
+from engine_lib.services.host_keys import HostKeyMissing
 
 log = logging.getLogger("kestrel.engine.fencing")
 
@@ -158,10 +161,12 @@ def power_on(power_management: dict, timeout: float) -> Result:
     return Result(code == EXIT_OK, f"{agent} on: exit {code}{': ' + output if output else ''}")
 
 
-def soft_fence(address: str, command: str, ssh_key: str, timeout: float) -> Result:
-    """Run the soft-fence command on the host as root over SSH, with the engine's key."""
-    argv = ["ssh", "-i", ssh_key, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
-            "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+def soft_fence(address: str, command: str, ssh_key: str, timeout: float,
+               host_key_options: list[str]) -> Result:
+    """Run the soft-fence command on the host as root over SSH, with the engine's key, to
+    the host that holds its recorded host key only (``host_keys.login_options``)."""
+    argv = ["ssh", "-i", ssh_key, "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+            *host_key_options, "-o", "LogLevel=ERROR",
             "-o", f"ConnectTimeout={max(1, int(timeout))}", f"root@{address}", command]
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 5,
@@ -202,7 +207,7 @@ class Fencer:
                 if host.fence_changed_at else float("inf")
             pm = dict(host.power_management or {})
             decision = decide(policy, host.fence_state, since, statuses, bool(pm))
-            address, command = host.address, host.soft_fence_command
+            address, command, keys = host.address, host.soft_fence_command, host.ssh_host_keys
         if decision.action in (SKIP, WAIT):
             if decision.action == SKIP and self._said.get(host_name) != decision.reason:
                 self._said[host_name] = decision.reason
@@ -210,7 +215,13 @@ class Fencer:
             return
         self._said.pop(host_name, None)
         if decision.action == SOFT_FENCE:
-            result = self.soft_fence(address, command, self.ssh_key, policy.ssh_timeout_s)
+            try:
+                options = host_keys.login_options(self.engine.config.engine_dir, host_name, keys)
+            except HostKeyMissing as err:
+                result = Result(False, err.message)
+            else:
+                result = self.soft_fence(address, command, self.ssh_key, policy.ssh_timeout_s,
+                                         options)
             self._set_state(host_name, SOFT, f"soft fence ({command!r} over SSH): "
                             f"{'sent' if result.ok else 'failed'} - {result.detail}",
                             "info" if result.ok else "warning")
