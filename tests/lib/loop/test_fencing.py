@@ -2,6 +2,7 @@
 
 import re
 import sys
+from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import text as sa_text
@@ -323,3 +324,35 @@ def test_the_lab_fence_agent_reads_fence_agents_stdin_and_refuses_unknown_hosts(
     code, message = fence({"action": "status", "plug": "h9", "state_dir": str(tmp_path)})
     assert code == 1 and "no such lab host" in message  # never "off" for a stranger
     assert fence({"action": "status"})[0] == 1
+
+
+# -- the soft fence's SSH login ----------------------------------------------------------------
+
+def test_soft_fencing_logs_in_only_to_the_recorded_host_key(engine, cluster, monkeypatch):
+    from engine_lib.loop import fencing
+    from engine_lib.loop.fencing import Fencer, Result
+
+    key = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHTvFLHHIlbjUYdSOw1WMqKHRlK9Lr6qUL1D8skK0pCl")
+    engine.hosts.ensure("h1", address="10.0.0.1", cluster=cluster, ssh_host_keys=[key])
+    engine.hosts.ensure("h2", address="10.0.0.2", cluster=cluster)  # no keys recorded
+    engine.clusters.ensure(cluster, fencing_policy={"skip_if_connectivity_broken": False})
+    with engine.store.transaction() as session:
+        session.execute(sa_text("UPDATE hosts SET status = 'NonResponsive'"))
+    argvs = []
+    monkeypatch.setattr(fencing.subprocess, "run", lambda argv, **kw: argvs.append(argv) or
+                        SimpleNamespace(returncode=0, stdout="", stderr=""))
+    fencer = Fencer(engine, "/e/ssh/id_ed25519", on_fenced=lambda *a: None)
+
+    fencer.step("h1")
+    [argv] = argvs
+    assert "StrictHostKeyChecking=yes" in argv and "HostKeyAlias=kestrel-host-h1" in argv
+    assert "StrictHostKeyChecking=no" not in argv and "UserKnownHostsFile=/dev/null" not in argv
+    known = next(a.split("=", 1)[1] for a in argv if a.startswith("UserKnownHostsFile="))
+    assert open(known).read() == f"kestrel-host-h1 {key}\n"
+
+    fencer.soft_fence = lambda *args: Result(True, "never called")
+    fencer.step("h2")
+    assert len(argvs) == 1
+    message = engine.events.info(entity_type="host", entity_name="h2")[-1]["message"]
+    assert "soft fence" in message and "failed" in message
+    assert "no SSH host key is recorded for host 'h2'" in message
