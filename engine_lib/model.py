@@ -113,9 +113,10 @@ class Host(Base):
     used_memory_mib: Mapped[int] = mapped_column(Integer, default=0)
     used_cpu_percent: Mapped[float] = mapped_column(Float, default=0.0)
     last_seen: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    # {"agent": name, "options": {...}} of a fence-agents style
-    # power fence agent ({} = none; the engine finds the agent by name, fencing_settings); the command a soft fence runs over SSH; and where the
-    # engine stands in fencing the host ("", "soft", "fenced"; see engine_lib.loop.fencing).
+    # {"agent": name, "options": {...}} of a fence-agents style power fence agent
+    # ({} = none; the engine finds the agent by its name, services.fencing_settings); the
+    # command a soft fence runs over SSH; and where the engine stands in fencing the host
+    # ("", "soft", "fenced"; see engine_lib.loop.fencing).
     power_management: Mapped[dict] = mapped_column(JSON, default=dict)
     soft_fence_command: Mapped[str] = mapped_column(Text, default="systemctl restart kestrel-agent")
     fence_state: Mapped[str] = mapped_column(String(16), default="")

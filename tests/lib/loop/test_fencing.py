@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 from sqlalchemy import text as sa_text
 
+from engine_lib.config import EngineConfig
 from engine_lib.loop.fencing import (
     POWER_FENCE,
     SKIP,
@@ -17,7 +18,6 @@ from engine_lib.loop.fencing import (
     power_off,
     power_on,
 )
-from engine_lib.config import EngineConfig
 from engine_lib.protocol.errors import InvalidSpec
 from engine_lib.services.fencing_settings import (
     FencingPolicy,
