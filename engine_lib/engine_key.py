@@ -4,8 +4,9 @@ Reinstalling a host (services.host_deploy) and soft fencing (fencing) log in
 with it. One ed25519 pair in ``ENGINE_DIR/ssh``, made by ``kestrel engine init``
 and never regenerated: hosts authorize its public half (the host role's
 ``kestrel_host_authorize_engine_key``), so a new pair would lock the engine
-out of every host. Host keys the engine has seen go to ``ssh/known_hosts``
-next to it (first contact accepts, a changed key is refused).
+out of every host. The hosts' own SSH host keys are recorded with each host
+(services.host_keys) and only those are accepted; the files ssh reads them
+from are written under ``ssh/known_hosts.d``.
 
 Standard library only (ssh-keygen does the cryptography).
 """
@@ -32,10 +33,6 @@ def ssh_dir(engine_dir) -> Path:
 
 def private_key(engine_dir) -> Path:
     return ssh_dir(engine_dir) / KEY_NAME
-
-
-def known_hosts(engine_dir) -> Path:
-    return ssh_dir(engine_dir) / "known_hosts"
 
 
 def ensure(engine_dir) -> bool:

@@ -67,8 +67,9 @@ class Cluster(Base):
     migration_policy: Mapped[str] = mapped_column(String(32), default="minimal_downtime")
     migration_bandwidth_mbps: Mapped[int] = mapped_column(Integer, default=0)
     # Migrate over libvirt TLS (qemu+tls, VIR_MIGRATE_TLS); hosts need
-    # the host role's libvirt TLS. Off by default, as in oVirt.
-    migration_encrypted: Mapped[bool] = mapped_column(Boolean, default=False)
+    # the host role's libvirt TLS (on by default). New clusters encrypt; clusters made
+    # before that default keep what they had (the column's server default).
+    migration_encrypted: Mapped[bool] = mapped_column(Boolean, default=True)
     # The hosts' agents may shrink the balloons of this
     # cluster's VMs under memory pressure (engine_lib.agent.ballooning).
     ballooning: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -115,9 +116,10 @@ class Host(Base):
     used_memory_mib: Mapped[int] = mapped_column(Integer, default=0)
     used_cpu_percent: Mapped[float] = mapped_column(Float, default=0.0)
     last_seen: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    # {"agent": path, "options": {...}} of a fence-agents style
-    # power fence agent ({} = none); the command a soft fence runs over SSH; and where the
-    # engine stands in fencing the host ("", "soft", "fenced"; see engine_lib.loop.fencing).
+    # {"agent": name, "options": {...}} of a fence-agents style power fence agent
+    # ({} = none; the engine finds the agent by its name, services.fencing_settings); the
+    # command a soft fence runs over SSH; and where the engine stands in fencing the host
+    # ("", "soft", "fenced"; see engine_lib.loop.fencing).
     power_management: Mapped[dict] = mapped_column(JSON, default=dict)
     soft_fence_command: Mapped[str] = mapped_column(Text, default="systemctl restart kestrel-agent")
     fence_state: Mapped[str] = mapped_column(String(16), default="")
@@ -131,6 +133,10 @@ class Host(Base):
     agent_installed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
                                                                 nullable=True)
     install_error: Mapped[str] = mapped_column(Text, default="")
+    # The host's SSH host keys, known_hosts lines ("type base64"), recorded when its agent
+    # first answers over mutual TLS or given by the operator; every SSH login checks them
+    # (services.host_keys). "" = none recorded: the engine does not log in.
+    ssh_host_keys: Mapped[str] = mapped_column(Text, default="")
     version: Mapped[int] = mapped_column(Integer, nullable=False)
 
     cluster: Mapped[Cluster] = relationship(back_populates="hosts")

@@ -98,7 +98,8 @@ def main() -> None:
             pki.init_ca(pki_dir)
             agents = [start_agent(host, pki_dir) for host in hosts]
             with Engine.open(engine_dir=work, db_url=f"sqlite:///{work}/engine.db") as engine:
-                engine.clusters.ensure("bench", virt_type="qemu")
+                # The lab's libvirtds serve plain qemu+tcp.
+                engine.clusters.ensure("bench", virt_type="qemu", migration_encrypted=False)
                 for host in hosts:
                     engine.hosts.ensure(host.name, address=host.address, cluster="bench")
                 vm = engine.vms.ensure(guest_spec(), state="running").entity

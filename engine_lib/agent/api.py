@@ -72,7 +72,7 @@ _VOLUME_SCHEMA = {
 ROUTES = (
     Route("GET", "/openapi.json", "openapi", "This document."),
     Route("GET", "/host", "host_info", "Host facts: identity, CPUs, memory, versions, "
-          "running VMs, storage domains."),
+          "running VMs, storage domains, SSH host keys."),
     Route("GET", "/vms", "list_vms", "Every VM in this agent's registry with its status; "
           "a VM that went Down stays listed, with its exit reason, until removed."),
     Route("POST", "/vms", "start_vm", "Start a VM from engine-rendered domain XML "

@@ -8,6 +8,7 @@ from configuration that could drift from the host.
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from engine_lib.agent.domains import libvirt_errors
 log = logging.getLogger("kestrel.agent.host_info")
 
 MiB = 1024 * 1024
+SSH_DIR = "/etc/ssh"
 
 
 def describe(conn: libvirt.virConnect, config: AgentConfig, hook_owner_uid: int) -> dict:
@@ -57,7 +59,24 @@ def describe(conn: libvirt.virConnect, config: AgentConfig, hook_owner_uid: int)
         "agent_version": engine_lib.__version__,
         "storage_domains": [storage_domain(name, path) for name, path
                             in sorted(config.storage_domains.items())],
+        # The engine records these when the host enrolls and accepts only them when it
+        # logs in over SSH: this answer is the one the engine can authenticate.
+        "ssh_host_keys": ssh_host_keys(),
     }
+
+
+def ssh_host_keys(directory: str = SSH_DIR) -> list[str]:
+    """sshd's public host keys, "type base64" (comments dropped), sorted."""
+    keys = set()
+    for path in glob.glob(os.path.join(directory, "ssh_host_*_key.pub")):
+        try:
+            with open(path, encoding="ascii") as public:
+                parts = public.read(16384).split()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if len(parts) >= 2:
+            keys.add(f"{parts[0]} {parts[1]}")
+    return sorted(keys)
 
 
 def version(number: int) -> str:

@@ -100,7 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
             reinstall.add_argument("--no-activate", action="store_true",
                                    help="leave the host in Maintenance afterwards")
             reinstall.add_argument("--renew-certificate", action="store_true",
-                                   help="re-enroll the agent certificate even if still valid")
+                                   help="a new agent certificate for its key, even if the "
+                                   "current one is still valid")
+            reinstall.add_argument("--enroll-certificate", action="store_true",
+                                   help="re-key: a new key pair on the host and a certificate "
+                                   "for it")
+            reinstall.add_argument("--ssh-host-key", action="append", metavar="'TYPE BASE64'",
+                                   help="the host's new SSH host key, when it changed on "
+                                   "purpose (repeatable; replaces the recorded ones)")
             reinstall.add_argument("--timeout", type=float, default=600.0,
                                    help="seconds for moving its VMs away (600)")
 

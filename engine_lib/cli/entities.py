@@ -25,6 +25,8 @@ def host_reinstall(args) -> int:
         outcome = engine.hosts.reinstall(args.name, force=args.force,
                                          activate=not args.no_activate,
                                          renew_certificate=args.renew_certificate,
+                                         enroll_certificate=args.enroll_certificate,
+                                         ssh_host_keys=args.ssh_host_key,
                                          timeout=args.timeout)
     print_json({"changed": outcome.changed, "host": outcome.entity})
     return 0

@@ -3,7 +3,8 @@
 oVirt's order, and its reasons:
 
 1. **Soft fence**: restart the host's agent over SSH (``soft_fence_command``,
-   ``systemctl restart kestrel-agent`` on a real host). Most silent hosts are
+   ``systemctl restart kestrel-agent`` on a real host), to the host holding the
+   SSH host key recorded at its enrollment only (services.host_keys). Most silent hosts are
    a hung agent on a healthy machine; their VMs keep running, nothing moves.
 2. **Power fence**: if the agent still does not answer ``soft_fence_grace_s``
    later (or SSH failed), switch the host off through its power management
@@ -12,7 +13,10 @@ oVirt's order, and its reasons:
    for a restart elsewhere.
 
 Power management agents speak the fence-agents interface (ClusterLabs
-FenceAgentAPI), so ``fence_ipmilan`` and friends plug in unchanged:
+FenceAgentAPI), so ``fence_ipmilan`` and friends plug in unchanged. A host's
+power management names its agent; each call finds the executable again in the
+system's directory or the administrator's list (fencing_settings.fence_agent_path),
+never at a path stored with the host. The agent gets
 ``key=value`` lines on stdin (``action=on|off|reboot|status`` plus the
 configured options such as ``ip``, ``username``, ``plug``), exit code 0 for
 success and 1 for failure; for ``status``, 0 means on and 2 means off.
@@ -40,9 +44,12 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 
 from engine_lib.model import Host
+from engine_lib.protocol.errors import InvalidSpec
 from engine_lib.protocol.statuses import HostStatus
+from engine_lib.services import host_keys
 from engine_lib.services.common import audit, retry_on_conflict
-from engine_lib.services.fencing_settings import FencingPolicy
+from engine_lib.services.fencing_settings import FencingPolicy, fence_agent_path
+from engine_lib.services.host_keys import HostKeyMissing
 
 log = logging.getLogger("kestrel.engine.fencing")
 
@@ -108,10 +115,19 @@ class Result:
     detail: str
 
 
+def resolved(power_management: dict, config) -> dict:
+    """The power management with its agent's executable in place of its name."""
+    return {**power_management, "agent": fence_agent_path(
+        "power_management.agent", power_management.get("agent"), config)}
+
+
 def run_fence_agent(power_management: dict, action: str, timeout: float) -> tuple[int, str]:
-    """Run the host's fence agent once; (exit code, its output) — -1 when it could not run."""
+    """Run the host's fence agent (``resolved``) once; (exit code, its output) — -1 when it
+    could not run."""
     if action not in ACTIONS:
         raise ValueError(f"fence action {action!r} not in {ACTIONS}")
+    if not os.path.isabs(power_management["agent"]):
+        raise ValueError(f"fence agent {power_management['agent']!r} was not resolved")
     lines = [f"action={action}"] + [f"{k}={v}" for k, v in power_management["options"].items()]
     try:
         done = subprocess.run([power_management["agent"]], input="\n".join(lines) + "\n",
@@ -145,10 +161,12 @@ def power_on(power_management: dict, timeout: float) -> Result:
     return Result(code == EXIT_OK, f"{agent} on: exit {code}{': ' + output if output else ''}")
 
 
-def soft_fence(address: str, command: str, ssh_key: str, timeout: float) -> Result:
-    """Run the soft-fence command on the host as root over SSH, with the engine's key."""
-    argv = ["ssh", "-i", ssh_key, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
-            "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+def soft_fence(address: str, command: str, ssh_key: str, timeout: float,
+               host_key_options: list[str]) -> Result:
+    """Run the soft-fence command on the host as root over SSH, with the engine's key, to
+    the host that holds its recorded host key only (``host_keys.login_options``)."""
+    argv = ["ssh", "-i", ssh_key, "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+            *host_key_options, "-o", "LogLevel=ERROR",
             "-o", f"ConnectTimeout={max(1, int(timeout))}", f"root@{address}", command]
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 5,
@@ -189,7 +207,7 @@ class Fencer:
                 if host.fence_changed_at else float("inf")
             pm = dict(host.power_management or {})
             decision = decide(policy, host.fence_state, since, statuses, bool(pm))
-            address, command = host.address, host.soft_fence_command
+            address, command, keys = host.address, host.soft_fence_command, host.ssh_host_keys
         if decision.action in (SKIP, WAIT):
             if decision.action == SKIP and self._said.get(host_name) != decision.reason:
                 self._said[host_name] = decision.reason
@@ -197,7 +215,13 @@ class Fencer:
             return
         self._said.pop(host_name, None)
         if decision.action == SOFT_FENCE:
-            result = self.soft_fence(address, command, self.ssh_key, policy.ssh_timeout_s)
+            try:
+                options = host_keys.login_options(self.engine.config.engine_dir, host_name, keys)
+            except HostKeyMissing as err:
+                result = Result(False, err.message)
+            else:
+                result = self.soft_fence(address, command, self.ssh_key, policy.ssh_timeout_s,
+                                         options)
             self._set_state(host_name, SOFT, f"soft fence ({command!r} over SSH): "
                             f"{'sent' if result.ok else 'failed'} - {result.detail}",
                             "info" if result.ok else "warning")
@@ -207,7 +231,10 @@ class Fencer:
 
     def _power_fence(self, host_name: str, pm: dict, policy: FencingPolicy) -> None:
         self._audit(host_name, f"power fencing host with {pm['agent']}", "warning")
-        result = power_off(pm, policy.power_timeout_s)
+        try:
+            result = power_off(resolved(pm, self.engine.config), policy.power_timeout_s)
+        except InvalidSpec as err:
+            result = Result(False, err.message)
         if not result.ok:
             # Back to "soft" with a fresh time: the next try comes after the grace again.
             self._set_state(host_name, SOFT, f"power fence failed: {result.detail}; its VMs "
@@ -229,7 +256,10 @@ class Fencer:
         if not policy.power_on_after_fence \
                 or time.monotonic() < self._power_on_retry_at.get(host_name, 0.0):
             return
-        result = power_on(pm, policy.power_timeout_s)
+        try:
+            result = power_on(resolved(pm, self.engine.config), policy.power_timeout_s)
+        except InvalidSpec as err:
+            result = Result(False, err.message)
         if result.ok:
             self._power_on_retry_at.pop(host_name, None)
             self._set_state(host_name, POWERED_ON, f"fenced host powered on: {result.detail}")

@@ -3,17 +3,30 @@
 The host and cluster services validate these when a user sets them, and the engine
 loop's fencing (engine_lib.loop.fencing) acts on them; both import them from here,
 so the services never import the loop.
+
+A power management names its fence agent (``fence_ipmilan``, as oVirt maps a
+power management ``type``); the engine finds the executable itself, in the
+system's directory or the administrator's list (EngineConfig.fence_agents):
+fence agents run as root on the engine host, next to the CA key, so a request
+never chooses what runs.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import asdict, dataclass, fields
 
+from engine_lib.config import EngineConfig
 from engine_lib.protocol.errors import InvalidSpec
 
 _OPTION_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+# Where fence-agents installs its agents, each named fence_<device>.
+FENCE_AGENT_DIR = "/usr/sbin"
+_AGENT_NAME = re.compile(r"fence_[A-Za-z0-9_]{1,64}")
+# The policy's durations, at most: one fencing step must not hold the loop for hours.
+_MAX_SECONDS = {"soft_fence_grace_s": 3600.0, "ssh_timeout_s": 300.0, "power_timeout_s": 600.0}
 
 
 @dataclass(frozen=True)
@@ -50,18 +63,44 @@ def normalize_policy(field: str, value) -> dict:
         if isinstance(default, bool):
             if not isinstance(raw, bool):
                 raise InvalidSpec(f"{field}.{key}", f"must be true or false (got {raw!r})")
-        elif isinstance(raw, bool) or not isinstance(raw, (int, float)):
-            raise InvalidSpec(f"{field}.{key}", f"must be a number (got {raw!r})")
-        elif key == "connectivity_threshold_percent" and not 1 <= raw <= 100:
-            raise InvalidSpec(f"{field}.{key}", f"must be between 1 and 100 (got {raw})")
-        elif raw <= 0:
-            raise InvalidSpec(f"{field}.{key}", f"must be positive (got {raw})")
+        elif key == "connectivity_threshold_percent":
+            if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= 100:
+                raise InvalidSpec(f"{field}.{key}", f"must be a whole number from 1 to 100 "
+                                  f"(got {_shown(raw)})")
+        elif isinstance(raw, bool) or not isinstance(raw, (int, float)) \
+                or not (0 < raw <= _MAX_SECONDS[key]):  # NaN compares false
+            raise InvalidSpec(f"{field}.{key}", f"must be a number of seconds above 0 and at "
+                              f"most {_MAX_SECONDS[key]:.0f} (got {_shown(raw)})")
         result[key] = type(default)(raw)
     return result
 
 
-def normalize_power_management(field: str, value) -> dict:
-    """{} (no power fencing) or {"agent": absolute path, "options": {key: text}}.
+def _shown(value) -> str:
+    """A value for an error message; an int of thousands of digits has no repr."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10 ** 18:
+        return "a number of more than 18 digits"
+    return repr(value)[:80]
+
+
+def fence_agent_path(field: str, name, config: EngineConfig) -> str:
+    """The executable a fence agent's name stands for: the administrator's listed one of
+    that name, else FENCE_AGENT_DIR/name; a clear error naming ``field`` otherwise."""
+    system_dir = FENCE_AGENT_DIR
+    if not isinstance(name, str) or not _AGENT_NAME.fullmatch(name):
+        raise InvalidSpec(field, f"must name a fence agent, fence_ and letters, digits or '_' "
+                          f"(such as fence_ipmilan), not a path (got {_shown(name)})")
+    listed = {os.path.basename(path): path for path in config.fence_agents()
+              if os.path.isabs(path)}
+    path = listed.get(name) or os.path.join(system_dir, name)
+    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        raise InvalidSpec(field, f"no fence agent {name!r}: {system_dir}/{name} is not an "
+                          f"executable file and {config.fence_agents_file} lists none by "
+                          "that name")
+    return path
+
+
+def normalize_power_management(field: str, value, config: EngineConfig) -> dict:
+    """{} (no power fencing) or {"agent": fence agent name, "options": {key: text}}.
 
     Options become ``key=value`` lines on the agent's stdin: a newline in a key
     or value would smuggle in another option (or another action), so neither may
@@ -76,9 +115,7 @@ def normalize_power_management(field: str, value) -> dict:
         raise InvalidSpec(f"{field}.{unknown[0]}", "is not a power management option; "
                           "known: agent, options")
     agent = value.get("agent")
-    if not isinstance(agent, str) or not os.path.isabs(agent) or "\n" in agent:
-        raise InvalidSpec(f"{field}.agent", f"must be the absolute path of a fence agent "
-                          f"(got {agent!r})")
+    fence_agent_path(f"{field}.agent", agent, config)
     options = value.get("options") or {}
     if not isinstance(options, dict):
         raise InvalidSpec(f"{field}.options", "must be a mapping of option names to values")
@@ -89,8 +126,11 @@ def normalize_power_management(field: str, value) -> dict:
                               "'_' or '-', starting with a letter")
         if key == "action":
             raise InvalidSpec(f"{field}.options.action", "is set by the engine for each call")
-        if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
-            raise InvalidSpec(f"{field}.options.{key}", f"must be text or a number (got {raw!r})")
+        if isinstance(raw, bool) or not isinstance(raw, (str, int, float)) \
+                or (isinstance(raw, float) and not math.isfinite(raw)) \
+                or (isinstance(raw, int) and abs(raw) >= 10 ** 18):
+            raise InvalidSpec(f"{field}.options.{key}", f"must be text or a finite number "
+                              f"(got {_shown(raw)})")
         text = str(raw)
         if "\n" in text or "\r" in text:
             raise InvalidSpec(f"{field}.options.{key}", "must not contain a line break")

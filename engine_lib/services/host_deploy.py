@@ -13,7 +13,9 @@ itself, over SSH as root with its own key (engine_lib.engine_key):
    host role does (and marks it the same way, so the role sees it installed).
 3. The agent certificate is re-enrolled when it expires within
    ``CERT_RENEW_DAYS`` or on request: the host makes the CSR with its key
-   (which never leaves it), the engine CA signs it.
+   (which never leaves it), the engine CA signs it - only for the key the
+   host's current certificate (from the engine CA, for that host) holds. A new
+   key pair is made only when re-keying is asked for (``enroll_certificate``).
 4. The agent restarts: ``systemctl restart kestrel-agent`` under systemd,
    otherwise through its pidfile (stop that PID, wait for it to exit, start
    the new one), like the role's agent_daemon.yml.
@@ -31,7 +33,9 @@ failed, or when forced (or a certificate renewal is asked for).
 
 Commands reach the host as ``ssh ... -- ADDRESS 'argv'``: the remote shell
 parses the command line, so every argument is quoted (shlex), and the scripts
-are constants that take their data as positional arguments.
+are constants that take their data as positional arguments. ssh accepts only
+the host's SSH host keys recorded at its enrollment (services.host_keys); one
+login before anything changes refuses a host whose key is not one of them.
 """
 
 from __future__ import annotations
@@ -44,11 +48,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
+
 from engine_lib import engine_key, pki
 from engine_lib.model import utcnow
 from engine_lib.protocol.errors import AgentUnreachable, Conflict, InvalidSpec, KestrelError
 from engine_lib.protocol.statuses import HostStatus
-from engine_lib.services import maintenance
+from engine_lib.services import host_keys, maintenance
 from engine_lib.services.common import audit, get_host, retry_on_conflict
 from engine_lib.services.host_records import host_dict, record_capabilities
 from engine_lib.services.results import Outcome
@@ -87,6 +96,21 @@ printf '%s\\n' "$sum" > "$venv/.kestrel-wheel"
 """
 # $1 certificate path; the PEM on stdin.
 PUT_CERT = 'set -eu; cat > "$1.new"; chmod 0644 "$1.new"; mv "$1.new" "$1"'
+# $1 key path, $2 CN: a new key pair beside the current one (as the host role makes it);
+# prints its CSR. The current key stays in use until REKEY_SWAP.
+NEW_KEY = """set -eu
+umask 077
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1.new" 2>/dev/null
+openssl req -new -key "$1.new" -subj "/CN=$2"
+"""
+# $1 key path, $2 certificate path; the new certificate on stdin: key and certificate
+# replaced together.
+REKEY_SWAP = """set -eu
+cat > "$2.new"; chmod 0644 "$2.new"
+mv "$1.new" "$1"; mv "$2.new" "$2"
+"""
+# What ssh says when the host's key is not a recorded one (or none is recorded).
+HOST_KEY_REFUSED = b"Host key verification failed"
 # $1 venv, $2 config, $3 pidfile, $4 log file. Stops the running agent by the PID in its
 # pidfile (never by name) and starts the new one; prints "old=PID pid=PID".
 RESTART = """set -u
@@ -123,6 +147,12 @@ class HostDeployFailed(Conflict):
     code = "HostDeployFailed"
 
 
+class HostKeyChanged(Conflict):
+    """The host's SSH host key is not the one recorded; nothing was changed."""
+
+    code = "HostKeyChanged"
+
+
 @dataclass(frozen=True)
 class Build:
     """The agent build the engine installs: its own engine_lib as a wheel."""
@@ -151,17 +181,16 @@ class Completed:
 class SshRemote:
     """Runs argv lists on one host as root over SSH with the engine's key."""
 
-    def __init__(self, address: str, key: str, known_hosts: str,
+    def __init__(self, address: str, key: str, host_key_options: list[str],
                  connect_timeout: int = SSH_CONNECT_TIMEOUT_S):
         if not address or address.startswith("-") or any(c.isspace() for c in address):
             raise InvalidSpec("address", f"{address!r} cannot be an SSH destination")
-        self.address, self.key, self.known_hosts = address, key, known_hosts
+        self.address, self.key, self.host_key_options = address, key, host_key_options
         self.connect_timeout = connect_timeout
 
     def argv(self, command: list[str]) -> list[str]:
         return ["ssh", "-i", self.key, "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-                "-o", "StrictHostKeyChecking=accept-new",
-                "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "LogLevel=ERROR",
+                *self.host_key_options, "-o", "LogLevel=ERROR",
                 "-o", f"ConnectTimeout={self.connect_timeout}", "-l", "root",
                 "--", self.address, shlex.join(command)]
 
@@ -201,16 +230,17 @@ def _check_bool(field: str, value) -> None:
 class HostDeploy:
     """``reinstall`` is the one entry point; ``remote_factory`` is replaceable for unit tests."""
 
-    def __init__(self, engine, remote_factory: Callable[[str], object] | None = None,
+    def __init__(self, engine, remote_factory: Callable[[str, str, str], object] | None = None,
                  start_timeout: float = AGENT_START_TIMEOUT_S):
         self.engine = engine
         self.remote_factory = remote_factory or self._ssh
         self.start_timeout = start_timeout
 
-    def _ssh(self, address: str) -> SshRemote:
+    def _ssh(self, name: str, address: str, keys: str) -> SshRemote:
+        """SSH to the host as root, accepting only its recorded host keys."""
         engine_dir = self.engine.config.engine_dir
         return SshRemote(address, str(engine_key.require(engine_dir)),
-                         str(engine_key.known_hosts(engine_dir)))
+                         host_keys.login_options(engine_dir, name, keys))
 
     def build(self) -> Build:
         return Build.of(build_agent_wheel(str(Path(self.engine.config.engine_dir) / "wheels")))
@@ -218,20 +248,25 @@ class HostDeploy:
     # -- the decision ----------------------------------------------------------------------
 
     def reinstall(self, name: str, *, force: bool = False, activate: bool = True,
-                  renew_certificate: bool = False, timeout: float = 600,
+                  renew_certificate: bool = False, enroll_certificate: bool = False,
+                  ssh_host_keys: list[str] | None = None, timeout: float = 600,
                   check_mode: bool = False) -> Outcome:
         for field, value in (("force", force), ("activate", activate),
-                             ("renew_certificate", renew_certificate)):
+                             ("renew_certificate", renew_certificate),
+                             ("enroll_certificate", enroll_certificate)):
             _check_bool(field, value)
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
             raise InvalidSpec("timeout", f"must be a positive number of seconds (got {timeout!r})")
+        new_keys = None if ssh_host_keys is None \
+            else host_keys.normalize("ssh_host_keys", ssh_host_keys)
         build = self.build()
         with self.engine.store.transaction(commit=False) as session:
             host = get_host(session, name)
             status, address, port = host.status, host.address, host.port
+            keys = new_keys or host.ssh_host_keys
             before = _state(host.status, host.agent_version, host.agent_wheel_sha256)
             entity = host_dict(host)
-            why = self._why(host, build, force, renew_certificate)
+            why = self._why(host, build, force, renew_certificate or enroll_certificate)
         if why is None:
             return Outcome(False, entity, {"before": before, "after": before})
         if status == HostStatus.INSTALLING and not force:
@@ -247,12 +282,16 @@ class HostDeploy:
             return Outcome(True, {**entity, **after}, {"before": before, "after": after})
 
         engine_key.require(self.engine.config.engine_dir)  # before anything changes
-        remote = self.remote_factory(address)
+        remote = self.remote_factory(name, address, keys)
+        self._check_host_key(remote, name, address)
+        if new_keys is not None:
+            self._record_host_keys(name, new_keys)
         if status not in READY | {HostStatus.INSTALLING}:
             maintenance.enter(self.engine, name, timeout=timeout)
         self._mark_installing(name, why)
         try:
-            report = self._deploy(remote, name, address, build, renew_certificate)
+            report = self._deploy(remote, name, address, build, renew_certificate,
+                                  enroll_certificate)
             capabilities = self._wait_for_agent(address, port)
         except _StepFailed as err:
             self._mark_failed(name, err)
@@ -272,7 +311,7 @@ class HostDeploy:
         if force:
             return "forced"
         if renew_certificate:
-            return "certificate renewal requested"
+            return "a new certificate requested"
         if host.status in (HostStatus.INSTALL_FAILED, HostStatus.INSTALLING):
             return f"the last reinstall did not finish ({host.status})"
         if (host.agent_version, host.agent_wheel_sha256) != (build.version, build.sha256):
@@ -284,11 +323,13 @@ class HostDeploy:
     # -- the steps on the host -------------------------------------------------------------
 
     def _deploy(self, remote, name: str, address: str, build: Build,
-                renew_certificate: bool) -> dict:
+                renew_certificate: bool, enroll_certificate: bool) -> dict:
         wheel_name = Path(build.path).name
 
         def step(label: str, command: list[str], input: bytes | None = None) -> str:
             done = remote.run(command, input=input)
+            if done.returncode != 0 and HOST_KEY_REFUSED in done.stderr:
+                raise _StepFailed(label, _host_key_refused(name, address))
             if done.returncode != 0:
                 output = (done.stderr or done.stdout or b"").decode(errors="replace").strip()
                 raise _StepFailed(label, f"exit {done.returncode}"
@@ -303,7 +344,8 @@ class HostDeploy:
         if installed != build.version:
             raise _StepFailed("installing the agent", f"the venv reports engine_lib "
                               f"{installed!r}, not {build.version!r}")
-        certificate = self._certificate(remote, step, name, address, renew_certificate)
+        certificate = (self._rekey(step, name, address) if enroll_certificate
+                       else self._certificate(remote, step, name, address, renew_certificate))
         restarted = step("restarting the agent", _sh(
             RESTART, "kestrel-restart", AGENT_VENV, AGENT_CONF, AGENT_PIDFILE, AGENT_LOG))
         pids = dict(part.split("=", 1) for part in restarted.split() if "=" in part)
@@ -317,14 +359,65 @@ class HostDeploy:
                                 str(CERT_RENEW_DAYS * 86400)])
             if valid.returncode == 0:
                 return f"kept (valid for more than {CERT_RENEW_DAYS} days)"
+        enrolled = self._enrolled_key(step, name)
         csr = step("re-enrolling the agent certificate",
                    ["openssl", "req", "-new", "-key", AGENT_KEY, "-subj", f"/CN={name}"])
+        _check_csr(csr, name, enrolled)
         try:
             cert = pki.sign_csr(str(self.engine.config.pki_dir), csr.encode(), name, [address])
         except KestrelError as err:
             raise _StepFailed("re-enrolling the agent certificate", err.message) from None
         step("installing the agent certificate", _sh(PUT_CERT, "kestrel-cert", AGENT_CERT), cert)
         return "renewed" + ("" if requested else f" (it expired within {CERT_RENEW_DAYS} days)")
+
+    # -- the host's identity: its SSH host key, its certificate's key ------------------------
+
+    def _check_host_key(self, remote, name: str, address: str) -> None:
+        """One login before anything changes: a host whose SSH host key is not a recorded
+        one is refused here, loudly, with the host left as it is."""
+        done = remote.run(["true"], timeout=SSH_CONNECT_TIMEOUT_S * 3)
+        if done.returncode != 0 and HOST_KEY_REFUSED in done.stderr:
+            raise HostKeyChanged(_host_key_refused(name, address) + "; nothing was changed",
+                                 host=name)
+
+    @retry_on_conflict
+    def _record_host_keys(self, name: str, keys: str) -> None:
+        """The operator's new host keys, once a login with them succeeded."""
+        with self.engine.store.transaction() as session:
+            if host_keys.record(session, name, keys):
+                audit(session, "host", name, "SSH host keys replaced by the operator's "
+                      f"({len(host_keys.listed(keys))} key(s))", "warning")
+
+    def _enrolled_key(self, step, name: str):
+        """The public key of the host's current certificate, which the engine CA issued for
+        it: the only key a renewal may certify."""
+        label = "re-enrolling the agent certificate"
+        pem = step(label, ["cat", AGENT_CERT])
+        ca = x509.load_pem_x509_certificate((self.engine.config.pki_dir / pki.CA_CERT).read_bytes())
+        try:
+            cert = x509.load_pem_x509_certificate(pem.encode())
+            cert.verify_directly_issued_by(ca)
+        except (ValueError, TypeError, InvalidSignature) as err:
+            raise _StepFailed(label, f"{AGENT_CERT} on the host is not a certificate of the "
+                              f"engine CA ({err}): re-key it with enroll_certificate") from None
+        if _common_name(cert.subject) != name:
+            raise _StepFailed(label, f"{AGENT_CERT} on the host names "
+                              f"{_common_name(cert.subject)!r}, not {name!r}: re-key it with "
+                              "enroll_certificate")
+        return cert.public_key()
+
+    def _rekey(self, step, name: str, address: str) -> str:
+        """A new key pair made on the host and a certificate for it (re-keying on request)."""
+        label = "re-keying the agent certificate"
+        csr = step(label, _sh(NEW_KEY, "kestrel-new-key", AGENT_KEY, name))
+        _check_csr(csr, name, None)
+        try:
+            cert = pki.sign_csr(str(self.engine.config.pki_dir), csr.encode(), name, [address])
+        except KestrelError as err:
+            raise _StepFailed(label, err.message) from None
+        step("installing the new agent key and certificate",
+             _sh(REKEY_SWAP, "kestrel-rekey", AGENT_KEY, AGENT_CERT), cert)
+        return "re-keyed (a new key pair, as asked)"
 
     def _wait_for_agent(self, address: str, port: int) -> dict:
         deadline = time.monotonic() + self.start_timeout
@@ -373,3 +466,38 @@ class HostDeploy:
                   f"{build.sha256[:12]}) installed in {AGENT_VENV}; certificate "
                   f"{report['certificate']}; agent restarted (pid {report['old_pid']} -> "
                   f"{report['pid']}) and answers over mutual TLS")
+
+
+def _host_key_refused(name: str, address: str) -> str:
+    return (f"the SSH host key of {address} is not the one recorded for host '{name}' "
+            "(recorded when it enrolled): if it changed on purpose, give the new key as "
+            "ssh_host_keys (the host's /etc/ssh/ssh_host_*_key.pub)")
+
+
+def _common_name(subject: x509.Name) -> str:
+    names = subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(names[0].value) if names else ""
+
+
+def _spki(public_key) -> bytes:
+    return public_key.public_bytes(serialization.Encoding.DER,
+                                   serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _check_csr(csr_pem: str, name: str, public_key) -> None:
+    """Sign only what was expected: a CSR the key's holder signed, for this host's name,
+    and - unless re-keying - for the key the host's current certificate holds."""
+    label = "re-keying the agent certificate" if public_key is None \
+        else "re-enrolling the agent certificate"
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem.encode())
+        signed = csr.is_signature_valid
+    except ValueError as err:
+        raise _StepFailed(label, f"the host's answer is not a CSR ({err})") from None
+    if not signed:
+        raise _StepFailed(label, "the CSR's signature does not match its key")
+    if _common_name(csr.subject) != name:
+        raise _StepFailed(label, f"the CSR names {_common_name(csr.subject)!r}, not {name!r}")
+    if public_key is not None and _spki(csr.public_key()) != _spki(public_key):
+        raise _StepFailed(label, "the CSR is for another key than the host's certificate "
+                          "holds: refused (re-key it with enroll_certificate if that is meant)")

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from engine_lib.model import Host, utcnow
 from engine_lib.protocol.statuses import HostStatus
+from engine_lib.services import host_keys
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ def host_dict(host: Host) -> dict:
         "agent_installed_at": host.agent_installed_at.isoformat()
         if host.agent_installed_at else None,
         "install_error": host.install_error,
+        # What every SSH login to the host accepts (services.host_keys).
+        "ssh_host_keys": host_keys.listed(host.ssh_host_keys),
     }
 
 
@@ -85,6 +88,8 @@ def record_capabilities(host: Host, caps: dict, now=None) -> None:
     host.storage_domains = caps.get("storage_domains")
     host.hugepages = caps.get("hugepages") or {}
     host.used_memory_mib = int(caps.get("used_memory_mib", 0))
+    if not host.ssh_host_keys:  # recorded once, over mutual TLS; only the operator changes them
+        host.ssh_host_keys = host_keys.reported(caps)
     if host.status not in HostStatus.HELD:  # only `activate` ends a maintenance
         host.status = HostStatus.UP
     host.last_seen = now or utcnow()

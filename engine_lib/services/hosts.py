@@ -8,6 +8,7 @@ from engine_lib.model import Host, Vm
 from engine_lib.protocol.errors import Conflict, InvalidSpec
 from engine_lib.protocol.statuses import VmStatus
 from engine_lib.protocol.wire import AGENT_PORT
+from engine_lib.services import host_keys
 from engine_lib.services.common import audit, find, get_cluster, retry_on_conflict
 from engine_lib.services.fencing_settings import normalize_power_management
 from engine_lib.services.host_deploy import HostDeploy
@@ -24,7 +25,8 @@ def _config(host: Host) -> dict:
     """The part of a host the user sets (what --diff compares)."""
     return {"cluster": host.cluster.name, "address": host.address, "port": host.port,
             "power_management": dict(host.power_management or {}),
-            "soft_fence_command": host.soft_fence_command}
+            "soft_fence_command": host.soft_fence_command,
+            "ssh_host_keys": host_keys.listed(host.ssh_host_keys)}
 
 
 class HostService:
@@ -34,14 +36,17 @@ class HostService:
     @retry_on_conflict
     def ensure(self, name: str, *, address: str, cluster: str, port: int = AGENT_PORT,
                power_management: dict | None = None, soft_fence_command: str | None = None,
-               check_mode: bool = False) -> Outcome:
+               ssh_host_keys: list[str] | None = None, check_mode: bool = False) -> Outcome:
         check_name("name", name)
         text("address", address, 255)
         if not address:
             raise InvalidSpec("address", "is required")
         positive_int("port", port, 65535)
         # None keeps what the host has; {} removes its power management.
-        fencing = _fencing_settings(power_management, soft_fence_command)
+        settings = _fencing_settings(power_management, soft_fence_command, self.engine.config)
+        # None keeps the recorded keys (or records what the agent reports, the first time).
+        if ssh_host_keys is not None:
+            settings["ssh_host_keys"] = host_keys.normalize("ssh_host_keys", ssh_host_keys)
         # Reach the agent before writing anything: a host the engine cannot
         # talk to is not registered at all (AgentUnreachable, CertificateError).
         capabilities = self.engine.agent(address, port).host_info()
@@ -57,7 +62,7 @@ class HostService:
                 raise Conflict(f"host '{name}' runs VMs; it cannot move to cluster '{cluster}'")
             else:
                 host.cluster, host.address, host.port = target_cluster, address, port
-            for key, value in fencing.items():
+            for key, value in settings.items():
                 setattr(host, key, value)
             record_capabilities(host, capabilities)
             session.flush()
@@ -105,12 +110,14 @@ class HostService:
         return outcome
 
     def reinstall(self, name: str, *, force: bool = False, activate: bool = True,
-                  renew_certificate: bool = False, timeout: float = 600,
+                  renew_certificate: bool = False, enroll_certificate: bool = False,
+                  ssh_host_keys: list[str] | None = None, timeout: float = 600,
                   check_mode: bool = False) -> Outcome:
         """Install the engine's agent build on the host again over SSH
         (services.host_deploy), then activate it."""
         return HostDeploy(self.engine).reinstall(
             name, force=force, activate=activate, renew_certificate=renew_certificate,
+            enroll_certificate=enroll_certificate, ssh_host_keys=ssh_host_keys,
             timeout=timeout, check_mode=check_mode)
 
     def info(self, name: str | None = None, cluster: str | None = None) -> list[dict]:
@@ -123,12 +130,13 @@ class HostService:
             return [host_dict(h) for h in session.scalars(query)]
 
 
-def _fencing_settings(power_management: dict | None, soft_fence_command: str | None) -> dict:
+def _fencing_settings(power_management: dict | None, soft_fence_command: str | None,
+                      config) -> dict:
     """The fencing columns to set, checked (None: keep the host's)."""
     settings = {}
     if power_management is not None:
         settings["power_management"] = normalize_power_management("power_management",
-                                                                  power_management)
+                                                                  power_management, config)
     if soft_fence_command is not None:
         if not isinstance(soft_fence_command, str) or not soft_fence_command.strip() \
                 or "\n" in soft_fence_command:

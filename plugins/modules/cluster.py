@@ -84,7 +84,9 @@ options:
       - Every host of the cluster needs libvirt TLS, which the M(kestrel.virt.host) role sets
         up by default (C(kestrel_host_libvirt_tls)); a migration to a host without it fails
         and the VM keeps running on its source.
-      - New clusters use V(false) (the hosts of existing clusters may predate libvirt TLS).
+      - New clusters use V(true); clusters created before that default keep what they had
+        (their hosts may predate libvirt TLS). Omitted, an existing cluster keeps its value.
+        V(false) sends migrations in clear text over C(qemu+tcp).
     type: bool
   fencing_policy:
     description:

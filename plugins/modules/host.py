@@ -46,13 +46,18 @@ options:
         V(maintenance) (its VMs migrate away, or the task fails and nothing
         changes). The host is C(Installing) while the wheel is copied and
         pip-installed into the agent venv, the agent certificate is re-enrolled
-        if it expires within 30 days (or O(renew_certificate)), and the agent
+        for the host's key if it expires within 30 days (or O(renew_certificate)),
+        or for a new key pair with O(enroll_certificate), and the agent
         restarts; once it answers over mutual TLS the host records
         C(agent_version) and is activated (see O(activate)). Any failure leaves
         the host C(InstallFailed) with the reason in C(install_error).
       - V(reinstalled) is idempotent - a host whose recorded agent version and
         wheel checksum are the engine's is left alone (C(changed=false)) unless
         O(force); a host whose last reinstall failed is reinstalled.
+      - The engine logs in over SSH (V(reinstalled), soft fencing) only to a host
+        presenting an SSH host key recorded when it was added (reported by its agent
+        over mutual TLS, or given as O(ssh_host_keys)); a host whose key changed is
+        refused, and V(reinstalled) fails before changing anything.
       - O(address) and O(cluster) are not needed for V(absent), V(maintenance),
         V(active) and V(reinstalled).
     type: str
@@ -83,8 +88,11 @@ options:
     suboptions:
       agent:
         description:
-          - Absolute path of a fence agent with the fence-agents interface
-            (C(/usr/sbin/fence_ipmilan), the lab's C(scripts/fence_kestrel_lab), ...).
+          - Name of a fence agent with the fence-agents interface, such as C(fence_ipmilan)
+            (oVirt's power management type C(ipmilan)); never a path.
+          - The engine runs C(/usr/sbin/<agent>), or the agent of that name its administrator
+            listed in C(ENGINE_DIR/fence_agents) (one absolute path a line; the lab lists
+            C(scripts/fence_kestrel_lab) there). A name it cannot find fails the task.
           - It gets C(action=on|off|status) and the O(power_management.options) as
             C(key=value) lines on stdin; exit 0 is success, for C(status) 0 is on and 2 off.
         type: str
@@ -110,6 +118,16 @@ options:
         tried before any power fence).
       - Omitted, the host keeps what it has; a new host gets C(systemctl restart kestrel-agent).
     type: str
+  ssh_host_keys:
+    description:
+      - The host's SSH public host keys (lines of its C(/etc/ssh/ssh_host_*_key.pub)), the only
+        ones the engine accepts when it logs in to the host over SSH.
+      - Omitted, a new host gets the keys its agent reports over mutual TLS, and a known
+        host keeps its recorded keys. Given, they replace the recorded ones - with
+        O(state=reinstalled) once a login with them succeeded; use it when the host's
+        keys changed on purpose.
+    type: list
+    elements: str
   force:
     description:
       - With O(state=reinstalled), reinstall even when the host already runs the
@@ -124,8 +142,17 @@ options:
     default: true
   renew_certificate:
     description:
-      - With O(state=reinstalled), re-enroll the agent certificate with the engine CA
-        even if it is still valid (this also makes the reinstall happen).
+      - With O(state=reinstalled), a new agent certificate from the engine CA for the key
+        the host already has, even if the current one is still valid (this also makes the
+        reinstall happen). The engine signs only a request for the key its current
+        certificate holds.
+    type: bool
+    default: false
+  enroll_certificate:
+    description:
+      - With O(state=reinstalled), re-key - a new key pair made on the host and a certificate
+        from the engine CA for it (this also makes the reinstall happen). Without it the
+        host's key is never replaced.
     type: bool
     default: false
   timeout:
@@ -160,7 +187,7 @@ EXAMPLES = r"""
     address: 10.77.0.2
     cluster: demo
     power_management:
-      agent: /usr/sbin/fence_ipmilan
+      agent: fence_ipmilan
       options: {ip: 10.0.9.2, username: admin, lanplus: 1}
       password: "{{ ipmi_password }}"
 
@@ -191,6 +218,15 @@ EXAMPLES = r"""
     force: true
     renew_certificate: true
     activate: false
+
+- name: Reinstall h3, whose SSH host key was regenerated on purpose, with a new key pair
+  kestrel.virt.host:
+    name: h3
+    state: reinstalled
+    force: true
+    enroll_certificate: true
+    ssh_host_keys:
+      - "{{ lookup('ansible.builtin.file', 'h3/ssh_host_ed25519_key.pub') }}"
 
 - name: Remove a host that runs no VMs
   kestrel.virt.host:
@@ -261,6 +297,10 @@ host:
     install_error:
       description: Why the last reinstall failed (status C(InstallFailed)); empty otherwise.
       type: str
+    ssh_host_keys:
+      description: The SSH host keys the engine accepts from the host (C(type base64) each).
+      type: list
+      elements: str
     storage_domains:
       description: Storage domains the agent reports (name, path, space); null when not reported.
       type: list
@@ -289,6 +329,8 @@ def main():
             force=dict(type='bool', default=False),
             activate=dict(type='bool', default=True),
             renew_certificate=dict(type='bool', default=False),
+            enroll_certificate=dict(type='bool', default=False),
+            ssh_host_keys=dict(type='list', elements='str', no_log=False),
             address=dict(type='str'),
             cluster=dict(type='str'),
             port=dict(type='int', default=54321),
@@ -312,15 +354,16 @@ def main():
     elif p['state'] == 'reinstalled':
         module.apply(lambda engine, check_mode: engine.hosts.reinstall(
             p['name'], force=p['force'], activate=p['activate'],
-            renew_certificate=p['renew_certificate'], timeout=p['timeout'],
-            check_mode=check_mode))
+            renew_certificate=p['renew_certificate'],
+            enroll_certificate=p['enroll_certificate'], ssh_host_keys=p['ssh_host_keys'],
+            timeout=p['timeout'], check_mode=check_mode))
     elif p['state'] == 'active':
         module.apply(lambda engine, check_mode: engine.hosts.activate(p['name'], check_mode=check_mode))
     else:
         module.apply(lambda engine, check_mode: engine.hosts.ensure(
             p['name'], address=p['address'], cluster=p['cluster'], port=p['port'],
             power_management=_power_management(module), soft_fence_command=p['soft_fence_command'],
-            check_mode=check_mode))
+            ssh_host_keys=p['ssh_host_keys'], check_mode=check_mode))
 
 
 def _power_management(module):

@@ -116,6 +116,14 @@ hosts:
     install_error:
       description: Why the last reinstall failed (status V(InstallFailed)); empty otherwise.
       type: str
+    ssh_host_keys:
+      description:
+        - The host's SSH host keys (C(type base64) each), the only ones the engine accepts
+          when it logs in to the host; recorded when the host was added, replaced only by
+          M(kestrel.virt.host)'s O(kestrel.virt.host#module:ssh_host_keys). Empty when none
+          is recorded (the engine then does not log in to the host).
+      type: list
+      elements: str
 """
 
 from ansible_collections.kestrel.virt.plugins.module_utils._kestrel import KestrelModule

@@ -21,7 +21,8 @@ pytestmark = pytest.mark.lab
 @pytest.fixture
 def crowded(engine, agents, lab_guest):
     """Three guests on h1 (registered alone while they start), then h2 joins."""
-    engine.clusters.ensure("lab", virt_type="qemu")
+    # The lab's libvirtds serve plain qemu+tcp (TLS: test_migration_tls.py).
+    engine.clusters.ensure("lab", virt_type="qemu", migration_encrypted=False)
     hosts = {agent.name: agent for agent in agents}
     engine.hosts.ensure("h1", address=hosts["h1"].address, cluster="lab")
     created = []

@@ -168,10 +168,12 @@ def ha(engine, agents, lab, lab_guest, engine_dir, tmp_path):
         boot.write_text(boot_script(sys.executable))
         boot.chmod(0o755)
     engine.clusters.ensure("ha", virt_type="qemu", fencing_policy=POLICY)
+    # The lab's fence agent is not in /usr/sbin: list it, as an administrator would.
+    engine.config.fence_agents_file.write_text(f"{FENCE_AGENT}\n")
 
     def register(handle):
         engine.hosts.ensure(handle.name, address=handle.address, cluster="ha",
-                            power_management={"agent": FENCE_AGENT, "options": {
+                            power_management={"agent": Path(FENCE_AGENT).name, "options": {
                                 "plug": handle.name, "state_dir": state_dir}},
                             soft_fence_command=f"{lab_hosts.BOOT_SCRIPT} restart")
 

@@ -12,12 +12,14 @@ from pathlib import Path
 import pytest
 import yaml
 from agent_fixtures import PIDFILE, is_alive, run_in_host
+from cryptography import x509
 from engine_fixtures import REPO, _collections_path
 from test_migration import tiny_guest, wait_for_console
+from test_ssh_host_keys import changed_host_key, sshd_public_key
 
 import engine_lib
 from engine_lib import engine_key
-from engine_lib.services.host_deploy import AGENT_VENV, HostDeployFailed
+from engine_lib.services.host_deploy import AGENT_CERT, AGENT_VENV, HostDeployFailed, HostKeyChanged
 from kestrel_lab import sshd
 
 pytestmark = pytest.mark.lab
@@ -43,6 +45,16 @@ def lab_hosts(engine, engine_dir, agents, lab, tmp_path):
 
 def agent_pid(agent) -> int:
     return int(run_in_host(agent.host, ["cat", PIDFILE], text=True).stdout)
+
+
+def agent_certificate(agent) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(run_in_host(agent.host, ["cat", AGENT_CERT]).stdout)
+
+
+def authorize_engine_key(engine_dir, agent) -> None:
+    """What the host role's engine_key tasks do (lab_hosts restores the file afterwards)."""
+    with open(sshd.authorized_keys(agent.host.state_dir), "a") as authorized:
+        authorized.write(engine_key.public_key(engine_dir) + "\n")
 
 
 def authorize_with_the_host_role(engine_dir, lab, tmp_path) -> list[str]:
@@ -100,6 +112,7 @@ def test_reinstall_with_the_role_authorized_key_restarts_the_agent_and_the_host_
     recaps = authorize_with_the_host_role(engine_dir, lab, tmp_path)
     assert "changed=1" in recaps[0] and "changed=0" in recaps[1], recaps
     old_pid = agent_pid(h3)
+    old_cert = agent_certificate(h3)
 
     task = {"kestrel.virt.host": {"name": "h3", "state": "reinstalled"}}
     try:
@@ -125,6 +138,7 @@ def test_reinstall_with_the_role_authorized_key_restarts_the_agent_and_the_host_
     assert any(m.startswith("host is in Maintenance") for m in messages)
     done = next(m for m in messages if m.startswith("host reinstalled: "))
     assert f"pid {old_pid} -> {h3.pid}" in done and "certificate kept" in done
+    assert agent_certificate(h3) == old_cert  # no re-key without enroll_certificate
     assert messages[-1] == "host activated: Up (was Maintenance)"
     # host_info reports the storage domains the new agent serves.
     assert {d["name"] for d in host["storage_domains"]} == {"data", "images"}
@@ -137,3 +151,32 @@ def test_reinstall_with_the_role_authorized_key_restarts_the_agent_and_the_host_
         wait_for_console(engine, "ri-a", "kestrel-guest: up")
     finally:
         engine.vms.ensure({"name": "ri-a"}, state="absent")
+
+
+def test_a_changed_ssh_host_key_fails_the_reinstall_until_the_operator_gives_it(
+        engine, engine_dir, lab_hosts):
+    h3 = lab_hosts["h3"]
+    authorize_engine_key(engine_dir, h3)
+    recorded = engine.hosts.info("h3")[0]["ssh_host_keys"]
+    assert recorded == [sshd_public_key(h3.host)]
+    old_cert, pid = agent_certificate(h3), agent_pid(h3)
+    try:
+        with changed_host_key(h3.host) as new_key:
+            with pytest.raises(HostKeyChanged, match="SSH host key of .* is not the one "
+                                                     "recorded for host 'h3'"):
+                engine.hosts.reinstall("h3", force=True)
+            # Refused before anything changed: the host is Up, its agent untouched.
+            assert engine.hosts.info("h3")[0]["status"] == "Up"
+            assert agent_pid(h3) == pid and engine.hosts.info("h3")[0]["ssh_host_keys"] == recorded
+
+            # The operator gives the new key, and asks for a new key pair too.
+            done = engine.hosts.reinstall("h3", force=True, ssh_host_keys=[new_key],
+                                          enroll_certificate=True)
+    finally:
+        h3.pid = agent_pid(h3)  # the session's teardown stops whichever agent runs now
+    assert done.changed and done.entity["status"] == "Up"
+    assert done.entity["ssh_host_keys"] == [new_key]
+    cert = agent_certificate(h3)
+    assert cert.serial_number != old_cert.serial_number
+    assert cert.public_key() != old_cert.public_key()
+    assert h3.client().host_info()["hostname"] == "h3"  # the new key serves mutual TLS

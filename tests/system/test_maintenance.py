@@ -21,7 +21,8 @@ def crowded_h1(engine, agents, lab_guest):
     ``make(name, pinned=...)`` adds more. Every guest is removed at the end and no
     domain of it may stay on any host.
     """
-    engine.clusters.ensure("lab", virt_type="qemu")
+    # The lab's libvirtds serve plain qemu+tcp (TLS: test_migration_tls.py).
+    engine.clusters.ensure("lab", virt_type="qemu", migration_encrypted=False)
     hosts = {agent.name: agent for agent in agents}
     engine.hosts.ensure("h1", address=hosts["h1"].address, cluster="lab")
     created = []

@@ -37,7 +37,8 @@ def tiny_guest(name: str, **extra) -> dict:
 
 @pytest.fixture
 def cluster(engine, agents, lab_guest):
-    engine.clusters.ensure("lab", virt_type="qemu")
+    # The lab's libvirtds serve plain qemu+tcp (TLS: test_migration_tls.py).
+    engine.clusters.ensure("lab", virt_type="qemu", migration_encrypted=False)
     for agent in agents:
         engine.hosts.ensure(agent.name, address=agent.address, cluster="lab")
     return "lab"

@@ -187,7 +187,8 @@ def test_libvirtd_accepts_only_client_certificates_from_the_engine_ca(
 
 @pytest.fixture
 def encrypted_cluster(engine, agents, tls_hosts, lab_guest):
-    engine.clusters.ensure("lab", virt_type="qemu", migration_encrypted=True)
+    """A new cluster, which encrypts its migrations without being asked to."""
+    assert engine.clusters.ensure("lab", virt_type="qemu").entity["migration_encrypted"] is True
     for agent in agents:
         engine.hosts.ensure(agent.name, address=agent.address, cluster="lab")
     return "lab"

@@ -31,7 +31,8 @@ PATCH_TASKS = [
 @pytest.fixture
 def serviced(engine, lab, agents, lab_guest, tmp_path):
     """Three registered hosts, two running guests, an inventory and a patch task file."""
-    engine.clusters.ensure("lab", virt_type="qemu")
+    # The lab's libvirtds serve plain qemu+tcp (TLS: test_migration_tls.py).
+    engine.clusters.ensure("lab", virt_type="qemu", migration_encrypted=False)
     for agent in agents:
         engine.hosts.ensure(agent.name, address=agent.address, cluster="lab")
     created = [engine.vms.ensure(tiny_guest(name), state="running").entity

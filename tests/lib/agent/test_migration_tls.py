@@ -66,27 +66,31 @@ def test_vir_migrate_tls_is_set_only_when_asked():
     assert migrate_flags("minimal_downtime", True) & libvirt.VIR_MIGRATE_PEER2PEER
 
 
-def test_clusters_do_not_encrypt_until_told_and_the_option_is_idempotent(engine, cluster):
-    assert engine.clusters.get(cluster)["migration_encrypted"] is False
-    outcome = engine.clusters.ensure(cluster, migration_encrypted=True, check_mode=True)
-    assert outcome.changed and engine.clusters.get(cluster)["migration_encrypted"] is False
-    outcome = engine.clusters.ensure(cluster, migration_encrypted=True)
+def test_new_clusters_encrypt_unless_told_and_the_option_is_idempotent(engine, cluster):
+    assert engine.clusters.get(cluster)["migration_encrypted"] is True
+    created = engine.clusters.ensure("c2", migration_encrypted=False)
+    assert created.entity["migration_encrypted"] is False
+    outcome = engine.clusters.ensure(cluster, migration_encrypted=False, check_mode=True)
+    assert outcome.changed and engine.clusters.get(cluster)["migration_encrypted"] is True
+    outcome = engine.clusters.ensure(cluster, migration_encrypted=False)
     assert outcome.changed
     assert (outcome.diff["before"]["migration_encrypted"],
-            outcome.diff["after"]["migration_encrypted"]) == (False, True)
-    assert not engine.clusters.ensure(cluster, migration_encrypted=True).changed
+            outcome.diff["after"]["migration_encrypted"]) == (True, False)
+    assert not engine.clusters.ensure(cluster, migration_encrypted=False).changed
+    # Omitted, an existing cluster keeps its choice: the default is for new clusters.
     assert not engine.clusters.ensure(cluster, migration_policy="minimal_downtime").changed
-    assert engine.clusters.get(cluster)["migration_encrypted"] is True
+    assert engine.clusters.get(cluster)["migration_encrypted"] is False
 
 
 def test_a_non_boolean_is_refused_naming_the_option(engine, cluster):
     with pytest.raises(InvalidSpec) as info:
         engine.clusters.ensure(cluster, migration_encrypted="yes")
     assert info.value.field == "migration_encrypted"
-    assert engine.clusters.get(cluster)["migration_encrypted"] is False
+    assert engine.clusters.get(cluster)["migration_encrypted"] is True
 
 
 def test_check_mode_says_whether_the_migration_would_be_encrypted(engine, cluster, running):
+    engine.clusters.ensure(cluster, migration_encrypted=False)
     assert engine.migrations.migrate("vm1", check_mode=True).entity["encrypted"] is False
     engine.clusters.ensure(cluster, migration_encrypted=True)
     assert engine.migrations.migrate("vm1", check_mode=True).entity["encrypted"] is True
@@ -110,6 +114,7 @@ def test_an_encrypted_migration_asks_for_tls_and_a_refusal_keeps_the_vm_on_its_s
 
 
 def test_a_plain_migration_asks_for_tcp_and_no_tls_hint(engine, cluster, running):
+    engine.clusters.ensure(cluster, migration_encrypted=False)
     with pytest.raises(MigrationFailed) as info:
         engine.migrations.migrate("vm1")
     assert MigratingAgent.asked[0]["uri"].startswith("qemu+tcp://")

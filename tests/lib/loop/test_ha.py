@@ -32,13 +32,20 @@ def test_restart_order_is_priority_then_name():
     assert [vm.name for vm in restart_order(vms)] == ["c", "a", "b", "d"]
 
 
+H2_SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHTvFLHHIlbjUYdSOw1WMqKHRlK9Lr6qUL1D8skK0pCl"
+
+
 @pytest.fixture
-def device(tmp_path):
+def device(tmp_path, engine):
+    """The test's fence agent, listed in the engine's fence_agents as an administrator would."""
     agent = tmp_path / "fence_test"
     agent.write_text(FENCE_AGENT)
     agent.chmod(0o755)
+    engine.config.engine_dir.mkdir(parents=True, exist_ok=True)
+    engine.config.fence_agents_file.write_text(f"{agent}\n")
     (tmp_path / "power").write_text("on")
-    return {"agent": str(agent), "options": {"plug": "h2", "state_file": str(tmp_path / "power")}}
+    return {"agent": "fence_test", "options": {"plug": "h2",
+                                               "state_file": str(tmp_path / "power")}}
 
 
 @pytest.fixture
@@ -51,7 +58,8 @@ def loop(engine, cluster, agents, device, clock):
     """h2 runs three HA VMs and one ordinary VM; h1 and h3 are empty; one cycle runs the
     Monitor's cycle, then an HA pass (``kestrel engine run`` runs them side by side)."""
     engine.clusters.ensure(cluster, fencing_policy={"soft_fence_grace_s": 30})
-    engine.hosts.ensure("h2", address="10.0.0.2", cluster=cluster, power_management=device)
+    engine.hosts.ensure("h2", address="10.0.0.2", cluster=cluster, power_management=device,
+                        ssh_host_keys=[H2_SSH_KEY])  # so the soft fence may log in
     for name, priority in (("ha-low", 1), ("ha-high", 90), ("ha-mid", 50)):
         engine.vms.ensure({"name": name, "cluster": cluster, "memory": 256,
                            "high_availability": {"enabled": True, "priority": priority}},

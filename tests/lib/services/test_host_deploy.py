@@ -11,14 +11,34 @@ import stat
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
 from engine_lib import engine_key, pki
 from engine_lib.protocol.errors import Conflict, InvalidSpec
-from engine_lib.services.host_deploy import Completed, HostDeploy, HostDeployFailed, SshRemote
+from engine_lib.services.host_deploy import (
+    Completed,
+    HostDeploy,
+    HostDeployFailed,
+    HostKeyChanged,
+    SshRemote,
+)
 
 REFUSED = Completed(255, b"", b"root@10.0.0.1: Permission denied (publickey).")
+KEY_CHANGED = Completed(255, b"", b"@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@\r\n"
+                        b"@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @\r\n"
+                        b"Host key verification failed.\r\n")
+
+
+def ssh_host_key() -> str:
+    return ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+
+
+def csr_for(key, name: str) -> bytes:
+    return x509.CertificateSigningRequestBuilder().subject_name(x509.Name(
+        [x509.NameAttribute(NameOID.COMMON_NAME, name)])).sign(key, hashes.SHA256()).public_bytes(
+        serialization.Encoding.PEM)
 
 
 class ScriptedHost:
@@ -33,6 +53,13 @@ class ScriptedHost:
         self.installed_cert = b""
         self.pid = 100
         self.key = ec.generate_private_key(ec.SECP256R1())
+        self.new_key = None
+        self.cert = b""  # the agent certificate on the host
+        self.csr_name = ""  # a host that answers a CSR for another name, if set
+
+    def enroll(self, pki_dir: str, name: str = "h1", address: str = "10.0.0.1") -> None:
+        """The certificate the host role enrolled for the host's key."""
+        self.cert = pki.sign_csr(pki_dir, csr_for(self.key, name), name, [address])
 
     def run(self, command, input=None, timeout=None):
         label = command[3] if command[:2] == ["sh", "-c"] else " ".join(command[:2])
@@ -46,12 +73,17 @@ class ScriptedHost:
         elif label == "openssl x509":
             return Completed(0 if self.cert_valid else 1, b"", b"")
         elif label == "openssl req":
-            csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name(
-                [x509.NameAttribute(NameOID.COMMON_NAME, command[-1][4:])])).sign(
-                self.key, hashes.SHA256())
-            return Completed(0, csr.public_bytes(serialization.Encoding.PEM), b"")
+            return Completed(0, csr_for(self.key, self.csr_name or command[-1][4:]), b"")
+        elif label == "cat /etc/kestrel/pki/agent.pem":
+            return Completed(0, self.cert, b"")
+        elif label == "kestrel-new-key":
+            self.new_key = ec.generate_private_key(ec.SECP256R1())
+            return Completed(0, csr_for(self.new_key, command[-1]), b"")
+        elif label == "kestrel-rekey":
+            self.key, self.new_key = self.new_key, None
+            self.installed_cert = self.cert = input
         elif label == "kestrel-cert":
-            self.installed_cert = input
+            self.installed_cert = self.cert = input
         elif label == "kestrel-restart":
             old, self.pid = self.pid, self.pid + 1
             return Completed(0, f"old={old} pid={self.pid}\n".encode(), b"")
@@ -67,12 +99,13 @@ def shell():
 def deploy(engine, shell):
     engine_key.ensure(engine.config.engine_dir)
     pki.init_ca(str(engine.config.pki_dir))
-    return HostDeploy(engine, remote_factory=lambda address: shell, start_timeout=1)
+    shell.enroll(str(engine.config.pki_dir))
+    return HostDeploy(engine, remote_factory=lambda *_: shell, start_timeout=1)
 
 
 @pytest.fixture
 def h1(engine, cluster):
-    engine.hosts.ensure("h1", address="10.0.0.1", cluster=cluster)
+    engine.hosts.ensure("h1", address="10.0.0.1", cluster=cluster, ssh_host_keys=[ssh_host_key()])
     return "h1"
 
 
@@ -89,7 +122,7 @@ def test_reinstall_moves_the_host_to_maintenance_installs_restarts_and_activates
     outcome = deploy.reinstall(h1)
 
     assert outcome.changed
-    assert shell.commands == ["kestrel-upload", "kestrel-install", "openssl x509",
+    assert shell.commands == ["true", "kestrel-upload", "kestrel-install", "openssl x509",
                               "kestrel-restart"]
     build = deploy.build()
     assert shell.uploaded == open(build.path, "rb").read()
@@ -151,7 +184,7 @@ def test_ssh_refusing_the_key_leaves_the_host_install_failed_with_the_reason(
     assert row["status"] == "InstallFailed" and row["agent_version"] == ""
     assert "Permission denied (publickey)" in row["install_error"]
     assert "host reinstall failed at copying the agent wheel" in messages(engine)[-1]
-    assert shell.commands == ["kestrel-upload"]  # nothing after the failed step
+    assert shell.commands == ["true", "kestrel-upload"]  # nothing after the failed step
 
     # A failed install is retried by the next run, which clears the error.
     shell.fail.clear()
@@ -183,7 +216,8 @@ def test_a_certificate_that_expires_soon_is_re_enrolled_with_the_engine_ca(
 
     deploy.reinstall(h1)
 
-    assert shell.commands[2:5] == ["openssl x509", "openssl req", "kestrel-cert"]
+    assert shell.commands[3:7] == ["openssl x509", "cat /etc/kestrel/pki/agent.pem",
+                                   "openssl req", "kestrel-cert"]
     cert = x509.load_pem_x509_certificate(shell.installed_cert)
     ca = x509.load_pem_x509_certificate(open(engine.config.pki_dir / "ca.pem", "rb").read())
     assert cert.issuer == ca.subject
@@ -197,6 +231,87 @@ def test_renew_certificate_reinstalls_even_an_up_to_date_host(engine, deploy, sh
 
     assert deploy.reinstall(h1, renew_certificate=True).changed
     assert "openssl req" in shell.commands and "openssl x509" not in shell.commands
+    assert "kestrel-new-key" not in shell.commands  # the host keeps its key
+
+
+def serial(pem: bytes) -> int:
+    return x509.load_pem_x509_certificate(pem).serial_number
+
+
+def test_a_reinstall_keeps_the_hosts_certificate_and_key(engine, deploy, shell, h1):
+    before, key = serial(shell.cert), shell.key
+    deploy.reinstall(h1, force=True)
+    assert serial(shell.cert) == before and shell.key is key
+    assert "kestrel-cert" not in shell.commands and "kestrel-rekey" not in shell.commands
+
+
+def test_a_renewal_signs_only_a_request_for_the_enrolled_key(engine, deploy, shell, h1):
+    enrolled = serial(shell.cert)
+    shell.key = ec.generate_private_key(ec.SECP256R1())  # what answers has another key
+
+    with pytest.raises(HostDeployFailed, match="the CSR is for another key than the host's "
+                                               "certificate holds: refused"):
+        deploy.reinstall(h1, renew_certificate=True)
+    assert serial(shell.cert) == enrolled and "kestrel-cert" not in shell.commands
+    assert host(engine)["status"] == "InstallFailed"
+
+
+def test_a_renewal_signs_no_request_for_another_name(engine, deploy, shell, h1):
+    shell.csr_name = "kestrel-engine"
+    with pytest.raises(HostDeployFailed, match="the CSR names 'kestrel-engine', not 'h1'"):
+        deploy.reinstall(h1, renew_certificate=True)
+    assert "kestrel-cert" not in shell.commands
+
+
+def test_a_renewal_needs_the_current_certificate_from_the_engine_ca(
+        engine, deploy, shell, h1, tmp_path):
+    other_ca = tmp_path / "other-ca"
+    pki.init_ca(str(other_ca))
+    shell.enroll(str(other_ca))
+    with pytest.raises(HostDeployFailed, match="not a certificate of the engine CA"):
+        deploy.reinstall(h1, renew_certificate=True)
+    shell.enroll(str(engine.config.pki_dir), name="h2")
+    with pytest.raises(HostDeployFailed, match="names 'h2', not 'h1'"):
+        deploy.reinstall(h1, renew_certificate=True)
+
+
+def test_enroll_certificate_re_keys_the_host(engine, deploy, shell, h1):
+    old_key, old_serial = shell.key, serial(shell.cert)
+
+    assert deploy.reinstall(h1, enroll_certificate=True).changed
+
+    assert "kestrel-new-key" in shell.commands and "openssl req" not in shell.commands
+    cert = x509.load_pem_x509_certificate(shell.cert)
+    assert cert.serial_number != old_serial and shell.key is not old_key
+    assert cert.public_key().public_numbers() == shell.key.public_key().public_numbers()
+    assert "certificate re-keyed" in messages(engine)[-2]
+
+
+def test_a_changed_ssh_host_key_refuses_the_reinstall_before_anything_changes(
+        engine, deploy, shell, h1):
+    shell.fail["true"] = KEY_CHANGED
+    with pytest.raises(HostKeyChanged, match="SSH host key of 10.0.0.1 is not the one recorded "
+                                             "for host 'h1'.*give the new key as ssh_host_keys"):
+        deploy.reinstall(h1)
+    assert shell.commands == ["true"]
+    assert (host(engine)["status"], host(engine)["agent_version"]) == ("Up", "")
+
+    # The operator gives the new key: it is recorded once a login with it worked.
+    shell.fail.clear()
+    new_key = ssh_host_key()
+    assert deploy.reinstall(h1, ssh_host_keys=[new_key + " root@h1"]).changed
+    assert host(engine)["ssh_host_keys"] == [new_key]
+    assert any("SSH host keys replaced" in m for m in messages(engine))
+
+
+def test_a_host_without_recorded_ssh_host_keys_is_not_logged_in_to(engine, cluster, shell):
+    engine_key.ensure(engine.config.engine_dir)
+    engine.hosts.ensure("h1", address="10.0.0.1", cluster=cluster)  # its agent reports none
+    assert host(engine)["ssh_host_keys"] == []
+
+    with pytest.raises(Conflict, match="no SSH host key is recorded for host 'h1'"):
+        HostDeploy(engine).reinstall("h1")
+    assert host(engine)["status"] == "Up"
 
 
 def test_a_vm_that_cannot_move_refuses_the_reinstall_and_nothing_changes(
@@ -205,12 +320,12 @@ def test_a_vm_that_cannot_move_refuses_the_reinstall_and_nothing_changes(
 
     with pytest.raises(Conflict, match="cannot go to maintenance"):
         deploy.reinstall(h1)
-    assert shell.commands == []
+    assert shell.commands == ["true"]  # the host key check only
     assert (host(engine)["status"], host(engine)["agent_version"]) == ("Up", "")
 
 
 def test_without_the_engine_key_nothing_changes(engine, shell, h1):
-    deploy = HostDeploy(engine, remote_factory=lambda address: shell)
+    deploy = HostDeploy(engine, remote_factory=lambda *_: shell)
 
     with pytest.raises(Conflict, match="no SSH key at .*kestrel engine init"):
         deploy.reinstall(h1)
@@ -225,13 +340,14 @@ def test_bad_options_name_the_field(deploy, h1):
 
 
 def test_ssh_gets_an_argv_with_the_engine_key_and_a_quoted_remote_command(tmp_path):
-    remote = SshRemote("10.0.0.1", "/e/ssh/id_ed25519", "/e/ssh/known_hosts")
+    remote = SshRemote("10.0.0.1", "/e/ssh/id_ed25519",
+                       ["-o", "StrictHostKeyChecking=yes", "-o", "HostKeyAlias=kestrel-host-h1"])
 
     argv = remote.argv(["sh", "-c", 'echo "$1"', "label", "a b; rm -rf /"])
 
     assert argv[:3] == ["ssh", "-i", "/e/ssh/id_ed25519"]
-    for option in ("BatchMode=yes", "StrictHostKeyChecking=accept-new",
-                   "UserKnownHostsFile=/e/ssh/known_hosts", "IdentitiesOnly=yes"):
+    for option in ("BatchMode=yes", "StrictHostKeyChecking=yes",
+                   "HostKeyAlias=kestrel-host-h1", "IdentitiesOnly=yes"):
         assert option in argv
     assert argv[-3:-1] == ["--", "10.0.0.1"]
     assert argv[-1] == """sh -c 'echo "$1"' label 'a b; rm -rf /'"""

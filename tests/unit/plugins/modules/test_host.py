@@ -18,7 +18,7 @@ def test_present_registers_with_the_default_agent_port(engine, run_module):
     result = run_module(host, dict(name='h1', address='10.77.0.1', cluster='demo'))
     assert engine.calls == [('hosts.ensure', ('h1',), dict(
         address='10.77.0.1', cluster='demo', port=54321, power_management=None,
-        soft_fence_command=None, check_mode=False))]
+        soft_fence_command=None, ssh_host_keys=None, check_mode=False))]
     assert result['host']['status'] == 'Up'
 
 
@@ -80,21 +80,31 @@ def test_active_calls_activate(engine, run_module):
 def test_the_fence_password_joins_the_agents_options_and_is_never_printed(engine, run_module):
     engine.answer = Outcome(True, dict(name='h1', status='Up'))
     result = run_module(host, dict(name='h1', address='10.77.0.1', cluster='demo',
-                                   power_management=dict(agent='/usr/sbin/fence_ipmilan',
+                                   power_management=dict(agent='fence_ipmilan',
                                                          options=dict(ip='10.0.0.9'),
                                                          password='s3cr3t-pw')))
     [call] = engine.calls
     assert call[2]['power_management'] == dict(
-        agent='/usr/sbin/fence_ipmilan', options=dict(ip='10.0.0.9', password='s3cr3t-pw'))
+        agent='fence_ipmilan', options=dict(ip='10.0.0.9', password='s3cr3t-pw'))
     assert 's3cr3t-pw' not in json.dumps(result)
 
 
 def test_a_password_given_among_the_options_is_hidden_from_the_output(engine, run_module):
     engine.answer = Outcome(True, dict(name='h1', status='Up'))
     result = run_module(host, dict(name='h1', address='10.77.0.1', cluster='demo',
-                                   power_management=dict(agent='/usr/sbin/fence_ipmilan',
+                                   power_management=dict(agent='fence_ipmilan',
                                                          options=dict(ip='10.0.0.9',
                                                                       passwd='0ther-pw'))))
     assert engine.calls[0][2]['power_management']['options']['passwd'] == '0ther-pw'
     assert '0ther-pw' not in json.dumps(result)
     assert result['invocation']['module_args']['power_management']['options']['ip'] == '10.0.0.9'
+
+
+def test_reinstalled_passes_re_keying_and_the_operators_host_keys(engine, run_module):
+    engine.answer = Outcome(True, dict(name='h1', status='Up'))
+    key = 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGq root@h1'
+    run_module(host, dict(name='h1', state='reinstalled', enroll_certificate=True,
+                          ssh_host_keys=[key]))
+    assert engine.calls == [('hosts.reinstall', ('h1',), dict(
+        force=False, activate=True, renew_certificate=False, enroll_certificate=True,
+        ssh_host_keys=[key], timeout=600, check_mode=False))]
