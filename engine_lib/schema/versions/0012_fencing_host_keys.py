@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0012_fencing_host_keys'
-down_revision = '0011'
+down_revision = '0012_hook_properties'
 branch_labels = None
 depends_on = None
 
