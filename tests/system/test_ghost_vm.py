@@ -9,6 +9,7 @@ host's start finishes, the VM is Up there and exactly one domain runs in the lab
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import pytest
@@ -16,7 +17,7 @@ import pytest
 from engine_lib.broker import AgentClient
 from engine_lib.engine import Engine
 from engine_lib.loop.monitoring import Intervals, Monitor
-from engine_lib.protocol.errors import AgentUnreachable, Conflict
+from engine_lib.protocol.errors import AgentUnreachable, Conflict, KestrelError
 
 HOOK_DIR = "/etc/kestrel/hooks/before_vm_start"
 HOOK = f"{HOOK_DIR}/50_slow"
@@ -56,6 +57,11 @@ def slow_hosts(impatient_engine, agents, lab_guest):
     for agent in agents:
         agent.run(["touch", RELEASE])  # a start still held finishes now
         agent.run(["rm", "-f", HOOK])
+    vms = impatient_engine.vms.info("ghost")
+    for agent in agents if vms else []:  # every copy, wherever the engine thinks it runs
+        for step in (agent.client().destroy_vm, agent.client().remove_vm):
+            with contextlib.suppress(KestrelError):
+                step(vms[0]["id"])
     try:
         impatient_engine.vms.ensure({"name": "ghost"}, state="absent")
     finally:
