@@ -294,14 +294,14 @@ def test_a_migration_no_agent_confirms_is_not_recorded_on_a_guess(engine, pair, 
     assert engine.vms.info("vm1")[0]["status"] == "MigratingFrom"
     # Once the destination answers, the engine loop settles it from what it says.
     destination.reachable, destination.vms[vm["id"]] = True, "Up"
-    monkeypatch_orphan_age(engine)
+    age_unsettled_attempts(engine)
     engine.migrations.active()
     moved = engine.vms.info("vm1")[0]
     assert (moved["host"], moved["status"]) == ("h2", "Up")
     assert engine.migrations.history("vm1")[-1]["status"] == "succeeded"
 
 
-def monkeypatch_orphan_age(engine):
+def age_unsettled_attempts(engine):
     """Make the unsettled attempt old enough for the loop to take it as nobody's."""
     from datetime import timedelta
 
