@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import functools
+import os
 import random
 import time
 
@@ -44,12 +46,18 @@ def attached_names(session: Session, cluster: Cluster) -> set[str]:
                                .where(Cluster.id == cluster.id)))
 
 
+# Causes of AgentUnreachable (the client's) that mean no connection was made.
+_NOT_CONNECTED = {"dns"} | {os.strerror(code) for code in (
+    errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH)}
+
+
 def outcome_unknown(error: KestrelError) -> bool:
     """Whether a call that failed with ``error`` may still have been carried out: the
     request may have reached the agent (a timeout, a reset) and only the answer was lost.
-    A name that did not resolve or a TLS handshake that failed sent nothing."""
+    A name that did not resolve, a refused connection or a TLS handshake that failed sent
+    nothing."""
     return (isinstance(error, AgentUnreachable) and not isinstance(error, CertificateError)
-            and error.details.get("cause") != "dns")
+            and error.details.get("cause") not in _NOT_CONNECTED)
 
 
 def _raise(error: Exception):

@@ -31,6 +31,7 @@ class LostAnswer(FakeAgent):
         self.starts: list[str] = []
 
     def start_vm(self, xml, mode="fresh"):
+        self._check()
         vm_id = ET.fromstring(xml).findtext("uuid")
         self.starts.append(vm_id)
         self.last_xml = xml
@@ -187,3 +188,13 @@ def test_a_domain_without_our_metadata_is_left_alone(engine, two_hosts, monitor)
     monitor.cycle()
     assert (vm1(engine)["status"], vm1(engine)["host"]) == ("Down", None)
     assert agent.vms[vm["id"]] == "Up"
+
+
+def test_a_start_that_never_reached_the_host_releases_the_claim_at_once(engine, hosts):
+    for agent in hosts.values():
+        agent.reachable = False  # connection refused: nothing was sent
+    with pytest.raises(AgentUnreachable):
+        engine.vms.ensure(SPEC, state="running")
+    vm = vm1(engine)
+    assert (vm["status"], vm["host"]) == ("Down", None)
+    assert all_starts(hosts) == 0
