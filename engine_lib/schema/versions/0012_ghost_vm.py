@@ -1,7 +1,7 @@
 """A start the host has not answered for.
 
 Revision ID: 0012_ghost_vm
-Revises: 0011
+Revises: 0012_hook_properties
 Create Date: 2026-12-07
 """
 
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0012_ghost_vm'
-down_revision = '0011'
+down_revision = '0012_hook_properties'
 branch_labels = None
 depends_on = None
 
