@@ -187,6 +187,10 @@ class Vm(Base):
     # ha_proof says why it is known not to run there (empty until proven).
     ha_restart_pending: Mapped[bool] = mapped_column(Boolean, default=False)
     ha_proof: Mapped[str] = mapped_column(Text, default="")
+    # A start or restore call that created its domain ended without the host's answer
+    # (timeout, reset): the VM waits on run_on_host, holding its claim, until that host
+    # reports it running or not (engine_lib.loop.vm_status). Nothing starts it elsewhere.
+    launch_unconfirmed: Mapped[bool] = mapped_column(Boolean, default=False)
     # The agent's devices hash at the last device matching;
     # the engine fetches the live XML again only when the agent reports another.
     devices_hash: Mapped[str] = mapped_column(String(64), default="")

@@ -14,10 +14,12 @@ Under the VM's lock, in this order:
 1. find the domain: one that runs already is reported, or refused (incoming);
 2. the VM's name must be free (a different domain with that name: Conflict);
 3. the mode claims what it needs besides the host (incoming: a migration slot);
-4. the mode's before hook runs over the resolved XML (fresh: the XML the
+4. the registry shows the mode's status until the VM runs (WaitForLaunch,
+   RestoringState; incoming: nothing yet): from here on the host lists the VM,
+   so an engine whose call timed out learns that this start is still going
+   (hooks may take minutes) rather than take the VM for Down;
+5. the mode's before hook runs over the resolved XML (fresh: the XML the
    scripts leave is the one defined);
-5. the registry shows the mode's status meanwhile (WaitForLaunch, RestoringState;
-   incoming: nothing yet);
 6. the host is prepared: directories for logs and sockets, volumes, the
    cloud-init payload;
 7. the domain is defined and brought up by the mode's libvirt call (create,
@@ -90,11 +92,11 @@ class VmHost(Protocol):
 class StartSequence:
     """Steps 1-10 above; a subclass names its mode's hooks and status and makes its libvirt call."""
 
-    # The registry's status while the host is prepared and libvirt works (step 5);
+    # The registry's status while hooks run, the host is prepared and libvirt works (step 4);
     # None leaves the registry alone until the VM is up.
     status: VmStatus | None = None
     before_hook: str | None = None
-    # Whether the XML the before hook's scripts leave is the one defined (step 4).
+    # Whether the XML the before hook's scripts leave is the one defined (step 5).
     hook_xml_used = False
     after_hook: str | None = None
 
@@ -112,8 +114,7 @@ class StartSequence:
             check_name_free(hv.connection(), host.name, host.uuid)
             self.claim()
             try:
-                xml = self._run_before_hook()
-                dom = self._prepare_and_bring_up(xml, existing)
+                dom = self._announce_and_bring_up(existing)
             except BaseException:
                 self.release()
                 raise
@@ -169,7 +170,7 @@ class StartSequence:
     # -- the fixed steps -------------------------------------------------------------
 
     def _run_before_hook(self) -> str:
-        """Step 4: the XML to define (the resolved one unless the hook's is used)."""
+        """Step 5: the XML to define (the resolved one unless the hook's is used)."""
         host = self.host
         if self.before_hook is None:
             return host.xml
@@ -179,14 +180,15 @@ class StartSequence:
             return host.xml
         return _checked_hook_xml(self.before_hook, xml, host)
 
-    def _prepare_and_bring_up(self, xml: str, existing: libvirt.virDomain | None
-                              ) -> libvirt.virDomain | None:
-        """Steps 5-8."""
+    def _announce_and_bring_up(self, existing: libvirt.virDomain | None
+                               ) -> libvirt.virDomain | None:
+        """Steps 4-8."""
         registry, host = self.hv.registry, self.host
         previous = registry.get(host.uuid)
         if self.status is not None:
             registry.set(host.uuid, host.name, self.status)
         try:
+            xml = self._run_before_hook()
             prepare_host(host, self.hv.config)
             return self.bring_up(xml, existing)
         except BaseException:

@@ -14,6 +14,10 @@ its own beside the Monitor (engine_lib.loop.runner). The rules, oVirt's:
 - Before every start, every Up host is asked whether it runs the VM: an
   engine killed halfway through a restart finds the copy it already started
   and adopts it instead of starting a second one.
+- A restart whose start call ended without an answer (a timeout: the agent
+  may still be running slow hooks) leaves the VM waiting on that host; it is
+  not restarted anywhere until that host has answered for it (the Monitor
+  records it running, or Down and owed a restart again).
 - Pending VMs restart highest priority first, through the normal start path
   (scheduler, resource claim, agent), so placement rules hold as for any start.
 
@@ -135,12 +139,14 @@ class HighAvailability:
             pending = restart_order(list(session.scalars(
                 select(Vm).where(Vm.ha_restart_pending.is_(True)))))
             plan = [(vm.name, vm.id, vm.status, vm.run_on_host.status if vm.run_on_host else None,
-                     is_ha(vm)) for vm in pending]
-        for name, vm_id, status, host_status, still_ha in plan:
+                     is_ha(vm), vm.launch_unconfirmed) for vm in pending]
+        for name, vm_id, status, host_status, still_ha, unconfirmed in plan:
             try:
                 if not still_ha:
                     self._done(name, "high availability was turned off; no restart")
                     continue
+                if unconfirmed:
+                    continue  # its host owes an answer for the last start: no second copy
                 self._handle(name, vm_id, status, host_status)
             except KestrelError as err:
                 self._retry_at[name] = time.monotonic() + RETRY_AFTER_S
@@ -229,6 +235,7 @@ def release_vms(session, host: Host, proof: str) -> None:
     for vm in session.scalars(select(Vm).where(
             Vm.run_on_host_id == host.id, Vm.status.in_(VmStatus.ACTIVE))):
         vm.status, vm.exit_reason, vm.run_on_host = VmStatus.DOWN, proof[:255], None
+        vm.launch_unconfirmed = False  # powered off: nothing of it runs there
         if is_ha(vm):
             vm.ha_restart_pending, vm.ha_proof = True, proof
         audit(session, "vm", vm.name, f"VM is Down: {proof}", "warning")

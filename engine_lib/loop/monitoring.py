@@ -198,6 +198,8 @@ class Monitor:
                       if vm_id not in ours and report.get("status") == VmStatus.DOWN]
         for vm_id in went_down:
             forget_on_host(self.engine, ref, vm_id)
+        # A running VM the engine does not run here: adopted, or destroyed as a stray copy.
+        vm_status.settle_unowned(self.engine, ref, reported, ours)
         for vm_id, devices_hash in changed_devices:
             self._match_devices(ref, vm_id, devices_hash)
         guest_info.refresh(self.engine, ref, [vm_id for vm_id, report in reported.items()

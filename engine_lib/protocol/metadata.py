@@ -48,6 +48,11 @@ class VmMetadata:
     custom_properties: dict[str, str] = field(default_factory=dict)
 
 
+def carried(domain: ET.Element) -> bool:
+    """Whether a parsed <domain> carries our metadata (the engine defined it)."""
+    return domain.find(f"metadata/{PREFIX}:vm", _NS) is not None
+
+
 def read(domain: ET.Element) -> VmMetadata:
     """Read our metadata from a parsed <domain> element (absent: empty)."""
     meta = VmMetadata()

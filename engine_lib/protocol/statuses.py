@@ -30,6 +30,9 @@ class VmStatus(StrEnum):
     ACTIVE = nonmember(frozenset({
         WAIT_FOR_LAUNCH, POWERING_UP, UP, PAUSED, POWERING_DOWN, UNKNOWN,
         MIGRATING_FROM, MIGRATING_TO, SAVING_STATE, RESTORING_STATE}))
+    # Its host is starting or restoring it: it holds its claim until the host says
+    # it runs or not.
+    LAUNCHING = nonmember(frozenset({WAIT_FOR_LAUNCH, RESTORING_STATE}))
 
 
 class HostStatus(StrEnum):

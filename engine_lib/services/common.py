@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import functools
+import os
 import random
 import time
 
@@ -11,7 +13,15 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
 from engine_lib.model import AuditEntry, Cluster, Host, StorageDomain, Vm
-from engine_lib.protocol.errors import ClusterNotFound, Conflict, HostNotFound, VmNotFound
+from engine_lib.protocol.errors import (
+    AgentUnreachable,
+    CertificateError,
+    ClusterNotFound,
+    Conflict,
+    HostNotFound,
+    KestrelError,
+    VmNotFound,
+)
 
 
 def find(session: Session, entity, name: str):
@@ -34,6 +44,20 @@ def attached_names(session: Session, cluster: Cluster) -> set[str]:
     """Names of the storage domains attached to the cluster (empty: any name goes)."""
     return set(session.scalars(select(StorageDomain.name).join(StorageDomain.clusters)
                                .where(Cluster.id == cluster.id)))
+
+
+# Causes of AgentUnreachable (the client's) that mean no connection was made.
+_NOT_CONNECTED = {"dns"} | {os.strerror(code) for code in (
+    errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH)}
+
+
+def outcome_unknown(error: KestrelError) -> bool:
+    """Whether a call that failed with ``error`` may still have been carried out: the
+    request may have reached the agent (a timeout, a reset) and only the answer was lost.
+    A name that did not resolve, a refused connection or a TLS handshake that failed sent
+    nothing."""
+    return (isinstance(error, AgentUnreachable) and not isinstance(error, CertificateError)
+            and error.details.get("cause") not in _NOT_CONNECTED)
 
 
 def _raise(error: Exception):

@@ -104,7 +104,7 @@ def restore_failed(engine, name: str, host_name: str, message: str) -> None:
     """A failed restore keeps the memory volume: the VM is still Suspended, to try again."""
     with engine.store.transaction() as session:
         vm = get_vm(session, name)
-        vm.status, vm.run_on_host = VmStatus.SUSPENDED, None
+        vm.status, vm.run_on_host, vm.launch_unconfirmed = VmStatus.SUSPENDED, None, False
         audit(session, "vm", name, f"restoring on host {host_name} failed: {message}", "error")
 
 

@@ -11,7 +11,11 @@ The order is what keeps "never two copies, never none":
 4. the result is never taken on trust: success switches run_on_host only once
    the destination reports the VM running; any other end asks both agents where
    the VM runs, drops an incoming copy that never resumed, and only then
-   records the VM Up on its source and raises MigrationFailed.
+   records the VM Up on its source and raises MigrationFailed. A call whose
+   answer was lost (a timeout) decides nothing: a migrate request that may have
+   reached the source is followed like any other, and a migration whose
+   destination cannot say whether it runs the VM stays running in the
+   database (the engine loop settles it once the agents answer).
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from engine_lib.protocol.errors import (
 from engine_lib.protocol.statuses import VmStatus
 from engine_lib.scheduling import place
 from engine_lib.services import cluster_facts
-from engine_lib.services.common import audit, get_vm, retry_on_conflict
+from engine_lib.services.common import audit, get_vm, outcome_unknown, retry_on_conflict
 from engine_lib.services.host_records import HostRef
 from engine_lib.services.results import Outcome
 from engine_lib.services.scheduling_facts import scheduling_request
@@ -207,8 +211,10 @@ class MigrationService:
             try:
                 report = self.engine.agent(plan.source.address,
                                            plan.source.port).migration(plan.vm_id)
-            except (NotFound, AgentUnreachable):
+            except NotFound:
                 report = None
+            except AgentUnreachable:
+                continue  # no word from the source: nothing is settled on a guess
             if report is None or report.get("status") != "running":
                 try:
                     self._settle(plan, report, "ended while nobody followed it")
@@ -282,10 +288,17 @@ class MigrationService:
 
     def _start(self, plan: Plan) -> None:
         prepared = self._client(plan.destination).prepare_incoming(plan.xml)
-        self._client(plan.source).migrate_vm(
-            plan.vm_id, destination_uri(plan.destination.address, plan.encrypted),
-            prepared.get("paths", {}), plan.policy, mibps(plan.bandwidth_mbps),
-            tls=plan.encrypted)
+        try:
+            self._client(plan.source).migrate_vm(
+                plan.vm_id, destination_uri(plan.destination.address, plan.encrypted),
+                prepared.get("paths", {}), plan.policy, mibps(plan.bandwidth_mbps),
+                tls=plan.encrypted)
+        except KestrelError as err:
+            if not outcome_unknown(err):
+                raise
+            # The source may have started it: what it reports decides, as for any migration.
+            log.warning("migration of VM %s: no answer to the migrate call (%s); following "
+                        "what the source reports", plan.vm, err.message)
 
     # -- following -------------------------------------------------------------------------
 
@@ -377,6 +390,8 @@ class MigrationService:
         if not on_source and on_destination:
             # It moved after all (e.g. the source agent restarted after the switchover).
             return Outcome(True, self._record_success(plan, report))
+        if not on_source and on_destination is None:
+            raise self._undecided(plan, why)
         note = self._drop_incoming(plan)
         if on_source:
             final = "cancelled" if status == "cancelled" else "failed"
@@ -395,8 +410,25 @@ class MigrationService:
         raise MigrationFailed(message, vm=plan.vm, source=plan.source.name,
                               destination=plan.destination.name)
 
-    def _runs_on(self, host: HostRef, vm_id: str, wait: bool) -> bool:
-        """Whether the host's agent reports the VM's domain running (or paused) there.
+    def _undecided(self, plan: Plan, why: str) -> AgentUnreachable:
+        """Neither agent confirms where the VM runs: record nothing on a guess. The row stays
+        running and the VM MigratingFrom; the engine loop (active()) settles it later."""
+        with self._lock:
+            first = plan.id in self._followed  # the loop's later tries say it once only
+            self._followed.discard(plan.id)
+        message = (f"migration of VM '{plan.vm}' from {plan.source.name} to "
+                   f"{plan.destination.name}: outcome unknown ({why or 'no answer'}); "
+                   f"{plan.source.name} does not report it running and "
+                   f"{plan.destination.name} does not answer; it is settled once they do")
+        if first:
+            with self.engine.store.transaction() as session:
+                audit(session, "vm", plan.vm, message, "warning")
+        return AgentUnreachable(message, vm=plan.vm, source=plan.source.name,
+                                destination=plan.destination.name)
+
+    def _runs_on(self, host: HostRef, vm_id: str, wait: bool) -> bool | None:
+        """Whether the host's agent reports the VM's domain running (or paused) there;
+        None when it did not answer.
 
         ``wait``: give the agent SETTLE_TIMEOUT to settle. It may be restarting; or
         libvirt already resumed the incoming guest while the agent still says
@@ -418,7 +450,7 @@ class MigrationService:
                 return False
             except AgentUnreachable:
                 if time.monotonic() >= deadline:
-                    return False
+                    return None
             time.sleep(POLL)
 
     def _drop_incoming(self, plan: Plan) -> str:

@@ -20,6 +20,7 @@ from engine_lib.domxml.viewmodel import volume_refs
 from engine_lib.model import Host, Vm
 from engine_lib.protocol.errors import (
     AgentError,
+    AgentUnreachable,
     Conflict,
     InvalidSpec,
     KestrelError,
@@ -35,6 +36,7 @@ from engine_lib.services.common import (
     get_cluster,
     get_host,
     get_vm,
+    outcome_unknown,
     retry_on_conflict,
 )
 from engine_lib.services.host_records import HostRef
@@ -44,6 +46,9 @@ from engine_lib.services.vm_records import vm_dict
 from engine_lib.spec import normalize_vm
 from engine_lib.store import lock_cluster
 
+# A start places the VM only from these: Down, Suspended, or a launch whose caller died
+# (an HA restart interrupted) and whose host has no start of it (engine_lib.loop.ha).
+_STARTABLE = frozenset({VmStatus.DOWN, VmStatus.SUSPENDED, VmStatus.WAIT_FOR_LAUNCH})
 # States that would race a running migration (see _refuse_while_migrating).
 _RACE_A_MIGRATION = ("stopped", "suspended", "absent")
 STATES = ("present", "running", "stopped", "absent",
@@ -95,10 +100,18 @@ class VmService:
             session.flush()
             after_xml, shown_after = render(vm), render_redacted(vm)
             entity = vm_dict(vm)
+            unconfirmed = vm.launch_unconfirmed
         config_changed = before_xml != after_xml
 
         power_changed = False
-        running = entity["status"] in VmStatus.ACTIVE and self._still_running(name)
+        if unconfirmed:
+            # Its host owes an answer for a start: only that answer (the engine loop
+            # records it) settles where the VM runs; a second start could make a copy.
+            if state == "running":
+                raise _awaiting_host(name, entity)
+            running = True
+        else:
+            running = entity["status"] in VmStatus.ACTIVE and self._still_running(name)
         if state == "running" and not running:
             power_changed = True
             if not check_mode:
@@ -174,6 +187,7 @@ class VmService:
         with self.engine.store.transaction() as session:
             vm = get_vm(session, name)
             vm.status, vm.exit_reason, vm.run_on_host = VmStatus.DOWN, reason, None
+            vm.launch_unconfirmed = False
             audit(session, "vm", name, f"VM is Down: {reason}", severity)
             return vm_dict(vm)
 
@@ -203,6 +217,8 @@ class VmService:
     def _start(self, name: str, wait: bool, timeout: int) -> dict:
         with self.engine.store.transaction() as session:
             vm = get_vm(session, name)
+            if vm.launch_unconfirmed or vm.status not in _STARTABLE:
+                raise _awaiting_host(name, vm_dict(vm))
             custom_properties.check_vm(vm, starting=True)  # the cluster's list may have changed
             host, placement = self._place(session, vm)
             xml, vm_id = render(vm), vm.id
@@ -215,6 +231,14 @@ class VmService:
             else:
                 reported = client.start_vm(xml)
         except KestrelError as err:
+            if outcome_unknown(err):
+                # The agent may have taken the call and be starting it still (hooks,
+                # volumes): the VM waits on that host with its claim, never Down on a guess.
+                self._await_host(name, host.name, err)
+                raise AgentUnreachable(
+                    f"start of VM '{name}' on host {host.name} not confirmed: {err.message}; "
+                    f"the VM waits on host {host.name} until the host reports it running or "
+                    "not (the engine loop records it)", vm=name, host=host.name) from None
             if memory:
                 hibernation.restore_failed(self.engine, name, host.name, err.message)
             else:
@@ -234,10 +258,23 @@ class VmService:
         return entity
 
     @retry_on_conflict
+    def _await_host(self, name: str, host_name: str, err: KestrelError) -> None:
+        """The start call ended without an answer: the VM waits for its host's."""
+        with self.engine.store.transaction() as session:
+            vm = get_vm(session, name)
+            if vm.status not in VmStatus.LAUNCHING or vm.run_on_host is None \
+                    or vm.run_on_host.name != host_name:
+                return  # the host already answered (the engine loop recorded it)
+            vm.launch_unconfirmed = True
+            audit(session, "vm", name, f"start on host {host_name} not confirmed "
+                  f"({err.message}): the VM waits on host {host_name}, holding its "
+                  "resources, until the host reports it", "warning")
+
+    @retry_on_conflict
     def _record_started(self, name: str, host_name: str, status: str, live: str) -> dict:
         with self.engine.store.transaction() as session:
             vm = get_vm(session, name)
-            vm.status = status
+            vm.status, vm.launch_unconfirmed = status, False
             devices.record_live(vm, live)
             audit(session, "vm", name, f"VM started on host {host_name} ({status})")
             return vm_dict(vm)
@@ -335,3 +372,16 @@ class VmService:
                 raise Conflict(f"VM '{name}' is not running (status {vm.status})")
             host, vm_id = HostRef.of(vm.run_on_host), vm.id
         return self._client(host).console_log(vm_id, nbytes)
+
+
+def _awaiting_host(name: str, entity: dict) -> Conflict:
+    """A start refused: the VM waits for its host to answer for one, or it runs."""
+    host = entity.get("host")
+    if entity["status"] in VmStatus.LAUNCHING:
+        message = (f"VM '{name}' is {entity['status']} on host {host}: that host has not "
+                   "answered for its start yet, so it is not started again; the engine loop "
+                   f"records it running or Down once {host} answers")
+    else:
+        message = (f"VM '{name}' is {entity['status']} on host {host}: it is not started "
+                   "again")
+    return Conflict(message, vm=name, status=entity["status"], host=host)

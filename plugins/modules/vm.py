@@ -36,6 +36,10 @@ options:
       - V(present) makes sure the VM is defined with the options given, and
         does not change whether it runs.
       - V(running) also starts it on a host the scheduler picks, if it is not running.
+        When the host does not answer the start in time, the task fails and the
+        VM stays V(WaitForLaunch) on that host until the host reports it running
+        or not (the engine loop records it); V(running) meanwhile fails rather
+        than start it a second time.
       - V(stopped) also stops it, if it runs (a guest shutdown, or a power off with O(force)).
       - V(absent) powers it off if it runs and removes it with its disks.
       - V(suspended) hibernates a running VM (its memory saved to storage, the

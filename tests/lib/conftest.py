@@ -38,7 +38,8 @@ class FakeAgent(AgentApi):
 
     def _check(self):
         if not self.reachable:
-            raise AgentUnreachable(f"agent {self.name} unreachable: connection refused")
+            raise AgentUnreachable(f"agent {self.name} unreachable: connection refused",
+                                   cause="Connection refused")
 
     def host_info(self, timeout=None):
         self._check()

@@ -139,3 +139,37 @@ def test_a_name_another_domain_holds_is_refused_before_anything_changes(hv):
         FreshStart(hv, clash).run()
     assert other.uuid not in hv.registry
     assert hv.connection().lookupByName(host.name).UUIDString() == host.uuid
+
+
+def test_the_host_lists_a_vm_as_starting_while_its_before_hooks_run(hv, monkeypatch):
+    """An engine whose start call timed out during a slow hook asks the host: the answer
+    must be "starting", not "no such VM" (which made the engine start a second copy)."""
+    from engine_lib.agent import vm_start
+
+    host = _host(hv)
+    seen = []
+
+    def slow_hook(point, xml, vm_id, *args, **kwargs):
+        seen.append((hv.status(vm_id)["status"], [vm["id"] for vm in hv.list_vms()]))
+        return xml
+
+    monkeypatch.setattr(vm_start.hooks, "run", slow_hook)
+    FreshStart(hv, host).run()
+    assert seen == [("WaitForLaunch", [host.uuid])]
+
+
+def test_a_before_hook_that_fails_leaves_the_host_not_listing_the_vm(hv, monkeypatch):
+    from engine_lib.agent import vm_start
+    from engine_lib.protocol.errors import HookError, VmNotFound
+
+    host = _host(hv)
+
+    def refusing_hook(point, *args, **kwargs):
+        raise HookError(f"hook {point}/10_refuse failed with exit status 1", hook_point=point)
+
+    monkeypatch.setattr(vm_start.hooks, "run", refusing_hook)
+    with pytest.raises(HookError):
+        FreshStart(hv, host).run()
+    assert host.uuid not in hv.registry and hv.list_vms() == []
+    with pytest.raises(VmNotFound):
+        hv.status(host.uuid)

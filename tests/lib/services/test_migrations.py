@@ -5,7 +5,13 @@ import pytest
 from conftest import FakeAgent
 
 from engine_lib.model import Vm
-from engine_lib.protocol.errors import Conflict, HostNotFound, InvalidSpec, NoValidHost
+from engine_lib.protocol.errors import (
+    AgentUnreachable,
+    Conflict,
+    HostNotFound,
+    InvalidSpec,
+    NoValidHost,
+)
 from engine_lib.services import migrations as migrations_service
 from engine_lib.services.migrations import mibps
 
@@ -208,3 +214,99 @@ def test_a_destination_that_has_not_yet_seen_its_resume_event_is_waited_for(
     assert destination.stale_answers == 0
     moved = engine.vms.info("vm1")[0]
     assert (moved["host"], moved["status"]) == ("h2", "Up")
+
+
+class LostMigrateAnswer(MovingAgent):
+    """A source whose answer to the migrate call is lost (timeout) although it started the
+    migration: it runs for a moment, then the guest is on ``destination``."""
+
+    def __init__(self, name, destination):
+        super().__init__(name)
+        self.destination, self.polls = destination, 0
+
+    def migrate_vm(self, vm_id, destination_uri, paths, policy="minimal_downtime",
+                   bandwidth_mibps=None, tls=False):
+        raise AgentUnreachable(f"agent {self.name} unreachable: no answer within 2 s",
+                               cause="timeout")
+
+    def migration(self, vm_id):
+        self.polls += 1
+        if self.polls == 1:
+            return {"id": vm_id, "status": "running", "progress": {}}
+        self.vms.pop(vm_id, None)
+        self.destination.vms[vm_id] = "Up"
+        return {"id": vm_id, "status": "succeeded", "downtime_ms": 40}
+
+
+class Destination(MovingAgent):
+    def prepare_incoming(self, xml):
+        import xml.etree.ElementTree as ET
+
+        self.vms[ET.fromstring(xml).findtext("uuid")] = "MigratingTo"
+        return {"paths": {}}
+
+    def cancel_migration(self, vm_id):
+        self._check()
+        self.cancelled = vm_id
+        self.vms.pop(vm_id, None)
+        return {"id": vm_id}
+
+
+@pytest.fixture
+def pair(engine, cluster, agents, monkeypatch):
+    """vm1 Up on h1; h2, a Destination, joins after it started."""
+    monkeypatch.setattr(migrations_service, "POLL", 0.01)
+    monkeypatch.setattr(migrations_service, "SETTLE_TIMEOUT", 0.05)
+    agents["10.0.0.1"] = MovingAgent("h1")
+    engine.hosts.ensure("h1", address="10.0.0.1", cluster=cluster)
+    vm = engine.vms.ensure({"name": "vm1", "cluster": cluster, "memory": 256},
+                           state="running").entity
+    agents["10.0.0.2"] = destination = Destination("h2")
+    engine.hosts.ensure("h2", address="10.0.0.2", cluster=cluster)
+    destination.last_xml = agents["10.0.0.1"].last_xml
+    return vm, agents["10.0.0.1"], destination
+
+
+def test_a_migration_whose_migrate_answer_is_lost_is_followed_not_failed(engine, pair, agents):
+    vm, source, destination = pair
+    agents["10.0.0.1"] = LostMigrateAnswer("h1", destination)
+    agents["10.0.0.1"].vms = source.vms
+    outcome = engine.migrations.migrate("vm1", host="h2")
+    assert outcome.entity["status"] == "succeeded"
+    assert not hasattr(destination, "cancelled")  # the incoming copy was not dropped
+    moved = engine.vms.info("vm1")[0]
+    assert (moved["host"], moved["status"]) == ("h2", "Up")
+
+
+def test_a_migration_no_agent_confirms_is_not_recorded_on_a_guess(engine, pair, agents):
+    vm, source, destination = pair
+
+    def the_destination_goes_silent(vm_id, *args, **kwargs):
+        source.vms.pop(vm_id)  # the source let it go...
+        destination.reachable = False  # ...and the destination cannot say it has it
+        return {"status": "running"}
+
+    source.migrate_vm = the_destination_goes_silent
+    with pytest.raises(AgentUnreachable) as info:
+        engine.migrations.migrate("vm1", host="h2")
+    assert "outcome unknown" in info.value.message
+    assert engine.migrations.history("vm1")[-1]["status"] == "running"
+    assert engine.vms.info("vm1")[0]["status"] == "MigratingFrom"
+    # Once the destination answers, the engine loop settles it from what it says.
+    destination.reachable, destination.vms[vm["id"]] = True, "Up"
+    age_unsettled_attempts(engine)
+    engine.migrations.active()
+    moved = engine.vms.info("vm1")[0]
+    assert (moved["host"], moved["status"]) == ("h2", "Up")
+    assert engine.migrations.history("vm1")[-1]["status"] == "succeeded"
+
+
+def age_unsettled_attempts(engine):
+    """Make the unsettled attempt old enough for the loop to take it as nobody's."""
+    from datetime import timedelta
+
+    from engine_lib.model import Migration, utcnow
+
+    with engine.store.transaction() as session:
+        for row in session.query(Migration).filter_by(status="running"):
+            row.started_at = utcnow() - timedelta(seconds=migrations_service.ORPHAN_AFTER + 1)
