@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0012_ghost_vm'
-down_revision = '0012_hook_properties'
+down_revision = '0012_fencing_host_keys'
 branch_labels = None
 depends_on = None
 
