@@ -239,10 +239,11 @@ def _reconcile_disks(vm: Vm, ctx: Context, disks: list[dict]) -> None:
             if "lun" not in disk and "volume_id" not in disk:
                 spec.update(image_id=ctx.new_id(f"disk/{disk['name']}/image"),
                             volume_id=ctx.new_id(f"disk/{disk['name']}/volume"))
+            # An attached volume exists already: it is never created blank.
             vm.devices.append(VmDevice(
                 id=ctx.new_id(f"disk/{disk['name']}"), type=DeviceType.DISK, name=disk["name"],
                 position=_position(DeviceType.DISK, index), spec=spec, managed=True,
-                plugged=True, alias="", address={}))
+                plugged=True, alias="", address={}, volume_created="volume_id" in disk))
             continue
         old = device.spec
         for key in _DISK_FIXED:
