@@ -24,6 +24,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    event,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -255,12 +256,29 @@ class VmDevice(Base):
     address: Mapped[dict] = mapped_column(JSON, default=dict)
     # The name the guest sees (a disk's target, e.g. vda).
     guest_name: Mapped[str] = mapped_column(String(64), default="")
+    # A managed NIC's MAC (kept equal to spec["mac"] on every write): the unique index
+    # makes the database, not the allocator's care, the guarantee that no two NICs of
+    # the engine share one. None for other devices and for NICs libvirt added.
+    mac: Mapped[str | None] = mapped_column(String(17), nullable=True, unique=True, index=True)
+    # A disk's volume exists on its storage domain: the engine saw the disk in a running
+    # domain (or attached a volume that existed). From then on a start that finds the
+    # file missing fails instead of creating a blank one.
+    volume_created: Mapped[bool] = mapped_column(Boolean, default=False)
 
     vm: Mapped[Vm] = relationship(back_populates="devices")
 
     @property
     def user_alias(self) -> str:
         return f"ua-{self.id}"
+
+
+@event.listens_for(VmDevice, "before_insert")
+@event.listens_for(VmDevice, "before_update")
+def _index_mac(_mapper, _connection, device: VmDevice) -> None:
+    managed_nic = device.type == DeviceType.INTERFACE and device.managed is not False
+    mac = (device.spec or {}).get("mac") if managed_nic else None
+    if device.mac != mac:
+        device.mac = mac
 
 
 class AffinityGroup(Base):

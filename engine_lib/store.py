@@ -3,8 +3,10 @@
 Writers are serialized where it matters: a placement reads the claims on its
 hosts and records its own in one transaction (oVirt's pending resources), so
 two concurrent playbooks cannot both take the last free memory on a host.
-On PostgreSQL that is a row lock on the cluster (``lock_cluster``); SQLite
-has no row locks, so every transaction there starts with BEGIN IMMEDIATE.
+On PostgreSQL that is a row lock on the cluster (``lock_cluster``), or for
+MAC addresses, which are unique engine-wide, an advisory lock
+(``lock_mac_addresses``); SQLite has no row locks, so every transaction there
+starts with BEGIN IMMEDIATE.
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, event, select
+from sqlalchemy import create_engine, event, select, text
 from sqlalchemy.engine import Engine as SqlEngine
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine_lib.model import Cluster
 
 SCHEMA_DIR = Path(__file__).parent / "schema"
+# The key of the PostgreSQL advisory lock that MAC allocation holds ("kmac").
+MAC_LOCK_KEY = 0x6B6D6163
 
 
 def connect(db_url: str) -> SqlEngine:
@@ -112,3 +116,11 @@ def lock_cluster(session: Session, cluster_id: str) -> Cluster:
     return session.execute(
         select(Cluster).where(Cluster.id == cluster_id).with_for_update()
     ).scalar_one()
+
+
+def lock_mac_addresses(session: Session) -> None:
+    """Serialize MAC checks and allocations engine-wide until the transaction ends, so
+    two VMs created at once never draw the same address (the unique index would refuse
+    the second)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MAC_LOCK_KEY})

@@ -38,7 +38,7 @@ MAX_SHUTDOWN_TIMEOUT = 3600.0
 DEFAULT_UNPLUG_TIMEOUT = 20.0
 MAX_EVENTS_TIMEOUT = 60.0
 MAX_UNPLUG_TIMEOUT = 600.0
-_VOLUME_KEYS = {"domain", "image", "volume", "alias", "format", "size_mib"}
+_VOLUME_KEYS = {"domain", "image", "volume", "alias", "format", "size_mib", "disk", "create"}
 
 
 @dataclass
@@ -66,7 +66,8 @@ class Route:
 _VOLUME_SCHEMA = {
     "type": "object", "required": ["domain", "image", "volume"],
     "properties": {k: {"type": "string"} for k in ("domain", "image", "volume", "alias",
-                                                   "format")} | {"size_mib": {"type": "integer"}},
+                                                   "format", "disk")}
+    | {"size_mib": {"type": "integer"}, "create": {"type": "boolean"}},
 }
 
 ROUTES = (
@@ -76,7 +77,8 @@ ROUTES = (
     Route("GET", "/vms", "list_vms", "Every VM in this agent's registry with its status; "
           "a VM that went Down stays listed, with its exit reason, until removed."),
     Route("POST", "/vms", "start_vm", "Start a VM from engine-rendered domain XML "
-          "(placeholders resolved, missing volumes created). A VM already running here "
+          "(placeholders resolved, volumes marked create='yes' created if missing; any other "
+          "missing volume fails the start). A VM already running here "
           "is reported with started=false, not started twice.",
           body={"type": "object", "required": ["xml"], "additionalProperties": False,
                 "properties": {"xml": {"type": "string"},
@@ -356,7 +358,9 @@ class Api:
             size = _checked_volume(item, "volume", sized=True)
             volume = VolumeRef(alias=str(item.get("alias", "")), domain=item["domain"],
                                image=item["image"], volume=item["volume"],
-                               format=str(item.get("format", "qcow2")), size_mib=size)
+                               format=str(item.get("format", "qcow2")), size_mib=size,
+                               disk=str(item.get("disk", "")),
+                               create=item.get("create") is True)
         return self.hypervisor.plug_device(vm_id, xml, volume)
 
     def unplug_device(self, request: Request) -> dict:

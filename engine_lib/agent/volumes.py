@@ -2,8 +2,11 @@
 
 A volume lives at ``<storage domain mount>/<image>/<volume>`` (oVirt's file
 domain layout, without the metadata files). Creation never touches an
-existing file: starting a VM again must never wipe its disk. Deletion only
-ever removes files inside a configured storage domain.
+existing file: starting a VM again must never wipe its disk. Only a volume
+the engine marks ``create`` (its disk never ran) is created; any other that
+is missing (a domain not mounted, a half-finished removal) fails the start,
+for a VM must never boot from a blank disk in place of its data. Deletion
+only ever removes files inside a configured storage domain.
 """
 
 from __future__ import annotations
@@ -45,9 +48,11 @@ def _segment(field: str, value: str) -> str:
 
 
 def prepare(refs: list[VolumeRef], storage_domains: dict[str, str]) -> list[str]:
-    """Create every volume in ``refs`` whose file does not exist; return the paths created.
+    """Create every volume in ``refs`` whose file does not exist and that the engine lets
+    us create; return the paths created.
 
-    All refs are checked before anything is created, so a bad ref changes nothing.
+    All refs are checked before anything is created, so a bad ref (or a missing volume
+    that must exist) changes nothing.
     """
     planned = []
     for ref in refs:
@@ -57,6 +62,12 @@ def prepare(refs: list[VolumeRef], storage_domains: dict[str, str]) -> list[str]
         if ref.size_mib <= 0:
             raise InvalidSpec(f"{where}.size_mib", f"{ref.size_mib} is not a positive size")
         path = VolumeLocation(ref.domain, ref.image, ref.volume).path(storage_domains)
+        if not ref.create and not os.path.lexists(path):
+            disk = f"disk '{ref.disk}'" if ref.disk else where
+            raise Conflict(f"{disk}: its volume {path} is missing on storage domain "
+                           f"'{ref.domain}' (not mounted on this host, or removed); the disk "
+                           "has run before, so it is not created again as a blank disk",
+                           disk=ref.disk, alias=ref.alias, path=path)
         planned.append((ref, path))
     created = []
     for ref, path in planned:

@@ -8,7 +8,7 @@ from typing import Any
 
 from engine_lib.devices.live import LiveDevice
 from engine_lib.devices.match import USER_KINDS, Correlation, unmanaged_spec
-from engine_lib.model import Vm, VmDevice, new_id
+from engine_lib.model import DeviceType, Vm, VmDevice, new_id
 
 # Unmanaged rows sort after every device of ours (positions are type rank * 1000 + index).
 _UNMANAGED_POSITION = 100_000
@@ -44,6 +44,10 @@ def apply(vm: Vm, correlation: Correlation) -> list[tuple[str, str]]:
             values["spec"] = unmanaged_spec(live)
         elif device.plugged is False:
             notes.append(("info", f"{_describe(device)} is plugged again ({match.reason})"))
+        if device.type == DeviceType.DISK and device.managed is not False:
+            # A domain runs with it, so its volume exists: from now on a start that
+            # finds it missing must fail rather than create a blank one.
+            values["volume_created"] = True
         _set(device, **values)
     added: Counter[str] = Counter()
     position = max((d.position for d in vm.devices), default=0)

@@ -46,7 +46,8 @@ def volume_ref(device: VmDevice) -> metadata.VolumeRef:
     spec = device.spec
     return metadata.VolumeRef(alias=device.user_alias, domain=spec["storage_domain"],
                               image=spec["image_id"], volume=spec["volume_id"],
-                              format=spec["format"], size_mib=spec["size_mib"])
+                              format=spec["format"], size_mib=spec["size_mib"],
+                              disk=device.name or "", create=not device.volume_created)
 
 
 def volume_refs(vm: Vm) -> list[metadata.VolumeRef]:

@@ -3,12 +3,14 @@
 libvirt has no element for what the agent needs to prepare a host (which
 storage volume backs which disk, how big to create it, the cloud-init payload),
 so the engine writes it under our own namespace and the agent reads it back.
+A volume carries ``create="yes"`` only until the engine has seen its disk in a
+running domain: a volume missing after that is lost data, never a blank to make.
 
     <metadata>
       <kestrel:vm xmlns:kestrel="https://kestrel.virt/xmlns/vm/1">
         <kestrel:cluster>default</kestrel:cluster>
-        <kestrel:volume alias="ua-..." domain="data" image="<uuid>" volume="<uuid>"
-                        format="qcow2" size_mib="64"/>
+        <kestrel:volume alias="ua-..." disk="root" domain="data" image="<uuid>"
+                        volume="<uuid>" format="qcow2" size_mib="64" create="yes"/>
         <kestrel:custom name="key">value</kestrel:custom>
       </kestrel:vm>
     </metadata>
@@ -34,6 +36,10 @@ class VolumeRef:
     volume: str
     format: str
     size_mib: int
+    # The user's name for the disk (for messages) and whether the agent may create
+    # the volume when its file is missing: only before the disk's first start.
+    disk: str = ""
+    create: bool = False
 
     @property
     def relpath(self) -> str:
@@ -68,6 +74,8 @@ def read(domain: ET.Element) -> VmMetadata:
             volume=vol.get("volume", ""),
             format=vol.get("format", "qcow2"),
             size_mib=int(vol.get("size_mib", "0")),
+            disk=vol.get("disk", ""),
+            create=vol.get("create") == "yes",
         ))
     for prop in node.findall(f"{PREFIX}:custom", _NS):
         meta.custom_properties[prop.get("name", "")] = prop.text or ""

@@ -10,13 +10,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from engine_lib.model import Cluster, Host, Vm
 from engine_lib.protocol.statuses import VmStatus
 from engine_lib.scheduling import Context, HostState, Policy, VmRequest, resolve
-from engine_lib.services.scheduling_facts import affinity_context, host_state, scheduling_request
+from engine_lib.services.scheduling_facts import (
+    affinity_context,
+    host_claims,
+    host_state,
+    scheduling_request,
+)
 
 
 @dataclass(frozen=True)
@@ -40,20 +45,10 @@ class ClusterFacts:
         return [vm for vm in self.running if vm.host == host]
 
 
-def _claims(session: Session) -> dict:
-    """Host id -> (memory, vcpus, vms) its active VMs hold (the same sums a placement uses)."""
-    return {row.host_id: row for row in session.execute(
-        select(Vm.run_on_host_id.label("host_id"), func.sum(Vm.memory_mib).label("memory"),
-               func.sum(Vm.sockets * Vm.cores * Vm.threads).label("vcpus"),
-               func.count(Vm.id).label("vms"))
-        .where(Vm.status.in_(VmStatus.ACTIVE), Vm.run_on_host_id.is_not(None))
-        .group_by(Vm.run_on_host_id))}
-
-
 def load(session: Session, cluster: Cluster) -> ClusterFacts:
     hosts = list(session.scalars(select(Host).where(Host.cluster_id == cluster.id)
                                  .order_by(Host.name)))
-    claims = _claims(session)
+    claims = host_claims(session)
     running = [RunningVm(vm.name, vm.run_on_host.name, vm.status,
                          scheduling_request(vm, current_host=vm.run_on_host.name))
                for vm in session.scalars(

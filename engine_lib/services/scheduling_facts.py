@@ -6,17 +6,51 @@ which filter, so the placing transaction (services.vms._place) stays short.
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from engine_lib.model import AffinityGroup as AffinityGroupRow
-from engine_lib.model import Cluster, DeviceType, Host, Vm
+from engine_lib.model import Cluster, DeviceType, Host, Migration, Vm
 from engine_lib.protocol.statuses import VmStatus
 from engine_lib.scheduling import AffinityGroup, Context, HostState, VmRequest
 
 
-def host_state(host: Host, claim, cluster: Cluster) -> HostState:
-    """``claim``: the row of (memory, vcpus, vms) the host's active VMs hold, or None."""
+@dataclass
+class Claim:
+    memory: int = 0
+    vcpus: int = 0
+    vms: int = 0
+
+
+def host_claims(session: Session) -> dict[str, Claim]:
+    """Host id -> what is claimed on it: by the VMs it runs or is about to run (oVirt's
+    pending resources), and by the VMs migrating to it. An incoming VM holds its
+    destination from the moment the migration is recorded until its outcome is (then it
+    runs there, or it stays on its source), so nothing else can take that memory while
+    it moves."""
+    vcpus = Vm.sockets * Vm.cores * Vm.threads
+    held = select(Vm.run_on_host_id, func.sum(Vm.memory_mib), func.sum(vcpus),
+                  func.count(Vm.id)).where(
+        Vm.status.in_(VmStatus.ACTIVE), Vm.run_on_host_id.is_not(None)
+    ).group_by(Vm.run_on_host_id)
+    incoming = select(Host.id, func.sum(Vm.memory_mib), func.sum(vcpus), func.count(Vm.id)) \
+        .join(Migration, Migration.vm_id == Vm.id) \
+        .join(Host, Host.name == Migration.destination) \
+        .where(Migration.status == "running").group_by(Host.id)
+    claims: dict[str, Claim] = {}
+    for query in (held, incoming):
+        for host_id, memory, cpus, count in session.execute(query):
+            claim = claims.setdefault(host_id, Claim())
+            claim.memory += int(memory or 0)
+            claim.vcpus += int(cpus or 0)
+            claim.vms += int(count)
+    return claims
+
+
+def host_state(host: Host, claim: Claim | None, cluster: Cluster) -> HostState:
+    """``claim``: what is claimed on the host (``host_claims``), or None."""
     return HostState(
         name=host.name, status=host.status, cpus=host.cpus, memory_mib=host.memory_mib,
         claimed_mib=int(claim.memory) if claim else 0,

@@ -5,7 +5,7 @@ and MAC addresses survive every re-run; only a device the spec adds gets a
 new id, and only a NIC without a MAC draws one from the cluster's pool.
 
 Where ids, MACs and the cluster come from is a ``Context``: the database
-(``DbContext``: random UUIDs, the cluster's MAC pool minus what its VMs use),
+(``DbContext``: random UUIDs, the cluster's MAC pool minus what any VM uses),
 or nothing at all (``OfflineContext``, for ``kestrel xml render`` of a spec
 file: ids are UUIDv5 of the VM and device names, so the same file renders to
 the same bytes every time).
@@ -26,6 +26,7 @@ from engine_lib.protocol.devices import GUEST_AGENT_CHANNEL
 from engine_lib.protocol.errors import Conflict, InvalidSpec
 from engine_lib.protocol.statuses import VmStatus
 from engine_lib.services.common import attached_names, get_cluster
+from engine_lib.store import lock_mac_addresses
 
 # Order of devices of one type in the domain XML (and so in the guest's PCI slots).
 _TYPE_RANK = {DeviceType.CONTROLLER: 0, DeviceType.DISK: 1, DeviceType.INTERFACE: 2,
@@ -52,7 +53,9 @@ class Context(Protocol):
 
     def new_id(self, key: str) -> str: ...
 
-    def taken_macs(self, vm: Vm) -> dict[str, str]: ...
+    def taken_macs(self, vm: Vm) -> dict[str, str]:
+        """MACs other VMs hold, MAC -> VM name (MACs are unique engine-wide)."""
+        ...
 
     def storage_domains(self, cluster: Cluster) -> set[str]: ...
 
@@ -68,13 +71,14 @@ class DbContext:
         return new_id()
 
     def taken_macs(self, vm: Vm) -> dict[str, str]:
-        """MAC -> owning VM name, for every NIC in the VM's cluster except this VM's."""
+        """MAC -> owning VM name, for every NIC of the engine except this VM's; no other
+        transaction takes a MAC until this one ends."""
         with self.session.no_autoflush:
+            lock_mac_addresses(self.session)
             rows = self.session.execute(
-                select(VmDevice.spec, Vm.name).join(Vm)
-                .where(Vm.cluster_id == vm.cluster.id, VmDevice.type == DeviceType.INTERFACE,
-                       Vm.id != vm.id))
-            return {spec["mac"]: owner for spec, owner in rows}
+                select(VmDevice.mac, Vm.name).join(Vm)
+                .where(VmDevice.mac.is_not(None), Vm.id != vm.id))
+            return {mac: owner for mac, owner in rows}
 
     def storage_domains(self, cluster: Cluster) -> set[str]:
         with self.session.no_autoflush:
@@ -235,10 +239,11 @@ def _reconcile_disks(vm: Vm, ctx: Context, disks: list[dict]) -> None:
             if "lun" not in disk and "volume_id" not in disk:
                 spec.update(image_id=ctx.new_id(f"disk/{disk['name']}/image"),
                             volume_id=ctx.new_id(f"disk/{disk['name']}/volume"))
+            # An attached volume exists already: it is never created blank.
             vm.devices.append(VmDevice(
                 id=ctx.new_id(f"disk/{disk['name']}"), type=DeviceType.DISK, name=disk["name"],
                 position=_position(DeviceType.DISK, index), spec=spec, managed=True,
-                plugged=True, alias="", address={}))
+                plugged=True, alias="", address={}, volume_created="volume_id" in disk))
             continue
         old = device.spec
         for key in _DISK_FIXED:
@@ -285,18 +290,28 @@ def network_bridge(cluster: Cluster, field: str, network: str) -> str | None:
 
 def _reconcile_nics(vm: Vm, ctx: Context, nics: list[dict]) -> None:
     existing = {d.name: d for d in vm.devices_of(DeviceType.INTERFACE)}
-    for name in existing.keys() - {n["name"] for n in nics}:
+    removed = existing.keys() - {n["name"] for n in nics}
+    for name in removed:
         vm.devices.remove(existing.pop(name))
-    taken = ctx.taken_macs(vm)
+    session = object_session(vm)
+    if removed and session is not None:
+        # A renamed NIC keeps its MAC: the old row must be gone before the new one
+        # is inserted (a flush inserts before it deletes), or the unique index refuses.
+        session.flush()
+    taken: dict[str, str] | None = None
     for index, nic in enumerate(nics):
         device = existing.get(nic["name"])
         mac = nic.get("mac") or (device.spec["mac"] if device else None)
-        if mac in taken:
-            raise InvalidSpec(f"nics[{index}].mac", f"{mac} is already used by VM '{taken[mac]}'")
+        if mac is None or device is None or mac != device.spec.get("mac"):
+            # Only a new or changed MAC is checked (and locked) against the engine's.
+            taken = ctx.taken_macs(vm) if taken is None else taken
+            if mac in taken:
+                raise InvalidSpec(f"nics[{index}].mac",
+                                  f"{mac} is already used by VM '{taken[mac]}'")
         if mac is None:
             own = {d.spec["mac"] for d in vm.devices_of(DeviceType.INTERFACE)}
             own |= {n["mac"] for n in nics if n.get("mac")}
-            mac = macpool.allocate(vm.cluster.mac_pool, set(taken) | own)
+            mac = macpool.allocate(vm.cluster.mac_pool, set(taken or ()) | own)
         spec = {**nic, "mac": mac}
         bridge = network_bridge(vm.cluster, f"nics[{index}].network", nic["network"])
         if bridge is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm.exc import StaleDataError
 
 from engine_lib import devices
@@ -41,7 +41,12 @@ from engine_lib.services.common import (
 )
 from engine_lib.services.host_records import HostRef
 from engine_lib.services.results import Outcome
-from engine_lib.services.scheduling_facts import affinity_context, host_state, scheduling_request
+from engine_lib.services.scheduling_facts import (
+    affinity_context,
+    host_claims,
+    host_state,
+    scheduling_request,
+)
 from engine_lib.services.vm_records import vm_dict
 from engine_lib.spec import normalize_vm
 from engine_lib.store import lock_cluster
@@ -197,12 +202,7 @@ class VmService:
         cluster = lock_cluster(session, vm.cluster_id)
         hosts = list(session.scalars(select(Host).where(Host.cluster_id == cluster.id)
                                      .order_by(Host.name)))
-        claims = {row.host_id: row for row in session.execute(
-            select(Vm.run_on_host_id.label("host_id"), func.sum(Vm.memory_mib).label("memory"),
-                   func.sum(Vm.sockets * Vm.cores * Vm.threads).label("vcpus"),
-                   func.count(Vm.id).label("vms"))
-            .where(Vm.status.in_(VmStatus.ACTIVE), Vm.run_on_host_id.is_not(None))
-            .group_by(Vm.run_on_host_id))}
+        claims = host_claims(session)
         policy = resolve(cluster.scheduling_policy, cluster.scheduling_properties)
         decision = place(scheduling_request(vm), [host_state(h, claims.get(h.id), cluster)
                                                   for h in hosts],

@@ -18,6 +18,7 @@ options:
     description:
       - MAC address. When not given, a new NIC gets one from the cluster's MAC
         pool and keeps it on every later run.
+      - MACs are unique across the engine; a MAC another VM's NIC holds is refused.
     type: str
   model:
     description: Emulated NIC model the guest sees; V(virtio) for a new NIC when not given.

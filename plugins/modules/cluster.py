@@ -48,6 +48,12 @@ options:
     description:
       - MAC address ranges NICs without an explicit MAC get their address
         from, each written C(first-last).
+      - Every address must be unicast and usable by a NIC, so a range that holds the
+        all-zero address, a multicast address (an odd first octet) or the broadcast
+        address is refused.
+      - A MAC is unique across the engine, whichever cluster's pool it came from (as
+        oVirt's Default pool, shared by every cluster, allows no duplicates); every
+        cluster starts with the same default range.
     type: list
     elements: str
   scheduling_policy:

@@ -15,6 +15,10 @@ description:
     would lose data; this module is how a disk goes).
   - O(state=present) creates a new volume on O(storage_domain), or attaches an
     existing volume given by O(volume) (for example one detached before).
+    A new volume is made on storage at the VM's first start (or at hotplug). Once
+    the disk has run, or for an attached volume, a start that finds the volume
+    missing (a storage domain not mounted, a removal half done) fails naming the
+    disk; it never boots the VM from a blank disk in its place.
   - O(state=detached) removes the disk from the VM and keeps its volume; the
     result names the volume so it can be attached again.
     O(state=absent) removes the disk and deletes its volume.

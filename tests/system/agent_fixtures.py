@@ -202,7 +202,8 @@ def guest_domain_xml(vm_id: str | None = None, name: str | None = None,
     <kestrel:vm xmlns:kestrel='{metadata.NAMESPACE}'>
       <kestrel:cluster>test</kestrel:cluster>
       <kestrel:volume alias='{disk_alias}' domain='data' image='{volume["image"]}'
-                      volume='{volume["volume"]}' format='qcow2' size_mib='{disk_mib}'/>
+                      volume='{volume["volume"]}' format='qcow2' size_mib='{disk_mib}'
+                      create='yes'/>
     </kestrel:vm>
   </metadata>
   <memory unit='MiB'>128</memory>

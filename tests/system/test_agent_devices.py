@@ -147,7 +147,7 @@ def test_hotplug_and_unplug_a_disk_and_a_nic(agents, lab_guest, cleanup):
 
     disk_alias, nic_alias = f"ua-{uuid.uuid4()}", f"ua-{uuid.uuid4()}"
     volume = {"domain": "data", "image": str(uuid.uuid4()), "volume": str(uuid.uuid4()),
-              "format": "qcow2", "size_mib": 16, "alias": disk_alias}
+              "format": "qcow2", "size_mib": 16, "alias": disk_alias, "create": True}
     cleanup[-1][2].append(volume)
     source = placeholders.storage("data", f"{volume['image']}/{volume['volume']}")
     disk_xml = (f"<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"

@@ -26,8 +26,8 @@ def _info(path) -> dict:
 
 
 def test_missing_volumes_are_created_thin_with_their_format_and_size(domains, tmp_path):
-    refs = [VolumeRef("ua-1", "data", "img1", "vol1", "qcow2", 64),
-            VolumeRef("ua-2", "data", "img2", "vol2", "raw", 16)]
+    refs = [VolumeRef("ua-1", "data", "img1", "vol1", "qcow2", 64, create=True),
+            VolumeRef("ua-2", "data", "img2", "vol2", "raw", 16, create=True)]
     created = volumes.prepare(refs, domains)
     assert created == [f"{domains['data']}/img1/vol1", f"{domains['data']}/img2/vol2"]
     qcow = _info(created[0])
@@ -42,26 +42,40 @@ def test_existing_volume_is_never_touched(domains, tmp_path):
     existing = tmp_path / "data" / "img1" / "vol1"
     existing.parent.mkdir()
     existing.write_bytes(b"guest data")
-    assert volumes.prepare([VolumeRef("ua", "data", "img1", "vol1", "qcow2", 64)], domains) == []
+    for create in (True, False):
+        ref = VolumeRef("ua", "data", "img1", "vol1", "qcow2", 64, create=create)
+        assert volumes.prepare([ref], domains) == []
     assert existing.read_bytes() == b"guest data"
 
 
+def test_a_missing_volume_whose_disk_ran_before_fails_and_creates_nothing(domains, tmp_path):
+    new = VolumeRef("ua-1", "data", "img1", "vol1", "qcow2", 8, disk="data", create=True)
+    ran = VolumeRef("ua-2", "data", "img2", "vol2", "qcow2", 8, disk="root")
+    with pytest.raises(Conflict, match=r"disk 'root': its volume \S+/img2/vol2 is missing on "
+                                       r"storage domain 'data'") as info:
+        volumes.prepare([new, ran], domains)
+    assert info.value.details["disk"] == "root"
+    assert list((tmp_path / "data").iterdir()) == []  # not even the new one
+
+
 @pytest.mark.parametrize("ref, message", [
-    (VolumeRef("ua", "data", "img", "vol", "vmdk", 1), "'vmdk' is not one of"),
-    (VolumeRef("ua", "data", "img", "vol", "raw", 0), "0 is not a positive size"),
-    (VolumeRef("ua", "other", "img", "vol", "raw", 1), "'other' is not attached"),
-    (VolumeRef("ua", "data", "..", "vol", "raw", 1), "'..' is not a valid file name"),
-    (VolumeRef("ua", "data", "img", "a/b", "raw", 1), "'a/b' is not a valid file name"),
+    (VolumeRef("ua", "data", "img", "vol", "vmdk", 1, create=True), "'vmdk' is not one of"),
+    (VolumeRef("ua", "data", "img", "vol", "raw", 0, create=True), "0 is not a positive size"),
+    (VolumeRef("ua", "other", "img", "vol", "raw", 1, create=True), "'other' is not attached"),
+    (VolumeRef("ua", "data", "..", "vol", "raw", 1, create=True),
+     "'..' is not a valid file name"),
+    (VolumeRef("ua", "data", "img", "a/b", "raw", 1, create=True),
+     "'a/b' is not a valid file name"),
 ])
 def test_bad_refs_create_nothing(domains, tmp_path, ref, message):
-    good = VolumeRef("ua", "data", "good", "vol", "raw", 1)
+    good = VolumeRef("ua", "data", "good", "vol", "raw", 1, create=True)
     with pytest.raises(InvalidSpec, match=message):
         volumes.prepare([good, ref], domains)
     assert list((tmp_path / "data").iterdir()) == []
 
 
 def test_delete_removes_files_and_empty_image_dirs_and_is_idempotent(domains, tmp_path):
-    volumes.prepare([VolumeRef("ua", "data", "img", "vol", "qcow2", 8)], domains)
+    volumes.prepare([VolumeRef("ua", "data", "img", "vol", "qcow2", 8, create=True)], domains)
     loc = VolumeLocation("data", "img", "vol")
     assert volumes.delete([loc], domains, in_use=set())[0]["deleted"] is True
     assert not (tmp_path / "data" / "img").exists()
@@ -69,7 +83,7 @@ def test_delete_removes_files_and_empty_image_dirs_and_is_idempotent(domains, tm
 
 
 def test_delete_refuses_a_volume_in_use_and_anything_outside_the_domain(domains, tmp_path):
-    path = volumes.prepare([VolumeRef("ua", "data", "img", "vol", "qcow2", 8)], domains)[0]
+    path = volumes.prepare([VolumeRef("ua", "data", "img", "vol", "qcow2", 8, create=True)], domains)[0]
     with pytest.raises(Conflict, match="is a disk of a VM defined on this host"):
         volumes.delete([VolumeLocation("data", "img", "vol")], domains, in_use={path})
     (tmp_path / "secret").write_text("x")
