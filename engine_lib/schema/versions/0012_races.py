@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0012_races'
-down_revision = '0011'
+down_revision = '0012_ghost_vm'
 branch_labels = None
 depends_on = None
 
