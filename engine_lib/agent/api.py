@@ -127,7 +127,9 @@ ROUTES = (
           "(with a ua- alias) into a running VM; its volume is created first when given "
           "and missing; before_device_create hooks edit the device XML.",
           body={"type": "object", "required": ["xml"], "additionalProperties": False,
-                "properties": {"xml": {"type": "string"}, "volume": _VOLUME_SCHEMA}}),
+                "properties": {"xml": {"type": "string"}, "volume": _VOLUME_SCHEMA,
+                               "luns": {"type": "object",
+                                        "additionalProperties": {"type": "string"}}}}),
     Route("DELETE", "/vms/{id}/devices/{alias}", "unplug_device", "Unplug a device by alias "
           "and wait until the guest released it (409 with pending=true if not in time).",
           query={"timeout": {"type": "number", "minimum": 0, "maximum": MAX_UNPLUG_TIMEOUT,
@@ -357,7 +359,11 @@ class Api:
             volume = VolumeRef(alias=str(item.get("alias", "")), domain=item["domain"],
                                image=item["image"], volume=item["volume"],
                                format=str(item.get("format", "qcow2")), size_mib=size)
-        return self.hypervisor.plug_device(vm_id, xml, volume)
+        luns = request.body.get("luns") or {}
+        if not isinstance(luns, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in luns.items()):
+            raise InvalidSpec("luns", "must map registered LUN names to device paths")
+        return self.hypervisor.plug_device(vm_id, xml, volume, luns)
 
     def unplug_device(self, request: Request) -> dict:
         vm_id = _vm_id(request)

@@ -10,6 +10,7 @@ so the engine writes it under our own namespace and the agent reads it back.
         <kestrel:volume alias="ua-..." domain="data" image="<uuid>" volume="<uuid>"
                         format="qcow2" size_mib="64"/>
         <kestrel:custom name="key">value</kestrel:custom>
+        <kestrel:lun name="db" path="/dev/disk/by-id/wwn-0x..."/>
       </kestrel:vm>
     </metadata>
 
@@ -46,6 +47,8 @@ class VmMetadata:
     cluster: str = ""
     volumes: list[VolumeRef] = field(default_factory=list)
     custom_properties: dict[str, str] = field(default_factory=dict)
+    # Registered LUNs the VM uses: name -> device path (engine_lib.services.luns).
+    luns: dict[str, str] = field(default_factory=dict)
 
 
 def read(domain: ET.Element) -> VmMetadata:
@@ -66,4 +69,6 @@ def read(domain: ET.Element) -> VmMetadata:
         ))
     for prop in node.findall(f"{PREFIX}:custom", _NS):
         meta.custom_properties[prop.get("name", "")] = prop.text or ""
+    for lun in node.findall(f"{PREFIX}:lun", _NS):
+        meta.luns[lun.get("name", "")] = lun.get("path", "")
     return meta

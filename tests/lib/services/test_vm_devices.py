@@ -20,7 +20,7 @@ class DeviceAgent(FakeAgent):
         self.plugged, self.unplugged, self.resized = [], [], []
         self.refuse_plug = False
 
-    def plug_device(self, vm_id, xml, volume=None):
+    def plug_device(self, vm_id, xml, volume=None, luns=None):
         if self.refuse_plug:
             raise Conflict("the guest refused the device")
         self.plugged.append((vm_id, ET.fromstring(xml), volume))
