@@ -38,6 +38,7 @@ MAX_SHUTDOWN_TIMEOUT = 3600.0
 DEFAULT_UNPLUG_TIMEOUT = 20.0
 MAX_EVENTS_TIMEOUT = 60.0
 MAX_UNPLUG_TIMEOUT = 600.0
+MAX_JSON_DEPTH = 32
 _VOLUME_KEYS = {"domain", "image", "volume", "alias", "format", "size_mib"}
 
 
@@ -501,6 +502,9 @@ def _json_body(body: bytes, route: Route) -> dict:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidSpec("body", f"not valid JSON ({exc})") from None
+    except RecursionError:
+        raise InvalidSpec("body", f"nested more than {MAX_JSON_DEPTH} levels deep") from None
+    _check_depth(data)
     if not isinstance(data, dict):
         raise InvalidSpec("body", f"must be a JSON object, got {type(data).__name__}")
     unknown = set(data) - set((route.body or {}).get("properties", {}))
@@ -509,6 +513,19 @@ def _json_body(body: bytes, route: Route) -> dict:
         raise InvalidSpec("body", f"{route.method} {API_PREFIX}{route.path} {takes} "
                                   f"{sorted(unknown)}")
     return data
+
+
+def _check_depth(data: Any) -> None:
+    """No request needs deep nesting; refusing it here keeps every later walk shallow.
+    (Iterative, and bounded by the body size limit.)"""
+    stack = [(data, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth >= MAX_JSON_DEPTH:
+                raise InvalidSpec("body", f"nested more than {MAX_JSON_DEPTH} levels deep")
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
 
 
 def openapi_document() -> dict:

@@ -54,10 +54,14 @@ def domain_uuid(root: ET.Element) -> str:
                                  "the engine must set it to the VM id") from None
 
 
-# Where libvirt opens a host path for the guest: attributes of these elements, and the
-# text of the <os> children. A path there must come from a placeholder this agent resolved.
-_PATH_ATTRS = {"source": ("file", "dev", "dir", "path"), "log": ("file",)}
-_PATH_TEXT = ("kernel", "initrd", "dtb", "loader", "nvram")
+# Where libvirt opens a host path for the guest (attributes of <source> and <log>, the text
+# of <os> children), and the placeholder kinds that may fill each: a path there must come
+# from a placeholder this agent resolved, and a kernel is never another VM's console log.
+_PATH_ATTRS = {"source": {"file": ("storage", "payload"), "dev": ("lun",), "dir": ("storage",),
+                          "path": ("channels",)},
+               "log": {"file": ("console",)}}
+_PATH_TEXT = {"kernel": ("storage",), "initrd": ("storage",), "dtb": ("storage",),
+              "loader": ("storage",), "nvram": ("nvram",)}
 # The entropy sources a VM spec can name (engine_lib.spec.RNG_SOURCES).
 _RNG_DEVICES = ("/dev/urandom", "/dev/random", "/dev/hwrng")
 # Disk image directories are named by UUIDs; no file outside a VM's own volumes is there.
@@ -114,15 +118,18 @@ def resolve_paths(top: ET.Element, roots: dict[str, str], storage_domains: dict[
         if element in skip:
             continue
         for attr, value in element.attrib.items():
-            if attr in _PATH_ATTRS.get(element.tag, ()):
-                element.set(attr, _path_site(f"<{element.tag} {attr}>", value, host_path))
+            kinds = _PATH_ATTRS.get(element.tag, {}).get(attr)
+            if kinds:
+                element.set(attr, _path_site(f"<{element.tag} {attr}>", value, kinds,
+                                             host_path))
             elif placeholders.is_placeholder(value.strip()):
                 raise InvalidSpec("xml", f"<{element.tag} {attr}='{value}'>: a placeholder "
                                          "where no host path belongs")
         text = (element.text or "").strip()
         if element.tag in _PATH_TEXT:
             if text:
-                element.text = _path_site(f"<{element.tag}>", text, host_path)
+                element.text = _path_site(f"<{element.tag}>", text, _PATH_TEXT[element.tag],
+                                          host_path)
         elif placeholders.is_placeholder(text):
             raise InvalidSpec("xml", f"<{element.tag}>{text}: a placeholder where no host "
                                      "path belongs")
@@ -133,12 +140,15 @@ def resolve_paths(top: ET.Element, roots: dict[str, str], storage_domains: dict[
     return found
 
 
-def _path_site(where: str, value: str, host_path) -> str:
-    """A host path position: only a placeholder may fill it (defense in depth behind the
-    engine's own checks: no spec string can name a host file or device)."""
+def _path_site(where: str, value: str, kinds: tuple[str, ...], host_path) -> str:
+    """A host path position: only a placeholder of a fitting kind may fill it (defense in
+    depth behind the engine's own checks: no spec string can name a host file or device)."""
     if not placeholders.is_placeholder(value):
         raise InvalidSpec("xml", f"{where} '{value}': a host path the engine did not "
                                  "write as a placeholder")
+    if placeholders.parse(value).kind not in kinds:
+        raise InvalidSpec("xml", f"{where} '{value}': only a {' or '.join(kinds)} "
+                                 "placeholder belongs here")
     return str(host_path(value))
 
 
