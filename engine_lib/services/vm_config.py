@@ -111,8 +111,8 @@ class OfflineContext:
         return set()
 
     def lun(self, ref: str) -> tuple[str, str] | None:
-        # No registry offline: the XML names the LUN; its device is unknown here.
-        return ref, ""
+        # No registry offline: a preview takes the LUN's udev name under /dev/disk/by-id.
+        return ref, f"/dev/disk/by-id/{ref}"
 
 
 def create(session: Session | None, spec: dict, ctx: Context | None = None) -> Vm:

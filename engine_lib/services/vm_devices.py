@@ -191,6 +191,8 @@ class VmDeviceService:
                     if k not in _DISK_IDS + ("size_mib", "lun_path")}
             if "lun" not in spec:
                 user["size"] = f"{spec['size_mib']}MiB"
+            else:
+                user.pop("format", None)  # a LUN's is the device's, never given
             wanted = specs.disk("disk", {**user, **settings, "name": name})
             for key in ("storage_domain", "format", "lun"):
                 if wanted.get(key) != spec.get(key):
