@@ -24,9 +24,12 @@ def size_mib(field: str, value: object) -> int:
     if isinstance(value, bool):
         raise InvalidSpec(field, f"expected a size such as 512MiB or 4GiB, got {value!r}")
     if isinstance(value, int):
-        # Compared, never printed: repr() of a huge int is itself an error.
-        if not 0 < value <= MAX_MIB:
-            raise InvalidSpec(field, f"must be from 1 to {MAX_MIB} MiB (2 PiB)")
+        # A huge int is compared, never printed: its repr() is itself an error.
+        if value > MAX_MIB:
+            raise InvalidSpec(field, f"is larger than {MAX_MIB} MiB (2 PiB)")
+        if value <= 0:
+            shown = repr(value) if value > -MAX_MIB else "a large negative number"
+            raise InvalidSpec(field, f"must be greater than zero, got {shown}")
         return value
     if not isinstance(value, str):
         raise InvalidSpec(field, f"expected a size such as 512MiB or 4GiB, got "
@@ -39,8 +42,10 @@ def size_mib(field: str, value: object) -> int:
     if unit.lower() not in _FACTORS_KIB and unit:
         raise InvalidSpec(field, f"unknown unit '{unit}' (use KiB, MiB, GiB or TiB)")
     kib = float(number) * _FACTORS_KIB[unit.lower() or "m"]
-    if not 0 < kib / 1024 <= MAX_MIB:
-        raise InvalidSpec(field, f"must be from 1 MiB to {MAX_MIB} MiB (2 PiB), got {value!r}")
+    if kib <= 0:
+        raise InvalidSpec(field, f"must be greater than zero, got {value!r}")
+    if kib / 1024 > MAX_MIB:
+        raise InvalidSpec(field, f"is larger than {MAX_MIB} MiB (2 PiB), got {value!r}")
     if abs(kib / 1024 - round(kib / 1024)) > 1e-9:
         raise InvalidSpec(field, f"{value!r} is not a whole number of MiB")
     return round(kib / 1024)

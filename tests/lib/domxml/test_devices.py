@@ -14,6 +14,13 @@ CASES = yaml.safe_load((Path(__file__).parent.parent / "golden" / "cases.yaml").
 EVERYTHING = {**CASES["everything"]["spec"], "cluster": "c1"}
 
 
+@pytest.fixture(autouse=True)
+def shared_lun(request):
+    """The LUN the "everything" case names, registered as an administrator would."""
+    if "engine" in request.fixturenames:
+        request.getfixturevalue("engine").luns.register("shared0", "/dev/mapper/shared0")
+
+
 def test_a_full_vm_is_stored_and_rerenders_byte_identical(engine, cluster):
     first = engine.vms.ensure(EVERYTHING, state="present")
     assert first.changed
