@@ -18,8 +18,8 @@ from engine_lib.model import DeviceType, Lun, Vm, VmDevice
 from engine_lib.protocol.errors import Conflict, InvalidSpec, NotFound
 from engine_lib.services.common import audit, find, retry_on_conflict
 from engine_lib.services.results import Outcome
-from engine_lib.spec import text
 from engine_lib.spec import name as check_name
+from engine_lib.spec import text
 
 # A device node or a udev link under /dev; no "..", no spaces.
 DEVICE_RE = re.compile(r"^/dev/[A-Za-z0-9._:+@=-]+(/[A-Za-z0-9._:+@=-]+)*$")

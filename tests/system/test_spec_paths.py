@@ -31,7 +31,7 @@ pytestmark = pytest.mark.lab
      "initrd"),
     ({"disks": [{"name": "other", "lun": "notregistered"}]}, "disks[0].lun"),
 ])
-def test_a_spec_naming_a_host_path_is_refused(engine, cluster, change, field):  # noqa: F811
+def test_a_spec_naming_a_host_path_is_refused(engine, cluster, change, field):
     with pytest.raises(InvalidSpec) as caught:
         engine.vms.ensure({**tiny_guest("thief"), **change}, state="running")
     assert caught.value.field == field
@@ -72,7 +72,7 @@ def loop_device(tmp_path):
 
 
 def test_a_registered_lun_and_an_iso_from_a_storage_domain_reach_the_guest(
-        engine, cluster, loop_device):  # noqa: F811
+        engine, cluster, loop_device):
     engine.luns.register("lab-lun", loop_device, description="a loop device in the lab")
     spec = {**tiny_guest("lunguest"), "cdrom": "images:initrd.img",
             "disks": [*tiny_guest("x")["disks"], {"name": "lun", "lun": "lab-lun"}]}

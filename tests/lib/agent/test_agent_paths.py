@@ -135,8 +135,8 @@ def test_a_block_device_is_a_lun():
 
 def test_hotplug_follows_the_same_rules(host):
     roots, domains = host
-    device = ET.fromstring(f"<disk type='file' device='disk'><source file='/etc/shadow'/>"
-                           f"<alias name='ua-x'/></disk>")
+    device = ET.fromstring("<disk type='file' device='disk'><source file='/etc/shadow'/>"
+                           "<alias name='ua-x'/></disk>")
     with pytest.raises(InvalidSpec, match="did not write as a placeholder"):
         hotplug.resolve(device, roots, domains)
     device = ET.fromstring(lun_disk("db").replace("</disk>", "<alias name='ua-x'/></disk>"))
