@@ -193,7 +193,7 @@ options:
   kernel:
     description:
       - Kernel to boot directly, as C(<storage domain>:<path>) (for example
-        V(images:vmlinuz)). Host paths are refused: the file must be on a storage domain
+        V(images:vmlinuz)). Host paths are refused; the file must be on a storage domain
         an administrator set up.
       - An empty string removes it.
     type: str

@@ -72,7 +72,7 @@ def loop_device(tmp_path):
 
 
 def test_a_registered_lun_and_an_iso_from_a_storage_domain_reach_the_guest(
-        engine, cluster, loop_device):
+        engine, cluster, agents, lab, loop_device):
     engine.luns.register("lab-lun", loop_device, description="a loop device in the lab")
     spec = {**tiny_guest("lunguest"), "cdrom": "images:initrd.img",
             "disks": [*tiny_guest("x")["disks"], {"name": "lun", "lun": "lab-lun"}]}
@@ -82,7 +82,14 @@ def test_a_registered_lun_and_an_iso_from_a_storage_domain_reach_the_guest(
         console = wait_for_console(engine, "lunguest", "kestrel-guest: disks")
         line = next(x for x in console.splitlines() if "kestrel-guest: disks" in x)
         assert line.split()[2:4] == ["vda", "vdb"], line  # the volume, then the LUN
-        assert "sr0" in line  # the ISO from the storage domain
+        agent = next(a for a in agents if a.name == vm["host"])
+        live = ET.fromstring(agent.client().vm_xml(vm["id"]))
+        sources = {d.get("device"): d.find("source") for d in live.iterfind("devices/disk")
+                   if d.find("source") is not None and d.get("type") != "file"
+                   or d.get("device") == "cdrom"}
+        assert sources["disk"].get("dev") == loop_device
+        images = lab_hosts.shared_dir(lab[0].state_dir, "images")
+        assert sources["cdrom"].get("file") == f"{images}/initrd.img"
     finally:
         engine.vms.ensure({"name": "lunguest"}, state="absent")
     engine.luns.remove("lab-lun")
