@@ -84,12 +84,10 @@ def test_a_registered_lun_and_an_iso_from_a_storage_domain_reach_the_guest(
         assert line.split()[2:4] == ["vda", "vdb"], line  # the volume, then the LUN
         agent = next(a for a in agents if a.name == vm["host"])
         live = ET.fromstring(agent.client().vm_xml(vm["id"]))
-        sources = {d.get("device"): d.find("source") for d in live.iterfind("devices/disk")
-                   if d.find("source") is not None and d.get("type") != "file"
-                   or d.get("device") == "cdrom"}
-        assert sources["disk"].get("dev") == loop_device
+        assert live.find("devices/disk[@type='block']/source").get("dev") == loop_device
         images = lab_hosts.shared_dir(lab[0].state_dir, "images")
-        assert sources["cdrom"].get("file") == f"{images}/initrd.img"
+        assert live.find("devices/disk[@device='cdrom']/source").get("file") == \
+            f"{images}/initrd.img"
     finally:
         engine.vms.ensure({"name": "lunguest"}, state="absent")
     engine.luns.remove("lab-lun")
