@@ -148,7 +148,8 @@ class AgentApi(Protocol):
 
     # -- devices and storage -----------------------------------------------------------------
 
-    def plug_device(self, vm_id: str, xml: str, volume: dict | None = None) -> dict:
+    def plug_device(self, vm_id: str, xml: str, volume: dict | None = None,
+                    luns: dict[str, str] | None = None) -> dict:
         raise _not_modelled(self, "plug_device")
 
     def unplug_device(self, vm_id: str, alias: str, timeout: float = 20) -> dict:
@@ -285,11 +286,15 @@ class AgentClient:
     def vm_stats(self, vm_id: str) -> dict:
         return self._query("GET", f"/vms/{_seg(vm_id)}/stats")
 
-    def plug_device(self, vm_id: str, xml: str, volume: dict | None = None) -> dict:
-        """Hotplug a <disk> or <interface>; returns the live device XML."""
+    def plug_device(self, vm_id: str, xml: str, volume: dict | None = None,
+                    luns: dict[str, str] | None = None) -> dict:
+        """Hotplug a <disk> or <interface>; returns the live device XML. ``luns``: the
+        registered LUNs (name -> device path) the device's placeholders name."""
         body: dict[str, Any] = {"xml": xml}
         if volume is not None:
             body["volume"] = volume
+        if luns:
+            body["luns"] = luns
         return self._call("POST", f"/vms/{_seg(vm_id)}/devices", body)
 
     def unplug_device(self, vm_id: str, alias: str, timeout: float = 20) -> dict:

@@ -16,6 +16,7 @@ from engine_lib.services.affinity import AffinityService
 from engine_lib.services.clusters import ClusterService
 from engine_lib.services.events import EventService
 from engine_lib.services.hosts import HostService
+from engine_lib.services.luns import LunService
 from engine_lib.services.migrations import MigrationService
 from engine_lib.services.networks import NetworkService
 from engine_lib.services.storage_domains import StorageDomainService
@@ -52,6 +53,7 @@ class Engine:
         self.affinity_groups = AffinityService(self)
         self.networks = NetworkService(self)
         self.storage_domains = StorageDomainService(self)
+        self.luns = LunService(self)
         self.vm_devices = VmDeviceService(self)
 
     @classmethod

@@ -373,6 +373,26 @@ class StorageDomain(Base):
     __mapper_args__ = {"version_id_col": version}
 
 
+class Lun(Base):
+    """A block device an administrator registered for direct use by VMs (oVirt's direct
+    LUN disk). A VM disk names it (``lun: <name or wwid>``); nothing else reaches a
+    host device: the engine writes a placeholder and the path here in the domain's
+    metadata, and the agent checks it is a block device."""
+
+    __tablename__ = "luns"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    # The device on every host of the engine, e.g. /dev/disk/by-id/wwn-0x...
+    path: Mapped[str] = mapped_column(Text)
+    # The LUN's WWID, when known (may be named instead of the name); "" otherwise.
+    wwid: Mapped[str] = mapped_column(String(128), default="")
+    description: Mapped[str] = mapped_column(Text, default="")
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+
+    __mapper_args__ = {"version_id_col": version}
+
+
 class Migration(Base):
     """One live migration attempt of a VM, kept as a record.
 

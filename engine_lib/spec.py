@@ -22,12 +22,16 @@ from typing import Any
 import netaddr
 
 from engine_lib.protocol import custom_properties as properties
+from engine_lib.protocol import placeholders
 from engine_lib.protocol.errors import InvalidSpec
 from engine_lib.units import size_mib
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 SERIAL_RE = re.compile(r"^[A-Za-z0-9_.-]{1,20}$")
-LUN_RE = re.compile(r"^/dev/[A-Za-z0-9._:+@=-]+(/[A-Za-z0-9._:+@=-]+)*$")
+# A registered LUN's name or WWID (engine_lib.services.luns); never a host path.
+LUN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+# Disk image directories on a storage domain: the engine's volumes, never a boot file.
+IMAGE_DIR_RE = re.compile(r"^[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$")
 HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
                          r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 SSH_KEY_RE = re.compile(r"^(ssh-(rsa|dss|ed25519)|ecdsa-sha2-nistp(256|384|521)|"
@@ -59,6 +63,12 @@ TPM_VERSIONS = ("2.0", "1.2")
 HUGEPAGE_KIB = {"2MiB": 2048, "1GiB": 1048576}
 MAX_BOOT_ORDER = 64
 HA_PRIORITY_MAX = 100
+# The shape any spec must keep (checked before anything else walks or serializes it):
+# nesting, items per list or mapping, values and string characters in all.
+MAX_DEPTH = 16
+MAX_ITEMS = 1024
+MAX_VALUES = 50_000
+MAX_CHARS = 4 * 1024 * 1024
 
 VM_KEYS = ("name", "cluster", "description", "memory", "max_memory", "cpu", "machine",
            "firmware", "numa", "hugepages", "kernel", "initrd", "cmdline", "disks", "cdrom",
@@ -84,6 +94,10 @@ def text(field: str, value: Any, max_len: int = 4096) -> str:
     bad = _XML_FORBIDDEN.search(value)
     if bad:
         raise InvalidSpec(field, f"contains the control character U+{ord(bad.group()):04X}")
+    if placeholders.is_placeholder(value.strip()):
+        # The agent turns these into host paths (another VM's volume or console log).
+        raise InvalidSpec(field, f"cannot start with {placeholders.PREFIX}/, which is "
+                                 "reserved for the engine's host placeholders")
     return value
 
 
@@ -155,19 +169,26 @@ def _toggle(field: str, value: Any, allowed: tuple[str, ...]) -> dict[str, Any] 
 
 
 def boot_file(field: str, value: Any) -> str:
-    """A kernel, initrd or ISO: 'domain:relative/path' on a storage domain, or an absolute path."""
+    """A kernel, initrd or ISO: 'domain:relative/path' on a storage domain.
+
+    Never a host path: libvirt would hand any file (a host key, /etc/shadow) to the
+    guest. The storage domains are the directories an administrator registered;
+    their disk image directories hold VMs' volumes and are refused too.
+    """
     given = text(field, value, 1024)
     if given.startswith("/"):
-        if "\n" in given or "\r" in given or "\t" in given:
-            raise InvalidSpec(field, "an absolute path cannot contain tabs or line breaks")
-        return given
+        raise InvalidSpec(field, f"'{given}' is a host path; name a file on a storage domain "
+                                 "as '<storage domain>:<path>'")
     domain, sep, path = given.partition(":")
     if not sep or not domain or not path:
-        raise InvalidSpec(field, "must be '<storage domain>:<path>' or an absolute path "
-                                 f"(got {given!r})")
+        raise InvalidSpec(field, f"must be '<storage domain>:<path>' (got {given!r})")
     name(field, domain)
-    if path.startswith("/") or ".." in path.split("/") or any(c in path for c in "\n\r\t"):
+    parts = path.split("/")
+    if path.startswith("/") or ".." in parts or any(c in path for c in "\n\r\t"):
         raise InvalidSpec(field, f"path '{path}' must be relative and stay inside the storage domain")
+    if IMAGE_DIR_RE.match(parts[0]):
+        raise InvalidSpec(field, f"path '{path}' is inside a disk image directory; "
+                                 "VM volumes cannot be used as boot files")
     return given
 
 
@@ -186,10 +207,44 @@ def _unique(field: str, items: list[dict[str, Any]], key: str) -> None:
 
 def _names(field: str, value: Any) -> list[str]:
     names = [name(f"{field}[{i}]", item) for i, item in enumerate(_list(field, value))]
+    seen: set[str] = set()
     for index, item in enumerate(names):
-        if item in names[:index]:
+        if item in seen:
             raise InvalidSpec(f"{field}[{index}]", f"duplicate name '{item}'")
+        seen.add(item)
     return names
+
+
+def check_shape(field: str, value: Any) -> None:
+    """Bound the work any later check does: nesting, list and mapping sizes, the values
+    and characters in all. Walked without recursion, so an alias bomb from YAML (one
+    list referenced a billion times) is refused after MAX_VALUES steps."""
+    stack: list[tuple[str, Any, int]] = [(field, value, 0)]
+    values = chars = 0
+    while stack:
+        path, item, depth = stack.pop()
+        values += 1
+        if values > MAX_VALUES:
+            raise InvalidSpec(path or "spec", f"the spec holds more than {MAX_VALUES} values")
+        if isinstance(item, str):
+            chars += len(item)
+            if chars > MAX_CHARS:
+                raise InvalidSpec(path or "spec", f"the spec's strings hold more than "
+                                                  f"{MAX_CHARS} characters")
+            continue
+        if not isinstance(item, (dict, list)):
+            continue
+        if depth >= MAX_DEPTH:
+            raise InvalidSpec(path, f"is nested more than {MAX_DEPTH} levels deep")
+        if len(item) > MAX_ITEMS:
+            raise InvalidSpec(path, f"has {len(item)} items; at most {MAX_ITEMS}")
+        if isinstance(item, list):
+            stack.extend((f"{path}[{i}]", sub, depth + 1) for i, sub in enumerate(item))
+            continue
+        for key, sub in item.items():
+            if isinstance(key, str):
+                chars += len(key)
+            stack.append((f"{path}.{key}" if path else str(key), sub, depth + 1))
 
 
 # -- VM-level sub-objects ---------------------------------------------------------------------
@@ -312,6 +367,7 @@ def iotune(field: str, value: Any) -> dict[str, int]:
 
 
 def disk(field: str, value: Any) -> dict[str, Any]:
+    check_shape(field, value)
     value = _mapping(field, value, DISK_KEYS)
     _require(field, value, ("name",))
     out: dict[str, Any] = {"name": name(f"{field}.name", value["name"])}
@@ -320,9 +376,10 @@ def disk(field: str, value: Any) -> dict[str, Any]:
             if key in value:
                 raise InvalidSpec(f"{field}.{key}", "does not apply to a lun disk "
                                                     "(the block device has its own)")
-        lun = text(f"{field}.lun", value["lun"], 1024)
-        if not LUN_RE.match(lun) or ".." in lun.split("/"):
-            raise InvalidSpec(f"{field}.lun", f"must be a block device path under /dev "
+        lun = text(f"{field}.lun", value["lun"], 128)
+        if not LUN_RE.match(lun):
+            raise InvalidSpec(f"{field}.lun", f"must name a LUN an administrator registered "
+                                              f"(its name or WWID), not a device path "
                                               f"(got {lun!r})")
         out.update(lun=lun, format="raw")
     else:
@@ -387,6 +444,7 @@ def bandwidth(field: str, value: Any) -> dict[str, Any]:
 
 
 def nic(field: str, value: Any) -> dict[str, Any]:
+    check_shape(field, value)
     value = _mapping(field, value, NIC_KEYS)
     _require(field, value, ("name", "network"))
     result: dict[str, Any] = {
@@ -422,6 +480,10 @@ def graphics(value: Any) -> dict[str, Any] | None:
         out["password"] = text("graphics.password", value["password"], limit)
         if "\n" in out["password"] or "\r" in out["password"]:
             raise InvalidSpec("graphics.password", "cannot contain line breaks")
+    if not out["password"] and not ipaddress.ip_address(out["listen"]).is_loopback:
+        raise InvalidSpec("graphics.password", f"is required when graphics.listen is "
+                                               f"{out['listen']}: without one anybody who "
+                                               "reaches the host has the VM's console")
     return out
 
 
@@ -550,6 +612,7 @@ _SIMPLE: dict[str, Callable[[Any], Any]] = {
 
 def normalize_vm(spec: Any) -> dict[str, Any]:
     """Validate a VM spec; return the canonical form of the keys it gives."""
+    check_shape("", spec)
     spec = _mapping("", spec, VM_KEYS)
     if "name" not in spec:
         raise InvalidSpec("name", "is required")

@@ -13,7 +13,10 @@ _FACTORS_KIB = {
     # come out as a whole number of MiB.
     "kb": 1000 / 1024, "mb": 1000**2 / 1024, "gb": 1000**3 / 1024, "tb": 1000**4 / 1024,
 }
-_SIZE = re.compile(r"^\s*([-+]?\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
+# At most 15 significant digits: a float holds them exactly, and no size needs more.
+_SIZE = re.compile(r"^\s*([-+]?\d{1,15}(?:\.\d{1,15})?)\s*([A-Za-z]*)\s*$")
+# 2 PiB: more than any host or volume, and still a 32-bit column in MiB.
+MAX_MIB = 2**31 - 1
 
 
 def size_mib(field: str, value: object) -> int:
@@ -21,20 +24,28 @@ def size_mib(field: str, value: object) -> int:
     if isinstance(value, bool):
         raise InvalidSpec(field, f"expected a size such as 512MiB or 4GiB, got {value!r}")
     if isinstance(value, int):
-        mib = value
-    elif isinstance(value, str):
-        match = _SIZE.match(value)
-        if not match:
-            raise InvalidSpec(field, f"expected a size such as 512MiB or 4GiB, got {value!r}")
-        number, unit = match.groups()
-        if unit.lower() not in _FACTORS_KIB and unit:
-            raise InvalidSpec(field, f"unknown unit '{unit}' (use KiB, MiB, GiB or TiB)")
-        kib = float(number) * _FACTORS_KIB[unit.lower() or "m"]
-        if abs(kib / 1024 - round(kib / 1024)) > 1e-9:
-            raise InvalidSpec(field, f"{value!r} is not a whole number of MiB")
-        mib = round(kib / 1024)
-    else:
-        raise InvalidSpec(field, f"expected a size such as 512MiB or 4GiB, got {value!r}")
-    if mib <= 0:
+        # A huge int is compared, never printed: its repr() is itself an error.
+        if value > MAX_MIB:
+            raise InvalidSpec(field, f"is larger than {MAX_MIB} MiB (2 PiB)")
+        if value <= 0:
+            shown = repr(value) if value > -MAX_MIB else "a large negative number"
+            raise InvalidSpec(field, f"must be greater than zero, got {shown}")
+        return value
+    if not isinstance(value, str):
+        raise InvalidSpec(field, f"expected a size such as 512MiB or 4GiB, got "
+                                 f"{type(value).__name__}")
+    match = _SIZE.match(value) if len(value) <= 64 else None
+    if not match:
+        raise InvalidSpec(field, f"expected a size such as 512MiB or 4GiB (at most 15 "
+                                 f"digits), got {value[:64]!r}")
+    number, unit = match.groups()
+    if unit.lower() not in _FACTORS_KIB and unit:
+        raise InvalidSpec(field, f"unknown unit '{unit}' (use KiB, MiB, GiB or TiB)")
+    kib = float(number) * _FACTORS_KIB[unit.lower() or "m"]
+    if kib <= 0:
         raise InvalidSpec(field, f"must be greater than zero, got {value!r}")
-    return mib
+    if kib / 1024 > MAX_MIB:
+        raise InvalidSpec(field, f"is larger than {MAX_MIB} MiB (2 PiB), got {value!r}")
+    if abs(kib / 1024 - round(kib / 1024)) > 1e-9:
+        raise InvalidSpec(field, f"{value!r} is not a whole number of MiB")
+    return round(kib / 1024)

@@ -38,6 +38,7 @@ MAX_SHUTDOWN_TIMEOUT = 3600.0
 DEFAULT_UNPLUG_TIMEOUT = 20.0
 MAX_EVENTS_TIMEOUT = 60.0
 MAX_UNPLUG_TIMEOUT = 600.0
+MAX_JSON_DEPTH = 32
 _VOLUME_KEYS = {"domain", "image", "volume", "alias", "format", "size_mib", "disk", "create"}
 
 
@@ -129,7 +130,9 @@ ROUTES = (
           "(with a ua- alias) into a running VM; its volume is created first when given "
           "and missing; before_device_create hooks edit the device XML.",
           body={"type": "object", "required": ["xml"], "additionalProperties": False,
-                "properties": {"xml": {"type": "string"}, "volume": _VOLUME_SCHEMA}}),
+                "properties": {"xml": {"type": "string"}, "volume": _VOLUME_SCHEMA,
+                               "luns": {"type": "object",
+                                        "additionalProperties": {"type": "string"}}}}),
     Route("DELETE", "/vms/{id}/devices/{alias}", "unplug_device", "Unplug a device by alias "
           "and wait until the guest released it (409 with pending=true if not in time).",
           query={"timeout": {"type": "number", "minimum": 0, "maximum": MAX_UNPLUG_TIMEOUT,
@@ -361,7 +364,11 @@ class Api:
                                format=str(item.get("format", "qcow2")), size_mib=size,
                                disk=str(item.get("disk", "")),
                                create=item.get("create") is True)
-        return self.hypervisor.plug_device(vm_id, xml, volume)
+        luns = request.body.get("luns") or {}
+        if not isinstance(luns, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in luns.items()):
+            raise InvalidSpec("luns", "must map registered LUN names to device paths")
+        return self.hypervisor.plug_device(vm_id, xml, volume, luns)
 
     def unplug_device(self, request: Request) -> dict:
         vm_id = _vm_id(request)
@@ -499,6 +506,9 @@ def _json_body(body: bytes, route: Route) -> dict:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidSpec("body", f"not valid JSON ({exc})") from None
+    except RecursionError:
+        raise InvalidSpec("body", f"nested more than {MAX_JSON_DEPTH} levels deep") from None
+    _check_depth(data)
     if not isinstance(data, dict):
         raise InvalidSpec("body", f"must be a JSON object, got {type(data).__name__}")
     unknown = set(data) - set((route.body or {}).get("properties", {}))
@@ -507,6 +517,19 @@ def _json_body(body: bytes, route: Route) -> dict:
         raise InvalidSpec("body", f"{route.method} {API_PREFIX}{route.path} {takes} "
                                   f"{sorted(unknown)}")
     return data
+
+
+def _check_depth(data: Any) -> None:
+    """No request needs deep nesting; refusing it here keeps every later walk shallow.
+    (Iterative, and bounded by the body size limit.)"""
+    stack = [(data, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth >= MAX_JSON_DEPTH:
+                raise InvalidSpec("body", f"nested more than {MAX_JSON_DEPTH} levels deep")
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
 
 
 def openapi_document() -> dict:

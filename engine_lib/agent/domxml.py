@@ -8,11 +8,12 @@ the engine owns the device model, the agent only fills in the host.
 
 from __future__ import annotations
 
+import re
 import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
-from engine_lib.agent import payload
+from engine_lib.agent import paths, payload
 from engine_lib.protocol import metadata, placeholders
 from engine_lib.protocol.errors import InvalidSpec
 
@@ -55,11 +56,27 @@ def domain_uuid(root: ET.Element) -> str:
                                  "the engine must set it to the VM id") from None
 
 
+# Where libvirt opens a host path for the guest (attributes of <source> and <log>, the text
+# of <os> children), and the placeholder kinds that may fill each: a path there must come
+# from a placeholder this agent resolved, and a kernel is never another VM's console log.
+_PATH_ATTRS = {"source": {"file": ("storage", "payload"), "dev": ("lun",), "dir": ("storage",),
+                          "path": ("channels",)},
+               "log": {"file": ("console",)}}
+_PATH_TEXT = {"kernel": ("storage",), "initrd": ("storage",), "dtb": ("storage",),
+              "loader": ("storage",), "nvram": ("nvram",)}
+# The entropy sources a VM spec can name (engine_lib.spec.RNG_SOURCES).
+_RNG_DEVICES = ("/dev/urandom", "/dev/random", "/dev/hwrng")
+# Disk image directories are named by UUIDs; no file outside a VM's own volumes is there.
+_IMAGE_DIR = re.compile(r"^[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$")
+
+
 def resolve(xml: str, roots: dict[str, str], storage_domains: dict[str, str]) -> HostDomain:
     """Resolve every placeholder in ``xml`` for a host with these roots and domains.
 
-    Raises InvalidSpec for malformed XML, a malformed placeholder, or a storage
-    domain this host does not have; the message names the offending value.
+    Raises InvalidSpec for malformed XML, a malformed placeholder, a storage
+    domain or LUN this host cannot use, a file that leads out of its storage
+    domain, or a host path the engine did not write as a placeholder; the
+    message names the offending value.
     """
     root = parse_domain(xml)
     vm_id = domain_uuid(root)
@@ -68,26 +85,74 @@ def resolve(xml: str, roots: dict[str, str], storage_domains: dict[str, str]) ->
         raise InvalidSpec("xml", "the domain has no <name>")
     meta = metadata.read(root)
     seed = payload.take(root)
+    metadata_node = root.find("metadata")
+    skip = set(metadata_node.iter()) if metadata_node is not None else set()
+    found = resolve_paths(root, roots, storage_domains, meta.luns,
+                          {(v.domain, v.relpath) for v in meta.volumes}, skip)
+    return HostDomain(uuid=vm_id, name=name, xml=ET.tostring(root, encoding="unicode"),
+                      metadata=meta, paths=found, payload=seed)
+
+
+def resolve_paths(top: ET.Element, roots: dict[str, str], storage_domains: dict[str, str],
+                  luns: dict[str, str], volumes: set[tuple[str, str]],
+                  skip: set[ET.Element] | frozenset = frozenset()) -> dict[str, list[str]]:
+    """Resolve the placeholders of ``top`` (a domain or one device) in place.
+
+    ``luns`` are the registered LUNs the engine sent, ``volumes`` the (domain,
+    relpath) of the VM's own volumes. Returns the resolved paths by kind.
+    """
     found: dict[str, list[str]] = {}
 
     def host_path(value: str) -> str:
         ph = placeholders.parse(value)
-        path = placeholders.resolve(value, roots, storage_domains)
+        path = placeholders.resolve(value, roots, storage_domains, luns)
+        if ph.kind == "lun":
+            paths.block_device(path, f"lun '{ph.relpath}'")
+        elif ph.kind == "storage":
+            if (ph.domain, ph.relpath) not in volumes and \
+                    _IMAGE_DIR.match(ph.relpath.split("/", 1)[0]):
+                raise InvalidSpec("xml", f"{value} is inside a disk image directory but is "
+                                         "not one of this VM's volumes")
+            paths.confine(path, storage_domains[ph.domain], f"storage domain '{ph.domain}'")
         found.setdefault(ph.kind, []).append(path)
         return path
 
-    metadata_node = root.find("metadata")
-    skip = set(metadata_node.iter()) if metadata_node is not None else set()
-    for element in root.iter():
+    for element in top.iter():
         if element in skip:
             continue
         for attr, value in element.attrib.items():
-            if placeholders.is_placeholder(value):
-                element.set(attr, host_path(value))
-        if element.text and placeholders.is_placeholder(element.text.strip()):
-            element.text = host_path(element.text.strip())
-    return HostDomain(uuid=vm_id, name=name, xml=ET.tostring(root, encoding="unicode"),
-                      metadata=meta, paths=found, payload=seed)
+            kinds = _PATH_ATTRS.get(element.tag, {}).get(attr)
+            if kinds:
+                element.set(attr, _path_site(f"<{element.tag} {attr}>", value, kinds,
+                                             host_path))
+            elif placeholders.is_placeholder(value.strip()):
+                raise InvalidSpec("xml", f"<{element.tag} {attr}='{value}'>: a placeholder "
+                                         "where no host path belongs")
+        text = (element.text or "").strip()
+        if element.tag in _PATH_TEXT:
+            if text:
+                element.text = _path_site(f"<{element.tag}>", text, _PATH_TEXT[element.tag],
+                                          host_path)
+        elif placeholders.is_placeholder(text):
+            raise InvalidSpec("xml", f"<{element.tag}>{text}: a placeholder where no host "
+                                     "path belongs")
+        if element.tag == "backend" and element.get("model") == "random" and \
+                text not in _RNG_DEVICES:
+            raise InvalidSpec("xml", f"<backend model='random'>{text}: not one of "
+                                     f"{', '.join(_RNG_DEVICES)}")
+    return found
+
+
+def _path_site(where: str, value: str, kinds: tuple[str, ...], host_path) -> str:
+    """A host path position: only a placeholder of a fitting kind may fill it (defense in
+    depth behind the engine's own checks: no spec string can name a host file or device)."""
+    if not placeholders.is_placeholder(value):
+        raise InvalidSpec("xml", f"{where} '{value}': a host path the engine did not "
+                                 "write as a placeholder")
+    if placeholders.parse(value).kind not in kinds:
+        raise InvalidSpec("xml", f"{where} '{value}': only a {' or '.join(kinds)} "
+                                 "placeholder belongs here")
+    return str(host_path(value))
 
 
 def disk_sources(xml: str) -> set[str]:

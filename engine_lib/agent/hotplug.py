@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from engine_lib.protocol import placeholders
+from engine_lib.agent import domxml
 from engine_lib.protocol.devices import ALIAS_PREFIX, device_alias
 from engine_lib.protocol.errors import InvalidSpec
+from engine_lib.protocol.metadata import VolumeRef
 
 KINDS = ("disk", "interface")
 
@@ -33,16 +34,14 @@ def parse_device(xml: str) -> ET.Element:
     return device
 
 
-def resolve(device: ET.Element, roots: dict[str, str],
-            storage_domains: dict[str, str]) -> tuple[str, list[str]]:
-    """Replace every placeholder in the device; return (XML, storage paths it uses)."""
-    storage_paths = []
-    for element in device.iter():
-        for attr, value in element.attrib.items():
-            if placeholders.is_placeholder(value):
-                path = placeholders.resolve(value, roots, storage_domains)
-                element.set(attr, path)
-                if placeholders.parse(value).kind == "storage":
-                    storage_paths.append(path)
-    return ET.tostring(device, encoding="unicode"), storage_paths
+def resolve(device: ET.Element, roots: dict[str, str], storage_domains: dict[str, str],
+            luns: dict[str, str] | None = None,
+            volume: VolumeRef | None = None) -> tuple[str, list[str]]:
+    """Replace every placeholder in the device; return (XML, storage paths it uses).
 
+    The same rules as a whole domain (engine_lib.agent.domxml.resolve_paths):
+    ``luns`` are the registered LUNs the engine sent with the device.
+    """
+    volumes = {(volume.domain, volume.relpath)} if volume is not None else set()
+    found = domxml.resolve_paths(device, roots, storage_domains, luns or {}, volumes)
+    return ET.tostring(device, encoding="unicode"), found.get("storage", [])

@@ -43,7 +43,7 @@ from engine_lib.agent import domxml, registry
 from engine_lib.agent.domains import is_running, libvirt_status, undefine
 from engine_lib.agent.states import VmStatus
 from engine_lib.agent.vm_start import StartSequence
-from engine_lib.protocol import convergence, placeholders
+from engine_lib.protocol import convergence, metadata, placeholders
 from engine_lib.protocol.errors import Conflict, InvalidSpec, KestrelError, LibvirtError, NotFound
 
 log = logging.getLogger("kestrel.agent.migration")
@@ -205,6 +205,8 @@ class Migrations:
         for value, dest_path in paths.items():
             if not isinstance(dest_path, str) or not placeholders.is_placeholder(value):
                 raise InvalidSpec("paths", f"{value!r}: not a placeholder and a path")
+            if placeholders.parse(value).kind == "lun":
+                continue  # a registered LUN has the engine's one path on every host
             ours = placeholders.resolve(value, self.hv.config.paths,
                                         self.hv.config.storage_domains)
             if ours != dest_path:
@@ -458,11 +460,12 @@ def _placeholder_paths(xml: str, roots: dict[str, str], domains: dict[str, str]
                        ) -> dict[str, str]:
     """Every placeholder of the engine's XML -> this host's path for it."""
     root = domxml.parse_domain(xml)
+    luns = metadata.read(root).luns
     found = {}
     for element in root.iter():
         for value in list(element.attrib.values()) + [(element.text or "").strip()]:
             if value and placeholders.is_placeholder(value):
-                found[value] = placeholders.resolve(value, roots, domains)
+                found[value] = placeholders.resolve(value, roots, domains, luns)
     return found
 
 

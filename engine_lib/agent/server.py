@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import socket
 import ssl
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,6 +24,7 @@ from engine_lib.protocol.errors import InvalidSpec, KestrelError
 log = logging.getLogger("kestrel.agent.http")
 
 MAX_BODY = 16 * 1024 * 1024
+_LENGTH_RE = re.compile(r"[0-9]+")
 HANDSHAKE_TIMEOUT = 10.0
 
 
@@ -118,12 +120,13 @@ class AgentRequestHandler(BaseHTTPRequestHandler):
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             raise InvalidSpec("body", "chunked transfer encoding is not supported; "
                                       "send Content-Length")
-        text = self.headers.get("Content-Length", "0")
-        if not text.isdigit():
-            raise InvalidSpec("Content-Length", f"'{text}' is not a length")
-        length = int(text)
+        text = self.headers.get("Content-Length", "0").strip()
+        # ASCII digits only: str.isdigit() takes '²', which int() then refuses.
+        if not _LENGTH_RE.fullmatch(text):
+            raise InvalidSpec("Content-Length", f"{text[:40]!r} is not a length")
+        length = int(text) if len(text) <= 12 else MAX_BODY + 1
         if length > MAX_BODY:
-            raise InvalidSpec("body", f"too large ({length} bytes; limit {MAX_BODY})")
+            raise InvalidSpec("body", f"too large ({text[:20]} bytes; limit {MAX_BODY})")
         return self.rfile.read(length) if length else b""
 
     def _send(self, status: int, document: dict) -> None:

@@ -506,8 +506,8 @@ class Hypervisor:
 
     # -- hotplug -------------------------------------------------------------------
 
-    def plug_device(self, vm_id: str, xml: str,
-                    volume: metadata.VolumeRef | None = None) -> dict:
+    def plug_device(self, vm_id: str, xml: str, volume: metadata.VolumeRef | None = None,
+                    luns: dict[str, str] | None = None) -> dict:
         """Attach a disk or NIC to a running VM (and to its definition, if persistent).
 
         The device's volume is created first when given and missing; the
@@ -516,7 +516,8 @@ class Hypervisor:
         """
         device = hotplug.parse_device(xml)
         alias = device_alias(device)
-        device_xml, _ = hotplug.resolve(device, self.config.paths, self.config.storage_domains)
+        device_xml, _ = hotplug.resolve(device, self.config.paths, self.config.storage_domains,
+                                        luns, volume)
         with self.vm_lock(vm_id):
             dom = self.lookup(vm_id)
             if not is_active(dom):

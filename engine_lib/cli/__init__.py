@@ -20,6 +20,9 @@ from engine_lib.cli.entities import (
     cluster_list,
     host_list,
     host_reinstall,
+    lun_add,
+    lun_list,
+    lun_remove,
     vm_cancel_migration,
     vm_console,
     vm_list,
@@ -110,6 +113,22 @@ def build_parser() -> argparse.ArgumentParser:
                                    "purpose (repeatable; replaces the recorded ones)")
             reinstall.add_argument("--timeout", type=float, default=600.0,
                                    help="seconds for moving its VMs away (600)")
+
+    lun = groups.add_parser("lun", help="LUNs VM disks may use (registered by an "
+                            "administrator)").add_subparsers(dest="command", required=True)
+    add = command(lun, "add", lun_add, "register a block device for VM disks to name "
+                  "(lun: NAME or WWID); the agent uses nothing else as a LUN")
+    add.add_argument("name")
+    add.add_argument("--path", required=True,
+                     help="the device on every host, e.g. /dev/disk/by-id/wwn-0x...")
+    add.add_argument("--wwid", help="the LUN's WWID, which disks may name instead")
+    add.add_argument("--description")
+    remove = command(lun, "remove", lun_remove, "unregister a LUN no VM disk uses")
+    remove.add_argument("name")
+    lun_lister = command(lun, "list", lun_list, "list registered LUNs as JSON")
+    lun_lister.add_argument("--name")
+    for sub in (add, remove, lun_lister):
+        engine_options(sub)
 
     audit_log = groups.add_parser("events", help="the audit log (oldest first)")
     audit_log.set_defaults(func=events)

@@ -1,4 +1,4 @@
-"""``kestrel cluster|host|vm``: the engine's clusters, hosts and VMs."""
+"""``kestrel cluster|host|lun|vm``: the engine's clusters, hosts, registered LUNs and VMs."""
 
 from __future__ import annotations
 
@@ -29,6 +29,28 @@ def host_reinstall(args) -> int:
                                          ssh_host_keys=args.ssh_host_key,
                                          timeout=args.timeout)
     print_json({"changed": outcome.changed, "host": outcome.entity})
+    return 0
+
+
+def lun_add(args) -> int:
+    """Register a block device VM disks may name (an administrator's decision)."""
+    with open_engine(args) as engine:
+        outcome = engine.luns.register(args.name, args.path, wwid=args.wwid or "",
+                                       description=args.description or "")
+    print_json({"changed": outcome.changed, "lun": outcome.entity})
+    return 0
+
+
+def lun_remove(args) -> int:
+    with open_engine(args) as engine:
+        outcome = engine.luns.remove(args.name)
+    print_json({"changed": outcome.changed})
+    return 0
+
+
+def lun_list(args) -> int:
+    with open_engine(args) as engine:
+        print_json(engine.luns.info(args.name))
     return 0
 
 

@@ -35,11 +35,30 @@ def target_name(prefix: str, index: int) -> str:
 
 
 def boot_file_path(value: str) -> str:
-    """'images:vmlinuz' -> a storage placeholder; an absolute path stays as given."""
+    """'images:vmlinuz' -> a storage placeholder.
+
+    A host path stored before specs refused them stays as it was: the agent refuses
+    to start a domain naming one, and the VM can still be shown and corrected.
+    """
     if not value or value.startswith("/"):
         return value
     domain, _, relpath = value.partition(":")
     return placeholders.storage(domain, relpath)
+
+
+def _lun_path(spec: dict[str, Any]) -> str:
+    """A registered LUN's placeholder; a device path stored before LUNs were registered
+    stays as it was (the agent refuses it, see boot_file_path)."""
+    if "lun_path" not in spec:
+        lun: str = spec["lun"]
+        return lun
+    return placeholders.lun(spec["lun"])
+
+
+def lun_refs(disks: list[VmDevice]) -> list[tuple[str, str]]:
+    """(name, device path) of the registered LUNs the disks use: the agent's only source
+    for a LUN's path."""
+    return sorted({(d.spec["lun"], d.spec["lun_path"]) for d in disks if "lun_path" in d.spec})
 
 
 def volume_ref(device: VmDevice) -> metadata.VolumeRef:
@@ -97,8 +116,8 @@ def _disk(device: VmDevice, targets: _Targets, boot: _BootOrders) -> dict[str, A
         "alias": device.user_alias,
         "type": "block" if lun else "file",
         "source_attr": "dev" if lun else "file",
-        "path": lun or placeholders.storage(spec["storage_domain"],
-                                            f"{spec['image_id']}/{spec['volume_id']}"),
+        "path": _lun_path(spec) if lun else placeholders.storage(
+            spec["storage_domain"], f"{spec['image_id']}/{spec['volume_id']}"),
         "format": spec["format"],
         "cache": None if spec.get("cache", "default") == "default" else spec["cache"],
         "io": None if spec.get("io", "default") == "default" else spec["io"],
@@ -242,6 +261,7 @@ def _metadata(vm: Vm, groups: dict[str, list[VmDevice]],
         "cluster": vm.cluster.name,
         "volumes": [volume_ref(d) for d in groups.get(DeviceType.DISK, [])
                     if "lun" not in d.spec],
+        "luns": lun_refs(groups.get(DeviceType.DISK, [])),
         # libvirt has no <alias> for graphics: the device id travels here.
         "devices": [{"alias": graphics.user_alias, "type": "graphics"}] if graphics else [],
         "payload": {"alias": payload.user_alias, "files": payload_files(vm)} if payload else None,

@@ -12,6 +12,7 @@ running domain: a volume missing after that is lost data, never a blank to make.
         <kestrel:volume alias="ua-..." disk="root" domain="data" image="<uuid>"
                         volume="<uuid>" format="qcow2" size_mib="64" create="yes"/>
         <kestrel:custom name="key">value</kestrel:custom>
+        <kestrel:lun name="db" path="/dev/disk/by-id/wwn-0x..."/>
       </kestrel:vm>
     </metadata>
 
@@ -52,6 +53,8 @@ class VmMetadata:
     cluster: str = ""
     volumes: list[VolumeRef] = field(default_factory=list)
     custom_properties: dict[str, str] = field(default_factory=dict)
+    # Registered LUNs the VM uses: name -> device path (engine_lib.services.luns).
+    luns: dict[str, str] = field(default_factory=dict)
 
 
 def carried(domain: ET.Element) -> bool:
@@ -79,4 +82,6 @@ def read(domain: ET.Element) -> VmMetadata:
         ))
     for prop in node.findall(f"{PREFIX}:custom", _NS):
         meta.custom_properties[prop.get("name", "")] = prop.text or ""
+    for lun in node.findall(f"{PREFIX}:lun", _NS):
+        meta.luns[lun.get("name", "")] = lun.get("path", "")
     return meta

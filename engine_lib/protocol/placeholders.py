@@ -9,6 +9,11 @@ path under a reserved prefix:
     /kestrel-placeholder/payload/<vm id>.iso                 cloud-init payload ISO
     /kestrel-placeholder/console/<vm id>.log                 serial console log
     /kestrel-placeholder/nvram/<vm id>.fd                    UEFI variable store
+    /kestrel-placeholder/lun/<name>                          a LUN the engine registered
+
+A LUN placeholder resolves through the <kestrel:lun> entries of the domain's
+metadata (the engine writes them from its registry), never through a path a
+user wrote.
 
 Shared by engine and agent; standard library only.
 """
@@ -21,7 +26,7 @@ from dataclasses import dataclass
 from engine_lib.protocol.errors import InvalidSpec
 
 PREFIX = "/kestrel-placeholder"
-KINDS = ("storage", "channels", "payload", "console", "nvram")
+KINDS = ("storage", "channels", "payload", "console", "nvram", "lun")
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,11 @@ def nvram(vm_id: str) -> str:
     return f"{PREFIX}/nvram/{_check_segment('vm_id', vm_id)}.fd"
 
 
+def lun(name: str) -> str:
+    """A registered LUN, by its registered name."""
+    return f"{PREFIX}/lun/{_check_segment('lun', name)}"
+
+
 def is_placeholder(value: str) -> bool:
     return value.startswith(PREFIX + "/")
 
@@ -85,17 +95,27 @@ def parse(value: str) -> Placeholder:
         domain, _, relpath = tail.partition("/")
         return Placeholder(kind, _check_segment("storage_domain", domain),
                            _check_relpath("placeholder", relpath))
+    if kind == "lun":
+        return Placeholder(kind, "", _check_segment("lun", tail))
     return Placeholder(kind, "", _check_relpath("placeholder", tail))
 
 
-def resolve(value: str, roots: dict[str, str], storage_domains: dict[str, str]) -> str:
+def resolve(value: str, roots: dict[str, str], storage_domains: dict[str, str],
+            luns: dict[str, str] | None = None) -> str:
     """Turn a placeholder into a real host path.
 
     ``roots`` maps each non-storage kind to a directory; ``storage_domains``
-    maps domain names to their mount points. An unknown storage domain is an
-    error naming the domain: the VM cannot start on a host that lacks it.
+    maps domain names to their mount points; ``luns`` the registered LUNs the
+    engine sent (name -> device path). An unknown storage domain or LUN is an
+    error naming it: the VM cannot start on a host that lacks it.
     """
     ph = parse(value)
+    if ph.kind == "lun":
+        try:
+            return (luns or {})[ph.relpath]
+        except KeyError:
+            raise InvalidSpec("lun", f"LUN '{ph.relpath}' is not registered by the "
+                                     "engine") from None
     if ph.kind == "storage":
         try:
             root = storage_domains[ph.domain]

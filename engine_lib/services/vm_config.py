@@ -25,6 +25,7 @@ from engine_lib.model import Cluster, DeviceType, Vm, VmDevice, new_id
 from engine_lib.protocol.devices import GUEST_AGENT_CHANNEL
 from engine_lib.protocol.errors import Conflict, InvalidSpec
 from engine_lib.protocol.statuses import VmStatus
+from engine_lib.services import luns
 from engine_lib.services.common import attached_names, get_cluster
 from engine_lib.store import lock_mac_addresses
 
@@ -59,6 +60,8 @@ class Context(Protocol):
 
     def storage_domains(self, cluster: Cluster) -> set[str]: ...
 
+    def lun(self, ref: str) -> tuple[str, str] | None: ...
+
 
 class DbContext:
     def __init__(self, session: Session):
@@ -84,6 +87,12 @@ class DbContext:
         with self.session.no_autoflush:
             return attached_names(self.session, cluster)
 
+    def lun(self, ref: str) -> tuple[str, str] | None:
+        """(name, device path) of the registered LUN named ``ref`` (name or WWID)."""
+        with self.session.no_autoflush:
+            found = luns.lookup(self.session, ref)
+        return (found.name, found.path) if found else None
+
 
 class OfflineContext:
     """No database: deterministic ids, the default MAC pool, a cluster of the given virt_type."""
@@ -104,6 +113,10 @@ class OfflineContext:
 
     def storage_domains(self, cluster: Cluster) -> set[str]:
         return set()
+
+    def lun(self, ref: str) -> tuple[str, str] | None:
+        # No registry offline: a preview takes the LUN's udev name under /dev/disk/by-id.
+        return ref, f"/dev/disk/by-id/{ref}"
 
 
 def create(session: Session | None, spec: dict, ctx: Context | None = None) -> Vm:
@@ -231,6 +244,8 @@ def _reconcile_disks(vm: Vm, ctx: Context, disks: list[dict]) -> None:
                                    "from a VM would delete its data, so it is refused here")
     for index, disk in enumerate(disks):
         field = f"disks[{index}]"
+        if "lun" in disk:
+            disk = {**disk, **_registered_lun(ctx, f"{field}.lun", disk["lun"])}
         device = existing.get(disk["name"])
         if device is None:
             _check_storage_domain(vm, ctx, field, disk)
@@ -257,6 +272,15 @@ def _reconcile_disks(vm: Vm, ctx: Context, disks: list[dict]) -> None:
         if updated != old:
             device.spec = updated
         device.position = _position(DeviceType.DISK, index)
+
+
+def _registered_lun(ctx: Context, field: str, ref: str) -> dict[str, str]:
+    """A disk's LUN, as an administrator registered it (engine_lib.services.luns)."""
+    found = ctx.lun(ref)
+    if found is None:
+        raise InvalidSpec(field, f"'{ref}' is not a registered LUN (an administrator "
+                                 "registers LUNs with 'kestrel lun add')")
+    return {"lun": found[0], "lun_path": found[1]}
 
 
 def _check_storage_domain(vm: Vm, ctx: Context, field: str, disk: dict) -> None:

@@ -187,9 +187,12 @@ class VmDeviceService:
                     raise InvalidSpec("size", f"disk '{name}' is {spec['size_mib']} MiB; "
                                               f"shrinking to {new} MiB would lose data")
                 spec["size_mib"] = new
-            user = {k: v for k, v in spec.items() if k not in _DISK_IDS + ("size_mib",)}
+            user = {k: v for k, v in spec.items()
+                    if k not in _DISK_IDS + ("size_mib", "lun_path")}
             if "lun" not in spec:
                 user["size"] = f"{spec['size_mib']}MiB"
+            else:
+                user.pop("format", None)  # a LUN's is the device's, never given
             wanted = specs.disk("disk", {**user, **settings, "name": name})
             for key in ("storage_domain", "format", "lun"):
                 if wanted.get(key) != spec.get(key):
@@ -263,6 +266,8 @@ class VmDeviceService:
             plug_xml = device_xml(row, device) if plug else None
             plug_volume = asdict(volume_ref(device)) if plug and type_ == DeviceType.DISK \
                 and "lun" not in device.spec else None
+            plug_luns = {device.spec["lun"]: device.spec["lun_path"]} \
+                if plug and "lun" in device.spec else None
             if changed:
                 audit(session, "vm", vm, f"{'NIC' if type_ == DeviceType.INTERFACE else 'disk'} "
                       f"{name} "
@@ -274,7 +279,8 @@ class VmDeviceService:
         hotplugged = plug or unplug
         if plug and not check_mode:
             try:
-                self.engine.agent(host.address, host.port).plug_device(vm_id, plug_xml, plug_volume)
+                self.engine.agent(host.address, host.port).plug_device(vm_id, plug_xml,
+                                                                       plug_volume, plug_luns)
             except KestrelError:
                 self._undo_add(vm, type_, name)
                 raise

@@ -34,7 +34,8 @@ options:
     choices: [qcow2, raw]
   lun:
     description:
-      - A host block device under C(/dev) used as the disk, instead of a volume.
+      - A LUN an administrator registered (C(kestrel lun add)), by its name or WWID, used as
+        the disk instead of a volume. Device paths are refused.
       - Fixed once the disk exists.
     type: str
   interface:

@@ -114,15 +114,15 @@ options:
     type: raw
   cdrom:
     description:
-      - A CD-ROM drive. An ISO as C(<storage domain>:<path>) or an absolute path,
-        an empty string for an empty drive, V(false) for no drive, or a mapping
-        with C(iso) and C(boot_order).
+      - A CD-ROM drive. An ISO as C(<storage domain>:<path>) (never a host path, never
+        inside a disk image directory), an empty string for an empty drive, V(false)
+        for no drive, or a mapping with C(iso) and C(boot_order).
     type: raw
   graphics:
     description:
       - A graphical console, V(vnc) or V(spice), or a mapping with C(type),
         C(listen) (an IP address, V(127.0.0.1) by default) and C(password);
-        V(false) for none.
+        V(false) for none. A C(listen) address other than loopback needs a C(password).
       - The password is kept out of the module's output, logs and diffs (shown as V(********)).
     type: raw
   video:
@@ -214,7 +214,8 @@ options:
   kernel:
     description:
       - Kernel to boot directly, as C(<storage domain>:<path>) (for example
-        V(images:vmlinuz)) or an absolute path on the host.
+        V(images:vmlinuz)). Host paths are refused; the file must be on a storage domain
+        an administrator set up.
       - An empty string removes it.
     type: str
   initrd:

@@ -18,12 +18,14 @@ class DeviceAgent(FakeAgent):
     def __init__(self, name):
         super().__init__(name)
         self.plugged, self.unplugged, self.resized = [], [], []
+        self.plugged_luns: list = []
         self.refuse_plug = False
 
-    def plug_device(self, vm_id, xml, volume=None):
+    def plug_device(self, vm_id, xml, volume=None, luns=None):
         if self.refuse_plug:
             raise Conflict("the guest refused the device")
         self.plugged.append((vm_id, ET.fromstring(xml), volume))
+        self.plugged_luns.append(luns)
         return {"id": vm_id}
 
     def unplug_device(self, vm_id, alias, timeout=20):
