@@ -28,8 +28,14 @@ from typing import NamedTuple
 
 from engine_lib.agent import paths
 from engine_lib.protocol.errors import Conflict, InvalidSpec, KestrelError
-from engine_lib.protocol.storage import (EXPORT_RE, MOUNT_OPTIONS, MOUNT_ROOT, MOUNT_TIMEOUT_S,
-                                         check_mount_options, mount_point)
+from engine_lib.protocol.storage import (
+    EXPORT_RE,
+    MOUNT_OPTIONS,
+    MOUNT_ROOT,
+    MOUNT_TIMEOUT_S,
+    check_mount_options,
+    mount_point,
+)
 
 MOUNTINFO = "/proc/self/mountinfo"
 TYPES = ("nfs",)

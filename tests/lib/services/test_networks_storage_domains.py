@@ -128,8 +128,8 @@ def test_bad_storage_domains_are_refused(engine, cluster, kwargs, field):
 
 def test_disks_must_use_an_attached_domain_once_the_cluster_has_any(engine, cluster):
     engine.vms.ensure({**VM, "nics": []})  # none attached: any name goes
-    engine.storage_domains.ensure("nfs1", type="nfs", export="nas:/exports/k", path="/var/lib/kestrel/mnt/nfs1",
-                                  clusters=[cluster])
+    engine.storage_domains.ensure("nfs1", type="nfs", export="nas:/exports/k",
+                                  path="/var/lib/kestrel/mnt/nfs1", clusters=[cluster])
     with pytest.raises(InvalidSpec) as err:
         engine.vms.ensure({**VM, "name": "vm2", "nics": []})
     assert err.value.details["field"] == "disks[0].storage_domain"
