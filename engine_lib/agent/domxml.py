@@ -2,8 +2,12 @@
 
 The engine writes host paths as placeholders (see engine_lib.protocol.placeholders).
 Here every attribute value and element text that is a placeholder becomes
-the real path from the agent config. Nothing else in the XML is touched:
-the engine owns the device model, the agent only fills in the host.
+the real path from the agent config; a file on a storage domain only after
+checking that no link on the way leads out of the domain (agent.paths). A
+disk on a storage domain with no ``<backingStore>`` gets an empty one: the
+engine owns volume chains, so a backing file named in an image header (say
+/etc/shadow) is never opened for the guest. Nothing else in the XML is
+touched: the engine owns the device model, the agent only fills in the host.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
+from engine_lib.agent import paths
 from engine_lib.protocol import metadata, placeholders
 from engine_lib.protocol.errors import InvalidSpec
 
@@ -52,6 +57,26 @@ def domain_uuid(root: ET.Element) -> str:
                                  "the engine must set it to the VM id") from None
 
 
+def host_path(value: str, roots: dict[str, str], storage_domains: dict[str, str]) -> str:
+    """A placeholder's path on this host; a storage one confined to its domain."""
+    path = placeholders.resolve(value, roots, storage_domains)
+    ph = placeholders.parse(value)
+    if ph.kind == "storage":
+        paths.confine(storage_domains[ph.domain], ph.relpath, "storage_domain")
+    return path
+
+
+def pin_backing_chains(root: ET.Element, storage_paths: set[str]) -> None:
+    """An empty <backingStore/> on each disk whose file is on a storage domain and that
+    has none: libvirt then opens no backing file the image header names."""
+    disks = [root] if root.tag == "disk" else root.iterfind("devices/disk")
+    for disk in disks:
+        source = disk.find("source")
+        if source is not None and source.get("file") in storage_paths \
+                and disk.find("backingStore") is None:
+            ET.SubElement(disk, "backingStore")
+
+
 def resolve(xml: str, roots: dict[str, str], storage_domains: dict[str, str]) -> HostDomain:
     """Resolve every placeholder in ``xml`` for a host with these roots and domains.
 
@@ -66,10 +91,9 @@ def resolve(xml: str, roots: dict[str, str], storage_domains: dict[str, str]) ->
     meta = metadata.read(root)
     found: dict[str, list[str]] = {}
 
-    def host_path(value: str) -> str:
-        ph = placeholders.parse(value)
-        path = placeholders.resolve(value, roots, storage_domains)
-        found.setdefault(ph.kind, []).append(path)
+    def resolved(value: str) -> str:
+        path = host_path(value, roots, storage_domains)
+        found.setdefault(placeholders.parse(value).kind, []).append(path)
         return path
 
     metadata_node = root.find("metadata")
@@ -79,9 +103,10 @@ def resolve(xml: str, roots: dict[str, str], storage_domains: dict[str, str]) ->
             continue
         for attr, value in element.attrib.items():
             if placeholders.is_placeholder(value):
-                element.set(attr, host_path(value))
+                element.set(attr, resolved(value))
         if element.text and placeholders.is_placeholder(element.text.strip()):
-            element.text = host_path(element.text.strip())
+            element.text = resolved(element.text.strip())
+    pin_backing_chains(root, set(found.get("storage", [])))
     return HostDomain(uuid=vm_id, name=name, xml=ET.tostring(root, encoding="unicode"),
                       metadata=meta, paths=found)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
+from engine_lib.agent.domxml import host_path, pin_backing_chains
 from engine_lib.protocol import placeholders
 from engine_lib.protocol.devices import ALIAS_PREFIX, device_alias
 from engine_lib.protocol.errors import InvalidSpec
@@ -40,9 +41,10 @@ def resolve(device: ET.Element, roots: dict[str, str],
     for element in device.iter():
         for attr, value in element.attrib.items():
             if placeholders.is_placeholder(value):
-                path = placeholders.resolve(value, roots, storage_domains)
+                path = host_path(value, roots, storage_domains)
                 element.set(attr, path)
                 if placeholders.parse(value).kind == "storage":
                     storage_paths.append(path)
+    pin_backing_chains(device, set(storage_paths))
     return ET.tostring(device, encoding="unicode"), storage_paths
 

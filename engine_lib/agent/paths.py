@@ -41,11 +41,10 @@ def parts(field: str, relpath: str) -> list[str]:
 
 
 def open_root(root: str, field: str) -> int:
-    """An O_PATH descriptor of the root directory (links in the root itself are followed)."""
+    """An O_PATH descriptor of the root directory (links in the root itself are followed);
+    FileNotFoundError when it is missing (an unmounted domain has nothing to follow)."""
     try:
         return os.open(root, _DIR_FLAGS)
-    except FileNotFoundError:
-        raise InvalidSpec(field, f"{root} does not exist on this host") from None
     except NotADirectoryError:
         raise InvalidSpec(field, f"{root} is not a directory") from None
 

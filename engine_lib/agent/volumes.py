@@ -160,13 +160,9 @@ def delete(locations: list[VolumeLocation], storage_domains: dict[str, str],
     results = []
     for loc, path in planned:
         existed = loc.unlink(storage_domains)
-        root = paths.open_root(loc.root(storage_domains), "volume.domain")
-        try:
-            os.rmdir(loc.image, dir_fd=root)
-        except OSError:
-            pass  # not empty (other volumes of the image), already gone, or not a directory
-        finally:
-            os.close(root)
+        with contextlib.suppress(OSError):  # not empty (other volumes), gone, not a directory
+            with paths.parent(loc.root(storage_domains), loc.image, "volume") as (root, name):
+                os.rmdir(name, dir_fd=root)
         results.append({"domain": loc.domain, "image": loc.image, "volume": loc.volume,
                         "path": path, "deleted": existed})
     return results

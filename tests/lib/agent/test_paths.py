@@ -71,5 +71,6 @@ def test_parent_makes_missing_directories_without_following_links(root):
         fd = os.open(name, os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=dirfd)
         os.close(fd)
     assert (root / "a" / "b" / "vol").is_file()
-    with pytest.raises(InvalidSpec, match="does not exist"):
+    with pytest.raises(FileNotFoundError):
         paths.open_root(str(root / "missing"), "f")
+    assert paths.confine(str(root / "missing"), "img/vol", "f") == f"{root}/missing/img/vol"
