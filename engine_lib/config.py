@@ -1,26 +1,40 @@
-"""Where the engine keeps its state: one directory (CA, database) and a DB URL.
+"""Where the engine keeps its state: one directory (CA, database) and a DB URL;
+and what an administrator allowed, in ``<engine dir>/engine.conf`` (optional):
 
-The directory also holds what only the engine host's administrator decides:
-``fence_agents``, the fence agents beyond the system's ``/usr/sbin/fence_*``
-that hosts' power management may name (one absolute path a line).
+    [storage]
+    file_domain_roots = /var/lib/kestrel/storage /srv/kestrel
+
+The file is the administrator's, like agent.conf on a host: every entry point
+(modules, CLI, the engine loop) reads the same one. Unknown sections and keys
+are errors. The directory also holds ``fence_agents``: the fence agents beyond the
+system's ``/usr/sbin/fence_*`` that hosts' power management may name (one absolute
+path a line).
 """
 
 from __future__ import annotations
 
+import configparser
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from engine_lib.protocol.errors import InvalidSpec
+from engine_lib.protocol.storage import DEFAULT_FILE_DOMAIN_ROOTS, check_roots
 
 DEFAULT_ENGINE_DIR = "/var/lib/kestrel/engine"
 ENGINE_DIR_ENV = "KESTREL_ENGINE_DIR"
 DB_URL_ENV = "KESTREL_DB_URL"
 FENCE_AGENTS_FILE = "fence_agents"
+CONFIG_FILE = "engine.conf"
+_KEYS = {"storage": ("file_domain_roots",)}
 
 
 @dataclass(frozen=True)
 class EngineConfig:
     engine_dir: Path
     db_url: str
+    # Directories file storage domains may be in (each, or anything under it).
+    file_domain_roots: tuple[str, ...] = field(default=DEFAULT_FILE_DOMAIN_ROOTS)
 
     @property
     def pki_dir(self) -> Path:
@@ -58,4 +72,34 @@ class EngineConfig:
         """
         directory = Path(engine_dir or os.environ.get(ENGINE_DIR_ENV) or DEFAULT_ENGINE_DIR)
         url = db_url or os.environ.get(DB_URL_ENV) or f"sqlite:///{directory / 'engine.db'}"
-        return cls(engine_dir=directory, db_url=url)
+        settings = read_settings(directory / CONFIG_FILE)
+        roots = settings.get("storage", {}).get("file_domain_roots")
+        return cls(engine_dir=directory, db_url=url,
+                   file_domain_roots=DEFAULT_FILE_DOMAIN_ROOTS if roots is None else
+                   check_roots(f"{directory / CONFIG_FILE} [storage] file_domain_roots",
+                               roots.split()))
+
+
+def read_settings(path: Path) -> dict[str, dict[str, str]]:
+    """engine.conf's sections and keys; empty when there is no file."""
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            parser.read_file(handle)
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise InvalidSpec(str(path), f"cannot read the engine config: {exc.strerror}") from None
+    except configparser.Error as exc:
+        raise InvalidSpec(str(path), f"not a valid INI file: {exc}") from None
+    out: dict[str, dict[str, str]] = {}
+    for section in parser.sections():
+        if section not in _KEYS:
+            raise InvalidSpec(f"{path} [{section}]", "unknown section (expected one of "
+                                                    f"{', '.join(_KEYS)})")
+        for key, value in parser.items(section):
+            if key not in _KEYS[section]:
+                raise InvalidSpec(f"{path} [{section}] {key}", "unknown key (expected one of "
+                                                               f"{', '.join(_KEYS[section])})")
+            out.setdefault(section, {})[key] = value
+    return out

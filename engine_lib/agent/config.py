@@ -4,7 +4,8 @@
     [pki]              ca, cert, key
     [paths]            channels, payload, console, nvram   (roots of the placeholder kinds)
                        hooks                               (hook scripts, see agent.hooks)
-    [storage_domains]  <name> = <mount point>
+    [storage]          file_domain_roots   (where [storage_domains] may be, space-separated)
+    [storage_domains]  <name> = <mount point>   (each under a file_domain_roots directory)
     [ballooning]       interval, low_free_percent, high_free_percent, step_percent
                        (the memory balloon policy, see agent.ballooning)
 
@@ -16,11 +17,13 @@ VM that later fails to start for a reason nobody can see.
 from __future__ import annotations
 
 import configparser
+import os
 import socket
 from dataclasses import dataclass, field
 
 from engine_lib.protocol import placeholders
 from engine_lib.protocol.errors import InvalidSpec
+from engine_lib.protocol.storage import DEFAULT_FILE_DOMAIN_ROOTS, check_roots, under_roots
 from engine_lib.protocol.wire import AGENT_PORT
 
 DEFAULT_PATH = "/etc/kestrel/agent.conf"
@@ -36,6 +39,7 @@ _DEFAULTS: dict[str, dict[str, str]] = {
     # MoM's defaults: shrink under 20% free host memory, by 5% of a VM's memory per step.
     "ballooning": {"interval": "10", "low_free_percent": "20", "high_free_percent": "30",
                    "step_percent": "5"},
+    "storage": {"file_domain_roots": " ".join(DEFAULT_FILE_DOMAIN_ROOTS)},
 }
 _STORAGE = "storage_domains"
 
@@ -64,6 +68,8 @@ class AgentConfig:
     paths: dict[str, str] = field(default_factory=dict)
     # Storage domain name -> mount point on this host.
     storage_domains: dict[str, str] = field(default_factory=dict)
+    # Where configured (file) storage domains may be; NFS domains mount under MOUNT_ROOT.
+    file_domain_roots: tuple[str, ...] = DEFAULT_FILE_DOMAIN_ROOTS
     source: str = ""
     ballooning: BallooningConfig = field(default_factory=BallooningConfig)
 
@@ -133,15 +139,15 @@ def parse(parser: configparser.ConfigParser, source: str) -> AgentConfig:
             if not value.startswith("/"):
                 raise InvalidSpec(where(section, key), f"'{value}' is not an absolute path")
 
+    roots = check_roots(where("storage", "file_domain_roots"),
+                        values["storage"]["file_domain_roots"].split())
     domains: dict[str, str] = {}
     if parser.has_section(_STORAGE):
         for name, mount in parser.items(_STORAGE):
             mount = mount.strip()
             if not name or "/" in name or name in (".", ".."):
                 raise InvalidSpec(where(_STORAGE, name), "not a valid storage domain name")
-            if not mount.startswith("/"):
-                raise InvalidSpec(where(_STORAGE, name), f"'{mount}' is not an absolute path")
-            domains[name] = mount.rstrip("/") or "/"
+            domains[name] = _domain_directory(where(_STORAGE, name), mount, roots)
 
     return AgentConfig(
         name=agent["name"] or socket.gethostname(),
@@ -151,9 +157,19 @@ def parse(parser: configparser.ConfigParser, source: str) -> AgentConfig:
         ca=values["pki"]["ca"], cert=values["pki"]["cert"], key=values["pki"]["key"],
         paths=dict(values["paths"]),
         storage_domains=domains,
+        file_domain_roots=roots,
         source=source,
         ballooning=_ballooning(values["ballooning"], lambda key: where("ballooning", key)),
     )
+
+
+def _domain_directory(field: str, mount: str, roots: tuple[str, ...]) -> str:
+    """A configured domain's directory: under an allowed root, also once links are resolved
+    (a link there to /etc is as much outside as /etc)."""
+    mount = under_roots(field, mount, roots)
+    real_roots = tuple(os.path.realpath(root) for root in roots)
+    under_roots(field, os.path.realpath(mount), real_roots)
+    return mount
 
 
 def _ballooning(values: dict[str, str], where) -> BallooningConfig:

@@ -2,8 +2,12 @@
 
 The engine writes host paths as placeholders (see engine_lib.protocol.placeholders).
 Here every attribute value and element text that is a placeholder becomes
-the real path from the agent config. Nothing else in the XML is touched:
-the engine owns the device model, the agent only fills in the host.
+the real path from the agent config; a file on a storage domain only after
+checking that no link on the way leads out of the domain (agent.paths). A
+disk on a storage domain with no ``<backingStore>`` gets an empty one: the
+engine owns volume chains, so a backing file named in an image header (say
+/etc/shadow) is never opened for the guest. Nothing else in the XML is
+touched: the engine owns the device model, the agent only fills in the host.
 """
 
 from __future__ import annotations
@@ -70,6 +74,17 @@ _RNG_DEVICES = ("/dev/urandom", "/dev/random", "/dev/hwrng")
 _IMAGE_DIR = re.compile(r"^[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$")
 
 
+def pin_backing_chains(root: ET.Element, storage_paths: set[str]) -> None:
+    """An empty <backingStore/> on each disk whose file is on a storage domain and that
+    has none: libvirt then opens no backing file the image header names."""
+    disks = [root] if root.tag == "disk" else root.iterfind("devices/disk")
+    for disk in disks:
+        source = disk.find("source")
+        if source is not None and source.get("file") in storage_paths \
+                and disk.find("backingStore") is None:
+            ET.SubElement(disk, "backingStore")
+
+
 def resolve(xml: str, roots: dict[str, str], storage_domains: dict[str, str]) -> HostDomain:
     """Resolve every placeholder in ``xml`` for a host with these roots and domains.
 
@@ -89,6 +104,7 @@ def resolve(xml: str, roots: dict[str, str], storage_domains: dict[str, str]) ->
     skip = set(metadata_node.iter()) if metadata_node is not None else set()
     found = resolve_paths(root, roots, storage_domains, meta.luns,
                           {(v.domain, v.relpath) for v in meta.volumes}, skip)
+    pin_backing_chains(root, set(found.get("storage", [])))
     return HostDomain(uuid=vm_id, name=name, xml=ET.tostring(root, encoding="unicode"),
                       metadata=meta, paths=found, payload=seed)
 
@@ -113,7 +129,8 @@ def resolve_paths(top: ET.Element, roots: dict[str, str], storage_domains: dict[
                     _IMAGE_DIR.match(ph.relpath.split("/", 1)[0]):
                 raise InvalidSpec("xml", f"{value} is inside a disk image directory but is "
                                          "not one of this VM's volumes")
-            paths.confine(path, storage_domains[ph.domain], f"storage domain '{ph.domain}'")
+            paths.confine(storage_domains[ph.domain], ph.relpath,
+                          f"storage domain '{ph.domain}'")
         found.setdefault(ph.kind, []).append(path)
         return path
 

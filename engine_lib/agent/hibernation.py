@@ -31,7 +31,7 @@ from engine_lib.agent.domains import is_active, libvirt_errors, libvirt_status
 from engine_lib.agent.states import VmStatus
 from engine_lib.agent.vm_start import StartSequence
 from engine_lib.agent.volumes import VolumeLocation
-from engine_lib.protocol.errors import Conflict, LibvirtError, NotFound
+from engine_lib.protocol.errors import Conflict, KestrelError, LibvirtError, NotFound
 
 log = logging.getLogger("kestrel.agent.hibernation")
 
@@ -41,12 +41,14 @@ def hibernate(hv, vm_id: str, location: VolumeLocation) -> dict:
 
     ``hv`` is the Hypervisor (engine_lib.agent.vms), used through its public methods.
     """
-    path = location.path(hv.config.storage_domains)
+    domains = hv.config.storage_domains
     with hv.vm_lock(vm_id):
         dom = hv.lookup(vm_id)
         if not is_active(dom):
             raise Conflict(f"cannot hibernate VM {vm_id}: it is not running", vm_id=vm_id)
-        if os.path.exists(path):
+        # A link there (or on the way) is refused: libvirt would write through it.
+        path = location.checked_path(domains)
+        if location.exists(domains):
             raise Conflict(f"memory volume {path} already exists; it may hold another saved "
                            "state, so it is not overwritten", vm_id=vm_id, path=path)
         hv.run_domain_hook("before_vm_hibernate", dom)
@@ -54,11 +56,11 @@ def hibernate(hv, vm_id: str, location: VolumeLocation) -> dict:
         previous = hv.registry.get(vm_id)
         hv.registry.set(vm_id, name, VmStatus.SAVING_STATE)
         try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
+            location.make_parent(domains)
             dom.saveFlags(path, None, 0)
         except (libvirt.libvirtError, OSError) as exc:
             with contextlib.suppress(OSError):
-                os.unlink(path)  # a partial state must never be restored
+                location.unlink(domains)  # a partial state must never be restored
             if is_active(dom):
                 hv.registry.set(vm_id, name, *libvirt_status(dom))
             elif previous is not None:
@@ -68,7 +70,7 @@ def hibernate(hv, vm_id: str, location: VolumeLocation) -> dict:
             raise LibvirtError(f"libvirt could not hibernate VM {vm_id}: {message}",
                                vm_id=vm_id) from None
         hv.record_down(dom, "saved")
-        size = os.path.getsize(path)
+        size = os.stat(path, follow_symlinks=False).st_size
         log.info("VM %s (%s) hibernated to %s (%d MiB)", name, vm_id, path, size >> 20)
         return {**hv.report(dom), "memory_volume": _location_dict(location),
                 "size_bytes": size}
@@ -77,10 +79,11 @@ def hibernate(hv, vm_id: str, location: VolumeLocation) -> dict:
 def restore(hv, xml: str, location: VolumeLocation) -> dict:
     """Define the engine's VM on this host and restore its saved state into it."""
     host = domxml.resolve(xml, hv.config.paths, hv.config.storage_domains)
-    path = location.path(hv.config.storage_domains)
-    if not os.path.isfile(path):
-        raise NotFound("memory volume", path)
-    return Restore(hv, host, path).run()
+    try:
+        location.checked_path(hv.config.storage_domains, must_exist=True)
+    except FileNotFoundError:
+        raise NotFound("memory volume", location.path(hv.config.storage_domains)) from None
+    return Restore(hv, host, location).run()
 
 
 class Restore(StartSequence):
@@ -89,9 +92,10 @@ class Restore(StartSequence):
     status = VmStatus.RESTORING_STATE
     after_hook = "after_vm_dehibernate"
 
-    def __init__(self, hypervisor, host: domxml.HostDomain, memory_path: str):
+    def __init__(self, hypervisor, host: domxml.HostDomain, location: VolumeLocation):
         super().__init__(hypervisor, host)
-        self.memory_path = memory_path
+        self.location = location
+        self.memory_path = location.path(hypervisor.config.storage_domains)
 
     def launch(self, conn: libvirt.virConnect, dom: libvirt.virDomain, xml: str) -> None:
         with libvirt_errors("restore", self.host.uuid):
@@ -101,8 +105,8 @@ class Restore(StartSequence):
         """The saved state is stale once the guest runs on: restoring it again would fork
         the guest's disks, so it goes (a failed restore keeps it, to try again)."""
         try:
-            os.unlink(self.memory_path)
-        except OSError as exc:
+            self.location.unlink(self.hv.config.storage_domains)
+        except (OSError, KestrelError) as exc:
             log.warning("VM %s restored, but its memory volume %s stays: %s", self.host.uuid,
                         self.memory_path, exc)
         log.info("VM %s (%s) restored from %s", self.host.name, self.host.uuid,

@@ -44,4 +44,5 @@ def resolve(device: ET.Element, roots: dict[str, str], storage_domains: dict[str
     """
     volumes = {(volume.domain, volume.relpath)} if volume is not None else set()
     found = domxml.resolve_paths(device, roots, storage_domains, luns or {}, volumes)
+    domxml.pin_backing_chains(device, set(found.get("storage", [])))
     return ET.tostring(device, encoding="unicode"), found.get("storage", [])

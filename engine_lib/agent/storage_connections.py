@@ -7,19 +7,35 @@ disks on it resolve. Registrations live in memory only: the engine connects
 again whenever the host comes Up, and a mount that is already there is taken
 as it is (read from /proc/self/mountinfo, never by calling mount blindly).
 
+Mount points are directories directly under the fixed mount root
+(engine_lib.protocol.storage.MOUNT_ROOT), made here without following links,
+and every mount is ``nosuid,nodev,noexec``; a mount found without those is
+remounted with them before the domain is used.
+
 ``mount`` and ``umount`` run as argv lists (no shell), found on PATH.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import stat
 import subprocess
 import threading
 from collections.abc import Callable
+from typing import NamedTuple
 
+from engine_lib.agent import paths
 from engine_lib.protocol.errors import Conflict, InvalidSpec, KestrelError
-from engine_lib.protocol.storage import EXPORT_RE, MOUNT_TIMEOUT_S
+from engine_lib.protocol.storage import (
+    EXPORT_RE,
+    MOUNT_OPTIONS,
+    MOUNT_ROOT,
+    MOUNT_TIMEOUT_S,
+    check_mount_options,
+    mount_point,
+)
 
 MOUNTINFO = "/proc/self/mountinfo"
 TYPES = ("nfs",)
@@ -35,7 +51,13 @@ class MountFailed(KestrelError):
     http_status = 502
 
 
-def check_request(body: dict) -> dict:
+class Mount(NamedTuple):
+    fstype: str
+    source: str
+    options: frozenset[str]  # the mount point's own (per-mount) options
+
+
+def check_request(body: dict, mount_root: str = MOUNT_ROOT) -> dict:
     """The connect request's fields, checked; InvalidSpec names the field."""
     name = body.get("name")
     if not isinstance(name, str) or not name or "/" in name or name in (".", "..") \
@@ -53,18 +75,14 @@ def check_request(body: dict) -> dict:
         raise InvalidSpec("options", "must be a comma-separated list of mount options "
                           "(letters, digits and _ . : = -; no spaces), got "
                           f"{options!r}")
-    path = body.get("path")
-    if not isinstance(path, str) or not path.startswith("/") or path.rstrip("/") == "" \
-            or ".." in path.split("/") or any(c.isspace() or c == "\x00" for c in path):
-        raise InvalidSpec("path", "must be an absolute directory path other than / without "
-                          f"'..' or whitespace (got {path!r})")
-    return {"name": name, "type": kind, "export": export, "options": options,
-            "path": path.rstrip("/")}
+    check_mount_options("options", options)
+    path = mount_point("path", body.get("path"), mount_root)
+    return {"name": name, "type": kind, "export": export, "options": options, "path": path}
 
 
-def mounts(mountinfo: str = MOUNTINFO) -> dict[str, tuple[str, str]]:
-    """Mount point -> (fstype, source), the last mount on each point winning."""
-    found: dict[str, tuple[str, str]] = {}
+def mounts(mountinfo: str = MOUNTINFO) -> dict[str, Mount]:
+    """Mount point -> Mount, the last mount on each point winning."""
+    found: dict[str, Mount] = {}
     with open(mountinfo, encoding="utf-8", errors="replace") as handle:
         for line in handle:
             fields = line.split()
@@ -73,7 +91,8 @@ def mounts(mountinfo: str = MOUNTINFO) -> dict[str, tuple[str, str]]:
             dash = fields.index("-")
             if dash < 5 or len(fields) < dash + 3:
                 continue
-            found[_unescape(fields[4])] = (fields[dash + 1], _unescape(fields[dash + 2]))
+            found[_unescape(fields[4])] = Mount(fields[dash + 1], _unescape(fields[dash + 2]),
+                                                frozenset(fields[5].split(",")))
     return found
 
 
@@ -89,16 +108,18 @@ class StorageConnections:
     hypervisor (placeholder resolution reads it); it is changed in place.
     """
 
-    def __init__(self, domains: dict[str, str], mountinfo: str = MOUNTINFO):
+    def __init__(self, domains: dict[str, str], mountinfo: str = MOUNTINFO,
+                 mount_root: str = MOUNT_ROOT):
         self.domains = domains
         self.mountinfo = mountinfo
+        self.mount_root = mount_root
         self._static = dict(domains)  # from agent.conf: never mounted or unmounted here
         self._connected: dict[str, str] = {}
         self._failures: dict[str, dict] = {}
         self._lock = threading.Lock()
 
     def connect(self, body: dict) -> dict:
-        request = check_request(body)
+        request = check_request(body, self.mount_root)
         name, path, export = request["name"], request["path"], request["export"]
         with self._lock:
             configured = self.domains.get(name)
@@ -107,12 +128,18 @@ class StorageConnections:
                                f"not at {path}", name=name, path=configured)
             current = mounts(self.mountinfo).get(path)
             if current is not None and not _same_export(current, export):
-                raise Conflict(f"{path} has {current[1]} ({current[0]}) mounted, not {export}",
-                               name=name, path=path, mounted=current[1])
-            changed = current is None
+                raise Conflict(f"{path} has {current.source} ({current.fstype}) mounted, "
+                               f"not {export}", name=name, path=path, mounted=current.source)
+            missing = [] if current is None else \
+                [o for o in MOUNT_OPTIONS if o not in current.options]
+            changed = current is None or bool(missing)
             if changed:
                 try:
-                    self._mount(request)
+                    if current is None:
+                        self._mount(request)
+                    else:  # mounted before (by hand, an older agent): lock it down first
+                        _run(["mount", "-o", ",".join(["remount", *MOUNT_OPTIONS]), "--", path],
+                             f"remount {path} {','.join(missing)} for storage domain '{name}'")
                 except KestrelError as exc:
                     self._failures[name] = {"name": name, "path": path, "available": False,
                                             "error": exc.message}
@@ -157,18 +184,27 @@ class StorageConnections:
                     if name not in self.domains]
 
     def _mount(self, request: dict) -> None:
-        os.makedirs(request["path"], exist_ok=True)
-        argv = ["mount", "-t", "nfs"]
-        if request["options"]:
-            argv += ["-o", request["options"]]
-        argv += ["--", request["export"], request["path"]]
+        self._make_mount_point(request["path"])
+        options = ",".join([o for o in [request["options"]] if o] + list(MOUNT_OPTIONS))
+        argv = ["mount", "-t", "nfs", "-o", options, "--", request["export"], request["path"]]
         _run(argv, f"mount {request['export']} at {request['path']} for storage domain "
                    f"'{request['name']}'")
 
 
-def _same_export(current: tuple[str, str], export: str) -> bool:
-    fstype, source = current
-    return fstype in _NFS_FSTYPES and source.rstrip("/") == export.rstrip("/")
+    def _make_mount_point(self, path: str) -> None:
+        """The mount point, a real directory under the mount root (mount would follow a link)."""
+        os.makedirs(self.mount_root, mode=0o755, exist_ok=True)
+        with paths.parent(self.mount_root, os.path.basename(path), "path") as (dirfd, name):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, 0o755, dir_fd=dirfd)
+            st = paths.lstat(dirfd, name)
+            if st is None or not stat.S_ISDIR(st.st_mode):
+                raise InvalidSpec("path", f"{path} is not a directory (a symlink or a file is "
+                                          "never mounted over)")
+
+
+def _same_export(current: Mount, export: str) -> bool:
+    return current.fstype in _NFS_FSTYPES and current.source.rstrip("/") == export.rstrip("/")
 
 
 def _run(argv: list[str], what: str) -> None:

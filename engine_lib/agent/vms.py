@@ -631,7 +631,8 @@ class Hypervisor:
 
     def resize_volume(self, location: volumes.VolumeLocation, fmt: str, size_mib: int) -> dict:
         """Grow a volume: live through QEMU when a running domain here uses it."""
-        path = location.path(self.config.storage_domains)
+        storage = self.config.storage_domains
+        path = location.checked_path(storage)  # no link on the way: its realpath is inside
         real = os.path.realpath(path)
         with libvirt_errors("list domains"):
             domains = self.connection().listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
@@ -641,7 +642,7 @@ class Hypervisor:
                 sources = domxml.disk_sources(dom.XMLDesc(0))
             for source in sources:
                 if os.path.realpath(source) == real:
-                    current = volumes.virtual_size_mib(path, fmt)
+                    current = volumes.virtual_size_mib(location, storage, fmt)
                     if current >= size_mib:
                         return {"path": path, "resized": False, "exists": True,
                                 "size_mib": current, "live": True}
@@ -650,7 +651,7 @@ class Hypervisor:
                                         libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
                     return {"path": path, "resized": True, "exists": True, "size_mib": size_mib,
                             "live": True}
-        return {**volumes.grow(path, fmt, size_mib), "live": False}
+        return {**volumes.grow(location, storage, fmt, size_mib), "live": False}
 
     def disks_in_use(self) -> set[str]:
         """Disk files of every domain defined or running here (live and next-boot XML)."""

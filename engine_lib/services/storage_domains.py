@@ -1,7 +1,9 @@
 """Storage domains: where VM disk volumes live, named once and attached to clusters.
 
-A domain is a directory (``type: file``, at ``path``) or an NFS export
-(``type: nfs``, ``export: server:/path``, mounted at ``path``). Hosts hold it
+A domain is a directory (``type: file``, at ``path``, under a directory the
+administrator allowed in engine.conf) or an NFS export (``type: nfs``,
+``export: server:/path``, mounted at ``path``, a directory directly under the
+fixed mount root, by default ``<mount root>/<name>``). Hosts hold it
 at the directory their agent is configured with (agent.conf [storage_domains],
 set by the host role); the engine never writes host paths into domain XML, it
 names the domain and the agent resolves it. Each host reports which domains
@@ -22,7 +24,7 @@ from sqlalchemy import select
 from engine_lib.model import Cluster, DeviceType, Host, StorageDomain, Vm, VmDevice
 from engine_lib.protocol.errors import Conflict, InvalidSpec, KestrelError, NotFound
 from engine_lib.protocol.statuses import HostStatus
-from engine_lib.protocol.storage import EXPORT_RE
+from engine_lib.protocol.storage import EXPORT_RE, default_mount_point, mount_point, under_roots
 from engine_lib.services.common import audit, find, get_cluster, retry_on_conflict
 from engine_lib.services.host_records import HostRef
 from engine_lib.services.results import Outcome
@@ -102,10 +104,12 @@ class StorageDomainService:
             domain = find(session, StorageDomain, name)
             before = domain_dict(domain) if domain else {}
             if domain is None:
-                if wanted["path"] is None:
-                    raise InvalidSpec("path", "is required to create a storage domain (the "
-                                              "directory hosts hold it at)")
-                domain = StorageDomain(name=name, type=kind or "file", path="", export="",
+                if wanted["path"] is None and kind != "nfs":
+                    raise InvalidSpec("path", "is required to create a file storage domain "
+                                              "(the directory hosts hold it at)")
+                domain = StorageDomain(name=name, type=kind or "file",
+                                       path="" if kind != "nfs" else default_mount_point(name),
+                                       export="",
                                        description="", clusters=[])
                 session.add(domain)
             elif kind is not None and kind != domain.type:
@@ -114,6 +118,10 @@ class StorageDomainService:
             for key, value in wanted.items():
                 if value is not None and getattr(domain, key) != value:
                     setattr(domain, key, value)
+            if domain.type == "nfs":
+                mount_point("path", domain.path)
+            else:
+                under_roots("path", domain.path, self.engine.config.file_domain_roots)
             if domain.type == "nfs" and not domain.export:
                 raise InvalidSpec("export", "is required for an nfs storage domain")
             if domain.type == "file" and domain.export:

@@ -45,7 +45,13 @@ options:
     type: str
     choices: [file, nfs]
   path:
-    description: The directory the hosts hold the domain at (the NFS mount point for V(nfs)). Required to create.
+    description:
+      - The directory the hosts hold the domain at. Required to create a V(file) domain,
+        which must be in (or be) a directory the engine's administrator allowed
+        (C(file_domain_roots) in the engine directory's C(engine.conf), the C(kestrel.virt.engine)
+        role's C(kestrel_engine_file_domain_roots); default C(/var/lib/kestrel/storage)).
+      - For V(nfs), the mount point, a directory directly under C(/var/lib/kestrel/mnt);
+        default C(/var/lib/kestrel/mnt/<name>). Hosts mount it C(nosuid,nodev,noexec).
     type: path
   export:
     description: The NFS export, C(server:/path). Required for V(nfs).
@@ -71,10 +77,10 @@ attributes:
 """
 
 EXAMPLES = r"""
-- name: A local directory domain for the lab cluster
+- name: A local directory domain for the lab cluster (under the engine's file_domain_roots)
   kestrel.virt.storage_domain:
     name: data
-    path: /srv/kestrel/data
+    path: /var/lib/kestrel/storage/data
     clusters: [lab]
 
 - name: An NFS domain shared by two clusters
@@ -82,8 +88,7 @@ EXAMPLES = r"""
     name: shared
     type: nfs
     export: nas.example.com:/exports/kestrel
-    path: /rhev/data-center/mnt/shared
-    clusters: [production, staging]
+    clusters: [production, staging]  # mounted at /var/lib/kestrel/mnt/shared
 
 - name: Which hosts have it (options left unset change nothing)
   kestrel.virt.storage_domain:

@@ -169,6 +169,9 @@ def engine(tmp_path, agents, db_url):
     def factory(address, port):
         return agents.setdefault(address, FakeAgent(address))
 
+    # The tests' file domains live under /srv, allowed as an administrator would.
+    (tmp_path / "engine").mkdir(exist_ok=True)
+    (tmp_path / "engine" / "engine.conf").write_text("[storage]\nfile_domain_roots = /srv\n")
     eng = Engine.open(engine_dir=str(tmp_path / "engine"), db_url=db_url, agent_factory=factory)
     yield eng
     eng.close()

@@ -79,6 +79,9 @@ payload = /var/lib/kestrel/payload
 console = /var/log/kestrel/console
 nvram = /var/lib/kestrel/nvram
 
+[storage]
+file_domain_roots = {os.path.dirname(lab_hosts.shared_dir(host.state_dir, "data"))}
+
 [storage_domains]
 data = {lab_hosts.shared_dir(host.state_dir, "data")}
 images = {lab_hosts.shared_dir(host.state_dir, "images")}

@@ -13,14 +13,19 @@ import pytest
 import yaml
 
 from engine_lib.engine import Engine
+from kestrel_lab import hosts as lab_hosts
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
-def engine_dir(engine_pki_dir) -> Path:
-    """The engine directory whose CA signed the lab agents' certificates."""
-    return Path(engine_pki_dir).parent
+def engine_dir(engine_pki_dir, lab_state_dir) -> Path:
+    """The engine directory whose CA signed the lab agents' certificates; its
+    engine.conf allows the lab's shared storage, as an administrator would."""
+    directory = Path(engine_pki_dir).parent
+    shared = os.path.dirname(lab_hosts.shared_dir(lab_state_dir, "data"))
+    (directory / "engine.conf").write_text(f"[storage]\nfile_domain_roots = {shared}\n")
+    return directory
 
 
 @pytest.fixture

@@ -88,3 +88,29 @@ def test_disk_sources_and_console_log_are_read_back():
     host = domxml.resolve(engine_xml(), ROOTS, DOMAINS)
     assert domxml.disk_sources(host.xml) == {"/srv/data/img-1/vol-1"}
     assert domxml.console_log_path(host.xml) == f"/var/log/kestrel/console/{VM_ID}.log"
+
+
+def test_a_storage_file_reached_through_a_link_out_of_its_domain_is_refused(tmp_path):
+    for name in ("data", "images"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "images" / "vmlinuz").symlink_to("/etc/shadow")
+    domains = {"data": str(tmp_path / "data"), "images": str(tmp_path / "images")}
+    with pytest.raises(InvalidSpec, match="vmlinuz is a symlink") as err:
+        domxml.resolve(engine_xml(), ROOTS, domains)
+    assert err.value.field == "storage_domain"
+    (tmp_path / "images" / "vmlinuz").unlink()
+    (tmp_path / "data" / "img-1").symlink_to("/etc")
+    with pytest.raises(InvalidSpec, match="img-1 is a symlink"):
+        domxml.resolve(engine_xml(), ROOTS, domains)
+
+
+def test_disks_on_storage_open_no_backing_file_the_engine_did_not_describe():
+    root = ET.fromstring(domxml.resolve(engine_xml(), ROOTS, DOMAINS).xml)
+    disk = root.find("devices/disk")
+    assert disk.find("backingStore") is not None and len(disk.find("backingStore")) == 0
+    described = engine_xml().replace(
+        "<target dev='vda'", "<backingStore type='file'><format type='qcow2'/><source file='"
+        f"{placeholders.storage('data', 'img-1/base')}'/></backingStore><target dev='vda'")
+    root = ET.fromstring(domxml.resolve(described, ROOTS, DOMAINS).xml)
+    stores = root.findall("devices/disk/backingStore")
+    assert len(stores) == 1 and stores[0].find("source").get("file") == "/srv/data/img-1/base"

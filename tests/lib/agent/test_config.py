@@ -25,6 +25,9 @@ payload = /var/lib/kestrel/payload
 console = /var/log/kestrel/console
 nvram = /var/lib/kestrel/nvram
 
+[storage]
+file_domain_roots = /srv/kestrel-lab/shared /srv/other
+
 [storage_domains]
 data = /srv/kestrel-lab/shared/data
 Images = /srv/kestrel-lab/shared/images/
@@ -42,6 +45,7 @@ def test_full_config_is_read_as_written(tmp_path):
     # Storage domain names keep their case; trailing slashes do not matter.
     assert cfg.storage_domains == {"data": "/srv/kestrel-lab/shared/data",
                                    "Images": "/srv/kestrel-lab/shared/images"}
+    assert cfg.file_domain_roots == ("/srv/kestrel-lab/shared", "/srv/other")
     assert cfg.resolve("/kestrel-placeholder/storage/data/img/vol") == \
         "/srv/kestrel-lab/shared/data/img/vol"
     assert cfg.resolve("/kestrel-placeholder/console/x.log") == "/var/log/kestrel/console/x.log"
@@ -53,6 +57,7 @@ def test_empty_config_means_vdsm_like_defaults():
     assert cfg.ca == "/etc/kestrel/pki/ca.pem"
     assert cfg.paths["nvram"] == "/var/lib/kestrel/nvram"
     assert cfg.storage_domains == {}
+    assert cfg.file_domain_roots == ("/var/lib/kestrel/storage",)
     assert cfg.name  # the host name
 
 
@@ -63,8 +68,16 @@ def test_empty_config_means_vdsm_like_defaults():
     ("[pki]\nca = ca.pem\n", "[pki] ca", "'ca.pem' is not an absolute path"),
     ("[paths]\nconsole = log\n", "[paths] console", "not an absolute path"),
     ("[storage_domains]\ndata = relative/dir\n", "[storage_domains] data",
-     "not an absolute path"),
-    ("[storage]\ndata = /x\n", "[storage]", "unknown section"),
+     "must be an absolute directory path"),
+    ("[storage]\ndata = /x\n", "[storage] data", "unknown key"),
+    ("[storage]\nfile_domain_roots = /\n", "[storage] file_domain_roots", "other than /"),
+    ("[storage_domains]\ndata = /etc/cron.d\n", "[storage_domains] data",
+     "not under a directory the administrator allowed"),
+    ("[storage_domains]\ndata = /var/lib/kestrel/storage-x\n", "[storage_domains] data",
+     "not under a directory the administrator allowed"),
+    ("[storage]\nfile_domain_roots = /srv\n[storage_domains]\ndata = /srv/../etc\n",
+     "[storage_domains] data", "'..'"),
+    ("[volumes]\ndata = /x\n", "[volumes]", "unknown section"),
 ])
 def test_errors_name_file_section_and_key(text, field, reason):
     with pytest.raises(InvalidSpec) as err:
@@ -80,3 +93,11 @@ def test_unreadable_and_malformed_files(tmp_path):
     bad.write_text("port = 1\n")
     with pytest.raises(InvalidSpec, match="not a valid INI file"):
         config.load(str(bad))
+
+
+def test_a_domain_linked_out_of_the_allowed_roots_is_refused(tmp_path):
+    (tmp_path / "roots").mkdir()
+    (tmp_path / "roots" / "data").symlink_to("/etc")
+    with pytest.raises(InvalidSpec, match="/etc is not under a directory the administrator"):
+        config.loads(f"[storage]\nfile_domain_roots = {tmp_path}/roots\n"
+                     f"[storage_domains]\ndata = {tmp_path}/roots/data\n")

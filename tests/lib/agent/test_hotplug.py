@@ -25,6 +25,14 @@ def test_a_disk_is_resolved_to_its_storage_domain_path():
     xml, paths = hotplug.resolve(hotplug.parse_device(DISK), {}, {"data": "/srv/data"})
     assert paths == ["/srv/data/img/vol"]
     assert "file=\"/srv/data/img/vol\"" in xml and "kestrel-placeholder" not in xml
+    assert "<backingStore />" in xml  # no backing file from the image header
+
+
+def test_a_disk_linked_out_of_its_domain_is_refused(tmp_path):
+    (tmp_path / "data" / "img").mkdir(parents=True)
+    (tmp_path / "data" / "img" / "vol").symlink_to("/dev/sda")
+    with pytest.raises(InvalidSpec, match="vol is a symlink"):
+        hotplug.resolve(hotplug.parse_device(DISK), {}, {"data": str(tmp_path / "data")})
 
 
 @pytest.mark.parametrize("xml, reason", [

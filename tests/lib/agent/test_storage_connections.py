@@ -29,18 +29,28 @@ from engine_lib.protocol.errors import AgentError, Conflict, InvalidSpec
 
 EXPORT = "nas.example:/exports/kestrel"
 
-# Records argv (one JSON list per line); on success adds/removes the mountinfo line.
+# Records argv (one JSON list per line); on success adds the mountinfo line (with the
+# per-mount flags the kernel would show) or, for a remount, sets those flags.
 _MOUNT = """#!/usr/bin/env python3
 import json, os, sys
+args = sys.argv[1:]
 with open(os.environ["KESTREL_TEST_RECORD"], "a") as rec:
-    rec.write(json.dumps(["mount"] + sys.argv[1:]) + "\\n")
+    rec.write(json.dumps(["mount"] + args) + "\\n")
 if os.environ.get("KESTREL_TEST_MOUNT_FAIL"):
     sys.stderr.write(os.environ["KESTREL_TEST_MOUNT_FAIL"] + "\\n")
     sys.exit(32)
-source, target = sys.argv[-2], sys.argv[-1]
-with open(os.environ["KESTREL_TEST_MOUNTINFO"], "a") as info:
-    info.write(f"90 25 0:52 / {target.replace(' ', chr(92) + '040')} rw,relatime shared:40 "
-               f"- nfs4 {source} rw,vers=4.2\\n")
+options = args[args.index("-o") + 1].split(",") if "-o" in args else []
+flags = ",".join(["rw"] + [o for o in ("nosuid", "nodev", "noexec") if o in options])
+path = os.environ["KESTREL_TEST_MOUNTINFO"]
+target = args[-1].replace(" ", chr(92) + "040")
+if "remount" in options:
+    lines = [l.split() for l in open(path)]
+    open(path, "w").writelines(" ".join(f[:5] + [flags] + f[6:]) + "\\n" if f[4] == target
+                               else " ".join(f) + "\\n" for f in lines)
+    sys.exit(0)
+with open(path, "a") as info:
+    info.write(f"90 25 0:52 / {target} {flags},relatime shared:40 "
+               f"- nfs4 {args[-2]} rw,vers=4.2\\n")
 """
 _UMOUNT = """#!/usr/bin/env python3
 import json, os, sys
@@ -80,6 +90,11 @@ def fake_mount(tmp_path, monkeypatch):
     return fake
 
 
+def _where(fake: FakeMounts) -> dict:
+    """Where the stand-ins keep mounts, and the mount root (tmp/mnt)."""
+    return {"mountinfo": str(fake.mountinfo), "mount_root": str(fake.mountinfo.parent / "mnt")}
+
+
 def _request(tmp_path, **overrides) -> dict:
     return {"name": "nfs1", "type": "nfs", "export": EXPORT, "options": "vers=4.2,soft",
             "path": str(tmp_path / "mnt" / "nfs1"), **overrides}
@@ -89,14 +104,14 @@ def _request(tmp_path, **overrides) -> dict:
 
 def test_connect_mounts_with_this_argv_and_the_domain_resolves(tmp_path, fake_mount):
     domains: dict[str, str] = {}
-    storage = StorageConnections(domains, mountinfo=str(fake_mount.mountinfo))
+    storage = StorageConnections(domains, **_where(fake_mount))
     path = str(tmp_path / "mnt" / "nfs1")
 
     answer = storage.connect(_request(tmp_path))
 
     assert answer == {"name": "nfs1", "path": path, "mounted": True, "changed": True}
-    assert fake_mount.calls() == [["mount", "-t", "nfs", "-o", "vers=4.2,soft", "--", EXPORT,
-                                   path]]
+    assert fake_mount.calls() == [["mount", "-t", "nfs", "-o", "vers=4.2,soft,nosuid,nodev,noexec",
+                                   "--", EXPORT, path]]
     assert os.path.isdir(path)
     assert domains == {"nfs1": path}
     # What a VM disk on the domain resolves to on this host.
@@ -106,7 +121,7 @@ def test_connect_mounts_with_this_argv_and_the_domain_resolves(tmp_path, fake_mo
 
 
 def test_connect_again_changes_nothing_and_does_not_call_mount(tmp_path, fake_mount):
-    storage = StorageConnections({}, mountinfo=str(fake_mount.mountinfo))
+    storage = StorageConnections({}, **_where(fake_mount))
     storage.connect(_request(tmp_path))
     assert storage.connect(_request(tmp_path))["changed"] is False
     assert len(fake_mount.calls()) == 1
@@ -115,18 +130,54 @@ def test_connect_again_changes_nothing_and_does_not_call_mount(tmp_path, fake_mo
 def test_an_export_mounted_before_the_agent_started_is_taken_as_it_is(tmp_path, fake_mount):
     path = tmp_path / "mnt" / "nfs1"
     with open(fake_mount.mountinfo, "a") as info:
-        info.write(f"91 25 0:53 / {path} rw shared:41 - nfs4 {EXPORT}/ rw,vers=4.2\n")
+        info.write(f"91 25 0:53 / {path} rw,nosuid,nodev,noexec shared:41 - nfs4 {EXPORT}/ "
+                   "rw,vers=4.2\n")
     domains: dict[str, str] = {}
-    answer = StorageConnections(domains, mountinfo=str(fake_mount.mountinfo)).connect(
+    answer = StorageConnections(domains, **_where(fake_mount)).connect(
         _request(tmp_path, options=""))
     assert answer["changed"] is False and domains == {"nfs1": str(path)}
     assert fake_mount.calls() == []
 
 
-def test_no_options_means_no_dash_o(tmp_path, fake_mount):
-    StorageConnections({}, mountinfo=str(fake_mount.mountinfo)).connect(
+def test_an_export_mounted_without_nosuid_nodev_is_remounted_before_use(tmp_path, fake_mount):
+    path = tmp_path / "mnt" / "nfs1"
+    with open(fake_mount.mountinfo, "a") as info:
+        info.write(f"91 25 0:53 / {path} rw,nodev,relatime shared:41 - nfs4 {EXPORT} rw\n")
+    domains: dict[str, str] = {}
+    storage = StorageConnections(domains, **_where(fake_mount))
+    assert storage.connect(_request(tmp_path))["changed"] is True
+    assert fake_mount.calls() == [["mount", "-o", "remount,nosuid,nodev,noexec", "--",
+                                   str(path)]]
+    assert {"nosuid", "nodev", "noexec"} <= mounts(str(fake_mount.mountinfo))[str(path)].options
+    assert domains == {"nfs1": str(path)}
+    assert storage.connect(_request(tmp_path))["changed"] is False
+
+
+def test_without_options_only_ours(tmp_path, fake_mount):
+    StorageConnections({}, **_where(fake_mount)).connect(
         _request(tmp_path, options=""))
-    assert fake_mount.calls()[0][:4] == ["mount", "-t", "nfs", "--"]
+    assert fake_mount.calls()[0][:5] == ["mount", "-t", "nfs", "-o", "nosuid,nodev,noexec"]
+
+
+@pytest.mark.parametrize("path", ["/etc/kestrel/hooks", "/etc/cron.d", "{root}/nfs1/deeper",
+                                  "{root}", "{root}/.."])
+def test_a_mount_point_outside_the_mount_root_is_refused(tmp_path, fake_mount, path):
+    domains: dict[str, str] = {}
+    with pytest.raises(InvalidSpec, match="^path: ") as err:
+        StorageConnections(domains, **_where(fake_mount)).connect(
+            _request(tmp_path, path=path.format(root=tmp_path / "mnt")))
+    assert err.value.field == "path"
+    assert domains == {} and fake_mount.calls() == []
+
+
+def test_a_linked_mount_point_is_never_mounted_over(tmp_path, fake_mount):
+    (tmp_path / "mnt").mkdir()
+    (tmp_path / "target").mkdir()
+    (tmp_path / "mnt" / "nfs1").symlink_to(tmp_path / "target")
+    domains: dict[str, str] = {}
+    with pytest.raises(InvalidSpec, match="is not a directory"):
+        StorageConnections(domains, **_where(fake_mount)).connect(_request(tmp_path))
+    assert domains == {} and fake_mount.calls() == []
 
 
 def test_something_else_mounted_there_is_a_conflict(tmp_path, fake_mount):
@@ -135,7 +186,7 @@ def test_something_else_mounted_there_is_a_conflict(tmp_path, fake_mount):
         info.write(f"91 25 0:53 / {path} rw shared:41 - nfs4 other:/export rw\n")
     domains: dict[str, str] = {}
     with pytest.raises(Conflict, match="other:/export"):
-        StorageConnections(domains, mountinfo=str(fake_mount.mountinfo)).connect(
+        StorageConnections(domains, **_where(fake_mount)).connect(
             _request(tmp_path))
     assert domains == {} and fake_mount.calls() == []
 
@@ -150,6 +201,12 @@ def test_something_else_mounted_there_is_a_conflict(tmp_path, fake_mount):
     ("export", "nas:/x y"),
     ("path", "relative/dir"),
     ("path", "/srv/../etc"),
+    ("options", "vers=4.2,suid"),
+    ("options", "dev"),
+    ("options", "exec,soft"),
+    ("options", "defaults"),
+    ("options", "remount"),
+    ("options", "bind"),
     ("path", "/"),
     ("name", "a/b"),
     ("type", "glusterfs"),
@@ -158,7 +215,7 @@ def test_bad_requests_are_refused_naming_the_field_and_change_nothing(
         tmp_path, fake_mount, field, value):
     domains: dict[str, str] = {}
     with pytest.raises(InvalidSpec) as err:
-        StorageConnections(domains, mountinfo=str(fake_mount.mountinfo)).connect(
+        StorageConnections(domains, **_where(fake_mount)).connect(
             _request(tmp_path, **{field: value}))
     assert err.value.field == field
     assert domains == {} and fake_mount.calls() == []
@@ -168,7 +225,7 @@ def test_bad_requests_are_refused_naming_the_field_and_change_nothing(
 def test_a_failing_mount_says_why_and_registers_nothing(tmp_path, fake_mount, monkeypatch):
     monkeypatch.setenv("KESTREL_TEST_MOUNT_FAIL", "mount.nfs: access denied by server")
     domains: dict[str, str] = {}
-    storage = StorageConnections(domains, mountinfo=str(fake_mount.mountinfo))
+    storage = StorageConnections(domains, **_where(fake_mount))
     with pytest.raises(MountFailed, match="access denied by server") as err:
         storage.connect(_request(tmp_path))
     assert err.value.details["returncode"] == 32
@@ -183,7 +240,7 @@ def test_a_failing_mount_says_why_and_registers_nothing(tmp_path, fake_mount, mo
 
 def test_disconnect_is_refused_while_a_vm_uses_a_volume_then_unmounts(tmp_path, fake_mount):
     domains: dict[str, str] = {}
-    storage = StorageConnections(domains, mountinfo=str(fake_mount.mountinfo))
+    storage = StorageConnections(domains, **_where(fake_mount))
     path = storage.connect(_request(tmp_path))["path"]
     disk = f"{path}/img-1/vol-1"
 
@@ -202,14 +259,14 @@ def test_disconnect_is_refused_while_a_vm_uses_a_volume_then_unmounts(tmp_path, 
 def test_a_domain_from_the_agent_config_is_never_unmounted_on_request(tmp_path, fake_mount):
     domains = {"data": "/srv/data"}
     with pytest.raises(Conflict, match="agent's config"):
-        StorageConnections(domains, mountinfo=str(fake_mount.mountinfo)).disconnect("data", set)
+        StorageConnections(domains, **_where(fake_mount)).disconnect("data", set)
     assert domains == {"data": "/srv/data"} and fake_mount.calls() == []
 
 
 def test_a_name_configured_at_another_path_is_a_conflict(tmp_path, fake_mount):
     domains = {"nfs1": "/srv/elsewhere"}
     with pytest.raises(Conflict, match="/srv/elsewhere"):
-        StorageConnections(domains, mountinfo=str(fake_mount.mountinfo)).connect(
+        StorageConnections(domains, **_where(fake_mount)).connect(
             _request(tmp_path))
     assert fake_mount.calls() == []
 
@@ -218,8 +275,9 @@ def test_mountinfo_mount_points_are_unescaped(tmp_path):
     info = tmp_path / "mountinfo"
     info.write_text("36 35 98:0 /mnt1 /mnt/with\\040space rw,noatime master:1 - nfs "
                     "srv:/a rw\n40 35 0:5 / /srv/x rw shared:2 opt:1 - nfs4 srv:/b rw\n")
-    assert mounts(str(info)) == {"/mnt/with space": ("nfs", "srv:/a"),
-                                 "/srv/x": ("nfs4", "srv:/b")}
+    assert mounts(str(info)) == {
+        "/mnt/with space": ("nfs", "srv:/a", frozenset({"rw", "noatime"})),
+        "/srv/x": ("nfs4", "srv:/b", frozenset({"rw"}))}
 
 
 # -- the HTTP route over real TLS ----------------------------------------------------------
@@ -236,7 +294,7 @@ def tls_agent(tmp_path, fake_mount):
                          cert=str(tmp_path / "agent.pem"), key=str(tmp_path / "agent.key"),
                          source="test")
     api = Api(config)
-    api.storage = StorageConnections(config.storage_domains, mountinfo=str(fake_mount.mountinfo))
+    api.storage = StorageConnections(config.storage_domains, **_where(fake_mount))
     server = AgentServer(config, server_context(config), api)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield AgentClient("127.0.0.1", server.server_address[1], str(pki_dir)), config
@@ -252,7 +310,8 @@ def test_connect_and_disconnect_over_tls(tmp_path, tls_agent, fake_mount):
         {"name": "nfs1", "path": path, "mounted": True, "changed": True}
     assert client.connect_storage("nfs1", EXPORT, path, "vers=4.2")["changed"] is False
     assert config.storage_domains == {"nfs1": path}
-    assert fake_mount.calls() == [["mount", "-t", "nfs", "-o", "vers=4.2", "--", EXPORT, path]]
+    assert fake_mount.calls() == [["mount", "-t", "nfs", "-o", "vers=4.2,nosuid,nodev,noexec",
+                                   "--", EXPORT, path]]
 
     # test:///default's domain has no disk on the domain: nothing holds it.
     assert client.disconnect_storage("nfs1")["changed"] is True
@@ -273,7 +332,7 @@ def test_a_failing_mount_over_tls_carries_mounts_stderr(tmp_path, tls_agent, fak
     monkeypatch.setenv("KESTREL_TEST_MOUNT_FAIL", "mount.nfs: Connection timed out")
     client, config = tls_agent
     with pytest.raises(AgentError, match="Connection timed out") as err:
-        client.connect_storage("nfs1", EXPORT, str(tmp_path / "m"))
+        client.connect_storage("nfs1", EXPORT, str(tmp_path / "mnt" / "nfs1"))
     assert err.value.details["code"] == "MountFailed"
     assert config.storage_domains == {}
 
@@ -283,10 +342,10 @@ def test_a_failing_mount_over_tls_carries_mounts_stderr(tmp_path, tls_agent, fak
 @pytest.fixture
 def nfs_cluster(engine, cluster):
     engine.clusters.ensure("c2", virt_type="qemu")
-    engine.storage_domains.ensure("nfs1", type="nfs", export=EXPORT, path="/mnt/nfs1",
+    engine.storage_domains.ensure("nfs1", type="nfs", export=EXPORT, path="/var/lib/kestrel/mnt/nfs1",
                                   clusters=[cluster])
     engine.storage_domains.ensure("nfs-other", type="nfs", export="nas:/other",
-                                  path="/mnt/other", clusters=["c2"])
+                                  path="/var/lib/kestrel/mnt/other", clusters=["c2"])
     engine.storage_domains.ensure("local", path="/srv/local", clusters=[cluster])
     return cluster
 
@@ -297,9 +356,9 @@ def _connects(agent) -> list[tuple]:
 
 def test_a_new_host_connects_only_its_clusters_nfs_domains(engine, nfs_cluster, agents):
     engine.hosts.ensure("h1", address="10.0.0.1", cluster=nfs_cluster)
-    assert agents["10.0.0.1"].storage_calls == [("connect", "nfs1", EXPORT, "/mnt/nfs1")]
+    assert agents["10.0.0.1"].storage_calls == [("connect", "nfs1", EXPORT, "/var/lib/kestrel/mnt/nfs1")]
     assert engine.storage_domains.info("nfs1")[0]["hosts"]["h1"] == \
-        {"available": True, "path": "/mnt/nfs1"}
+        {"available": True, "path": "/var/lib/kestrel/mnt/nfs1"}
     assert any("storage domain 'nfs1' connected" in e["message"]
                for e in engine.events.info(entity_name="h1"))
 
@@ -315,11 +374,11 @@ def test_a_host_coming_up_again_connects_its_domains(engine, nfs_cluster, agents
     agent.reachable = True
     monitor.cycle(poll_vms=False)
     assert engine.hosts.info("h1")[0]["status"] == "Up"
-    assert _connects(agent)[1:] == [("connect", "nfs1", EXPORT, "/mnt/nfs1")]
+    assert _connects(agent)[1:] == [("connect", "nfs1", EXPORT, "/var/lib/kestrel/mnt/nfs1")]
 
 
 def test_a_domain_that_cannot_be_mounted_is_audited_and_unavailable(engine, nfs_cluster, agents):
-    engine.storage_domains.ensure("nfs2", type="nfs", export="nas:/two", path="/mnt/two",
+    engine.storage_domains.ensure("nfs2", type="nfs", export="nas:/two", path="/var/lib/kestrel/mnt/two",
                                   clusters=[nfs_cluster])
     engine.hosts.ensure("h1", address="10.0.0.1", cluster=nfs_cluster)
     agent = agents["10.0.0.1"]
@@ -333,7 +392,7 @@ def test_a_domain_that_cannot_be_mounted_is_audited_and_unavailable(engine, nfs_
     assert [c[1] for c in _connects(agent)] == ["nfs1", "nfs2", "nfs1", "nfs2"]
     assert engine.hosts.info("h1")[0]["status"] == "Up"
     assert engine.storage_domains.info("nfs1")[0]["hosts"]["h1"] == {
-        "available": False, "path": "/mnt/nfs1",
+        "available": False, "path": "/var/lib/kestrel/mnt/nfs1",
         "error": "cannot mount: mount.nfs: access denied by server"}
     assert engine.storage_domains.info("nfs2")[0]["hosts"]["h1"]["available"] is True
     warnings = [e["message"] for e in engine.events.info(entity_name="h1")
@@ -351,7 +410,7 @@ def test_an_agent_that_forgot_its_connections_is_reconnected_by_the_heartbeat(
     assert len(_connects(agent)) == 1
     agent.connected_storage.clear()  # the agent restarted between two heartbeats
     monitor.cycle(poll_vms=False)
-    assert len(_connects(agent)) == 2 and agent.connected_storage == {"nfs1": "/mnt/nfs1"}
+    assert len(_connects(agent)) == 2 and agent.connected_storage == {"nfs1": "/var/lib/kestrel/mnt/nfs1"}
     monitor.cycle(poll_vms=False)
     assert len(_connects(agent)) == 2
 
@@ -376,21 +435,21 @@ def test_activate_connects_the_domains(engine, nfs_cluster, agents):
     agent.connected_storage.clear()
     engine.hosts.activate("h1")
     assert len(_connects(agent)) == 2
-    assert agent.connected_storage == {"nfs1": "/mnt/nfs1"}
+    assert agent.connected_storage == {"nfs1": "/var/lib/kestrel/mnt/nfs1"}
 
 
 def test_attach_connects_detach_and_remove_disconnect(engine, cluster, agents):
     engine.hosts.ensure("h1", address="10.0.0.1", cluster=cluster)
     engine.hosts.ensure("h2", address="10.0.0.2", cluster=cluster)
     engine.hosts.maintenance("h2")  # not Up: left alone
-    engine.storage_domains.ensure("nfs1", type="nfs", export=EXPORT, path="/mnt/nfs1",
+    engine.storage_domains.ensure("nfs1", type="nfs", export=EXPORT, path="/var/lib/kestrel/mnt/nfs1",
                                   clusters=[], check_mode=True)
     assert not hasattr(agents["10.0.0.1"], "storage_calls")
 
     attached = engine.storage_domains.ensure("nfs1", type="nfs", export=EXPORT,
-                                             path="/mnt/nfs1", clusters=[cluster])
-    assert agents["10.0.0.1"].storage_calls == [("connect", "nfs1", EXPORT, "/mnt/nfs1")]
-    assert attached.entity["hosts"]["h1"] == {"available": True, "path": "/mnt/nfs1"}
+                                             path="/var/lib/kestrel/mnt/nfs1", clusters=[cluster])
+    assert agents["10.0.0.1"].storage_calls == [("connect", "nfs1", EXPORT, "/var/lib/kestrel/mnt/nfs1")]
+    assert attached.entity["hosts"]["h1"] == {"available": True, "path": "/var/lib/kestrel/mnt/nfs1"}
     assert not hasattr(agents["10.0.0.2"], "storage_calls")
     # The same attachment again: no agent call at all.
     engine.storage_domains.ensure("nfs1", clusters=[cluster])
@@ -398,19 +457,19 @@ def test_attach_connects_detach_and_remove_disconnect(engine, cluster, agents):
 
     engine.storage_domains.ensure("nfs1", clusters=[])
     assert agents["10.0.0.1"].storage_calls[-1] == ("disconnect", "nfs1")
-    assert "storage domain 'nfs1' disconnected (/mnt/nfs1 unmounted)" in \
+    assert "storage domain 'nfs1' disconnected (/var/lib/kestrel/mnt/nfs1 unmounted)" in \
         [e["message"] for e in engine.events.info(entity_name="h1")]
 
     engine.storage_domains.ensure("nfs1", clusters=[cluster])
     engine.storage_domains.remove("nfs1")
-    assert agents["10.0.0.1"].storage_calls[-2:] == [("connect", "nfs1", EXPORT, "/mnt/nfs1"),
+    assert agents["10.0.0.1"].storage_calls[-2:] == [("connect", "nfs1", EXPORT, "/var/lib/kestrel/mnt/nfs1"),
                                                      ("disconnect", "nfs1")]
     assert agents["10.0.0.1"].connected_storage == {}
 
 
 def test_a_refused_disconnect_is_audited_and_detach_still_happens(engine, cluster, agents):
     engine.hosts.ensure("h1", address="10.0.0.1", cluster=cluster)
-    engine.storage_domains.ensure("nfs1", type="nfs", export=EXPORT, path="/mnt/nfs1",
+    engine.storage_domains.ensure("nfs1", type="nfs", export=EXPORT, path="/var/lib/kestrel/mnt/nfs1",
                                   clusters=[cluster])
 
     def refuse(name):

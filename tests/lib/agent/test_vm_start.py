@@ -18,6 +18,7 @@ from engine_lib.agent.hibernation import Restore
 from engine_lib.agent.migration import IncomingStart
 from engine_lib.agent.vm_start import FreshStart
 from engine_lib.agent.vms import Hypervisor
+from engine_lib.agent.volumes import VolumeLocation
 from engine_lib.protocol import metadata
 from engine_lib.protocol.errors import Conflict, LibvirtError, NotFound
 
@@ -90,9 +91,10 @@ class _RestoreByBoot(Restore):
 
 def test_a_restored_vm_is_up_and_its_memory_volume_is_gone(hv, tmp_path):
     host = _host(hv)
-    memory = tmp_path / "sd1" / "memory"
+    memory = tmp_path / "sd1" / "img" / "memory"
+    memory.parent.mkdir()
     memory.write_bytes(b"saved state")
-    answer = _RestoreByBoot(hv, host, str(memory)).run()
+    answer = _RestoreByBoot(hv, host, VolumeLocation("sd1", "img", "memory")).run()
     assert (answer["started"], answer["status"]) == (True, "Up")
     assert not memory.exists()
     assert hv.registry.get(host.uuid).status.value == "Up"
@@ -100,10 +102,11 @@ def test_a_restored_vm_is_up_and_its_memory_volume_is_gone(hv, tmp_path):
 
 def test_a_failed_restore_keeps_the_memory_volume_to_try_again(hv, tmp_path):
     host = _host(hv)
-    memory = tmp_path / "sd1" / "memory"
+    memory = tmp_path / "sd1" / "img" / "memory"
+    memory.parent.mkdir()
     memory.write_bytes(b"saved state")
     with pytest.raises(LibvirtError):
-        Restore(hv, host, str(memory)).run()  # the test driver refuses the new XML
+        Restore(hv, host, VolumeLocation("sd1", "img", "memory")).run()  # the test driver refuses the new XML
     assert memory.exists()
     assert hv.find(host.uuid) is None and host.uuid not in hv.registry
 

@@ -88,6 +88,66 @@ def test_delete_refuses_a_volume_in_use_and_anything_outside_the_domain(domains,
         volumes.delete([VolumeLocation("data", "img", "vol")], domains, in_use={path})
     (tmp_path / "secret").write_text("x")
     (tmp_path / "data" / "img" / "link").symlink_to(tmp_path / "secret")
-    with pytest.raises(InvalidSpec, match="outside storage domain 'data'"):
+    with pytest.raises(InvalidSpec, match="link is a symlink"):
         volumes.delete([VolumeLocation("data", "img", "link")], domains, in_use=set())
     assert (tmp_path / "secret").exists()
+
+
+@pytest.fixture
+def outside(tmp_path):
+    """A file outside the domain, 16 bytes, that no volume operation may touch."""
+    (tmp_path / "outside").mkdir()
+    target = tmp_path / "outside" / "vol"
+    target.write_bytes(b"sixteen bytes!!!")
+    return target
+
+
+def _link_image_out(tmp_path, outside) -> None:
+    (tmp_path / "data" / "img").symlink_to(outside.parent)
+
+
+def _link_volume_out(tmp_path, outside, name="vol") -> None:
+    (tmp_path / "data" / "img").mkdir(exist_ok=True)
+    (tmp_path / "data" / "img" / name).symlink_to(outside)
+
+
+@pytest.mark.parametrize("link", [_link_image_out, _link_volume_out])
+def test_create_refuses_a_link_out_of_the_domain(domains, tmp_path, outside, link):
+    link(tmp_path, outside)
+    (tmp_path / "outside" / "vol").unlink()  # what a create would make: a new file there
+    with pytest.raises(InvalidSpec, match="is a symlink"):
+        volumes.prepare([VolumeRef("ua", "data", "img", "vol", "raw", 2)], domains)
+    assert list((tmp_path / "outside").iterdir()) == []
+
+
+@pytest.mark.parametrize("link", [_link_image_out, _link_volume_out])
+def test_grow_refuses_a_link_out_of_the_domain(domains, tmp_path, outside, link):
+    link(tmp_path, outside)
+    with pytest.raises(InvalidSpec, match="is a symlink"):
+        volumes.grow(VolumeLocation("data", "img", "vol"), domains, "raw", 2)
+    assert outside.stat().st_size == 16
+
+
+def test_grow_pins_the_format_and_never_opens_a_backing_file(domains, tmp_path):
+    volumes.prepare([VolumeRef("ua", "data", "img", "vol", "qcow2", 8)], domains)
+    path = tmp_path / "data" / "img" / "vol"
+    # A header naming a backing file outside (here one that is not there: opening it fails).
+    subprocess.run(["qemu-img", "rebase", "-q", "-u", "-f", "qcow2", "-F", "raw", "-b",
+                    str(tmp_path / "outside-backing"), str(path)], check=True)
+    loc = VolumeLocation("data", "img", "vol")
+    assert volumes.grow(loc, domains, "qcow2", 16)["resized"] is True
+    assert volumes.virtual_size_mib(loc, domains, "qcow2") == 16
+    # Declared raw, read as raw: a qcow2 header is data, never probed.
+    assert volumes.virtual_size_mib(loc, domains, "raw") < 1
+
+
+def test_grow_of_a_missing_volume_changes_nothing(domains, tmp_path):
+    assert volumes.grow(VolumeLocation("data", "img", "vol"), domains, "raw", 2)["exists"] is False
+    assert list((tmp_path / "data").iterdir()) == []
+
+
+def test_delete_refuses_a_linked_image_directory(domains, tmp_path, outside):
+    _link_image_out(tmp_path, outside)
+    with pytest.raises(InvalidSpec, match="img is a symlink"):
+        volumes.delete([VolumeLocation("data", "img", "vol")], domains, in_use=set())
+    assert outside.read_bytes() == b"sixteen bytes!!!"

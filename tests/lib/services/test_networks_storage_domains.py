@@ -1,7 +1,11 @@
 """Logical networks and storage domains: what a NIC or disk may name, and what hosts must have."""
 
+import re
+
 import pytest
 
+from engine_lib.config import EngineConfig
+from engine_lib.engine import Engine
 from engine_lib.protocol.errors import Conflict, InvalidSpec, NoValidHost
 
 VM = {"name": "vm1", "cluster": "c1", "memory": "256MiB",
@@ -103,10 +107,17 @@ def test_storage_domain_lifecycle_and_host_availability(engine, cluster, agents)
 @pytest.mark.parametrize("kwargs, field", [
     ({"path": "relative/dir"}, "path"),
     ({"path": "/srv/../etc"}, "path"),
-    ({"type": "nfs", "path": "/mnt/x"}, "export"),
-    ({"type": "nfs", "path": "/mnt/x", "export": "no-colon"}, "export"),
-    ({"type": "iscsi", "path": "/mnt/x"}, "type"),
+    ({"type": "nfs", "path": "/var/lib/kestrel/mnt/x"}, "export"),
+    ({"type": "nfs", "path": "/var/lib/kestrel/mnt/x", "export": "no-colon"}, "export"),
+    ({"type": "iscsi", "path": "/var/lib/kestrel/mnt/x"}, "type"),
     ({}, "path"),
+    # File domains only under what engine.conf allows (/srv here); nfs only at the mount root.
+    ({"path": "/etc/cron.d"}, "path"),
+    ({"path": "/srvx/data"}, "path"),
+    ({"path": "/"}, "path"),
+    ({"type": "nfs", "export": "nas:/x", "path": "/etc/kestrel/hooks"}, "path"),
+    ({"type": "nfs", "export": "nas:/x", "path": "/var/lib/kestrel/mnt/a/b"}, "path"),
+    ({"type": "nfs", "export": "nas:/x", "path": "/srv/data"}, "path"),
 ])
 def test_bad_storage_domains_are_refused(engine, cluster, kwargs, field):
     with pytest.raises(InvalidSpec) as err:
@@ -117,8 +128,8 @@ def test_bad_storage_domains_are_refused(engine, cluster, kwargs, field):
 
 def test_disks_must_use_an_attached_domain_once_the_cluster_has_any(engine, cluster):
     engine.vms.ensure({**VM, "nics": []})  # none attached: any name goes
-    engine.storage_domains.ensure("nfs1", type="nfs", export="nas:/exports/k", path="/mnt/nfs1",
-                                  clusters=[cluster])
+    engine.storage_domains.ensure("nfs1", type="nfs", export="nas:/exports/k",
+                                  path="/var/lib/kestrel/mnt/nfs1", clusters=[cluster])
     with pytest.raises(InvalidSpec) as err:
         engine.vms.ensure({**VM, "name": "vm2", "nics": []})
     assert err.value.details["field"] == "disks[0].storage_domain"
@@ -141,3 +152,36 @@ def test_removing_a_cluster_takes_its_networks_and_attachments_along(engine, clu
     assert engine.storage_domains.info("data")[0]["clusters"] == []
     engine.clusters.ensure(cluster)
     assert engine.networks.info(cluster) == []
+
+
+def test_an_nfs_domain_is_mounted_at_the_mount_root_by_default(engine, cluster):
+    domain = engine.storage_domains.ensure("nfs1", type="nfs", export="nas:/k",
+                                           clusters=[cluster]).entity
+    assert domain["path"] == "/var/lib/kestrel/mnt/nfs1"
+
+
+def test_a_stored_path_outside_the_allowed_roots_is_refused_on_the_next_change(engine, cluster,
+                                                                             tmp_path):
+    engine.storage_domains.ensure("data", path="/srv/data", clusters=[cluster])
+    narrowed = Engine(EngineConfig(tmp_path, "unused", ("/var/lib/kestrel/storage",)),
+                      engine.store, engine.agent)
+    with pytest.raises(InvalidSpec, match="not under a directory the administrator allowed"):
+        narrowed.storage_domains.ensure("data", description="x")
+    assert narrowed.storage_domains.ensure(
+        "data", path="/var/lib/kestrel/storage/data").entity["path"] == \
+        "/var/lib/kestrel/storage/data"
+
+
+def test_engine_conf_sets_the_allowed_roots(tmp_path):
+    assert EngineConfig.resolve(str(tmp_path), "sqlite://").file_domain_roots == \
+        ("/var/lib/kestrel/storage",)
+    (tmp_path / "engine.conf").write_text("[storage]\nfile_domain_roots = /srv/a  /data/b/\n")
+    assert EngineConfig.resolve(str(tmp_path), "sqlite://").file_domain_roots == \
+        ("/srv/a", "/data/b")
+    for text, where in [("[storage]\nfile_domain_roots = relative\n", "file_domain_roots"),
+                        ("[storage]\nfile_domain_roots = /\n", "file_domain_roots"),
+                        ("[storage]\nroots = /srv\n", "[storage] roots"),
+                        ("[other]\n", "[other]")]:
+        (tmp_path / "engine.conf").write_text(text)
+        with pytest.raises(InvalidSpec, match=re.escape(where)):
+            EngineConfig.resolve(str(tmp_path), "sqlite://")

@@ -20,7 +20,7 @@ def test_present_passes_the_full_cluster_list(engine, run_module):
 
 def test_nfs_options(engine, run_module):
     engine.answer = Outcome(False, dict(name='nfs1'))
-    run_module(storage_domain, dict(name='nfs1', type='nfs', export='nas:/k', path='/mnt/k'))
+    run_module(storage_domain, dict(name='nfs1', type='nfs', export='nas:/k', path='/var/lib/kestrel/mnt/k'))
     assert engine.calls[0][2]['type'] == 'nfs' and engine.calls[0][2]['export'] == 'nas:/k'
 
 
