@@ -129,8 +129,7 @@ def resolve_paths(top: ET.Element, roots: dict[str, str], storage_domains: dict[
                     _IMAGE_DIR.match(ph.relpath.split("/", 1)[0]):
                 raise InvalidSpec("xml", f"{value} is inside a disk image directory but is "
                                          "not one of this VM's volumes")
-            paths.confine(storage_domains[ph.domain], ph.relpath,
-                          f"storage domain '{ph.domain}'")
+            paths.confine(storage_domains[ph.domain], ph.relpath, "storage_domain")
         found.setdefault(ph.kind, []).append(path)
         return path
 

@@ -129,7 +129,7 @@ def test_grow_refuses_a_link_out_of_the_domain(domains, tmp_path, outside, link)
 
 
 def test_grow_pins_the_format_and_never_opens_a_backing_file(domains, tmp_path):
-    volumes.prepare([VolumeRef("ua", "data", "img", "vol", "qcow2", 8)], domains)
+    volumes.prepare([VolumeRef("ua", "data", "img", "vol", "qcow2", 8, create=True)], domains)
     path = tmp_path / "data" / "img" / "vol"
     # A header naming a backing file outside (here one that is not there: opening it fails).
     subprocess.run(["qemu-img", "rebase", "-q", "-u", "-f", "qcow2", "-F", "raw", "-b",
