@@ -11,9 +11,10 @@ import subprocess
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 
 from engine_lib import pki
+from engine_lib.protocol import certificates
 from engine_lib.protocol.errors import InvalidSpec, KestrelError
 
 
@@ -52,7 +53,11 @@ def test_init_ca_creates_ca_and_engine_certificate_with_private_keys(pki_dir):
     assert _verify(engine, pki_dir).returncode == 0
     usage = x509.load_pem_x509_certificate(engine).extensions.get_extension_for_class(
         x509.ExtendedKeyUsage).value
-    assert list(usage) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    assert list(usage) == [ExtendedKeyUsageOID.CLIENT_AUTH,
+                           ObjectIdentifier(certificates.ENGINE_CLIENT_OID)]
+    assert x509.load_pem_x509_certificate(engine).subject.rfc4514_string() == \
+        "CN=kestrel-engine,OU=engine,O=kestrel"
+    assert (pki_dir / "crl.pem").is_file()
 
 
 def test_init_ca_never_overwrites(pki_dir):
@@ -75,18 +80,18 @@ def test_init_ca_refuses_half_a_ca(pki_dir):
         pki.init_ca(str(pki_dir))
 
 
-def test_sign_openssl_csr_gives_server_and_client_certificate(pki_dir, tmp_path):
+def test_sign_openssl_csr_gives_an_agent_certificate_that_is_no_client(pki_dir, tmp_path):
     cert_pem = pki.sign_csr(str(pki_dir), _openssl_csr(tmp_path, "/CN=evil-host"), "h1",
                             ["10.77.0.1", "h1.lab.example"])
     assert _verify(cert_pem, pki_dir).returncode == 0
     cert = x509.load_pem_x509_certificate(cert_pem)
     # The engine decides the identity, not the CSR.
-    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "h1"
+    assert cert.subject.rfc4514_string() == "CN=h1,OU=agent,O=kestrel"
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == ["h1", "h1.lab.example"]
     assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("10.77.0.1")]
     usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    assert set(usage) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
+    assert list(usage) == [ExtendedKeyUsageOID.SERVER_AUTH]
     # The certificate carries the host's own key from the CSR.
     key_check = subprocess.run(["openssl", "x509", "-noout", "-pubkey"], input=cert_pem,
                                capture_output=True, check=True).stdout
