@@ -28,6 +28,7 @@ ENGINE_NAME = "kestrel-engine"
 # A UUID-based OID (ITU-T X.667, arc 2.25): ours without registering anything.
 ENGINE_CLIENT_OID = "2.25.8745259940099891014402190788427759455"
 _EXTENDED_KEY_USAGE = "2.5.29.37"
+_SHORT = {"organizationName": "O", "organizationalUnitName": "OU", "commonName": "CN"}
 
 # libvirtd.conf tls_allowed_dn_list: GnuTLS writes subjects in RFC 4514 order.
 LIBVIRT_ALLOWED_DN = f"CN=*,OU={LIBVIRT},O={ORGANIZATION}"
@@ -47,7 +48,7 @@ def engine_client_refusal(peer: dict | None, der: bytes | None) -> str | None:
     expected = [("organizationName", ORGANIZATION), ("organizationalUnitName", ENGINE),
                 ("commonName", ENGINE_NAME)]
     if subject != expected:
-        shown = ", ".join(f"{key}={value}" for key, value in subject) or "empty"
+        shown = ", ".join(f"{_SHORT.get(key, key)}={value}" for key, value in subject) or "empty"
         return f"subject {shown} is not the engine's (O={ORGANIZATION}, OU={ENGINE}, " \
                f"CN={ENGINE_NAME})"
     try:

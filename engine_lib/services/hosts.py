@@ -87,22 +87,21 @@ class HostService:
         check_name("name", name)
         with self.engine.store.transaction(commit=not check_mode) as session:
             host = find(session, Host, name)
-            if host is None:
-                if check_mode:
-                    return Outcome(False, None, None)
-                revoked = revoke_host(self.engine, name)
-                return Outcome(bool(revoked), None, {"before": {}, "after": {}}
-                               if revoked else None)
-            running = self._active_vms(session, host)
-            if running:
-                raise Conflict(f"host '{name}' still runs {', '.join(running)}; stop or migrate "
-                               "them first", vms=running)
-            before = _config(host)
-            session.delete(host)
-            audit(session, "host", name, "host removed")
-        if not check_mode:
-            revoke_host(self.engine, name)
-        return Outcome(True, None, {"before": before, "after": {}})
+            before = None if host is None else _config(host)
+            if host is not None:
+                running = self._active_vms(session, host)
+                if running:
+                    raise Conflict(f"host '{name}' still runs {', '.join(running)}; stop or "
+                                   "migrate them first", vms=running)
+                session.delete(host)
+                audit(session, "host", name, "host removed")
+        if check_mode:
+            return Outcome(before is not None, None,
+                           None if before is None else {"before": before, "after": {}})
+        revoked = revoke_host(self.engine, name)
+        if before is None and not revoked:
+            return Outcome(False, None, None)
+        return Outcome(True, None, {"before": before or {}, "after": {}})
 
     def maintenance(self, name: str, *, check_mode: bool = False,
                     timeout: float = 600) -> Outcome:
