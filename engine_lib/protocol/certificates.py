@@ -17,6 +17,8 @@ from the DER certificate without any X.509 library.
 
 from __future__ import annotations
 
+from typing import Any
+
 ORGANIZATION = "kestrel"
 ENGINE = "engine"
 AGENT = "agent"
@@ -34,7 +36,7 @@ _SHORT = {"organizationName": "O", "organizationalUnitName": "OU", "commonName":
 LIBVIRT_ALLOWED_DN = f"CN=*,OU={LIBVIRT},O={ORGANIZATION}"
 
 
-def engine_client_refusal(peer: dict | None, der: bytes | None) -> str | None:
+def engine_client_refusal(peer: dict[str, Any] | None, der: bytes | None) -> str | None:
     """Why a TLS peer is not the engine, or None when it is.
 
     ``peer`` is ``SSLSocket.getpeercert()`` (already verified against the CA and
