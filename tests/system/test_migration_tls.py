@@ -199,7 +199,8 @@ def test_libvirtd_accepts_only_libvirt_client_certificates_from_the_engine_ca(
     target = tls_hosts[1]
 
     trusted = virsh_over_tls(target, client_pki(tmp_path, engine_pki_dir, "h7"))
-    assert trusted.returncode == 0 and trusted.stdout.strip(), trusted.stderr
+    assert trusted.returncode == 0 and trusted.stdout.strip(), (trusted.stderr, in_host(
+        target, ["tail", "-n", "30", "/var/log/libvirt/libvirtd.log"]).stdout)
     assert_refused(target, virsh_over_tls(target, client_pki(tmp_path, str(rogue_ca), "h7")),
                    "certificate")
     # QEMU's migration certificate (its key is readable by QEMU's group): not in the
