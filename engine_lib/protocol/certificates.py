@@ -32,8 +32,9 @@ ENGINE_CLIENT_OID = "2.25.8745259940099891014402190788427759455"
 _EXTENDED_KEY_USAGE = "2.5.29.37"
 _SHORT = {"organizationName": "O", "organizationalUnitName": "OU", "commonName": "CN"}
 
-# libvirtd.conf tls_allowed_dn_list: GnuTLS writes subjects in RFC 4514 order.
-LIBVIRT_ALLOWED_DN = f"CN=*,OU={LIBVIRT},O={ORGANIZATION}"
+# libvirtd.conf tls_allowed_dn_list (the host role writes it): libvirt matches the
+# subject as GnuTLS prints it, in the certificate's order (O, OU, CN).
+LIBVIRT_ALLOWED_DN = f"O={ORGANIZATION},OU={LIBVIRT},CN=*"
 
 
 def engine_client_refusal(peer: dict[str, Any] | None, der: bytes | None) -> str | None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime
+import fnmatch
 import ipaddress
 import os
 import ssl
 import stat
 import subprocess
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -278,3 +280,18 @@ def test_engine_init_upgrades_an_engine_certificate_without_the_profile(pki_dir)
     assert _crl_check(upgraded, pki_dir).returncode == 0
     assert _crl_check(host_cert, pki_dir).returncode == 0
     assert pki.init_ca(str(pki_dir)) is False  # idempotent from then on
+
+
+def test_the_host_role_admits_the_libvirt_profile_by_the_subject_gnutls_prints(pki_dir):
+    role = (Path(__file__).parents[2] / "roles/host/tasks/libvirt_tls.yml").read_text()
+    assert f'tls_allowed_dn_list, value: \'["{certificates.LIBVIRT_ALLOWED_DN}"]\'' in role
+    # GnuTLS (libvirt's x509 DN check) prints the subject in certificate order.
+    subject = x509.load_pem_x509_certificate(pki.issue(str(pki_dir), "h1", [], "libvirt")[1]) \
+        .subject
+    printed = ",".join(f"{a.rfc4514_attribute_name}={a.value}" for a in subject)
+    assert fnmatch.fnmatchcase(printed, certificates.LIBVIRT_ALLOWED_DN)
+    migration = x509.load_pem_x509_certificate(
+        pki.issue(str(pki_dir), "h1", [], "migration")[1]).subject
+    assert not fnmatch.fnmatchcase(
+        ",".join(f"{a.rfc4514_attribute_name}={a.value}" for a in migration),
+        certificates.LIBVIRT_ALLOWED_DN)

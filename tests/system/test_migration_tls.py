@@ -152,7 +152,7 @@ def test_the_role_gives_libvirtd_and_qemu_separate_certificates(tls_hosts):
             assert "TLS Web Server Authentication" in names
             assert "TLS Web Client Authentication" in names
         conf = in_host(agent, ["cat", "/etc/libvirt/libvirtd.conf"]).stdout
-        assert 'tls_allowed_dn_list = ["CN=*,OU=libvirt,O=kestrel"]' in conf
+        assert 'tls_allowed_dn_list = ["O=kestrel,OU=libvirt,CN=*"]' in conf
         assert "migrate_tls_x509_verify = 1" in in_host(agent, ["cat", "/etc/libvirt/qemu.conf"]).stdout
         assert in_host(agent, ["ss", "-Htln", f"sport = :{TLS_PORT}"]).stdout.strip()
 
