@@ -112,7 +112,8 @@ class AgentServer(ThreadingHTTPServer):
             request.do_handshake()
         except (ssl.SSLError, OSError) as exc:
             log.warning("refused TLS connection from %s: %s", client_address[0],
-                        getattr(exc, "reason", None) or exc)
+                        getattr(exc, "verify_message", None) or getattr(exc, "reason", None)
+                        or exc)
             return
         super().finish_request(request, client_address)
 

@@ -157,8 +157,9 @@ def test_a_crl_pushed_by_the_engine_applies_from_the_next_connection(agent, engi
     result = client.install_crl((engine_pki / "crl.pem").read_text())
 
     assert result["installed"] == [str(tmp_path / "agent-crl.pem")]
-    with pytest.raises(ssl.SSLError, match="revoked"):
-        _get_host(agent, context)  # now refused in the handshake
+    # Now refused in the handshake (under TLS 1.3 the client may see the alert or an EOF).
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        _get_host(agent, context)
     assert client.host_info()  # the engine still gets in
 
 
