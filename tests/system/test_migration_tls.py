@@ -167,8 +167,7 @@ def client_pki(tmp_path: Path, ca_dir: str, name: str, profile: str = "libvirt")
     csr = (CertificateSigningRequestBuilder()
            .subject_name(Name([NameAttribute(NameOID.COMMON_NAME, name)]))
            .sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
-    directory = tmp_path / f"{name}-{profile}"
-    directory.mkdir()
+    directory = Path(tempfile.mkdtemp(dir=tmp_path, prefix=f"{name}-{profile}-"))
     (directory / "clientcert.pem").write_bytes(pki.sign_csr(ca_dir, csr, name, [], profile))
     (directory / "clientkey.pem").write_bytes(key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
