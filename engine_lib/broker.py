@@ -66,21 +66,27 @@ HIBERNATE_TIMEOUT = 600.0
 # Connecting storage waits for mount: give the agent's own limit some slack.
 STORAGE_CONNECT_TIMEOUT = MOUNT_TIMEOUT_S + 15.0
 _HOSTNAME_MISMATCH = {62, 64}  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
+_REVOKED = 23  # X509_V_ERR_CERT_REVOKED
 
 
 def client_context(pki_dir: str) -> ssl.SSLContext:
     """TLS client context: trust only the engine CA; present the engine certificate.
 
     Hostname checking stays on: the agent's certificate must name the address
-    (IP SAN) or host name the engine dials.
+    (IP SAN) or host name the engine dials. A certificate the CA revoked (its
+    host was removed) is refused; the CRL is re-read for every client.
     """
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     ca = os.path.join(pki_dir, "ca.pem")
     cert, key = os.path.join(pki_dir, "engine.pem"), os.path.join(pki_dir, "engine.key")
+    crl = os.path.join(pki_dir, "crl.pem")
     try:
         context.load_verify_locations(cafile=ca)
         context.load_cert_chain(cert, key)
+        if os.path.exists(crl):
+            context.load_verify_locations(cafile=crl)
+            context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     except (OSError, ssl.SSLError) as exc:
         raise KestrelError(f"cannot load the engine's TLS material from {pki_dir}: {exc}; "
                            "run 'kestrel engine init' first", pki_dir=pki_dir) from None
@@ -166,6 +172,11 @@ class AgentApi(Protocol):
 
     def disconnect_storage(self, name: str) -> dict:
         raise _not_modelled(self, "disconnect_storage")
+
+    # -- trust ---------------------------------------------------------------------------------
+
+    def install_crl(self, crl: str) -> dict:
+        raise _not_modelled(self, "install_crl")
 
     # -- migration ---------------------------------------------------------------------------
 
@@ -275,6 +286,11 @@ class AgentClient:
         return self._call("POST", "/storage/disconnect", {"name": name},
                           timeout=max(self.timeout, STORAGE_CONNECT_TIMEOUT))
 
+    def install_crl(self, crl: str) -> dict:
+        """Hand the host the engine CA's revocation list (PEM) for the agent, libvirt and
+        QEMU: {installed: [paths], libvirtd_reloaded}."""
+        return self._call("PUT", "/pki/crl", {"crl": crl})
+
     def console_log(self, vm_id: str, nbytes: int = 8192) -> str:
         return self._query("GET", f"/vms/{_seg(vm_id)}/console?bytes={int(nbytes)}",
                            cap=self.list_reply_cap)["data"]
@@ -379,6 +395,8 @@ class AgentClient:
         except ssl.SSLCertVerificationError as exc:
             if exc.verify_code in _HOSTNAME_MISMATCH:
                 reason = f"presented a certificate not issued for '{self.address}'"
+            elif exc.verify_code == _REVOKED:
+                reason = "presented a certificate the engine CA revoked (its host was removed)"
             else:
                 reason = "presented a certificate not signed by the engine CA"
             raise CertificateError(f"agent {self.endpoint} {reason} ({exc.verify_message})",

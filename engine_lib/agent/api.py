@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import engine_lib
+from engine_lib.agent import crl
 from engine_lib.agent.config import AgentConfig
 from engine_lib.agent.storage_connections import StorageConnections
 from engine_lib.agent.volumes import VolumeLocation
@@ -194,6 +195,12 @@ ROUTES = (
           "while a VM on this host has a disk on it; a domain not connected is no change.",
           body={"type": "object", "required": ["name"], "additionalProperties": False,
                 "properties": {"name": {"type": "string"}}}),
+    Route("PUT", "/pki/crl", "install_crl", "Install the engine CA's certificate revocation "
+          "list (PEM): the agent checks its peers against it from the next connection; "
+          "libvirt's and QEMU's copies are written where libvirt TLS uses the engine CA, "
+          "and libvirtd reloads them. A list the CA did not sign is refused (400).",
+          body={"type": "object", "required": ["crl"], "additionalProperties": False,
+                "properties": {"crl": {"type": "string"}}}),
 )
 
 
@@ -454,6 +461,12 @@ class Api:
         # Defined domains count as users too: their next start would need the disk.
         return self.storage.disconnect(request.body.get("name"),
                                        lambda: self.hypervisor.disks_in_use())
+
+    def install_crl(self, request: Request) -> dict:
+        pem = request.body.get("crl")
+        if not isinstance(pem, str):
+            raise InvalidSpec("crl", "a PEM certificate revocation list is required")
+        return crl.install(self.config, pem.encode())
 
 
 class MethodNotAllowed(KestrelError):

@@ -1,7 +1,9 @@
 """The agent's configuration: one INI file, like vdsm.conf.
 
     [agent]            address, port, libvirt_uri, name
-    [pki]              ca, cert, key
+    [pki]              ca, cert, key, crl          (the engine CA, this agent's certificate,
+                                                    the CA's revocation list)
+                       libvirt_crl, qemu_crl       (where libvirt and QEMU read that list)
     [paths]            channels, payload, console, nvram   (roots of the placeholder kinds)
                        hooks                               (hook scripts, see agent.hooks)
     [storage]          file_domain_roots   (where [storage_domains] may be, space-separated)
@@ -32,7 +34,8 @@ _DEFAULTS: dict[str, dict[str, str]] = {
     "agent": {"address": "0.0.0.0", "port": str(AGENT_PORT),
               "libvirt_uri": "qemu:///system", "name": ""},
     "pki": {"ca": "/etc/kestrel/pki/ca.pem", "cert": "/etc/kestrel/pki/agent.pem",
-            "key": "/etc/kestrel/pki/agent.key"},
+            "key": "/etc/kestrel/pki/agent.key", "crl": "/etc/kestrel/pki/crl.pem",
+            "libvirt_crl": "/etc/pki/CA/cacrl.pem", "qemu_crl": "/etc/pki/qemu/ca-crl.pem"},
     "paths": {"channels": "/var/lib/kestrel/channels", "payload": "/var/lib/kestrel/payload",
               "console": "/var/log/kestrel/console", "nvram": "/var/lib/kestrel/nvram",
               "hooks": "/etc/kestrel/hooks"},
@@ -72,6 +75,10 @@ class AgentConfig:
     file_domain_roots: tuple[str, ...] = DEFAULT_FILE_DOMAIN_ROOTS
     source: str = ""
     ballooning: BallooningConfig = field(default_factory=BallooningConfig)
+    # The engine CA's revocation list ("" = none), and libvirt's and QEMU's copies.
+    crl: str = ""
+    libvirt_crl: str = ""
+    qemu_crl: str = ""
 
     @property
     def hooks_dir(self) -> str:
@@ -155,6 +162,8 @@ def parse(parser: configparser.ConfigParser, source: str) -> AgentConfig:
         port=int(port_text),
         libvirt_uri=agent["libvirt_uri"],
         ca=values["pki"]["ca"], cert=values["pki"]["cert"], key=values["pki"]["key"],
+        crl=values["pki"]["crl"], libvirt_crl=values["pki"]["libvirt_crl"],
+        qemu_crl=values["pki"]["qemu_crl"],
         paths=dict(values["paths"]),
         storage_domains=domains,
         file_domain_roots=roots,

@@ -1,15 +1,19 @@
 """HTTPS transport of the agent API: mutual TLS against the engine CA, JSON bodies.
 
-Only peers with a certificate signed by the engine CA get past the TLS
-handshake (CERT_REQUIRED, TLS 1.2+). The handshake runs in the request's own
-thread, so a client that connects and stalls cannot block ``accept()`` for
-everyone else.
+Only peers with a certificate signed by the engine CA, not revoked by its CRL,
+get past the TLS handshake (CERT_REQUIRED, TLS 1.2+); of those, only the engine
+itself (its certificate profile, engine_lib.protocol.certificates) gets an
+answer: a host's or QEMU's certificate from the same CA gets 403. The CRL file
+is re-read on the next connection after it changes. The handshake runs in the
+request's own thread, so a client that connects and stalls cannot block
+``accept()`` for everyone else.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import socket
 import ssl
@@ -17,9 +21,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 import engine_lib
+from engine_lib.agent import crl
 from engine_lib.agent.api import Api
 from engine_lib.agent.config import AgentConfig
-from engine_lib.protocol.errors import InvalidSpec, KestrelError
+from engine_lib.protocol.certificates import engine_client_refusal
+from engine_lib.protocol.errors import CertificateError, InvalidSpec, KestrelError
 
 log = logging.getLogger("kestrel.agent.http")
 
@@ -29,7 +35,8 @@ HANDSHAKE_TIMEOUT = 10.0
 
 
 def server_context(config: AgentConfig) -> ssl.SSLContext:
-    """TLS server context: our certificate, and client certificates required from the CA."""
+    """TLS server context: our certificate; client certificates required from the CA and
+    checked against its CRL when there is one."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.verify_mode = ssl.CERT_REQUIRED
@@ -43,7 +50,23 @@ def server_context(config: AgentConfig) -> ssl.SSLContext:
         context.load_verify_locations(cafile=config.ca)
     except (OSError, ssl.SSLError) as exc:
         raise InvalidSpec(f"{where} ca", f"cannot load the engine CA {config.ca}: {exc}") from None
+    if config.crl and os.path.exists(config.crl):
+        with open(config.crl, "rb") as handle:
+            crl.verify(handle.read(), config.ca, f"{where} crl")
+        try:
+            context.load_verify_locations(cafile=config.crl)
+        except (OSError, ssl.SSLError) as exc:
+            raise InvalidSpec(f"{where} crl", f"cannot load {config.crl}: {exc}") from None
+        context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     return context
+
+
+def _file_state(path: str) -> tuple | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_ino, info.st_mtime_ns, info.st_size
 
 
 class AgentServer(ThreadingHTTPServer):
@@ -52,6 +75,8 @@ class AgentServer(ThreadingHTTPServer):
     def __init__(self, config: AgentConfig, context: ssl.SSLContext, api: Api):
         self.ssl_context = context
         self.api = api
+        self.config = config
+        self._crl_state = _file_state(config.crl) if config.crl else None
         if ":" in config.address:
             self.address_family = socket.AF_INET6
         try:
@@ -63,8 +88,25 @@ class AgentServer(ThreadingHTTPServer):
 
     def get_request(self):
         sock, address = self.socket.accept()
+        self._reload_if_crl_changed()
         return self.ssl_context.wrap_socket(sock, server_side=True,
                                             do_handshake_on_connect=False), address
+
+    def _reload_if_crl_changed(self) -> None:
+        """A new CRL (pushed by the engine or written by host deploy) applies from the
+        next connection; one that does not load leaves the previous context."""
+        if not self.config.crl:
+            return
+        state = _file_state(self.config.crl)
+        if state == self._crl_state:
+            return
+        self._crl_state = state
+        try:
+            self.ssl_context = server_context(self.config)
+        except KestrelError as exc:
+            log.error("kept the previous TLS settings: %s", exc.message)
+            return
+        log.info("loaded the engine CA's revocation list %s", self.config.crl)
 
     def finish_request(self, request, client_address):
         request.settimeout(HANDSHAKE_TIMEOUT)
@@ -72,7 +114,8 @@ class AgentServer(ThreadingHTTPServer):
             request.do_handshake()
         except (ssl.SSLError, OSError) as exc:
             log.warning("refused TLS connection from %s: %s", client_address[0],
-                        getattr(exc, "reason", None) or exc)
+                        getattr(exc, "verify_message", None) or getattr(exc, "reason", None)
+                        or exc)
             return
         super().finish_request(request, client_address)
 
@@ -85,6 +128,24 @@ class AgentRequestHandler(BaseHTTPRequestHandler):
     server_version = f"kestrel-agent/{engine_lib.__version__}"
     timeout = 120  # idle keep-alive connections are closed after this
     server: AgentServer
+
+    def setup(self):
+        super().setup()
+        self.refusal = engine_client_refusal(self.connection.getpeercert(),
+                                             self.connection.getpeercert(binary_form=True))
+
+    def parse_request(self) -> bool:
+        """Only the engine gets an answer; any other certificate of the CA gets 403."""
+        if not super().parse_request():
+            return False
+        if self.refusal is None:
+            return True
+        log.warning("refused %s %s from %s: %s", self.command, self.path, self._peer(),
+                    self.refusal)
+        self.close_connection = True
+        self._send(403, {"error": CertificateError(
+            f"this agent answers only the engine's certificate: {self.refusal}").to_dict()})
+        return False
 
     def do_GET(self):
         self._dispatch()

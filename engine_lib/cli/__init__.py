@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     sign.add_argument("--name", required=True, help="host name (certificate CN)")
     sign.add_argument("--address", action="append", default=[], help="host address (repeatable)")
     sign.add_argument("--out", required=True, help="where to write the signed PEM certificate")
+    sign.add_argument("--profile", choices=("agent", "libvirt", "migration"), default="agent",
+                      help="what the certificate is for: the host agent (serverAuth), "
+                      "libvirtd's qemu+tls (serverAuth, clientAuth) or QEMU's migration "
+                      "stream (serverAuth, clientAuth) (agent)")
 
     agent = groups.add_parser("agent", help="the host agent").add_subparsers(
         dest="command", required=True)

@@ -18,8 +18,10 @@ def engine_init(args) -> int:
 
     config = EngineConfig.resolve(args.engine_dir, args.db_url)
     config.make_private()
+    # Also the upgrade step: an engine certificate without the engine profile is re-issued.
     created = pki.init_ca(str(config.pki_dir))
-    print(f"CA and engine certificate in {config.pki_dir}: {'created' if created else 'kept'}")
+    print(f"CA, engine certificate and CRL in {config.pki_dir}: "
+          f"{'created or upgraded' if created else 'kept'}")
     # The key the engine reaches hosts with (reinstall, soft fencing); never replaced.
     key_created = engine_key.ensure(config.engine_dir)
     print(f"engine SSH key {engine_key.private_key(config.engine_dir)}: "
@@ -51,9 +53,10 @@ def engine_sign_csr(args) -> int:
     from engine_lib.config import EngineConfig
 
     config = EngineConfig.resolve(args.engine_dir, args.db_url)
-    cert = pki.sign_csr(str(config.pki_dir), Path(args.csr).read_bytes(), args.name, args.address)
+    cert = pki.sign_csr(str(config.pki_dir), Path(args.csr).read_bytes(), args.name, args.address,
+                        args.profile)
     Path(args.out).write_bytes(cert)
-    print(f"signed certificate for {args.name} written to {args.out}")
+    print(f"signed {args.profile} certificate for {args.name} written to {args.out}")
     return 0
 
 

@@ -19,7 +19,8 @@ itself, over SSH as root with its own key (engine_lib.engine_key):
 4. The agent restarts: ``systemctl restart kestrel-agent`` under systemd,
    otherwise through its pidfile (stop that PID, wait for it to exit, start
    the new one), like the role's agent_daemon.yml.
-5. Once it answers over mutual TLS, the host row records the agent's version,
+5. Once it answers over mutual TLS, it gets the engine CA's current revocation
+   list (services.revocation); the host row records the agent's version,
    its wheel's checksum and when; the host is activated (Up) unless asked
    not to, and stays in Maintenance otherwise.
 
@@ -293,6 +294,7 @@ class HostDeploy:
             report = self._deploy(remote, name, address, build, renew_certificate,
                                   enroll_certificate)
             capabilities = self._wait_for_agent(address, port)
+            self._install_crl(address, port)
         except _StepFailed as err:
             self._mark_failed(name, err)
             raise HostDeployFailed(f"reinstalling host '{name}' failed at {err.step}: "
@@ -431,6 +433,15 @@ class HostDeploy:
                 time.sleep(0.5)
             except KestrelError as err:
                 raise _StepFailed("waiting for the agent", err.message) from None
+
+    def _install_crl(self, address: str, port: int) -> None:
+        """The engine CA's current revocation list, for the agent, libvirt and QEMU: a host
+        that was down when another was removed learns of the revocation here."""
+        try:
+            self.engine.agent(address, port).install_crl(
+                pki.crl(str(self.engine.config.pki_dir)).decode())
+        except KestrelError as err:
+            raise _StepFailed("installing the certificate revocation list", err.message) from None
 
     # -- what the database records ---------------------------------------------------------
 

@@ -16,6 +16,7 @@ from engine_lib.services.host_records import host_dict, record_capabilities, red
 from engine_lib.services.maintenance import enter as enter_maintenance
 from engine_lib.services.maintenance import leave as leave_maintenance
 from engine_lib.services.results import Outcome
+from engine_lib.services.revocation import revoke_host
 from engine_lib.services.storage_domains import connect_host
 from engine_lib.spec import name as check_name
 from engine_lib.spec import positive_int, text
@@ -84,18 +85,28 @@ class HostService:
 
     @retry_on_conflict
     def remove(self, name: str, *, check_mode: bool = False) -> Outcome:
+        """Forget the host and revoke its certificates (services.revocation).
+
+        Revocation also runs for a name no longer registered (a host enrolled by
+        the role but never added, or a removal interrupted after its commit)."""
+        check_name("name", name)
         with self.engine.store.transaction(commit=not check_mode) as session:
             host = find(session, Host, name)
-            if host is None:
-                return Outcome(False, None, None)
-            running = self._active_vms(session, host)
-            if running:
-                raise Conflict(f"host '{name}' still runs {', '.join(running)}; stop or migrate "
-                               "them first", vms=running)
-            before = _config(host)
-            session.delete(host)
-            audit(session, "host", name, "host removed")
-            return Outcome(True, None, {"before": before, "after": {}})
+            before = None if host is None else _config(host)
+            if host is not None:
+                running = self._active_vms(session, host)
+                if running:
+                    raise Conflict(f"host '{name}' still runs {', '.join(running)}; stop or "
+                                   "migrate them first", vms=running)
+                session.delete(host)
+                audit(session, "host", name, "host removed")
+        if check_mode:
+            return Outcome(before is not None, None,
+                           None if before is None else {"before": before, "after": {}})
+        revoked = revoke_host(self.engine, name)
+        if before is None and not revoked:
+            return Outcome(False, None, None)
+        return Outcome(True, None, {"before": before or {}, "after": {}})
 
     def maintenance(self, name: str, *, check_mode: bool = False,
                     timeout: float = 600) -> Outcome:

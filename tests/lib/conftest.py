@@ -115,6 +115,11 @@ class FakeAgent(AgentApi):
         path = self.__dict__.setdefault("connected_storage", {}).pop(name, None)
         return {"name": name, "path": path, "mounted": False, "changed": path is not None}
 
+    def install_crl(self, crl):
+        self._check()
+        self.crls = getattr(self, "crls", []) + [crl]
+        return {"installed": ["/etc/kestrel/pki/crl.pem"], "libvirtd_reloaded": False}
+
     def guest_info(self, vm_id):
         self._check()
         report = getattr(self, "guests", {}).get(vm_id)  # vm id -> guest agent report

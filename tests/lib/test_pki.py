@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import datetime
+import fnmatch
 import ipaddress
 import os
 import ssl
 import stat
 import subprocess
+from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 
 from engine_lib import pki
+from engine_lib.protocol import certificates
 from engine_lib.protocol.errors import InvalidSpec, KestrelError
 
 
@@ -32,9 +38,11 @@ def _verify(cert_pem: bytes, pki_dir) -> subprocess.CompletedProcess:
                           capture_output=True, text=True)
 
 
-def _openssl_csr(tmp_path, subject: str = "/CN=whoever") -> bytes:
-    """What the host role runs on a host: the key never leaves it."""
-    subprocess.run(["openssl", "req", "-new", "-newkey", "rsa:3072", "-nodes",
+def _openssl_csr(tmp_path, subject: str = "/CN=whoever", key: str = "rsa") -> bytes:
+    """What the host role runs on a host: the key never leaves it (``key="ec"``: faster)."""
+    newkey = (["-newkey", "rsa:3072"] if key == "rsa"
+              else ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"])
+    subprocess.run(["openssl", "req", "-new", *newkey, "-nodes",
                     "-keyout", str(tmp_path / "host.key"), "-out", str(tmp_path / "host.csr"),
                     "-subj", subject], check=True, capture_output=True)
     return (tmp_path / "host.csr").read_bytes()
@@ -52,7 +60,11 @@ def test_init_ca_creates_ca_and_engine_certificate_with_private_keys(pki_dir):
     assert _verify(engine, pki_dir).returncode == 0
     usage = x509.load_pem_x509_certificate(engine).extensions.get_extension_for_class(
         x509.ExtendedKeyUsage).value
-    assert list(usage) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    assert list(usage) == [ExtendedKeyUsageOID.CLIENT_AUTH,
+                           ObjectIdentifier(certificates.ENGINE_CLIENT_OID)]
+    assert x509.load_pem_x509_certificate(engine).subject.rfc4514_string() == \
+        "CN=kestrel-engine,OU=engine,O=kestrel"
+    assert (pki_dir / "crl.pem").is_file()
 
 
 def test_init_ca_never_overwrites(pki_dir):
@@ -75,18 +87,18 @@ def test_init_ca_refuses_half_a_ca(pki_dir):
         pki.init_ca(str(pki_dir))
 
 
-def test_sign_openssl_csr_gives_server_and_client_certificate(pki_dir, tmp_path):
+def test_sign_openssl_csr_gives_an_agent_certificate_that_is_no_client(pki_dir, tmp_path):
     cert_pem = pki.sign_csr(str(pki_dir), _openssl_csr(tmp_path, "/CN=evil-host"), "h1",
                             ["10.77.0.1", "h1.lab.example"])
     assert _verify(cert_pem, pki_dir).returncode == 0
     cert = x509.load_pem_x509_certificate(cert_pem)
     # The engine decides the identity, not the CSR.
-    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "h1"
+    assert cert.subject.rfc4514_string() == "CN=h1,OU=agent,O=kestrel"
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == ["h1", "h1.lab.example"]
     assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("10.77.0.1")]
     usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    assert set(usage) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
+    assert list(usage) == [ExtendedKeyUsageOID.SERVER_AUTH]
     # The certificate carries the host's own key from the CSR.
     key_check = subprocess.run(["openssl", "x509", "-noout", "-pubkey"], input=cert_pem,
                                capture_output=True, check=True).stdout
@@ -142,3 +154,144 @@ def test_bad_addresses_are_refused_by_name(pki_dir):
 def test_signing_without_a_ca_says_how_to_make_one(tmp_path):
     with pytest.raises(KestrelError, match="kestrel engine init"):
         pki.issue(str(tmp_path / "nothing"), "h1", [])
+
+
+# -- profiles: no host certificate can be the engine -------------------------------------------
+
+
+def _usages(cert_pem: bytes) -> list:
+    return list(x509.load_pem_x509_certificate(cert_pem).extensions.get_extension_for_class(
+        x509.ExtendedKeyUsage).value)
+
+
+@pytest.mark.parametrize("profile", ["libvirt", "migration"])
+def test_libvirt_and_migration_profiles_are_both_ends_under_their_own_unit(pki_dir, profile):
+    _, cert_pem = pki.issue(str(pki_dir), "h1", ["10.77.0.1"], profile)
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    assert cert.subject.rfc4514_string() == f"CN=h1,OU={profile},O=kestrel"
+    assert _usages(cert_pem) == [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+
+
+def test_an_unknown_or_the_engine_profile_is_refused_by_name(pki_dir, tmp_path):
+    for profile in ("engine", "root"):
+        with pytest.raises(InvalidSpec, match=f"'{profile}' is not a host certificate profile") \
+                as err:
+            pki.sign_csr(str(pki_dir), _openssl_csr(tmp_path, key="ec"), "h1", [], profile)
+        assert err.value.field == "profile"
+
+
+@pytest.mark.parametrize("name, addresses, field", [
+    ("kestrel-engine", [], "name"),
+    ("Kestrel-Engine", [], "name"),
+    ("h1", ["10.77.0.1", "KESTREL-ENGINE"], "addresses"),
+    ("h1,OU=engine", [], "name"),
+])
+def test_signing_refuses_a_host_that_claims_the_engines_name(pki_dir, tmp_path, name, addresses,
+                                                             field):
+    with pytest.raises(InvalidSpec) as err:
+        pki.sign_csr(str(pki_dir), _openssl_csr(tmp_path, key="ec"), name, addresses)
+    assert err.value.field == field
+
+
+@pytest.mark.parametrize("subject", ["/CN=kestrel-engine", "/O=kestrel/OU=engine/CN=h1"])
+def test_signing_refuses_a_csr_that_asks_for_the_engines_subject(pki_dir, tmp_path, subject):
+    with pytest.raises(InvalidSpec, match="asks for the engine's identity") as err:
+        pki.sign_csr(str(pki_dir), _openssl_csr(tmp_path, subject, "ec"), "h1", [])
+    assert err.value.field == "csr"
+
+
+def test_signing_refuses_a_csr_that_asks_for_the_engines_key_usage(pki_dir, tmp_path):
+    subprocess.run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-keyout", str(tmp_path / "k"),
+                    "-out", str(tmp_path / "r"), "-subj", "/CN=h1", "-addext",
+                    f"extendedKeyUsage=clientAuth,{certificates.ENGINE_CLIENT_OID}"],
+                   check=True, capture_output=True)
+    with pytest.raises(InvalidSpec, match="the engine's extended key usage"):
+        pki.sign_csr(str(pki_dir), (tmp_path / "r").read_bytes(), "h1", [])
+
+
+# -- revocation ---------------------------------------------------------------------------------
+
+
+def _crl_check(cert_pem: bytes, pki_dir) -> subprocess.CompletedProcess:
+    cert = pki_dir / "leaf.pem"
+    cert.write_bytes(cert_pem)
+    return subprocess.run(["openssl", "verify", "-crl_check", "-CAfile", str(pki_dir / "ca.pem"),
+                           "-CRLfile", str(pki_dir / "crl.pem"), str(cert)],
+                          capture_output=True, text=True)
+
+
+def test_revoking_a_host_revokes_each_of_its_certificates_and_only_those(pki_dir):
+    mine = [pki.issue(str(pki_dir), "h1", [], profile)[1]
+            for profile in ("agent", "libvirt", "migration")]
+    other = pki.issue(str(pki_dir), "h2", [])[1]
+    assert all(_crl_check(cert, pki_dir).returncode == 0 for cert in [*mine, other])
+
+    revoked = pki.revoke(str(pki_dir), "h1")
+
+    assert sorted(revoked) == sorted(f"{x509.load_pem_x509_certificate(c).serial_number:x}"
+                                     for c in mine)
+    for cert in mine:
+        check = _crl_check(cert, pki_dir)
+        assert check.returncode != 0 and "revoked" in check.stdout + check.stderr
+    assert _crl_check(other, pki_dir).returncode == 0
+    assert _crl_check((pki_dir / "engine.pem").read_bytes(), pki_dir).returncode == 0
+    crl = x509.load_pem_x509_crl((pki_dir / "crl.pem").read_bytes())
+    number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    assert pki.revoke(str(pki_dir), "h1") == []  # nothing left to revoke: the CRL stays
+    assert x509.load_pem_x509_crl((pki_dir / "crl.pem").read_bytes()).extensions \
+        .get_extension_for_class(x509.CRLNumber).value.crl_number == number
+    assert stat.S_IMODE(os.stat(pki_dir / "issued.json").st_mode) == 0o600
+
+
+def test_the_engine_cannot_be_revoked_as_a_host_and_no_ca_means_nothing_to_revoke(
+        pki_dir, tmp_path):
+    with pytest.raises(InvalidSpec, match="the engine's own name"):
+        pki.revoke(str(pki_dir), "kestrel-engine")
+    assert pki.revoke(str(tmp_path / "none"), "h1") == []
+
+
+def test_engine_init_upgrades_an_engine_certificate_without_the_profile(pki_dir):
+    """An engine certificate from before profiles (CN only, clientAuth) is re-issued and
+    the old one revoked; the CA and the hosts' certificates stay."""
+    ca_cert = x509.load_pem_x509_certificate((pki_dir / "ca.pem").read_bytes())
+    ca_key = serialization.load_pem_private_key((pki_dir / "ca.key").read_bytes(), None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    legacy = (x509.CertificateBuilder()
+              .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME,
+                                                          "kestrel-engine")]))
+              .issuer_name(ca_cert.subject).public_key(key.public_key())
+              .serial_number(x509.random_serial_number())
+              .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=30))
+              .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
+              .sign(ca_key, hashes.SHA256()).public_bytes(Encoding.PEM))
+    (pki_dir / "engine.pem").write_bytes(legacy)
+    (pki_dir / "crl.pem").unlink()
+    ca = (pki_dir / "ca.pem").read_bytes()
+    host_cert = pki.issue(str(pki_dir), "h1", [])[1]
+
+    assert pki.init_ca(str(pki_dir)) is True
+
+    assert (pki_dir / "ca.pem").read_bytes() == ca
+    upgraded = (pki_dir / "engine.pem").read_bytes()
+    assert ObjectIdentifier(certificates.ENGINE_CLIENT_OID) in _usages(upgraded)
+    assert _crl_check(legacy, pki_dir).returncode != 0
+    assert _crl_check(upgraded, pki_dir).returncode == 0
+    assert _crl_check(host_cert, pki_dir).returncode == 0
+    assert pki.init_ca(str(pki_dir)) is False  # idempotent from then on
+
+
+def test_the_host_role_admits_the_libvirt_profile_by_the_subject_gnutls_prints(pki_dir):
+    role = (Path(__file__).parents[2] / "roles/host/tasks/libvirt_tls.yml").read_text()
+    assert f'tls_allowed_dn_list, value: \'["{certificates.LIBVIRT_ALLOWED_DN}"]\'' in role
+    # GnuTLS (libvirt's x509 DN check) prints the subject in certificate order.
+    subject = x509.load_pem_x509_certificate(pki.issue(str(pki_dir), "h1", [], "libvirt")[1]) \
+        .subject
+    printed = ",".join(f"{a.rfc4514_attribute_name}={a.value}" for a in subject)
+    assert fnmatch.fnmatchcase(printed, certificates.LIBVIRT_ALLOWED_DN)
+    migration = x509.load_pem_x509_certificate(
+        pki.issue(str(pki_dir), "h1", [], "migration")[1]).subject
+    assert not fnmatch.fnmatchcase(
+        ",".join(f"{a.rfc4514_attribute_name}={a.value}" for a in migration),
+        certificates.LIBVIRT_ALLOWED_DN)

@@ -101,6 +101,8 @@ def start_agent(host, pki_dir: str, libvirt_uri: str = "qemu:///system") -> Agen
     ca = Path(pki_dir, "ca.pem").read_bytes()
     _install(host, {
         "/etc/kestrel/pki/ca.pem": (ca, 0o644),
+        # As host deploy does; it also replaces a CRL of an earlier session's CA.
+        "/etc/kestrel/pki/crl.pem": (pki.crl(pki_dir), 0o644),
         "/etc/kestrel/pki/agent.pem": (cert, 0o644),
         "/etc/kestrel/pki/agent.key": (key, 0o600),
         CONFIG_PATH: (agent_config_text(host, libvirt_uri).encode(), 0o644),

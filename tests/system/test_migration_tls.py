@@ -123,37 +123,52 @@ def tls_hosts(lab, agents, engine_dir, lab_state_dir):
             assert in_host(agent, ["ss", "-Htln", f"sport = :{TLS_PORT}"]).stdout == ""
 
 
-def test_the_role_installs_the_certificate_where_libvirt_and_qemu_look(tls_hosts):
+def test_the_role_gives_libvirtd_and_qemu_separate_certificates(tls_hosts):
     for agent in tls_hosts:
         listing = in_host(agent, ["stat", "-c", "%n %a %U:%G", "/etc/pki/CA/cacert.pem",
+                                  "/etc/pki/CA/cacrl.pem", "/etc/pki/qemu/ca-crl.pem",
                                   "/etc/pki/libvirt/servercert.pem",
                                   "/etc/pki/libvirt/clientcert.pem",
                                   "/etc/pki/libvirt/private/serverkey.pem",
                                   "/etc/pki/libvirt/private/clientkey.pem",
-                                  "/etc/pki/qemu/server-key.pem"]).stdout.splitlines()
+                                  "/etc/pki/qemu/server-key.pem",
+                                  "/etc/pki/qemu/client-key.pem"]).stdout.splitlines()
         modes = dict(line.split(" ", 1) for line in listing)
         assert modes["/etc/pki/libvirt/private/serverkey.pem"] == "600 root:root"
+        assert modes["/etc/pki/libvirt/private/clientkey.pem"] == "600 root:root"
         assert modes["/etc/pki/qemu/server-key.pem"] == "640 root:libvirt-qemu"
-        names = in_host(agent, ["openssl", "x509", "-in", "/etc/pki/libvirt/servercert.pem",
-                                "-noout", "-ext", "subjectAltName,extendedKeyUsage"]).stdout
-        assert f"DNS:{agent.name}" in names and f"IP Address:{agent.address}" in names
-        assert "TLS Web Server Authentication" in names and "TLS Web Client Authentication" in names
+        assert modes["/etc/pki/qemu/client-key.pem"] == "640 root:libvirt-qemu"
+        # What QEMU's group can read is not libvirtd's key.
+        libvirt_key, qemu_key = (in_host(agent, ["openssl", "pkey", "-pubout", "-in", path]).stdout
+                                 for path in ("/etc/pki/libvirt/private/serverkey.pem",
+                                              "/etc/pki/qemu/server-key.pem"))
+        assert libvirt_key != qemu_key
+        for path, unit in (("/etc/pki/libvirt/servercert.pem", "libvirt"),
+                           ("/etc/pki/qemu/server-cert.pem", "migration")):
+            names = in_host(agent, ["openssl", "x509", "-in", path, "-noout", "-subject", "-ext",
+                                    "subjectAltName,extendedKeyUsage"]).stdout
+            assert f"subject=O = kestrel, OU = {unit}, CN = {agent.name}" in names
+            assert f"DNS:{agent.name}" in names and f"IP Address:{agent.address}" in names
+            assert "TLS Web Server Authentication" in names
+            assert "TLS Web Client Authentication" in names
+        conf = in_host(agent, ["cat", "/etc/libvirt/libvirtd.conf"]).stdout
+        assert 'tls_allowed_dn_list = ["O=kestrel,OU=libvirt,CN=*"]' in conf
+        assert "migrate_tls_x509_verify = 1" in in_host(agent, ["cat", "/etc/libvirt/qemu.conf"]).stdout
         assert in_host(agent, ["ss", "-Htln", f"sport = :{TLS_PORT}"]).stdout.strip()
 
 
 # -- the engine CA is the only way in -------------------------------------------------------
 
 
-def client_pki(tmp_path: Path, ca_dir: str, name: str) -> str:
-    """A pkipath directory for virsh: an RSA client key and a certificate signed by the
-    CA in ``ca_dir``, with that CA as the one the client trusts."""
+def client_pki(tmp_path: Path, ca_dir: str, name: str, profile: str = "libvirt") -> str:
+    """A pkipath directory for virsh: an RSA client key and a certificate of ``profile``
+    signed by the CA in ``ca_dir``, with that CA as the one the client trusts."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     csr = (CertificateSigningRequestBuilder()
            .subject_name(Name([NameAttribute(NameOID.COMMON_NAME, name)]))
            .sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
-    directory = tmp_path / name
-    directory.mkdir()
-    (directory / "clientcert.pem").write_bytes(pki.sign_csr(ca_dir, csr, name, []))
+    directory = Path(tempfile.mkdtemp(dir=tmp_path, prefix=f"{name}-{profile}-"))
+    (directory / "clientcert.pem").write_bytes(pki.sign_csr(ca_dir, csr, name, [], profile))
     (directory / "clientkey.pem").write_bytes(key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption()))
@@ -161,25 +176,64 @@ def client_pki(tmp_path: Path, ca_dir: str, name: str) -> str:
     return str(directory)
 
 
-def test_libvirtd_accepts_only_client_certificates_from_the_engine_ca(
+def virsh_over_tls(target, pkipath: str) -> subprocess.CompletedProcess:
+    """``virsh hostname`` against ``target``'s libvirtd with the client certificate in
+    ``pkipath``. no_verify=1: the client skips checking the server, so only the
+    server's check of the client certificate decides."""
+    uri = f"qemu+tls://{target.address}/system?pkipath={pkipath}&no_verify=1"
+    return subprocess.run(["virsh", "-c", uri, "hostname"], capture_output=True,
+                          text=True, timeout=30, check=False)
+
+
+def assert_refused(target, result: subprocess.CompletedProcess, why: str) -> None:
+    assert result.returncode != 0 and not result.stdout.strip(), result
+    log = in_host(target, ["tail", "-n", "50", "/var/log/libvirt/libvirtd.log"]).stdout
+    assert why in (result.stderr + log).lower(), (result.stderr, log)
+
+
+def test_libvirtd_accepts_only_libvirt_client_certificates_from_the_engine_ca(
         tls_hosts, engine_pki_dir, tmp_path):
     rogue_ca = tmp_path / "rogue-ca"
     pki.init_ca(str(rogue_ca), "not the engine CA")
-    # no_verify=1: the client skips checking the server, so only the server's check of
-    # the client certificate decides.
     target = tls_hosts[1]
 
-    def virsh(pkipath: str) -> subprocess.CompletedProcess:
-        uri = f"qemu+tls://{target.address}/system?pkipath={pkipath}&no_verify=1"
-        return subprocess.run(["virsh", "-c", uri, "hostname"], capture_output=True,
-                              text=True, timeout=30, check=False)
+    trusted = virsh_over_tls(target, client_pki(tmp_path, engine_pki_dir, "h7"))
+    assert trusted.returncode == 0 and trusted.stdout.strip(), (trusted.stderr, in_host(
+        target, ["tail", "-n", "30", "/var/log/libvirt/libvirtd.log"]).stdout)
+    assert_refused(target, virsh_over_tls(target, client_pki(tmp_path, str(rogue_ca), "h7")),
+                   "certificate")
+    # QEMU's migration certificate (its key is readable by QEMU's group): not in the
+    # DN list. A host's agent certificate: no clientAuth at all.
+    assert_refused(target, virsh_over_tls(target, client_pki(tmp_path, engine_pki_dir, "h7",
+                                                             "migration")),
+                   "distinguished name")
+    assert_refused(target, virsh_over_tls(target, client_pki(tmp_path, engine_pki_dir, "h7",
+                                                             "agent")),
+                   "certificate")
 
-    trusted = virsh(client_pki(tmp_path, engine_pki_dir, "engine-client"))
-    assert trusted.returncode == 0 and trusted.stdout.strip(), trusted.stderr
-    refused = virsh(client_pki(tmp_path, str(rogue_ca), "intruder"))
-    assert refused.returncode != 0 and not refused.stdout.strip()
-    log = in_host(target, ["tail", "-n", "50", "/var/log/libvirt/libvirtd.log"]).stdout
-    assert "certificate" in (refused.stderr + log).lower(), (refused.stderr, log)
+
+def test_libvirtd_refuses_a_removed_hosts_certificate_once_the_engine_revokes_it(
+        engine, agents, tls_hosts, engine_pki_dir, tmp_path):
+    """h8 was enrolled (libvirt profile) and is removed: the engine revokes its
+    certificates and pushes the CRL through the agents to libvirtd."""
+    engine.clusters.ensure("lab", virt_type="qemu")
+    for agent in agents:
+        engine.hosts.ensure(agent.name, address=agent.address, cluster="lab")
+    target = tls_hosts[1]
+    removed = client_pki(tmp_path, engine_pki_dir, "h8")
+    assert virsh_over_tls(target, removed).returncode == 0
+
+    assert engine.hosts.remove("h8").changed
+
+    last = engine.events.info(entity_type="host", entity_name="h8")[-1]["message"]
+    assert "revocation list sent to h1, h2, h3" in last, last
+    for agent in tls_hosts:
+        crl = Path(engine_pki_dir, "crl.pem").read_text()
+        assert in_host(agent, ["cat", "/etc/pki/CA/cacrl.pem"]).stdout == crl
+        assert in_host(agent, ["cat", "/etc/pki/qemu/ca-crl.pem"]).stdout == crl
+    assert_refused(target, virsh_over_tls(target, removed), "revoked")
+    # Another host's certificate still gets in: libvirtd reloaded, it did not stop.
+    assert virsh_over_tls(target, client_pki(tmp_path, engine_pki_dir, "h7")).returncode == 0
 
 
 # -- engine: the migration itself ------------------------------------------------------------
