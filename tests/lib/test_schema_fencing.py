@@ -1,4 +1,4 @@
-"""Revision 0012: fence agents by name, finite fencing policies, recorded SSH host keys."""
+"""Revision 0013: fence agents by name, finite fencing policies, recorded SSH host keys."""
 
 import json
 

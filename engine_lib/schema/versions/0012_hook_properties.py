@@ -1,6 +1,6 @@
 """The custom properties a cluster's VMs may set.
 
-Revision ID: 0012_hook_properties
+Revision ID: 0012
 Revises: 0011
 Create Date: 2026-11-22
 """
@@ -8,7 +8,7 @@ Create Date: 2026-11-22
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0012_hook_properties'
+revision = '0012'
 down_revision = '0011'
 branch_labels = None
 depends_on = None

@@ -1,15 +1,15 @@
 """A start the host has not answered for.
 
-Revision ID: 0012_ghost_vm
-Revises: 0012_hook_properties
+Revision ID: 0014
+Revises: 0013
 Create Date: 2026-12-07
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0012_ghost_vm'
-down_revision = '0012_fencing_host_keys'
+revision = '0014'
+down_revision = '0013'
 branch_labels = None
 depends_on = None
 

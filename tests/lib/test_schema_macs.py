@@ -1,4 +1,4 @@
-"""0012: a database that already holds one MAC on two NICs upgrades to unique MACs."""
+"""Revision 0015: a database that already holds one MAC on two NICs upgrades to unique MACs."""
 
 import json
 

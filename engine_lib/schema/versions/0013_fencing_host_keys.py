@@ -1,7 +1,7 @@
 """Hosts' SSH host keys; fence agents by name; finite fencing policies.
 
-Revision ID: 0012_fencing_host_keys
-Revises: 0011
+Revision ID: 0013
+Revises: 0012
 Create Date: 2026-12-10
 """
 
@@ -11,8 +11,8 @@ import os
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0012_fencing_host_keys'
-down_revision = '0012_hook_properties'
+revision = '0013'
+down_revision = '0012'
 branch_labels = None
 depends_on = None
 

@@ -1,7 +1,7 @@
 """Unique MACs; disks remember that their volume exists.
 
-Revision ID: 0012_races
-Revises: 0011
+Revision ID: 0015
+Revises: 0014
 Create Date: 2026-12-08
 
 A database written before MACs were unique may hold NICs that share one (two
@@ -18,8 +18,8 @@ import datetime
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0012_races'
-down_revision = '0012_ghost_vm'
+revision = '0015'
+down_revision = '0014'
 branch_labels = None
 depends_on = None
 

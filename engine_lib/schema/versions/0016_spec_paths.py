@@ -1,15 +1,15 @@
 """Registered LUNs: the only block devices a VM disk may name.
 
-Revision ID: 0012_spec_paths
-Revises: 0011
+Revision ID: 0016
+Revises: 0015
 Create Date: 2026-12-08
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0012_spec_paths'
-down_revision = '0012_races'
+revision = '0016'
+down_revision = '0015'
 branch_labels = None
 depends_on = None
 
