@@ -36,6 +36,8 @@ from engine_lib.loop.ha import HighAvailability
 from engine_lib.loop.monitoring import Intervals, Monitor
 
 log = logging.getLogger("kestrel.engine.loop")
+# How long a stop waits for each thread's pass in flight (an agent call ends by its deadline).
+JOIN_S = 35.0
 
 
 @dataclass(frozen=True)
@@ -49,24 +51,27 @@ class Settings:
 
 
 def run(engine, settings: Settings, stop: threading.Event) -> None:
-    """Run the engine loop on ``engine`` until ``stop`` is set."""
-    follower = threading.Thread(target=EventFollower(engine).run, args=(stop,),
-                                name="event-follower", daemon=True)
-    follower.start()
+    """Run the engine loop on ``engine`` until ``stop`` is set; return once its passes in
+    flight have recorded what they did (each bounded by its agent calls' deadlines)."""
+    threads = [threading.Thread(target=EventFollower(engine).run, args=(stop,),
+                                name="event-follower", daemon=True)]
     if settings.balance_interval_s > 0:
-        threading.Thread(target=balancer.Balancer(engine, balancer.Settings(
+        threads.append(threading.Thread(target=balancer.Balancer(engine, balancer.Settings(
             settings.balance_interval_s, settings.balance_max_migrations)).run, args=(stop,),
-            name="balancer", daemon=True).start()
+            name="balancer", daemon=True))
     host_s = settings.intervals.host_s
-    threading.Thread(target=every, args=(host_s, engine.migrations.active, stop),
-                     name="migrations", daemon=True).start()
+    threads.append(threading.Thread(target=every, args=(host_s, engine.migrations.active, stop),
+                                    name="migrations", daemon=True))
     if settings.ha:
         # A pass never waits for fencing: what a fence proves is acted on next pass.
         ha = HighAvailability(engine, settings.ssh_key, fence_wait_s=0)
-        threading.Thread(target=every, args=(host_s, ha.cycle, stop), name="ha",
-                         daemon=True).start()
+        threads.append(threading.Thread(target=every, args=(host_s, ha.cycle, stop), name="ha",
+                                        daemon=True))
+    for thread in threads:
+        thread.start()
     Monitor(engine, settings.intervals).run(stop)
-    follower.join(5)
+    for thread in threads:
+        thread.join(JOIN_S)
 
 
 def every(interval_s: float, work: Callable[[], object], stop: threading.Event) -> None:
