@@ -203,11 +203,15 @@ class Vm(Base):
     # Where a Suspended VM's memory is saved ({domain, image, volume}); None otherwise.
     memory_volume: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     run_on_host_id: Mapped[str | None] = mapped_column(ForeignKey("hosts.id"), nullable=True)
+    # The template version the VM was made from (thin or cloned); None for one made blank.
+    template_id: Mapped[str | None] = mapped_column(ForeignKey("templates.id"), nullable=True,
+                                                    index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     version: Mapped[int] = mapped_column(Integer, nullable=False)
 
     cluster: Mapped[Cluster] = relationship(back_populates="vms")
     run_on_host: Mapped[Host | None] = relationship()
+    template: Mapped[Template | None] = relationship()
     devices: Mapped[list[VmDevice]] = relationship(
         back_populates="vm", cascade="all, delete-orphan", order_by="VmDevice.position")
 
@@ -371,6 +375,91 @@ class StorageDomain(Base):
                                                    order_by="Cluster.name")
 
     __mapper_args__ = {"version_id_col": version}
+
+
+class Template(Base):
+    """A template version: the settings and read-only disk volumes VMs are made from.
+
+    Versions of one template share its ``name`` (oVirt's sub-versions); a VM names a
+    template and takes its latest version unless it names one. ``spec`` is the VM
+    settings a VM inherits, in spec.vm's normalized form without the VM's name, its
+    disks' volume ids or its NICs' MACs; ``spec["disks"]`` holds each template
+    disk's settings with the ``volume_id`` of its volume (a row of ``volumes``).
+    """
+
+    __tablename__ = "templates"
+    __table_args__ = (UniqueConstraint("name", "version_number"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(64), index=True)
+    version_number: Mapped[int] = mapped_column(Integer, default=1)
+    version_name: Mapped[str] = mapped_column(String(64), default="")
+    description: Mapped[str] = mapped_column(Text, default="")
+    cluster_id: Mapped[str] = mapped_column(ForeignKey("clusters.id"), index=True)
+    spec: Mapped[dict] = mapped_column(JSON, default=dict)
+    sealed: Mapped[bool] = mapped_column(Boolean, default=False)
+    # ok; locked while its volumes are written; illegal when that failed half way.
+    status: Mapped[str] = mapped_column(String(16), default="ok")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+
+    cluster: Mapped[Cluster] = relationship()
+    volumes: Mapped[list[Volume]] = relationship(back_populates="template")
+
+    __mapper_args__ = {"version_id_col": version}
+
+
+class Volume(Base):
+    """One volume file on a storage domain, ``<domain>/<image_id>/<id>``, and its place
+    in a chain: ``parent`` is the volume it is an overlay on (a thin VM's disk on its
+    template's volume), on the same domain. The engine owns chains; the agent builds
+    on storage what these rows describe and never decides one itself.
+
+    A volume belongs to a VM disk (the device's spec names its image and volume ids),
+    to a template version (``template_id``), or to nobody: a floating disk or an ISO
+    with a ``name`` of its own (oVirt's floating disks, ``content_type``).
+    """
+
+    __tablename__ = "volumes"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    image_id: Mapped[str] = mapped_column(String(36), index=True)
+    # By name, as disks name it: a cluster with no domain attached accepts any name.
+    storage_domain: Mapped[str] = mapped_column(String(64), index=True)
+    parent_id: Mapped[str | None] = mapped_column(
+        ForeignKey("volumes.id", ondelete="RESTRICT"), nullable=True, index=True)
+    format: Mapped[str] = mapped_column(String(8), default="qcow2")
+    size_mib: Mapped[int] = mapped_column(Integer, default=0)
+    content_type: Mapped[str] = mapped_column(String(8), default="data")
+    name: Mapped[str] = mapped_column(String(64), default="", index=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    template_id: Mapped[str | None] = mapped_column(
+        ForeignKey("templates.id", ondelete="RESTRICT"), nullable=True, index=True)
+    # ok; locked while an upload, copy or export writes it; illegal when one failed half way.
+    status: Mapped[str] = mapped_column(String(16), default="ok")
+    readonly: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The hex SHA-256 of the bytes an upload or import brought in; "" otherwise.
+    sha256: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+
+    parent: Mapped[Volume | None] = relationship(remote_side="Volume.id")
+    template: Mapped[Template | None] = relationship(back_populates="volumes")
+
+    __mapper_args__ = {"version_id_col": version}
+
+    @property
+    def relpath(self) -> str:
+        """Where the file is inside its storage domain."""
+        return f"{self.image_id}/{self.id}"
+
+    def chain(self) -> list[Volume]:
+        """This volume's parents, nearest first (empty for a volume with none)."""
+        out, parent = [], self.parent
+        while parent is not None:
+            out.append(parent)
+            parent = parent.parent
+        return out
 
 
 class Lun(Base):
