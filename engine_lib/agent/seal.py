@@ -59,7 +59,9 @@ def command(disk: str, fmt: str, hostname: str = "") -> list[str]:
     argv = [VIRT_SYSPREP, "--format", fmt, "-a", disk, "--no-network",
             "--operations", ",".join(operations)]
     if hostname:
-        argv += ["--hostname", hostname]
+        # customize runs after machine-id and writes a fresh machine id first thing;
+        # truncating it again (customize commands run in order) keeps the seal.
+        argv += ["--hostname", hostname, "--truncate", "/etc/machine-id"]
     return argv
 
 

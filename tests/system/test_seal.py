@@ -29,7 +29,7 @@ def _tree(root) -> None:
     files = {
         "etc/machine-id": MACHINE_ID,
         "etc/hostname": "golden\n",
-        "etc/fstab": "/dev/vda1 / ext4 defaults 0 1\n",
+        "etc/fstab": "LABEL=root / ext4 defaults 0 1\n",
         "etc/os-release": 'ID=debian\nVERSION_ID="12"\nNAME="Debian GNU/Linux"\n',
         "etc/debian_version": "12.0\n",
         "etc/ssh/ssh_host_ed25519_key": "private\n",
@@ -62,7 +62,7 @@ def _ls(image: str, path: str) -> list[str]:
 def test_seal_empties_machine_id_removes_host_keys_and_sets_hostname(tmp_path, appliance):
     _tree(tmp_path / "root")
     raw = str(tmp_path / "disk.raw")
-    subprocess.run(["mke2fs", "-q", "-t", "ext4", "-d", str(tmp_path / "root"), raw, "32M"],
+    subprocess.run(["mke2fs", "-q", "-t", "ext4", "-L", "root", "-d", str(tmp_path / "root"), raw, "32M"],
                    check=True)
     domain = tmp_path / "domain"
     (domain / "img").mkdir(parents=True)
