@@ -70,10 +70,11 @@ class SealConfig:
     """How virt-sysprep boots its appliance (libguestfs runs a small VM).
 
     ``appliance``: a fixed appliance directory (kernel, initrd, root, README.fixed;
-    LIBGUESTFS_PATH), or ``kernel`` + ``modules`` (a kernel and its module directory,
-    e.g. unpacked from a distribution kernel package) for the supermin appliance when
-    the host's own kernel has none, or neither (the host's kernel). ``tcg``: boot the
-    appliance without KVM (where /dev/kvm is missing or unusable).
+    LIBGUESTFS_PATH; the only way where /lib/modules is missing, e.g. a container), or
+    ``kernel`` + ``modules`` (a kernel and its module directory, e.g. unpacked from a
+    distribution kernel package) for supermin's appliance when the host's own kernel
+    is unusable, or neither (the host's kernel). ``tcg``: boot the appliance without
+    KVM (where /dev/kvm is missing or unusable).
     """
     appliance: str = ""
     kernel: str = ""
