@@ -270,3 +270,21 @@ def test_the_api_route_validates_then_seals(tmp_path, domains, sysprep):
     assert os.listdir(out) == []
     status, answer = post({"volume": volume, "hostname": "tmpl"})
     assert status == 200 and answer["hostname"] == "tmpl"
+
+
+@pytest.mark.parametrize("tcg, appliance", [(False, ""), (True, "/srv/guestfs")])
+def test_the_host_roles_agent_conf_has_a_seal_section_the_agent_reads(tcg, appliance):
+    import jinja2
+    import yaml
+
+    role = os.path.join(os.path.dirname(__file__), "..", "..", "..", "roles", "host")
+    with open(os.path.join(role, "defaults", "main.yml")) as handle:
+        defaults = yaml.safe_load(handle)
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(os.path.join(role, "templates")),
+                             trim_blocks=True)
+    env.filters["bool"] = bool
+    text = env.get_template("agent.conf.j2").render(
+        {**defaults, "ansible_managed": "test", "kestrel_host_name": "h1",
+         "kestrel_host_address": "10.0.0.1", "kestrel_host_seal_tcg": tcg,
+         "kestrel_host_seal_appliance": appliance})
+    assert config.loads(text).seal == SealConfig(appliance=appliance, tcg=tcg)
