@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import engine_lib
-from engine_lib.agent import crl
+from engine_lib.agent import crl, seal
 from engine_lib.agent.config import AgentConfig
 from engine_lib.agent.storage_connections import StorageConnections
 from engine_lib.agent.volumes import VolumeLocation
@@ -174,6 +174,14 @@ ROUTES = (
           "missing volume is left for the next start to create.",
           body={"type": "object", "required": ["volume"], "additionalProperties": False,
                 "properties": {"volume": _VOLUME_SCHEMA}}),
+    Route("POST", "/volumes/seal", "seal_volume", "Seal a template volume: virt-sysprep "
+          "(no network, format pinned) removes machine-id, SSH host keys, logs, shell "
+          "history, DHCP leases and MAC-bound network config, and sets hostname when given. "
+          "Refused for a volume a VM on this host uses, or a qcow2 with a backing or data "
+          "file. Runs until done (minutes when the appliance boots without KVM).",
+          body={"type": "object", "required": ["volume"], "additionalProperties": False,
+                "properties": {"volume": _VOLUME_SCHEMA,
+                               "hostname": {"type": "string", "default": ""}}}),
     Route("POST", "/storage/connect", "connect_storage", "Connect an NFS storage domain: "
           "mount export at path (mount -t nfs, creating the directory) unless mountinfo "
           "shows it mounted there already, then serve the domain's volumes (registered "
@@ -453,6 +461,16 @@ class Api:
         size = _checked_volume(item, "volume", sized=True)
         location = VolumeLocation(item["domain"], item["image"], item["volume"])
         return self.hypervisor.resize_volume(location, str(item.get("format", "qcow2")), size)
+
+    def seal_volume(self, request: Request) -> dict:
+        item = request.body.get("volume")
+        location = _volume_location(item, "volume")
+        fmt = item.get("format", "qcow2")
+        hostname = request.body.get("hostname", "")
+        seal.check_format(fmt)
+        seal.check_hostname(hostname)
+        return seal.seal(location, self.config.storage_domains, fmt, self.config.seal,
+                         hostname=hostname, in_use=self.hypervisor.disks_in_use())
 
     def connect_storage(self, request: Request) -> dict:
         return self.storage.connect(request.body)
