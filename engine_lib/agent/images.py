@@ -21,8 +21,10 @@ import hashlib
 import json
 import os
 import re
+import queue
 import select
 import subprocess
+import threading
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -33,6 +35,7 @@ from engine_lib.agent.volumes import VolumeLocation
 from engine_lib.protocol.errors import Conflict, InvalidSpec, KestrelError
 
 PIECE = 1024 * 1024
+BUFFERS = 4  # pieces of an upload in flight between reading and writing
 MIB = 1024 * 1024
 _HEX = re.compile(r"[0-9a-f]{64}")
 _PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
@@ -526,21 +529,49 @@ def _virtual_size(name: str, fd: int) -> int:
 
 
 def _copy_in(job: Job, stream: BinaryIO, fd: int, length: int) -> str:
+    """Read ``length`` bytes into ``fd``, hashing them; a short body is an error.
+
+    Reading (TLS) and hashing + writing overlap in two threads (both release the
+    GIL), through BUFFERS pieces of 1 MiB: memory stays bounded whatever the size.
+    """
     digest = hashlib.sha256()
-    buffer = bytearray(PIECE)
-    view = memoryview(buffer)
+    free: queue.Queue[memoryview] = queue.Queue()
+    full: queue.Queue[tuple[memoryview, int] | None] = queue.Queue()
+    for _ in range(BUFFERS):
+        free.put(memoryview(bytearray(PIECE)))
+    failed: list[BaseException] = []
+
+    def drain() -> None:
+        while (item := full.get()) is not None:
+            view, size = item
+            try:
+                if not failed:
+                    digest.update(view[:size])
+                    _write_all(fd, view[:size])
+            except BaseException as exc:  # reported by the reader
+                failed.append(exc)
+            free.put(view)
+
+    writer = threading.Thread(target=drain, name=f"upload-{job.id[:8]}", daemon=True)
+    writer.start()
     done = 0
-    while done < length:
-        job.check()
-        want = min(PIECE, length - done)
-        got = stream.readinto(view[:want])  # type: ignore[attr-defined]
-        if not got:
-            raise KestrelError(f"the upload ended after {done} of {length} bytes")
-        piece = view[:got]
-        digest.update(piece)
-        _write_all(fd, piece)
-        done += got
-        job.report(done)
+    try:
+        while done < length:
+            job.check()
+            if failed:
+                raise failed[0]
+            view = free.get()
+            got = stream.readinto(view[:min(PIECE, length - done)])  # type: ignore[attr-defined]
+            if not got:
+                raise KestrelError(f"the upload ended after {done} of {length} bytes")
+            full.put((view, got))
+            done += got
+            job.report(done)
+    finally:
+        full.put(None)
+        writer.join()
+    if failed:
+        raise failed[0]
     return digest.hexdigest()
 
 

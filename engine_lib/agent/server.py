@@ -27,8 +27,8 @@ from urllib.parse import parse_qs, urlsplit
 import engine_lib
 from engine_lib.agent import crl
 from engine_lib.agent.api import Api
-from engine_lib.agent.images import PIECE, Download
 from engine_lib.agent.config import AgentConfig
+from engine_lib.agent.images import PIECE, Download
 from engine_lib.protocol.certificates import engine_client_refusal
 from engine_lib.protocol.errors import CertificateError, InvalidSpec, KestrelError
 

@@ -146,11 +146,10 @@ def domain(agent, tmp_path):
     return root
 
 
-@pytest.fixture
-def images(tmp_path):
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
     """Source images: random data at the start, zeros after (thin when converted)."""
-    src = tmp_path / "src"
-    src.mkdir()
+    src = tmp_path_factory.mktemp("src")
     raw = src / "disk.raw"
     raw.write_bytes(os.urandom(MIB) + b"\0" * (3 * MIB))
     for fmt in ("qcow2", "vmdk"):
@@ -256,9 +255,6 @@ def test_an_image_larger_than_the_free_space_is_refused_before_any_byte(agent, d
 
     monkeypatch.setattr(image_check.os, "statvfs", lambda path: Small(real(path)))
     before = _tree(domain)
-    big = images / "big.raw"
-    with open(big, "wb") as handle:
-        handle.truncate(20 * MIB)
     status, doc = agent.call("POST", "/images/uploads", {"volume": _vol(),
                                                          "length": 20 * MIB})
     assert status == 400
@@ -408,7 +404,7 @@ class _Files(http.server.BaseHTTPRequestHandler):
 def web(images):
     handler = type("Files", (_Files,), {"root": str(images)})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}", handler
     server.shutdown()
     server.server_close()
