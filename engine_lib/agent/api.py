@@ -331,6 +331,7 @@ class Api:
         self.hypervisor.ballooning.start()  # each round reconnects if it must
 
     def close(self) -> None:
+        self.jobs.abort_all()  # staging files and half volumes are not left behind
         if self._hypervisor is not None:
             self._hypervisor.close()
 

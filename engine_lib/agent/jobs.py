@@ -57,6 +57,7 @@ class Job:
         self.abort = threading.Event()
         self.finished = threading.Event()
         self.busy = False
+        self.ending = False  # finish() claimed it: its cleanups run once
         self.touched = time.monotonic()
         self.finished_at = 0.0
 
@@ -117,8 +118,9 @@ class Jobs:
         with self._lock:
             if job.kind != kind:
                 raise Conflict(f"job {job_id} is a {job.kind} job, not {kind}", job=job_id)
-            if job.status != RUNNING or job.busy:
-                state = "busy" if job.busy else job.status
+            if job.status != RUNNING or job.busy or job.abort.is_set():
+                state = "busy" if job.busy else \
+                    "being aborted" if job.status == RUNNING else job.status
                 raise Conflict(f"job {job_id} is {state}", job=job_id, status=job.status)
             job.busy = True
         return job
@@ -153,8 +155,9 @@ class Jobs:
     def finish(self, job: Job, outcome: dict | BaseException) -> None:
         """End the job: success with a result, else cleanups first, then failed/aborted."""
         with self._lock:
-            if job.status != RUNNING:
+            if job.status != RUNNING or job.ending:
                 return
+            job.ending = True
         for cleanup in [*([] if isinstance(outcome, dict) else reversed(job.cleanups)),
                         *reversed(job.closers)]:
             try:
@@ -222,6 +225,16 @@ class Jobs:
             job.abort.set()
             self.finish(job, Aborted())
 
-    def running(self) -> list[Job]:
+    def abort_all(self, timeout: float = 10.0) -> None:
+        """On the agent's stop: every running job aborts and cleans up (an idle upload
+        at once, a working one when it notices, within ``timeout``)."""
         with self._lock:
-            return [j for j in self._jobs.values() if j.status == RUNNING]
+            running = [j for j in self._jobs.values() if j.status == RUNNING]
+        for job in running:
+            job.abort.set()
+            with self._lock:
+                idle = not job.busy
+            if idle:
+                self.finish(job, Aborted())
+        for job in running:
+            job.finished.wait(timeout)

@@ -133,3 +133,33 @@ def test_an_upload_step_has_one_owner():
     jobs.release(job)
     with pytest.raises(Conflict, match="not export"):
         jobs.take(job.id, "export")
+
+
+def test_stopping_the_agent_aborts_running_jobs_with_their_cleanups():
+    jobs = Jobs()
+    idle = jobs.create("upload", "d/i/a")
+    working = jobs.create("copy", "d/i/b")
+    cleaned: list[str] = []
+    idle.cleanups.append(lambda: cleaned.append("idle"))
+    working.cleanups.append(lambda: cleaned.append("working"))
+
+    def work(j):
+        j.abort.wait(10)
+        j.check()
+        return {}
+
+    jobs.run(working, work)
+    jobs.abort_all()
+    assert (idle.status, working.status) == ("aborted", "aborted")
+    assert sorted(cleaned) == ["idle", "working"]
+
+
+def test_an_aborted_upload_takes_no_more_bytes():
+    jobs = Jobs()
+    job = jobs.create("upload", "d/i/v")
+    jobs.take(job.id, "upload")
+    job.abort.set()
+    with pytest.raises(Conflict):
+        jobs.take(job.id, "upload")
+    jobs.release(job)  # the owner's step ends: the abort completes
+    assert job.status == "aborted"
