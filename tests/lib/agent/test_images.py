@@ -23,6 +23,7 @@ import pytest
 
 from engine_lib import pki
 from engine_lib.agent import image_check, url_fetch
+from engine_lib.agent import images as images_module
 from engine_lib.agent.api import Api
 from engine_lib.agent.config import AgentConfig
 from engine_lib.agent.server import AgentServer, server_context
@@ -170,7 +171,11 @@ def _same(a, b) -> bool:
 # -- images in --------------------------------------------------------------------------
 
 def test_a_qcow2_upload_to_a_qcow2_volume_is_linked_into_place_not_copied(agent, domain,
-                                                                         images):
+                                                                         images, monkeypatch):
+    def no_conversion(*args):
+        raise AssertionError("converted")
+
+    monkeypatch.setattr(images_module, "_convert", no_conversion)
     report = agent.upload(_vol(), images / "disk.qcow2", "qcow2")
     assert report["status"] == "succeeded", report
     result = report["result"]
