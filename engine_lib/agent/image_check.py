@@ -27,6 +27,7 @@ FORMATS = ("qcow2", "raw", "vmdk", "vdi", "vhdx")
 TARGET_FORMATS = ("qcow2", "raw")
 ADDRESS_SPACE = 1024 ** 3
 CPU_SECONDS = 30
+WALL_SECONDS = 120  # an open that blocks uses no CPU
 # Room kept free on a domain beyond what the new volume needs (metadata, rounding).
 MARGIN_BYTES = 16 * 1024 * 1024
 _QCOW2_EXTERNAL_DATA = 1 << 2  # incompatible feature bit: the data lives in another file
@@ -70,6 +71,10 @@ def sniff(fd: int) -> str:
                                            "self-contained")
         return "qcow2"
     if head[:4] == b"KDMV":
+        capacity, = struct.unpack("<Q", head[12:20])
+        if not capacity:  # qemu then reads the extents from an embedded descriptor
+            raise InvalidSpec("image", "the vmdk's data is described as other files "
+                                       "(extents); upload a single-file vmdk")
         return "vmdk"
     if head.startswith(b"# Disk DescriptorFile"):
         raise InvalidSpec("image", "the image is a vmdk descriptor whose data is in other "
@@ -83,8 +88,12 @@ def sniff(fd: int) -> str:
 
 
 def _run(argv: list[str], fd: int, what: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(limited(argv), pass_fds=(fd,), capture_output=True, text=True,
-                            check=False)
+    try:
+        result = subprocess.run(limited(argv), pass_fds=(fd,), capture_output=True,
+                                text=True, check=False, timeout=WALL_SECONDS)
+    except subprocess.TimeoutExpired:
+        raise InvalidSpec("image", f"qemu-img {what} did not finish within "
+                                   f"{WALL_SECONDS} s on this image") from None
     if result.returncode < 0 or result.returncode in (137, 152):  # killed by a limit
         raise InvalidSpec("image", f"qemu-img {what} exceeded its limits on this image "
                                    f"(1 GiB memory, {CPU_SECONDS} s CPU)")

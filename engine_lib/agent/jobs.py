@@ -64,7 +64,7 @@ class Job:
     def check(self) -> None:
         """Stop here when an abort was asked."""
         if self.abort.is_set():
-            raise Aborted()
+            raise Aborted("aborted on request")
 
     def report(self, done: int, total: int | None = None) -> None:
         if total is not None:

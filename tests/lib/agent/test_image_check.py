@@ -69,6 +69,17 @@ def test_a_vmdk_descriptor_naming_other_files_is_refused(raw, tmp_path):
         _inspect(path)
 
 
+def test_a_sparse_vmdk_without_capacity_whose_descriptor_names_other_files_is_refused(
+        raw, tmp_path):
+    path = tmp_path / "disk.vmdk"
+    _img("convert", "-f", "raw", "-O", "vmdk", str(raw), str(path))
+    data = bytearray(path.read_bytes())
+    data[12:20] = b"\0" * 8  # capacity 0: qemu would follow the embedded descriptor
+    path.write_bytes(bytes(data))
+    with pytest.raises(InvalidSpec, match="other files"):
+        _inspect(path)
+
+
 @pytest.mark.parametrize("declared", ["raw", "vmdk"])
 def test_a_declared_format_that_lies_is_refused_naming_image_format(raw, tmp_path, declared):
     path = tmp_path / "disk.qcow2"
