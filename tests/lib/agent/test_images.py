@@ -207,6 +207,16 @@ def test_a_vmdk_upload_becomes_a_raw_volume_with_the_same_content(agent, domain,
     assert _same(images / "disk.raw", domain / "img" / "vol")
 
 
+def test_an_upload_is_not_held_to_the_16_mib_json_limit(agent, domain, tmp_path):
+    big = tmp_path / "big.raw"
+    with open(big, "wb") as handle:
+        for _ in range(20):
+            handle.write(os.urandom(MIB))
+    report = agent.upload(_vol(fmt="raw"), big)
+    assert report["status"] == "succeeded", report
+    assert report["result"]["sha256"] == _sha256(domain / "img" / "vol") == _sha256(big)
+
+
 def test_an_iso_upload_is_a_raw_volume(agent, domain, images):
     report = agent.upload(_vol(fmt="raw"), images / "disk.raw", content_type="iso")
     assert report["status"] == "succeeded", report
