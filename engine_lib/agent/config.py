@@ -12,6 +12,9 @@
                        (the memory balloon policy, see agent.ballooning)
     [seal]             appliance | kernel + modules, tcg, timeout, cache_dir
                        (how virt-sysprep's appliance boots, see agent.seal)
+    [images]           allow_private_urls   (false: image downloads never reach loopback,
+                                             link-local, multicast addresses; true only
+                                             for tests and the lab, see agent.url_fetch)
 
 Every key has a default except the storage domains. Unknown sections and keys
 are errors: the host role writes this file, and a typo silently ignored is a
@@ -48,6 +51,7 @@ _DEFAULTS: dict[str, dict[str, str]] = {
     # "" = libguestfs's own supermin appliance, built from the host's kernel.
     "seal": {"appliance": "", "kernel": "", "modules": "", "tcg": "no", "timeout": "1800",
              "cache_dir": "/var/cache/kestrel/guestfs"},
+    "images": {"allow_private_urls": "false"},
 }
 _STORAGE = "storage_domains"
 _BOOLEANS = {"yes": True, "true": True, "on": True, "1": True,
@@ -106,6 +110,8 @@ class AgentConfig:
     crl: str = ""
     libvirt_crl: str = ""
     qemu_crl: str = ""
+    # Image imports may download from loopback/link-local addresses (tests and the lab only).
+    allow_private_urls: bool = False
 
     @property
     def hooks_dir(self) -> str:
@@ -183,6 +189,11 @@ def parse(parser: configparser.ConfigParser, source: str) -> AgentConfig:
                 raise InvalidSpec(where(_STORAGE, name), "not a valid storage domain name")
             domains[name] = _domain_directory(where(_STORAGE, name), mount, roots)
 
+    private = values["images"]["allow_private_urls"].lower()
+    if private not in ("true", "false"):
+        raise InvalidSpec(where("images", "allow_private_urls"),
+                          f"'{private}' is not true or false")
+
     return AgentConfig(
         name=agent["name"] or socket.gethostname(),
         address=agent["address"],
@@ -197,6 +208,7 @@ def parse(parser: configparser.ConfigParser, source: str) -> AgentConfig:
         source=source,
         ballooning=_ballooning(values["ballooning"], lambda key: where("ballooning", key)),
         seal=_seal(values["seal"], lambda key: where("seal", key)),
+        allow_private_urls=private == "true",
     )
 
 
