@@ -210,7 +210,7 @@ ROUTES = (
           "(no network, format pinned) removes machine-id, SSH host keys, logs, shell "
           "history, DHCP leases and MAC-bound network config, and sets hostname when given. "
           "Refused for a volume a VM on this host uses, or a qcow2 with a backing or data "
-          "file. Runs until done (minutes when the appliance boots without KVM).",
+          "file. A job (GET /jobs/{job}); minutes when the appliance boots without KVM.",
           body={"type": "object", "required": ["volume"], "additionalProperties": False,
                 "properties": {"volume": _VOLUME_SCHEMA,
                                "hostname": {"type": "string", "default": ""}}}),
@@ -572,8 +572,15 @@ class Api:
         hostname = request.body.get("hostname", "")
         seal.check_format(fmt)
         seal.check_hostname(hostname)
-        return seal.seal(location, self.config.storage_domains, fmt, self.config.seal,
-                         hostname=hostname, in_use=self.hypervisor.disks_in_use())
+        in_use = self.hypervisor.disks_in_use()
+        # A job like a copy: the volume is busy for other jobs until it ends, and
+        # DELETE /jobs/{id} kills virt-sysprep and its appliance.
+        job = self.jobs.create("seal", f"{location.domain}/{location.image}/{location.volume}")
+        job.phase = "sealing"
+        self.jobs.run(job, lambda j: seal.seal(location, self.config.storage_domains, fmt,
+                                               self.config.seal, hostname=hostname,
+                                               in_use=in_use, abort=j.abort))
+        return {"job": job.id}
 
     def connect_storage(self, request: Request) -> dict:
         return self.storage.connect(request.body)

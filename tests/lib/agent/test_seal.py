@@ -252,7 +252,7 @@ class _Hypervisor:
         return set()
 
 
-def test_the_api_route_validates_then_seals(tmp_path, domains, sysprep):
+def test_the_api_route_validates_then_seals_in_a_job(tmp_path, domains, sysprep):
     out = sysprep()
     cfg = config.AgentConfig(name="h", address="a", port=1, libvirt_uri="x", ca="", cert="",
                              key="", storage_domains=domains, seal=_config(tmp_path))
@@ -269,7 +269,10 @@ def test_the_api_route_validates_then_seals(tmp_path, domains, sysprep):
     assert (status, answer["error"]["details"]["field"]) == (400, "volume.volume")
     assert os.listdir(out) == []
     status, answer = post({"volume": volume, "hostname": "tmpl"})
-    assert status == 200 and answer["hostname"] == "tmpl"
+    assert status == 200
+    job = api.jobs.get(answer["job"])
+    assert job.finished.wait(30)
+    assert (job.kind, job.status, job.result["hostname"]) == ("seal", "succeeded", "tmpl")
 
 
 @pytest.mark.parametrize("tcg, appliance", [(False, ""), (True, "/srv/guestfs")])
