@@ -4,7 +4,7 @@ An upload comes from a file where the engine library runs (the module or the CLI
 streams it straight to a host's agent) or from a URL the host downloads. The
 volume is registered ``locked`` before any byte moves, so a second upload to the
 same disk is a Conflict naming it, and the engine loop can tell a volume whose
-writer died (services.volume_reconcile). Success makes it ``ok`` with the agent's
+writer died (``reconcile``). Success makes it ``ok`` with the agent's
 sha256, size and format; failure removes the row (the agent left no file), so a
 failed upload leaves nothing registered.
 
@@ -352,6 +352,10 @@ class ImageService:
                               "sha256": got["sha256"], "transferred_bytes": got["received"],
                               "download_seconds": round(time.monotonic() - started, 3)})
 
+    def reconcile(self) -> list[str]:
+        """See the module function: the engine loop's pass over locked volumes."""
+        return reconcile(self.engine)
+
     # -- floating disks ----------------------------------------------------------------------
 
     def list(self) -> list[dict]:
@@ -386,6 +390,50 @@ class ImageService:
             if volume is not None:
                 audit(session, "disk", volume.name or volume.id, "removed")
                 session.delete(volume)
+
+
+def reconcile(engine) -> list[str]:
+    """Fail and remove the ``locked`` volumes whose agent job is gone: the agent was
+    restarted (its jobs with it), or the engine died mid-upload and the agent forgot
+    the job. Asks the host to delete what the job left; a host that does not answer
+    is asked again next round. Returns the ids removed. Runs at the engine loop's
+    start and every host interval, so after a crash storage and database agree."""
+    with engine.store.transaction(commit=False) as session:
+        locked = [(v.id, v.name, agent_volume_of(v), v.job_id, HostRef.of(session.scalars(
+                   select(Host).where(Host.name == v.job_host)).one_or_none()))
+                  for v in session.scalars(select(Volume).where(
+                      Volume.status == "locked", Volume.job_id != ""))]
+    removed = []
+    for volume_id, name, target, job, host in locked:
+        if host is not None:
+            agent = engine.agent(host.address, host.port)
+            try:
+                agent.job(job)
+                continue  # still running or finished: its owner records it
+            except NotFound:
+                pass
+            except KestrelError:
+                continue  # unreachable: we cannot tell yet
+            try:
+                agent.delete_volumes([target])
+            except KestrelError:
+                continue
+        if _remove_lost(engine, volume_id, job, name):
+            removed.append(volume_id)
+    return removed
+
+
+@retry_on_conflict
+def _remove_lost(engine, volume_id: str, job: str, name: str) -> bool:
+    with engine.store.transaction() as session:
+        volume = session.get(Volume, volume_id)
+        if volume is None or volume.status != "locked" or volume.job_id != job:
+            return False
+        audit(session, "disk", name or volume_id, f"the job writing volume {volume_id} "
+              f"({job}) was lost (agent restarted or writer gone); the volume was removed",
+              severity="warning")
+        session.delete(volume)
+        return True
 
 
 def agent_volume_of(volume: Volume) -> dict:

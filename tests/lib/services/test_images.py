@@ -197,3 +197,29 @@ def test_remove_a_floating_disk(engine, agent, image):
     assert engine.images.remove("base").changed
     assert rows(engine) == [] and agent.deleted_volumes[-1]["volume"] == disk["volume_id"]
     assert engine.images.remove("base").changed is False
+
+
+def test_a_locked_volume_whose_job_is_gone_is_removed_with_its_file(engine, agent, image,
+                                                                    monkeypatch):
+    """As after an engine crash mid-upload, or an agent restart: the row stays locked
+    with its job; once the agent no longer knows the job the loop removes both."""
+    from engine_lib.services import images
+
+    def crash(progress):
+        raise KeyboardInterrupt  # the writer dies: nothing of it runs again
+    engine.images._unregister = lambda volume_id: None  # its cleanup never ran
+    monkeypatch.setattr(images, "_forget", lambda agent, job: None)
+    with pytest.raises(KeyboardInterrupt):
+        engine.images.upload("base", storage_domain="data", upload_image_path=image,
+                             progress=crash)
+    (volume,) = rows(engine)
+    assert volume.status == "locked" and volume.job_host == "h1"
+    assert images.reconcile(engine) == []  # the agent still knows the job
+    agent.reachable = False
+    assert images.reconcile(engine) == []  # cannot tell: kept
+    agent.reachable = True
+    agent.jobs.clear()  # the agent restarted
+    assert images.reconcile(engine) == [volume.id]
+    assert rows(engine) == []
+    assert agent.deleted_volumes == [{"domain": "data", "image": volume.image_id,
+                                      "volume": volume.id}]
