@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import select
 from sqlalchemy.orm.attributes import flag_modified
 
-from engine_lib.model import Cluster, Host, StorageDomain, Volume
+from engine_lib.model import Cluster, DeviceType, Host, StorageDomain, Volume
 from engine_lib.protocol.errors import (
     Conflict,
     InvalidSpec,
@@ -39,7 +39,7 @@ from engine_lib.protocol.errors import (
 )
 from engine_lib.protocol.statuses import HostStatus
 from engine_lib.services import volume_jobs
-from engine_lib.services.common import audit, retry_on_conflict
+from engine_lib.services.common import audit, get_vm, retry_on_conflict
 from engine_lib.services.host_records import HostRef
 from engine_lib.services.results import Outcome
 from engine_lib.units import size_mib as parse_size
@@ -134,6 +134,8 @@ class ImageService:
                 raise Conflict(f"disk '{name}' exists with other content (sha256 "
                                f"{existing['sha256'] or 'unknown'}); set force to replace it",
                                disk=name)
+        if not storage_domain:
+            raise InvalidSpec("storage_domain", "is required to upload a disk")
         host, free_mib = self._host_for(storage_domain)
         if length and free_mib is not None and free_mib * MiB < length:
             raise InvalidSpec("upload_image_path", f"the image is {length} bytes; storage "
@@ -352,11 +354,65 @@ class ImageService:
                               "sha256": got["sha256"], "transferred_bytes": got["received"],
                               "download_seconds": round(time.monotonic() - started, 3)})
 
+    # -- a VM's disk ---------------------------------------------------------------------------
+
+    def upload_vm_disk(self, vm: str, name: str, *, settings: dict, check_mode: bool = False,
+                       **upload) -> Outcome:
+        """Upload a volume and attach it to ``vm`` as disk ``name`` (as an attach of an
+        existing volume). A disk the VM already has is left alone (its content is the
+        guest's now); ``force`` does not replace it."""
+        with self.engine.store.transaction(commit=False) as session:
+            row = get_vm(session, vm)
+            device = next((d for d in row.devices_of(DeviceType.DISK) if d.name == name), None)
+            existing = dict(device.spec) if device is not None else None
+        if existing is not None:
+            if upload.get("force"):
+                raise Conflict(f"VM '{vm}' has a disk '{name}' already; an upload does not "
+                               "replace a VM's disk (detach or remove it first)", disk=name)
+            return Outcome(False, {"vm": vm, "name": name, **existing})
+        if "storage_domain" not in settings:
+            raise InvalidSpec("storage_domain", "is required to upload a disk")
+        uploaded = self.upload(name, storage_domain=settings["storage_domain"],
+                               fmt=settings.get("format"), size=settings.get("size"),
+                               floating=False, check_mode=check_mode, **upload)
+        disk = uploaded.entity or {}
+        if check_mode:
+            return Outcome(True, {"vm": vm, **disk, "name": name})
+        try:
+            attached = self.engine.vm_devices.disk(
+                vm, name, settings={**settings, "size": f"{disk['size_mib']}MiB",
+                                    "format": disk["format"]},
+                volume={"image_id": disk["image_id"], "volume_id": disk["volume_id"]})
+        except BaseException:
+            self._delete_files(self._host_for(disk["storage_domain"])[0], [
+                {"domain": disk["storage_domain"], "image": disk["image_id"],
+                 "volume": disk["volume_id"]}])
+            self._remove_row(disk["volume_id"])
+            raise
+        progress = {k: disk[k] for k in ("sha256", "transferred_bytes", "upload_seconds")}
+        return Outcome(True, {**(attached.entity or {}), **progress}, attached.diff)
+
+    def download_vm_disk(self, vm: str, name: str, path: str, **kwargs) -> Outcome:
+        with self.engine.store.transaction(commit=False) as session:
+            row = get_vm(session, vm)
+            device = next((d for d in row.devices_of(DeviceType.DISK) if d.name == name), None)
+            if device is None or not device.spec.get("volume_id"):
+                raise NotFound("disk", f"{vm}/{name}")
+            volume_id = device.spec["volume_id"]
+        outcome = self.download(name, path, volume_id=volume_id, **kwargs)
+        return Outcome(outcome.changed, {"vm": vm, **(outcome.entity or {}), "name": name})
+
     def reconcile(self) -> list[str]:
         """See the module function: the engine loop's pass over locked volumes."""
         return reconcile(self.engine)
 
     # -- floating disks ----------------------------------------------------------------------
+
+    def floating(self, name: str) -> dict:
+        found = self._floating(name)
+        if found is None:
+            raise NotFound("disk", name)
+        return found
 
     def list(self) -> list[dict]:
         with self.engine.store.transaction(commit=False) as session:
