@@ -312,7 +312,7 @@ class ImageService:
                 raise NotFound("disk", name)
             if volume.status != "ok":
                 raise Conflict(f"disk '{name}' is {volume.status}", disk=name)
-            source, chain = agent_volume(volume), [
+            source, chain = {**agent_volume_of(volume), "format": volume.format}, [
                 {"image": p.image_id, "volume": p.id, "format": p.format}
                 for p in volume.chain()]
             entity, known_sha = volume_dict(volume), volume.sha256
