@@ -30,7 +30,7 @@ description:
   - Other changes to a running VM's disk are stored for its next start
     (C(next_run=true), the domain XML in C(--diff)).
   - Options left unset keep their current value.
-  - Without O(vm) the disk is a floating disk (oVirt's), found by O(name): an
+  - Without O(vm) the disk is a floating disk (oVirt's), found by O(name); an
     uploaded image or ISO that belongs to no VM. An ISO (O(content_type=iso))
     is then named by a VM's C(cdrom) (oVirt's C(cd_iso)); a data disk can be the
     source of a template.

@@ -223,3 +223,23 @@ def test_a_locked_volume_whose_job_is_gone_is_removed_with_its_file(engine, agen
     assert rows(engine) == []
     assert agent.deleted_volumes == [{"domain": "data", "image": volume.image_id,
                                       "volume": volume.id}]
+
+
+def test_a_cdrom_names_an_iso_disk_and_renders_its_volume(engine, agent, cluster, tmp_path):
+    iso = tmp_path / "netinst.iso"
+    iso.write_bytes(b"\0" * 32768 + b"\1CD001")
+    disk = engine.images.upload("netinst.iso", storage_domain="data",
+                                upload_image_path=str(iso), content_type="iso").entity
+    assert disk["format"] == "raw" and disk["readonly"] is True
+    spec = {"name": "inst", "cluster": cluster, "memory": "256MiB", "cdrom": "netinst.iso"}
+    engine.vms.ensure(spec)
+    xml = engine.vms.domain_xml("inst")
+    place = f"data/{disk['image_id']}/{disk['volume_id']}"
+    assert f"<source file='/kestrel-placeholder/storage/{place}'/>" in xml
+    assert f"volume='{disk['volume_id']}'" in xml  # the agent accepts and checks it
+    assert engine.vms.ensure(spec).changed is False
+    with pytest.raises(InvalidSpec, match="cdrom.iso: no ISO disk named 'other.iso'"):
+        engine.vms.ensure({**spec, "cdrom": "other.iso"})
+    # 'domain:path' still names a file on a domain.
+    engine.vms.ensure({**spec, "cdrom": "data:isos/x.iso"})
+    assert "/kestrel-placeholder/storage/data/isos/x.iso" in engine.vms.domain_xml("inst")
