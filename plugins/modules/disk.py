@@ -37,7 +37,7 @@ description:
   - O(upload_image_path) uploads a file from the machine the module runs on,
     streamed to a host of a cluster the storage domain is attached to;
     O(upload_image_url) has that host download it. The host checks the image
-    (format, backing files, consistency) before it becomes a volume: a refused
+    (format, backing files, consistency) before it becomes a volume; a refused
     or failed upload leaves no disk registered and no file on the domain.
   - Uploading a floating disk again with the same content (the same sha256) does
     nothing; other content is refused unless O(force) is set, which replaces it.
@@ -162,9 +162,7 @@ EXAMPLES = r"""
     volume:
       image_id: "{{ detached.disk.image_id }}"
       volume_id: "{{ detached.disk.volume_id }}"
-"""
 
-EXAMPLES += r"""
 - name: Upload a cloud image as a floating disk
   kestrel.virt.disk:
     name: debian-12
@@ -177,7 +175,7 @@ EXAMPLES += r"""
     name: alpine
     storage_domain: data
     upload_image_url: https://images.example.com/alpine.qcow2
-    image_checksum: sha256:0f1e...
+    image_checksum: "sha256:{{ alpine_sha256 }}"
 
 - name: An installer ISO for VMs' cdrom
   kestrel.virt.disk:
