@@ -414,15 +414,20 @@ def disk(field: str, value: Any) -> dict[str, Any]:
 
 
 def cdrom(value: Any) -> dict[str, Any] | None:
-    """False removes the drive; '' or {} is an empty drive; a string is the ISO."""
+    """False removes the drive; '' or {} is an empty drive; a string is the ISO: an ISO
+    disk's name (a floating disk uploaded with content_type iso, oVirt's cd_iso) or a
+    file on a storage domain, 'domain:path'."""
     if value is False:
         return None
     if value is None or isinstance(value, str):
         value = {"iso": value or ""}
     value = _mapping("cdrom", value, ("iso", "boot_order"))
     iso = value.get("iso") or ""
-    return {"iso": boot_file("cdrom.iso", iso) if iso else "",
-            "boot_order": boot_order("cdrom.boot_order", value.get("boot_order"))}
+    if isinstance(iso, str) and iso and ":" not in iso and not iso.startswith("/"):
+        iso = name("cdrom.iso", iso)  # resolved to its volume by the engine (vm_config)
+    elif iso:
+        iso = boot_file("cdrom.iso", iso)
+    return {"iso": iso, "boot_order": boot_order("cdrom.boot_order", value.get("boot_order"))}
 
 
 NIC_KEYS = ("name", "network", "mac", "model", "mtu", "vlan", "link_state", "bandwidth",

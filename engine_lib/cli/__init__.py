@@ -15,6 +15,7 @@ import sys
 # and an engine host without an optional dependency still runs every command that needs none.
 from engine_lib.cli.agent import agent_wheel
 from engine_lib.cli.common import engine_options
+from engine_lib.cli.disks import disk_download, disk_list, disk_upload
 from engine_lib.cli.engine import engine_init, engine_run, engine_sign_csr, engine_ssh_key, events
 from engine_lib.cli.entities import (
     cluster_list,
@@ -132,6 +133,35 @@ def build_parser() -> argparse.ArgumentParser:
     lun_lister = command(lun, "list", lun_list, "list registered LUNs as JSON")
     lun_lister.add_argument("--name")
     for sub in (add, remove, lun_lister):
+        engine_options(sub)
+
+    disk = groups.add_parser("disk", help="floating disks and ISOs: upload, download, list"
+                             ).add_subparsers(dest="command", required=True)
+    upload = command(disk, "upload", disk_upload, "upload an image (a file here, or a URL "
+                     "the host downloads) as a floating disk, with a progress bar")
+    upload.add_argument("name")
+    source = upload.add_mutually_exclusive_group(required=True)
+    source.add_argument("--path", help="an image file on this machine")
+    source.add_argument("--url", help="an http(s) URL the host downloads")
+    upload.add_argument("--storage-domain", required=True)
+    upload.add_argument("--image-format", choices=("qcow2", "raw", "vmdk", "vdi", "vhdx"),
+                        help="the image's format (default: detected)")
+    upload.add_argument("--format", choices=("qcow2", "raw"),
+                        help="the volume's format (default qcow2, raw for an ISO)")
+    upload.add_argument("--content-type", choices=("data", "iso"), default="data")
+    upload.add_argument("--checksum", help="sha256:<hex> the image must have")
+    upload.add_argument("--size", help="grow the volume to this size (e.g. 20GiB)")
+    upload.add_argument("--force", action="store_true",
+                        help="replace a floating disk of other content")
+    upload.add_argument("--timeout", type=float,
+                        help="seconds the host may take to check and convert it")
+    download = command(disk, "download", disk_download, "write a floating disk to a file "
+                       "here (renamed into place once its sha256 is checked)")
+    download.add_argument("name")
+    download.add_argument("path")
+    download.add_argument("--format", choices=("qcow2", "raw"))
+    disk_lister = command(disk, "list", disk_list, "list floating disks and ISOs as JSON")
+    for sub in (upload, download, disk_lister):
         engine_options(sub)
 
     audit_log = groups.add_parser("events", help="the audit log (oldest first)")
