@@ -141,7 +141,7 @@ class TemplateService:
                disk: str | None = None, cluster: str | None = None,
                version: dict | None = None, seal: bool = False, description: str | None = None,
                settings: dict | None = None, check_mode: bool = False,
-               progress: Callable[[int], None] | None = None) -> Outcome:
+               progress: Callable[[dict], None] | None = None) -> Outcome:
         """Make sure a template version exists (made from ``vm`` or ``disk``) or does not.
 
         ``version`` is ``{number, name}``: a version is found by its number, else by
@@ -155,9 +155,10 @@ class TemplateService:
             return self._remove(name, version, check_mode)
         with self.engine.store.transaction(commit=False) as session:
             existing = self._find(session, name, version)
-            if existing is not None:
-                return self._update(name, existing.version_number, description, check_mode)
+            number = existing.version_number if existing is not None else None
             latest = max((t.version_number for t in versions(session, name)), default=0)
+        if number is not None:
+            return self._update(name, number, description, check_mode)
         number = version.get("number") or latest + 1
         if number != latest + 1:
             raise InvalidSpec("version.number", f"template '{name}' has versions up to {latest}; "
@@ -214,7 +215,7 @@ class TemplateService:
     # -- creation --------------------------------------------------------------------------
 
     def _from_vm(self, new: dict, vm_name: str, cluster: str | None, check_mode: bool,
-                 progress: Callable[[int], None] | None) -> Outcome:
+                 progress: Callable[[dict], None] | None) -> Outcome:
         with self.engine.store.transaction(commit=not check_mode) as session:
             source = session.execute(select(Vm).where(Vm.name == vm_name).with_for_update()
                                      ).scalar_one_or_none()

@@ -102,7 +102,7 @@ def helper_host(session: Session, cluster_id: str, what: str) -> HostRef:
 
 
 def copy(agent, source: dict, target: dict,
-         progress: Callable[[int], None] | None = None) -> dict:
+         progress: Callable[[dict], None] | None = None) -> dict:
     """One flattened copy by the agent (``copy_volume``), waited for."""
     from engine_lib.services import volume_jobs
     job = agent.copy_volume(source["source"], source["chain"], target)
