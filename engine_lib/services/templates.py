@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from engine_lib import spec as specs
 from engine_lib.model import DeviceType, Template, Vm, VmDevice, Volume, new_id
 from engine_lib.protocol.errors import Conflict, InvalidSpec, KestrelError, NotFound
-from engine_lib.services import vm_sources
+from engine_lib.services import vm_sources, volume_jobs
 from engine_lib.services.common import audit, get_cluster
 from engine_lib.services.results import Outcome
 from engine_lib.services.vm_config import NEW_VM_DEFAULTS
@@ -140,7 +140,8 @@ class TemplateService:
     def ensure(self, name: str, *, state: str = "present", vm: str | None = None,
                disk: str | None = None, cluster: str | None = None,
                version: dict | None = None, seal: bool = False, description: str | None = None,
-               settings: dict | None = None, check_mode: bool = False,
+               settings: dict | None = None, timeout: float | None = None,
+               check_mode: bool = False,
                progress: Callable[[dict], None] | None = None) -> Outcome:
         """Make sure a template version exists (made from ``vm`` or ``disk``) or does not.
 
@@ -172,7 +173,7 @@ class TemplateService:
         new = {"name": name, "number": number, "version_name": version.get("name", ""),
                "description": description or "", "seal": seal}
         if vm is not None:
-            return self._from_vm(new, vm, cluster, check_mode, progress)
+            return self._from_vm(new, vm, cluster, check_mode, progress, timeout)
         return self._from_disk(new, disk, cluster, settings or {}, check_mode)
 
     @staticmethod
@@ -215,7 +216,7 @@ class TemplateService:
     # -- creation --------------------------------------------------------------------------
 
     def _from_vm(self, new: dict, vm_name: str, cluster: str | None, check_mode: bool,
-                 progress: Callable[[dict], None] | None) -> Outcome:
+                 progress: Callable[[dict], None] | None, timeout: float | None) -> Outcome:
         with self.engine.store.transaction(commit=not check_mode) as session:
             source = session.execute(select(Vm).where(Vm.name == vm_name).with_for_update()
                                      ).scalar_one_or_none()
@@ -253,9 +254,11 @@ class TemplateService:
         try:
             for origin, target in targets:
                 made.append(target)
-                vm_sources.copy(agent, origin, target, progress)
-            if new["seal"]:
-                self._seal(agent, targets)
+                vm_sources.copy(agent, origin, target, progress, timeout)
+            if new["seal"] and targets:
+                # The boot disk: the first bootable one, else the first.
+                boot = next((i for i, d in enumerate(disks) if d.get("bootable")), 0)
+                self._seal(agent, targets[boot][1])
         except KestrelError as err:
             self._discard(template_id, agent, made, err)
             raise
@@ -305,7 +308,7 @@ class TemplateService:
         if host is not None:
             agent = self.engine.agent(host.address, host.port)
             try:
-                self._seal(agent, [({}, target)])
+                self._seal(agent, target)
             except KestrelError:
                 self._give_back(template_id, disk)
                 raise
@@ -333,10 +336,8 @@ class TemplateService:
         return template
 
     @staticmethod
-    def _seal(agent, targets: list[tuple[dict, dict]]) -> None:
-        """virt-sysprep on the boot disk (the first bootable one, else the first)."""
-        from engine_lib.services import volume_jobs
-        target = targets[0][1]
+    def _seal(agent, target: dict) -> None:
+        """virt-sysprep on the template's boot disk."""
         job = agent.seal_volume({k: target[k] for k in ("domain", "image", "volume", "format")})
         volume_jobs.wait(agent, job["job"])
 

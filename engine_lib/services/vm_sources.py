@@ -18,6 +18,7 @@ from engine_lib.model import DeviceType, Host, Vm, VmDevice, Volume
 from engine_lib.protocol.devices import GUEST_AGENT_CHANNEL
 from engine_lib.protocol.errors import Conflict, KestrelError
 from engine_lib.protocol.statuses import HostStatus, VmStatus
+from engine_lib.services import volume_jobs
 from engine_lib.services.host_records import HostRef
 from engine_lib.services.vm_config import USER_CDROM
 
@@ -101,12 +102,11 @@ def helper_host(session: Session, cluster_id: str, what: str) -> HostRef:
     return host
 
 
-def copy(agent, source: dict, target: dict,
-         progress: Callable[[dict], None] | None = None) -> dict:
+def copy(agent, source: dict, target: dict, progress: Callable[[dict], None] | None = None,
+         timeout: float | None = None) -> dict:
     """One flattened copy by the agent (``copy_volume``), waited for."""
-    from engine_lib.services import volume_jobs
     job = agent.copy_volume(source["source"], source["chain"], target)
-    return volume_jobs.wait(agent, job["job"], progress=progress)
+    return volume_jobs.wait(agent, job["job"], progress=progress, timeout=timeout)
 
 
 def delete_quietly(agent, volumes: list[dict]) -> str:
