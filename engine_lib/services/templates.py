@@ -237,7 +237,8 @@ class TemplateService:
                                 description=f"template {new['name']} v{new['number']} disk "
                                             f"{disk['name']}")
                 copies.append((origin, volume))
-                disks.append({k: v for k, v in disk.items() if k != "image_id"}
+                # A flattened copy: the source's chain is not the template's.
+                disks.append({k: v for k, v in disk.items() if k not in ("image_id", "chain")}
                              | {"volume_id": volume.id})
             spec["disks"] = disks
             host = vm_sources.helper_host(session, source.cluster_id,

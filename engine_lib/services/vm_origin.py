@@ -28,6 +28,8 @@ from engine_lib.services.common import audit, find
 from engine_lib.services.host_records import HostRef
 
 ORIGIN_KEYS = ("template", "template_version", "clone", "snapshot_vm")
+# A source disk's keys that name its volume and chain, never a new VM's.
+_VOLUME_KEYS = ("image_id", "volume_id", "chain")
 # A disk's settings in the user's terms (spec.disk takes them back).
 _DISK_SETTINGS = ("format", "interface", "storage_domain", "bootable", "boot_order", "readonly",
                   "shareable", "cache", "io", "discard", "iotune", "serial")
@@ -118,8 +120,8 @@ def create(session: Session, wanted: dict, make: Callable[[dict], Vm]) -> tuple[
         for index, disk in enumerate(spec["disks"]):
             if disk["name"] in sources:
                 _check_disk(index, disk, sources[disk["name"]], thin=not clone)
-                disk.pop("volume_id", None)
-                disk.pop("image_id", None)
+                for key in _VOLUME_KEYS:
+                    disk.pop(key, None)
         vm = make(spec)
         vm.template = template
         origin = {name: vm_sources.volume_source(volume) for name, volume in sources.items()}
@@ -140,9 +142,10 @@ def create(session: Session, wanted: dict, make: Callable[[dict], Vm]) -> tuple[
                 if disk["size_mib"] < origin[disk["name"]]["size_mib"]:
                     raise InvalidSpec(f"disks[{index}].size", "cannot be smaller than the "
                                                               "source disk's")
-                disk.pop("volume_id", None)
-                disk.pop("image_id", None)
+                for key in _VOLUME_KEYS:
+                    disk.pop(key, None)
         clone = True
+        sources = {}
         vm = make(spec)
         what = f"VM '{source_vm.name}'"
     session.flush()
@@ -157,7 +160,12 @@ def create(session: Session, wanted: dict, make: Callable[[dict], Vm]) -> tuple[
                         storage_domain=spec_["storage_domain"], format=spec_["format"],
                         size_mib=spec_["size_mib"], content_type="data", readonly=False)
         if copies is None:  # thin: the agent makes the overlay at the first start
-            volume.parent_id, volume.status = origin[device.name]["source"]["volume"], "ok"
+            base = sources[device.name]
+            volume.parent_id, volume.status = base.id, "ok"
+            # The chain the domain XML renders (nearest first): the template volume's.
+            device.spec = {**spec_, "chain": [
+                {"image_id": v.image_id, "volume_id": v.id, "format": v.format,
+                 "size_mib": v.size_mib} for v in [base, *base.chain()]]}
         else:
             # The copy makes the volume: never created blank by a start meanwhile.
             volume.status, device.volume_created = "locked", True

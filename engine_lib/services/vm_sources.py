@@ -76,8 +76,11 @@ def disk_source(session: Session, vm: Vm, disk: dict, field: str) -> dict:
         raise Conflict(f"disk '{disk['name']}' of VM '{vm.name}' has no data yet (its volume is "
                        f"made at the VM's first start); start the VM once first ({field})")
     row = session.get(Volume, disk["volume_id"])
-    chain = [{"image": p.image_id, "volume": p.id, "format": p.format}
-             for p in row.chain()] if row is not None else []
+    if row is not None:
+        chain = [{"image": p.image_id, "volume": p.id, "format": p.format} for p in row.chain()]
+    else:  # no row yet: the chain the disk's spec renders
+        chain = [{"image": m["image_id"], "volume": m["volume_id"], "format": m["format"]}
+                 for m in disk.get("chain", [])]
     return {"source": {"domain": disk["storage_domain"], "image": disk["image_id"],
                        "volume": disk["volume_id"], "format": disk["format"]},
             "chain": chain, "size_mib": disk["size_mib"]}

@@ -156,6 +156,7 @@ def test_thin_vm_overlays_the_template_volume_and_inherits_with_overrides(engine
     assert disk["interface"] == "scsi" and disk["size_mib"] == 2048 and disk["bootable"]
     assert disk["volume_id"] not in (base, golden["volume_id"])
     assert _volumes(engine)[disk["volume_id"]] == (base, None, "ok", False)
+    assert [m["volume_id"] for m in disk["chain"]] == [base]  # rendered as its backingStore
     assert vm["nics"][0]["mac"] != engine.vms.info("golden")[0]["nics"][0]["mac"]
     assert len(agent.copies) == 1  # nothing copied for a thin VM
     with engine.store.transaction(commit=False) as session:
