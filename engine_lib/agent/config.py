@@ -10,6 +10,9 @@
     [storage_domains]  <name> = <mount point>   (each under a file_domain_roots directory)
     [ballooning]       interval, low_free_percent, high_free_percent, step_percent
                        (the memory balloon policy, see agent.ballooning)
+    [images]           allow_private_urls   (false: image downloads never reach loopback,
+                                             link-local, multicast addresses; true only
+                                             for tests and the lab, see agent.url_fetch)
 
 Every key has a default except the storage domains. Unknown sections and keys
 are errors: the host role writes this file, and a typo silently ignored is a
@@ -43,6 +46,7 @@ _DEFAULTS: dict[str, dict[str, str]] = {
     "ballooning": {"interval": "10", "low_free_percent": "20", "high_free_percent": "30",
                    "step_percent": "5"},
     "storage": {"file_domain_roots": " ".join(DEFAULT_FILE_DOMAIN_ROOTS)},
+    "images": {"allow_private_urls": "false"},
 }
 _STORAGE = "storage_domains"
 
@@ -79,6 +83,8 @@ class AgentConfig:
     crl: str = ""
     libvirt_crl: str = ""
     qemu_crl: str = ""
+    # Image imports may download from loopback/link-local addresses (tests and the lab only).
+    allow_private_urls: bool = False
 
     @property
     def hooks_dir(self) -> str:
@@ -156,6 +162,11 @@ def parse(parser: configparser.ConfigParser, source: str) -> AgentConfig:
                 raise InvalidSpec(where(_STORAGE, name), "not a valid storage domain name")
             domains[name] = _domain_directory(where(_STORAGE, name), mount, roots)
 
+    private = values["images"]["allow_private_urls"].lower()
+    if private not in ("true", "false"):
+        raise InvalidSpec(where("images", "allow_private_urls"),
+                          f"'{private}' is not true or false")
+
     return AgentConfig(
         name=agent["name"] or socket.gethostname(),
         address=agent["address"],
@@ -169,6 +180,7 @@ def parse(parser: configparser.ConfigParser, source: str) -> AgentConfig:
         file_domain_roots=roots,
         source=source,
         ballooning=_ballooning(values["ballooning"], lambda key: where("ballooning", key)),
+        allow_private_urls=private == "true",
     )
 
 
