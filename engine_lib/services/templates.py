@@ -82,7 +82,8 @@ def template_dict(template: Template, session: Session | None = None) -> dict:
         "memory_mib": spec.get("memory_mib"), "cpu": spec.get("cpu"),
         "machine": spec.get("machine"), "firmware": spec.get("firmware"),
         "custom_properties": spec.get("custom_properties", {}),
-        "disks": [{k: d.get(k) for k in ("name", "volume_id", "storage_domain", "size_mib",
+        "disks": [{k: d.get(k) for k in ("name", "image_id", "volume_id", "storage_domain",
+                                          "size_mib",
                                           "format", "interface", "bootable")}
                   for d in spec.get("disks", [])],
         "nics": [dict(n) for n in spec.get("nics", [])],
@@ -239,7 +240,7 @@ class TemplateService:
                 copies.append((origin, volume))
                 # A flattened copy: the source's chain is not the template's.
                 disks.append({k: v for k, v in disk.items() if k not in ("image_id", "chain")}
-                             | {"volume_id": volume.id})
+                             | {"image_id": volume.image_id, "volume_id": volume.id})
             spec["disks"] = disks
             host = vm_sources.helper_host(session, source.cluster_id,
                                           f"cannot make template '{new['name']}'")
@@ -294,7 +295,7 @@ class TemplateService:
                               "bootable": True, "boot_order": None, "readonly": False,
                               "shareable": False, "cache": "default", "io": "default",
                               "discard": "ignore", "iotune": {}, "serial": "",
-                              "volume_id": volume.id}]
+                              "image_id": volume.image_id, "volume_id": volume.id}]
             # The disk becomes the template's volume: read-only, and no longer floating.
             volume.name, volume.readonly, volume.status = "", True, "locked"
             template = self._insert(session, new, row.id, spec, [volume], f"from disk '{disk}'")
