@@ -42,7 +42,8 @@ DEFAULT_UNPLUG_TIMEOUT = 20.0
 MAX_EVENTS_TIMEOUT = 60.0
 MAX_UNPLUG_TIMEOUT = 600.0
 MAX_JSON_DEPTH = 32
-_VOLUME_KEYS = {"domain", "image", "volume", "alias", "format", "size_mib", "disk", "create"}
+_VOLUME_KEYS = {"domain", "image", "volume", "alias", "format", "size_mib", "disk", "create",
+                "parent", "parent_format"}
 
 
 @dataclass
