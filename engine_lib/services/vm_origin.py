@@ -50,12 +50,17 @@ def _user_disk(disk: dict) -> dict:
     return out
 
 
+def has_source_disks(spec: object) -> bool:
+    """Whether a raw spec lists disks of a VM made from a source (see fill_disks)."""
+    return isinstance(spec, dict) and isinstance(spec.get("disks"), list) and \
+        bool(spec.get("template") or spec.get("snapshot_vm"))
+
+
 def fill_disks(session: Session, spec: dict) -> dict:
     """The raw spec with each disk entry completed from the disk of the same name of
     its source (the template, the cloned VM, or the existing VM itself), so a task
     gives only what it changes."""
-    if not isinstance(spec, dict) or not isinstance(spec.get("disks"), list) or \
-            not (spec.get("template") or spec.get("snapshot_vm")):
+    if not has_source_disks(spec):
         return spec
     existing = find(session, Vm, spec.get("name")) if isinstance(spec.get("name"), str) \
         else None

@@ -72,7 +72,7 @@ class VmService:
                force: bool = False, wait: bool = True, timeout: int = 120) -> Outcome:
         if state not in STATES:
             raise InvalidSpec("state", f"must be one of {', '.join(STATES)} (got {state!r})")
-        if state != "absent":
+        if state != "absent" and vm_origin.has_source_disks(spec):
             with self.engine.store.transaction(commit=False) as session:
                 spec = vm_origin.fill_disks(session, spec)
         wanted = normalize_vm(spec)
