@@ -21,10 +21,10 @@ description:
     VM's own and are not copied. A VM that is not Down is refused.
   - From a floating disk (O(disk), for example an image uploaded with
     M(kestrel.virt.disk) and O(kestrel.virt.disk#module:upload_image_path)) the
-    disk's volume becomes the template's as it is (no copy): it turns read-only
+    disk's volume becomes the template's as it is (no copy); it turns read-only
     and is no longer a floating disk. The template's settings are then the
     options O(memory), O(cpu_cores) and so on, on the defaults of a new VM.
-  - Versions share the template's name (as oVirt's sub-versions): a version is
+  - Versions share the template's name (as oVirt's sub-versions); a version is
     found by O(version.number), else by O(version.name), else any version of the
     template will do. A missing version is created with the next number. A VM takes
     the latest version unless it names one.

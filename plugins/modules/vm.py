@@ -245,10 +245,10 @@ options:
     elements: str
   template:
     description:
-      - Make a new VM from this template (M(kestrel.virt.template)): the VM inherits
+      - Make a new VM from this template (M(kestrel.virt.template)); the VM inherits
         the template's settings and disks, and the options the task sets override
         them. A task's O(disks) entry named as a template disk changes that disk's
-        settings (it may grow it; C(size) and C(storage_domain) may be left out);
+        settings (it may grow it, and may leave out C(size) and C(storage_domain));
         other entries add disks. O(nics), when given, is the complete list; else
         the template's NICs are taken with new MAC addresses.
       - Used only when the VM is created. Naming another template (or version) for
@@ -265,7 +265,7 @@ options:
         template's volume, on the template volume's storage domain, made at the VM's
         first start; the template cannot be removed while the VM exists).
       - V(true) copies each template disk into an independent volume when the VM is
-        created (a host of the cluster copies it; the task waits).
+        created (a host of the cluster copies it, and the task waits).
       - Used only when the VM is created.
     type: bool
     default: false
