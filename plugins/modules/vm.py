@@ -271,9 +271,9 @@ options:
     default: false
   snapshot_vm:
     description:
-      - Make a new VM as a full copy of this stopped VM (as oVirt clones a VM): its
+      - Make a new VM as a full copy of this stopped VM (as oVirt clones a VM), with its
         settings (but its cloud-init, placement and tags) and a copy of each of its
-        disks; the options the task sets override them, as for O(template).
+        disks. The options the task sets override them, as for O(template).
       - kestrel has no snapshots, so the copy is of the VM's disks as they are; the
         source VM must be Down.
       - Used only when the VM is created.
