@@ -158,12 +158,14 @@ def create(session: Session, wanted: dict, make: Callable[[dict], Vm]) -> tuple[
                                                     f"cannot create VM '{vm.name}'")) \
         if clone and origin else None
     for device in vm.devices_of(DeviceType.DISK):
-        if device.name not in origin or session.get(Volume, device.spec["volume_id"]):
+        if device.name not in origin:
             continue
         spec_ = device.spec
-        volume = Volume(id=spec_["volume_id"], image_id=spec_["image_id"],
-                        storage_domain=spec_["storage_domain"], format=spec_["format"],
-                        size_mib=spec_["size_mib"], content_type="data", readonly=False)
+        # The disk's row (made here, or already by whoever registers new disks).
+        volume = session.get(Volume, spec_["volume_id"]) or Volume(
+            id=spec_["volume_id"], image_id=spec_["image_id"],
+            storage_domain=spec_["storage_domain"], format=spec_["format"],
+            size_mib=spec_["size_mib"], content_type="data", readonly=False)
         if copies is None:  # thin: the agent makes the overlay at the first start
             base = sources[device.name]
             volume.parent_id, volume.status = base.id, "ok"
