@@ -17,7 +17,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from engine_lib import devices
 from engine_lib.domxml import render, render_redacted
 from engine_lib.domxml.viewmodel import volume_refs
-from engine_lib.model import Host, Vm
+from engine_lib.model import Host, Vm, Volume
 from engine_lib.protocol.errors import (
     AgentError,
     AgentUnreachable,
@@ -30,6 +30,7 @@ from engine_lib.protocol.errors import (
 from engine_lib.protocol.statuses import HostStatus, VmStatus
 from engine_lib.scheduling import place, resolve
 from engine_lib.services import custom_properties, hibernation, vm_config
+from engine_lib.services import volumes as volume_registry
 from engine_lib.services.common import (
     audit,
     find,
@@ -328,6 +329,14 @@ class VmService:
         with self.engine.store.transaction(commit=False) as session:
             vm = get_vm(session, name)
             volumes = [asdict(ref) for ref in volume_refs(vm)]
+            own = [ref["volume"] for ref in volumes]
+            dependents = volume_registry.children(session, own)
+            if dependents:  # deleting a backing volume would wreck its overlays
+                raise Conflict(f"cannot remove VM '{name}': its volumes back "
+                               + ", ".join(f"{vm_name} disk {disk}" if vm_name else
+                                           f"floating disk {disk}"
+                                           for vm_name, disk in dependents)
+                               + "; nothing was removed")
             if vm.memory_volume:  # a Suspended VM's saved memory goes with it
                 volumes.append(dict(vm.memory_volume))
             helper = HostRef.of(session.scalars(select(Host).where(
@@ -341,6 +350,10 @@ class VmService:
             self._client(helper).delete_volumes(volumes)
         with self.engine.store.transaction() as session:
             session.delete(get_vm(session, name))
+            session.flush()
+            # Its disks' files are gone, so are their rows (a backing volume stays).
+            for row in session.scalars(select(Volume).where(Volume.id.in_(own))):
+                session.delete(row)
             audit(session, "vm", name, "VM removed")
         return Outcome(True, None, diff)
 
