@@ -61,34 +61,38 @@ def lun_refs(disks: list[VmDevice]) -> list[tuple[str, str]]:
     return sorted({(d.spec["lun"], d.spec["lun_path"]) for d in disks if "lun_path" in d.spec})
 
 
-def _parent(chain: list[dict[str, Any]], index: int) -> dict[str, str]:
-    """The parent fields of a chain member's ref: the next volume down, if any."""
+def _parent(chain: list[dict[str, Any]], index: int) -> tuple[str, str]:
+    """(parent, parent_format) of a chain member's ref: the next volume down, if any."""
     if index >= len(chain):
-        return {}
+        return "", ""
     below = chain[index]
-    return {"parent": f"{below['image_id']}/{below['volume_id']}",
-            "parent_format": below["format"]}
+    return f"{below['image_id']}/{below['volume_id']}", below["format"]
 
 
 def volume_ref(device: VmDevice) -> metadata.VolumeRef:
     """The disk's own volume (the top of its chain)."""
     spec = device.spec
+    parent, parent_format = _parent(spec.get("chain", []), 0)
     return metadata.VolumeRef(alias=device.user_alias, domain=spec["storage_domain"],
                               image=spec["image_id"], volume=spec["volume_id"],
                               format=spec["format"], size_mib=spec["size_mib"],
                               disk=device.name or "", create=not device.volume_created,
-                              **_parent(spec.get("chain", []), 0))
+                              parent=parent, parent_format=parent_format)
 
 
 def backing_refs(device: VmDevice) -> list[metadata.VolumeRef]:
     """The volumes under the disk's own, nearest first: files the disk reads, never
     created or deleted with it (services.volumes keeps ``spec["chain"]`` from the rows)."""
     chain = device.spec.get("chain", [])
-    return [metadata.VolumeRef(alias="", domain=device.spec["storage_domain"],
-                               image=member["image_id"], volume=member["volume_id"],
-                               format=member["format"], size_mib=member.get("size_mib", 0),
-                               disk=device.name or "", **_parent(chain, index + 1))
-            for index, member in enumerate(chain)]
+    refs = []
+    for index, member in enumerate(chain):
+        parent, parent_format = _parent(chain, index + 1)
+        refs.append(metadata.VolumeRef(
+            alias="", domain=device.spec["storage_domain"], image=member["image_id"],
+            volume=member["volume_id"], format=member["format"],
+            size_mib=member.get("size_mib", 0), disk=device.name or "", parent=parent,
+            parent_format=parent_format))
+    return refs
 
 
 def volume_refs(vm: Vm) -> list[metadata.VolumeRef]:

@@ -19,14 +19,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from engine_lib import spec as specs
-from engine_lib.model import DeviceType, Template, Vm, VmDevice, Volume, new_id
+from engine_lib.model import Template, Vm, Volume, new_id
 from engine_lib.protocol.errors import Conflict, InvalidSpec, KestrelError, NotFound
-from engine_lib.services import vm_sources, volume_jobs
+from engine_lib.services import vm_sources, volume_jobs, volumes
 from engine_lib.services.common import audit, get_cluster
 from engine_lib.services.results import Outcome
 from engine_lib.services.vm_config import NEW_VM_DEFAULTS
@@ -96,29 +96,10 @@ def template_dict(template: Template, session: Session | None = None) -> dict:
 def dependents(session: Session, template: Template) -> list[str]:
     """What keeps a version's volumes in use: VMs (and floating disks) whose volume
     chain reaches one of them, by name."""
-    ids = {v.id for v in template.volumes}
-    frontier, children = set(ids), set()
-    while frontier:
-        found = set(session.scalars(select(Volume.id).where(Volume.parent_id.in_(frontier))))
-        frontier = found - children
-        children |= found
-    if not children:
-        return []
-    names = set()
-    rows = session.execute(select(Vm.name, VmDevice.spec).join(VmDevice)
-                           .where(VmDevice.type == DeviceType.DISK))
-    owned = set()
-    for vm_name, spec in rows:
-        if spec.get("volume_id") in children:
-            names.add(f"VM '{vm_name}'")
-            owned.add(spec["volume_id"])
-    for volume in session.scalars(select(Volume).where(Volume.id.in_(children - owned))):
-        if volume.name:
-            names.add(f"disk '{volume.name}'")
-        elif not session.scalar(select(func.count()).select_from(Volume)
-                                .where(Volume.parent_id == volume.id)):
-            names.add(f"volume {volume.image_id}/{volume.id}")
-    return sorted(names)
+    found = volumes.children(session, [v.id for v in template.volumes])
+    # (VM names have no spaces; "template <name>" is another template's volume.)
+    return sorted(f"VM '{vm}'" if vm and " " not in vm else vm or f"disk '{disk}'"
+                  for vm, disk in found)
 
 
 class TemplateService:

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from engine_lib.model import DeviceType, Vm, Volume
 from engine_lib.protocol.errors import InvalidSpec, KestrelError
-from engine_lib.services import templates, vm_sources
+from engine_lib.services import templates, vm_sources, volumes
 from engine_lib.services.common import audit, find
 from engine_lib.services.host_records import HostRef
 
@@ -127,6 +127,8 @@ def create(session: Session, wanted: dict, make: Callable[[dict], Vm]) -> tuple[
                 _check_disk(index, disk, sources[disk["name"]], thin=not clone)
                 for key in _VOLUME_KEYS:
                     disk.pop(key, None)
+                if not clone:  # vm_config registers it as an overlay on the template's
+                    disk["parent_volume_id"] = sources[disk["name"]].id
         vm = make(spec)
         vm.template = template
         origin = {name: vm_sources.volume_source(volume) for name, volume in sources.items()}
@@ -158,26 +160,12 @@ def create(session: Session, wanted: dict, make: Callable[[dict], Vm]) -> tuple[
                                                     f"cannot create VM '{vm.name}'")) \
         if clone and origin else None
     for device in vm.devices_of(DeviceType.DISK):
-        if device.name not in origin:
-            continue
-        spec_ = device.spec
-        # The disk's row (made here, or already by whoever registers new disks).
-        volume = session.get(Volume, spec_["volume_id"]) or Volume(
-            id=spec_["volume_id"], image_id=spec_["image_id"],
-            storage_domain=spec_["storage_domain"], format=spec_["format"],
-            size_mib=spec_["size_mib"], content_type="data", readonly=False)
-        if copies is None:  # thin: the agent makes the overlay at the first start
-            base = sources[device.name]
-            volume.parent_id, volume.status = base.id, "ok"
-            # The chain the domain XML renders (nearest first): the template volume's.
-            device.spec = {**spec_, "chain": [
-                {"image_id": v.image_id, "volume_id": v.id, "format": v.format,
-                 "size_mib": v.size_mib} for v in [base, *base.chain()]]}
-        else:
-            # The copy makes the volume: never created blank by a start meanwhile.
-            volume.status, device.volume_created = "locked", True
-            copies.pairs.append((origin[device.name], vm_sources.volume_dict(volume)))
-        session.add(volume)
+        if copies is None or device.name not in origin:
+            continue  # a thin disk's row is an overlay vm_config registered
+        # The copy makes the volume: never created blank by a start meanwhile.
+        volume = volumes.volume_of(session, device)
+        volume.status, device.volume_created = "locked", True
+        copies.pairs.append((origin[device.name], vm_sources.volume_dict(volume)))
     session.flush()
     audit(session, "vm", vm.name, f"VM created from {what}"
           + (" (disks copied)" if copies else " (thin disks)" if origin else ""))

@@ -30,6 +30,7 @@ from engine_lib.protocol.errors import (
 from engine_lib.protocol.statuses import HostStatus, VmStatus
 from engine_lib.scheduling import place, resolve
 from engine_lib.services import custom_properties, hibernation, vm_config, vm_origin
+from engine_lib.services import volumes as volume_registry
 from engine_lib.services.common import (
     audit,
     find,
@@ -338,6 +339,14 @@ class VmService:
         with self.engine.store.transaction(commit=False) as session:
             vm = get_vm(session, name)
             volumes = [asdict(ref) for ref in volume_refs(vm)]
+            own = [ref["volume"] for ref in volumes]
+            dependents = volume_registry.children(session, own)
+            if dependents:  # deleting a backing volume would wreck its overlays
+                raise Conflict(f"cannot remove VM '{name}': its volumes back "
+                               + ", ".join(f"{vm_name} disk {disk}" if vm_name else
+                                           f"floating disk {disk}"
+                                           for vm_name, disk in dependents)
+                               + "; nothing was removed")
             if vm.memory_volume:  # a Suspended VM's saved memory goes with it
                 volumes.append(dict(vm.memory_volume))
             helper = HostRef.of(session.scalars(select(Host).where(
@@ -350,13 +359,11 @@ class VmService:
             # Volumes go first: if that fails the VM is still in the database to retry.
             self._client(helper).delete_volumes(volumes)
         with self.engine.store.transaction() as session:
-            vm = get_vm(session, name)
-            # Its volumes' rows go with it (a thin disk's row no longer holds its template).
-            own = [ref["volume"] for ref in volumes]
-            for row in session.scalars(select(Volume).where(Volume.id.in_(own),
-                                                            Volume.template_id.is_(None))):
+            session.delete(get_vm(session, name))
+            session.flush()
+            # Its disks' files are gone, so are their rows (a backing volume stays).
+            for row in session.scalars(select(Volume).where(Volume.id.in_(own))):
                 session.delete(row)
-            session.delete(vm)
             audit(session, "vm", name, "VM removed")
         return Outcome(True, None, diff)
 
