@@ -98,8 +98,8 @@ def dependents(session: Session, template: Template) -> list[str]:
     chain reaches one of them, by name."""
     found = volumes.children(session, [v.id for v in template.volumes])
     # (VM names have no spaces; "template <name>" is another template's volume.)
-    return sorted(f"VM '{vm}'" if vm and " " not in vm else vm or f"disk '{disk}'"
-                  for vm, disk in found)
+    return sorted({f"VM '{vm}'" if vm and " " not in vm else vm or f"disk '{disk}'"
+                   for vm, disk in found})
 
 
 class TemplateService:
