@@ -74,10 +74,10 @@ VM_KEYS = ("name", "cluster", "description", "memory", "max_memory", "cpu", "mac
            "firmware", "numa", "hugepages", "kernel", "initrd", "cmdline", "disks", "cdrom",
            "nics", "graphics", "video", "serial_console", "guest_agent", "rng", "watchdog",
            "balloon", "tpm", "cloud_init", "launch_paused", "custom_properties",
-           "high_availability", "placement", "tags",
-           # Where a new VM comes from (used at creation only): a template version, thin
-           # or cloned, or a stopped VM to clone (oVirt's snapshot_vm).
-           "template", "template_version", "clone", "snapshot_vm")
+           "high_availability", "placement", "tags")
+# Where a new VM comes from (used at creation only, never rendered): a template version,
+# thin or cloned, or a stopped VM to clone (oVirt's snapshot_vm).
+ORIGIN_KEYS = ("template", "template_version", "clone", "snapshot_vm")
 
 
 # -- scalar checks ----------------------------------------------------------------------------
@@ -629,7 +629,7 @@ def _check_origin(out: dict[str, Any]) -> None:
 def normalize_vm(spec: Any) -> dict[str, Any]:
     """Validate a VM spec; return the canonical form of the keys it gives."""
     check_shape("", spec)
-    spec = _mapping("", spec, VM_KEYS)
+    spec = _mapping("", spec, VM_KEYS + ORIGIN_KEYS)
     if "name" not in spec:
         raise InvalidSpec("name", "is required")
     out: dict[str, Any] = {"name": name("name", spec["name"])}

@@ -20,8 +20,8 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import queue
+import re
 import select
 import subprocess
 import threading

@@ -26,8 +26,8 @@ from engine_lib.protocol.errors import InvalidSpec, KestrelError
 from engine_lib.services import templates, vm_sources, volumes
 from engine_lib.services.common import audit, find
 from engine_lib.services.host_records import HostRef
+from engine_lib.spec import ORIGIN_KEYS
 
-ORIGIN_KEYS = ("template", "template_version", "clone", "snapshot_vm")
 # A source disk's keys that name its volume and chain, never a new VM's.
 _VOLUME_KEYS = ("image_id", "volume_id", "chain")
 # A disk's settings in the user's terms (spec.disk takes them back).
