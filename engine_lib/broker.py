@@ -163,7 +163,7 @@ class AgentApi(Protocol):
     # -- devices and storage -----------------------------------------------------------------
 
     def plug_device(self, vm_id: str, xml: str, volume: dict | None = None,
-                    luns: dict[str, str] | None = None) -> dict:
+                    luns: dict[str, str] | None = None, chain: list[dict] | None = None) -> dict:
         raise _not_modelled(self, "plug_device")
 
     def unplug_device(self, vm_id: str, alias: str, timeout: float = 20) -> dict:
@@ -347,12 +347,15 @@ class AgentClient:
         return self._query("GET", f"/vms/{_seg(vm_id)}/stats")
 
     def plug_device(self, vm_id: str, xml: str, volume: dict | None = None,
-                    luns: dict[str, str] | None = None) -> dict:
+                    luns: dict[str, str] | None = None, chain: list[dict] | None = None) -> dict:
         """Hotplug a <disk> or <interface>; returns the live device XML. ``luns``: the
-        registered LUNs (name -> device path) the device's placeholders name."""
+        registered LUNs (name -> device path) the device's placeholders name; ``chain``
+        the volumes under ``volume`` (a thin disk's backing chain, nearest first)."""
         body: dict[str, Any] = {"xml": xml}
         if volume is not None:
             body["volume"] = volume
+        if chain:
+            body["chain"] = chain
         if luns:
             body["luns"] = luns
         return self._call("POST", f"/vms/{_seg(vm_id)}/devices", body)

@@ -21,6 +21,7 @@ from engine_lib.services.luns import LunService
 from engine_lib.services.migrations import MigrationService
 from engine_lib.services.networks import NetworkService
 from engine_lib.services.storage_domains import StorageDomainService
+from engine_lib.services.templates import TemplateService
 from engine_lib.services.vm_devices import VmDeviceService
 from engine_lib.services.vms import VmService
 from engine_lib.store import Store
@@ -56,6 +57,7 @@ class Engine:
         self.storage_domains = StorageDomainService(self)
         self.luns = LunService(self)
         self.vm_devices = VmDeviceService(self)
+        self.templates = TemplateService(self)
         self.images = ImageService(self)
 
     @classmethod

@@ -42,7 +42,8 @@ DEFAULT_UNPLUG_TIMEOUT = 20.0
 MAX_EVENTS_TIMEOUT = 60.0
 MAX_UNPLUG_TIMEOUT = 600.0
 MAX_JSON_DEPTH = 32
-_VOLUME_KEYS = {"domain", "image", "volume", "alias", "format", "size_mib", "disk", "create"}
+_VOLUME_KEYS = {"domain", "image", "volume", "alias", "format", "size_mib", "disk", "create",
+                "parent", "parent_format"}
 
 
 @dataclass
@@ -476,17 +477,16 @@ class Api:
         volume = None
         item = request.body.get("volume")
         if item is not None:
-            size = _checked_volume(item, "volume", sized=True)
-            volume = VolumeRef(alias=str(item.get("alias", "")), domain=item["domain"],
-                               image=item["image"], volume=item["volume"],
-                               format=str(item.get("format", "qcow2")), size_mib=size,
-                               disk=str(item.get("disk", "")),
-                               create=item.get("create") is True)
+            volume = _volume_ref(item, "volume")
+        chain = request.body.get("chain") or []
+        if not isinstance(chain, list) or (chain and volume is None):
+            raise InvalidSpec("chain", "must be a list of the volume's backing volumes")
+        refs = [_volume_ref(v, f"chain[{i}]", backing=True) for i, v in enumerate(chain)]
         luns = request.body.get("luns") or {}
         if not isinstance(luns, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in luns.items()):
             raise InvalidSpec("luns", "must map registered LUN names to device paths")
-        return self.hypervisor.plug_device(vm_id, xml, volume, luns)
+        return self.hypervisor.plug_device(vm_id, xml, volume, luns, refs)
 
     def unplug_device(self, request: Request) -> dict:
         vm_id = _vm_id(request)
@@ -637,6 +637,19 @@ def _volume_location(item, where: str):
     """A {domain, image, volume} object as a VolumeLocation; InvalidSpec naming the field."""
     _checked_volume(item, where)
     return VolumeLocation(item["domain"], item["image"], item["volume"])
+
+
+def _volume_ref(item: Any, field: str, backing: bool = False) -> VolumeRef:
+    """A hotplugged disk's volume, or (``backing``) one of the volumes under it: a chain
+    member is never created and carries no device alias."""
+    size = _checked_volume(item, field, sized=not backing)
+    return VolumeRef(alias="" if backing else str(item.get("alias", "")),
+                     domain=item["domain"], image=item["image"], volume=item["volume"],
+                     format=str(item.get("format", "qcow2")),
+                     size_mib=size if size is not None else 0, disk=str(item.get("disk", "")),
+                     create=not backing and item.get("create") is True,
+                     parent=str(item.get("parent", "")),
+                     parent_format=str(item.get("parent_format", "")))
 
 
 def _checked_volume(item, where: str, sized: bool = False) -> int | None:

@@ -36,13 +36,15 @@ def parse_device(xml: str) -> ET.Element:
 
 def resolve(device: ET.Element, roots: dict[str, str], storage_domains: dict[str, str],
             luns: dict[str, str] | None = None,
-            volume: VolumeRef | None = None) -> tuple[str, list[str]]:
+            volume: VolumeRef | None = None,
+            chain: list[VolumeRef] | None = None) -> tuple[str, list[str]]:
     """Replace every placeholder in the device; return (XML, storage paths it uses).
 
     The same rules as a whole domain (engine_lib.agent.domxml.resolve_paths):
-    ``luns`` are the registered LUNs the engine sent with the device.
+    ``luns`` are the registered LUNs the engine sent with the device, ``chain``
+    the volumes under ``volume`` (its nested <backingStore>).
     """
-    volumes = {(volume.domain, volume.relpath)} if volume is not None else set()
+    volumes = ([volume] if volume is not None else []) + list(chain or [])
     found = domxml.resolve_paths(device, roots, storage_domains, luns or {}, volumes)
     domxml.pin_backing_chains(device, set(found.get("storage", [])))
     return ET.tostring(device, encoding="unicode"), found.get("storage", [])

@@ -507,17 +507,19 @@ class Hypervisor:
     # -- hotplug -------------------------------------------------------------------
 
     def plug_device(self, vm_id: str, xml: str, volume: metadata.VolumeRef | None = None,
-                    luns: dict[str, str] | None = None) -> dict:
+                    luns: dict[str, str] | None = None,
+                    chain: list[metadata.VolumeRef] | None = None) -> dict:
         """Attach a disk or NIC to a running VM (and to its definition, if persistent).
 
-        The device's volume is created first when given and missing; the
+        The device's volume is created first when given and missing (an overlay on
+        its ``chain``, the volumes under it, which must exist); the
         before_device_create hooks see the resolved device XML and the XML
         they leave is attached. Returns the live device (with its address).
         """
         device = hotplug.parse_device(xml)
         alias = device_alias(device)
         device_xml, _ = hotplug.resolve(device, self.config.paths, self.config.storage_domains,
-                                        luns, volume)
+                                        luns, volume, chain)
         with self.vm_lock(vm_id):
             dom = self.lookup(vm_id)
             if not is_active(dom):
@@ -533,7 +535,7 @@ class Hypervisor:
                                    self.config.hooks_dir, meta.custom_properties,
                                    owner_uid=self.hook_owner_uid)
             if volume is not None:
-                volumes.prepare([volume], self.config.storage_domains)
+                volumes.prepare([volume, *(chain or [])], self.config.storage_domains)
             flags = libvirt.VIR_DOMAIN_AFFECT_LIVE
             if dom.isPersistent():
                 flags |= libvirt.VIR_DOMAIN_AFFECT_CONFIG

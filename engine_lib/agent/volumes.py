@@ -11,6 +11,12 @@ never leads creation, growth, deletion or hibernation outside it, and
 qemu-img is handed the checked file itself with its format pinned and no
 backing file opened (the engine owns chains; a header naming /etc/shadow as
 backing is not followed).
+
+A volume with a parent (a thin disk on its template's volume, on the same
+domain) is created as a qcow2 overlay whose backing name is RELATIVE,
+``../<image>/<volume>``, so every host resolves it under its own mount. The
+parent is checked through agent.paths and read for its size, never written;
+qemu-img is told not to open the backing name itself (``-u``).
 """
 
 from __future__ import annotations
@@ -95,37 +101,84 @@ def prepare(refs: list[VolumeRef], storage_domains: dict[str, str]) -> list[str]
     us create; return the paths created.
 
     All refs are checked before anything is created, so a bad ref (or a missing volume
-    that must exist) changes nothing.
+    that must exist, a disk's own or one of its chain) changes nothing.
     """
     planned = []
     for ref in refs:
         where = f"volume '{ref.alias or ref.volume}'"
         if ref.format not in FORMATS:
             raise InvalidSpec(f"{where}.format", f"'{ref.format}' is not one of {FORMATS}")
-        if ref.size_mib <= 0:
+        if ref.alias and ref.size_mib <= 0:
             raise InvalidSpec(f"{where}.size_mib", f"{ref.size_mib} is not a positive size")
         location = VolumeLocation(ref.domain, ref.image, ref.volume)
+        parent = _parent(ref, where)
         # Also refuses a link (or a link on the way) where the volume should be.
         exists = location.exists(storage_domains)
-        if not ref.create and not exists:
+        disk = f"disk '{ref.disk}'" if ref.disk else where
+        if not exists and not (ref.create and ref.alias):
             path = location.path(storage_domains)
-            disk = f"disk '{ref.disk}'" if ref.disk else where
-            raise Conflict(f"{disk}: its volume {path} is missing on storage domain "
-                           f"'{ref.domain}' (not mounted on this host, or removed); the disk "
-                           "has run before, so it is not created again as a blank disk",
+            why = ("its volume", "; the disk has run before, so it is not created again as a "
+                   "blank disk") if ref.alias else ("its backing volume", "")
+            raise Conflict(f"{disk}: {why[0]} {path} is missing on storage domain "
+                           f"'{ref.domain}' (not mounted on this host, or removed){why[1]}",
                            disk=ref.disk, alias=ref.alias, path=path)
-        planned.append((ref, location, exists))
+        if not exists and parent is not None and not parent.exists(storage_domains):
+            path = parent.path(storage_domains)
+            raise Conflict(f"{disk}: its backing volume {path} is missing on storage domain "
+                           f"'{ref.domain}'; the overlay is not created", disk=ref.disk,
+                           alias=ref.alias, path=path)
+        planned.append((ref, location, parent, exists))
     created = []
-    for ref, location, exists in planned:
+    for ref, location, parent, exists in planned:
         if exists:
             continue
-        _create(location, ref.format, ref.size_mib, storage_domains)
+        if parent is None:
+            _create(location, ref.format, [f"{ref.size_mib}M"], storage_domains)
+        else:
+            _create(location, ref.format, _overlay_args(ref, parent, storage_domains),
+                    storage_domains)
         created.append(location.path(storage_domains))
     return created
 
 
-def _create(location: VolumeLocation, fmt: str, size_mib: int,
+def _parent(ref: VolumeRef, where: str) -> VolumeLocation | None:
+    """The backing volume a ref names, on its own domain (checked, not opened)."""
+    if not ref.parent:
+        return None
+    image, _, volume = ref.parent.partition("/")
+    parent = VolumeLocation(ref.domain, image, volume)
+    try:
+        relpath = parent.relpath
+    except InvalidSpec:
+        relpath = ""
+    if relpath != ref.parent:
+        raise InvalidSpec(f"{where}.parent", f"'{ref.parent}' is not <image>/<volume>")
+    if ref.parent_format not in FORMATS:
+        raise InvalidSpec(f"{where}.parent_format",
+                          f"'{ref.parent_format}' is not one of {FORMATS}")
+    if ref.format != "qcow2":
+        raise InvalidSpec(f"{where}.format", f"'{ref.format}': only a qcow2 volume has a "
+                                             "backing volume")
+    return parent
+
+
+def _overlay_args(ref: VolumeRef, parent: VolumeLocation,
+                  storage_domains: dict[str, str]) -> list[str]:
+    """qemu-img create's arguments for an overlay on ``parent``: the backing named
+    relative to the overlay's directory, its format pinned, and a size of the parent's
+    (read through a checked descriptor) or the ref's, whichever is larger."""
+    fd = parent.open(storage_domains)
+    try:
+        parent_bytes = _virtual_size(fd, ref.parent_format, parent.path(storage_domains))
+    finally:
+        os.close(fd)
+    size = max(parent_bytes, ref.size_mib * 1024 * 1024)
+    return ["-u", "-b", f"../{parent.relpath}", "-F", ref.parent_format, str(size)]
+
+
+def _create(location: VolumeLocation, fmt: str, args: list[str],
             storage_domains: dict[str, str]) -> None:
+    """Make the volume with ``qemu-img create -f fmt <file> *args`` (size last)."""
     root, path = location.root(storage_domains), location.path(storage_domains)
     if not os.path.isdir(root):
         raise KestrelError(f"storage domain mount point {root} does not exist "
@@ -138,8 +191,9 @@ def _create(location: VolumeLocation, fmt: str, size_mib: int,
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o644, dir_fd=dirfd)
         try:
-            result = subprocess.run(["qemu-img", "create", "-q", "-f", fmt, paths.fd_path(fd),
-                                     f"{size_mib}M"], pass_fds=(fd,),
+            *options, size = args
+            result = subprocess.run(["qemu-img", "create", "-q", "-f", fmt, *options,
+                                     paths.fd_path(fd), size], pass_fds=(fd,),
                                     capture_output=True, text=True, check=False)
             if result.returncode != 0:
                 raise KestrelError(f"qemu-img could not create {fmt} volume {path}: "
@@ -191,12 +245,18 @@ def _image(fmt: str, fd: int) -> str:
 
 
 def _virtual_size_mib(fd: int, fmt: str, path: str) -> int:
+    return _virtual_size(fd, fmt, path) // (1024 * 1024)
+
+
+def _virtual_size(fd: int, fmt: str, path: str) -> int:
+    """The open volume's virtual size in bytes (its backing never opened)."""
     result = subprocess.run(["qemu-img", "info", "--output=json", "-U", _image(fmt, fd)],
                             pass_fds=(fd,), capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise KestrelError(f"qemu-img cannot read volume {path}: "
                            f"{result.stderr.strip() or result.returncode}", path=path)
-    return json.loads(result.stdout)["virtual-size"] // (1024 * 1024)
+    size: int = json.loads(result.stdout)["virtual-size"]
+    return size
 
 
 def virtual_size_mib(location: VolumeLocation, storage_domains: dict[str, str],

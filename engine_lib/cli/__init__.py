@@ -32,6 +32,7 @@ from engine_lib.cli.entities import (
     vm_xml,
 )
 from engine_lib.cli.offline import devices_match, schedule, xml_render
+from engine_lib.cli.templates import template_create, template_list, template_remove
 from engine_lib.protocol.errors import InvalidSpec, KestrelError
 
 
@@ -133,6 +134,33 @@ def build_parser() -> argparse.ArgumentParser:
     lun_lister = command(lun, "list", lun_list, "list registered LUNs as JSON")
     lun_lister.add_argument("--name")
     for sub in (add, remove, lun_lister):
+        engine_options(sub)
+
+    template = groups.add_parser("template", help="VM templates and their versions"
+                                 ).add_subparsers(dest="command", required=True)
+    t_list = command(template, "list", template_list, "list template versions as JSON")
+    t_list.add_argument("--name")
+    t_list.add_argument("--version", type=int)
+    t_create = command(template, "create", template_create,
+                       "make a template version from a stopped VM (its disks copied) or "
+                       "from a floating disk; a progress bar while disks are copied")
+    t_create.add_argument("name")
+    source = t_create.add_mutually_exclusive_group(required=True)
+    source.add_argument("--vm", help="the stopped VM to copy")
+    source.add_argument("--disk", help="a floating disk that becomes the template's")
+    t_create.add_argument("--cluster", help="required with --disk")
+    t_create.add_argument("--version", type=int, help="the new version's number (the next)")
+    t_create.add_argument("--version-name")
+    t_create.add_argument("--description")
+    t_create.add_argument("--seal", action="store_true", help="run virt-sysprep on its boot disk")
+    t_create.add_argument("--timeout", type=float, help="seconds per disk copy (no limit)")
+    t_remove = command(template, "remove", template_remove,
+                       "remove a template version (or every version) with its volumes; "
+                       "refused while thin VMs use it")
+    t_remove.add_argument("name")
+    t_remove.add_argument("--version", type=int)
+    t_remove.add_argument("--version-name")
+    for sub in (t_list, t_create, t_remove):
         engine_options(sub)
 
     disk = groups.add_parser("disk", help="floating disks and ISOs: upload, download, list"

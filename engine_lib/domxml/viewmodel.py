@@ -61,12 +61,38 @@ def lun_refs(disks: list[VmDevice]) -> list[tuple[str, str]]:
     return sorted({(d.spec["lun"], d.spec["lun_path"]) for d in disks if "lun_path" in d.spec})
 
 
+def _parent(chain: list[dict[str, Any]], index: int) -> tuple[str, str]:
+    """(parent, parent_format) of a chain member's ref: the next volume down, if any."""
+    if index >= len(chain):
+        return "", ""
+    below = chain[index]
+    return f"{below['image_id']}/{below['volume_id']}", below["format"]
+
+
 def volume_ref(device: VmDevice) -> metadata.VolumeRef:
+    """The disk's own volume (the top of its chain)."""
     spec = device.spec
+    parent, parent_format = _parent(spec.get("chain", []), 0)
     return metadata.VolumeRef(alias=device.user_alias, domain=spec["storage_domain"],
                               image=spec["image_id"], volume=spec["volume_id"],
                               format=spec["format"], size_mib=spec["size_mib"],
-                              disk=device.name or "", create=not device.volume_created)
+                              disk=device.name or "", create=not device.volume_created,
+                              parent=parent, parent_format=parent_format)
+
+
+def backing_refs(device: VmDevice) -> list[metadata.VolumeRef]:
+    """The volumes under the disk's own, nearest first: files the disk reads, never
+    created or deleted with it (services.volumes keeps ``spec["chain"]`` from the rows)."""
+    chain = device.spec.get("chain", [])
+    refs = []
+    for index, member in enumerate(chain):
+        parent, parent_format = _parent(chain, index + 1)
+        refs.append(metadata.VolumeRef(
+            alias="", domain=device.spec["storage_domain"], image=member["image_id"],
+            volume=member["volume_id"], format=member["format"],
+            size_mib=member.get("size_mib", 0), disk=device.name or "", parent=parent,
+            parent_format=parent_format))
+    return refs
 
 
 def iso_ref(device: VmDevice) -> metadata.VolumeRef:
@@ -82,6 +108,17 @@ def iso_ref(device: VmDevice) -> metadata.VolumeRef:
 def volume_refs(vm: Vm) -> list[metadata.VolumeRef]:
     """Volumes the agent prepares; a LUN is the host's block device, not a volume of ours."""
     return [volume_ref(d) for d in vm.devices_of(DeviceType.DISK) if "lun" not in d.spec]
+
+
+def _metadata_volumes(disks: list[VmDevice]) -> list[metadata.VolumeRef]:
+    """Each disk's volume, then the backing volumes of all of them (each once)."""
+    own = [volume_ref(d) for d in disks if "lun" not in d.spec]
+    backing: dict[tuple[str, str], metadata.VolumeRef] = {}
+    for disk in disks:
+        if "lun" not in disk.spec:
+            for ref in backing_refs(disk):
+                backing.setdefault((ref.domain, ref.relpath), ref)
+    return own + list(backing.values())
 
 
 class _Targets:
@@ -128,6 +165,12 @@ def _disk(device: VmDevice, targets: _Targets, boot: _BootOrders) -> dict[str, A
         "source_attr": "dev" if lun else "file",
         "path": _lun_path(spec) if lun else placeholders.storage(
             spec["storage_domain"], f"{spec['image_id']}/{spec['volume_id']}"),
+        # Its backing volumes, nearest first, on its domain: rendered as nested
+        # <backingStore>, so no host opens a backing file an image header names.
+        "chain": [] if lun else [
+            {"path": placeholders.storage(spec["storage_domain"],
+                                          f"{m['image_id']}/{m['volume_id']}"),
+             "format": m["format"]} for m in spec.get("chain", [])],
         "format": spec["format"],
         "cache": None if spec.get("cache", "default") == "default" else spec["cache"],
         "io": None if spec.get("io", "default") == "default" else spec["io"],
@@ -272,9 +315,8 @@ def _metadata(vm: Vm, groups: dict[str, list[VmDevice]],
         "namespace": metadata.NAMESPACE,
         "prefix": metadata.PREFIX,
         "cluster": vm.cluster.name,
-        "volumes": [volume_ref(d) for d in groups.get(DeviceType.DISK, [])
-                    if "lun" not in d.spec] + [iso_ref(d) for d in groups.get(DeviceType.CDROM, [])
-                                               if d.spec.get("volume_id")],
+        "volumes": _metadata_volumes(groups.get(DeviceType.DISK, []))
+        + [iso_ref(d) for d in groups.get(DeviceType.CDROM, []) if d.spec.get("volume_id")],
         "luns": lun_refs(groups.get(DeviceType.DISK, [])),
         # libvirt has no <alias> for graphics: the device id travels here.
         "devices": [{"alias": graphics.user_alias, "type": "graphics"}] if graphics else [],

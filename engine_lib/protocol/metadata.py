@@ -11,10 +11,20 @@ running domain: a volume missing after that is lost data, never a blank to make.
         <kestrel:cluster>default</kestrel:cluster>
         <kestrel:volume alias="ua-..." disk="root" domain="data" image="<uuid>"
                         volume="<uuid>" format="qcow2" size_mib="64" create="yes"/>
+        <kestrel:volume alias="ua-..." disk="thin" domain="data" image="<uuid>"
+                        volume="<uuid>" format="qcow2" size_mib="64"
+                        parent="<image>/<volume>" parent-format="raw"/>
+        <kestrel:volume alias="" disk="thin" domain="data" image="<image>"
+                        volume="<volume>" format="raw" size_mib="64"/>
         <kestrel:custom name="key">value</kestrel:custom>
         <kestrel:lun name="db" path="/dev/disk/by-id/wwn-0x..."/>
       </kestrel:vm>
     </metadata>
+
+A disk whose volume is an overlay names its backing volume (``parent``, on the
+same domain) and that volume's format; each volume of the chain below it is
+listed too, with an empty alias (it is no device, only a file the disk reads),
+so the agent checks the whole chain the domain XML renders against this list.
 
 Shared by engine and agent; standard library only.
 """
@@ -41,6 +51,11 @@ class VolumeRef:
     # the volume when its file is missing: only before the disk's first start.
     disk: str = ""
     create: bool = False
+    # The backing volume (``<image>/<volume>`` on the same domain) and its format;
+    # empty for a volume with none. Chain members other than a disk's own volume
+    # carry an empty alias.
+    parent: str = ""
+    parent_format: str = ""
 
     @property
     def relpath(self) -> str:
@@ -79,6 +94,8 @@ def read(domain: ET.Element) -> VmMetadata:
             size_mib=int(vol.get("size_mib", "0")),
             disk=vol.get("disk", ""),
             create=vol.get("create") == "yes",
+            parent=vol.get("parent", ""),
+            parent_format=vol.get("parent-format", ""),
         ))
     for prop in node.findall(f"{PREFIX}:custom", _NS):
         meta.custom_properties[prop.get("name", "")] = prop.text or ""

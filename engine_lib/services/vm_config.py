@@ -25,7 +25,7 @@ from engine_lib.model import Cluster, DeviceType, Vm, VmDevice, Volume, new_id
 from engine_lib.protocol.devices import GUEST_AGENT_CHANNEL
 from engine_lib.protocol.errors import Conflict, InvalidSpec
 from engine_lib.protocol.statuses import VmStatus
-from engine_lib.services import luns
+from engine_lib.services import luns, volumes
 from engine_lib.services.common import attached_names, get_cluster
 from engine_lib.store import lock_mac_addresses
 
@@ -62,6 +62,14 @@ class Context(Protocol):
 
     def lun(self, ref: str) -> tuple[str, str] | None: ...
 
+    def new_volume(self, field: str, spec: dict, parent_id: str | None) -> None:
+        """Register a new disk's volume (an overlay on ``parent_id`` when given)."""
+        ...
+
+    def attach_volume(self, field: str, spec: dict) -> None:
+        """A new disk takes the existing volume its spec names (it must be free)."""
+        ...
+
     def iso_volume(self, name: str) -> dict | None: ...
 
 
@@ -94,6 +102,18 @@ class DbContext:
         with self.session.no_autoflush:
             found = luns.lookup(self.session, ref)
         return (found.name, found.path) if found else None
+
+    def new_volume(self, field: str, spec: dict, parent_id: str | None) -> None:
+        parent = None
+        if parent_id is not None:
+            with self.session.no_autoflush:
+                parent = self.session.get(Volume, parent_id)
+            if parent is None:
+                raise InvalidSpec(field, f"backing volume {parent_id} is not registered")
+        volumes.new_disk_volume(self.session, spec, parent)
+
+    def attach_volume(self, field: str, spec: dict) -> None:
+        volumes.attach(self.session, spec, field)
 
     def iso_volume(self, name: str) -> dict | None:
         """The ISO disk named ``name``: its volume's place, for a cdrom."""
@@ -137,6 +157,12 @@ class OfflineContext:
     def lun(self, ref: str) -> tuple[str, str] | None:
         # No registry offline: a preview takes the LUN's udev name under /dev/disk/by-id.
         return ref, f"/dev/disk/by-id/{ref}"
+
+    def new_volume(self, field: str, spec: dict, parent_id: str | None) -> None:
+        return None  # nothing is stored offline
+
+    def attach_volume(self, field: str, spec: dict) -> None:
+        return None
 
 
 def create(session: Session | None, spec: dict, ctx: Context | None = None) -> Vm:
@@ -282,10 +308,17 @@ def _reconcile_disks(vm: Vm, ctx: Context, disks: list[dict]) -> None:
         if device is None:
             _check_storage_domain(vm, ctx, field, disk)
             spec = dict(disk)
+            # Engine-internal: a thin disk from a template names the volume it overlays.
+            parent_id = spec.pop("parent_volume_id", None)
             # (The disk module attaches an existing volume by giving its ids.)
-            if "lun" not in disk and "volume_id" not in disk:
+            if "lun" in disk:
+                pass
+            elif "volume_id" in disk:
+                ctx.attach_volume("volume", spec)
+            else:
                 spec.update(image_id=ctx.new_id(f"disk/{disk['name']}/image"),
                             volume_id=ctx.new_id(f"disk/{disk['name']}/volume"))
+                ctx.new_volume(f"{field}.parent_volume_id", spec, parent_id)
             # An attached volume exists already: it is never created blank.
             vm.devices.append(VmDevice(
                 id=ctx.new_id(f"disk/{disk['name']}"), type=DeviceType.DISK, name=disk["name"],

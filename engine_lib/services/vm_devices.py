@@ -30,12 +30,12 @@ from sqlalchemy import select
 
 from engine_lib import spec as specs
 from engine_lib.domxml import render, render_redacted
-from engine_lib.domxml.viewmodel import volume_ref
-from engine_lib.model import DeviceType, Host, Vm, VmDevice
+from engine_lib.domxml.viewmodel import backing_refs, volume_ref
+from engine_lib.model import DeviceType, Host, Vm, VmDevice, Volume
 from engine_lib.protocol.devices import find_by_alias
 from engine_lib.protocol.errors import Conflict, InvalidSpec, KestrelError
 from engine_lib.protocol.statuses import HostStatus, VmStatus
-from engine_lib.services import vm_config
+from engine_lib.services import vm_config, volumes
 from engine_lib.services.common import audit, get_vm, retry_on_conflict
 from engine_lib.services.host_records import HostRef
 from engine_lib.services.results import Outcome
@@ -46,6 +46,8 @@ DISK_STATES = ("present", "detached", "absent")
 # Keys of a stored device spec the engine derives, never the user.
 _NIC_DERIVED = ("bridge",)
 _DISK_IDS = ("image_id", "volume_id")
+# Keys of a stored disk spec the engine derives: its backing chain (services.volumes).
+_DISK_DERIVED = ("chain",)
 
 
 def _device(vm: Vm, type_: str, name: str) -> VmDevice | None:
@@ -61,7 +63,8 @@ def _running_on(vm: Vm) -> HostRef | None:
 
 def device_dict(vm: Vm, device: VmDevice) -> dict:
     return {"vm": vm.name, "name": device.name, "id": device.id, "alias": device.user_alias,
-            **{k: v for k, v in device.spec.items() if k not in _NIC_DERIVED}}
+            **{k: v for k, v in device.spec.items()
+               if k not in _NIC_DERIVED + _DISK_DERIVED}}
 
 
 def device_xml(vm: Vm, device: VmDevice) -> str:
@@ -188,7 +191,7 @@ class VmDeviceService:
                                               f"shrinking to {new} MiB would lose data")
                 spec["size_mib"] = new
             user = {k: v for k, v in spec.items()
-                    if k not in _DISK_IDS + ("size_mib", "lun_path")}
+                    if k not in _DISK_IDS + _DISK_DERIVED + ("size_mib", "lun_path")}
             if "lun" not in spec:
                 user["size"] = f"{spec['size_mib']}MiB"
             else:
@@ -202,6 +205,9 @@ class VmDeviceService:
             grown = "lun" not in spec and spec["size_mib"] > device.spec["size_mib"]
             if spec != device.spec:
                 device.spec = spec
+                volume_row = volumes.volume_of(session, device)
+                if grown and volume_row is not None:
+                    volume_row.size_mib = spec["size_mib"]
                 vm_config.check_vm(row)
                 session.flush()
                 audit(session, "vm", vm, f"disk {name} updated"
@@ -250,6 +256,7 @@ class VmDeviceService:
             else:
                 if "lun" not in device.spec:
                     volume = asdict(volume_ref(device))
+                    self._release_volume(session, device, state)
                 row.devices.remove(device)
                 vm_config.apply(session, row, {})
             session.flush()
@@ -268,6 +275,7 @@ class VmDeviceService:
                 and "lun" not in device.spec else None
             plug_luns = {device.spec["lun"]: device.spec["lun_path"]} \
                 if plug and "lun" in device.spec else None
+            plug_chain = [asdict(ref) for ref in backing_refs(device)] if plug_volume else []
             if changed:
                 audit(session, "vm", vm, f"{'NIC' if type_ == DeviceType.INTERFACE else 'disk'} "
                       f"{name} "
@@ -279,8 +287,11 @@ class VmDeviceService:
         hotplugged = plug or unplug
         if plug and not check_mode:
             try:
-                self.engine.agent(host.address, host.port).plug_device(vm_id, plug_xml,
-                                                                       plug_volume, plug_luns)
+                agent = self.engine.agent(host.address, host.port)
+                if plug_chain:  # the volumes under a thin disk, checked and never created
+                    agent.plug_device(vm_id, plug_xml, plug_volume, plug_luns, chain=plug_chain)
+                else:
+                    agent.plug_device(vm_id, plug_xml, plug_volume, plug_luns)
             except KestrelError:
                 self._undo_add(vm, type_, name)
                 raise
@@ -308,6 +319,23 @@ class VmDeviceService:
                 audit(session, "vm", vm, f"hotplug of {name} failed; the device was not added",
                       "error")
 
+    @staticmethod
+    def _release_volume(session, device: VmDevice, state: str) -> None:
+        """The disk goes: its volume row becomes a floating disk of the same name
+        (detached), or must have no dependents before its file is deleted (absent)."""
+        row = volumes.volume_of(session, device)
+        if row is None:
+            return
+        if state == "detached":
+            row.name = device.name or ""
+            return
+        dependents = volumes.children(session, [row.id])
+        if dependents:
+            raise Conflict(f"cannot delete the volume of disk '{device.name}': "
+                           + ", ".join(f"{vm} disk {disk}" if vm else f"floating disk {disk}"
+                                       for vm, disk in dependents)
+                           + " use it as a backing volume; nothing was changed")
+
     def _delete_volume(self, vm: str, volume: dict) -> None:
         with self.engine.store.transaction(commit=False) as session:
             helper = self._helper(session, get_vm(session, vm))
@@ -316,3 +344,8 @@ class VmDeviceService:
                            f"{volume['image']}/{volume['volume']} on storage domain "
                            f"'{volume['domain']}' could not be deleted: no host is Up")
         self.engine.agent(helper.address, helper.port).delete_volumes([volume])
+        # The file is gone: so is its row (a disk attached it meanwhile keeps it).
+        with self.engine.store.transaction() as session:
+            row = session.get(Volume, volume["volume"])
+            if row is not None and not volumes.users(session, row.id):
+                session.delete(row)

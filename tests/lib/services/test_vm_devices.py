@@ -19,13 +19,15 @@ class DeviceAgent(FakeAgent):
         super().__init__(name)
         self.plugged, self.unplugged, self.resized = [], [], []
         self.plugged_luns: list = []
+        self.plugged_chains: list = []
         self.refuse_plug = False
 
-    def plug_device(self, vm_id, xml, volume=None, luns=None):
+    def plug_device(self, vm_id, xml, volume=None, luns=None, chain=None):
         if self.refuse_plug:
             raise Conflict("the guest refused the device")
         self.plugged.append((vm_id, ET.fromstring(xml), volume))
         self.plugged_luns.append(luns)
+        self.plugged_chains.append(chain)
         return {"id": vm_id}
 
     def unplug_device(self, vm_id, alias, timeout=20):
