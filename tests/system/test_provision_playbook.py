@@ -1,21 +1,26 @@
 """playbooks/provision.yml for real: the tiny guest's bootable disk image, uploaded from the
 controller, becomes a template; two thin VMs made from it boot from their own overlays on two
-lab hosts with their cloud-init; a second run changes nothing."""
+lab hosts with their cloud-init; a second run changes nothing. And the image_template role alone,
+from a URL a lab host downloads: made once, a second version only when asked for."""
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import re
 import subprocess
 import sys
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from engine_fixtures import REPO, _collections_path
 from test_engine_on_lab import wait_for_console
 
-from kestrel_lab import guest_disk
+from kestrel_lab import guest_disk, network
 from kestrel_lab import hosts as lab_hosts
 
 pytestmark = pytest.mark.lab
@@ -54,22 +59,24 @@ def ssh_key(tmp_path) -> str:
     return (tmp_path / "key.pub").read_text().strip()
 
 
-def provision(engine, image: str, ssh_key: str) -> subprocess.CompletedProcess:
+def ansible_playbook(playbook: Path, extra: dict) -> subprocess.CompletedProcess:
     env = {**os.environ, "ANSIBLE_COLLECTIONS_PATH": _collections_path(),
            "ANSIBLE_COLLECTIONS_SCAN_SYS_PATH": "false", "ANSIBLE_NOCOLOR": "1",
            "ANSIBLE_LOCALHOST_WARNING": "false", "ANSIBLE_INVENTORY_UNPARSED_WARNING": "false"}
-    extra = {"kestrel_cluster": "lab", "kestrel_storage_domain": "data",
-             "kestrel_provision_image_path": image, "kestrel_provision_template": TEMPLATE,
-             "kestrel_provision_prefix": "fleet", "kestrel_provision_count": len(FLEET),
-             "kestrel_provision_memory": "128MiB", "kestrel_provision_ssh_key": ssh_key,
-             "kestrel_provision_addresses": ADDRESSES,
-             "kestrel_provision_gateway": "10.77.0.254",
-             "kestrel_engine_dir": str(engine.config.engine_dir),
-             "kestrel_db_url": engine.store.url}
     return subprocess.run(
-        [str(Path(sys.executable).parent / "ansible-playbook"),
-         str(REPO / "playbooks" / "provision.yml"), "-e", json.dumps(extra)],
+        [str(Path(sys.executable).parent / "ansible-playbook"), str(playbook),
+         "-e", json.dumps(extra)],
         env=env, capture_output=True, text=True, timeout=900, check=False)
+
+
+def provision(engine, image: str, ssh_key: str) -> subprocess.CompletedProcess:
+    return ansible_playbook(REPO / "playbooks" / "provision.yml", {
+        "kestrel_cluster": "lab", "kestrel_storage_domain": "data",
+        "kestrel_provision_image_path": image, "kestrel_provision_template": TEMPLATE,
+        "kestrel_provision_prefix": "fleet", "kestrel_provision_count": len(FLEET),
+        "kestrel_provision_memory": "128MiB", "kestrel_provision_ssh_key": ssh_key,
+        "kestrel_provision_addresses": ADDRESSES, "kestrel_provision_gateway": network.GATEWAY,
+        "kestrel_engine_dir": str(engine.config.engine_dir), "kestrel_db_url": engine.store.url})
 
 
 def recap(run: subprocess.CompletedProcess) -> dict[str, int]:
@@ -121,3 +128,65 @@ def test_a_disk_image_becomes_a_fleet_of_thin_vms_and_a_second_run_changes_nothi
     assert recap(again)["changed"] == 0, again.stdout
     assert {name: engine.vms.info(name)[0]["id"] for name in FLEET} == \
         {name: vm["id"] for name, vm in vms.items()}
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def image_url(image):
+    """The image served over HTTP on the lab network, where the lab hosts fetch it."""
+    handler = functools.partial(_QuietHandler, directory=os.path.dirname(image))
+    server = ThreadingHTTPServer((network.GATEWAY, 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://{network.GATEWAY}:{server.server_address[1]}/{os.path.basename(image)}"
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def test_the_image_template_role_makes_a_template_from_a_url_once(
+        engine, cluster, image, image_url, tmp_path):
+    with open(image, "rb") as stream:
+        digest = hashlib.file_digest(stream, "sha256").hexdigest()
+    play = tmp_path / "image_template.yml"
+    play.write_text(json.dumps([{
+        "name": "image_template", "hosts": "localhost", "gather_facts": False,
+        "vars": {"ansible_python_interpreter": sys.executable},
+        "roles": [{"role": "kestrel.virt.image_template"}]}]))
+    role_vars = {
+        "kestrel_image_template_upload_image_url": image_url,
+        "kestrel_image_template_image_checksum": f"sha256:{digest}",
+        "kestrel_image_template_image_format": "qcow2",
+        "kestrel_image_template_name": TEMPLATE, "kestrel_image_template_cluster": cluster,
+        "kestrel_image_template_disk_storage": "data",
+        "kestrel_image_template_disk_format": "raw", "kestrel_image_template_disk_size": "64MiB",
+        "kestrel_image_template_memory": "128MiB", "kestrel_image_template_cpu": 2,
+        "kestrel_image_template_nics": [{"name": "nic1", "network": "kestrelmgmt"}],
+        "kestrel_image_template_engine_dir": str(engine.config.engine_dir),
+        "kestrel_image_template_db_url": engine.store.url}
+
+    first = ansible_playbook(play, role_vars)
+    assert first.returncode == 0, first.stdout + first.stderr
+    (template,) = engine.templates.info(name=TEMPLATE)
+    assert template["version"]["number"] == 1 and template["memory_mib"] == 128
+    assert template["cpu"]["cores"] == 2 and [n["network"] for n in template["nics"]] == [
+        "kestrelmgmt"]
+    (disk,) = template["disks"]
+    # Downloaded by a host, converted to raw and grown to the asked size.
+    assert disk["format"] == "raw" and disk["size_mib"] == 64
+
+    again = ansible_playbook(play, role_vars)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert recap(again)["changed"] == 0, again.stdout
+    assert len(engine.templates.info(name=TEMPLATE)) == 1
+
+    second = ansible_playbook(play, {**role_vars, "kestrel_image_template_version": {
+        "number": 2, "name": "v2"}})
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert [(t["version"]["number"], t["version"]["name"] or "") for t in
+            sorted(engine.templates.info(name=TEMPLATE), key=lambda t: t["version"]["number"])
+            ] == [(1, ""), (2, "v2")]
