@@ -15,6 +15,7 @@ iproute2 util-linux procps openssh-server openssh-client
 busybox-static cpio gzip xz-utils
 libxml2-utils xorriso genisoimage openssl ca-certificates rsync
 python3 python3-venv python3-apt
+mmdebstrap debian-archive-keyring syslinux syslinux-common mtools dosfstools fdisk e2fsprogs
 postgresql
 "
 

@@ -52,7 +52,7 @@ def make_disk(work: str, output: str, *, kernel: str, initrd: str, cmdline: str,
         disk.truncate(total_mib * MIB)
     table = ["label: dos"]
     start = FIRST_PARTITION_MIB
-    for path, size, kind, active in partitions:
+    for _, size, kind, active in partitions:
         table.append(f"start={start * 2048}, size={size * 2048}, type={kind}"
                      + (", bootable" if active else ""))
         start += size
