@@ -12,20 +12,28 @@ What the image is (the facts a test may rely on):
 - qcow2 (compressed), ``VIRTUAL_SIZE_MIB`` virtual; MBR, syslinux on a FAT
   partition 1, ext4 root on partition 2 (the last one: cloud-init's growpart
   grows it when the disk is larger). It boots from the disk alone (no
-  ``<kernel>``) under SeaBIOS, q35 or pc, TCG or KVM, on virtio-blk, SATA or SCSI.
+  ``<kernel>``) under SeaBIOS, q35 or pc, on virtio-blk (its initramfs also has SATA and
+  virtio-scsi).
 - Kernel command line ``KERNEL_CMDLINE``: serial console on ttyS0 (login
   prompt there too), classic NIC names, so the first NIC is ``eth0``.
 - cloud-init reads only the NoCloud datasource (a CD-ROM or disk labelled
   ``cidata`` with ``meta-data``, ``user-data`` and optionally
-  ``network-config``), so boot never waits for a metadata server. Honoured:
-  ``local-hostname``/``hostname``, ``users`` with ``ssh_authorized_keys`` and
-  ``sudo``, network-config version 2 (static ``addresses``, ``routes``/
-  ``gateway4``, ``nameservers``), rendered for systemd-networkd. Without a
-  network-config cloud-init falls back to DHCP on eth0. SSH host keys are
-  made on first boot (ed25519 only: fast under TCG); password logins are off.
-- qemu-guest-agent starts when the VM has the ``org.qemu.guest_agent.0`` channel.
-- No root password, no default user, an empty machine-id (each clone gets its
-  own): nothing logs in without cloud-init's user-data.
+  ``network-config``: what kestrel's ``cloud_init`` payload writes), so boot
+  never waits for a metadata server. Honoured: ``local-hostname`` /
+  ``hostname``; meta-data ``public-keys`` (kestrel's ``cloud_init.ssh_keys``)
+  for the default user ``DEFAULT_USER`` (passwordless sudo); user-data
+  ``users`` (list ``default`` too to keep that user) with
+  ``ssh_authorized_keys``, ``runcmd``, ``write_files``, ``power_state``;
+  network-config version 2 (static ``addresses``, ``gateway4``/``routes``,
+  ``nameservers``) rendered for systemd-networkd. Without a network-config
+  cloud-init falls back to DHCP on ``NIC``. SSH host keys are made on first
+  boot (ed25519 only: fast under TCG); password logins are off.
+- qemu-guest-agent starts when the VM has the ``org.qemu.guest_agent.0`` channel
+  (guest-get-host-name, guest-network-get-interfaces, guest-exec … answer).
+- No root password and an empty machine-id (each clone gets its own): nothing
+  logs in without cloud-init's user-data or meta-data keys.
+- ``MEMORY_MIB`` is enough. Under TCG the agent answers after one to three
+  minutes (more on a loaded machine): wait on the agent or SSH, never a fixed time.
 - Trimmed for TCG: apt/man/e2scrub/fstrim timers and unneeded mounts masked, a
   small initramfs, no fsck at boot, fewer cloud-init modules (config stage:
   set-passwords, timezone, runcmd; final stage: packages, write_files with
@@ -56,9 +64,11 @@ PACKAGES = (
 )
 VIRTUAL_SIZE_MIB = 2048
 BOOT_MIB = 96
-KERNEL_CMDLINE = "console=ttyS0,115200 net.ifnames=0 quiet"
+KERNEL_CMDLINE = "console=ttyS0,115200 net.ifnames=0 quiet mitigations=off"
 WAIT_ONLINE_TIMEOUT_S = 10
 NIC = "eth0"
+DEFAULT_USER = "debian"
+MEMORY_MIB = 512
 MASKED_UNITS = (
     "apt-daily.timer", "apt-daily-upgrade.timer", "man-db.timer", "e2scrub_all.timer",
     "e2scrub_reap.service", "fstrim.timer", "systemd-timesyncd.service", "modprobe@drm.service",
@@ -86,11 +96,6 @@ cloud_final_modules: [package-update-upgrade-install, write-files-deferred, scri
                       scripts-per-once, scripts-per-boot, scripts-per-instance, scripts-user,
                       final-message, power-state-change]
 """,
-    "etc/initramfs-tools/conf.d/kestrel.conf": "MODULES=list\nCOMPRESS=gzip\n",
-    # Only what finds the root filesystem: a small initramfs unpacks fast under TCG.
-    "etc/initramfs-tools/modules": "\n".join((
-        "virtio_pci", "virtio_blk", "virtio_scsi", "sd_mod", "ahci", "ata_piix", "ext4",
-    )) + "\n",
     "etc/systemd/system/systemd-networkd-wait-online.service.d/timeout.conf": f"""\
 [Service]
 ExecStart=
@@ -98,10 +103,25 @@ ExecStart=/lib/systemd/systemd-networkd-wait-online --any --timeout={WAIT_ONLINE
 """,
     "etc/systemd/journald.conf.d/kestrel.conf": "[Journal]\nStorage=volatile\n",
     "etc/hostname": "localhost\n",
-    "etc/dpkg/dpkg.cfg.d/kestrel-nodoc": "\n".join((
+}
+# In place before any package is unpacked (mmdebstrap's setup hook), so dpkg
+# leaves out what a VM never uses and the kernel's postinst makes the small
+# initramfs at once. None of these paths is a package's conffile.
+EARLY_FILES = {
+    "etc/dpkg/dpkg.cfg.d/kestrel-trim": "\n".join((
         "path-exclude=/usr/share/doc/*", "path-include=/usr/share/doc/*/copyright",
         "path-exclude=/usr/share/man/*", "path-exclude=/usr/share/info/*",
         "path-exclude=/usr/share/locale/*", "path-include=/usr/share/locale/locale.alias",
+        *(f"path-exclude=/lib/modules/*/kernel/{tree}/*" for tree in (
+            "sound", "drivers/gpu", "drivers/media", "drivers/net/wireless",
+            "drivers/infiniband", "drivers/staging", "drivers/bluetooth",
+            "drivers/iio", "drivers/isdn", "drivers/hid", "drivers/usb", "net/wireless",
+            "net/mac80211", "net/bluetooth")),
+    )) + "\n",
+    "etc/initramfs-tools/conf.d/kestrel.conf": "MODULES=list\nCOMPRESS=gzip\n",
+    # Only what finds the root filesystem: a small initramfs unpacks fast under TCG.
+    "usr/share/initramfs-tools/modules.d/kestrel": "\n".join((
+        "virtio_pci", "virtio_blk", "virtio_scsi", "sd_mod", "ahci", "ata_piix", "ext4",
     )) + "\n",
 }
 # Run in the finished root (chroot) before it becomes a filesystem.
@@ -111,7 +131,6 @@ systemctl mask {' '.join(MASKED_UNITS)}
 rm -f /etc/ssh/ssh_host_*
 : > /etc/machine-id
 rm -f /var/lib/dbus/machine-id
-update-initramfs -u -k all
 apt-get clean
 rm -rf /var/lib/apt/lists/* /var/log/*.log /var/cache/debconf/*-old
 """
@@ -123,8 +142,9 @@ def recipe() -> str:
     """What the image is made of; the cache key."""
     parts = [BUILD_VERSION, SUITE, *MIRRORS, *PACKAGES, str(VIRTUAL_SIZE_MIB), str(BOOT_MIB),
              KERNEL_CMDLINE, CUSTOMIZE, bootdisk.syslinux_config("")]
-    for path in sorted(FILES):
-        parts += [path, FILES[path]]
+    for files in (EARLY_FILES, FILES):
+        for path in sorted(files):
+            parts += [path, files[path]]
     return image_cache.recipe_hash(parts)
 
 
@@ -139,12 +159,8 @@ def debian_image(state_dir: str) -> str:
 
 def _build(work: str, output: str) -> None:
     root = os.path.join(work, "root")
-    overlay = os.path.join(work, "overlay")
-    for path, content in FILES.items():
-        target = os.path.join(overlay, path)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        with open(target, "w") as out:
-            out.write(content)
+    early = _write_tree(os.path.join(work, "early"), EARLY_FILES)
+    overlay = _write_tree(os.path.join(work, "overlay"), FILES)
     hook = os.path.join(work, "customize.sh")
     with open(hook, "w") as out:
         out.write(CUSTOMIZE)
@@ -154,9 +170,7 @@ def _build(work: str, output: str) -> None:
     try:
         run(["mmdebstrap", "--quiet", "--mode=root", "--variant=minbase",
              f"--include={','.join(PACKAGES)}",
-             # dpkg's path excludes before any package is unpacked.
-             f"--setup-hook=mkdir -p \"$1/etc/dpkg/dpkg.cfg.d\" && cp "
-             f"{overlay}/etc/dpkg/dpkg.cfg.d/kestrel-nodoc \"$1/etc/dpkg/dpkg.cfg.d/\"",
+             f"--setup-hook=sync-in {early} /",
              f"--customize-hook=sync-in {overlay} /",
              f"--customize-hook=printf %s '{fstab}' > \"$1/etc/fstab\"",
              f"--customize-hook=chroot \"$1\" sh < {hook}",
@@ -169,6 +183,15 @@ def _build(work: str, output: str) -> None:
                        boot_mib=BOOT_MIB, root_dir=root,
                        root_mib=VIRTUAL_SIZE_MIB - BOOT_MIB - bootdisk.FIRST_PARTITION_MIB,
                        root_uuid=root_uuid)
+
+
+def _write_tree(directory: str, files: dict[str, str]) -> str:
+    for path, content in files.items():
+        target = os.path.join(directory, path)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(target, "w") as out:
+            out.write(content)
+    return directory
 
 
 def _boot_files(root: str) -> tuple[str, str]:

@@ -140,15 +140,19 @@ def agent_command(host: kestrel_lab.LabHost, name: str, command: str) -> dict | 
 
 
 def seed_iso(workdir: str, public_key: str) -> str:
-    """A NoCloud cidata ISO: hostname, a sudo user with the key, a static address on eth0."""
+    """A NoCloud cidata ISO: hostname, the key for the default user and for a user of
+    our own, a static address on eth0."""
     seed = os.path.join(workdir, "seed")
     os.makedirs(seed)
     files = {
-        "meta-data": f"instance-id: {uuid.uuid4()}\nlocal-hostname: {GUEST_HOSTNAME}\n",
+        # As kestrel's payload writes it: meta-data keys go to the image's default user.
+        "meta-data": json.dumps({"instance-id": str(uuid.uuid4()),
+                                 "local-hostname": GUEST_HOSTNAME,
+                                 "public-keys": [public_key]}) + "\n",
         "user-data": "#cloud-config\n" + json.dumps({
             "hostname": GUEST_HOSTNAME,
-            "users": [{"name": GUEST_USER, "sudo": "ALL=(ALL) NOPASSWD:ALL",
-                       "shell": "/bin/bash", "ssh_authorized_keys": [public_key]}],
+            "users": ["default", {"name": GUEST_USER, "shell": "/bin/bash",
+                                  "ssh_authorized_keys": [public_key]}],
         }) + "\n",
         "network-config": json.dumps({
             "version": 2,
@@ -205,16 +209,20 @@ def test_debian_image_takes_cloud_init_and_answers_agent_and_ssh(lab, images, bo
     wait_until(f"{GUEST_ADDRESS} among the guest's addresses", static_address, 60,
                lambda: console(host, name))
 
-    def ssh() -> subprocess.CompletedProcess | None:
+    def ssh(user: str, command: str) -> subprocess.CompletedProcess | None:
         result = kestrel_lab.run_in(host.name, [
             "ssh", "-i", key, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
             "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR",
-            f"{GUEST_USER}@{GUEST_ADDRESS}", "hostname; id -un; sudo -n id -u"],
+            f"{user}@{GUEST_ADDRESS}", command],
             host.state_dir, capture_output=True, text=True, timeout=60)
         return result if result.returncode == 0 else None
 
-    result = wait_until("an SSH login", ssh, 120, lambda: console(host, name))
+    result = wait_until("an SSH login", lambda: ssh(GUEST_USER, "hostname; id -un"), 120,
+                        lambda: console(host, name))
     ssh_ready = time.monotonic() - started
     print(f"\ndebian image: guest agent with hostname after {agent_ready:.1f}s, "
           f"SSH login after {ssh_ready:.1f}s")
-    assert result.stdout.split() == [GUEST_HOSTNAME, GUEST_USER, "0"]
+    assert result.stdout.split() == [GUEST_HOSTNAME, GUEST_USER]
+    # The default user got meta-data's key, and sudo without a password.
+    default = ssh(debian_image.DEFAULT_USER, "id -un; sudo -n id -u")
+    assert default and default.stdout.split() == [debian_image.DEFAULT_USER, "0"]
