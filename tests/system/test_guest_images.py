@@ -5,7 +5,7 @@ with an SSH key and a static address on the lab network: the guest agent
 reports them and an SSH login from the lab host runs a command. The tiny guest
 boots from its disk and prints its usual ready line. Both images are built
 once per recipe and cached in the lab's state directory (build them before
-taking the lab lock: ``kestrel-lab image debian``).
+taking the lab lock: ``make images``).
 """
 
 from __future__ import annotations
