@@ -24,8 +24,7 @@ from engine_lib.agent.domxml import resolve
 from engine_lib.domxml import render
 from engine_lib.services import vm_config
 from engine_lib.services.previews import render_spec
-from engine_lib.spec import normalize_vm
-from engine_lib.spec import VM_KEYS
+from engine_lib.spec import VM_KEYS, normalize_vm
 
 GOLDEN = Path(__file__).parent.parent / "golden"
 CASES = yaml.safe_load((GOLDEN / "cases.yaml").read_text())
