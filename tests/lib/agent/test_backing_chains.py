@@ -3,14 +3,18 @@ member a volume placeholder on the disk's own domain, the innermost one empty.""
 
 from __future__ import annotations
 
+import json
 import xml.etree.ElementTree as ET
 
 import pytest
 
 from engine_lib.agent import domxml, hotplug
+from engine_lib.agent.api import Api
+from engine_lib.agent.config import AgentConfig
 from engine_lib.protocol import metadata, placeholders
 from engine_lib.protocol.errors import InvalidSpec
 from engine_lib.protocol.metadata import VolumeRef
+from engine_lib.protocol.wire import API_PREFIX
 
 VM_ID = "6f1d2c9e-8a4b-4c1e-9f7a-0123456789ab"
 ROOTS = {kind: f"/var/lib/kestrel/{kind}" for kind in placeholders.KINDS}
@@ -120,3 +124,33 @@ def test_hotplug_resolves_a_chain_given_with_the_volume_and_refuses_one_without(
     device = ET.fromstring(engine_xml()).find("devices/disk")
     with pytest.raises(InvalidSpec, match="not its backing volume in the metadata"):
         hotplug.resolve(device, ROOTS, DOMAINS, volume=top)
+
+
+class _Recorder:
+    def __init__(self, config):
+        self.calls = []
+
+    def plug_device(self, vm_id, xml, volume, luns, chain):
+        self.calls.append((volume, chain))
+        return {"id": vm_id}
+
+
+def test_the_plug_route_reads_the_volume_s_parent_and_its_chain(tmp_path):
+    config = AgentConfig(name="a", address="127.0.0.1", port=0, libvirt_uri="test:///default",
+                         ca="", cert="", key="", source="test")
+    api = Api(config, hypervisor_factory=_Recorder)
+    top = {"alias": "ua-d1", "domain": "data", "image": TOP, "volume": "top", "format": "qcow2",
+           "size_mib": 64, "create": True, "parent": f"{BASE}/base", "parent_format": "raw"}
+    base = {"domain": "data", "image": BASE, "volume": "base", "format": "raw", "alias": "ua-x",
+            "create": True}
+    path = f"{API_PREFIX}/vms/{VM_ID}/devices"
+    status, _ = api.handle("POST", path, {}, json.dumps(
+        {"xml": "<disk/>", "volume": top, "chain": [base]}).encode())
+    assert status == 200
+    [(volume, chain)] = api.hypervisor.calls
+    assert (volume.parent, volume.parent_format, volume.create) == (f"{BASE}/base", "raw", True)
+    # A chain member is never created and is no device, whatever the request says.
+    assert [(c.relpath, c.alias, c.create) for c in chain] == [(f"{BASE}/base", "", False)]
+    status, body = api.handle("POST", path, {}, json.dumps(
+        {"xml": "<disk/>", "chain": [base]}).encode())
+    assert status == 400 and body["error"]["details"]["field"] == "chain"
