@@ -175,7 +175,7 @@ def test_removing_a_vm_removes_its_disks_rows_but_not_their_backing(engine, host
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 def test_of_two_disks_taking_one_volume_at_once_only_one_gets_it(engine, host):
     engine.vms.ensure({**VM, "name": "vm2", "disks": []})
-    _add(engine, id="floating", name="spare", format="qcow2")
+    _add(engine, id="floating", name="", format="qcow2")  # nothing to change in the row
     volume = {"image_id": "base-img", "volume_id": "floating"}
     settings = {"size": "512MiB", "storage_domain": "data"}
     with pytest.raises(StaleDataError):
