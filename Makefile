@@ -74,7 +74,7 @@ test: deps venv
 	@echo "==> engine_lib unit tests"
 	$(BIN)/pytest -q tests/lib
 	@echo "==> real libvirt/QEMU, agents and playbooks on lab hosts"
-	$(BIN)/pytest -q tests/system
+	$(BIN)/pytest -q --durations=15 tests/system
 	@echo "==> molecule: host role and VM lifecycle on two lab hosts (converge, idempotence, verify)"
 	source scripts/collection-path.sh && molecule test
 	@echo "==> molecule: three lab hosts, live migration and host maintenance (about 5 min)"

@@ -28,6 +28,8 @@ Standard library only: the engine may run where only the stdlib is certain.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import http.client
 import io
 import json
@@ -35,7 +37,8 @@ import os
 import socket
 import ssl
 import time
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO, Protocol, runtime_checkable
 from urllib.parse import quote
 
 from engine_lib.protocol.errors import (
@@ -65,6 +68,11 @@ SHUTDOWN_GRACE = 15.0
 HIBERNATE_TIMEOUT = 600.0
 # Connecting storage waits for mount: give the agent's own limit some slack.
 STORAGE_CONNECT_TIMEOUT = MOUNT_TIMEOUT_S + 15.0
+# Image bytes go in pieces of this size, each with its own idle timeout instead of the
+# call's total deadline (an upload of many GiB takes as long as it takes, but a peer that
+# stops for STREAM_IDLE_TIMEOUT is gone).
+STREAM_PIECE = 1 << 20
+STREAM_IDLE_TIMEOUT = 60.0
 _HOSTNAME_MISMATCH = {62, 64}  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
 _REVOKED = 23  # X509_V_ERR_CERT_REVOKED
 
@@ -193,6 +201,42 @@ class AgentApi(Protocol):
 
     def cancel_migration(self, vm_id: str) -> dict:
         raise _not_modelled(self, "cancel_migration")
+
+    # -- volume jobs (uploads, imports, exports, copies, seals) -----------------------------
+
+    def job(self, job_id: str) -> dict:
+        raise _not_modelled(self, "job")
+
+    def forget_job(self, job_id: str) -> dict:
+        raise _not_modelled(self, "forget_job")
+
+    def start_upload(self, volume: dict, *, image_format: str, length: int,
+                     content_type: str) -> dict:
+        raise _not_modelled(self, "start_upload")
+
+    def send_upload(self, job_id: str, stream: BinaryIO, length: int,
+                    progress: Callable[[int], None] | None = None) -> dict:
+        raise _not_modelled(self, "send_upload")
+
+    def commit_upload(self, job_id: str, sha256: str) -> dict:
+        raise _not_modelled(self, "commit_upload")
+
+    def start_import(self, volume: dict, *, url: str, image_format: str, sha256: str,
+                     content_type: str, timeout_s: float) -> dict:
+        raise _not_modelled(self, "start_import")
+
+    def start_export(self, volume: dict, chain: list[dict], fmt: str) -> dict:
+        raise _not_modelled(self, "start_export")
+
+    def read_export(self, job_id: str, out: BinaryIO,
+                    progress: Callable[[int], None] | None = None) -> dict:
+        raise _not_modelled(self, "read_export")
+
+    def copy_volume(self, source: dict, chain: list[dict], target: dict) -> dict:
+        raise _not_modelled(self, "copy_volume")
+
+    def seal_volume(self, volume: dict, hostname: str = "") -> dict:
+        raise _not_modelled(self, "seal_volume")
 
 
 class AgentClient:
@@ -343,6 +387,99 @@ class AgentClient:
     def cancel_migration(self, vm_id: str) -> dict:
         return self._call("POST", f"/vms/{_seg(vm_id)}/migration/cancel")
 
+    # -- volume jobs ---------------------------------------------------------------
+
+    def job(self, job_id: str) -> dict:
+        """{id, kind, status, phase, progress, done_bytes, total_bytes, result, error}."""
+        return self._query("GET", f"/jobs/{_seg(job_id)}")
+
+    def forget_job(self, job_id: str) -> dict:
+        """Aborts a running job (the agent cleans up) or forgets a finished one."""
+        return self._call("DELETE", f"/jobs/{_seg(job_id)}")
+
+    def start_upload(self, volume: dict, *, image_format: str, length: int,
+                     content_type: str) -> dict:
+        return self._call("POST", "/images/uploads",
+                          {"volume": volume, "image_format": image_format, "length": length,
+                           "content_type": content_type})
+
+    def send_upload(self, job_id: str, stream: BinaryIO, length: int,
+                    progress: Callable[[int], None] | None = None) -> dict:
+        """Streams ``length`` bytes of ``stream`` to the upload job, hashing as it reads.
+
+        Returns {received, sha256 (what was sent), agent_sha256}. A stream that ends
+        early is refused here (the agent sees a short body and fails the job).
+        """
+        digest = hashlib.sha256()
+        path = f"{API_PREFIX}/images/uploads/{_seg(job_id)}"
+        with self._stream("PUT", path, {"Content-Length": str(length),
+                                        "Content-Type": "application/octet-stream"}) as conn:
+            sent = 0
+            while sent < length:
+                piece = _local_io(stream.read, min(STREAM_PIECE, length - sent))
+                if not piece:
+                    raise KestrelError(f"the image ended after {sent} of its {length} "
+                                       "bytes (was it changed while uploading?)",
+                                       sent=sent, length=length)
+                digest.update(piece)
+                try:
+                    conn.send(piece)
+                except OSError:
+                    break  # the agent stopped reading: its answer says why
+                sent += len(piece)
+                if progress is not None:
+                    progress(sent)
+            response = conn.getresponse()
+            document = self._document(response, "PUT", path)
+        if sent < length:
+            raise AgentError(f"agent {self.endpoint} stopped receiving the upload after "
+                             f"{sent} of {length} bytes", agent=self.endpoint)
+        return {"received": document.get("received", sent), "sha256": digest.hexdigest(),
+                "agent_sha256": document.get("sha256", "")}
+
+    def commit_upload(self, job_id: str, sha256: str) -> dict:
+        return self._call("POST", f"/images/uploads/{_seg(job_id)}/commit", {"sha256": sha256})
+
+    def start_import(self, volume: dict, *, url: str, image_format: str, sha256: str,
+                     content_type: str, timeout_s: float) -> dict:
+        return self._call("POST", "/images/imports",
+                          {"volume": volume, "url": url, "image_format": image_format,
+                           "sha256": sha256, "content_type": content_type,
+                           "timeout_s": timeout_s})
+
+    def start_export(self, volume: dict, chain: list[dict], fmt: str) -> dict:
+        return self._call("POST", "/images/exports",
+                          {"volume": volume, "chain": chain, "format": fmt})
+
+    def read_export(self, job_id: str, out: BinaryIO,
+                    progress: Callable[[int], None] | None = None) -> dict:
+        """Streams a finished export job's file into ``out``; {received, sha256}.
+        An answer shorter than its Content-Length is an error (the agent went away)."""
+        digest = hashlib.sha256()
+        path = f"{API_PREFIX}/images/exports/{_seg(job_id)}"
+        with self._stream("GET", path, {"Accept": "application/octet-stream"}) as conn:
+            response = conn.getresponse()
+            if response.status >= 400:
+                self._document(response, "GET", path)
+            length, received = response.length, 0
+            while piece := response.read(STREAM_PIECE):
+                digest.update(piece)
+                _local_io(out.write, piece)
+                received += len(piece)
+                if progress is not None:
+                    progress(received)
+        if length is not None and received != length:
+            raise AgentError(f"agent {self.endpoint} sent {received} of the export's "
+                             f"{length} bytes", agent=self.endpoint)
+        return {"received": received, "sha256": digest.hexdigest()}
+
+    def copy_volume(self, source: dict, chain: list[dict], target: dict) -> dict:
+        return self._call("POST", "/volumes/copy",
+                          {"source": source, "chain": chain, "target": target})
+
+    def seal_volume(self, volume: dict, hostname: str = "") -> dict:
+        return self._call("POST", "/volumes/seal", {"volume": volume, "hostname": hostname})
+
     def openapi(self) -> dict:
         return self._query("GET", "/openapi.json")
 
@@ -390,11 +527,54 @@ class AgentClient:
             headers["Content-Type"] = "application/json"
         conn = response = None
         try:
-            conn = _Connection(self.address, self.port, self._context,
-                               deadline=time.monotonic() + timeout)
-            conn.request(method, path, body=payload, headers=headers)
-            response = conn.getresponse()
-            return response.status, self._read(response, cap, method, path)
+            with self._transport_errors(f"no answer within {timeout:g} s"):
+                conn = _Connection(self.address, self.port, self._context,
+                                   deadline=time.monotonic() + timeout)
+                conn.request(method, path, body=payload, headers=headers)
+                response = conn.getresponse()
+                return response.status, self._read(response, cap, method, path)
+        finally:
+            # An answer cut at its cap or deadline ends with its connection.
+            if response is not None:
+                response.close()
+            if conn is not None:
+                conn.close()
+
+    @contextlib.contextmanager
+    def _stream(self, method: str, path: str,
+                headers: dict[str, str]) -> Iterator[http.client.HTTPSConnection]:
+        """A connection whose request is sent (headers only) and whose every socket
+        operation waits at most STREAM_IDLE_TIMEOUT: the caller sends or reads the body."""
+        conn = http.client.HTTPSConnection(self.address, self.port,
+                                           timeout=STREAM_IDLE_TIMEOUT, context=self._context)
+        try:
+            with self._transport_errors(f"idle for {STREAM_IDLE_TIMEOUT:g} s"):
+                conn.putrequest(method, path, skip_accept_encoding=True)
+                for name, value in headers.items():
+                    conn.putheader(name, value)
+                conn.endheaders()
+                yield conn
+        finally:
+            conn.close()
+
+    def _document(self, response: http.client.HTTPResponse, method: str, path: str) -> dict:
+        """A JSON answer (capped); the agent's error raised as its class."""
+        status, data = response.status, self._read(response, self.reply_cap, method, path)
+        try:
+            document = json.loads(data) if data else {}
+        except ValueError:
+            raise AgentError(f"agent {self.endpoint} answered {method} {path} with "
+                             f"HTTP {status} and a body that is not JSON",
+                             agent=self.endpoint, status=status) from None
+        if status >= 400:
+            raise self._error(status, document, method, path)
+        return document
+
+    @contextlib.contextmanager
+    def _transport_errors(self, timed_out: str) -> Iterator[None]:
+        """Transport failures as typed errors naming the agent (see the module's doc)."""
+        try:
+            yield
         except ssl.SSLCertVerificationError as exc:
             if exc.verify_code in _HOSTNAME_MISMATCH:
                 reason = f"presented a certificate not issued for '{self.address}'"
@@ -413,19 +593,12 @@ class AgentClient:
                                    f"'{self.address}' ({exc.strerror})",
                                    agent=self.endpoint, cause="dns") from None
         except TimeoutError:
-            raise AgentUnreachable(f"agent {self.endpoint} unreachable: no answer within "
-                                   f"{timeout:g} s", agent=self.endpoint,
-                                   cause="timeout") from None
+            raise AgentUnreachable(f"agent {self.endpoint} unreachable: {timed_out}",
+                                   agent=self.endpoint, cause="timeout") from None
         except (OSError, http.client.HTTPException) as exc:
             cause = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
             raise AgentUnreachable(f"agent {self.endpoint} unreachable: {cause}",
                                    agent=self.endpoint, cause=cause) from None
-        finally:
-            # An answer cut at its cap or deadline ends with its connection.
-            if response is not None:
-                response.close()
-            if conn is not None:
-                conn.close()
 
     def _read(self, response: http.client.HTTPResponse, cap: int, method: str,
               path: str) -> bytearray:
@@ -558,6 +731,14 @@ def rebuild_error(code: str, message: str, details: dict) -> KestrelError:
         if not hasattr(error, key):
             setattr(error, key, value)
     return error
+
+
+def _local_io(operation: Callable[[Any], Any], argument: Any) -> Any:
+    """Reading or writing the local file of a stream: its failure is no agent's."""
+    try:
+        return operation(argument)
+    except OSError as exc:
+        raise KestrelError(f"local file: {exc.strerror or exc}") from None
 
 
 def _seg(value: str) -> str:

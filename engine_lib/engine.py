@@ -16,10 +16,12 @@ from engine_lib.services.affinity import AffinityService
 from engine_lib.services.clusters import ClusterService
 from engine_lib.services.events import EventService
 from engine_lib.services.hosts import HostService
+from engine_lib.services.images import ImageService
 from engine_lib.services.luns import LunService
 from engine_lib.services.migrations import MigrationService
 from engine_lib.services.networks import NetworkService
 from engine_lib.services.storage_domains import StorageDomainService
+from engine_lib.services.templates import TemplateService
 from engine_lib.services.vm_devices import VmDeviceService
 from engine_lib.services.vms import VmService
 from engine_lib.store import Store
@@ -55,6 +57,8 @@ class Engine:
         self.storage_domains = StorageDomainService(self)
         self.luns = LunService(self)
         self.vm_devices = VmDeviceService(self)
+        self.templates = TemplateService(self)
+        self.images = ImageService(self)
 
     @classmethod
     def open(cls, engine_dir: str | None = None, db_url: str | None = None,

@@ -440,6 +440,10 @@ class Volume(Base):
     readonly: Mapped[bool] = mapped_column(Boolean, default=False)
     # The hex SHA-256 of the bytes an upload or import brought in; "" otherwise.
     sha256: Mapped[str] = mapped_column(String(64), default="")
+    # While locked: the agent job writing it and the host running that job ("" before
+    # the job starts); a locked volume whose job the agent no longer knows was lost.
+    job_id: Mapped[str] = mapped_column(String(36), default="")
+    job_host: Mapped[str] = mapped_column(String(64), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     version: Mapped[int] = mapped_column(Integer, nullable=False)
 

@@ -75,6 +75,9 @@ VM_KEYS = ("name", "cluster", "description", "memory", "max_memory", "cpu", "mac
            "nics", "graphics", "video", "serial_console", "guest_agent", "rng", "watchdog",
            "balloon", "tpm", "cloud_init", "launch_paused", "custom_properties",
            "high_availability", "placement", "tags")
+# Where a new VM comes from (used at creation only, never rendered): a template version,
+# thin or cloned, or a stopped VM to clone (oVirt's snapshot_vm).
+ORIGIN_KEYS = ("template", "template_version", "clone", "snapshot_vm")
 
 
 # -- scalar checks ----------------------------------------------------------------------------
@@ -414,15 +417,20 @@ def disk(field: str, value: Any) -> dict[str, Any]:
 
 
 def cdrom(value: Any) -> dict[str, Any] | None:
-    """False removes the drive; '' or {} is an empty drive; a string is the ISO."""
+    """False removes the drive; '' or {} is an empty drive; a string is the ISO: an ISO
+    disk's name (a floating disk uploaded with content_type iso, oVirt's cd_iso) or a
+    file on a storage domain, 'domain:path'."""
     if value is False:
         return None
     if value is None or isinstance(value, str):
         value = {"iso": value or ""}
     value = _mapping("cdrom", value, ("iso", "boot_order"))
     iso = value.get("iso") or ""
-    return {"iso": boot_file("cdrom.iso", iso) if iso else "",
-            "boot_order": boot_order("cdrom.boot_order", value.get("boot_order"))}
+    if isinstance(iso, str) and iso and ":" not in iso and not iso.startswith("/"):
+        iso = name("cdrom.iso", iso)  # resolved to its volume by the engine (vm_config)
+    elif iso:
+        iso = boot_file("cdrom.iso", iso)
+    return {"iso": iso, "boot_order": boot_order("cdrom.boot_order", value.get("boot_order"))}
 
 
 NIC_KEYS = ("name", "network", "mac", "model", "mtu", "vlan", "link_state", "bandwidth",
@@ -607,13 +615,26 @@ _SIMPLE: dict[str, Callable[[Any], Any]] = {
     "high_availability": high_availability,
     "placement": placement,
     "tags": lambda v: _names("tags", v),
+    "template": lambda v: name("template", v),
+    "template_version": lambda v: positive_int("template_version", v, 100000),
+    "clone": lambda v: boolean("clone", v),
+    "snapshot_vm": lambda v: name("snapshot_vm", v),
 }
+
+
+def _check_origin(out: dict[str, Any]) -> None:
+    if "template" in out and "snapshot_vm" in out:
+        raise InvalidSpec("snapshot_vm", "a VM is made from a template or cloned from a VM, "
+                                         "not both")
+    for key in ("template_version", "clone"):
+        if out.get(key) and "template" not in out:
+            raise InvalidSpec(key, "applies to a VM made from a template (give template)")
 
 
 def normalize_vm(spec: Any) -> dict[str, Any]:
     """Validate a VM spec; return the canonical form of the keys it gives."""
     check_shape("", spec)
-    spec = _mapping("", spec, VM_KEYS)
+    spec = _mapping("", spec, VM_KEYS + ORIGIN_KEYS)
     if "name" not in spec:
         raise InvalidSpec("name", "is required")
     out: dict[str, Any] = {"name": name("name", spec["name"])}
@@ -639,6 +660,7 @@ def normalize_vm(spec: Any) -> dict[str, Any]:
         _unique("nics", out["nics"], "name")
         _unique("nics", out["nics"], "mac")
     _check_boot_orders(out)
+    _check_origin(out)
     if out.get("memory_mib") and out.get("max_memory_mib") and \
             out["max_memory_mib"] < out["memory_mib"]:
         raise InvalidSpec("max_memory", f"{out['max_memory_mib']} MiB is less than memory "

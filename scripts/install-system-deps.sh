@@ -14,6 +14,7 @@ qemu-system-x86 qemu-utils ovmf dnsmasq-base
 iproute2 util-linux procps openssh-server openssh-client
 busybox-static cpio gzip xz-utils
 libxml2-utils xorriso genisoimage openssl ca-certificates rsync
+guestfs-tools e2fsprogs kmod
 python3 python3-venv python3-apt
 postgresql
 "

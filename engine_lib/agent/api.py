@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import engine_lib
-from engine_lib.agent import crl
+from engine_lib.agent import crl, seal
 from engine_lib.agent.config import AgentConfig
+from engine_lib.agent.images import Download, Images
+from engine_lib.agent.jobs import Jobs
 from engine_lib.agent.storage_connections import StorageConnections
 from engine_lib.agent.volumes import VolumeLocation
 from engine_lib.protocol.convergence import POLICIES as MIGRATION_POLICIES
@@ -49,6 +51,8 @@ class Request:
     params: dict[str, str]
     query: dict[str, list[str]]
     body: dict[str, Any]
+    stream: Any = None  # a streamed request body (route.stream == "in"): a binary file
+    length: int = 0  # its Content-Length
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,9 @@ class Route:
     summary: str
     body: dict | None = None  # JSON schema of the request body
     query: dict = field(default_factory=dict)  # name -> JSON schema
+    # "in": the body is raw bytes streamed to the operation (no 16 MiB limit);
+    # "out": the operation answers a Download, streamed as application/octet-stream.
+    stream: str = ""
     regex: re.Pattern = field(init=False, compare=False)
 
     def __post_init__(self):
@@ -73,6 +80,31 @@ _VOLUME_SCHEMA = {
                                                    "parent_format")}
     | {"size_mib": {"type": "integer"}, "create": {"type": "boolean"}},
 }
+_FORMAT = {"type": "string", "enum": ["qcow2", "raw"]}
+_IMAGE_VOLUME = {
+    "type": "object", "required": ["domain", "image", "volume"], "additionalProperties": False,
+    "properties": {"domain": {"type": "string"}, "image": {"type": "string"},
+                   "volume": {"type": "string"}, "format": _FORMAT,
+                   "size_mib": {"type": "integer", "minimum": 0,
+                                "description": "grow to this size (0: the image's own)"}}}
+_SOURCE_VOLUME = {
+    "type": "object", "required": ["domain", "image", "volume"], "additionalProperties": False,
+    "properties": {"domain": {"type": "string"}, "image": {"type": "string"},
+                   "volume": {"type": "string"}, "format": _FORMAT}}
+_CHAIN = {"type": "array", "description": "the volume's parents on its domain, nearest "
+          "first; the copy is flattened through exactly these (nothing is probed)",
+          "items": {"type": "object", "required": ["image", "volume", "format"],
+                    "properties": {"image": {"type": "string"}, "volume": {"type": "string"},
+                                   "format": _FORMAT}}}
+_IMAGE_FORMAT = {"type": "string", "enum": ["", "qcow2", "raw", "vmdk", "vdi", "vhdx"],
+                 "default": "", "description": "the declared source format ('' = detect); "
+                 "an image that is not what it is declared is refused"}
+_CONTENT_TYPE = {"type": "string", "enum": ["data", "iso"], "default": "data",
+                 "description": "iso: a raw ISO image for CD-ROMs (volume.format raw)"}
+_JOB_NOTE = ("Answers {job: id}; poll GET /jobs/{job}. A failed job's error names the field "
+             "of this request (image_format, length, url, sha256, volume...; 'image' is the "
+             "image's bytes: a backing file, a data file, corruption) and nothing is left "
+             "on the domain.")
 
 ROUTES = (
     Route("GET", "/openapi.json", "openapi", "This document."),
@@ -179,6 +211,14 @@ ROUTES = (
           "missing volume is left for the next start to create.",
           body={"type": "object", "required": ["volume"], "additionalProperties": False,
                 "properties": {"volume": _VOLUME_SCHEMA}}),
+    Route("POST", "/volumes/seal", "seal_volume", "Seal a template volume: virt-sysprep "
+          "(no network, format pinned) removes machine-id, SSH host keys, logs, shell "
+          "history, DHCP leases and MAC-bound network config, and sets hostname when given. "
+          "Refused for a volume a VM on this host uses, or a qcow2 with a backing or data "
+          "file. A job (GET /jobs/{job}); minutes when the appliance boots without KVM.",
+          body={"type": "object", "required": ["volume"], "additionalProperties": False,
+                "properties": {"volume": _VOLUME_SCHEMA,
+                               "hostname": {"type": "string", "default": ""}}}),
     Route("POST", "/storage/connect", "connect_storage", "Connect an NFS storage domain: "
           "mount export at path (mount -t nfs, creating the directory) unless mountinfo "
           "shows it mounted there already, then serve the domain's volumes (registered "
@@ -200,6 +240,64 @@ ROUTES = (
           "while a VM on this host has a disk on it; a domain not connected is no change.",
           body={"type": "object", "required": ["name"], "additionalProperties": False,
                 "properties": {"name": {"type": "string"}}}),
+    Route("GET", "/jobs/{job}", "job_status", "A job (image upload, import, export, volume "
+          "copy): {id, kind, status: running|succeeded|failed|aborted, phase, progress "
+          "0..100, done_bytes, total_bytes, result, error: {code, message, details}}. "
+          "Finished jobs are kept at least an hour (or while among the last 200)."),
+    Route("DELETE", "/jobs/{job}", "delete_job", "Abort a running job and wait (up to 60 s) "
+          "until it cleaned up (its staging and half-made files removed), or forget a "
+          "finished one (an export's staging file is removed then)."),
+    Route("POST", "/images/uploads", "start_upload", "Upload step 1: check the domain, the "
+          "target volume absent and not busy (409 naming it), free space >= length + 16 MiB, "
+          "and make a 0600 staging file next to the target. Then PUT the bytes to "
+          "/images/uploads/{job} and POST /images/uploads/{job}/commit. " + _JOB_NOTE,
+          body={"type": "object", "required": ["volume", "length"],
+                "additionalProperties": False,
+                "properties": {"volume": _IMAGE_VOLUME, "image_format": _IMAGE_FORMAT,
+                               "length": {"type": "integer", "minimum": 1},
+                               "content_type": _CONTENT_TYPE}}),
+    Route("PUT", "/images/uploads/{job}", "receive_upload", "Upload step 2: the image's raw "
+          "bytes (application/octet-stream, Content-Length = the announced length, no "
+          "chunked encoding), written to the staging file 1 MiB at a time; answers "
+          "{received, sha256}. A body that ends short fails the job (staging removed).",
+          stream="in"),
+    Route("POST", "/images/uploads/{job}/commit", "commit_upload", "Upload step 3: the "
+          "client's sha256 of the bytes it sent; a mismatch fails the job (400, field "
+          "sha256). Then the job checks the image in the background (qemu-img info/check "
+          "under limits: no backing file, no data file, vmdk extents in the file, the "
+          "declared format true, no corruption), links it into place when it is already "
+          "the volume's format or converts it (phase converting), and grows it to size_mib. "
+          "Result {size_mib, format, detected_format, sha256, actual_size}.",
+          body={"type": "object", "required": ["sha256"], "additionalProperties": False,
+                "properties": {"sha256": {"type": "string"}}}),
+    Route("POST", "/images/imports", "start_import", "Download an image from an http(s) URL "
+          "into a new volume (redirects followed; addresses that are loopback, link-local, "
+          "multicast or unspecified refused, after redirects too; timeout_s bounds connecting "
+          "and each read), check sha256 when given, then as an upload's commit. " + _JOB_NOTE,
+          body={"type": "object", "required": ["volume", "url"],
+                "additionalProperties": False,
+                "properties": {"volume": _IMAGE_VOLUME, "image_format": _IMAGE_FORMAT,
+                               "url": {"type": "string"},
+                               "sha256": {"type": "string", "default": ""},
+                               "content_type": _CONTENT_TYPE,
+                               "timeout_s": {"type": "number", "default": 30}}}),
+    Route("POST", "/images/exports", "start_export", "Convert a volume (flattened through "
+          "chain) to format into a 0600 staging file on its domain and hash it; result "
+          "{length, sha256, format}; then GET /images/exports/{job} and DELETE /jobs/{job}. "
+          + _JOB_NOTE,
+          body={"type": "object", "required": ["volume"], "additionalProperties": False,
+                "properties": {"volume": _SOURCE_VOLUME, "chain": _CHAIN,
+                               "format": _FORMAT}}),
+    Route("GET", "/images/exports/{job}", "read_export", "The finished export's bytes "
+          "(application/octet-stream, Content-Length = result.length), 1 MiB at a time.",
+          stream="out"),
+    Route("POST", "/volumes/copy", "copy_volume", "Copy a volume (flattened through chain) "
+          "into a new target volume, linked into place when complete, grown to size_mib; "
+          "result {size_mib, format, actual_size}. " + _JOB_NOTE,
+          body={"type": "object", "required": ["source", "target"],
+                "additionalProperties": False,
+                "properties": {"source": _SOURCE_VOLUME, "chain": _CHAIN,
+                               "target": _IMAGE_VOLUME}}),
     Route("PUT", "/pki/crl", "install_crl", "Install the engine CA's certificate revocation "
           "list (PEM): the agent checks its peers against it from the next connection; "
           "libvirt's and QEMU's copies are written where libvirt TLS uses the engine CA, "
@@ -220,6 +318,8 @@ class Api:
         # Shares config.storage_domains with the hypervisor: what it connects resolves.
         # (Some tests build an Api without a config; they never reach storage.)
         self.storage = StorageConnections(config.storage_domains if config else {})
+        self.jobs = Jobs()
+        self.images = Images(config, self.jobs)
 
     @property
     def hypervisor(self):
@@ -244,14 +344,25 @@ class Api:
         self.hypervisor.ballooning.start()  # each round reconnects if it must
 
     def close(self) -> None:
+        self.jobs.abort_all()  # staging files and half volumes are not left behind
         if self._hypervisor is not None:
             self._hypervisor.close()
 
+    def stream_kind(self, method: str, path: str) -> str:
+        """"in"/"out" for a route whose body/answer is streamed bytes, else ""."""
+        try:
+            return self._route(method, path)[0].stream
+        except KestrelError:
+            return ""
+
     def handle(self, method: str, path: str, query: dict[str, list[str]],
-               body: bytes) -> tuple[int, dict]:
+               body: bytes, stream: Any = None, length: int = 0
+               ) -> tuple[int, dict | Download]:
         try:
             route, params = self._route(method, path)
-            request = Request(params=params, query=query, body=_json_body(body, route))
+            request = Request(params=params, query=query,
+                              body={} if route.stream == "in" else _json_body(body, route),
+                              stream=stream, length=length)
             return 200, getattr(self, route.operation)(request)
         except KestrelError as exc:
             if exc.http_status >= 500:
@@ -458,6 +569,23 @@ class Api:
         location = VolumeLocation(item["domain"], item["image"], item["volume"])
         return self.hypervisor.resize_volume(location, str(item.get("format", "qcow2")), size)
 
+    def seal_volume(self, request: Request) -> dict:
+        item = request.body.get("volume")
+        location = _volume_location(item, "volume")
+        fmt = item.get("format", "qcow2")
+        hostname = request.body.get("hostname", "")
+        seal.check_format(fmt)
+        seal.check_hostname(hostname)
+        in_use = self.hypervisor.disks_in_use()
+        # A job like a copy: the volume is busy for other jobs until it ends, and
+        # DELETE /jobs/{id} kills virt-sysprep and its appliance.
+        job = self.jobs.create("seal", f"{location.domain}/{location.image}/{location.volume}")
+        job.phase = "sealing"
+        self.jobs.run(job, lambda j: seal.seal(location, self.config.storage_domains, fmt,
+                                               self.config.seal, hostname=hostname,
+                                               in_use=in_use, abort=j.abort))
+        return {"job": job.id}
+
     def connect_storage(self, request: Request) -> dict:
         return self.storage.connect(request.body)
 
@@ -465,6 +593,33 @@ class Api:
         # Defined domains count as users too: their next start would need the disk.
         return self.storage.disconnect(request.body.get("name"),
                                        lambda: self.hypervisor.disks_in_use())
+
+    def job_status(self, request: Request) -> dict:
+        return self.jobs.get(request.params["job"]).to_dict()
+
+    def delete_job(self, request: Request) -> dict:
+        return self.jobs.delete(request.params["job"])
+
+    def start_upload(self, request: Request) -> dict:
+        return self.images.start_upload(request.body)
+
+    def receive_upload(self, request: Request) -> dict:
+        return self.images.receive(request.params["job"], request.stream, request.length)
+
+    def commit_upload(self, request: Request) -> dict:
+        return self.images.commit(request.params["job"], request.body)
+
+    def start_import(self, request: Request) -> dict:
+        return self.images.start_import(request.body)
+
+    def start_export(self, request: Request) -> dict:
+        return self.images.start_export(request.body)
+
+    def read_export(self, request: Request) -> Download:
+        return self.images.export_file(request.params["job"])
+
+    def copy_volume(self, request: Request) -> dict:
+        return self.images.copy(request.body)
 
     def install_crl(self, request: Request) -> dict:
         pem = request.body.get("crl")
@@ -582,6 +737,10 @@ def openapi_document() -> dict:
             parameters.append({"name": "id", "in": "path", "required": True,
                                "description": "VM id (= domain UUID)",
                                "schema": {"type": "string", "format": "uuid"}})
+        if "{job}" in route.path:
+            parameters.append({"name": "job", "in": "path", "required": True,
+                               "description": "Job id (from the call that started it)",
+                               "schema": {"type": "string"}})
         if "{alias}" in route.path:
             parameters.append({"name": "alias", "in": "path", "required": True,
                                "description": "Device alias (ua-...)",
@@ -591,6 +750,14 @@ def openapi_document() -> dict:
                                "schema": schema})
         if parameters:
             operation["parameters"] = parameters
+        if route.stream == "in":
+            operation["requestBody"] = {"required": True, "content": {
+                "application/octet-stream": {"schema": {"type": "string",
+                                                        "format": "binary"}}}}
+        if route.stream == "out":
+            operation["responses"]["200"] = {"description": "The bytes", "content": {
+                "application/octet-stream": {"schema": {"type": "string",
+                                                        "format": "binary"}}}}
         if route.body:
             operation["requestBody"] = {
                 "required": bool(route.body.get("required")),

@@ -10,6 +10,11 @@
     [storage_domains]  <name> = <mount point>   (each under a file_domain_roots directory)
     [ballooning]       interval, low_free_percent, high_free_percent, step_percent
                        (the memory balloon policy, see agent.ballooning)
+    [seal]             appliance | kernel + modules, tcg, timeout, cache_dir
+                       (how virt-sysprep's appliance boots, see agent.seal)
+    [images]           allow_private_urls   (false: image downloads never reach loopback,
+                                             link-local, multicast addresses; true only
+                                             for tests and the lab, see agent.url_fetch)
 
 Every key has a default except the storage domains. Unknown sections and keys
 are errors: the host role writes this file, and a typo silently ignored is a
@@ -43,8 +48,14 @@ _DEFAULTS: dict[str, dict[str, str]] = {
     "ballooning": {"interval": "10", "low_free_percent": "20", "high_free_percent": "30",
                    "step_percent": "5"},
     "storage": {"file_domain_roots": " ".join(DEFAULT_FILE_DOMAIN_ROOTS)},
+    # "" = libguestfs's own supermin appliance, built from the host's kernel.
+    "seal": {"appliance": "", "kernel": "", "modules": "", "tcg": "no", "timeout": "1800",
+             "cache_dir": "/var/cache/kestrel/guestfs"},
+    "images": {"allow_private_urls": "false"},
 }
 _STORAGE = "storage_domains"
+_BOOLEANS = {"yes": True, "true": True, "on": True, "1": True,
+             "no": False, "false": False, "off": False, "0": False}
 
 
 @dataclass(frozen=True)
@@ -56,6 +67,25 @@ class BallooningConfig:
     high_free_percent: float = 30.0
     # Of each VM's full memory, per interval.
     step_percent: float = 5.0
+
+
+@dataclass(frozen=True)
+class SealConfig:
+    """How virt-sysprep boots its appliance (libguestfs runs a small VM).
+
+    ``appliance``: a fixed appliance directory (kernel, initrd, root, README.fixed;
+    LIBGUESTFS_PATH; the only way where /lib/modules is missing, e.g. a container), or
+    ``kernel`` + ``modules`` (a kernel and its module directory, e.g. unpacked from a
+    distribution kernel package) for supermin's appliance when the host's own kernel
+    is unusable, or neither (the host's kernel). ``tcg``: boot the appliance without
+    KVM (where /dev/kvm is missing or unusable).
+    """
+    appliance: str = ""
+    kernel: str = ""
+    modules: str = ""
+    tcg: bool = False
+    timeout_s: float = 1800.0
+    cache_dir: str = "/var/cache/kestrel/guestfs"
 
 
 @dataclass(frozen=True)
@@ -75,10 +105,13 @@ class AgentConfig:
     file_domain_roots: tuple[str, ...] = DEFAULT_FILE_DOMAIN_ROOTS
     source: str = ""
     ballooning: BallooningConfig = field(default_factory=BallooningConfig)
+    seal: SealConfig = field(default_factory=SealConfig)
     # The engine CA's revocation list ("" = none), and libvirt's and QEMU's copies.
     crl: str = ""
     libvirt_crl: str = ""
     qemu_crl: str = ""
+    # Image imports may download from loopback/link-local addresses (tests and the lab only).
+    allow_private_urls: bool = False
 
     @property
     def hooks_dir(self) -> str:
@@ -156,6 +189,11 @@ def parse(parser: configparser.ConfigParser, source: str) -> AgentConfig:
                 raise InvalidSpec(where(_STORAGE, name), "not a valid storage domain name")
             domains[name] = _domain_directory(where(_STORAGE, name), mount, roots)
 
+    private = values["images"]["allow_private_urls"].lower()
+    if private not in ("true", "false"):
+        raise InvalidSpec(where("images", "allow_private_urls"),
+                          f"'{private}' is not true or false")
+
     return AgentConfig(
         name=agent["name"] or socket.gethostname(),
         address=agent["address"],
@@ -169,6 +207,8 @@ def parse(parser: configparser.ConfigParser, source: str) -> AgentConfig:
         file_domain_roots=roots,
         source=source,
         ballooning=_ballooning(values["ballooning"], lambda key: where("ballooning", key)),
+        seal=_seal(values["seal"], lambda key: where("seal", key)),
+        allow_private_urls=private == "true",
     )
 
 
@@ -200,3 +240,30 @@ def _ballooning(values: dict[str, str], where) -> BallooningConfig:
                                                       f"({low:g}); the balloons would flap")
     return BallooningConfig(interval_s=interval, low_free_percent=low, high_free_percent=high,
                             step_percent=number("step_percent", 0.1, 100))
+
+
+def _seal(values: dict[str, str], where) -> SealConfig:
+    for key in ("appliance", "kernel", "modules", "cache_dir"):
+        if values[key] and not values[key].startswith("/"):
+            raise InvalidSpec(where(key), f"'{values[key]}' is not an absolute path")
+    if not values["cache_dir"]:
+        raise InvalidSpec(where("cache_dir"), "must not be empty")
+    if bool(values["kernel"]) != bool(values["modules"]):
+        raise InvalidSpec(where("kernel" if values["modules"] else "modules"),
+                          "kernel and modules go together (a kernel and its module directory)")
+    if values["appliance"] and values["kernel"]:
+        raise InvalidSpec(where("appliance"), "a fixed appliance brings its own kernel; "
+                                              "set appliance or kernel + modules, not both")
+    tcg = values["tcg"].lower()
+    if tcg not in _BOOLEANS:
+        raise InvalidSpec(where("tcg"), f"'{values['tcg']}' is not a boolean (yes or no)")
+    try:
+        timeout = float(values["timeout"])
+    except ValueError:
+        timeout = float("nan")
+    if not 10 <= timeout <= 86400:  # NaN fails too
+        raise InvalidSpec(where("timeout"), f"'{values['timeout']}' is not a number of "
+                                            "seconds from 10 to 86400")
+    return SealConfig(appliance=values["appliance"], kernel=values["kernel"],
+                      modules=values["modules"], tcg=_BOOLEANS[tcg], timeout_s=timeout,
+                      cache_dir=values["cache_dir"])

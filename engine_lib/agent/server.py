@@ -7,6 +7,10 @@ answer: a host's or QEMU's certificate from the same CA gets 403. The CRL file
 is re-read on the next connection after it changes. The handshake runs in the
 request's own thread, so a client that connects and stalls cannot block
 ``accept()`` for everyone else.
+
+JSON bodies are read whole, up to MAX_BODY. The two image routes that carry
+bytes (an upload's PUT, an export's GET) stream them in 1 MiB pieces instead,
+so an image of any size passes through bounded memory.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import engine_lib
 from engine_lib.agent import crl
 from engine_lib.agent.api import Api
 from engine_lib.agent.config import AgentConfig
+from engine_lib.agent.images import PIECE, Download
 from engine_lib.protocol.certificates import engine_client_refusal
 from engine_lib.protocol.errors import CertificateError, InvalidSpec, KestrelError
 
@@ -161,16 +166,26 @@ class AgentRequestHandler(BaseHTTPRequestHandler):
 
     def _dispatch(self) -> None:
         url = urlsplit(self.path)
+        api = self.server.api
+        streamed = api.stream_kind(self.command, url.path) == "in"
         try:
-            body = self._read_body()
+            if streamed:
+                length, body = self._length(None), b""
+            else:
+                length, body = 0, self._read_body()
         except InvalidSpec as exc:
             self.close_connection = True  # the unread body would corrupt the next request
             self._send(413 if "too large" in exc.reason else 400, {"error": exc.to_dict()})
             return
-        status, document = self.server.api.handle(self.command, url.path,
-                                                  parse_qs(url.query), body)
+        status, document = api.handle(self.command, url.path, parse_qs(url.query), body,
+                                      stream=self.rfile if streamed else None, length=length)
+        if streamed and status != 200:
+            self.close_connection = True  # the body may be unread, or cut off
         try:
-            self._send(status, document)
+            if isinstance(document, Download):
+                self._send_file(document)
+            else:
+                self._send(status, document)
         except OSError as exc:  # ssl.SSLError included
             # The client gave up (its timeout) while we worked; the work is done.
             log.warning("%s went away before the answer to %s %s (%s)", self._peer(),
@@ -178,6 +193,10 @@ class AgentRequestHandler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def _read_body(self) -> bytes:
+        length = self._length(MAX_BODY)
+        return self.rfile.read(length) if length else b""
+
+    def _length(self, limit: int | None) -> int:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             raise InvalidSpec("body", "chunked transfer encoding is not supported; "
                                       "send Content-Length")
@@ -185,10 +204,32 @@ class AgentRequestHandler(BaseHTTPRequestHandler):
         # ASCII digits only: str.isdigit() takes '²', which int() then refuses.
         if not _LENGTH_RE.fullmatch(text):
             raise InvalidSpec("Content-Length", f"{text[:40]!r} is not a length")
-        length = int(text) if len(text) <= 12 else MAX_BODY + 1
-        if length > MAX_BODY:
-            raise InvalidSpec("body", f"too large ({text[:20]} bytes; limit {MAX_BODY})")
-        return self.rfile.read(length) if length else b""
+        if limit is None:
+            if len(text) > 18:
+                raise InvalidSpec("body", f"too large ({text[:20]} bytes)")
+            return int(text)
+        length = int(text) if len(text) <= 12 else limit + 1
+        if length > limit:
+            raise InvalidSpec("body", f"too large ({text[:20]} bytes; limit {limit})")
+        return length
+
+    def _send_file(self, download: Download) -> None:
+        """Stream an export's file; a client that goes away just ends it."""
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(download.length))
+            self.end_headers()
+            done = 0
+            while done < download.length:
+                piece = os.pread(download.fd, min(PIECE, download.length - done), done)
+                if not piece:  # the file shrank: the client sees a short body
+                    self.close_connection = True
+                    break
+                self.wfile.write(piece)
+                done += len(piece)
+        finally:
+            os.close(download.fd)
 
     def _send(self, status: int, document: dict) -> None:
         data = json.dumps(document).encode()

@@ -15,6 +15,7 @@ import sys
 # and an engine host without an optional dependency still runs every command that needs none.
 from engine_lib.cli.agent import agent_wheel
 from engine_lib.cli.common import engine_options
+from engine_lib.cli.disks import disk_download, disk_list, disk_upload
 from engine_lib.cli.engine import engine_init, engine_run, engine_sign_csr, engine_ssh_key, events
 from engine_lib.cli.entities import (
     cluster_list,
@@ -31,6 +32,7 @@ from engine_lib.cli.entities import (
     vm_xml,
 )
 from engine_lib.cli.offline import devices_match, schedule, xml_render
+from engine_lib.cli.templates import template_create, template_list, template_remove
 from engine_lib.protocol.errors import InvalidSpec, KestrelError
 
 
@@ -132,6 +134,62 @@ def build_parser() -> argparse.ArgumentParser:
     lun_lister = command(lun, "list", lun_list, "list registered LUNs as JSON")
     lun_lister.add_argument("--name")
     for sub in (add, remove, lun_lister):
+        engine_options(sub)
+
+    template = groups.add_parser("template", help="VM templates and their versions"
+                                 ).add_subparsers(dest="command", required=True)
+    t_list = command(template, "list", template_list, "list template versions as JSON")
+    t_list.add_argument("--name")
+    t_list.add_argument("--version", type=int)
+    t_create = command(template, "create", template_create,
+                       "make a template version from a stopped VM (its disks copied) or "
+                       "from a floating disk; a progress bar while disks are copied")
+    t_create.add_argument("name")
+    source = t_create.add_mutually_exclusive_group(required=True)
+    source.add_argument("--vm", help="the stopped VM to copy")
+    source.add_argument("--disk", help="a floating disk that becomes the template's")
+    t_create.add_argument("--cluster", help="required with --disk")
+    t_create.add_argument("--version", type=int, help="the new version's number (the next)")
+    t_create.add_argument("--version-name")
+    t_create.add_argument("--description")
+    t_create.add_argument("--seal", action="store_true", help="run virt-sysprep on its boot disk")
+    t_create.add_argument("--timeout", type=float, help="seconds per disk copy (no limit)")
+    t_remove = command(template, "remove", template_remove,
+                       "remove a template version (or every version) with its volumes; "
+                       "refused while thin VMs use it")
+    t_remove.add_argument("name")
+    t_remove.add_argument("--version", type=int)
+    t_remove.add_argument("--version-name")
+    for sub in (t_list, t_create, t_remove):
+        engine_options(sub)
+
+    disk = groups.add_parser("disk", help="floating disks and ISOs: upload, download, list"
+                             ).add_subparsers(dest="command", required=True)
+    upload = command(disk, "upload", disk_upload, "upload an image (a file here, or a URL "
+                     "the host downloads) as a floating disk, with a progress bar")
+    upload.add_argument("name")
+    source = upload.add_mutually_exclusive_group(required=True)
+    source.add_argument("--path", help="an image file on this machine")
+    source.add_argument("--url", help="an http(s) URL the host downloads")
+    upload.add_argument("--storage-domain", required=True)
+    upload.add_argument("--image-format", choices=("qcow2", "raw", "vmdk", "vdi", "vhdx"),
+                        help="the image's format (default: detected)")
+    upload.add_argument("--format", choices=("qcow2", "raw"),
+                        help="the volume's format (default qcow2, raw for an ISO)")
+    upload.add_argument("--content-type", choices=("data", "iso"), default="data")
+    upload.add_argument("--checksum", help="sha256:<hex> the image must have")
+    upload.add_argument("--size", help="grow the volume to this size (e.g. 20GiB)")
+    upload.add_argument("--force", action="store_true",
+                        help="replace a floating disk of other content")
+    upload.add_argument("--timeout", type=float,
+                        help="seconds the host may take to check and convert it")
+    download = command(disk, "download", disk_download, "write a floating disk to a file "
+                       "here (renamed into place once its sha256 is checked)")
+    download.add_argument("name")
+    download.add_argument("path")
+    download.add_argument("--format", choices=("qcow2", "raw"))
+    disk_lister = command(disk, "list", disk_list, "list floating disks and ISOs as JSON")
+    for sub in (upload, download, disk_lister):
         engine_options(sub)
 
     audit_log = groups.add_parser("events", help="the audit log (oldest first)")

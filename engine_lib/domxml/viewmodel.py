@@ -95,6 +95,16 @@ def backing_refs(device: VmDevice) -> list[metadata.VolumeRef]:
     return refs
 
 
+def iso_ref(device: VmDevice) -> metadata.VolumeRef:
+    """A cdrom's ISO disk: the agent checks it is there and never creates it (the VM's
+    own volumes, which a removal deletes, are volume_refs' and never include it)."""
+    spec = device.spec
+    return metadata.VolumeRef(alias=device.user_alias, domain=spec["storage_domain"],
+                              image=spec["image_id"], volume=spec["volume_id"], format="raw",
+                              size_mib=spec["size_mib"], disk=f"cdrom ISO '{spec['iso']}'",
+                              create=False)
+
+
 def volume_refs(vm: Vm) -> list[metadata.VolumeRef]:
     """Volumes the agent prepares; a LUN is the host's block device, not a volume of ours."""
     return [volume_ref(d) for d in vm.devices_of(DeviceType.DISK) if "lun" not in d.spec]
@@ -181,6 +191,9 @@ def _cdrom(vm: Vm, device: VmDevice, targets: _Targets, boot: _BootOrders) -> di
     bus = "sata" if vm.machine == "q35" else "ide"
     if spec.get("payload"):
         path = placeholders.payload(vm.id)
+    elif spec.get("volume_id"):  # an ISO disk: its volume, read-only
+        path = placeholders.storage(spec["storage_domain"],
+                                    f"{spec['image_id']}/{spec['volume_id']}")
     else:
         path = boot_file_path(spec.get("iso", ""))
     return {"alias": device.user_alias, "path": path, "target": targets.next(bus), "bus": bus,
@@ -302,7 +315,8 @@ def _metadata(vm: Vm, groups: dict[str, list[VmDevice]],
         "namespace": metadata.NAMESPACE,
         "prefix": metadata.PREFIX,
         "cluster": vm.cluster.name,
-        "volumes": _metadata_volumes(groups.get(DeviceType.DISK, [])),
+        "volumes": _metadata_volumes(groups.get(DeviceType.DISK, []))
+        + [iso_ref(d) for d in groups.get(DeviceType.CDROM, []) if d.spec.get("volume_id")],
         "luns": lun_refs(groups.get(DeviceType.DISK, [])),
         # libvirt has no <alias> for graphics: the device id travels here.
         "devices": [{"alias": graphics.user_alias, "type": "graphics"}] if graphics else [],

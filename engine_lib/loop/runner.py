@@ -13,7 +13,9 @@
 4. unless HA is off, fencing NonResponsive hosts and restarting their HA VMs
    elsewhere, in a thread of its own at the host interval (each host's fencing
    in a thread of its own again);
-5. the Monitor, in the caller's thread: heartbeats and VM polls, each host's in
+5. reconciling volumes left locked by an upload whose agent job is gone (an agent
+   restarted, a writer killed), at start and at the host interval;
+6. the Monitor, in the caller's thread: heartbeats and VM polls, each host's in
    a thread of its own.
 
 So no pass waits for another, and a host whose agent hangs delays only what
@@ -62,6 +64,8 @@ def run(engine, settings: Settings, stop: threading.Event) -> None:
     host_s = settings.intervals.host_s
     threads.append(threading.Thread(target=every, args=(host_s, engine.migrations.active, stop),
                                     name="migrations", daemon=True))
+    threads.append(threading.Thread(target=every, args=(
+        host_s, engine.images.reconcile, stop), name="volumes", daemon=True))
     if settings.ha:
         # A pass never waits for fencing: what a fence proves is acted on next pass.
         ha = HighAvailability(engine, settings.ssh_key, fence_wait_s=0)

@@ -70,6 +70,8 @@ class Context(Protocol):
         """A new disk takes the existing volume its spec names (it must be free)."""
         ...
 
+    def iso_volume(self, name: str) -> dict | None: ...
+
 
 class DbContext:
     def __init__(self, session: Session):
@@ -113,6 +115,19 @@ class DbContext:
     def attach_volume(self, field: str, spec: dict) -> None:
         volumes.attach(self.session, spec, field)
 
+    def iso_volume(self, name: str) -> dict | None:
+        """The ISO disk named ``name``: its volume's place, for a cdrom."""
+        with self.session.no_autoflush:
+            found = self.session.scalars(select(Volume).where(
+                Volume.name == name, Volume.content_type == "iso", Volume.status == "ok",
+                Volume.template_id.is_(None))).first()
+        return iso_place(found) if found else None
+
+
+def iso_place(volume: Volume) -> dict:
+    return {"storage_domain": volume.storage_domain, "image_id": volume.image_id,
+            "volume_id": volume.id, "size_mib": max(1, volume.size_mib)}
+
 
 class OfflineContext:
     """No database: deterministic ids, the default MAC pool, a cluster of the given virt_type."""
@@ -133,6 +148,11 @@ class OfflineContext:
 
     def storage_domains(self, cluster: Cluster) -> set[str]:
         return set()
+
+    def iso_volume(self, name: str) -> dict | None:
+        # No volumes offline: a preview shows the ISO disk as a volume on domain 'iso'.
+        return {"storage_domain": "iso", "image_id": self.new_id(f"iso/{name}/image"),
+                "volume_id": self.new_id(f"iso/{name}"), "size_mib": 1}
 
     def lun(self, ref: str) -> tuple[str, str] | None:
         # No registry offline: a preview takes the LUN's udev name under /dev/disk/by-id.
@@ -211,7 +231,7 @@ def _apply_single_devices(vm: Vm, ctx: Context, spec: dict) -> None:
     """Devices a VM has at most once: present with these settings, or absent (None)."""
     wanted: dict[tuple[str, str | None], dict | None] = {}
     if "cdrom" in spec:
-        wanted[DeviceType.CDROM, USER_CDROM] = spec["cdrom"]
+        wanted[DeviceType.CDROM, USER_CDROM] = _cdrom(ctx, spec["cdrom"])
     if "cloud_init" in spec:
         wanted[DeviceType.CDROM, PAYLOAD_CDROM] = {"payload": True} if spec["cloud_init"] else None
     if "serial_console" in spec:
@@ -236,6 +256,18 @@ def _apply_single_devices(vm: Vm, ctx: Context, spec: dict) -> None:
         _ensure_single(vm, ctx, type_, name, settings)
     scsi = any(d.spec["interface"] == "scsi" for d in vm.devices_of(DeviceType.DISK))
     _ensure_single(vm, ctx, DeviceType.CONTROLLER, None, {"model": "virtio-scsi"} if scsi else None)
+
+
+def _cdrom(ctx: Context, settings: dict | None) -> dict | None:
+    """A cdrom naming an ISO disk gets its volume's place (the disk must exist)."""
+    iso = (settings or {}).get("iso") or ""
+    if not iso or ":" in iso or iso.startswith("/"):
+        return settings
+    place = ctx.iso_volume(iso)
+    if place is None:
+        raise InvalidSpec("cdrom.iso", f"no ISO disk named '{iso}' (upload one with "
+                                       "content_type iso, or name 'domain:path')")
+    return {**(settings or {}), **place}
 
 
 def _position(type_: str, index: int = 0) -> int:

@@ -53,4 +53,7 @@ def vm_dict(vm: Vm) -> dict:
                     for d in vm.devices],
         "guest": guest_dict(vm),
         "memory_volume": dict(vm.memory_volume) if vm.memory_volume else None,
+        # The template version the VM was made from, if any.
+        "template": ({"name": vm.template.name, "version": vm.template.version_number}
+                     if vm.template is not None else None),
     }

@@ -29,7 +29,7 @@ from engine_lib.protocol.errors import (
 )
 from engine_lib.protocol.statuses import HostStatus, VmStatus
 from engine_lib.scheduling import place, resolve
-from engine_lib.services import custom_properties, hibernation, vm_config
+from engine_lib.services import custom_properties, hibernation, vm_config, vm_origin
 from engine_lib.services import volumes as volume_registry
 from engine_lib.services.common import (
     audit,
@@ -73,6 +73,9 @@ class VmService:
                force: bool = False, wait: bool = True, timeout: int = 120) -> Outcome:
         if state not in STATES:
             raise InvalidSpec("state", f"must be one of {', '.join(STATES)} (got {state!r})")
+        if state != "absent" and vm_origin.has_source_disks(spec):
+            with self.engine.store.transaction(commit=False) as session:
+                spec = vm_origin.fill_disks(session, spec)
         wanted = normalize_vm(spec)
         if state in _RACE_A_MIGRATION:
             self._refuse_while_migrating(wanted["name"], state)
@@ -95,10 +98,15 @@ class VmService:
             before_xml = render(vm) if vm else ""
             shown_before = render_redacted(vm) if vm else ""
             properties_before = vm and (vm.cluster.name, dict(vm.custom_properties))
-            if vm is None:
+            copies = None
+            if vm is None and ("template" in wanted or "snapshot_vm" in wanted):
+                vm, copies = vm_origin.create(session, wanted,
+                                              lambda spec: vm_config.create(session, spec))
+            elif vm is None:
                 vm = vm_config.create(session, wanted)
             else:
-                vm_config.apply(session, vm, wanted)
+                vm_origin.check_unchanged(vm, wanted)
+                vm_config.apply(session, vm, vm_origin.without_origin(wanted))
             # Checked when they change: a VM whose properties are no longer allowed can
             # still be stopped or edited (it does not start).
             if properties_before != (vm.cluster.name, vm.custom_properties):
@@ -107,6 +115,8 @@ class VmService:
             after_xml, shown_after = render(vm), render_redacted(vm)
             entity = vm_dict(vm)
             unconfirmed = vm.launch_unconfirmed
+        if copies is not None and not check_mode:
+            vm_origin.run_copies(self.engine, copies)  # before any start
         config_changed = before_xml != after_xml
 
         power_changed = False

@@ -10,6 +10,8 @@ its doc_fragments):
 
 ``DISK_ARG_SPEC``      a disk's settings: options of kestrel.virt.disk
                        (fragment ``kestrel.virt.disk``)
+``IMAGE_ARG_SPEC``     uploads and downloads of kestrel.virt.disk (documented in
+                       the module)
 ``VM_DISKS_ARG_SPEC``  kestrel.virt.vm's ``disks`` list: a name plus the same
                        settings (fragment ``kestrel.virt.disk.vm_disks``)
 ``NIC_ARG_SPEC``       a NIC's settings but ``network``, which kestrel.virt.nic
@@ -42,6 +44,19 @@ DISK_ARG_SPEC = dict(
     discard=dict(type='str', choices=['ignore', 'unmap']),
     serial=dict(type='str'),
     iotune=dict(type='dict'),
+)
+
+# Images in and out of a disk: options of kestrel.virt.disk only (a VM's disks list
+# describes disks, it does not move their bytes).
+IMAGE_ARG_SPEC = dict(
+    upload_image_path=dict(type='path'),
+    upload_image_url=dict(type='str'),
+    image_format=dict(type='str', choices=['', 'qcow2', 'raw', 'vmdk', 'vdi', 'vhdx'], default=''),
+    image_checksum=dict(type='str'),
+    download_image_path=dict(type='path'),
+    content_type=dict(type='str', choices=['data', 'iso'], default='data'),
+    force=dict(type='bool', default=False),
+    timeout=dict(type='int'),
 )
 
 VM_DISKS_ARG_SPEC = dict(

@@ -30,15 +30,31 @@ description:
   - Other changes to a running VM's disk are stored for its next start
     (C(next_run=true), the domain XML in C(--diff)).
   - Options left unset keep their current value.
+  - Without O(vm) the disk is a floating disk (oVirt's), found by O(name); an
+    uploaded image or ISO that belongs to no VM. An ISO (O(content_type=iso))
+    is then named by a VM's C(cdrom) (oVirt's C(cd_iso)); a data disk can be the
+    source of a template.
+  - O(upload_image_path) uploads a file from the machine the module runs on,
+    streamed to a host of a cluster the storage domain is attached to;
+    O(upload_image_url) has that host download it. The host checks the image
+    (format, backing files, consistency) before it becomes a volume; a refused
+    or failed upload leaves no disk registered and no file on the domain.
+  - Uploading a floating disk again with the same content (the same sha256) does
+    nothing; other content is refused unless O(force) is set, which replaces it.
+    A VM's disk that exists already is never replaced by an upload.
+  - O(download_image_path) writes the disk (flattened, in O(format)) to a file on
+    the machine the module runs on; the file appears only once its sha256 is
+    checked against the host's.
 author:
   - kestrel.virt maintainers (@kestrel-virt)
 options:
   vm:
-    description: Name of the VM.
+    description:
+      - Name of the VM.
+      - Without it, O(name) is a floating disk.
     type: str
-    required: true
   name:
-    description: Name of the disk within the VM.
+    description: Name of the disk within the VM, or of the floating disk.
     type: str
     required: true
   state:
@@ -58,6 +74,52 @@ options:
         description: Volume id.
         type: str
         required: true
+  upload_image_path:
+    description:
+      - Path of an image file to upload, on the machine the module runs on.
+      - Its format is detected (or given by O(image_format)) and converted to O(format).
+      - Mutually exclusive with O(upload_image_url) and O(download_image_path).
+    type: path
+  upload_image_url:
+    description:
+      - An http or https URL of an image, downloaded by the host (not the controller).
+      - The host refuses loopback, link-local, multicast and unspecified addresses.
+    type: str
+  image_format:
+    description:
+      - The format of the uploaded image; the upload is refused when the image is not
+        in it. Empty or unset detects the format.
+    type: str
+    choices: ['', qcow2, raw, vmdk, vdi, vhdx]
+    default: ''
+  image_checksum:
+    description:
+      - The expected checksum of the uploaded image, C(sha256:<hex>); a mismatch fails
+        the upload. Also how an O(upload_image_url) upload is told apart from the
+        one before.
+    type: str
+  download_image_path:
+    description:
+      - Path of the file to write the disk to, on the machine the module runs on.
+      - The file is written in O(format) (default the disk's), mode 0600.
+    type: path
+  content_type:
+    description:
+      - What the uploaded disk holds; C(iso) is stored raw and read-only, for a
+        VM's C(cdrom).
+    type: str
+    choices: [data, iso]
+    default: data
+  force:
+    description:
+      - Replace a floating disk whose content differs from the upload.
+    type: bool
+    default: false
+  timeout:
+    description:
+      - Seconds the host may take to check and convert an upload (or download an
+        O(upload_image_url)); the transfer itself is bounded by its idle time.
+    type: int
 extends_documentation_fragment:
   - kestrel.virt.disk
   - kestrel.virt.engine
@@ -100,6 +162,39 @@ EXAMPLES = r"""
     volume:
       image_id: "{{ detached.disk.image_id }}"
       volume_id: "{{ detached.disk.volume_id }}"
+
+- name: Upload a cloud image as a floating disk
+  kestrel.virt.disk:
+    name: debian-12
+    storage_domain: data
+    upload_image_path: /var/tmp/debian-12-genericcloud-amd64.qcow2
+    image_format: qcow2
+
+- name: Have a host download an image, checked against its checksum
+  kestrel.virt.disk:
+    name: alpine
+    storage_domain: data
+    upload_image_url: https://images.example.com/alpine.qcow2
+    image_checksum: "sha256:{{ alpine_sha256 }}"
+
+- name: An installer ISO for VMs' cdrom
+  kestrel.virt.disk:
+    name: netinst.iso
+    storage_domain: data
+    content_type: iso
+    upload_image_path: /var/tmp/debian-12-netinst.iso
+
+- name: Download a VM's disk, flattened to raw
+  kestrel.virt.disk:
+    vm: db1
+    name: data
+    download_image_path: /backup/db1-data.raw
+    format: raw
+
+- name: Remove a floating disk
+  kestrel.virt.disk:
+    name: debian-12
+    state: absent
 """
 
 RETURN = r"""
@@ -147,9 +242,28 @@ disk:
       description: Whether the VM runs with an older configuration until its next start.
       type: bool
       sample: false
+    sha256:
+      description: SHA-256 of the uploaded (or downloaded) bytes.
+      type: str
+      sample: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
+    transferred_bytes:
+      description: Bytes sent to (or received from) the host.
+      type: int
+      sample: 1048576
+    upload_seconds:
+      description: How long the upload took, checking and converting included.
+      type: float
+      sample: 3.2
+    content_type:
+      description: C(data) or C(iso) (floating disks).
+      type: str
+      sample: data
 """
 
-from ansible_collections.kestrel.virt.plugins.module_utils._args_common import DISK_ARG_SPEC
+from ansible_collections.kestrel.virt.plugins.module_utils._args_common import (
+    DISK_ARG_SPEC,
+    IMAGE_ARG_SPEC,
+)
 from ansible_collections.kestrel.virt.plugins.module_utils._kestrel import KestrelModule, drop_unset
 
 SETTINGS = tuple(DISK_ARG_SPEC)
@@ -158,20 +272,47 @@ SETTINGS = tuple(DISK_ARG_SPEC)
 def main():
     module = KestrelModule(
         argument_spec=dict(
-            vm=dict(type='str', required=True),
+            vm=dict(type='str'),
             name=dict(type='str', required=True),
             state=dict(type='str', choices=['present', 'detached', 'absent'], default='present'),
             volume=dict(type='dict', options=dict(
                 image_id=dict(type='str', required=True),
                 volume_id=dict(type='str', required=True),
             )),
-            **DISK_ARG_SPEC
+            **dict(DISK_ARG_SPEC, **IMAGE_ARG_SPEC)
         ),
         entity_key='disk',
-        mutually_exclusive=[('lun', 'storage_domain'), ('lun', 'size'), ('lun', 'volume')],
+        mutually_exclusive=[('lun', 'storage_domain'), ('lun', 'size'), ('lun', 'volume'),
+                            ('upload_image_path', 'upload_image_url', 'download_image_path',
+                             'volume', 'lun')],
     )
     p = module.params
     settings = drop_unset(dict((key, p[key]) for key in SETTINGS))
+    upload = dict(upload_image_path=p['upload_image_path'],
+                  upload_image_url=p['upload_image_url'], image_format=p['image_format'],
+                  image_checksum=p['image_checksum'] or '', content_type=p['content_type'],
+                  force=p['force'], timeout=p['timeout'])
+    if p['upload_image_path'] or p['upload_image_url']:
+        if p['state'] != 'present':
+            module.fail_json(msg='upload_image_path and upload_image_url need state=present')
+        if p['vm']:
+            module.apply(lambda engine, check_mode: engine.images.upload_vm_disk(
+                p['vm'], p['name'], settings=settings, check_mode=check_mode, **upload))
+        module.apply(lambda engine, check_mode: engine.images.upload(
+            p['name'], storage_domain=p['storage_domain'], fmt=p['format'], size=p['size'],
+            check_mode=check_mode, **upload))
+    if p['download_image_path']:
+        if p['vm']:
+            module.apply(lambda engine, check_mode: engine.images.download_vm_disk(
+                p['vm'], p['name'], p['download_image_path'], fmt=p['format'],
+                check_mode=check_mode))
+        module.apply(lambda engine, check_mode: engine.images.download(
+            p['name'], p['download_image_path'], fmt=p['format'], check_mode=check_mode))
+    if not p['vm']:
+        if p['state'] == 'absent':
+            module.apply(lambda engine, check_mode: engine.images.remove(
+                p['name'], check_mode=check_mode))
+        module.query('disk', lambda engine: engine.images.floating(p['name']))
     module.apply(lambda engine, check_mode: engine.vm_devices.disk(
         p['vm'], p['name'], state=p['state'], settings=settings, volume=p['volume'],
         check_mode=check_mode))

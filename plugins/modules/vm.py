@@ -243,6 +243,41 @@ options:
         groups VMs by them (C(tag_<name>)). They do not change the domain.
     type: list
     elements: str
+  template:
+    description:
+      - Make a new VM from this template (M(kestrel.virt.template)); the VM inherits
+        the template's settings and disks, and the options the task sets override
+        them. A task's O(disks) entry named as a template disk changes that disk's
+        settings (it may grow it, and may leave out C(size) and C(storage_domain));
+        other entries add disks. O(nics), when given, is the complete list; else
+        the template's NICs are taken with new MAC addresses.
+      - Used only when the VM is created. Naming another template (or version) for
+        an existing VM is refused; naming its own is no change.
+      - The template and the VM are in the same cluster.
+    type: str
+  template_version:
+    description:
+      - Version number of O(template); by default the latest version.
+    type: int
+  clone:
+    description:
+      - With O(template), V(false) makes thin disks (each a qcow2 overlay on the
+        template's volume, on the template volume's storage domain, made at the VM's
+        first start; the template cannot be removed while the VM exists).
+      - V(true) copies each template disk into an independent volume when the VM is
+        created (a host of the cluster copies it, and the task waits).
+      - Used only when the VM is created.
+    type: bool
+    default: false
+  snapshot_vm:
+    description:
+      - Make a new VM as a full copy of this stopped VM (as oVirt clones a VM), with its
+        settings (but its cloud-init, placement and tags) and a copy of each of its
+        disks. The options the task sets override them, as for O(template).
+      - kestrel has no snapshots, so the copy is of the VM's disks as they are; the
+        source VM must be Down.
+      - Used only when the VM is created.
+    type: str
   force:
     description:
       - With O(state=stopped), power the VM off at once instead of asking the guest to shut down.
@@ -295,6 +330,30 @@ EXAMPLES = r"""
         network: kestrelmgmt
     state: running
 
+- name: A thin VM from the latest version of template debian12, with a bigger disk
+  kestrel.virt.vm:
+    name: web1
+    template: debian12
+    memory: 2GiB
+    disks:
+      - name: root
+        size: 20GiB
+    cloud_init:
+      hostname: web1
+    state: running
+
+- name: An independent copy of version 1 of it
+  kestrel.virt.vm:
+    name: web2
+    template: debian12
+    template_version: 1
+    clone: true
+
+- name: A clone of the stopped VM web1
+  kestrel.virt.vm:
+    name: web1-copy
+    snapshot_vm: web1
+
 - name: Give it more memory at its next start, nothing else changes
   kestrel.virt.vm:
     name: vm1
@@ -333,6 +392,10 @@ vm:
     description:
       description: Free text.
       type: str
+    template:
+      description: The template version the VM was made from (C(name), C(version)); null for none.
+      type: dict
+      sample: {name: debian12, version: 2}
     status:
       description: Status as the engine knows it (V(Down), V(WaitForLaunch), V(PoweringUp), V(Up), ...).
       type: str
@@ -412,7 +475,8 @@ SPEC_OPTIONS = ('name', 'cluster', 'description', 'memory', 'max_memory', 'cpu',
                 'firmware', 'numa', 'hugepages', 'kernel', 'initrd', 'cmdline', 'disks', 'cdrom',
                 'nics', 'graphics', 'video', 'serial_console', 'guest_agent', 'rng', 'watchdog',
                 'balloon', 'tpm', 'cloud_init', 'launch_paused', 'custom_properties',
-                'high_availability', 'placement', 'tags')
+                'high_availability', 'placement', 'tags', 'template', 'template_version',
+                'clone', 'snapshot_vm')
 
 
 def vm_spec(params):
@@ -483,15 +547,22 @@ def main():
             serial_console=dict(type='bool'),
             custom_properties=dict(type='dict'),
             tags=dict(type='list', elements='str'),
+            template=dict(type='str'),
+            template_version=dict(type='int'),
+            clone=dict(type='bool', default=False),
+            snapshot_vm=dict(type='str'),
             force=dict(type='bool', default=False),
             wait=dict(type='bool', default=True),
             timeout=dict(type='int', default=120),
         ),
         entity_key='vm',
         secrets=console_password,
+        mutually_exclusive=[('template', 'snapshot_vm')],
     )
     p = module.params
     spec = vm_spec(p)
+    if not p['clone']:
+        spec.pop('clone')  # the default: only said for a VM made from a template
     module.apply(lambda engine, check_mode: engine.vms.ensure(
         spec, state=p['state'], check_mode=check_mode, force=p['force'], wait=p['wait'],
         timeout=p['timeout']))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import sys
+import uuid
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -17,7 +19,11 @@ from engine_lib.engine import Engine
 from engine_lib.protocol.errors import (
     AgentError,
     AgentUnreachable,
+    Conflict,
     GuestAgentUnavailable,
+    InvalidSpec,
+    KestrelError,
+    NotFound,
     VmNotFound,
 )
 
@@ -134,6 +140,156 @@ class FakeAgent(AgentApi):
         return {"guests": {vm_id: reports[vm_id] for vm_id in running if vm_id in reports},
                 "unavailable": {vm_id: "guest agent not responding" for vm_id in running
                                 if vm_id not in reports}}
+
+    # -- volume jobs: finished at once (``job_polls`` running answers first) ---------------
+    # ``files``: "domain/image/volume" -> bytes on the host's domains; ``urls``: what
+    # imports download (a missing URL fails as the agent's 404); ``check_errors``: a
+    # function (bytes, request) -> InvalidSpec | None standing in for image_check.
+
+    def _jobs(self) -> dict:
+        return self.__dict__.setdefault("jobs", {})
+
+    def _files(self) -> dict:
+        return self.__dict__.setdefault("files", {})
+
+    def _new_job(self, kind, target, **data):
+        if any(j["target"] == target and j["status"] == "running"
+               for j in self._jobs().values()):
+            raise Conflict(f"volume {target} is busy", volume=target)
+        job_id = str(uuid.uuid4())
+        self._jobs()[job_id] = {"id": job_id, "kind": kind, "target": target,
+                                "status": "running", "phase": "receiving", "progress": 0,
+                                "done_bytes": 0, "total_bytes": 0, "result": None,
+                                "error": None, "polls": getattr(self, "job_polls", 0), **data}
+        return {"job": job_id}
+
+    def _target(self, volume):
+        return f"{volume['domain']}/{volume['image']}/{volume['volume']}"
+
+    def _finish(self, job, data: bytes):
+        """Check and place ``data`` as the job's volume (image_check and conversion)."""
+        request = job["request"]
+        error = getattr(self, "check_errors", lambda data, request: None)(data, request)
+        if error is not None:
+            job.update(status="failed", error=error.to_dict())
+            return
+        volume = request["volume"]
+        self._files()[job["target"]] = data
+        size_mib = max(volume.get("size_mib") or 0, -(-len(data) // (1 << 20)))
+        digest = hashlib.sha256(data).hexdigest()
+        job.update(status="succeeded", progress=100, done_bytes=len(data),
+                   total_bytes=len(data),
+                   result={"size_mib": size_mib, "format": volume["format"],
+                           "detected_format": request.get("image_format") or volume["format"],
+                           "sha256": digest, "actual_size": len(data)})
+
+    def job(self, job_id):
+        self._check()
+        job = self._jobs().get(job_id)
+        if job is None:
+            raise NotFound("job", job_id)
+        if job["status"] == "running" and job["polls"] > 0:
+            job["polls"] -= 1
+            job["progress"] = 50
+        elif job["status"] == "running" and "pending" in job:
+            self._finish(job, job.pop("pending"))
+        return {k: v for k, v in job.items() if k not in ("request", "polls", "pending")}
+
+    def forget_job(self, job_id):
+        self._check()
+        job = self._jobs().pop(job_id, None)
+        if job is None:
+            raise NotFound("job", job_id)
+        self.forgotten = getattr(self, "forgotten", []) + [job_id]
+        if job["status"] == "running" and job["kind"] != "export":
+            self._files().pop(job["target"], None)  # an abort leaves nothing
+        return {"id": job_id, "status": "aborted" if job["status"] == "running"
+                else job["status"]}
+
+    def start_upload(self, volume, *, image_format, length, content_type):
+        self._check()
+        free = getattr(self, "free_bytes", None)
+        if free is not None and length > free:
+            raise InvalidSpec("length", f"{length} bytes do not fit in {free} free")
+        if self._target(volume) in self._files():
+            raise Conflict(f"volume {self._target(volume)} exists", volume=self._target(volume))
+        return self._new_job("upload", self._target(volume), request={
+            "volume": volume, "image_format": image_format, "length": length,
+            "content_type": content_type})
+
+    def send_upload(self, job_id, stream, length, progress=None):
+        self._check()
+        job = self._jobs()[job_id]
+        data = stream.read(length)
+        if progress is not None:
+            progress(len(data))
+        if len(data) < length:
+            job.update(status="failed", error=KestrelError("short body").to_dict())
+            raise KestrelError(f"the image ended after {len(data)} of its {length} bytes")
+        job["received"] = data
+        digest = hashlib.sha256(data).hexdigest()
+        return {"received": len(data), "sha256": digest, "agent_sha256": digest}
+
+    def commit_upload(self, job_id, sha256):
+        self._check()
+        job = self._jobs()[job_id]
+        data = job.pop("received")
+        if hashlib.sha256(data).hexdigest() != sha256:
+            job.update(status="failed", error=InvalidSpec("sha256", "mismatch").to_dict())
+        else:
+            job["pending"] = data
+        return {"job": job_id}
+
+    def start_import(self, volume, *, url, image_format, sha256, content_type, timeout_s):
+        self._check()
+        answer = self._new_job("import", self._target(volume), request={
+            "volume": volume, "image_format": image_format, "url": url})
+        job = self._jobs()[answer["job"]]
+        data = getattr(self, "urls", {}).get(url)
+        if data is None:
+            job.update(status="failed",
+                       error=InvalidSpec("url", f"{url} answered HTTP 404").to_dict())
+        elif sha256 and hashlib.sha256(data).hexdigest() != sha256:
+            job.update(status="failed", error=InvalidSpec("sha256", "mismatch").to_dict())
+        else:
+            job["pending"] = data
+        return answer
+
+    def start_export(self, volume, chain, fmt):
+        self._check()
+        data = self._files().get(self._target(volume))
+        if data is None:
+            raise NotFound("volume", self._target(volume))
+        answer = self._new_job("export", "", request={"volume": volume, "chain": chain})
+        job = self._jobs()[answer["job"]]
+        job.update(status="succeeded", export=data,
+                   result={"length": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+                           "format": fmt})
+        return answer
+
+    def read_export(self, job_id, out, progress=None):
+        self._check()
+        data = self._jobs()[job_id]["export"][:getattr(self, "export_cut", None)]
+        out.write(data)
+        if progress is not None:
+            progress(len(data))
+        return {"received": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+    def copy_volume(self, source, chain, target):
+        self._check()
+        self.copies = getattr(self, "copies", []) + [(source, chain, target)]
+        answer = self._new_job("copy", self._target(target))
+        self._files()[self._target(target)] = self._files().get(self._target(source), b"")
+        self._jobs()[answer["job"]].update(status="succeeded", progress=100,
+                                           result={"size_mib": target.get("size_mib", 0)})
+        return answer
+
+    def seal_volume(self, volume, hostname=""):
+        self._check()
+        self.seals = getattr(self, "seals", []) + [(volume, hostname)]
+        answer = self._new_job("seal", self._target(volume))
+        self._jobs()[answer["job"]].update(status="succeeded", progress=100, result={})
+        return answer
 
 
 @pytest.fixture

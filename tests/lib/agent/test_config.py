@@ -59,6 +59,14 @@ def test_empty_config_means_vdsm_like_defaults():
     assert cfg.storage_domains == {}
     assert cfg.file_domain_roots == ("/var/lib/kestrel/storage",)
     assert cfg.name  # the host name
+    assert cfg.allow_private_urls is False  # image imports never reach the host's own addresses
+
+
+def test_private_image_urls_are_allowed_only_when_asked():
+    assert config.loads("[images]\nallow_private_urls = true\n").allow_private_urls is True
+    with pytest.raises(InvalidSpec) as err:
+        config.loads("[images]\nallow_private_urls = yes please\n", "agent.conf")
+    assert err.value.field == "agent.conf [images] allow_private_urls"
 
 
 @pytest.mark.parametrize("text, field, reason", [

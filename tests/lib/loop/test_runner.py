@@ -30,7 +30,7 @@ def _run(engine, settings):
     stop.set()
     runner.run(engine, settings, stop)
     for thread in threading.enumerate():
-        if thread.name in ("migrations", "ha"):
+        if thread.name in ("migrations", "ha", "volumes"):
             thread.join(10)
 
 
@@ -38,9 +38,11 @@ def test_migrations_and_ha_run_beside_the_monitor_at_the_host_interval(engine, s
     _run(engine, runner.Settings(Intervals(host_s=0.5), balance_interval_s=0))
     assert started["intervals"] == Intervals(host_s=0.5)
     assert started["every"] == {("migrations", 0.5, "MigrationService.active"),
+                                ("volumes", 0.5, "ImageService.reconcile"),
                                 ("ha", 0.5, "HighAvailability.cycle")}
 
 
 def test_without_ha_only_migrations_are_settled(engine, started):
     _run(engine, runner.Settings(ha=False, balance_interval_s=0))
-    assert started["every"] == {("migrations", 3.0, "MigrationService.active")}
+    assert started["every"] == {("migrations", 3.0, "MigrationService.active"),
+                                ("volumes", 3.0, "ImageService.reconcile")}

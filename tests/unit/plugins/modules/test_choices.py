@@ -18,7 +18,7 @@ import pytest
 from ansible_collections.kestrel.virt.plugins.modules import disk, nic, vm
 
 from engine_lib import spec
-from engine_lib.services import vm_devices, vms
+from engine_lib.services import images, vm_devices, vms
 
 MODULES = dict(vm=vm, disk=disk, nic=nic)
 
@@ -33,6 +33,8 @@ ENGINE_CHOICES = dict(
      (('vm', 'cpu.mode'), spec.CPU_MODES),
      (('vm', 'firmware.type'), spec.FIRMWARES),
      (('disk', 'state'), vm_devices.DISK_STATES),
+     (('disk', 'image_format'), images.IMAGE_FORMATS),
+     (('disk', 'content_type'), images.CONTENT_TYPES),
      (('nic', 'state'), vm_devices.NIC_STATES)]
     + [(('vm', 'disks[].' + option), choices) for option, choices in DISK_CHOICES.items()]
     + [(('disk', option), choices) for option, choices in DISK_CHOICES.items()]

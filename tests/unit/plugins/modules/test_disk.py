@@ -34,3 +34,37 @@ def test_detached_state(engine, run_module):
 def test_lun_and_storage_domain_exclude_each_other(engine, run_module):
     result = run_module(disk, dict(vm='db1', name='data', lun='/dev/sdb', storage_domain='data'))
     assert result['failed'] is True and 'mutually exclusive' in result['msg'] and engine.calls == []
+
+
+def test_a_floating_disk_upload_goes_to_the_image_service(engine, run_module):
+    engine.answer = Outcome(True, dict(name='debian', sha256='ab', transferred_bytes=10,
+                                       upload_seconds=0.5))
+    result = run_module(disk, dict(name='debian', storage_domain='data',
+                                   upload_image_path='/tmp/debian.qcow2', image_format='qcow2'))
+    assert engine.calls == [('images.upload', ('debian',), dict(
+        storage_domain='data', fmt=None, size=None, check_mode=False,
+        upload_image_path='/tmp/debian.qcow2', upload_image_url=None, image_format='qcow2',
+        image_checksum='', content_type='data', force=False, timeout=None))]
+    assert result['disk']['transferred_bytes'] == 10 and result['changed'] is True
+
+
+def test_an_upload_for_a_vm_is_attached_to_it(engine, run_module):
+    engine.answer = Outcome(True, dict(vm='db1', name='root'))
+    run_module(disk, dict(vm='db1', name='root', storage_domain='data',
+                          upload_image_url='http://images/x.qcow2', _ansible_check_mode=True))
+    (name, args, kwargs), = engine.calls
+    assert name == 'images.upload_vm_disk' and args == ('db1', 'root')
+    assert kwargs['settings'] == dict(storage_domain='data') and kwargs['check_mode'] is True
+
+
+def test_download_and_removal_of_a_floating_disk(engine, run_module):
+    engine.answer = Outcome(True, dict(name='debian'))
+    run_module(disk, dict(name='debian', download_image_path='/tmp/out.raw', format='raw'))
+    run_module(disk, dict(name='debian', state='absent'))
+    assert [c[0] for c in engine.calls] == ['images.download', 'images.remove']
+    assert engine.calls[0][1] == ('debian', '/tmp/out.raw') and engine.calls[0][2]['fmt'] == 'raw'
+
+
+def test_upload_and_download_exclude_each_other(engine, run_module):
+    result = run_module(disk, dict(name='d', upload_image_path='/a', download_image_path='/b'))
+    assert result['failed'] is True and 'mutually exclusive' in result['msg'] and engine.calls == []

@@ -1,0 +1,83 @@
+"""Waiting for an agent's volume job (upload, import, export, copy, seal) to end.
+
+The agent runs long volume work as jobs the engine polls (GET /jobs/{id}). A job
+that fails comes back as the exception the agent raised there, so callers map
+fields to option names as for any agent call. A job that outlives ``timeout`` is
+aborted (the agent cleans up what it wrote).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from engine_lib.broker import AgentApi, rebuild_error
+from engine_lib.protocol.errors import AgentUnreachable, KestrelError, NotFound
+
+POLL_INTERVAL = 0.5
+# A job whose agent does not answer this many polls in a row is given up on.
+UNREACHABLE_POLLS = 10
+
+Progress = Callable[[dict], None]
+
+
+def wait(agent: AgentApi, job_id: str, *, progress: Progress | None = None,
+         timeout: float | None = None, forget: bool = True,
+         clock: Callable[[], float] = time.monotonic,
+         sleep: Callable[[float], None] = time.sleep) -> dict:
+    """The job's result once it succeeded; its error raised otherwise.
+
+    ``progress`` gets every polled job document (status, phase, progress,
+    done_bytes, total_bytes). ``forget``: forget the job at the end (an export's
+    file is read first, so its caller forgets it after reading).
+    """
+    deadline = None if timeout is None else clock() + timeout
+    misses = 0
+    try:
+        while True:
+            try:
+                job = agent.job(job_id)
+                misses = 0
+            except NotFound:
+                raise KestrelError(f"the agent no longer knows job {job_id} (was it "
+                                   "restarted?); the volume work was lost",
+                                   job=job_id) from None
+            except AgentUnreachable:
+                misses += 1
+                if misses >= UNREACHABLE_POLLS:
+                    raise
+                job = None
+            if job is not None:
+                if progress is not None:
+                    progress(job)
+                status = job.get("status")
+                if status == "succeeded":
+                    return job.get("result") or {}
+                if status in ("failed", "aborted"):
+                    raise _job_error(job_id, job)
+            if deadline is not None and clock() >= deadline:
+                _abort(agent, job_id)
+                forget = False
+                raise KestrelError(f"job {job_id} did not end within {timeout:g} s; it was "
+                                   "aborted", job=job_id, timeout=timeout)
+            sleep(POLL_INTERVAL)
+    finally:
+        if forget:
+            _abort(agent, job_id)
+
+
+def _job_error(job_id: str, job: dict) -> KestrelError:
+    error = job.get("error")
+    if not isinstance(error, dict) or "message" not in error:
+        return KestrelError(f"job {job_id} {job.get('status')}", job=job_id)
+    details = error.get("details") if isinstance(error.get("details"), dict) else {}
+    return rebuild_error(str(error.get("code", "")), str(error["message"]),
+                         {**details, "job": job_id})
+
+
+def _abort(agent: AgentApi, job_id: str) -> None:
+    """Abort or forget the job; an agent that already forgot it (or is gone) is fine."""
+    try:
+        agent.forget_job(job_id)
+    except (NotFound, AgentUnreachable):
+        pass

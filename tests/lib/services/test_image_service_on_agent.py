@@ -1,0 +1,142 @@
+"""The engine's uploads and downloads through the REAL agent (its HTTPS server, jobs,
+qemu-img checks) in this process: the wire between broker and agent, end to end."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import threading
+
+import pytest
+
+from engine_lib import pki
+from engine_lib.agent.api import Api
+from engine_lib.agent.config import AgentConfig
+from engine_lib.agent.server import AgentServer, server_context
+from engine_lib.broker import AgentClient
+from engine_lib.engine import Engine
+from engine_lib.model import Host, Volume
+from engine_lib.protocol.errors import InvalidSpec, KestrelError
+from engine_lib.services import volume_jobs
+
+MIB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def real_agent(tmp_path_factory):
+    pki_dir = tmp_path_factory.mktemp("engine") / "pki"
+    pki.init_ca(str(pki_dir))
+    where = tmp_path_factory.mktemp("agent")
+    key, cert = pki.issue(str(pki_dir), "agent", ["127.0.0.1"])
+    (where / "agent.key").write_bytes(key)
+    (where / "agent.pem").write_bytes(cert)
+    config = AgentConfig(name="agent", address="127.0.0.1", port=0,
+                         libvirt_uri="test:///default", ca=str(pki_dir / "ca.pem"),
+                         cert=str(where / "agent.pem"), key=str(where / "agent.key"),
+                         source="test", storage_domains={}, allow_private_urls=True)
+    api = Api(config)
+    server = AgentServer(config, server_context(config), api)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield api, server.server_address[1], pki_dir
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def setup(real_agent, tmp_path, monkeypatch):
+    """An engine (SQLite) whose host h1 is the real agent, domain 'sd' with one other file."""
+    monkeypatch.setattr(volume_jobs, "POLL_INTERVAL", 0.05)
+    api, port, pki_dir = real_agent
+    root = tmp_path / "sd"
+    (root / "other").mkdir(parents=True)
+    (root / "other" / "vol").write_bytes(os.urandom(64 << 10))
+    api.config.storage_domains.clear()
+    api.config.storage_domains["sd"] = str(root)
+    (tmp_path / "engine").mkdir()
+    (tmp_path / "engine" / "engine.conf").write_text(f"[storage]\nfile_domain_roots = {tmp_path}\n")
+    engine = Engine.open(engine_dir=str(tmp_path / "engine"), db_url=f"sqlite:///{tmp_path}/e.db",
+                         agent_factory=lambda a, p: AgentClient("127.0.0.1", port, str(pki_dir)))
+    engine.clusters.ensure("c1", virt_type="qemu")
+    from conftest import FakeAgent  # registering the host: its facts, then the real agent
+    engine.agent = lambda a, p: FakeAgent("h1")
+    engine.hosts.ensure("h1", address="127.0.0.1", cluster="c1")
+    engine.agent = lambda a, p: AgentClient("127.0.0.1", port, str(pki_dir))
+    engine.storage_domains.ensure("sd", path=str(root), clusters=["c1"])
+    with engine.store.transaction() as session:
+        host = session.query(Host).one()
+        host.status = "Up"
+        host.storage_domains = [{"name": "sd", "path": str(root), "available": True,
+                                 "free_mib": 100000}]
+    yield engine, root
+    engine.close()
+
+
+def _img(*argv):
+    subprocess.run(["qemu-img", *argv], check=True, capture_output=True)
+
+
+def _sha(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def _rows(engine):
+    with engine.store.transaction(commit=False) as session:
+        return [(v.name, v.status) for v in session.query(Volume)]
+
+
+def test_upload_and_download_through_the_real_agent(setup, tmp_path):
+    engine, root = setup
+    raw = tmp_path / "src.raw"
+    raw.write_bytes(os.urandom(3 * MIB) + b"\0" * (2 * MIB))
+    _img("convert", "-f", "raw", "-O", "qcow2", str(raw), str(tmp_path / "src.qcow2"))
+    seen = []
+    disk = engine.images.upload("base", storage_domain="sd",
+                                upload_image_path=str(tmp_path / "src.qcow2"),
+                                image_format="qcow2", progress=seen.append).entity
+    assert disk["status"] == "ok" and disk["sha256"] == _sha(tmp_path / "src.qcow2")
+    assert {p["phase"] for p in seen} >= {"uploading"}
+    out = tmp_path / "out.raw"
+    engine.images.download("base", str(out), fmt="raw")
+    assert subprocess.run(["qemu-img", "compare", str(raw), str(out)]).returncode == 0
+    assert set(os.listdir(tmp_path / "sd")) == {"other", disk["image_id"]}
+
+
+def test_a_backing_file_and_a_lying_format_are_refused_naming_options(setup, tmp_path):
+    engine, root = setup
+    before = _sha(root / "other" / "vol")
+    _img("create", "-f", "qcow2", "-b", "/etc/shadow", "-F", "raw", str(tmp_path / "evil.qcow2"))
+    with pytest.raises(InvalidSpec) as caught:
+        engine.images.upload("evil", storage_domain="sd",
+                             upload_image_path=str(tmp_path / "evil.qcow2"))
+    assert caught.value.field == "upload_image_path" and "backing" in caught.value.reason
+    _img("create", "-f", "qcow2", str(tmp_path / "q.qcow2"), "1M")
+    with pytest.raises(InvalidSpec) as caught:
+        engine.images.upload("liar", storage_domain="sd",
+                             upload_image_path=str(tmp_path / "q.qcow2"), image_format="raw")
+    assert caught.value.field == "image_format"
+    assert _rows(engine) == [] and os.listdir(root) == ["other"]
+    assert _sha(root / "other" / "vol") == before
+
+
+def test_a_truncated_image_is_refused(setup, tmp_path):
+    engine, root = setup
+    raw = tmp_path / "r.raw"
+    raw.write_bytes(os.urandom(2 * MIB))
+    _img("convert", "-f", "raw", "-O", "qcow2", str(raw), str(tmp_path / "t.qcow2"))
+    data = (tmp_path / "t.qcow2").read_bytes()
+    (tmp_path / "t.qcow2").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InvalidSpec) as caught:
+        engine.images.upload("t", storage_domain="sd", upload_image_path=str(tmp_path / "t.qcow2"))
+    assert caught.value.field in ("upload_image_path", "image_format"), caught.value
+    assert _rows(engine) == [] and os.listdir(root) == ["other"]
+
+
+def test_a_url_that_is_missing_names_the_url_option(setup):
+    engine, root = setup
+    with pytest.raises((InvalidSpec, KestrelError)) as caught:
+        engine.images.upload("u", storage_domain="sd",
+                             upload_image_url="http://127.0.0.1:9/missing.qcow2", timeout=5)
+    assert "upload_image_url" in str(caught.value) or \
+        getattr(caught.value, "field", "") == "upload_image_url", caught.value
+    assert _rows(engine) == [] and os.listdir(root) == ["other"]
