@@ -126,11 +126,13 @@ def test_hotplug_resolves_a_chain_given_with_the_volume_and_refuses_one_without(
         hotplug.resolve(device, ROOTS, DOMAINS, volume=top)
 
 
-class _Recorder:
+class _HypervisorRecorder:
+    """The agent's hypervisor (agent.vms) as the plug route calls it."""
+
     def __init__(self, config):
         self.calls = []
 
-    def plug_device(self, vm_id, xml, volume, luns, chain):
+    def plug_device(self, vm_id, xml, volume=None, luns=None, chain=None):
         self.calls.append((volume, chain))
         return {"id": vm_id}
 
@@ -138,7 +140,7 @@ class _Recorder:
 def test_the_plug_route_reads_the_volume_s_parent_and_its_chain(tmp_path):
     config = AgentConfig(name="a", address="127.0.0.1", port=0, libvirt_uri="test:///default",
                          ca="", cert="", key="", source="test")
-    api = Api(config, hypervisor_factory=_Recorder)
+    api = Api(config, hypervisor_factory=_HypervisorRecorder)
     top = {"alias": "ua-d1", "domain": "data", "image": TOP, "volume": "top", "format": "qcow2",
            "size_mib": 64, "create": True, "parent": f"{BASE}/base", "parent_format": "raw"}
     base = {"domain": "data", "image": BASE, "volume": "base", "format": "raw", "alias": "ua-x",
