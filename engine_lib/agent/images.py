@@ -217,6 +217,7 @@ class Images:
         size = self._grow(job, final_fd)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(job.data["staging"], dir_fd=dirfd)
+        _durable(final_fd, dirfd)
         return {"size_mib": size // MIB, "format": target.format, "detected_format": detected,
                 "sha256": job.data["sha256"], "actual_size": os.fstat(final_fd).st_blocks * 512}
 
@@ -305,6 +306,7 @@ class Images:
         _convert(job, name, tuple(fds), target.format, out)
         self._link(job, job.data["converting"])
         size = self._grow(job, out)
+        _durable(out, job.data["dirfd"])
         return {"size_mib": size // MIB, "format": target.format,
                 "actual_size": os.fstat(out).st_blocks * 512}
 
@@ -573,6 +575,19 @@ def _copy_in(job: Job, stream: BinaryIO, fd: int, length: int) -> str:
     if failed:
         raise failed[0]
     return digest.hexdigest()
+
+
+def _durable(fd: int, dirfd: int) -> None:
+    """On stable storage before the job says so (the engine then records the volume ok):
+    the file's data, and its name in the image directory."""
+    os.fdatasync(fd)
+    # ``dirfd`` is an O_PATH descriptor (paths.py), which fsync refuses: open the same
+    # directory through it.
+    directory = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dirfd)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:

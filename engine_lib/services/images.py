@@ -120,10 +120,11 @@ class ImageService:
             wanted_sha = match.group(1).lower()
         mib = parse_size("size", size) if size is not None else 0
         length = os.path.getsize(upload_image_path) if upload_image_path else 0
-        if upload_image_path and not wanted_sha and floating:
-            wanted_sha = file_sha256(upload_image_path)  # to compare with an upload before
-
         existing = self._floating(name) if floating else None
+        if upload_image_path and not wanted_sha and existing is not None:
+            # Only to compare with what was uploaded before: a new disk is hashed on the
+            # way (send_upload), never read twice.
+            wanted_sha = file_sha256(upload_image_path)
         if existing is not None:
             if existing["status"] == "locked":
                 raise Conflict(f"disk '{name}' is being uploaded (locked); wait for it",

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from engine_lib.broker import AgentApi, rebuild_error
 from engine_lib.protocol.errors import AgentUnreachable, KestrelError, NotFound
 
+# Polls start quick (most checks and links end within a moment) and back off to this.
+FIRST_POLL = 0.05
 POLL_INTERVAL = 0.5
 # A job whose agent does not answer this many polls in a row is given up on.
 UNREACHABLE_POLLS = 10
@@ -32,7 +34,7 @@ def wait(agent: AgentApi, job_id: str, *, progress: Progress | None = None,
     file is read first, so its caller forgets it after reading).
     """
     deadline = None if timeout is None else clock() + timeout
-    misses = 0
+    misses, pause = 0, FIRST_POLL
     try:
         while True:
             try:
@@ -60,7 +62,8 @@ def wait(agent: AgentApi, job_id: str, *, progress: Progress | None = None,
                 forget = False
                 raise KestrelError(f"job {job_id} did not end within {timeout:g} s; it was "
                                    "aborted", job=job_id, timeout=timeout)
-            sleep(POLL_INTERVAL)
+            sleep(pause)
+            pause = min(POLL_INTERVAL, pause * 2)
     finally:
         if forget:
             _abort(agent, job_id)
