@@ -9,7 +9,7 @@ LAB_DIR ?= /srv/kestrel-lab
 LAB_HOSTS ?= 2
 export PATH := $(BIN):$(PATH)
 
-.PHONY: demo test lint deps venv unit system sanity units integration ee ee-lock molecule lab-up lab-down clean bench-scheduler bench-xml bench-agent bench-migration ha-faults bench-matching
+.PHONY: demo test lint deps venv images unit system sanity units integration ee ee-lock molecule lab-up lab-down clean bench-scheduler bench-xml bench-agent bench-migration ha-faults bench-matching
 
 deps:
 	@echo "==> system packages (libvirt, QEMU, sshd, PostgreSQL, ...)"
@@ -23,6 +23,12 @@ $(BIN)/kestrel: pyproject.toml lab/pyproject.toml requirements-dev.txt
 	@touch $@
 
 venv: $(BIN)/kestrel
+
+# The lab's guest disks (Debian 12 with cloud-init; the tiny guest), cached in
+# $(LAB_DIR)/images by recipe: minutes the first time, instant afterwards.
+images: deps venv
+	$(BIN)/kestrel-lab image debian --state-dir $(LAB_DIR)
+	$(BIN)/kestrel-lab image tiny --state-dir $(LAB_DIR)
 
 demo: deps venv
 	@bash scripts/demo.sh

@@ -16,6 +16,7 @@ busybox-static cpio gzip xz-utils
 libxml2-utils xorriso genisoimage openssl ca-certificates rsync
 guestfs-tools e2fsprogs kmod
 python3 python3-venv python3-apt
+mmdebstrap debian-archive-keyring syslinux syslinux-common mtools dosfstools fdisk e2fsprogs
 postgresql
 "
 

@@ -1,7 +1,9 @@
-"""The lab: hypervisor hosts made of Linux namespaces, and a tiny test guest.
+"""The lab: hypervisor hosts made of Linux namespaces, a tiny test guest, guest disk images.
 
 Used by the system tests, molecule scenarios and ``kestrel-lab``; never by the
 product itself. Stdlib only, commands run as argument lists (root needed).
+Cached guest disks: ``kestrel_lab.debian_image.debian_image(state_dir)`` and
+``kestrel_lab.guest_disk.tiny_disk_image(state_dir)`` (see those modules).
 """
 
 from kestrel_lab.errors import GuestBuildError, LabError

@@ -1,4 +1,4 @@
-"""The ``kestrel-lab`` command: bring lab hosts up and down, fence them, build the guest."""
+"""The ``kestrel-lab`` command: bring lab hosts up and down, fence them, build the guests."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kestrel_lab import fence, guest, hosts
+from kestrel_lab import debian_image, fence, guest, guest_disk, hosts
 from kestrel_lab.errors import LabError
 
 
@@ -49,6 +49,15 @@ def build_guest(args: argparse.Namespace) -> int:
     return 0
 
 
+# The cached guest disk images, by the name ``kestrel-lab image NAME`` takes.
+IMAGES = {"debian": debian_image.debian_image, "tiny": guest_disk.tiny_disk_image}
+
+
+def build_image(args: argparse.Namespace) -> int:
+    print(IMAGES[args.name](args.state_dir))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kestrel-lab",
                                      description="test hosts in network namespaces (root only)")
@@ -70,7 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "device (status exits 0 on, 2 off)")
     fence_cmd.add_argument("host")
     fence_cmd.add_argument("action", choices=["on", "off", "reboot", "status"])
-    for sub in (up_cmd, down_cmd, status_cmd, exec_cmd, fence_cmd):
+    image_cmd = command("image", build_image, "print the path of a cached guest disk image "
+                        "(debian: Debian 12 with cloud-init; tiny: the test guest), "
+                        "building it first when its recipe changed")
+    image_cmd.add_argument("name", choices=sorted(IMAGES))
+    for sub in (up_cmd, down_cmd, status_cmd, exec_cmd, fence_cmd, image_cmd):
         sub.add_argument("--state-dir", default=hosts.DEFAULT_STATE_DIR)
     guest_cmd = command("guest", build_guest, "build the tiny test guest (kernel + initrd)")
     guest_cmd.add_argument("--dest", default=f"{hosts.DEFAULT_STATE_DIR}/shared/images")
