@@ -67,10 +67,16 @@ def key(lab_state_dir: str) -> Iterator[str]:
     shutil.rmtree(workdir, ignore_errors=True)
 
 
+def domain_entries(lab) -> set[str]:
+    root = Path(lab_hosts.shared_dir(lab[0].state_dir, "data"))
+    return {str(path.relative_to(root)) for path in root.rglob("*")}
+
+
 @pytest.fixture
-def fleet(engine, cluster) -> Iterator[dict[str, str]]:
+def fleet(engine, cluster, lab) -> Iterator[dict[str, str]]:
     """Names of what the test makes; all removed afterwards, even after a failure."""
     made = {"disk": f"debian-12-{uuid.uuid4().hex[:8]}", "template": "debian-fleet"}
+    before = domain_entries(lab)
     yield made
     errors = []
     for name in GUESTS:
@@ -85,6 +91,8 @@ def fleet(engine, cluster) -> Iterator[dict[str, str]]:
     except KestrelError as err:
         errors.append(str(err))
     assert not errors, errors
+    # Nothing left on the shared domain: no volume, no image directory.
+    assert domain_entries(lab) == before
 
 
 def wait_until(what: str, probe: Callable[[], object], timeout: float,
