@@ -155,7 +155,7 @@ def test_two_thin_debian_vms_on_two_hosts_take_cloud_init(engine, agents, lab, i
         assert vms[name]["host"] == host and vms[name]["status"] == "Up"
     booted = time.monotonic()
 
-    for name, vm in vms.items():
+    for vm in vms.values():
         client = clients[vm["host"]]
         live = client.vm_xml(vm["id"])
         assert "<kernel>" not in live and "<initrd>" not in live
