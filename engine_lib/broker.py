@@ -509,15 +509,7 @@ class AgentClient:
               timeout: float | None = None, cap: int | None = None) -> Any:
         status, data = self._request(method, API_PREFIX + path, body, timeout or self.timeout,
                                      cap or self.reply_cap)
-        try:
-            document = json.loads(data) if data else {}
-        except ValueError:
-            raise AgentError(f"agent {self.endpoint} answered {method} {path} with "
-                             f"HTTP {status} and a body that is not JSON",
-                             agent=self.endpoint, status=status) from None
-        if status >= 400:
-            raise self._error(status, document, method, path)
-        return document
+        return self._decode(status, data, method, path)
 
     def _request(self, method: str, path: str, body: dict | None,
                  timeout: float, cap: int) -> tuple[int, bytearray]:
@@ -559,7 +551,11 @@ class AgentClient:
 
     def _document(self, response: http.client.HTTPResponse, method: str, path: str) -> dict:
         """A JSON answer (capped); the agent's error raised as its class."""
-        status, data = response.status, self._read(response, self.reply_cap, method, path)
+        return self._decode(response.status, self._read(response, self.reply_cap, method, path),
+                            method, path)
+
+    def _decode(self, status: int, data: bytes | bytearray, method: str, path: str) -> Any:
+        """The answer's JSON document; an error document raised as its class."""
         try:
             document = json.loads(data) if data else {}
         except ValueError:

@@ -76,7 +76,8 @@ class Route:
 _VOLUME_SCHEMA = {
     "type": "object", "required": ["domain", "image", "volume"],
     "properties": {k: {"type": "string"} for k in ("domain", "image", "volume", "alias",
-                                                   "format", "disk")}
+                                                   "format", "disk", "parent",
+                                                   "parent_format")}
     | {"size_mib": {"type": "integer"}, "create": {"type": "boolean"}},
 }
 _FORMAT = {"type": "string", "enum": ["qcow2", "raw"]}
@@ -162,9 +163,12 @@ ROUTES = (
           "NIC counters."),
     Route("POST", "/vms/{id}/devices", "plug_device", "Hotplug a <disk> or <interface> "
           "(with a ua- alias) into a running VM; its volume is created first when given "
-          "and missing; before_device_create hooks edit the device XML.",
+          "and missing (an overlay on its parent; 'chain' lists the volumes under it, "
+          "nearest first, each of which must exist); before_device_create hooks edit the "
+          "device XML.",
           body={"type": "object", "required": ["xml"], "additionalProperties": False,
                 "properties": {"xml": {"type": "string"}, "volume": _VOLUME_SCHEMA,
+                               "chain": {"type": "array", "items": _VOLUME_SCHEMA},
                                "luns": {"type": "object",
                                         "additionalProperties": {"type": "string"}}}}),
     Route("DELETE", "/vms/{id}/devices/{alias}", "unplug_device", "Unplug a device by alias "

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import flag_modified
 
 from engine_lib.model import DeviceType, Vm, VmDevice, Volume
 from engine_lib.protocol.errors import InvalidSpec
@@ -136,6 +137,9 @@ def attach(session: Session, spec: dict, field: str = "volume") -> Volume:
         raise InvalidSpec(f"{field}.image_id", f"volume {volume.id} is in image "
                                                f"{volume.image_id}, not {spec['image_id']}")
     volume.name = ""
+    # Always an UPDATE under the row's version: of two disks taking the same volume at
+    # once, the second transaction fails (StaleDataError) and its retry finds it taken.
+    flag_modified(volume, "name")
     chain = chain_refs(volume)
     if chain:
         spec["chain"] = chain

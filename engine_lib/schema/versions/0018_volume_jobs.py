@@ -1,7 +1,7 @@
 """The agent job writing a locked volume (an upload, an import), so that after a crash
 the engine can tell a volume still being written from one whose job was lost.
 
-Revision ID: 0018_volume_jobs
+Revision ID: 0018
 Revises: 0017
 Create Date: 2026-12-06
 """
@@ -9,7 +9,7 @@ Create Date: 2026-12-06
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0018_volume_jobs'
+revision = '0018'
 down_revision = '0017'
 branch_labels = None
 depends_on = None

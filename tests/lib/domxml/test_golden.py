@@ -21,8 +21,10 @@ from lxml import etree
 
 from engine_lib.agent import paths
 from engine_lib.agent.domxml import resolve
+from engine_lib.domxml import render
+from engine_lib.services import vm_config
 from engine_lib.services.previews import render_spec
-from engine_lib.spec import VM_KEYS
+from engine_lib.spec import VM_KEYS, normalize_vm
 
 GOLDEN = Path(__file__).parent.parent / "golden"
 CASES = yaml.safe_load((GOLDEN / "cases.yaml").read_text())
@@ -58,7 +60,17 @@ def test_driver():
 
 
 def render_case(case: str) -> str:
-    return render_spec(CASES[case]["spec"], CASES[case].get("virt_type", "kvm"))
+    """A case's XML; its ``chains`` (disk name -> backing volumes, nearest first) stand in
+    for the volume rows a stored VM's thin disks carry (services.volumes)."""
+    chains = CASES[case].get("chains")
+    if not chains:
+        return render_spec(CASES[case]["spec"], CASES[case].get("virt_type", "kvm"))
+    vm = vm_config.build_offline(normalize_vm(CASES[case]["spec"]),
+                                 CASES[case].get("virt_type", "kvm"))
+    for device in vm.devices:
+        if device.name in chains:
+            device.spec = {**device.spec, "chain": chains[device.name]}
+    return render(vm)
 
 
 def define(conn, xml: str) -> None:

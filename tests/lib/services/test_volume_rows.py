@@ -4,6 +4,7 @@ and a thin disk's chain reaches the domain XML and the agent from those rows."""
 import xml.etree.ElementTree as ET
 
 import pytest
+from sqlalchemy.orm.exc import StaleDataError
 from test_vm_devices import VM, DeviceAgent
 
 from engine_lib.agent import domxml as agent_domxml
@@ -168,3 +169,21 @@ def test_removing_a_vm_removes_its_disks_rows_but_not_their_backing(engine, host
     assert _row(engine, "base-vol") is not None
     with engine.store.transaction(commit=False) as session:
         assert volumes.children(session, ["base-vol"]) == []
+
+
+# SQLite serializes writers (BEGIN IMMEDIATE): the interleaving exists on PostgreSQL only.
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_of_two_disks_taking_one_volume_at_once_only_one_gets_it(engine, host):
+    engine.vms.ensure({**VM, "name": "vm2", "disks": []})
+    _add(engine, id="floating", name="", format="qcow2")  # nothing to change in the row
+    volume = {"image_id": "base-img", "volume_id": "floating"}
+    settings = {"size": "512MiB", "storage_domain": "data"}
+    with pytest.raises(StaleDataError):
+        with engine.store.transaction() as session:
+            # This writer found the volume free and has not written yet...
+            volumes.attach(session, {**volume, "storage_domain": "data", "format": "qcow2"})
+            # ...when another one takes it and commits.
+            engine.vm_devices.disk("vm2", "x", settings=settings, volume=volume)
+    # Its retry (retry_on_conflict re-runs the service) finds the volume taken.
+    with pytest.raises(InvalidSpec, match="is disk 'x' of VM 'vm2'"):
+        engine.vm_devices.disk("vm1", "y", settings=settings, volume=volume)
