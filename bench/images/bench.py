@@ -92,28 +92,28 @@ def bench_thin(engine, raw: thin.RawThin, domain_dir: str, template: dict) -> di
     base = template["disks"][0]
     backing = f"../{base['image_id']}/{base['volume_id']}"
     times: dict[str, list[float]] = {"engine": [], "raw": []}
-    domain = None
-    for round_ in range(THIN_ROUNDS + 1):  # round 0 warms both up
+    domain: list[thin.RawDomain] = []  # the engine VM's XML, re-keyed for each raw round
+
+    def engine_side(round_: int) -> float:
         name = f"bench-thin-{round_}"
+        seconds, vm = thin.engine_round(engine, name, TEMPLATE)
+        if not domain:
+            domain.append(thin.RawDomain(raw.call(op="xml", id=vm["id"])["xml"], vm))
+        thin.engine_remove(engine, name)
+        return seconds
 
-        def engine_side() -> None:
-            nonlocal domain
-            seconds, vm = thin.engine_round(engine, name, TEMPLATE)
-            if domain is None:
-                domain = thin.RawDomain(raw.call(op="xml", id=vm["id"])["xml"], vm)
-            thin.engine_remove(engine, name)
+    def raw_side(round_: int) -> float:
+        seconds, ids = thin.raw_round(raw, domain[0], f"bench-raw-{round_}", domain_dir,
+                                      backing)
+        raw.call(op="remove", id=ids["id"], dir=domain_dir, image=ids["image"])
+        return seconds
+
+    for round_ in range(THIN_ROUNDS + 1):  # round 0 (engine first) warms both up
+        sides = [("engine", engine_side), ("raw", raw_side)]
+        for side, run in sides if round_ % 2 == 0 else reversed(sides):
+            seconds = run(round_)
             if round_:
-                times["engine"].append(seconds)
-
-        def raw_side() -> None:
-            seconds, ids = thin.raw_round(raw, domain, f"bench-raw-{round_}", domain_dir,
-                                          backing)
-            raw.call(op="remove", id=ids["id"], dir=domain_dir, image=ids["image"])
-            if round_:
-                times["raw"].append(seconds)
-
-        for side in (engine_side, raw_side) if round_ % 2 == 0 else (raw_side, engine_side):
-            side()
+                times[side].append(seconds)
     return times
 
 
@@ -138,6 +138,9 @@ def main() -> None:
             raw_image, qcow2 = upload.make_images(work, SIZE_MIB)
             sizes = {"raw": os.path.getsize(raw_image), "qcow2": os.path.getsize(qcow2)}
             runs = bench_upload(agent, qcow2, raw_image, domain_dir)
+            # As an administrator would: the lab's shared storage is allowed for domains.
+            Path(work, "engine.conf").write_text(
+                f"[storage]\nfile_domain_roots = {os.path.dirname(domain_dir)}\n")
             with Engine.open(engine_dir=work, db_url=f"sqlite:///{work}/engine.db") as engine:
                 try:
                     engine_upload_s, template = engine_setup(engine, host, state_dir, qcow2)

@@ -88,9 +88,12 @@ class RawDomain:
         xml = re.sub(r"<name>[^<]*</name>", f"<name>{name}</name>", xml, count=1)
         # Without kestrel's metadata the host's agent takes it for a foreign domain.
         xml = re.sub(r"<metadata>.*?</metadata>", "", xml, count=1, flags=re.S)
-        xml = re.sub(r"<mac address='[^']*'", lambda _m: "<mac address='52:54:00:%02x:%02x:%02x'"
-                     % tuple(random.randrange(256) for _ in range(3)), xml)
+        xml = re.sub(r"<mac address='[^']*'", lambda _m: f"<mac address='{_mac()}'", xml)
         return xml, ids
+
+
+def _mac() -> str:
+    return "52:54:00:" + ":".join(f"{random.randrange(256):02x}" for _ in range(3))
 
 
 def raw_round(raw: RawThin, domain: RawDomain, name: str, domain_dir: str,
