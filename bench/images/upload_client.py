@@ -29,12 +29,17 @@ def vm_hwm_mib(pid: int | str = "self") -> float:
     return 0.0
 
 
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def main() -> None:
     pki_dir, address, port, path, volume_json, image_format = sys.argv[1:7]
     volume = json.loads(volume_json)
     client = AgentClient(address, int(port), pki_dir, timeout=300)
     length = os.path.getsize(path)
-    baseline = vm_hwm_mib()
+    baseline, cpu = vm_hwm_mib(), _cpu_s()
     started = time.monotonic()
     job = client.start_upload(volume, image_format=image_format, length=length,
                               content_type="data")["job"]
@@ -44,10 +49,9 @@ def main() -> None:
     client.commit_upload(job, sent["sha256"])
     result = volume_jobs.wait(client, job)
     ended = time.monotonic()
-    usage = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({"seconds": ended - started, "send_s": streamed - started,
                       "commit_wait_s": ended - streamed, "length": length, "result": result,
-                      "cpu_s": usage.ru_utime + usage.ru_stime,
+                      "cpu_s": _cpu_s() - cpu,
                       "peak_rss_mib": vm_hwm_mib(), "rss_before_mib": baseline}))
 
 
