@@ -120,6 +120,7 @@ def bench_thin(engine, raw: thin.RawThin, domain_dir: str, template: dict) -> di
 def main() -> None:
     state_dir = os.path.abspath(os.environ.get("KESTREL_LAB_STATE_DIR",
                                                kestrel_lab.DEFAULT_STATE_DIR))
+    began = time.monotonic()
     was_up = any(host.name == "h1" for host in kestrel_lab.status(state_dir))
     host = kestrel_lab.up(1, state_dir)[0]
     kestrel_lab.ensure_guest(state_dir)
@@ -157,10 +158,11 @@ def main() -> None:
             stop_agent(agent.pid)
         if not was_up:
             kestrel_lab.down(state_dir)
-    report(sizes, runs, engine_upload_s, thin_times)
+    report(sizes, runs, engine_upload_s, thin_times, time.monotonic() - began)
 
 
-def report(sizes: dict, runs: dict, engine_upload_s: float, thin_times: dict) -> None:
+def report(sizes: dict, runs: dict, engine_upload_s: float, thin_times: dict,
+           elapsed: float) -> None:
     med = {k: median([r["seconds"] for r in v]) for k, v in runs.items()}
     uploads = runs["upload"] + runs["upload_raw"]
     qcow2_mib, raw_mib = sizes["qcow2"] / upload.MIB, sizes["raw"] / upload.MIB
@@ -197,6 +199,7 @@ def report(sizes: dict, runs: dict, engine_upload_s: float, thin_times: dict) ->
         "agent_peak_rss_mib": round(max(r["agent_peak_rss_mib"] for r in uploads), 1),
         "agent_rss_before_mib": round(max(r["agent_rss_before_mib"] for r in uploads), 1),
         "load_average": round(os.getloadavg()[0], 2),
+        "bench_seconds": round(elapsed, 1),
     }
     print(f"image: {SIZE_MIB} MiB virtual, half random data; qcow2 file {f['qcow2_file_mib']} "
           f"MiB, raw {raw_mib:.0f} MiB")
