@@ -9,7 +9,7 @@ LAB_DIR ?= /srv/kestrel-lab
 LAB_HOSTS ?= 2
 export PATH := $(BIN):$(PATH)
 
-.PHONY: demo test lint deps venv images unit system sanity units integration ee ee-lock molecule lab-up lab-down clean bench-scheduler bench-xml bench-agent bench-migration ha-faults bench-matching
+.PHONY: demo test lint deps venv images unit system sanity units integration ee ee-lock molecule lab-up lab-down clean bench-scheduler bench-xml bench-agent bench-migration ha-faults bench-matching bench-images
 
 deps:
 	@echo "==> system packages (libvirt, QEMU, sshd, PostgreSQL, ...)"
@@ -120,6 +120,11 @@ ha-faults: deps venv
 bench-matching: deps venv
 	@$(BIN)/python -c "import lxml" 2>/dev/null || $(BIN)/pip install -q "lxml>=5"
 	@KESTREL_LAB_STATE_DIR=$(LAB_DIR) flock /tmp/kestrel-lab.lock $(BIN)/python bench/matching/bench.py
+
+# Upload of 1 GiB through the agent vs qemu-img convert; a thin VM from a template through
+# the engine vs qemu-img create -b + define + start; peak RSS of the upload path; uses the lab lock.
+bench-images: deps venv
+	@KESTREL_LAB_STATE_DIR=$(LAB_DIR) flock /tmp/kestrel-lab.lock $(BIN)/python -m bench.images.bench
 
 lab-up: deps venv
 	$(BIN)/kestrel-lab up --hosts $(LAB_HOSTS) --state-dir $(LAB_DIR)

@@ -1,60 +1,46 @@
-"""Upload of an image through the agent's HTTPS server vs ``qemu-img convert`` of the same
-file on the same storage, and the agent's peak memory meanwhile.
+"""The upload half of make bench-images: one upload through the agent vs ``qemu-img convert``.
 
-    python -m bench.images.upload [--size-mib 1024] [--format raw|qcow2] [--dir DIR]
-
-The agent runs in a process of its own (its VmHWM is the upload path's peak
-memory); the client streams the file in 1 MiB pieces and hashes it as it
-reads, as the engine does. Ends with one JSON line.
+An upload is bench/images/upload_client.py in a process of its own (the engine's
+broker calls, over mutual TLS, to a real agent in a lab host); the agent's peak
+RSS is reset (/proc/PID/clear_refs) before and read (VmHWM) after each one.
+``qemu-img convert`` runs on the same files and the same storage domain directory,
+as an operator would type it (it flushes the target at the end; the agent does not).
 """
 
 from __future__ import annotations
 
-import argparse
-import hashlib
-import http.client
 import json
 import os
+import random
 import resource
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
+import uuid
 
-from engine_lib import pki
-from engine_lib.broker import client_context
+from bench.images.upload_client import vm_hwm_mib
 
 MIB = 1024 * 1024
 
-_AGENT = """
-import sys, threading
-from engine_lib.agent.api import Api
-from engine_lib.agent.config import AgentConfig
-from engine_lib.agent.server import AgentServer, server_context
-where, domain = sys.argv[1], sys.argv[2]
-config = AgentConfig(name="bench", address="127.0.0.1", port=0, libvirt_uri="test:///default",
-                     ca=f"{where}/ca.pem", cert=f"{where}/agent.pem", key=f"{where}/agent.key",
-                     source="bench", storage_domains={"sd": domain})
-server = AgentServer(config, server_context(config), Api(config))
-print(server.server_address[1], flush=True)
-server.serve_forever()
-"""
 
-
-def _peak_rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as handle:
-        for line in handle:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds the process used so far."""
-    with open(f"/proc/{pid}/stat") as handle:
-        fields = handle.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def make_images(work: str, size_mib: int) -> tuple[str, str]:
+    """A used disk of ``size_mib``: regions of 1-16 MiB, about half random data and
+    half zeros (holes in the raw file); (raw path, qcow2 path of the same content)."""
+    raw, qcow2 = os.path.join(work, "image.raw"), os.path.join(work, "image.qcow2")
+    rng = random.Random(16)
+    with open(raw, "wb") as handle:
+        done = 0
+        while done < size_mib:
+            region = min(rng.randint(1, 16), size_mib - done)
+            if rng.random() < 0.5:
+                for _ in range(region):
+                    handle.write(rng.randbytes(MIB))
+            else:
+                handle.seek(region * MIB, os.SEEK_CUR)
+            done += region
+        handle.truncate(size_mib * MIB)
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, qcow2], check=True)
+    return raw, qcow2
 
 
 def _children_cpu_s() -> float:
@@ -62,97 +48,41 @@ def _children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _call(conn, method, path, body=None):
-    conn.request(method, "/api/v1" + path, json.dumps(body).encode() if body else b"",
-                 {"Content-Type": "application/json"})
-    response = conn.getresponse()
-    return json.loads(response.read())
+def _cpu_s(pid: int) -> float:
+    """CPU seconds of a process and of the children it waited for (its qemu-img runs)."""
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
-def _upload(port, context, path, fmt) -> tuple[float, dict]:
-    length = os.path.getsize(path)
-    conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=300)
-    started = time.monotonic()
-    job = _call(conn, "POST", "/images/uploads", {
-        "volume": {"domain": "sd", "image": "up", "volume": "vol", "format": fmt},
-        "length": length, "image_format": fmt})["job"]
-    conn.putrequest("PUT", f"/api/v1/images/uploads/{job}")
-    conn.putheader("Content-Length", str(length))
-    conn.endheaders()
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while piece := handle.read(MIB):
-            digest.update(piece)
-            conn.send(piece)
-    conn.getresponse().read()
-    _call(conn, "POST", f"/images/uploads/{job}/commit", {"sha256": digest.hexdigest()})
-    while True:  # the engine polls like this too
-        report = _call(conn, "GET", f"/jobs/{job}")
-        if report["status"] != "running":
-            break
-        time.sleep(0.05)
-    conn.close()
-    return time.monotonic() - started, report
+def convert(source: str, source_format: str, target_format: str, target: str,
+            options: tuple[str, ...] = ()) -> dict:
+    """One ``qemu-img convert``: wall and CPU seconds; the target is removed after."""
+    cpu, started = _children_cpu_s(), time.monotonic()
+    subprocess.run(["qemu-img", "convert", *options, "-f", source_format, "-O", target_format,
+                    source, target], check=True)
+    seconds = time.monotonic() - started
+    os.unlink(target)
+    return {"seconds": seconds, "cpu_s": _children_cpu_s() - cpu}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--size-mib", type=int, default=1024)
-    parser.add_argument("--format", choices=["raw", "qcow2"], default="raw")
-    parser.add_argument("--dir", default=tempfile.gettempdir())
-    args = parser.parse_args()
-    work = tempfile.mkdtemp(prefix="bench-images-", dir=args.dir)
-    try:
-        pki_dir = os.path.join(work, "pki")
-        pki.init_ca(pki_dir)
-        key, cert = pki.issue(pki_dir, "agent", ["127.0.0.1"])
-        with open(os.path.join(pki_dir, "agent.key"), "wb") as handle:
-            handle.write(key)
-        with open(os.path.join(pki_dir, "agent.pem"), "wb") as handle:
-            handle.write(cert)
-        domain = os.path.join(work, "sd")
-        os.mkdir(domain)
-        raw = os.path.join(work, "image.raw")
-        with open(raw, "wb") as handle:  # half random, half zeros: a used disk
-            for index in range(args.size_mib):
-                handle.write(os.urandom(MIB) if index % 2 == 0 else b"\0" * MIB)
-        image = raw
-        if args.format == "qcow2":
-            image = os.path.join(work, "image.qcow2")
-            subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, image],
-                           check=True)
-        subprocess.run(["sync"], check=True)
-
-        started, cpu = time.monotonic(), _children_cpu_s()
-        subprocess.run(["qemu-img", "convert", "-f", args.format, "-O", args.format, image,
-                        os.path.join(domain, "converted")], check=True)
-        convert_s, convert_cpu = time.monotonic() - started, _children_cpu_s() - cpu
-
-        agent = subprocess.Popen([sys.executable, "-c", _AGENT, pki_dir, domain],
-                                 stdout=subprocess.PIPE, text=True)
-        try:
-            port = int(agent.stdout.readline())
-            cpu = _cpu_s(agent.pid)
-            upload_s, report = _upload(port, client_context(pki_dir), image, args.format)
-            peak, agent_cpu = _peak_rss_mib(agent.pid), _cpu_s(agent.pid) - cpu
-        finally:
-            agent.terminate()
-            agent.wait()
-        assert report["status"] == "succeeded", report
-        result = {"bench": "images-upload", "size_mib": args.size_mib,
-                  "format": args.format, "upload_s": round(upload_s, 2),
-                  "qemu_img_convert_s": round(convert_s, 2),
-                  "upload_vs_convert": round(convert_s / upload_s, 2),
-                  "agent_peak_rss_mib": round(peak, 1),
-                  # CPU seconds: comparable on a loaded machine where wall time is not.
-                  "agent_cpu_s": round(agent_cpu, 2),
-                  "qemu_img_convert_cpu_s": round(convert_cpu, 2),
-                  "load_average": os.getloadavg()[0]}
-        print(json.dumps(result))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def agent_upload(agent, path: str, image_format: str, target_format: str,
+                 domain: str = "data") -> dict:
+    """One upload through ``agent`` (an agent_fixtures.AgentHandle) into a new volume of
+    ``domain``, which is deleted after; the client's and the agent's figures."""
+    volume = {"domain": domain, "image": str(uuid.uuid4()), "volume": str(uuid.uuid4()),
+              "format": target_format, "size_mib": 0}
+    with open(f"/proc/{agent.pid}/clear_refs", "w") as handle:
+        handle.write("5")  # VmHWM := the current RSS
+    agent_rss_before, agent_cpu = vm_hwm_mib(agent.pid), _cpu_s(agent.pid)
+    run = subprocess.run([sys.executable, "-m", "bench.images.upload_client", agent.pki_dir,
+                          agent.address, "54321", path, json.dumps(volume), image_format],
+                         capture_output=True, text=True, check=False)
+    if run.returncode:
+        raise SystemExit(f"the upload client failed: {run.stderr.strip()}")
+    figures = json.loads(run.stdout.splitlines()[-1])
+    figures.update(agent_peak_rss_mib=vm_hwm_mib(agent.pid), agent_rss_before_mib=agent_rss_before,
+                   agent_cpu_s=_cpu_s(agent.pid) - agent_cpu)
+    agent.client(timeout=60).delete_volumes([{k: volume[k] for k in ("domain", "image",
+                                                                     "volume")}])
+    return figures
