@@ -38,7 +38,7 @@ from engine_lib.protocol.errors import (
     NotFound,
 )
 from engine_lib.protocol.statuses import HostStatus
-from engine_lib.services import volume_jobs
+from engine_lib.services import volume_jobs, volumes
 from engine_lib.services.common import audit, get_vm, retry_on_conflict
 from engine_lib.services.host_records import HostRef
 from engine_lib.services.results import Outcome
@@ -255,11 +255,7 @@ class ImageService:
 
     @retry_on_conflict
     def _job_started(self, volume_id: str, job: str, host: str) -> None:
-        with self.engine.store.transaction() as session:
-            volume = session.get(Volume, volume_id)
-            if volume is None:  # reconciled away meanwhile: the job must not go on
-                raise KestrelError(f"volume {volume_id} was removed while its upload started")
-            volume.job_id, volume.job_host = job, host
+        volumes.record_job(self.engine, volume_id, job, host)
 
     @retry_on_conflict
     def _registered(self, volume_id: str, result: dict, replacing: str | None) -> dict:
@@ -482,14 +478,27 @@ def reconcile(engine) -> list[str]:
 
 @retry_on_conflict
 def _remove_lost(engine, volume_id: str, job: str, name: str) -> bool:
+    """An upload's volume goes; a template's or a VM's copy (its owner refers to it)
+    stays as an ``illegal`` row, with its template, for a removal to finish."""
     with engine.store.transaction() as session:
         volume = session.get(Volume, volume_id)
         if volume is None or volume.status != "locked" or volume.job_id != job:
             return False
-        audit(session, "disk", name or volume_id, f"the job writing volume {volume_id} "
-              f"({job}) was lost (agent restarted or writer gone); the volume was removed",
-              severity="warning")
-        session.delete(volume)
+        lost = f"the job writing volume {volume_id} ({job}) was lost (agent restarted or " \
+               "writer gone)"
+        if volume.template is not None:
+            volume.status = volume.template.status = "illegal"
+            audit(session, "template", volume.template.name, f"{lost}; the template version "
+                  f"{volume.template.version_number} is illegal: remove it", severity="warning")
+        elif owners := volumes.users(session, volume_id):
+            volume.status = "illegal"
+            vm, disk = owners[0]
+            audit(session, "vm", vm, f"{lost}; disk '{disk}' is illegal: remove the VM",
+                  severity="warning")
+        else:
+            audit(session, "disk", name or volume_id, f"{lost}; the volume was removed",
+                  severity="warning")
+            session.delete(volume)
         return True
 
 

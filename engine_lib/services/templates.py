@@ -237,7 +237,7 @@ class TemplateService:
         try:
             for origin, target in targets:
                 made.append(target)
-                vm_sources.copy(agent, origin, target, progress, timeout)
+                vm_sources.copy(self.engine, host, origin, target, progress, timeout)
             if new["seal"] and targets:
                 # The boot disk: the first bootable one, else the first.
                 boot = next((i for i, d in enumerate(disks) if d.get("bootable")), 0)

@@ -195,7 +195,7 @@ def run_copies(engine, copies: Copies, progress: Callable[[dict], None] | None =
     try:
         for source, target in copies.pairs:
             made.append(target)
-            vm_sources.copy(agent, source, target, progress)
+            vm_sources.copy(engine, copies.host, source, target, progress)
     except KestrelError as err:
         why = vm_sources.delete_quietly(agent, made)
         with engine.store.transaction() as session:

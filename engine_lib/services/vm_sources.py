@@ -18,7 +18,7 @@ from engine_lib.model import DeviceType, Host, Vm, VmDevice, Volume
 from engine_lib.protocol.devices import GUEST_AGENT_CHANNEL
 from engine_lib.protocol.errors import Conflict, KestrelError
 from engine_lib.protocol.statuses import HostStatus, VmStatus
-from engine_lib.services import volume_jobs
+from engine_lib.services import volume_jobs, volumes
 from engine_lib.services.host_records import HostRef
 from engine_lib.services.vm_config import USER_CDROM
 
@@ -105,11 +105,14 @@ def helper_host(session: Session, cluster_id: str, what: str) -> HostRef:
     return host
 
 
-def copy(agent, source: dict, target: dict, progress: Callable[[dict], None] | None = None,
-         timeout: float | None = None) -> dict:
-    """One flattened copy by the agent (``copy_volume``), waited for."""
-    job = agent.copy_volume(source["source"], source["chain"], target)
-    return volume_jobs.wait(agent, job["job"], progress=progress, timeout=timeout)
+def copy(engine, host: HostRef, source: dict, target: dict,
+         progress: Callable[[dict], None] | None = None, timeout: float | None = None) -> dict:
+    """One flattened copy by ``host``'s agent (``copy_volume``), waited for; the job is
+    recorded on the target's row, so a copy lost in a crash is cleaned up."""
+    agent = engine.agent(host.address, host.port)
+    job = agent.copy_volume(source["source"], source["chain"], target)["job"]
+    volumes.record_job(engine, target["volume"], job, host.name)
+    return volume_jobs.wait(agent, job, progress=progress, timeout=timeout)
 
 
 def delete_quietly(agent, volumes: list[dict]) -> str:

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import flag_modified
 
 from engine_lib.model import DeviceType, Vm, VmDevice, Volume
-from engine_lib.protocol.errors import InvalidSpec
+from engine_lib.protocol.errors import InvalidSpec, KestrelError
 
 
 def new_disk_volume(session: Session, spec: dict, parent: Volume | None = None) -> Volume:
@@ -146,3 +146,13 @@ def attach(session: Session, spec: dict, field: str = "volume") -> Volume:
     else:
         spec.pop("chain", None)
     return volume
+
+
+def record_job(engine, volume_id: str, job: str, host: str) -> None:
+    """Note which agent job (on which host) writes a locked volume, so that a job lost
+    with its agent or its writer is found and cleaned up (images.reconcile)."""
+    with engine.store.transaction() as session:
+        volume = session.get(Volume, volume_id)
+        if volume is None:  # reconciled away meanwhile: the job must not go on
+            raise KestrelError(f"volume {volume_id} was removed while its job started")
+        volume.job_id, volume.job_host = job, host

@@ -280,3 +280,28 @@ def test_seal_runs_on_the_copied_boot_disk(engine, agent, golden):
     tpl = engine.templates.ensure("tpl", vm="golden", seal=True).entity
     assert agent.seals == [({"domain": "data", "image": agent.copies[0][2]["image"],
                              "volume": tpl["disks"][0]["volume_id"], "format": "qcow2"}, "")]
+
+
+def test_a_copy_lost_in_a_crash_leaves_an_illegal_version_that_removal_finishes(
+        engine, agent, golden, monkeypatch):
+    """The engine dies mid-copy (nothing of its own cleanup runs), then the agent
+    restarts: the loop's reconcile deletes the half copy and marks the version illegal,
+    which a removal then takes away."""
+    from engine_lib.services import images, volume_jobs
+
+    def crash(job):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(volume_jobs, "_abort", lambda agent, job: None)  # never ran
+    agent.job_polls = 1
+    with pytest.raises(KeyboardInterrupt):
+        engine.templates.ensure("tpl", vm="golden", progress=crash)
+    (copy,) = [v for v in _volumes(engine) if _volumes(engine)[v][1] is not None]
+    assert images.reconcile(engine) == []  # the agent still runs the copy
+    agent.jobs.clear()  # the agent restarted
+    assert images.reconcile(engine) == [copy]
+    assert engine.templates.info("tpl")[0]["status"] == "illegal"
+    assert _volumes(engine)[copy][2] == "illegal"
+    assert {"domain": "data", "image": engine.templates.info("tpl")[0]["disks"][0]["image_id"],
+            "volume": copy} in agent.deleted_volumes
+    assert engine.templates.ensure("tpl", state="absent").changed
+    assert copy not in _volumes(engine) and engine.templates.info("tpl") == []
