@@ -257,12 +257,14 @@ class VmService:
                                 "error")
             raise
         status = reported.get("status", VmStatus.POWERING_UP)
-        deadline = time.monotonic() + timeout
+        deadline, pause = time.monotonic() + timeout, 0.05
         while wait and status != VmStatus.UP:
             if status == VmStatus.DOWN or time.monotonic() > deadline:
                 raise AgentError(f"VM '{name}' did not come Up on host {host.name} within "
                                  f"{timeout}s (last status {status})", status=status)
-            time.sleep(0.5)
+            # Most guests are Up a moment after libvirt started them: ask soon, then less.
+            time.sleep(pause)
+            pause = min(0.5, pause * 2)
             status = client.vm_status(vm_id)["status"]
         entity = self._record_started(name, host.name, status, client.vm_xml(vm_id))
         entity["placement"] = placement
