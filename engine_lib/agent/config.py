@@ -58,6 +58,13 @@ _BOOLEANS = {"yes": True, "true": True, "on": True, "1": True,
              "no": False, "false": False, "off": False, "0": False}
 
 
+def _boolean(text: str, field: str) -> bool:
+    try:
+        return _BOOLEANS[text.strip().lower()]
+    except KeyError:
+        raise InvalidSpec(field, f"'{text}' is not a boolean (yes or no)") from None
+
+
 @dataclass(frozen=True)
 class BallooningConfig:
     """When the balloon policy shrinks (free host memory under ``low_free_percent``) and
@@ -189,10 +196,8 @@ def parse(parser: configparser.ConfigParser, source: str) -> AgentConfig:
                 raise InvalidSpec(where(_STORAGE, name), "not a valid storage domain name")
             domains[name] = _domain_directory(where(_STORAGE, name), mount, roots)
 
-    private = values["images"]["allow_private_urls"].lower()
-    if private not in ("true", "false"):
-        raise InvalidSpec(where("images", "allow_private_urls"),
-                          f"'{private}' is not true or false")
+    private = _boolean(values["images"]["allow_private_urls"],
+                       where("images", "allow_private_urls"))
 
     return AgentConfig(
         name=agent["name"] or socket.gethostname(),
@@ -208,7 +213,7 @@ def parse(parser: configparser.ConfigParser, source: str) -> AgentConfig:
         source=source,
         ballooning=_ballooning(values["ballooning"], lambda key: where("ballooning", key)),
         seal=_seal(values["seal"], lambda key: where("seal", key)),
-        allow_private_urls=private == "true",
+        allow_private_urls=private,
     )
 
 
@@ -254,9 +259,7 @@ def _seal(values: dict[str, str], where) -> SealConfig:
     if values["appliance"] and values["kernel"]:
         raise InvalidSpec(where("appliance"), "a fixed appliance brings its own kernel; "
                                               "set appliance or kernel + modules, not both")
-    tcg = values["tcg"].lower()
-    if tcg not in _BOOLEANS:
-        raise InvalidSpec(where("tcg"), f"'{values['tcg']}' is not a boolean (yes or no)")
+    tcg = _boolean(values["tcg"], where("tcg"))
     try:
         timeout = float(values["timeout"])
     except ValueError:
@@ -265,5 +268,5 @@ def _seal(values: dict[str, str], where) -> SealConfig:
         raise InvalidSpec(where("timeout"), f"'{values['timeout']}' is not a number of "
                                             "seconds from 10 to 86400")
     return SealConfig(appliance=values["appliance"], kernel=values["kernel"],
-                      modules=values["modules"], tcg=_BOOLEANS[tcg], timeout_s=timeout,
+                      modules=values["modules"], tcg=tcg, timeout_s=timeout,
                       cache_dir=values["cache_dir"])
