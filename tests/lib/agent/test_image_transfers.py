@@ -19,14 +19,12 @@ import socket
 import subprocess
 import threading
 
+import agent_server
 import pytest
 
-from engine_lib import pki
 from engine_lib.agent import image_check, url_fetch
 from engine_lib.agent import images as images_module
 from engine_lib.agent.api import Api
-from engine_lib.agent.config import AgentConfig
-from engine_lib.agent.server import AgentServer, server_context
 from engine_lib.broker import client_context
 
 MIB = 1024 * 1024
@@ -34,22 +32,9 @@ MIB = 1024 * 1024
 
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory):
-    pki_dir = tmp_path_factory.mktemp("engine") / "pki"
-    pki.init_ca(str(pki_dir))
-    where = tmp_path_factory.mktemp("agent")
-    key, cert = pki.issue(str(pki_dir), "agent", ["127.0.0.1"])
-    (where / "agent.key").write_bytes(key)
-    (where / "agent.pem").write_bytes(cert)
-    config = AgentConfig(name="agent", address="127.0.0.1", port=0,
-                         libvirt_uri="test:///default", ca=str(pki_dir / "ca.pem"),
-                         cert=str(where / "agent.pem"), key=str(where / "agent.key"),
-                         source="test", storage_domains={}, allow_private_urls=True)
-    api = Api(config)
-    server = AgentServer(config, server_context(config), api)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield Agent(server.server_address[1], client_context(str(pki_dir)), api)
-    server.shutdown()
-    server.server_close()
+    with agent_server.serving(tmp_path_factory, storage_domains={},
+                              allow_private_urls=True) as (api, port, pki_dir):
+        yield Agent(port, client_context(pki_dir), api)
 
 
 class Agent:

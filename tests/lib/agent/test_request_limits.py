@@ -8,35 +8,18 @@ from __future__ import annotations
 
 import http.client
 import json
-import threading
 import time
 
+import agent_server
 import pytest
 
-from engine_lib import pki
-from engine_lib.agent.api import Api
-from engine_lib.agent.config import AgentConfig
-from engine_lib.agent.server import AgentServer, server_context
 from engine_lib.broker import client_context
 
 
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory):
-    pki_dir = tmp_path_factory.mktemp("engine") / "pki"
-    pki.init_ca(str(pki_dir))
-    where = tmp_path_factory.mktemp("agent")
-    key, cert = pki.issue(str(pki_dir), "agent", ["127.0.0.1"])
-    (where / "agent.key").write_bytes(key)
-    (where / "agent.pem").write_bytes(cert)
-    config = AgentConfig(name="agent", address="127.0.0.1", port=0,
-                         libvirt_uri="test:///default", ca=str(pki_dir / "ca.pem"),
-                         cert=str(where / "agent.pem"), key=str(where / "agent.key"),
-                         source="test")
-    server = AgentServer(config, server_context(config), Api(config))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server.server_address[1], client_context(str(pki_dir))
-    server.shutdown()
-    server.server_close()
+    with agent_server.serving(tmp_path_factory) as (_api, port, pki_dir):
+        yield port, client_context(pki_dir)
 
 
 def _post(agent, body: bytes, length: str | None = None) -> tuple[int, dict]:

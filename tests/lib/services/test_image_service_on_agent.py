@@ -6,14 +6,10 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-import threading
 
+import agent_server
 import pytest
 
-from engine_lib import pki
-from engine_lib.agent.api import Api
-from engine_lib.agent.config import AgentConfig
-from engine_lib.agent.server import AgentServer, server_context
 from engine_lib.broker import AgentClient
 from engine_lib.engine import Engine
 from engine_lib.model import Host, Volume
@@ -25,22 +21,9 @@ MIB = 1 << 20
 
 @pytest.fixture(scope="module")
 def real_agent(tmp_path_factory):
-    pki_dir = tmp_path_factory.mktemp("engine") / "pki"
-    pki.init_ca(str(pki_dir))
-    where = tmp_path_factory.mktemp("agent")
-    key, cert = pki.issue(str(pki_dir), "agent", ["127.0.0.1"])
-    (where / "agent.key").write_bytes(key)
-    (where / "agent.pem").write_bytes(cert)
-    config = AgentConfig(name="agent", address="127.0.0.1", port=0,
-                         libvirt_uri="test:///default", ca=str(pki_dir / "ca.pem"),
-                         cert=str(where / "agent.pem"), key=str(where / "agent.key"),
-                         source="test", storage_domains={}, allow_private_urls=True)
-    api = Api(config)
-    server = AgentServer(config, server_context(config), api)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield api, server.server_address[1], pki_dir
-    server.shutdown()
-    server.server_close()
+    with agent_server.serving(tmp_path_factory, storage_domains={},
+                              allow_private_urls=True) as (api, port, pki_dir):
+        yield api, port, pki_dir
 
 
 @pytest.fixture
