@@ -31,7 +31,7 @@ import subprocess
 import threading
 import time
 
-from engine_lib.agent import paths
+from engine_lib.agent import image_check, paths
 from engine_lib.agent.config import SealConfig
 from engine_lib.agent.volumes import FORMATS, VolumeLocation
 from engine_lib.protocol.errors import Conflict, InvalidSpec, KestrelError
@@ -99,9 +99,8 @@ def check_image(fd: int, fmt: str, shown: str) -> None:
     """Refuse a qcow2 naming a backing or an external data file (read without opening them)."""
     if fmt != "qcow2":
         return
-    image = "json:" + json.dumps({"driver": fmt, "backing": None,
-                                  "file": {"driver": "file", "filename": paths.fd_path(fd)}})
-    result = subprocess.run(["qemu-img", "info", "--output=json", "-U", image], pass_fds=(fd,),
+    result = subprocess.run(["qemu-img", "info", "--output=json", "-U",
+                             image_check.pinned(fmt, fd)], pass_fds=(fd,),
                             capture_output=True, text=True, check=False, env={"PATH": _PATH})
     if result.returncode != 0:
         raise InvalidSpec("volume", f"{shown} is not a readable qcow2 image: "

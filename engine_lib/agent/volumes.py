@@ -28,7 +28,7 @@ import subprocess
 import uuid
 from dataclasses import dataclass
 
-from engine_lib.agent import paths
+from engine_lib.agent import image_check, paths
 from engine_lib.protocol.errors import Conflict, InvalidSpec, KestrelError
 from engine_lib.protocol.metadata import VolumeRef
 
@@ -240,8 +240,7 @@ def _image(fmt: str, fd: int) -> str:
     and no backing file opened, whatever the image header says."""
     if fmt not in FORMATS:
         raise InvalidSpec("volume.format", f"'{fmt}' is not one of {FORMATS}")
-    return "json:" + json.dumps({"driver": fmt, "backing": None,
-                                 "file": {"driver": "file", "filename": paths.fd_path(fd)}})
+    return image_check.pinned(fmt, fd)
 
 
 def _virtual_size_mib(fd: int, fmt: str, path: str) -> int:
