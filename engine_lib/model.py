@@ -316,6 +316,10 @@ class AuditEntry(Base):
     entity_type: Mapped[str] = mapped_column(String(16))
     entity_name: Mapped[str] = mapped_column(String(64))
     message: Mapped[str] = mapped_column(Text)
+    # Who did it (engine_lib.services.actor): an API user, "engine" for the engine loop,
+    # "local:<login>" for a module or command run on the engine host itself.
+    user_name: Mapped[str] = mapped_column(String(64), default="", index=True)
+    token_id: Mapped[str] = mapped_column(String(36), default="")
 
 
 class LogicalNetwork(Base):
@@ -512,3 +516,102 @@ class Migration(Base):
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     duration_s: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class User(Base):
+    """A local user of the engine API. ``password_hash`` is argon2 (engine_lib.aaa.passwords);
+    empty means the user logs in with tokens only."""
+
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    email: Mapped[str] = mapped_column(String(254), default="")
+    password_hash: Mapped[str] = mapped_column(Text, default="")
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+
+    __mapper_args__ = {"version_id_col": version}
+
+
+class Group(Base):
+    __tablename__ = "groups"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+
+    __mapper_args__ = {"version_id_col": version}
+
+
+class GroupMember(Base):
+    __tablename__ = "group_members"
+
+    group_id: Mapped[str] = mapped_column(ForeignKey("groups.id", ondelete="CASCADE"),
+                                          primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"),
+                                         primary_key=True, index=True)
+
+
+class Permission(Base):
+    """A role granted to a user or a group on an object, inherited downwards:
+    system > cluster > its hosts, VMs and templates (engine_lib.services.access).
+
+    ``object_id`` is the object's row id ('' for the system), so a later object of
+    the same name never inherits a grant meant for a removed one.
+    """
+
+    __tablename__ = "permissions"
+    __table_args__ = (UniqueConstraint("principal_type", "principal_id", "role",
+                                       "object_type", "object_id"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    principal_type: Mapped[str] = mapped_column(String(8))  # user | group
+    principal_id: Mapped[str] = mapped_column(String(36), index=True)
+    role: Mapped[str] = mapped_column(String(32))
+    object_type: Mapped[str] = mapped_column(String(16))  # system | cluster | host | vm | template
+    object_id: Mapped[str] = mapped_column(String(36), default="", index=True)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ApiToken(Base):
+    """A bearer token of a user. The token text is ``kst_<id>_<secret>``; only the
+    secret's sha256 is kept (the secret is 256 random bits, so a fast hash is enough).
+    ``role`` narrows the token to what that role allows (never beyond its user's)."""
+
+    __tablename__ = "api_tokens"
+    __table_args__ = (UniqueConstraint("user_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    secret_sha256: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(32), default="")
+    expires: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_used: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ApiJob(Base):
+    """A long operation run by the engine API (a start, a migration, an upload...):
+    its progress, its result or error, and whether its user asked to cancel it."""
+
+    __tablename__ = "api_jobs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    operation: Mapped[str] = mapped_column(String(64))
+    user_name: Mapped[str] = mapped_column(String(64), index=True)
+    token_id: Mapped[str] = mapped_column(String(36), default="")
+    # running | succeeded | failed | cancelled
+    status: Mapped[str] = mapped_column(String(16), default="running", index=True)
+    progress: Mapped[int] = mapped_column(Integer, default=0)  # percent
+    phase: Mapped[str] = mapped_column(String(64), default="")
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    result: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    ended: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

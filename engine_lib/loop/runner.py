@@ -36,6 +36,7 @@ from engine_lib.loop import balancer
 from engine_lib.loop.event_follower import EventFollower
 from engine_lib.loop.ha import HighAvailability
 from engine_lib.loop.monitoring import Intervals, Monitor
+from engine_lib.services import actor
 
 log = logging.getLogger("kestrel.engine.loop")
 # How long a stop waits for each thread's pass in flight (an agent call ends by its deadline).
@@ -55,6 +56,7 @@ class Settings:
 def run(engine, settings: Settings, stop: threading.Event) -> None:
     """Run the engine loop on ``engine`` until ``stop`` is set; return once its passes in
     flight have recorded what they did (each bounded by its agent calls' deadlines)."""
+    actor.set_process_default(actor.ENGINE_LOOP)
     threads = [threading.Thread(target=EventFollower(engine).run, args=(stop,),
                                 name="event-follower", daemon=True)]
     if settings.balance_interval_s > 0:

@@ -148,12 +148,44 @@ class MigrationFailed(KestrelError):
     http_status = 502
 
 
+class Unauthenticated(KestrelError):
+    """The engine API could not tell who is asking: no credentials, or a password,
+    token or session that is wrong, expired or revoked (the reason is not told apart,
+    so a caller learns nothing about which part was wrong)."""
+
+    code = "Unauthenticated"
+    http_status = 401
+
+
+class PermissionDenied(KestrelError):
+    """The user (or the token's narrower role) lacks ``permission`` on the object."""
+
+    code = "PermissionDenied"
+    http_status = 403
+
+    def __init__(self, user: str, permission: str, object_type: str, object_name: str):
+        where = "the system" if object_type == "system" else f"{object_type} '{object_name}'"
+        super().__init__(f"user '{user}' lacks permission '{permission}' on {where}",
+                         user=user, permission=permission, object_type=object_type,
+                         object=object_name)
+        self.permission = permission
+
+
+class Cancelled(KestrelError):
+    """A long operation stopped because its user cancelled it; what it had done so far
+    was undone or is named in the message."""
+
+    code = "Cancelled"
+    http_status = 409
+
+
 ERRORS_BY_CODE = {
     cls.code: cls
     for cls in (
         KestrelError, InvalidSpec, NotFound, VmNotFound, HostNotFound, ClusterNotFound,
         Conflict, NoValidHost, AgentError, AgentUnreachable, ReplyTooLarge, CertificateError,
         LibvirtError, HookError,
-        MigrationFailed, PayloadError, GuestAgentUnavailable,
+        MigrationFailed, PayloadError, GuestAgentUnavailable, Unauthenticated, PermissionDenied,
+        Cancelled,
     )
 }

@@ -22,6 +22,7 @@ from engine_lib.protocol.errors import (
     KestrelError,
     VmNotFound,
 )
+from engine_lib.services import actor
 
 
 def find(session: Session, entity, name: str):
@@ -66,8 +67,9 @@ def _raise(error: Exception):
 
 def audit(session: Session, entity_type: str, name: str, message: str,
           severity: str = "info") -> None:
+    who = actor.current()
     session.add(AuditEntry(entity_type=entity_type, entity_name=name, message=message,
-                           severity=severity))
+                           severity=severity, user_name=who.name, token_id=who.token_id))
 
 
 def changed_fields(entity, wanted: dict) -> dict:

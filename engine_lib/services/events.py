@@ -10,7 +10,7 @@ from engine_lib.model import AuditEntry
 def event_dict(entry: AuditEntry) -> dict:
     return {"id": entry.id, "time": entry.time.isoformat(), "severity": entry.severity,
             "entity_type": entry.entity_type, "entity_name": entry.entity_name,
-            "message": entry.message}
+            "message": entry.message, "user": entry.user_name, "token_id": entry.token_id}
 
 
 class EventService:

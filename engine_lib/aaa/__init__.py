@@ -1,0 +1,1 @@
+"""Authentication and authorization vocabulary: roles, their permissions, password hashing."""
