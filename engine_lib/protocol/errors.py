@@ -179,6 +179,37 @@ class Cancelled(KestrelError):
     http_status = 409
 
 
+class TooManyAttempts(KestrelError):
+    """Logins for this user or from this address failed too often: wait ``retry_after`` s."""
+
+    code = "TooManyAttempts"
+    http_status = 429
+
+    def __init__(self, retry_after: int):
+        super().__init__(f"too many failed logins; try again in {retry_after} s",
+                         retry_after=retry_after)
+        self.retry_after = retry_after
+
+
+class RequestTooLarge(KestrelError):
+    code = "RequestTooLarge"
+    http_status = 413
+
+
+class Busy(KestrelError):
+    """The engine runs as many long operations as it allows; try again later."""
+
+    code = "Busy"
+    http_status = 503
+
+
+class InternalError(KestrelError):
+    """An error the engine did not expect; its details are in the engine's log only."""
+
+    code = "InternalError"
+    http_status = 500
+
+
 ERRORS_BY_CODE = {
     cls.code: cls
     for cls in (
@@ -186,6 +217,6 @@ ERRORS_BY_CODE = {
         Conflict, NoValidHost, AgentError, AgentUnreachable, ReplyTooLarge, CertificateError,
         LibvirtError, HookError,
         MigrationFailed, PayloadError, GuestAgentUnavailable, Unauthenticated, PermissionDenied,
-        Cancelled,
+        Cancelled, TooManyAttempts, RequestTooLarge, Busy, InternalError,
     )
 }
