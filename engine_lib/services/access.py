@@ -155,6 +155,16 @@ def forget_object(session: Session, object_type: str, object_id: str) -> None:
                                              Permission.object_id == object_id))
 
 
+def forget_template_versions(session: Session, name: str, removed: list[str]) -> None:
+    """Grants on removed template versions pass to the first version left, if any."""
+    left = object_id(session, "template", name)
+    for row in list(session.scalars(select(Permission).where(Permission.object_type == "template",
+                                                             Permission.object_id.in_(removed)))):
+        if left is not None:
+            grant(session, row.role, row.principal_type, row.principal_id, "template", left)
+        session.delete(row)
+
+
 def forget_principal(session: Session, principal_type: str, principal_id: str) -> None:
     """Drop the grants of a removed user or group."""
     session.execute(delete(Permission).where(Permission.principal_type == principal_type,
