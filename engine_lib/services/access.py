@@ -9,6 +9,7 @@ The engine host's own callers (actor.is_local) may do everything.
 from __future__ import annotations
 
 from sqlalchemy import ColumnElement, and_, delete, false, or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from engine_lib.aaa.roles import OBJECT_TYPES, ROLES
@@ -123,9 +124,15 @@ def grant(session: Session, role: str, principal_type: str, principal_id: str,
         Permission.object_id == object_id)).first()
     if exists is not None:
         return False
-    session.add(Permission(role=role, principal_type=principal_type, principal_id=principal_id,
-                           object_type=object_type, object_id=object_id))
-    session.flush()
+    try:
+        # A savepoint: a concurrent identical grant (two playbooks at once) wins the
+        # unique index and this one is simply not needed, the caller's work going on.
+        with session.begin_nested():
+            session.add(Permission(role=role, principal_type=principal_type,
+                                   principal_id=principal_id, object_type=object_type,
+                                   object_id=object_id))
+    except IntegrityError:
+        return False
     return True
 
 

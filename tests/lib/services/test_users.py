@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from engine_lib.protocol.errors import InvalidSpec, PermissionDenied, Unauthenticated
+from engine_lib.protocol.errors import Conflict, InvalidSpec, PermissionDenied, Unauthenticated
 from engine_lib.services.actor import acting_as
 
 PASSWORD = "a long enough password"
@@ -144,3 +144,19 @@ def test_bad_token_options_are_named(engine, options, field):
     with pytest.raises(InvalidSpec) as bad:
         engine.tokens.create(**{"name": "t", "user": "jo", **options})
     assert bad.value.field == field
+
+
+def test_a_name_taken_by_a_concurrent_writer_is_a_conflict(engine, monkeypatch):
+    """Two creations at once both read 'absent'; the loser gets Conflict, not a
+    database error (simulated: the read misses the row the other writer committed)."""
+    from engine_lib.services import groups, users
+
+    engine.users.ensure("kim")
+    engine.groups.ensure("devs")
+    monkeypatch.setattr(users, "find", lambda *_args: None)
+    monkeypatch.setattr(groups, "find", lambda *_args: None)
+    with pytest.raises(Conflict, match="user 'kim' was being created by someone else"):
+        engine.users.ensure("kim")
+    with pytest.raises(Conflict, match="group 'devs'"):
+        engine.groups.ensure("devs")
+    assert [u["name"] for u in engine.users.info()] == ["kim"]
