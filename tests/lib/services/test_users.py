@@ -53,6 +53,21 @@ def test_disabling_a_user_stops_its_tokens(engine):
         engine.authn.actor_for_token(token)
 
 
+def test_removing_a_user_removes_its_tokens_grants_and_memberships(engine):
+    engine.users.ensure("lee")
+    engine.groups.ensure("team", users=["lee"])
+    engine.permissions.ensure(role="SuperUser", user="lee")
+    token = engine.tokens.create(name="ci", user="lee").entity["token"]
+    assert engine.users.remove("lee", check_mode=True).changed
+    assert engine.authn.actor_for_token(token).name == "lee"
+    assert engine.users.remove("lee").changed
+    with pytest.raises(Unauthenticated):
+        engine.authn.actor_for_token(token)
+    assert engine.permissions.info() == [] and engine.groups.info("team")[0]["users"] == []
+    engine.users.ensure("lee")  # a new user of that name starts bare
+    assert engine.tokens.info(user="lee") == [] and engine.permissions.info(user="lee") == []
+
+
 def test_groups_replace_their_members_and_give_their_roles(engine, cluster):
     for name in ("dan", "eve"):
         engine.users.ensure(name)
@@ -87,6 +102,7 @@ def test_permissions_as_ovirt_permission(engine, cluster):
          "object_type": "cluster", "object_name": cluster}]
     assert engine.permissions.ensure(**grant, state="absent").changed
     assert engine.permissions.info() == []
+    assert not engine.permissions.ensure(**{**grant, "user": "gone"}, state="absent").changed
     for bad, field in (({"role": "Root"}, "role"), ({"user": "nobody"}, "user"),
                        ({"object_name": "nosuch"}, "object_name"),
                        ({"object_type": "planet"}, "object_type"),
