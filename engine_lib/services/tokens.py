@@ -14,7 +14,7 @@ from sqlalchemy import delete, select
 from engine_lib.aaa import tokens
 from engine_lib.aaa.roles import ROLES
 from engine_lib.model import ApiToken, User, utcnow
-from engine_lib.protocol.errors import InvalidSpec
+from engine_lib.protocol.errors import InvalidSpec, PermissionDenied
 from engine_lib.services import access, actor
 from engine_lib.services.authn import expires_in_seconds
 from engine_lib.services.common import as_utc, audit, flush_new, retry_on_conflict
@@ -50,6 +50,20 @@ def _expiry(expires_in, expires, now: datetime) -> datetime | None:
     return moment
 
 
+def _within_own_token(role: str) -> str:
+    """A narrowed token makes tokens no wider than itself: by default of its role,
+    else of a role whose permissions its own role holds."""
+    who = actor.current()
+    if not who.token_role:
+        return role
+    if not role:
+        return who.token_role
+    wider = sorted(ROLES[role] - ROLES.get(who.token_role, frozenset()))
+    if wider:
+        raise PermissionDenied(who.name, wider[0], "system", "")
+    return role
+
+
 class TokenService:
     def __init__(self, engine):
         self.engine = engine
@@ -80,6 +94,7 @@ class TokenService:
                                       f"got {role!r}")
         now = utcnow()
         expiry = _expiry(expires_in, expires, now)
+        role = _within_own_token(role)
         with self.engine.store.transaction(commit=not check_mode) as session:
             owner = self._user(session, user)
             existing = session.scalars(select(ApiToken).where(

@@ -79,8 +79,8 @@ def _check_change(session, vm: Vm, *, created: bool, edited: bool, state: str) -
     if created:
         access.check(session, "vm.create", "cluster", vm.cluster.name)
         access.grant(session, "UserVmManager", "user", who.user_id, "vm", vm.id)
-    else:  # unchanged, it still tells its settings: read at least
-        access.check(session, "vm.edit" if edited else "read", "vm", vm.name)
+    elif edited:
+        access.check(session, "vm.edit", "vm", vm.name)
     active = vm.status in VmStatus.ACTIVE or vm.launch_unconfirmed
     if (state == "running" and not active
             or state == "stopped" and (active or vm.status == VmStatus.SUSPENDED)
@@ -104,6 +104,8 @@ class VmService:
                 _check_sources(session, spec)  # before reading them
                 spec = vm_origin.fill_disks(session, spec)
         wanted = normalize_vm(spec)
+        if state == "absent":  # before anything about the VM is told or done
+            self.engine.access.check("vm.delete", "vm", wanted["name"])
         if state in _RACE_A_MIGRATION:
             self._refuse_while_migrating(wanted["name"], state)
         try:
@@ -136,6 +138,7 @@ class VmService:
             elif vm is None:
                 vm = vm_config.create(session, wanted)
             else:
+                access.check(session, "read", "vm", name)  # before it tells anything
                 vm_origin.check_unchanged(vm, wanted)
                 vm_config.apply(session, vm, vm_origin.without_origin(wanted))
             # Checked when they change: a VM whose properties are no longer allowed can
@@ -364,7 +367,6 @@ class VmService:
 
     def _remove(self, name: str, check_mode: bool) -> Outcome:
         with self.engine.store.transaction(commit=False) as session:
-            access.check(session, "vm.delete", "vm", name)  # before its disks go
             vm = find(session, Vm, name)
             if vm is None:
                 return Outcome(False, None, {"before": "", "after": ""})

@@ -149,6 +149,18 @@ def test_a_user_manages_its_own_tokens_only(engine):
     assert local.value.field == "user"
 
 
+def test_a_narrowed_token_makes_no_wider_token(engine):
+    engine.users.ensure("root3")
+    engine.permissions.ensure(role="SuperUser", user="root3")
+    narrow = engine.tokens.create(name="ops", user="root3", role="VmOperator").entity["token"]
+    with acting_as(engine.authn.actor_for_token(narrow)):
+        assert engine.tokens.create(name="child").entity["role"] == "VmOperator"
+        assert engine.tokens.create(name="reader", role="ReadOnly").entity["role"] == "ReadOnly"
+        with pytest.raises(PermissionDenied) as denied:
+            engine.tokens.create(name="wide", role="SuperUser")
+    assert denied.value.permission == "access.manage"
+
+
 @pytest.mark.parametrize("options,field", [
     ({"expires_in": 10}, "expires_in"), ({"expires": "tomorrow"}, "expires"),
     ({"expires": "2000-01-01T00:00:00+00:00"}, "expires"),

@@ -93,3 +93,12 @@ def test_removing_a_host_or_cluster_drops_its_grants(engine, fleet):
     engine.hosts.remove("h1")
     engine.clusters.remove("c2")
     assert engine.permissions.info(user="admin") == []
+
+
+def test_a_stranger_learns_nothing_of_a_vm(engine, fleet):
+    engine.clusters.ensure("c2")
+    with as_user(engine, "stranger", "VmCreator", "cluster", "c2"):
+        denied(lambda: engine.vms.ensure(VM), "read")
+        denied(lambda: engine.vms.ensure({**VM, "template": "t"}), "read")
+        denied(lambda: engine.vms.ensure({"name": "vm1"}, state="absent"), "vm.delete")
+        denied(lambda: engine.vms.ensure({"name": "nosuch"}, state="absent"), "vm.delete")
