@@ -12,14 +12,16 @@ import inspect
 import logging
 import re
 import sys
+import types
 import typing
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
+from annotated_types import Interval
 from fastapi import APIRouter, Body, Depends, Path, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, create_model
+from pydantic import ConfigDict, FiniteFloat, create_model
 
 from engine_lib.api import schemas
 from engine_lib.api.deps import current_actor, engine_of, job_runner
@@ -55,6 +57,23 @@ def _annotation(function, parameter: inspect.Parameter) -> Any:
         return Any
 
 
+# What a database integer holds (a larger number is a 400 here, not an overflow below),
+# and only finite floats (a query string can say "inf").
+# Constraints as annotated-types metadata, not a Field: FastAPI keeps them next to a
+# parameter's own Query() or Body().
+_NARROWED = {int: Annotated[int, Interval(ge=-(2**63), le=2**63 - 1)], float: FiniteFloat}
+
+
+def _bounded(annotation: Any) -> Any:
+    if annotation in _NARROWED:
+        return _NARROWED[annotation]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        members = typing.get_args(annotation)
+        if any(member in _NARROWED for member in members):
+            return typing.Union[tuple(_NARROWED.get(m, m) for m in members)]  # noqa: UP007
+    return annotation
+
+
 class Param(typing.NamedTuple):
     name: str
     annotation: Any
@@ -64,7 +83,7 @@ class Param(typing.NamedTuple):
 
 def signature_of(function, operation: Operation) -> list[Param]:
     """The parameters of a facade method the API exposes, in order."""
-    return [Param(p.name, _annotation(function, p), p.default, p.kind in _POSITIONAL)
+    return [Param(p.name, _bounded(_annotation(function, p)), p.default, p.kind in _POSITIONAL)
             for p in inspect.signature(function).parameters.values()
             if p.name not in operation.exclude
             and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
@@ -152,40 +171,40 @@ def _add(router: APIRouter, operation: Operation, function) -> None:
                           default=Depends(current_actor)),
     ]
 
-    def add(name: str, annotation: Any, default: Any) -> None:
-        endpoint_params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY,
-                                                 annotation=annotation, default=default))
+    def add(name: str, annotation: Any, marker: Any, default: Any = inspect.Parameter.empty
+            ) -> None:
+        # Annotated[type, Query()]: FastAPI then keeps the type's own constraints too.
+        endpoint_params.append(inspect.Parameter(
+            name, inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[annotation, marker],
+            default=default))
 
     for name in in_path:
         add(name, str, Path(max_length=255))
     fields: dict[str, Any] = {}
-    query: list[str] = []
     for param in params:
         if param.name in in_path or (paged and param.name in _PAGE_PARAMS):
             continue
-        default = None if param.default is inspect.Parameter.empty else param.default
         required = param.default is inspect.Parameter.empty
         if param.name == "check_mode":
-            add("check_mode", bool, Query(False))
+            add("check_mode", bool, Query(), False)
         elif has_body:
-            fields[param.name] = (param.annotation, ... if required else default)
+            fields[param.name] = (param.annotation, ... if required else param.default)
         else:
-            query.append(param.name)
-            add(param.name, param.annotation, Query(... if required else default))
+            add(param.name, param.annotation, Query(), param.default)
     if paged:
-        add("offset", int, Query(0, ge=0))
-        add("limit", int, Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT))
-        add("name", str | None, Query(None, max_length=NAME_FILTER,
-                                      description="exact, or a glob with '*'"))
+        add("offset", int, Query(ge=0), 0)
+        add("limit", int, Query(ge=1, le=MAX_LIMIT), DEFAULT_LIMIT)
+        add("name", str | None, Query(max_length=NAME_FILTER,
+                                      description="exact, or a glob with '*'"), None)
         if operation.status:
-            add("status", str | None, Query(None, max_length=32))
-    model: type[BaseModel] | None = None
+            add("status", str | None, Query(max_length=32), None)
     if fields:
         model = create_model(f"{operation.id.replace('.', '_')}_body",
                              __config__=ConfigDict(extra="forbid"), **fields)
-        body_required = any(spec[1] is ... for spec in fields.values())
-        add("body", model | None if not body_required else model,
-            Body(... if body_required else None))
+        if any(spec[1] is ... for spec in fields.values()):
+            add("body", model, Body())
+        else:
+            add("body", model | None, Body(), None)
 
     def endpoint(**values: Any) -> Any:
         request: Request = values.pop("request")
