@@ -30,11 +30,12 @@ from engine_lib.protocol.errors import InvalidSpec, PermissionDenied
 from engine_lib.services.actor import Actor, acting_as
 from engine_lib.services.results import Outcome
 
-__all__ = ["NAME_FILTER", "build_router", "glob", "signature_of"]
+__all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "MAX_OFFSET", "NAME_FILTER", "build_router", "glob", "signature_of"]
 
 log = logging.getLogger("kestrel.api.routes")
 
 MAX_LIMIT = 1000
+MAX_OFFSET = 2**63 - 1  # what SQL's OFFSET takes
 DEFAULT_LIMIT = 100
 NAME_FILTER = 128  # characters
 _PAGE_PARAMS = {"offset", "limit", "name", "status"}
@@ -192,7 +193,7 @@ def _add(router: APIRouter, operation: Operation, function) -> None:
         else:
             add(param.name, param.annotation, Query(), param.default)
     if paged:
-        add("offset", int, Query(ge=0), 0)
+        add("offset", int, Query(ge=0, le=MAX_OFFSET), 0)
         add("limit", int, Query(ge=1, le=MAX_LIMIT), DEFAULT_LIMIT)
         add("name", str | None, Query(max_length=NAME_FILTER,
                                       description="exact, or a glob with '*'"), None)

@@ -115,6 +115,7 @@ def test_malformed_json_is_400_invalid_spec(admin):
     (("GET", "/clusters?name=" + "x" * 200, None), "name"),
     (("PUT", "/clusters/bad?check_mode=perhaps", {}), "check_mode"),
     (("GET", "/events?after_id=" + "9" * 30, None), "after_id"),
+    (("GET", "/jobs?offset=" + "9" * 30, None), "offset"),
 ])
 def test_bad_fields_are_400_naming_the_field(admin, request_, field):
     method, path, body = request_
