@@ -116,6 +116,8 @@ def test_malformed_json_is_400_invalid_spec(admin):
     (("PUT", "/clusters/bad?check_mode=perhaps", {}), "check_mode"),
     (("GET", "/events?after_id=" + "9" * 30, None), "after_id"),
     (("GET", "/jobs?offset=" + "9" * 30, None), "offset"),
+    (("PUT", "/vms/v1", {"spec": {"name": "v2"}}), "spec.name"),
+    (("PUT", "/vms/v1", {"state": "running"}), "spec"),
 ])
 def test_bad_fields_are_400_naming_the_field(admin, request_, field):
     method, path, body = request_
