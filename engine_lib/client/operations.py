@@ -31,6 +31,7 @@ class Operation:
     body: frozenset[str] | None = None  # the body's properties; None: the operation takes none
     stream: str | None = None
     path_param: str | None = None
+    unwrap: str | None = None  # a value the API wraps in an object under this key
 
     @property
     def path_params(self) -> list[str]:
@@ -88,12 +89,19 @@ def _dig(bound: dict[str, Any], source: str) -> Any:
 
 
 def _resolve(document: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
-    seen = 0
-    while "$ref" in schema and seen < 16:
-        target: Any = document
-        for part in schema["$ref"].lstrip("#/").split("/"):
-            target = target.get(part, {}) if isinstance(target, dict) else {}
-        schema, seen = target, seen + 1
+    """Follow $refs, and take the object of an optional body (anyOf [model, null])."""
+    for _ in range(16):
+        if "$ref" in schema:
+            target: Any = document
+            for part in schema["$ref"].lstrip("#/").split("/"):
+                target = target.get(part, {}) if isinstance(target, dict) else {}
+            schema = target
+        elif "anyOf" in schema or "oneOf" in schema:
+            choices = [c for c in schema.get("anyOf", schema.get("oneOf", []))
+                       if c.get("type") != "null"]
+            schema = choices[0] if choices else {}
+        else:
+            break
     return schema
 
 
@@ -132,5 +140,6 @@ def catalog(document: dict[str, Any]) -> dict[str, Operation]:
                 body=_body_properties(document, operation),
                 stream=operation.get("x-kestrel-stream"),
                 path_param=operation.get("x-kestrel-path-param"),
+                unwrap=operation.get("x-kestrel-unwrap"),
             )
     return operations

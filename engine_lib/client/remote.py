@@ -180,8 +180,8 @@ class RemoteEngine:
                                  entity=result.get("entity"), diff=result.get("diff"))
         if operation.returns == "page" and isinstance(result, dict) and "items" in result:
             return list(result["items"])
-        if operation.returns == "value" and isinstance(result, dict) and result.keys() == {"text"}:
-            return result["text"]
+        if operation.unwrap and isinstance(result, dict):
+            return result.get(operation.unwrap)
         return result
 
     def _all_pages(self, operation: Operation, bound: dict[str, Any]) -> list[Any]:
