@@ -8,7 +8,6 @@ mode, diff, typed errors and the missing-library message."""
 from __future__ import annotations
 
 import pytest
-
 from ansible_collections.kestrel.virt.plugins.module_utils import _kestrel
 from ansible_collections.kestrel.virt.plugins.modules import cluster
 from ansible_collections.kestrel.virt.tests.unit.plugins.modules.kestrel_fakes import (
