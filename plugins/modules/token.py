@@ -32,7 +32,7 @@ options:
     type: str
   role:
     description:
-      - Narrows the token to this built-in role (for example C(VmOperator)):
+      - Narrows the token to this built-in role (for example C(VmOperator)) -
         it may do only what both its user and the role allow.
       - Without it, the token may do whatever its user may.
     type: str
