@@ -128,7 +128,7 @@ class Export:
         """Stream the bytes into ``out``; {received, sha256}. Bytes that are not the
         agent's (sha256) are an error: a path's caller drops its temporary file."""
         got = self.agent.read_export(self.job, out, _bytes_progress(
-            progress, "downloading", self.entity["length"], (50, 100), self.what))
+            progress, "downloading", self.entity["length"], self.what))
         if got["sha256"] != self.entity["sha256"]:
             raise KestrelError(f"the download's sha256 {got['sha256']} is not the agent's "
                                f"{self.entity['sha256']}", disk=self.entity.get("name"))
@@ -236,7 +236,7 @@ class ImageService:
                 self._job_started(volume_id[0], job, host.name)
                 sent_report = agent.send_upload(
                     job, upload_stream, length,
-                    _bytes_progress(progress, "uploading", length, (0, 95), what))
+                    _bytes_progress(progress, "uploading", length, what))
                 sent = sent_report["received"]
                 if wanted_sha and sent_report["sha256"] != wanted_sha:
                     agent.forget_job(job)
@@ -245,14 +245,12 @@ class ImageService:
                                       f"the file's sha256 is {sent_report['sha256']}, not "
                                       f"{wanted_sha} (was it changed while uploading?)")
                 agent.commit_upload(job, sent_report["sha256"])
-                span = (95, 100)
             else:
                 job = agent.start_import(request, url=source, image_format=image_format,
                                          sha256=wanted_sha, content_type=content_type,
                                          timeout_s=timeout or 30.0)["job"]
                 self._job_started(volume_id[0], job, host.name)
-                span = (0, 100)
-            result = volume_jobs.wait(agent, job, progress=_job_progress(progress, span, what),
+            result = volume_jobs.wait(agent, job, progress=_job_progress(progress),
                                       timeout=timeout, forget=False)
         except BaseException as exc:
             # The agent's job first: aborting it removes its staging file.
@@ -450,7 +448,7 @@ class ImageService:
         job = agent.start_export(plan.source, plan.chain, plan.entity["format"])["job"]
         try:
             result = volume_jobs.wait(agent, job, forget=False,
-                                      progress=_job_progress(progress, (0, 50), what))
+                                      progress=_job_progress(progress))
             yield Export(agent, job, {**plan.entity, "sha256": str(result.get("sha256")),
                                       "length": int(result.get("length") or 0)}, what)
         finally:
@@ -653,34 +651,29 @@ def _stream_sha256(stream: BinaryIO, length: int) -> str:
 
 
 def _bytes_progress(progress: Progress | None, phase: str, total: int,
-                    span: tuple[int, int], what: str) -> Callable[[int], None]:
-    """Called after each piece moved: the caller's progress, the job's (its share
-    ``span`` of the operation), and the point where a cancel stops the transfer."""
-    job, (low, high) = job_context.current(), span
+                    what: str) -> Callable[[int], None]:
+    """Called after each piece moved: the caller's progress, the job's (the share of
+    the bytes moved), and the point where a cancel stops the transfer. (The agent's
+    job after it reports to the job itself: volume_jobs.wait.)"""
+    job = job_context.current()
 
     def moved(done: int) -> None:
         fraction = done / total if total else 0.0
         if progress is not None:
             progress({"phase": phase, "done_bytes": done, "total_bytes": total,
                       "progress": 100.0 * fraction})
-        job.progress(int(low + (high - low) * fraction), phase)
+        job.progress(int(100 * fraction), phase)
         job_context.check_cancelled(what)
     return moved
 
 
-def _job_progress(progress: Progress | None, span: tuple[int, int], what: str) -> Progress:
-    """Each poll of the agent's job: as _bytes_progress, from the job's document."""
-    handle, (low, high) = job_context.current(), span
-
-    def polled(job: dict) -> None:
-        phase = job.get("phase") or job.get("kind", "")
-        percent = float(job.get("progress") or 0)
-        if progress is not None:
-            progress({"phase": phase, "done_bytes": job.get("done_bytes", 0),
-                      "total_bytes": job.get("total_bytes", 0), "progress": percent})
-        handle.progress(int(low + (high - low) * percent / 100), phase)
-        job_context.check_cancelled(what)
-    return polled
+def _job_progress(progress: Progress | None) -> Progress | None:
+    if progress is None:
+        return None
+    return lambda job: progress({"phase": job.get("phase") or job.get("kind", ""),
+                                 "done_bytes": job.get("done_bytes", 0),
+                                 "total_bytes": job.get("total_bytes", 0),
+                                 "progress": job.get("progress", 0)})
 
 
 def _forget(agent, job: str | None) -> None:
