@@ -17,7 +17,7 @@ from engine_lib.api.routes import build_router
 
 __all__ = ["PREFIX", "create_app"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("kestrel.api.app")
 
 PREFIX = "/api/v1"
 # Disk content (H4's streams) bypasses the JSON body limit: it is streamed, not held.
@@ -38,13 +38,13 @@ def create_app(engine, *, max_body: int = DEFAULT_MAX_BODY, workers: int = DEFAU
                   openapi_url=f"{PREFIX}/openapi.json", docs_url=None, redoc_url=None)
     app.state.engine = engine
     app.state.jobs = jobs or JobRunner(engine.store, workers)
-    errors.install(app)
     app.include_router(builtin.router, prefix=PREFIX)
     app.include_router(build_router(engine), prefix=PREFIX)
     streams = _stream_router()
     if streams is not None:
         app.include_router(streams, prefix=PREFIX)
     app.add_middleware(BodyLimit, max_body=max_body, unlimited_paths=_STREAMED)
+    errors.install(app)  # its last-resort middleware outside the body limit
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 import engine_lib
 from engine_lib.api import schemas
-from engine_lib.api.deps import current_actor, engine_of, job_runner
+from engine_lib.api.deps import CurrentActor, engine_of, job_runner
 from engine_lib.api.operations import CATALOG
 from engine_lib.api.routes import DEFAULT_LIMIT, MAX_LIMIT
 from engine_lib.protocol.errors import PermissionDenied
@@ -22,6 +22,7 @@ router = APIRouter()
 
 MAX_LOGIN_SECONDS = 30 * 86400
 _JOB_STATUS = "^(running|succeeded|failed|cancelled)$"
+_JobId = Annotated[str, Path(max_length=36)]
 
 
 class Login(BaseModel):
@@ -60,7 +61,7 @@ def login(request: Request, body: Login) -> JSONResponse:
             tags=["auth"], response_model=None,
             responses={200: schemas.json_body({"type": "object"}, "The caller"),
                        **schemas.errors()})
-def whoami(request: Request, actor: Actor = Depends(current_actor)) -> dict[str, Any]:
+def whoami(request: Request, actor: CurrentActor) -> dict[str, Any]:
     engine = engine_of(request)
     # The caller's own grants: read as the engine, since listing grants needs access.manage.
     grants = engine.permissions.info(user=actor.name)
@@ -88,9 +89,11 @@ _JOB_RESPONSE = {200: schemas.json_body(schemas.JOB, "The job"), **schemas.error
             "with job.view_all)", tags=["jobs"], response_model=None,
             responses={200: schemas.json_body(schemas.PAGE, "A page of jobs"),
                        **schemas.errors()})
-def jobs_info(request: Request, actor: Actor = Depends(current_actor),
-              offset: int = Query(0, ge=0), limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
-              status: str | None = Query(None, pattern=_JOB_STATUS)) -> dict[str, Any]:
+def jobs_info(request: Request, actor: CurrentActor,
+              offset: Annotated[int, Query(ge=0)] = 0,
+              limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+              status: Annotated[str | None, Query(pattern=_JOB_STATUS)] = None,
+              ) -> dict[str, Any]:
     view_all = _view_all(request, actor)
     with acting_as(actor):
         return job_runner(request).page(offset=offset, limit=limit, status=status,
@@ -99,8 +102,7 @@ def jobs_info(request: Request, actor: Actor = Depends(current_actor),
 
 @router.get("/jobs/{id}", operation_id="jobs.get", summary="A job: progress, result, error",
             tags=["jobs"], response_model=None, responses=_JOB_RESPONSE)
-def jobs_get(request: Request, id: str = Path(max_length=36),
-             actor: Actor = Depends(current_actor)) -> dict[str, Any]:
+def jobs_get(request: Request, id: _JobId, actor: CurrentActor) -> dict[str, Any]:
     view_all = _view_all(request, actor)
     with acting_as(actor):
         return job_runner(request).get(id, view_all=view_all)
@@ -110,8 +112,7 @@ def jobs_get(request: Request, id: str = Path(max_length=36),
                tags=["jobs"], status_code=202, response_model=None,
                responses={202: schemas.json_body(schemas.JOB, "Cancel requested"),
                           **schemas.errors()})
-def jobs_cancel(request: Request, id: str = Path(max_length=36),
-                actor: Actor = Depends(current_actor)) -> JSONResponse:
+def jobs_cancel(request: Request, id: _JobId, actor: CurrentActor) -> JSONResponse:
     view_all = _view_all(request, actor)
     with acting_as(actor):
         return JSONResponse(job_runner(request).cancel(id, view_all=view_all), status_code=202)

@@ -3,7 +3,7 @@
 Routes written by hand (disk content streams) use these exactly as the generated ones do:
 
     @router.put("/disks/{name}/content")
-    def upload(name: str, request: Request, who: Actor = Depends(current_actor)):
+    def upload(name: str, request: Request, who: CurrentActor):
         engine = engine_of(request)
         with acting_as(who):
             require(engine, "disk.create", "system")
@@ -15,14 +15,16 @@ is called (so call it inside ``acting_as``).
 
 from __future__ import annotations
 
-from fastapi import Request
+from typing import Annotated
+
+from fastapi import Depends, Request
 
 from engine_lib.api.jobs import JobRunner
 from engine_lib.engine import Engine
 from engine_lib.protocol.errors import Unauthenticated
 from engine_lib.services.actor import Actor, acting_as
 
-__all__ = ["Actor", "acting_as", "bearer_token", "current_actor", "engine_of", "job_runner",
+__all__ = ["Actor", "CurrentActor", "acting_as", "bearer_token", "current_actor", "engine_of", "job_runner",
            "require"]
 
 NO_TOKEN = "an Authorization: Bearer <token> header is required"
@@ -47,6 +49,10 @@ def bearer_token(request: Request) -> str:
 def current_actor(request: Request) -> Actor:
     """FastAPI dependency: the actor of the request's bearer token (401 otherwise)."""
     return engine_of(request).authn.actor_for_token(bearer_token(request))
+
+
+# A route parameter: ``who: CurrentActor``.
+CurrentActor = Annotated[Actor, Depends(current_actor)]
 
 
 def require(engine: Engine, permission: str, object_type: str, name: str = "") -> None:

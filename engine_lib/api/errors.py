@@ -13,12 +13,16 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine_lib.protocol.errors import (
-    InternalError, InvalidSpec, KestrelError, NotFound, RequestTooLarge,
+    InternalError,
+    InvalidSpec,
+    KestrelError,
+    NotFound,
+    RequestTooLarge,
 )
 
-__all__ = ["ERROR_SCHEMA", "error_response", "install", "invalid_spec"]
+__all__ = ["ERROR_SCHEMA", "CatchUnexpected", "error_response", "install", "invalid_spec"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("kestrel.api.errors")
 
 ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -70,10 +74,10 @@ async def _kestrel(_request: Request, exc: KestrelError) -> JSONResponse:
     return error_response(exc)
 
 
-async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     # Routing's own answers (no such path, method not allowed) in the same shape.
     if exc.status_code == 404:
-        return error_response(NotFound("no such API path"))
+        return error_response(NotFound("API path", request.url.path))
     if exc.status_code == 413:
         return error_response(RequestTooLarge(str(exc.detail)))
     error = KestrelError(str(exc.detail))
@@ -82,13 +86,42 @@ async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
     return error_response(error)
 
 
-async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-    return error_response(InternalError("the engine failed unexpectedly; see its log"))
+def _unexpected_error() -> InternalError:
+    return InternalError("the engine failed unexpectedly; see its log")
+
+
+class CatchUnexpected:
+    """Answer an unexpected exception with a 500 InternalError body and keep the
+    connection: Starlette's own last-resort handler re-raises, and the server then drops
+    the connection a client may be reusing. Pure ASGI, outside every other middleware."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            log.exception("%s %s failed", scope.get("method"), scope.get("path"))
+            if started:
+                raise  # half a response: only closing the connection tells the client
+            await error_response(_unexpected_error())(scope, receive, send)
 
 
 def install(app: FastAPI) -> None:
+    """The handlers, and the last-resort middleware (call after adding other middleware)."""
     app.add_exception_handler(RequestValidationError, _validation)  # type: ignore[arg-type]
     app.add_exception_handler(KestrelError, _kestrel)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http)  # type: ignore[arg-type]
-    app.add_exception_handler(Exception, _unexpected)
+    app.add_middleware(CatchUnexpected)

@@ -21,7 +21,12 @@ from sqlalchemy import func, select
 
 from engine_lib.model import ApiJob
 from engine_lib.protocol.errors import (
-    Busy, Cancelled, Conflict, InternalError, KestrelError, NotFound,
+    Busy,
+    Cancelled,
+    Conflict,
+    InternalError,
+    KestrelError,
+    NotFound,
 )
 from engine_lib.services import actor as actors
 from engine_lib.services import job_context
@@ -29,7 +34,7 @@ from engine_lib.store import Store
 
 __all__ = ["JobRunner", "job_dict"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("kestrel.api.jobs")
 
 DEFAULT_WORKERS = 8
 PROGRESS_EVERY = 1.0  # seconds between progress writes
@@ -159,7 +164,7 @@ class JobRunner:
         job = session.get(ApiJob, job_id)
         if job is None or not (view_all or job.user_name == actors.current().name):
             # Someone else's job is as good as absent.
-            raise NotFound(f"no job '{job_id}'", job=job_id)
+            raise NotFound("job", job_id)
         return job
 
     def get(self, job_id: str, *, view_all: bool = False) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from engine_lib.services.results import Outcome
 
 __all__ = ["NAME_FILTER", "build_router", "glob", "signature_of"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("kestrel.api.routes")
 
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
@@ -50,7 +50,7 @@ def _annotation(function, parameter: inspect.Parameter) -> Any:
     namespace = dict(vars(sys.modules[function.__module__]))
     namespace.update(vars(typing))
     try:
-        return eval(annotation, namespace)  # noqa: S307 - the services' own source
+        return eval(annotation, namespace)  # the services' own source
     except Exception:
         return Any
 
