@@ -63,6 +63,7 @@ def _doc(op_id: str, positional: list[str], body: bool) -> dict[str, Any]:
         responses.pop(202, None)  # the PUT answers when its job has ended
     else:
         extra.pop("x-kestrel-long", None)  # the answer is the stream itself
+        extra["x-kestrel-returns"] = "outcome"  # as the local call's, built by the client
         responses = schemas.errors()
         responses[200] = {"description": "The image (X-Kestrel-Sha256: its sha256), or with "
                                          "check_mode the outcome",
