@@ -41,7 +41,12 @@ from engine_lib.services.results import Outcome
 __all__ = ["SHA256_HEADER", "router"]
 
 SHA256_HEADER = "X-Kestrel-Sha256"
-_NAME = Path(max_length=255)
+
+
+def _name() -> Any:
+    # A new one per parameter: FastAPI keeps each parameter's name on its Path object.
+    return Path(max_length=255)
+
 _TEXT = 255
 
 
@@ -81,7 +86,7 @@ router = APIRouter()
 
 
 @router.put("/disks/{name}/content", **_doc("images.upload", ["name"], body=True))
-async def upload(request: Request, who: CurrentActor, name: str = _NAME,
+async def upload(request: Request, who: CurrentActor, name: str = _name(),
                  storage_domain: str = Query("", max_length=_TEXT),
                  upload_image_url: str | None = Query(None, max_length=4096),
                  upload_length: int | None = Query(None, ge=1),
@@ -104,8 +109,8 @@ async def upload(request: Request, who: CurrentActor, name: str = _NAME,
 
 @router.put("/vms/{vm}/disks/{name}/content",
             **_doc("images.upload_vm_disk", ["vm", "name"], body=True))
-async def upload_vm_disk(request: Request, who: CurrentActor, vm: str = _NAME,
-                         name: str = _NAME,
+async def upload_vm_disk(request: Request, who: CurrentActor, vm: str = _name(),
+                         name: str = _name(),
                          settings: str = Query(..., max_length=65536,
                                                description="the disk's settings (JSON object)"),
                          upload_image_url: str | None = Query(None, max_length=4096),
@@ -271,7 +276,7 @@ async def _start_job(request: Request, who: Actor, op_id: str,
 
 
 @router.get("/disks/{name}/content", **_doc("images.download", ["name", "path"], body=False))
-async def download(request: Request, who: CurrentActor, name: str = _NAME,
+async def download(request: Request, who: CurrentActor, name: str = _name(),
                    fmt: str | None = Query(None, max_length=16),
                    check_mode: bool = Query(False)):
     return await _download(request, who, "images.download", {"name": name}, name, None, fmt,
@@ -280,8 +285,8 @@ async def download(request: Request, who: CurrentActor, name: str = _NAME,
 
 @router.get("/vms/{vm}/disks/{name}/content",
             **_doc("images.download_vm_disk", ["vm", "name", "path"], body=False))
-async def download_vm_disk(request: Request, who: CurrentActor, vm: str = _NAME,
-                           name: str = _NAME, fmt: str | None = Query(None, max_length=16),
+async def download_vm_disk(request: Request, who: CurrentActor, vm: str = _name(),
+                           name: str = _name(), fmt: str | None = Query(None, max_length=16),
                            check_mode: bool = Query(False)):
     return await _download(request, who, "images.download_vm_disk", {"vm": vm, "name": name},
                            name, vm, fmt, check_mode)
