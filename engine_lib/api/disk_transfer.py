@@ -9,15 +9,15 @@ The job's progress is the bytes received (GET /jobs) and DELETE /jobs/{id} cance
 the PUT answers the job's outcome when it ends. ``upload_image_url`` takes no body.
 
 A download answers the image itself with its sha256 in ``X-Kestrel-Sha256`` (known
-before the first byte: the host exports the disk first). ``check_mode=true`` answers
-the outcome without bytes, unchanged when ``If-None-Match`` names the sha256 the
-download would have.
+before the first byte: the host exports the disk first). It is a job as well (GET /jobs
+shows the bytes sent; a cancel, or a client that goes away, ends the stream early, so
+the client's check fails and it keeps nothing). ``check_mode=true`` answers the outcome
+without bytes, unchanged when ``If-None-Match`` names the sha256 the download would have.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import io
 import json
 from collections.abc import Callable
@@ -67,7 +67,7 @@ def _doc(op_id: str, positional: list[str], body: bool) -> dict[str, Any]:
         responses = schemas.responses(operation, has_body=True)
         responses.pop(202, None)  # the PUT answers when its job has ended
     else:
-        extra.pop("x-kestrel-long", None)  # the answer is the stream itself
+        extra.pop("x-kestrel-long", None)  # a job (GET /jobs), but the answer is the stream
         extra["x-kestrel-returns"] = "outcome"  # as the local call's, built by the client
         responses = schemas.errors()
         responses[200] = {"description": "The image (X-Kestrel-Sha256: its sha256), or with "
@@ -302,23 +302,25 @@ async def _download(request: Request, who: Actor, op_id: str, path: dict[str, st
     if check_mode:
         unchanged = bool(have) and plan.unchanged(have)
         return JSONResponse(_outcome(Outcome(not unchanged, {**plan.entity, **path})))
-    pipe = Outbound(asyncio.get_running_loop())
-    ready: asyncio.Future = asyncio.get_running_loop().create_future()
     loop = asyncio.get_running_loop()
+    pipe = Outbound(loop)
+    ready: asyncio.Future = loop.create_future()
 
-    def produce() -> None:
+    def produce() -> dict[str, Any]:
+        """The job: export on a host, then the bytes into the pipe as the client reads."""
         try:
-            with acting_as(who), engine.images.exported(plan) as export:
+            with engine.images.exported(plan) as export:
                 loop.call_soon_threadsafe(_settle, ready, export.entity)
-                export.write_to(cast(BinaryIO, pipe))
+                got = export.write_to(cast(BinaryIO, pipe))
         except BaseException as exc:
             loop.call_soon_threadsafe(_settle, ready, exc)
             pipe.finish(exc)
-            return
+            raise
         pipe.finish()
+        return _outcome(Outcome(True, {**export.entity, **path,
+                                       "transferred_bytes": got["received"]}))
 
-    context = contextvars.copy_context()
-    loop.run_in_executor(None, context.run, produce)
+    await _start_job(request, who, op_id, produce)
     entity = await ready
     if isinstance(entity, BaseException):
         raise entity

@@ -173,6 +173,9 @@ def test_upload_then_download_through_the_api_with_the_same_sha256(api, remote, 
     got = remote.images.download("up", str(out))
     assert got.changed and _sha(out) == _sha(image) == got.entity["sha256"]
     assert got.entity["download_image_path"] == str(out)
+    job = _until(lambda: next((j for j in _jobs(api, "images.download")
+                               if j.status != "running"), None), "the download job's end")
+    assert (job.status, job.progress) == ("succeeded", 100)
     assert not [n for n in os.listdir(tmp_path) if n.endswith(".part")]
     # Both again: unchanged, and no byte crosses (no job, the file untouched).
     before, mtime = len(_jobs(api, "images.upload")), out.stat().st_mtime_ns
