@@ -97,8 +97,10 @@ class Inbound(_Pipe):
     def read(self, size: int = -1) -> bytes:
         """Up to ``size`` bytes, fewer only at the end; the writer's error raised."""
         with self._cond:
+            # More than the pipe holds is never waited for: what it has is returned.
+            wanted = min(size, self._capacity)
             self._wait_thread(lambda: self._eof or self._error is not None or (
-                0 <= size <= self._buffered), "waiting for the request body")
+                0 <= wanted <= self._buffered), "waiting for the request body")
             if self._error is not None and (size < 0 or self._buffered < size):
                 raise self._error
             parts, wanted = [], self._buffered if size < 0 else min(size, self._buffered)
