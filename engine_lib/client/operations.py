@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine_lib.client.http import quote_path
 from engine_lib.protocol.errors import InvalidSpec, KestrelError
 
 METHODS = ("get", "put", "post", "delete", "patch")
@@ -51,8 +52,6 @@ class Operation:
 
     def request(self, bound: dict[str, Any]) -> tuple[str, dict[str, Any], Any]:
         """(path with its parameters filled, query, JSON body or None)."""
-        from engine_lib.client.http import quote_path
-
         remaining = dict(bound)
         path = self.path
         for name in self.path_params:

@@ -132,7 +132,8 @@ class RemoteEngine:
     def call(self, operation: Operation, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         bound = operation.bind(args, kwargs)
         if operation.stream:
-            from engine_lib.client import transfers  # the disk transfer side (images)
+            # Loaded only for a disk's content; it builds on this module (RemoteOutcome).
+            import engine_lib.client.transfers as transfers
 
             stream = getattr(transfers, operation.stream)
             return stream(self, operation, bound)
