@@ -117,6 +117,7 @@ def test_remote_options_fall_back_to_the_environment(engine, run_module, monkeyp
     monkeypatch.setenv('KESTREL_USERNAME', 'alice')
     monkeypatch.setenv('KESTREL_PASSWORD', 'correct horse battery')
     monkeypatch.setenv('KESTREL_CA_FILE', REMOTE['ca_file'])
+    monkeypatch.setenv('KESTREL_TOKEN', '')  # an AWX injector's unset field
     engine.answer = Outcome(False, ENTITY)
     result = run_module(cluster, dict(name='demo'))
     assert engine.opened_with == dict(REMOTE, username='alice', password='correct horse battery',
