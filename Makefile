@@ -67,7 +67,7 @@ ee-lock: venv
 	@test -x .build/pip-tools/bin/pip-compile || \
 		($(PYTHON) -m venv .build/pip-tools && .build/pip-tools/bin/pip install -q pip-tools)
 	@cd ee && ../.build/pip-tools/bin/pip-compile -q --upgrade --generate-hashes --allow-unsafe \
-		--strip-extras --extra postgresql --no-header --no-emit-index-url --no-emit-find-links \
+		--strip-extras --no-header --no-emit-index-url --no-emit-find-links \
 		-o requirements.lock ../pyproject.toml
 
 molecule: deps venv

@@ -1,7 +1,8 @@
 """Disk images in and out of storage domains: uploads and downloads of volumes.
 
 An upload comes from a file where the engine library runs (the module or the CLI
-streams it straight to a host's agent) or from a URL the host downloads. The
+streams it straight to a host's agent), from a stream (the engine API's request
+body: a ``BinaryIO`` and its length) or from a URL the host downloads. The
 volume is registered ``locked`` before any byte moves, so a second upload to the
 same disk is a Conflict naming it, and the engine loop can tell a volume whose
 writer died (``reconcile``). Success makes it ``ok`` with the agent's
@@ -10,7 +11,13 @@ failed upload leaves nothing registered.
 
 A download exports the volume (flattening its chain) on a host, streams it to a
 temporary file next to the destination, compares its sha256 with the agent's and
-renames it into place: the file appears whole or not at all.
+renames it into place: the file appears whole or not at all; or it writes the
+bytes to a stream (the engine API's answer).
+
+Both move their bytes a piece (1 MiB) at a time, report progress to the job they
+run in (services.job_context) and stop between pieces when its user cancels: the
+agent's job is aborted (it removes its staging file) and an upload's locked row is
+removed.
 
 A floating disk (oVirt's) is a volume with a ``name`` and no VM; an ISO is one
 with ``content_type: iso`` that a VM's ``cdrom`` names.
@@ -24,12 +31,16 @@ import re
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import BinaryIO
 from urllib.parse import urlsplit
 
 from sqlalchemy import select
 from sqlalchemy.orm.attributes import flag_modified
 
+from engine_lib.broker import AgentApi
 from engine_lib.model import Cluster, DeviceType, Host, StorageDomain, Volume
 from engine_lib.protocol.errors import (
     Conflict,
@@ -38,7 +49,7 @@ from engine_lib.protocol.errors import (
     NotFound,
 )
 from engine_lib.protocol.statuses import HostStatus
-from engine_lib.services import volume_jobs, volumes
+from engine_lib.services import job_context, volume_jobs, volumes
 from engine_lib.services.common import audit, get_vm, retry_on_conflict
 from engine_lib.services.host_records import HostRef
 from engine_lib.services.results import Outcome
@@ -54,7 +65,8 @@ _HASH_PIECE = 1 << 20
 OPTION_OF_FIELD = {"image_format": "image_format", "length": "upload_image_path",
                    "url": "upload_image_url", "sha256": "image_checksum",
                    "volume.format": "format", "volume.size_mib": "size", "format": "format",
-                   "timeout_s": "timeout", "content_type": "content_type"}
+                   "timeout_s": "timeout", "content_type": "content_type",
+                   "Content-Length": "Content-Length"}
 
 Progress = Callable[[dict], None]
 
@@ -88,6 +100,41 @@ def file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class DownloadPlan:
+    name: str
+    entity: dict  # the disk, with the format the bytes will have
+    source: dict
+    chain: list[dict]
+    stored_format: str
+    stored_sha256: str
+
+    def unchanged(self, sha256: str) -> bool:
+        """Whether bytes with this sha256 are what the download would write (known only
+        for a volume without backing chain sent in its own format)."""
+        return bool(self.stored_sha256) and not self.chain and sha256 == self.stored_sha256 \
+            and self.entity["format"] == self.stored_format
+
+
+@dataclass(frozen=True)
+class Export:
+    """A disk exported on a host (ImageService.exported), streamed once by write_to."""
+    agent: AgentApi
+    job: str
+    entity: dict
+    what: str
+
+    def write_to(self, out: BinaryIO, progress: Progress | None = None) -> dict:
+        """Stream the bytes into ``out``; {received, sha256}. Bytes that are not the
+        agent's (sha256) are an error: a path's caller drops its temporary file."""
+        got = self.agent.read_export(self.job, out, _bytes_progress(
+            progress, "downloading", self.entity["length"], self.what))
+        if got["sha256"] != self.entity["sha256"]:
+            raise KestrelError(f"the download's sha256 {got['sha256']} is not the agent's "
+                               f"{self.entity['sha256']}", disk=self.entity.get("name"))
+        return got
+
+
 class ImageService:
     def __init__(self, engine):
         self.engine = engine
@@ -95,13 +142,37 @@ class ImageService:
     # -- upload ------------------------------------------------------------------------------
 
     def upload(self, name: str, *, storage_domain: str, upload_image_path: str | None = None,
-               upload_image_url: str | None = None, image_format: str = "",
+               upload_image_url: str | None = None, upload_stream: BinaryIO | None = None,
+               upload_length: int | None = None, image_format: str = "",
                image_checksum: str = "", content_type: str = "data", fmt: str | None = None,
                size: str | int | None = None, description: str = "", force: bool = False,
                timeout: float | None = None, floating: bool = True,
                progress: Progress | None = None, check_mode: bool = False) -> Outcome:
-        """Upload a floating disk (``floating``) or a VM's disk volume (nameless row)."""
-        source = _check_source(upload_image_path, upload_image_url)
+        """Upload a floating disk (``floating``) or a VM's disk volume (nameless row).
+
+        The bytes come from ``upload_image_path`` (a file here), ``upload_stream`` (read
+        exactly ``upload_length`` bytes; ``image_checksum`` required, as a stream cannot
+        be read twice to compare it with an existing disk) or ``upload_image_url``.
+        """
+        source = _check_source(upload_image_path, upload_image_url, upload_stream,
+                               upload_length)
+        options = dict(storage_domain=storage_domain, image_format=image_format,
+                       image_checksum=image_checksum, content_type=content_type, fmt=fmt,
+                       size=size, description=description, force=force, timeout=timeout,
+                       floating=floating, progress=progress, check_mode=check_mode)
+        if upload_image_path:
+            # The path form is the stream form over the opened file.
+            with open(upload_image_path, "rb") as stream:
+                return self._upload(name, source, stream, os.path.getsize(upload_image_path),
+                                    **options)
+        return self._upload(name, source, upload_stream, upload_length or 0, **options)
+
+    def _upload(self, name: str, source: str, upload_stream: BinaryIO | None, length: int, *,
+                storage_domain: str, image_format: str, image_checksum: str,
+                content_type: str, fmt: str | None, size: str | int | None, description: str,
+                force: bool, timeout: float | None, floating: bool,
+                progress: Progress | None, check_mode: bool) -> Outcome:
+        """An upload from ``upload_stream`` (``length`` bytes) or from the URL ``source``."""
         if image_format not in IMAGE_FORMATS:
             raise InvalidSpec("image_format", f"must be one of {', '.join(IMAGE_FORMATS[1:])}, "
                                               f"got {image_format!r}")
@@ -119,12 +190,15 @@ class ImageService:
                 raise InvalidSpec("image_checksum", "expected sha256:<64 hex digits>")
             wanted_sha = match.group(1).lower()
         mib = parse_size("size", size) if size is not None else 0
-        length = os.path.getsize(upload_image_path) if upload_image_path else 0
         existing = self._floating(name) if floating else None
-        if upload_image_path and not wanted_sha and existing is not None:
+        if upload_stream is not None and not wanted_sha and existing is not None:
             # Only to compare with what was uploaded before: a new disk is hashed on the
             # way (send_upload), never read twice.
-            wanted_sha = file_sha256(upload_image_path)
+            if not upload_stream.seekable():
+                raise InvalidSpec("image_checksum", f"is required to compare the upload "
+                                                    f"with the existing disk '{name}'")
+            wanted_sha = _stream_sha256(upload_stream, length)
+            upload_stream.seek(0)
         if existing is not None:
             if existing["status"] == "locked":
                 raise Conflict(f"disk '{name}' is being uploaded (locked); wait for it",
@@ -146,21 +220,23 @@ class ImageService:
             return Outcome(True, {"name": name, "storage_domain": storage_domain, "format": fmt,
                                   "content_type": content_type, "status": "ok",
                                   "would_upload": source})
+        job_context.check_cancelled(f"upload of disk '{name}'")
         volume_id = self._register(name if floating else "", storage_domain, fmt, mib,
                                    content_type, description,
                                    replacing=existing["id"] if existing else None)
         agent = self.engine.agent(host.address, host.port)
         started, sent = time.monotonic(), 0
+        what = f"upload of disk '{name}'"
         try:
             request = {"domain": storage_domain, "image": volume_id[1], "volume": volume_id[0],
                        "format": fmt, "size_mib": mib}
-            if upload_image_path:
+            if upload_stream is not None:
                 job = agent.start_upload(request, image_format=image_format, length=length,
                                          content_type=content_type)["job"]
                 self._job_started(volume_id[0], job, host.name)
-                with open(upload_image_path, "rb") as stream:
-                    sent_report = agent.send_upload(
-                        job, stream, length, _bytes_progress(progress, "uploading", length))
+                sent_report = agent.send_upload(
+                    job, upload_stream, length,
+                    _bytes_progress(progress, "uploading", length, what))
                 sent = sent_report["received"]
                 if wanted_sha and sent_report["sha256"] != wanted_sha:
                     agent.forget_job(job)
@@ -177,14 +253,15 @@ class ImageService:
             result = volume_jobs.wait(agent, job, progress=_job_progress(progress),
                                       timeout=timeout, forget=False)
         except BaseException as exc:
-            self._unregister(volume_id[0])
+            # The agent's job first: aborting it removes its staging file.
             _forget(agent, locals().get("job"))
+            self._unregister(volume_id[0])
             if isinstance(exc, KestrelError):
                 if isinstance(exc, Conflict) and "volume" in exc.details:
                     raise Conflict(f"disk '{name}' is being written by another job: "
                                    f"{exc.message}", disk=name) from None
-                raise option_error(exc, "upload_image_url" if upload_image_url
-                                   else "upload_image_path") from None
+                raise option_error(exc, "upload_image_path" if upload_stream
+                                   else "upload_image_url") from None
             raise
         entity = self._registered(volume_id[0], result,
                                   replacing=existing["id"] if existing else None)
@@ -293,51 +370,40 @@ class ImageService:
 
     # -- download -----------------------------------------------------------------------------
 
-    def download(self, name: str, path: str, *, fmt: str | None = None,
-                 volume_id: str | None = None, progress: Progress | None = None,
-                 check_mode: bool = False) -> Outcome:
+    def download(self, name: str, path: str | None = None, *, stream: BinaryIO | None = None,
+                 fmt: str | None = None, volume_id: str | None = None,
+                 progress: Progress | None = None, check_mode: bool = False) -> Outcome:
         """Write the disk (a floating disk by ``name``, or any volume by ``volume_id``) to
-        ``path`` on this machine, flattened, in ``fmt`` (default the volume's)."""
-        if fmt is not None and fmt not in FORMATS:
-            raise InvalidSpec("format", f"must be qcow2 or raw, got {fmt!r}")
+        ``path`` on this machine or to ``stream``, flattened, in ``fmt`` (default the
+        volume's)."""
+        if (path is None) == (stream is None):
+            raise InvalidSpec("download_image_path", "give a path or a stream (one of them)")
+        plan = self.download_plan(name, fmt=fmt, volume_id=volume_id)
+        if stream is not None:
+            if check_mode:
+                return Outcome(True, plan.entity)
+            started = time.monotonic()
+            with self.exported(plan, progress) as export:
+                got = export.write_to(stream, progress)
+            return Outcome(True, {**export.entity, "transferred_bytes": got["received"],
+                                  "download_seconds": round(time.monotonic() - started, 3)})
+        assert path is not None
         directory = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(directory):
             raise InvalidSpec("download_image_path", f"directory {directory} does not exist")
-        with self.engine.store.transaction(commit=False) as session:
-            volume = session.get(Volume, volume_id) if volume_id else _floating(session, name)
-            if volume is None:
-                raise NotFound("disk", name)
-            if volume.status != "ok":
-                raise Conflict(f"disk '{name}' is {volume.status}", disk=name)
-            source, chain = {**agent_volume_of(volume), "format": volume.format}, [
-                {"image": p.image_id, "volume": p.id, "format": p.format}
-                for p in volume.chain()]
-            entity, known_sha = volume_dict(volume), volume.sha256
-        fmt = fmt or entity["format"]
-        if (os.path.isfile(path) and known_sha and fmt == entity["format"] and not chain
-                and file_sha256(path) == known_sha):
-            return Outcome(False, {**entity, "download_image_path": path})
+        if os.path.isfile(path) and plan.unchanged(file_sha256(path)):
+            return Outcome(False, {**plan.entity, "download_image_path": path})
         if check_mode:
-            return Outcome(True, {**entity, "download_image_path": path})
-        host, _free = self._host_for(entity["storage_domain"])
-        agent = self.engine.agent(host.address, host.port)
-        job = agent.start_export(source, chain, fmt)["job"]
+            return Outcome(True, {**plan.entity, "download_image_path": path})
+        started = time.monotonic()
         fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.",
                                     suffix=".part")  # 0600 until renamed
-        started = time.monotonic()
         try:
-            result = volume_jobs.wait(agent, job, progress=_job_progress(progress),
-                                      forget=False)
-            with os.fdopen(fd, "wb") as out:
+            with self.exported(plan, progress) as export, os.fdopen(fd, "wb") as out:
                 fd = -1
-                got = agent.read_export(job, out, _bytes_progress(
-                    progress, "downloading", int(result.get("length") or 0)))
+                got = export.write_to(out, progress)
                 out.flush()
                 os.fsync(out.fileno())
-            if got["sha256"] != result.get("sha256"):
-                raise KestrelError(f"the download's sha256 {got['sha256']} is not the "
-                                   f"agent's {result.get('sha256')}; nothing was written",
-                                   disk=name)
             os.replace(temp, path)
         except BaseException:
             if fd >= 0:
@@ -345,11 +411,48 @@ class ImageService:
             if os.path.exists(temp):
                 os.unlink(temp)
             raise
+        return Outcome(True, {**export.entity, "download_image_path": path,
+                              "transferred_bytes": got["received"],
+                              "download_seconds": round(time.monotonic() - started, 3)})
+
+    def download_plan(self, name: str, *, vm: str | None = None, fmt: str | None = None,
+                      volume_id: str | None = None) -> DownloadPlan:
+        """What a download of the disk (floating, a VM's with ``vm``, or the volume
+        ``volume_id``) would send; checks that it can be read now."""
+        if fmt is not None and fmt not in FORMATS:
+            raise InvalidSpec("format", f"must be qcow2 or raw, got {fmt!r}")
+        if vm is not None:
+            volume_id = self._vm_volume(vm, name)
+        with self.engine.store.transaction(commit=False) as session:
+            volume = session.get(Volume, volume_id) if volume_id else _floating(session, name)
+            if volume is None:
+                raise NotFound("disk", name)
+            if volume.status != "ok":
+                raise Conflict(f"disk '{name}' is {volume.status}", disk=name)
+            source = {**agent_volume_of(volume), "format": volume.format}
+            chain = [{"image": p.image_id, "volume": p.id, "format": p.format}
+                     for p in volume.chain()]
+            entity = volume_dict(volume)
+        return DownloadPlan(name, {**entity, "format": fmt or entity["format"]}, source, chain,
+                            entity["format"], entity["sha256"])
+
+    @contextmanager
+    def exported(self, plan: DownloadPlan,
+                 progress: Progress | None = None) -> Iterator[Export]:
+        """The disk exported (flattened) on a host, ready to stream: its entity has the
+        bytes' ``sha256`` and ``length``. The host's copy goes at the end."""
+        what = f"download of disk '{plan.name}'"
+        job_context.check_cancelled(what)
+        host, _free = self._host_for(plan.entity["storage_domain"])
+        agent = self.engine.agent(host.address, host.port)
+        job = agent.start_export(plan.source, plan.chain, plan.entity["format"])["job"]
+        try:
+            result = volume_jobs.wait(agent, job, forget=False,
+                                      progress=_job_progress(progress))
+            yield Export(agent, job, {**plan.entity, "sha256": str(result.get("sha256")),
+                                      "length": int(result.get("length") or 0)}, what)
         finally:
             _forget(agent, job)
-        return Outcome(True, {**entity, "download_image_path": path, "format": fmt,
-                              "sha256": got["sha256"], "transferred_bytes": got["received"],
-                              "download_seconds": round(time.monotonic() - started, 3)})
 
     # -- a VM's disk ---------------------------------------------------------------------------
 
@@ -389,15 +492,18 @@ class ImageService:
         progress = {k: disk[k] for k in ("sha256", "transferred_bytes", "upload_seconds")}
         return Outcome(True, {**(attached.entity or {}), **progress}, attached.diff)
 
-    def download_vm_disk(self, vm: str, name: str, path: str, **kwargs) -> Outcome:
+    def download_vm_disk(self, vm: str, name: str, path: str | None = None,
+                         **kwargs) -> Outcome:
+        outcome = self.download(name, path, volume_id=self._vm_volume(vm, name), **kwargs)
+        return Outcome(outcome.changed, {"vm": vm, **(outcome.entity or {}), "name": name})
+
+    def _vm_volume(self, vm: str, name: str) -> str:
         with self.engine.store.transaction(commit=False) as session:
             row = get_vm(session, vm)
             device = next((d for d in row.devices_of(DeviceType.DISK) if d.name == name), None)
             if device is None or not device.spec.get("volume_id"):
                 raise NotFound("disk", f"{vm}/{name}")
-            volume_id = device.spec["volume_id"]
-        outcome = self.download(name, path, volume_id=volume_id, **kwargs)
-        return Outcome(outcome.changed, {"vm": vm, **(outcome.entity or {}), "name": name})
+            return str(device.spec["volume_id"])
 
     def reconcile(self) -> list[str]:
         """See the module function: the engine loop's pass over locked volumes."""
@@ -514,10 +620,16 @@ def _floating(session, name: str, exclude: str | None = None) -> Volume | None:
     return session.scalars(query.order_by(Volume.created_at)).first()
 
 
-def _check_source(path: str | None, url: str | None) -> str:
-    if bool(path) == bool(url):
+def _check_source(path: str | None, url: str | None, stream: BinaryIO | None = None,
+                  length: int | None = None) -> str:
+    if [bool(path), bool(url), stream is not None].count(True) != 1:
         raise InvalidSpec("upload_image_path", "give upload_image_path or upload_image_url "
                                                "(one of them)")
+    if stream is not None:
+        if isinstance(length, bool) or not isinstance(length, int) or length <= 0:
+            raise InvalidSpec("upload_length", f"the stream's length in bytes (a positive "
+                                               f"integer) is required, got {length!r}")
+        return "stream"
     if path:
         if not os.path.isfile(path):
             raise InvalidSpec("upload_image_path", f"{path} is not a file")
@@ -530,12 +642,29 @@ def _check_source(path: str | None, url: str | None) -> str:
     return url
 
 
-def _bytes_progress(progress: Progress | None, phase: str,
-                    total: int) -> Callable[[int], None] | None:
-    if progress is None:
-        return None
-    return lambda done: progress({"phase": phase, "done_bytes": done, "total_bytes": total,
-                                  "progress": 100.0 * done / total if total else 0.0})
+def _stream_sha256(stream: BinaryIO, length: int) -> str:
+    digest, left = hashlib.sha256(), length
+    while left and (piece := stream.read(min(_HASH_PIECE, left))):
+        digest.update(piece)
+        left -= len(piece)
+    return digest.hexdigest()
+
+
+def _bytes_progress(progress: Progress | None, phase: str, total: int,
+                    what: str) -> Callable[[int], None]:
+    """Called after each piece moved: the caller's progress, the job's (the share of
+    the bytes moved), and the point where a cancel stops the transfer. (The agent's
+    job after it reports to the job itself: volume_jobs.wait.)"""
+    job = job_context.current()
+
+    def moved(done: int) -> None:
+        fraction = done / total if total else 0.0
+        if progress is not None:
+            progress({"phase": phase, "done_bytes": done, "total_bytes": total,
+                      "progress": 100.0 * fraction})
+        job.progress(int(100 * fraction), phase)
+        job_context.check_cancelled(what)
+    return moved
 
 
 def _job_progress(progress: Progress | None) -> Progress | None:

@@ -16,11 +16,13 @@ PACKAGE = ROOT / "engine_lib"
 # The command line imports what a subcommand needs when it runs: `kestrel --help` and the
 # offline commands never load the database layer.
 LAZY_BY_DESIGN = ("engine_lib.cli",)
-# Two more, each with its reason at the import: the agent package loads its daemon only
-# when run, and its API loads the libvirt-backed Hypervisor only when first asked.
+# More, each with its reason at the import: the agent package loads its daemon only
+# when run, its API loads the libvirt-backed Hypervisor only when first asked, and the
+# API client loads its disk transfers (built on it) only for a disk's content.
 DELIBERATE = {
     ("engine_lib.agent", "engine_lib.agent.daemon"),
     ("engine_lib.agent.api", "engine_lib.agent.vms"),
+    ("engine_lib.client.remote", "engine_lib.client.transfers"),
 }
 
 

@@ -4,6 +4,7 @@ qemu-img checks) in this process: the wire between broker and agent, end to end.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import subprocess
 
@@ -13,8 +14,8 @@ import pytest
 from engine_lib.broker import AgentClient
 from engine_lib.engine import Engine
 from engine_lib.model import Host, Volume
-from engine_lib.protocol.errors import InvalidSpec, KestrelError
-from engine_lib.services import volume_jobs
+from engine_lib.protocol.errors import Cancelled, InvalidSpec, KestrelError
+from engine_lib.services import job_context, volume_jobs
 
 MIB = 1 << 20
 
@@ -123,3 +124,76 @@ def test_a_url_that_is_missing_names_the_url_option(setup):
     assert "upload_image_url" in str(caught.value) or \
         getattr(caught.value, "field", "") == "upload_image_url", caught.value
     assert _rows(engine) == [] and os.listdir(root) == ["other"]
+
+
+class _Job:
+    """A job handle (services.job_context) whose user cancels once progress in
+    ``cancel_in_phase`` is reported (never when None)."""
+
+    def __init__(self, cancel_in_phase: str | None = None):
+        self.seen: list[tuple[int, str]] = []
+        self.cancel_in_phase = cancel_in_phase
+
+    def progress(self, percent, phase=""):
+        self.seen.append((percent, phase))
+
+    def cancel_requested(self):
+        return any(phase == self.cancel_in_phase for _, phase in self.seen)
+
+
+def _qcow2(tmp_path, mib):
+    raw = tmp_path / "s.raw"
+    raw.write_bytes(os.urandom(mib * MIB))
+    _img("convert", "-f", "raw", "-O", "qcow2", str(raw), str(tmp_path / "s.qcow2"))
+    return tmp_path / "s.qcow2"
+
+
+def test_a_stream_uploads_and_downloads_with_the_jobs_progress(setup, tmp_path):
+    engine, root = setup
+    image = _qcow2(tmp_path, 3)
+    sha = _sha(image)
+    job = _Job()
+    with open(image, "rb") as stream, job_context.running(job):
+        disk = engine.images.upload("s", storage_domain="sd", upload_stream=stream,
+                                    upload_length=image.stat().st_size,
+                                    image_checksum=f"sha256:{sha}").entity
+    assert disk["status"] == "ok" and disk["sha256"] == sha
+    uploading = [p for p, phase in job.seen if phase == "uploading"]
+    assert uploading == sorted(uploading) and len(uploading) >= 3 and uploading[-1] == 100
+    # Unchanged: compared by the checksum, no byte read.
+    assert not engine.images.upload("s", storage_domain="sd", upload_stream=io.BytesIO(),
+                                    upload_length=1, image_checksum=f"sha256:{sha}").changed
+    out, job = io.BytesIO(), _Job()
+    with job_context.running(job):
+        got = engine.images.download("s", stream=out).entity
+    assert hashlib.sha256(out.getvalue()).hexdigest() == got["sha256"] == sha
+    assert got["length"] == len(out.getvalue()) and job.seen[-1] == (100, "downloading")
+
+
+def test_a_stream_needs_its_length_and_a_checksum_to_compare(setup):
+    engine, root = setup
+    with pytest.raises(InvalidSpec) as caught:
+        engine.images.upload("s", storage_domain="sd", upload_stream=io.BytesIO(b"x"))
+    assert caught.value.field == "upload_length"
+
+
+@pytest.mark.parametrize("phase", ["uploading", "downloading"])
+def test_a_cancel_between_pieces_leaves_no_row_and_no_staging_file(setup, tmp_path, phase):
+    engine, root = setup
+    image = _qcow2(tmp_path, 6)
+    if phase == "downloading":
+        engine.images.upload("d", storage_domain="sd", upload_image_path=str(image))
+    before = _rows(engine)
+    job = _Job(cancel_in_phase=phase)
+    with job_context.running(job), pytest.raises(Cancelled):
+        if phase == "uploading":
+            engine.images.upload("d", storage_domain="sd", upload_image_path=str(image))
+        else:
+            engine.images.download("d", str(tmp_path / "out.qcow2"))
+    assert [p for p, seen in job.seen if seen == phase] == [job.seen[-1][0]]  # one piece
+    assert _rows(engine) == before
+    # The agent's job was aborted: its staging file (upload) or export copy is gone.
+    left = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    assert left == sorted(["other/vol"] + [f"{v['image_id']}/{v['volume_id']}"
+                                           for v in engine.images.list()])
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".part")]

@@ -1,0 +1,94 @@
+"""RemoteEngine against the real engine API served over TLS (tests/support/api_server.py):
+the same calls as the local facade, answered the same way."""
+
+from __future__ import annotations
+
+import pytest
+from api_server import served_api
+from conftest import FakeAgent
+
+from engine_lib.client import RemoteEngine, remote
+from engine_lib.protocol.errors import (
+    ClusterNotFound,
+    InvalidSpec,
+    PermissionDenied,
+    Unauthenticated,
+)
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory):
+    agents: dict = {}
+    with served_api(tmp_path_factory,
+                    agent_factory=lambda a, p: agents.setdefault(a, FakeAgent(a))) as served:
+        yield served
+
+
+@pytest.fixture
+def admin(api):
+    with RemoteEngine.connect(api.url, token=api.admin_token, ca_file=api.ca_file) as engine:
+        yield engine
+
+
+def test_outcomes_match_the_local_facade(api, admin):
+    predicted = admin.clusters.ensure("c-remote", description="remote", check_mode=True)
+    assert predicted.changed and predicted.entity["name"] == "c-remote"
+    with pytest.raises(ClusterNotFound):  # check mode changed nothing
+        api.engine.clusters.get("c-remote")
+    made = admin.clusters.ensure("c-remote", description="remote")
+    assert made.changed and made.entity == api.engine.clusters.get("c-remote")
+    again = admin.clusters.ensure("c-remote", description="remote")
+    assert not again.changed
+    assert admin.clusters.get("c-remote") == api.engine.clusters.get("c-remote")
+
+
+def test_typed_errors_cross_the_wire(api, admin):
+    with pytest.raises(ClusterNotFound, match="cluster 'nowhere' does not exist"):
+        admin.clusters.get("nowhere")
+    with pytest.raises(InvalidSpec) as invalid:
+        admin.clusters.ensure("c-bad", memory_overcommit="lots")
+    assert invalid.value.field
+    reader = api.token_for("ReadOnly")
+    with RemoteEngine.connect(api.url, token=reader, ca_file=api.ca_file) as engine:
+        with pytest.raises(PermissionDenied, match="lacks permission 'cluster.create'"):
+            engine.clusters.ensure("c-denied")
+
+
+def test_lists_are_whole_however_many_pages(api, admin, monkeypatch):
+    for index in range(7):
+        api.engine.clusters.ensure(f"paged-{index}")
+    monkeypatch.setattr(remote, "PAGE_LIMIT", 3)
+    names = [c["name"] for c in admin.clusters.info() if c["name"].startswith("paged-")]
+    assert names == [f"paged-{index}" for index in range(7)]
+
+
+def test_a_long_operation_runs_as_a_job_and_returns_its_outcome(api, admin):
+    admin.clusters.ensure("c-vms")
+    outcome = admin.vms.ensure({"name": "vm-remote", "cluster": "c-vms", "memory": "128MiB"},
+                               state="stopped")
+    assert outcome.changed and outcome.entity["name"] == "vm-remote"
+    assert [vm["id"] for vm in api.engine.vms.info() if vm["name"] == "vm-remote"] == [
+        outcome.entity["id"]]
+    assert admin.vms.domain_xml("vm-remote").startswith("<domain")
+
+
+def test_a_password_login_is_revoked_on_close(api):
+    name, password = api.user("ReadOnly")
+    engine = RemoteEngine.connect(api.url, username=name, password=password,
+                                  ca_file=api.ca_file)
+    login = engine.http.token
+    assert engine.clusters.info() is not None
+    assert [t["name"] for t in engine.tokens.info()] == [t["name"] for t in
+                                                         api.engine.tokens.info(user=name)]
+    engine.close()
+    assert [t for t in api.engine.tokens.info(user=name) if not t["revoked"]] == []
+    with RemoteEngine.connect(api.url, token=login, ca_file=api.ca_file) as stale:
+        with pytest.raises(Unauthenticated):
+            stale.clusters.info()
+
+
+def test_a_wrong_password_is_refused(api):
+    name, _ = api.user("ReadOnly")
+    with pytest.raises(Unauthenticated, match="invalid username or password"):
+        RemoteEngine.connect(api.url, username=name, password="not the password!",
+                             ca_file=api.ca_file)
