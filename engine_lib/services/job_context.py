@@ -16,7 +16,7 @@ from typing import Protocol
 
 from engine_lib.protocol.errors import Cancelled
 
-__all__ = ["JobHandle", "check_cancelled", "current", "running"]
+__all__ = ["JobHandle", "check_cancelled", "current", "part", "running"]
 
 
 class JobHandle(Protocol):
@@ -55,3 +55,26 @@ def running(handle: JobHandle) -> Iterator[JobHandle]:
         yield handle
     finally:
         _CURRENT.reset(token)
+
+
+class _Part:
+    """One step of a larger job: its 0-100 maps onto [start, end] of the job's progress."""
+
+    def __init__(self, outer: JobHandle, start: int, end: int, prefix: str):
+        self.outer, self.start, self.end, self.prefix = outer, start, end, prefix
+
+    def progress(self, percent: int, phase: str = "") -> None:
+        percent = max(0, min(100, percent))
+        phase = f"{self.prefix}: {phase}" if self.prefix and phase else self.prefix or phase
+        self.outer.progress(self.start + (self.end - self.start) * percent // 100, phase)
+
+    def cancel_requested(self) -> bool:
+        return self.outer.cancel_requested()
+
+
+@contextlib.contextmanager
+def part(start: int, end: int, prefix: str = "") -> Iterator[JobHandle]:
+    """Run one step of the current job (a migration of a maintenance, say) as if it were
+    the whole: its progress lands between ``start`` and ``end``, its phases get ``prefix``."""
+    with running(_Part(current(), start, end, prefix)) as handle:
+        yield handle

@@ -12,7 +12,9 @@ Then the VMs migrate one at a time through the migration service, which
 chooses each destination again with the same filters and waits for it. When
 none is left the host is in Maintenance. A failed migration puts the host back
 to Up: half-evacuated and unschedulable, with nobody waiting on it, is the
-worst place to leave it. Running `maintenance` again resumes from wherever it
+worst place to leave it. A maintenance its user cancels (an engine API job) does
+the same, between migrations or by cancelling the one in flight (the VM stays on
+this host); the VMs already moved stay where they went. Running `maintenance` again resumes from wherever it
 stopped.
 """
 
@@ -24,10 +26,16 @@ from dataclasses import dataclass, field, replace
 from sqlalchemy import select
 
 from engine_lib.model import Host, Vm
-from engine_lib.protocol.errors import Conflict, InvalidSpec, KestrelError, NoValidHost
+from engine_lib.protocol.errors import (
+    Cancelled,
+    Conflict,
+    InvalidSpec,
+    KestrelError,
+    NoValidHost,
+)
 from engine_lib.protocol.statuses import HostStatus, VmStatus
 from engine_lib.scheduling import HostTable, place
-from engine_lib.services import cluster_facts
+from engine_lib.services import cluster_facts, job_context
 from engine_lib.services.common import audit, get_host, retry_on_conflict
 from engine_lib.services.host_records import host_dict, record_capabilities
 from engine_lib.services.results import Outcome
@@ -131,13 +139,13 @@ def _audit_refusal(engine, name: str, message: str) -> None:
 
 
 @retry_on_conflict
-def _back_up(engine, name: str, why: str) -> None:
+def _back_up(engine, name: str, why: str, ended: str = "failed") -> None:
     with engine.store.transaction() as session:
         host = get_host(session, name)
         if host.status == HostStatus.PREPARING_FOR_MAINTENANCE:
             host.status = HostStatus.UP
-        audit(session, "host", name, f"maintenance failed, host is {host.status} again: {why}",
-              "error")
+        audit(session, "host", name, f"maintenance {ended}, host is {host.status} again: {why}",
+              "error" if ended == "failed" else "warning")
 
 
 @retry_on_conflict
@@ -169,23 +177,38 @@ def enter(engine, name: str, *, check_mode: bool = False, timeout: float = 600) 
 
     deadline = time.monotonic() + timeout
     migrations: list[dict] = []
-    for move in evacuation.moves:
+    job, total = job_context.current(), len(evacuation.moves)
+    for index, move in enumerate(evacuation.moves):
         vm = move["vm"]
+        step = f"VM '{vm}' ({index + 1} of {total})"
+        job.progress(100 * index // total, f"migrating {step}")
         try:
+            if job.cancel_requested():  # between migrations: nothing is half-done
+                raise Cancelled(f"before migrating VM '{vm}'")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise Conflict(f"the maintenance timeout of {timeout:g}s ran out before VM "
                                f"'{vm}' could migrate")
             # host=None: the scheduler picks again, with this host already excluded.
-            result = engine.migrations.migrate(vm, wait=True, timeout=remaining).entity
+            with job_context.part(100 * index // total, 100 * (index + 1) // total, step):
+                result = engine.migrations.migrate(vm, wait=True, timeout=remaining).entity
             if result.get("status") != "succeeded":
                 raise Conflict(f"the migration of VM '{vm}' ended {result.get('status')}")
+        except Cancelled:
+            # As when a migration fails: the host goes back to Up, the VMs already moved
+            # stay where they are.
+            moved = _moved(migrations)
+            why = f"{len(migrations)} of {total} VMs migrated ({moved}); VM '{vm}' runs on {name}"
+            _back_up(engine, name, why, "cancelled by its user")
+            raise Cancelled(f"cancelled by its user: maintenance of host '{name}': {why}; "
+                            f"host '{name}' is Up again", host=name, vm=vm,
+                            migrated=migrations) from None
         except KestrelError as err:
             why = f"migrating VM '{vm}' failed: {err.message}"
             _back_up(engine, name, why)
-            moved = ", ".join(f"{m['vm']} to {m['destination']}" for m in migrations) or "none"
             raise Conflict(f"host '{name}' did not go to maintenance and is Up again: {why} "
-                           f"(already migrated: {moved}); run again once the cause is fixed",
+                           f"(already migrated: {_moved(migrations)}); run again once the "
+                           "cause is fixed",
                            host=name, vm=vm, cause=err.to_dict(), migrated=migrations) from err
         migrations.append({"vm": vm, "source": name, "destination": result.get("destination"),
                            "status": result.get("status"),
@@ -196,7 +219,12 @@ def enter(engine, name: str, *, check_mode: bool = False, timeout: float = 600) 
     except Conflict as err:
         _back_up(engine, name, err.message)
         raise
+    job.progress(100, "in Maintenance")
     return Outcome(True, entity, {"before": before, "after": _state(HostStatus.MAINTENANCE, [])})
+
+
+def _moved(migrations: list[dict]) -> str:
+    return ", ".join(f"{m['vm']} to {m['destination']}" for m in migrations) or "none"
 
 
 def leave(engine, name: str, *, check_mode: bool = False) -> Outcome:

@@ -34,6 +34,7 @@ from engine_lib.model import Migration, Vm, utcnow
 from engine_lib.protocol import convergence
 from engine_lib.protocol.errors import (
     AgentUnreachable,
+    Cancelled,
     Conflict,
     HostNotFound,
     InvalidSpec,
@@ -45,7 +46,7 @@ from engine_lib.protocol.errors import (
 )
 from engine_lib.protocol.statuses import VmStatus
 from engine_lib.scheduling import place
-from engine_lib.services import cluster_facts
+from engine_lib.services import cluster_facts, job_context
 from engine_lib.services.common import (
     as_utc,
     audit,
@@ -91,6 +92,8 @@ class Plan:
     xml: str
     started: float
     encrypted: bool = False
+    # The job's user asked to cancel it (job_context): it ends cancelled, not failed.
+    cancelled_by_user: bool = False
 
     def entity(self, status: str, **extra) -> dict:
         return {"vm": self.vm, "source": self.source.name,
@@ -121,6 +124,14 @@ def _final_progress(report: dict, row: Migration) -> dict:
         final["policy_steps"] = list(report["steps"])
         final["postcopy"] = bool(report.get("postcopy"))
     return final
+
+
+def percent_done(progress: dict) -> int:
+    """How far a migration is, from the source's data processed and still to send; 99 at
+    most while it runs (dirtied pages are sent again, so the end is known only at the end)."""
+    done = float(progress.get("data_processed_mib") or 0)
+    left = float(progress.get("data_remaining_mib") or 0)
+    return min(99, int(100 * done / (done + left))) if done + left > 0 else 0
 
 
 def mibps(bandwidth_mbps: int) -> int | None:
@@ -168,9 +179,13 @@ class MigrationService:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
             raise InvalidSpec("timeout", f"must be a positive number of seconds "
                                          f"(got {timeout!r})")
+        if not check_mode:
+            job_context.check_cancelled(f"migration of VM '{vm}' before it started; nothing "
+                                        "was changed")
         plan = self._plan(vm, host, policy, bandwidth_mbps, check_mode)
         if check_mode:
             return Outcome(True, plan.entity("succeeded"))
+        job_context.current().progress(0, f"migrating to {plan.destination.name}")
         try:
             self._start(plan)
         except KestrelError as err:
@@ -179,7 +194,14 @@ class MigrationService:
             threading.Thread(target=self._follow_quietly, args=(plan, timeout), daemon=True,
                              name=f"migration-{plan.id}").start()
             return Outcome(True, plan.entity("running"))
-        return self._follow(plan, timeout, progress)
+        outcome = self._follow(plan, timeout, progress)
+        if plan.cancelled_by_user and outcome.entity.get("status") == "cancelled":
+            raise Cancelled(f"cancelled by its user: migration of VM '{plan.vm}' from "
+                            f"{plan.source.name} to {plan.destination.name} was aborted; the "
+                            f"VM runs on {plan.source.name}", vm=plan.vm,
+                            source=plan.source.name, destination=plan.destination.name,
+                            migration=outcome.entity)
+        return outcome
 
     def cancel(self, vm: str) -> Outcome:
         """Abort the VM's running migration; the VM keeps running on its source."""
@@ -323,6 +345,7 @@ class MigrationService:
         why = ""
         cancelled = False
         silent_since = None
+        job = job_context.current()
         while True:
             try:
                 report = source.migration(plan.vm_id)
@@ -342,6 +365,11 @@ class MigrationService:
             if report is not None:
                 if progress is not None and report.get("progress"):
                     progress({**report["progress"], "status": "running"})
+                job.progress(percent_done(report.get("progress") or {}),
+                             f"migrating to {plan.destination.name}")
+            if not cancelled and job.cancel_requested():
+                plan.cancelled_by_user = True
+                cancelled = self._cancel_for_user(plan)
                 if now - written >= PROGRESS_WRITE_INTERVAL:
                     self._record_progress(plan.id, report.get("progress", {}))
                     written = now
@@ -374,6 +402,15 @@ class MigrationService:
         except KestrelError:
             return False
         return bool(report.get("cancel_requested")) or report.get("status") == "cancelled"
+
+    def _cancel_for_user(self, plan: Plan) -> bool:
+        """The cancel `kestrel vm cancel-migration` asks for; tried again while it fails."""
+        try:
+            self.cancel(plan.vm)
+        except KestrelError as err:
+            log.warning("migration of VM %s: cancel failed: %s", plan.vm, err.message)
+            return False
+        return True
 
     def _abort(self, plan: Plan, why: str) -> bool:
         log.warning("migration of VM %s: aborting, %s", plan.vm, why)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
+from typing import NoReturn
 
 from sqlalchemy import select
 from sqlalchemy.orm.exc import StaleDataError
@@ -21,6 +22,7 @@ from engine_lib.model import Host, Vm, Volume
 from engine_lib.protocol.errors import (
     AgentError,
     AgentUnreachable,
+    Cancelled,
     Conflict,
     InvalidSpec,
     KestrelError,
@@ -29,7 +31,15 @@ from engine_lib.protocol.errors import (
 )
 from engine_lib.protocol.statuses import HostStatus, VmStatus
 from engine_lib.scheduling import place, resolve
-from engine_lib.services import access, actor, custom_properties, hibernation, vm_config, vm_origin
+from engine_lib.services import (
+    access,
+    actor,
+    custom_properties,
+    hibernation,
+    job_context,
+    vm_config,
+    vm_origin,
+)
 from engine_lib.services import volumes as volume_registry
 from engine_lib.services.common import (
     audit,
@@ -264,6 +274,10 @@ class VmService:
         return HostRef.of(host), decision.explain()
 
     def _start(self, name: str, wait: bool, timeout: int) -> dict:
+        job = job_context.current()
+        job.progress(0, "scheduling")
+        job_context.check_cancelled(f"start of VM '{name}' before it was scheduled; nothing "
+                                    "was changed")
         with self.engine.store.transaction() as session:
             vm = get_vm(session, name)
             if vm.launch_unconfirmed or vm.status not in _STARTABLE:
@@ -273,6 +287,7 @@ class VmService:
             xml, vm_id = render(vm), vm.id
             memory = dict(vm.memory_volume) if vm.memory_volume else None
         client = self._client(host)
+        job.progress(20, f"starting on host {host.name}")
         try:
             if memory:  # Suspended: the guest runs on from its saved memory
                 reported = client.restore_vm(xml, memory)
@@ -296,7 +311,13 @@ class VmService:
             raise
         status = reported.get("status", VmStatus.POWERING_UP)
         deadline, pause = time.monotonic() + timeout, 0.05
-        while wait and status != VmStatus.UP:
+        job.progress(60, f"waiting for Up on host {host.name}")
+        while True:
+            # A restored guest's saved memory is consumed: stopping it would lose it.
+            if not memory and job.cancel_requested():
+                self._cancel_start(name, host, vm_id)
+            if not wait or status == VmStatus.UP:
+                break
             if status == VmStatus.DOWN or time.monotonic() > deadline:
                 raise AgentError(f"VM '{name}' did not come Up on host {host.name} within "
                                  f"{timeout}s (last status {status})", status=status)
@@ -306,7 +327,29 @@ class VmService:
             status = client.vm_status(vm_id)["status"]
         entity = self._record_started(name, host.name, status, client.vm_xml(vm_id))
         entity["placement"] = placement
+        job.progress(100, f"{status} on host {host.name}")
         return entity
+
+    def _cancel_start(self, name: str, host: HostRef, vm_id: str) -> NoReturn:
+        """Undo a start its user cancelled: destroy the domain through its agent, then
+        record the VM Down (which releases its claim on the host)."""
+        client = self._client(host)
+        try:
+            client.destroy_vm(vm_id)
+            client.remove_vm(vm_id)
+        except VmNotFound:
+            pass  # it never got as far as a domain, or it died meanwhile
+        except KestrelError as err:
+            # Not stopped for sure: the VM stays as the host reports it (the engine loop
+            # records it), never Down on a guess.
+            kind = AgentUnreachable if isinstance(err, AgentUnreachable) else AgentError
+            raise kind(f"start of VM '{name}' on host {host.name} was cancelled, but "
+                       f"stopping it failed: {err.message}; the VM stays as host "
+                       f"{host.name} reports it", vm=name, host=host.name) from None
+        self._mark_down(name, f"start on host {host.name} cancelled by its user")
+        raise Cancelled(f"cancelled by its user: start of VM '{name}' on host {host.name}; "
+                        f"the VM was stopped there (destroyed) and is Down, its resources on "
+                        f"host {host.name} released", vm=name, host=host.name)
 
     @retry_on_conflict
     def _await_host(self, name: str, host_name: str, err: KestrelError) -> None:

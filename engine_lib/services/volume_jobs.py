@@ -3,7 +3,8 @@
 The agent runs long volume work as jobs the engine polls (GET /jobs/{id}). A job
 that fails comes back as the exception the agent raised there, so callers map
 fields to option names as for any agent call. A job that outlives ``timeout`` is
-aborted (the agent cleans up what it wrote).
+aborted (the agent cleans up what it wrote), and so is one whose engine API job
+its user cancelled (job_context): Cancelled then tells the caller to undo its rows.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import time
 from collections.abc import Callable
 
 from engine_lib.broker import AgentApi, rebuild_error
-from engine_lib.protocol.errors import AgentUnreachable, KestrelError, NotFound
+from engine_lib.protocol.errors import AgentUnreachable, Cancelled, KestrelError, NotFound
+from engine_lib.services import job_context
 
 # Polls start quick (most checks and links end within a moment) and back off to this.
 FIRST_POLL = 0.05
@@ -34,6 +36,7 @@ def wait(agent: AgentApi, job_id: str, *, progress: Progress | None = None,
     file is read first, so its caller forgets it after reading).
     """
     deadline = None if timeout is None else clock() + timeout
+    handle = job_context.current()
     misses, pause = 0, FIRST_POLL
     try:
         while True:
@@ -52,11 +55,19 @@ def wait(agent: AgentApi, job_id: str, *, progress: Progress | None = None,
             if job is not None:
                 if progress is not None:
                     progress(job)
+                if isinstance(job.get("progress"), (int, float)):
+                    handle.progress(int(job["progress"]), job.get("phase") or job.get("kind", ""))
                 status = job.get("status")
                 if status == "succeeded":
                     return job.get("result") or {}
                 if status in ("failed", "aborted"):
                     raise _job_error(job_id, job)
+            if handle.cancel_requested():
+                _abort(agent, job_id)
+                forget = False
+                kind = f" ({job['kind']})" if job and job.get("kind") else ""
+                raise Cancelled(f"cancelled by its user: agent job {job_id}{kind} was "
+                                "aborted; the agent removed what it had written", job=job_id)
             if deadline is not None and clock() >= deadline:
                 _abort(agent, job_id)
                 forget = False
