@@ -17,7 +17,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from engine_lib import devices
 from engine_lib.domxml import render, render_redacted
 from engine_lib.domxml.viewmodel import volume_refs
-from engine_lib.model import Host, Vm, Volume
+from engine_lib.model import Cluster, Host, Vm, Volume
 from engine_lib.protocol.errors import (
     AgentError,
     AgentUnreachable,
@@ -29,7 +29,14 @@ from engine_lib.protocol.errors import (
 )
 from engine_lib.protocol.statuses import HostStatus, VmStatus
 from engine_lib.scheduling import place, resolve
-from engine_lib.services import custom_properties, hibernation, vm_config, vm_origin
+from engine_lib.services import (
+    access,
+    custom_properties,
+    hibernation,
+    listing,
+    vm_config,
+    vm_origin,
+)
 from engine_lib.services import volumes as volume_registry
 from engine_lib.services.common import (
     audit,
@@ -48,8 +55,8 @@ from engine_lib.services.scheduling_facts import (
     host_state,
     scheduling_request,
 )
-from engine_lib.services.vm_records import vm_dict
-from engine_lib.spec import normalize_vm
+from engine_lib.services.vm_records import VM_DICT_LOADS, vm_dict
+from engine_lib.spec import choice, normalize_vm
 from engine_lib.store import lock_cluster
 
 # A start places the VM only from these: Down, Suspended, or a launch whose caller died
@@ -374,7 +381,7 @@ class VmService:
     def info(self, name: str | None = None, cluster: str | None = None,
              host: str | None = None) -> list[dict]:
         with self.engine.store.transaction(commit=False) as session:
-            query = select(Vm).order_by(Vm.name)
+            query = select(Vm).options(*VM_DICT_LOADS).order_by(Vm.name)
             if name:
                 query = query.where(Vm.name == name)
             if cluster:
@@ -382,6 +389,22 @@ class VmService:
             if host:
                 query = query.where(Vm.run_on_host_id == get_host(session, host).id)
             return [vm_dict(vm) for vm in session.scalars(query)]
+
+    def page(self, *, offset: int = 0, limit: int = listing.DEFAULT_LIMIT,
+             name: str | None = None, cluster: str | None = None, host: str | None = None,
+             status: str | None = None) -> dict:
+        """One page of the VMs the caller may read, by name (services.listing)."""
+        with self.engine.store.transaction(commit=False) as session:
+            query = select(Vm).options(*VM_DICT_LOADS).order_by(Vm.name)
+            if cluster is not None:
+                query = query.where(listing.named(Vm.cluster_id, Cluster, "cluster", cluster))
+            if host is not None:
+                query = query.where(listing.named(Vm.run_on_host_id, Host, "host", host))
+            if status is not None:
+                status = choice("status", status, tuple(VmStatus))
+            return listing.page(session, query, to_dict=vm_dict, offset=offset, limit=limit,
+                                name=name, name_column=Vm.name, status=status,
+                                status_column=Vm.status, visible=access.visible(session, "vm"))
 
     def domain_xml(self, name: str) -> str:
         """The domain XML the engine would send for this VM (placeholders unresolved,
