@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 
 from engine_lib.model import AuditEntry
 from engine_lib.services import listing
@@ -37,11 +37,16 @@ class EventService:
 
     def page(self, *, offset: int = 0, limit: int = listing.DEFAULT_LIMIT,
              entity_type: str | None = None, entity_name: str | None = None,
-             severity: str | None = None, user: str | None = None) -> dict:
-        """One page of the audit log, newest first (services.listing); ``entity_name``
-        exact or a glob, as a list's ``name``."""
+             severity: str | None = None, user: str | None = None, after_id: int = 0,
+             name: str | None = None, status: str | None = None,
+             visible: ColumnElement | None = None) -> dict:
+        """One page of the audit log, newest first (services.listing). ``entity_name`` is
+        exact or a glob, as a list's ``name``, which here is the entity's name too;
+        ``after_id`` keeps only newer entries (following the log); ``visible`` narrows
+        the rows. An entry has no status to filter on."""
         with self.engine.store.transaction(commit=False) as session:
-            query = select(AuditEntry).order_by(AuditEntry.id.desc())
+            query = select(AuditEntry).where(AuditEntry.id > listing.whole(
+                "after_id", after_id)).order_by(AuditEntry.id.desc())
             if entity_type is not None:
                 query = query.where(AuditEntry.entity_type == listing.filter_text(
                     "entity_type", entity_type, 16))
@@ -55,4 +60,5 @@ class EventService:
                 query = query.where(listing.name_matches(session, AuditEntry.entity_name,
                                                          entity_name, "entity_name"))
             return listing.page(session, query, to_dict=event_dict, offset=offset,
-                                limit=limit)
+                                limit=limit, name=name, name_column=AuditEntry.entity_name,
+                                status=status, visible=visible)

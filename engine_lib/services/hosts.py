@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import selectinload
 
 from engine_lib.model import Cluster, Host, Vm
 from engine_lib.protocol.errors import Conflict, InvalidSpec
 from engine_lib.protocol.statuses import HostStatus, VmStatus
 from engine_lib.protocol.wire import AGENT_PORT
-from engine_lib.services import access, host_keys, listing
+from engine_lib.services import host_keys, listing
 from engine_lib.services.common import audit, find, get_cluster, retry_on_conflict
 from engine_lib.services.fencing_settings import normalize_power_management
 from engine_lib.services.host_deploy import HostDeploy
@@ -143,7 +143,7 @@ class HostService:
 
     def page(self, *, offset: int = 0, limit: int = listing.DEFAULT_LIMIT,
              name: str | None = None, cluster: str | None = None,
-             status: str | None = None) -> dict:
+             status: str | None = None, visible: ColumnElement | None = None) -> dict:
         """One page of the hosts the caller may read, by name (services.listing)."""
         with self.engine.store.transaction(commit=False) as session:
             query = select(Host).options(selectinload(Host.cluster)).order_by(Host.name)
@@ -154,7 +154,7 @@ class HostService:
             return listing.page(session, query, to_dict=host_dict, offset=offset, limit=limit,
                                 name=name, name_column=Host.name, status=status,
                                 status_column=Host.status,
-                                visible=access.visible(session, "host"))
+                                visible=listing.readable(session, "host", visible))
 
 
 def _fencing_settings(power_management: dict | None, soft_fence_command: str | None,

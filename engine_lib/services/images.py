@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm.attributes import flag_modified
 
 from engine_lib.model import Cluster, DeviceType, Host, StorageDomain, Volume
@@ -422,8 +422,9 @@ class ImageService:
 
     def page(self, *, offset: int = 0, limit: int = listing.DEFAULT_LIMIT,
              name: str | None = None, content_type: str | None = None,
-             status: str | None = None) -> dict:
-        """One page of the floating disks, by name (services.listing)."""
+             status: str | None = None, visible: ColumnElement | None = None) -> dict:
+        """One page of the floating disks, by name (services.listing); ``visible``
+        narrows the rows."""
         with self.engine.store.transaction(commit=False) as session:
             query = select(Volume).where(Volume.name != "", Volume.template_id.is_(None)) \
                 .order_by(Volume.name, Volume.created_at, Volume.id)
@@ -434,7 +435,7 @@ class ImageService:
                 status = choice("status", status, VOLUME_STATUSES)
             return listing.page(session, query, to_dict=volume_dict, offset=offset,
                                 limit=limit, name=name, name_column=Volume.name,
-                                status=status, status_column=Volume.status)
+                                status=status, status_column=Volume.status, visible=visible)
 
     def remove(self, name: str, *, check_mode: bool = False) -> Outcome:
         """Remove a floating disk and its file."""

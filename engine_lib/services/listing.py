@@ -11,10 +11,11 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, func, select
+from sqlalchemy import ColumnElement, Select, and_, func, select
 from sqlalchemy.orm import Session
 
 from engine_lib.protocol.errors import InvalidSpec
+from engine_lib.services import access
 
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
@@ -26,15 +27,18 @@ _UNSAYABLE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 _LIKE_ESCAPE = "\\"
 
 
+def whole(field: str, value: Any, low: int = 0, high: int = MAX_OFFSET) -> int:
+    """An integer filter or bound, checked: a clear error naming the field, never a 5xx
+    from a number the database cannot hold."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidSpec(field, f"must be an integer, got {type(value).__name__}")
+    if not low <= value <= high:
+        raise InvalidSpec(field, f"must be between {low} and {high} (got {value})")
+    return value
+
+
 def bounds(offset: Any, limit: Any) -> tuple[int, int]:
-    """The offset and limit, checked: a clear error naming the field, never a 5xx."""
-    for field, value, low, high in (("offset", offset, 0, MAX_OFFSET),
-                                    ("limit", limit, 1, MAX_LIMIT)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise InvalidSpec(field, f"must be an integer, got {type(value).__name__}")
-        if not low <= value <= high:
-            raise InvalidSpec(field, f"must be between {low} and {high} (got {value})")
-    return offset, limit
+    return whole("offset", offset), whole("limit", limit, 1, MAX_LIMIT)
 
 
 def filter_text(field: str, value: Any, max_len: int = MAX_PATTERN) -> str:
@@ -48,6 +52,14 @@ def filter_text(field: str, value: Any, max_len: int = MAX_PATTERN) -> str:
     if bad:
         raise InvalidSpec(field, f"contains the character U+{ord(bad.group()):04X}")
     return value
+
+
+def readable(session: Session, object_type: str,
+             also: ColumnElement | None = None) -> ColumnElement | None:
+    """The rows of ``object_type`` the current actor may read (services.access), narrowed
+    by ``also`` where a caller passes a clause of its own; None: every row."""
+    clauses = [c for c in (access.visible(session, object_type), also) if c is not None]
+    return and_(*clauses) if clauses else None
 
 
 def named(id_column, entity, field: str, value: Any) -> ColumnElement:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import selectinload
 
 from engine_lib.model import Cluster, DeviceType, Host, StorageDomain, Vm, VmDevice
@@ -188,9 +188,11 @@ class StorageDomainService:
         return Outcome(True, None, {"before": before, "after": {}})
 
     def page(self, *, offset: int = 0, limit: int = listing.DEFAULT_LIMIT,
-             name: str | None = None, cluster: str | None = None) -> dict:
+             name: str | None = None, cluster: str | None = None, status: str | None = None,
+             visible: ColumnElement | None = None) -> dict:
         """One page of the domains, by name (services.listing), with per host of their
-        clusters whether it has them; the page's clusters and hosts in one query each."""
+        clusters whether it has them; the page's clusters and hosts in one query each.
+        A domain has no status to filter on; ``visible`` narrows the rows."""
         with self.engine.store.transaction(commit=False) as session:
             query = select(StorageDomain).options(
                 selectinload(StorageDomain.clusters).selectinload(Cluster.hosts)
@@ -200,7 +202,8 @@ class StorageDomainService:
                     Cluster.name == listing.filter_text("cluster", cluster, 64)))
             return listing.page(session, query, to_dict=lambda d: domain_dict(d, {
                 h.name: h.storage_domains for c in d.clusters for h in c.hosts}),
-                offset=offset, limit=limit, name=name, name_column=StorageDomain.name)
+                offset=offset, limit=limit, name=name, name_column=StorageDomain.name,
+                status=status, visible=visible)
 
     def info(self, name: str | None = None, cluster: str | None = None) -> list[dict]:
         """Domains with, per host of their clusters, whether the host has them."""

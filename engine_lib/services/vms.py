@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm.exc import StaleDataError
 
 from engine_lib import devices
@@ -30,7 +30,6 @@ from engine_lib.protocol.errors import (
 from engine_lib.protocol.statuses import HostStatus, VmStatus
 from engine_lib.scheduling import place, resolve
 from engine_lib.services import (
-    access,
     custom_properties,
     hibernation,
     listing,
@@ -392,7 +391,7 @@ class VmService:
 
     def page(self, *, offset: int = 0, limit: int = listing.DEFAULT_LIMIT,
              name: str | None = None, cluster: str | None = None, host: str | None = None,
-             status: str | None = None) -> dict:
+             status: str | None = None, visible: ColumnElement | None = None) -> dict:
         """One page of the VMs the caller may read, by name (services.listing)."""
         with self.engine.store.transaction(commit=False) as session:
             query = select(Vm).options(*VM_DICT_LOADS).order_by(Vm.name)
@@ -404,7 +403,8 @@ class VmService:
                 status = choice("status", status, tuple(VmStatus))
             return listing.page(session, query, to_dict=vm_dict, offset=offset, limit=limit,
                                 name=name, name_column=Vm.name, status=status,
-                                status_column=Vm.status, visible=access.visible(session, "vm"))
+                                status_column=Vm.status,
+                                visible=listing.readable(session, "vm", visible))
 
     def domain_xml(self, name: str) -> str:
         """The domain XML the engine would send for this VM (placeholders unresolved,

@@ -144,12 +144,21 @@ def test_visible_is_anded_in(engine, vms):
     assert page == {"items": ["vm-00003", "vm-00004"], "total": 2, "offset": 0, "limit": 5}
 
 
+def test_a_callers_clause_narrows_a_services_page(engine, vms):
+    page = engine.vms.page(visible=Vm.name.in_(["base", "vm-00001"]), name="vm-*")
+    assert names(page) == ["vm-00001"] and page["total"] == 1
+
+
 def test_a_list_without_the_column_refuses_its_filter(engine):
     with engine.store.transaction(commit=False) as session:
         for kwargs, field in (({"name": "x"}, "name"), ({"status": "Up"}, "status")):
             with pytest.raises(InvalidSpec) as err:
                 listing.page(session, select(Vm), to_dict=str, offset=0, limit=1, **kwargs)
             assert err.value.details["field"] == field
+    for call in (engine.clusters.page, engine.storage_domains.page, engine.events.page):
+        with pytest.raises(InvalidSpec) as err:
+            call(status="Up")
+        assert err.value.details["field"] == "status"
 
 
 def test_hosts_and_clusters(engine, cluster):
@@ -231,6 +240,12 @@ def test_events_newest_first_by_who_and_what(engine):
                                                       limit=1)["items"]] == ["3"]
     assert [e["message"] for e in engine.events.page(severity="warning")["items"]] == ["1"]
     assert engine.events.page(offset=1, limit=2)["total"] == 4
+    first = page["items"][-1]["id"]
+    assert [e["message"] for e in engine.events.page(after_id=first, name="vm*")["items"]] \
+        == ["3", "2"]
+    with pytest.raises(InvalidSpec) as err:
+        engine.events.page(after_id=-1)
+    assert err.value.details["field"] == "after_id"
     with pytest.raises(InvalidSpec) as err:
         engine.events.page(severity="fatal")
     assert err.value.details["field"] == "severity"
