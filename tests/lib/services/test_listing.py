@@ -9,7 +9,7 @@ from vm_rows import copy_vm
 
 from engine_lib.model import AuditEntry, Template, Vm, Volume
 from engine_lib.protocol.errors import InvalidSpec
-from engine_lib.services import listing
+from engine_lib.services import actor, listing
 
 VM = {"name": "base", "cluster": "c1", "memory": "256MiB",
       "disks": [{"name": "root", "size": "1GiB", "storage_domain": "data"}],
@@ -147,6 +147,24 @@ def test_visible_is_anded_in(engine, vms):
 def test_a_callers_clause_narrows_a_services_page(engine, vms):
     page = engine.vms.page(visible=Vm.name.in_(["base", "vm-00001"]), name="vm-*")
     assert names(page) == ["vm-00001"] and page["total"] == 1
+
+
+def test_an_api_user_pages_through_what_it_may_read(engine, vms):
+    """access.visible is ANDed in by the service itself, whoever calls it."""
+    engine.clusters.ensure("c2", virt_type="qemu")
+    engine.vms.ensure({**VM, "name": "other", "cluster": "c2"})
+    engine.users.ensure("carol", password="a-long-password")
+    engine.permissions.ensure(role="ReadOnly", user="carol", object_type="cluster",
+                              object_name="c2")
+    engine.permissions.ensure(role="UserVmManager", user="carol", object_type="vm",
+                              object_name="vm-00004")
+    carol = actor.Actor("carol", user_id=engine.users.info("carol")[0]["id"])
+    with actor.acting_as(carol):
+        assert names(engine.vms.page()) == ["other", "vm-00004"]
+        assert engine.vms.page(cluster="c1")["total"] == 1
+        assert names(engine.clusters.page()) == ["c2"]
+    with actor.acting_as(actor.Actor("nobody", user_id="no-such-user")):
+        assert engine.vms.page() == {"items": [], "total": 0, "offset": 0, "limit": 100}
 
 
 def test_a_list_without_the_column_refuses_its_filter(engine):
