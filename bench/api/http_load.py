@@ -5,8 +5,9 @@ keeps its cores and its GIL to itself): a client as any would be, standard libra
     python -m bench.api.http_load load URL CA SECONDS CONNECTIONS LIMIT
         -> {"requests": n, "errors": n, "seconds": s, "ms": [...]}
 
-The token comes in KESTREL_TOKEN (not on a command line). One JSON line on stdout. Each connection is kept alive (HTTPS, the engine CA verified),
-as the engine's own client keeps its connection.
+The token comes in KESTREL_TOKEN (not on a command line). One JSON line on stdout.
+Each connection is kept alive (HTTPS, the engine CA verified), as the engine's own
+client keeps its connection.
 """
 
 from __future__ import annotations
