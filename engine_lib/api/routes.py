@@ -141,6 +141,13 @@ def _apply_path_from(operation: Operation, kwargs: dict[str, Any], path: dict[st
 
 def _add(router: APIRouter, operation: Operation, function) -> None:
     params = signature_of(function, operation)
+    paged_by = getattr(getattr(function, "__self__", None), "page", None)
+    if operation.returns == "page" and paged_by is not None:
+        # Filters only the SQL page has (events' user, disks' content_type) are query
+        # parameters too; a caller's visible clause never is.
+        known = {param.name for param in params} | _PAGE_PARAMS | {"visible"}
+        params += [param for param in signature_of(paged_by, operation)
+                   if param.name not in known]
     names = {param.name for param in params}
     in_path = _path_params(operation)
     paged = operation.returns == "page"
