@@ -9,7 +9,7 @@ LAB_DIR ?= /srv/kestrel-lab
 LAB_HOSTS ?= 2
 export PATH := $(BIN):$(PATH)
 
-.PHONY: demo test lint deps venv images unit system sanity units integration ee ee-lock molecule lab-up lab-down clean bench-scheduler bench-xml bench-agent bench-migration ha-faults bench-matching bench-images
+.PHONY: demo test lint deps venv images unit system sanity units integration ee ee-lock molecule lab-up lab-down clean bench-scheduler bench-xml bench-agent bench-migration ha-faults bench-matching bench-images bench-api
 
 deps:
 	@echo "==> system packages (libvirt, QEMU, sshd, PostgreSQL, ...)"
@@ -125,6 +125,11 @@ bench-matching: deps venv
 # the engine vs qemu-img create -b + define + start; peak RSS of the upload path; uses the lab lock.
 bench-images: deps venv
 	@KESTREL_LAB_STATE_DIR=$(LAB_DIR) flock /tmp/kestrel-lab.lock $(BIN)/python -m bench.images.bench
+
+# The engine API vs direct engine_lib calls: pages of GET /vms over 10,000 VMs, a VM
+# start on lab host h1 (a job, polled), requests/s on this machine; uses the lab lock.
+bench-api: deps venv
+	@KESTREL_LAB_STATE_DIR=$(LAB_DIR) flock /tmp/kestrel-lab.lock $(BIN)/python -m bench.api.bench
 
 lab-up: deps venv
 	$(BIN)/kestrel-lab up --hosts $(LAB_HOSTS) --state-dir $(LAB_DIR)

@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 import engine_lib
 from engine_lib.api import schemas
 from engine_lib.api.deps import CurrentActor, engine_of, job_runner
+from engine_lib.api.jobs import MAX_WAIT
 from engine_lib.api.operations import CATALOG
 from engine_lib.api.routes import DEFAULT_LIMIT, MAX_LIMIT, MAX_OFFSET
 from engine_lib.protocol.errors import PermissionDenied
@@ -102,10 +104,21 @@ def jobs_info(request: Request, actor: CurrentActor,
 
 @router.get("/jobs/{id}", operation_id="jobs.get", summary="A job: progress, result, error",
             tags=["jobs"], response_model=None, responses=_JOB_RESPONSE)
-def jobs_get(request: Request, id: _JobId, actor: CurrentActor) -> dict[str, Any]:
-    view_all = _view_all(request, actor)
-    with acting_as(actor):
-        return job_runner(request).get(id, view_all=view_all)
+async def jobs_get(request: Request, id: _JobId, actor: CurrentActor,
+                   wait: Annotated[float, Query(
+                       ge=0, le=MAX_WAIT, description="seconds to hold the answer while "
+                       "the job runs: it comes as soon as the job ends")] = 0,
+                   ) -> dict[str, Any]:
+    def read() -> dict[str, Any]:
+        view_all = _view_all(request, actor)
+        with acting_as(actor):
+            return job_runner(request).get(id, view_all=view_all)
+
+    job = await run_in_threadpool(read)  # someone else's job: NotFound before any wait
+    if wait and job["status"] == "running":
+        await job_runner(request).wait(id, wait)
+        job = await run_in_threadpool(read)
+    return job
 
 
 @router.delete("/jobs/{id}", operation_id="jobs.cancel", summary="Ask a running job to stop",

@@ -8,6 +8,7 @@ the job's user sees its progress from any of them.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -40,6 +41,8 @@ DEFAULT_WORKERS = 8
 PROGRESS_EVERY = 1.0  # seconds between progress writes
 CANCEL_CACHE = 0.5  # seconds a cancel_requested answer is reused
 RESTARTED = "the engine API restarted while the job ran"
+MAX_WAIT = 30.0  # seconds a GET /jobs/{id}?wait= may hold its answer
+_WAIT_TICK = 0.02  # how often a held GET looks whether its job ended
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -102,6 +105,8 @@ class JobRunner:
         # Taken before submitting: a full pool answers Busy instead of queueing.
         self._slots = threading.BoundedSemaphore(workers)
         self.workers = workers
+        # Set once a job's end is in its row: a held GET answers then, not at its next poll.
+        self._ended: dict[str, threading.Event] = {}
 
     def recover(self) -> int:
         """Jobs a previous process left running can never finish: mark them failed."""
@@ -125,6 +130,7 @@ class JobRunner:
                 session.add(job)
                 session.flush()
                 started = job_dict(job)
+            self._ended[started["id"]] = threading.Event()
             self._pool.submit(self._run, started["id"], who, call)
         except BaseException:
             self._slots.release()
@@ -157,6 +163,17 @@ class JobRunner:
                         job.progress = 100
         except Exception:
             log.exception("could not record the end of job %s", job_id)
+        finally:
+            self._ended.pop(job_id, threading.Event()).set()
+
+    async def wait(self, job_id: str, seconds: float) -> None:
+        """Until the job (run by this process) has ended, at most ``seconds``; without a
+        thread of the server's pool, so held GETs cannot starve other requests. A job
+        this process does not run returns at once (the caller polls)."""
+        ended = self._ended.get(job_id)
+        deadline = time.monotonic() + min(seconds, MAX_WAIT)
+        while ended is not None and not ended.is_set() and time.monotonic() < deadline:
+            await asyncio.sleep(_WAIT_TICK)
 
     # -- what the /jobs routes read --------------------------------------------------------
 

@@ -20,6 +20,10 @@ from engine_lib.protocol.errors import KestrelError, NotFound, rebuild
 # Job polls start fast (most long calls finish within a second) and back off.
 POLL_FIRST = 0.05
 POLL_MAX = 0.5
+# Seconds the server may hold a job's GET until it ends (GET /jobs/{id}?wait=): the
+# answer comes when the job ends, not at the next poll. A server that answers sooner
+# (the job runs in another of its processes) is polled as before.
+JOB_WAIT = 10.0
 PAGE_LIMIT = 1000  # the API's largest page
 
 
@@ -158,9 +162,12 @@ class RemoteEngine:
         delay = POLL_FIRST
         try:
             while job.get("status") == "running":
-                time.sleep(delay)
-                delay = min(delay * 2, POLL_MAX)
-                _, job = self.http.json("GET", f"/jobs/{job['id']}")
+                asked = time.monotonic()
+                hold = min(JOB_WAIT, self.http.timeout / 2)
+                _, job = self.http.json("GET", f"/jobs/{job['id']}", query={"wait": hold})
+                if job.get("status") == "running" and time.monotonic() - asked < hold / 2:
+                    time.sleep(delay)
+                    delay = min(delay * 2, POLL_MAX)
         except KeyboardInterrupt:
             try:
                 self.http.json("DELETE", f"/jobs/{job['id']}")

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 
 from engine_lib import macpool
 from engine_lib.model import Cluster
 from engine_lib.protocol import convergence
 from engine_lib.protocol.errors import Conflict, InvalidSpec
 from engine_lib.scheduling import policies as scheduling_policies
-from engine_lib.services import access
+from engine_lib.services import access, listing
 from engine_lib.services.common import audit, changed_fields, find, get_cluster, retry_on_conflict
 from engine_lib.services.custom_properties import normalize_allowed
 from engine_lib.services.fencing_settings import normalize_policy
@@ -173,3 +173,14 @@ class ClusterService:
         with self.engine.store.transaction(commit=False) as session:
             return [cluster_dict(c)
                     for c in session.scalars(select(Cluster).order_by(Cluster.name))]
+
+    def page(self, *, offset: int = 0, limit: int = listing.DEFAULT_LIMIT,
+             name: str | None = None, status: str | None = None,
+             visible: ColumnElement | None = None) -> dict:
+        """One page of the clusters the caller may read, by name (services.listing); a
+        cluster has no status to filter on."""
+        with self.engine.store.transaction(commit=False) as session:
+            return listing.page(session, select(Cluster).order_by(Cluster.name),
+                                to_dict=cluster_dict, offset=offset, limit=limit, name=name,
+                                name_column=Cluster.name, status=status,
+                                visible=listing.readable(session, "cluster", visible))

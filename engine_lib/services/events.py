@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 
 from engine_lib.model import AuditEntry
+from engine_lib.services import listing
+from engine_lib.spec import choice
+
+SEVERITIES = ("info", "warning", "error")
 
 
 def event_dict(entry: AuditEntry) -> dict:
@@ -30,3 +34,31 @@ class EventService:
                 query = query.where(AuditEntry.severity == severity)
             newest = list(session.scalars(query.order_by(AuditEntry.id.desc()).limit(limit)))
             return [event_dict(e) for e in reversed(newest)]
+
+    def page(self, *, offset: int = 0, limit: int = listing.DEFAULT_LIMIT,
+             entity_type: str | None = None, entity_name: str | None = None,
+             severity: str | None = None, user: str | None = None, after_id: int = 0,
+             name: str | None = None, status: str | None = None,
+             visible: ColumnElement | None = None) -> dict:
+        """One page of the audit log, newest first (services.listing). ``entity_name`` is
+        exact or a glob, as a list's ``name``, which here is the entity's name too;
+        ``after_id`` keeps only newer entries (following the log); ``visible`` narrows
+        the rows. An entry has no status to filter on."""
+        with self.engine.store.transaction(commit=False) as session:
+            query = select(AuditEntry).where(AuditEntry.id > listing.whole(
+                "after_id", after_id)).order_by(AuditEntry.id.desc())
+            if entity_type is not None:
+                query = query.where(AuditEntry.entity_type == listing.filter_text(
+                    "entity_type", entity_type, 16))
+            if severity is not None:
+                query = query.where(AuditEntry.severity == choice("severity", severity,
+                                                                  SEVERITIES))
+            if user is not None:
+                query = query.where(AuditEntry.user_name == listing.filter_text(
+                    "user", user, 64))
+            if entity_name is not None:
+                query = query.where(listing.name_matches(session, AuditEntry.entity_name,
+                                                         entity_name, "entity_name"))
+            return listing.page(session, query, to_dict=event_dict, offset=offset,
+                                limit=limit, name=name, name_column=AuditEntry.entity_name,
+                                status=status, visible=visible)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
+from sqlalchemy.orm import selectinload
 
-from engine_lib.model import Host, Vm
+from engine_lib.model import Cluster, Host, Vm
 from engine_lib.protocol.errors import Conflict, InvalidSpec
-from engine_lib.protocol.statuses import VmStatus
+from engine_lib.protocol.statuses import HostStatus, VmStatus
 from engine_lib.protocol.wire import AGENT_PORT
-from engine_lib.services import access, host_keys
+from engine_lib.services import access, host_keys, listing
 from engine_lib.services.common import audit, find, get_cluster, retry_on_conflict
 from engine_lib.services.fencing_settings import normalize_power_management
 from engine_lib.services.host_deploy import HostDeploy
@@ -18,8 +19,8 @@ from engine_lib.services.maintenance import leave as leave_maintenance
 from engine_lib.services.results import Outcome
 from engine_lib.services.revocation import revoke_host
 from engine_lib.services.storage_domains import connect_host
+from engine_lib.spec import choice, positive_int, text
 from engine_lib.spec import name as check_name
-from engine_lib.spec import positive_int, text
 
 
 def _config(host: Host) -> dict:
@@ -134,12 +135,27 @@ class HostService:
 
     def info(self, name: str | None = None, cluster: str | None = None) -> list[dict]:
         with self.engine.store.transaction(commit=False) as session:
-            query = select(Host).order_by(Host.name)
+            query = select(Host).options(selectinload(Host.cluster)).order_by(Host.name)
             if name:
                 query = query.where(Host.name == name)
             if cluster:
                 query = query.where(Host.cluster_id == get_cluster(session, cluster).id)
             return [host_dict(h) for h in session.scalars(query)]
+
+    def page(self, *, offset: int = 0, limit: int = listing.DEFAULT_LIMIT,
+             name: str | None = None, cluster: str | None = None,
+             status: str | None = None, visible: ColumnElement | None = None) -> dict:
+        """One page of the hosts the caller may read, by name (services.listing)."""
+        with self.engine.store.transaction(commit=False) as session:
+            query = select(Host).options(selectinload(Host.cluster)).order_by(Host.name)
+            if cluster is not None:
+                query = query.where(listing.named(Host.cluster_id, Cluster, "cluster", cluster))
+            if status is not None:
+                status = choice("status", status, tuple(HostStatus))
+            return listing.page(session, query, to_dict=host_dict, offset=offset, limit=limit,
+                                name=name, name_column=Host.name, status=status,
+                                status_column=Host.status,
+                                visible=listing.readable(session, "host", visible))
 
 
 def _fencing_settings(power_management: dict | None, soft_fence_command: str | None,

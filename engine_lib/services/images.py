@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 from urllib.parse import urlsplit
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm.attributes import flag_modified
 
 from engine_lib.broker import AgentApi
@@ -49,16 +49,19 @@ from engine_lib.protocol.errors import (
     NotFound,
 )
 from engine_lib.protocol.statuses import HostStatus
-from engine_lib.services import job_context, volume_jobs, volumes
+from engine_lib.services import job_context, listing, volume_jobs, volumes
 from engine_lib.services.common import audit, get_vm, retry_on_conflict
 from engine_lib.services.host_records import HostRef
 from engine_lib.services.results import Outcome
+from engine_lib.spec import choice
 from engine_lib.units import size_mib as parse_size
 
 MiB = 1 << 20
 FORMATS = ("qcow2", "raw")
 IMAGE_FORMATS = ("", "qcow2", "raw", "vmdk", "vdi", "vhdx")
 CONTENT_TYPES = ("data", "iso")
+# ok; locked while an upload, copy or export writes it; illegal when one failed half way.
+VOLUME_STATUSES = ("ok", "locked", "illegal")
 _CHECKSUM = re.compile(r"sha256:([0-9a-fA-F]{64})")
 _HASH_PIECE = 1 << 20
 # The agent's request fields, as the options of kestrel.virt.disk name them.
@@ -522,6 +525,23 @@ class ImageService:
             return [volume_dict(v) for v in session.scalars(
                 select(Volume).where(Volume.name != "", Volume.template_id.is_(None))
                 .order_by(Volume.name))]
+
+    def page(self, *, offset: int = 0, limit: int = listing.DEFAULT_LIMIT,
+             name: str | None = None, content_type: str | None = None,
+             status: str | None = None, visible: ColumnElement | None = None) -> dict:
+        """One page of the floating disks, by name (services.listing); ``visible``
+        narrows the rows."""
+        with self.engine.store.transaction(commit=False) as session:
+            query = select(Volume).where(Volume.name != "", Volume.template_id.is_(None)) \
+                .order_by(Volume.name, Volume.created_at, Volume.id)
+            if content_type is not None:
+                query = query.where(Volume.content_type == choice(
+                    "content_type", content_type, CONTENT_TYPES))
+            if status is not None:
+                status = choice("status", status, VOLUME_STATUSES)
+            return listing.page(session, query, to_dict=volume_dict, offset=offset,
+                                limit=limit, name=name, name_column=Volume.name,
+                                status=status, status_column=Volume.status, visible=visible)
 
     def remove(self, name: str, *, check_mode: bool = False) -> Outcome:
         """Remove a floating disk and its file."""

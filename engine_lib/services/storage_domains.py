@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
+from sqlalchemy.orm import selectinload
 
 from engine_lib.model import Cluster, DeviceType, Host, StorageDomain, Vm, VmDevice
 from engine_lib.protocol.errors import Conflict, InvalidSpec, KestrelError, NotFound
 from engine_lib.protocol.statuses import HostStatus
 from engine_lib.protocol.storage import EXPORT_RE, default_mount_point, mount_point, under_roots
+from engine_lib.services import listing
 from engine_lib.services.common import audit, find, get_cluster, retry_on_conflict
 from engine_lib.services.host_records import HostRef
 from engine_lib.services.results import Outcome
@@ -184,6 +186,24 @@ class StorageDomainService:
         if before["type"] == "nfs" and not check_mode:
             disconnect_hosts(self.engine, name, _up_hosts(self.engine, set(before["clusters"])))
         return Outcome(True, None, {"before": before, "after": {}})
+
+    def page(self, *, offset: int = 0, limit: int = listing.DEFAULT_LIMIT,
+             name: str | None = None, cluster: str | None = None, status: str | None = None,
+             visible: ColumnElement | None = None) -> dict:
+        """One page of the domains, by name (services.listing), with per host of their
+        clusters whether it has them; the page's clusters and hosts in one query each.
+        A domain has no status to filter on; ``visible`` narrows the rows."""
+        with self.engine.store.transaction(commit=False) as session:
+            query = select(StorageDomain).options(
+                selectinload(StorageDomain.clusters).selectinload(Cluster.hosts)
+            ).order_by(StorageDomain.name)
+            if cluster is not None:
+                query = query.where(StorageDomain.clusters.any(
+                    Cluster.name == listing.filter_text("cluster", cluster, 64)))
+            return listing.page(session, query, to_dict=lambda d: domain_dict(d, {
+                h.name: h.storage_domains for c in d.clusters for h in c.hosts}),
+                offset=offset, limit=limit, name=name, name_column=StorageDomain.name,
+                status=status, visible=visible)
 
     def info(self, name: str | None = None, cluster: str | None = None) -> list[dict]:
         """Domains with, per host of their clusters, whether the host has them."""

@@ -19,19 +19,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from engine_lib import spec as specs
 from engine_lib.model import Template, Vm, Volume, new_id
 from engine_lib.protocol.errors import Conflict, InvalidSpec, KestrelError, NotFound
-from engine_lib.services import access, vm_sources, volume_jobs, volumes
+from engine_lib.services import access, listing, vm_sources, volume_jobs, volumes
 from engine_lib.services.common import audit, get_cluster
 from engine_lib.services.results import Outcome
 from engine_lib.services.vm_config import NEW_VM_DEFAULTS
 
 STATES = ("present", "absent")
+TEMPLATE_STATUSES = ("ok", "locked", "illegal")
 # Settings a template made from a disk takes (the module's names, as spec.vm's).
 DISK_TEMPLATE_SETTINGS = ("memory", "max_memory", "cpu", "machine", "firmware", "nics",
                           "custom_properties", "graphics", "video", "guest_agent", "rng",
@@ -116,6 +117,32 @@ class TemplateService:
             if version is not None:
                 query = query.where(Template.version_number == version)
             return [template_dict(t, session) for t in session.scalars(query)]
+
+    def page(self, *, offset: int = 0, limit: int = listing.DEFAULT_LIMIT,
+             name: str | None = None, version: int | None = None,
+             status: str | None = None, visible: ColumnElement | None = None) -> dict:
+        """One page of the template versions the caller may read, by name then version
+        (services.listing); each with the VMs made from it, found for the page at once."""
+        with self.engine.store.transaction(commit=False) as session:
+            query = select(Template).options(selectinload(Template.cluster)).order_by(
+                Template.name, Template.version_number)
+            if version is not None:
+                query = query.where(Template.version_number == listing.whole(
+                    "version", version, 1))
+            if status is not None:
+                status = specs.choice("status", status, TEMPLATE_STATUSES)
+            found = listing.page(session, query, to_dict=template_dict, offset=offset,
+                                 limit=limit, name=name, name_column=Template.name,
+                                 status=status, status_column=Template.status,
+                                 visible=listing.readable(session, "template", visible))
+            made: dict[str, list[str]] = {item["id"]: [] for item in found["items"]}
+            for template_id, vm in session.execute(
+                    select(Vm.template_id, Vm.name).where(Vm.template_id.in_(made))
+                    .order_by(Vm.name)):
+                made[template_id].append(vm)
+            for item in found["items"]:
+                item["vms"] = made[item["id"]]
+            return found
 
     # -- the module's entry point ----------------------------------------------------------
 

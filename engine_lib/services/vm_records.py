@@ -6,6 +6,8 @@ hand out VMs in this shape.
 
 from __future__ import annotations
 
+from sqlalchemy.orm import selectinload
+
 from engine_lib.model import DeviceType, Vm
 from engine_lib.protocol.statuses import VmStatus
 
@@ -13,6 +15,11 @@ from engine_lib.protocol.statuses import VmStatus
 _GUEST_KEYS = ("ips", "hostname", "os", "users", "filesystems", "interfaces", "timezone")
 _NO_GUEST = {"ips": [], "hostname": "", "os": {}, "users": [], "filesystems": [],
              "interfaces": []}
+
+
+# What vm_dict reads beyond the VM's row, loaded for a whole list in one query each.
+VM_DICT_LOADS = (selectinload(Vm.cluster), selectinload(Vm.run_on_host),
+                 selectinload(Vm.template), selectinload(Vm.devices))
 
 
 def guest_dict(vm: Vm) -> dict:

@@ -12,13 +12,13 @@ import time
 from dataclasses import asdict
 from typing import NoReturn
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm.exc import StaleDataError
 
 from engine_lib import devices
 from engine_lib.domxml import render, render_redacted
 from engine_lib.domxml.viewmodel import volume_refs
-from engine_lib.model import Host, Vm, Volume
+from engine_lib.model import Cluster, Host, Vm, Volume
 from engine_lib.protocol.errors import (
     AgentError,
     AgentUnreachable,
@@ -37,6 +37,7 @@ from engine_lib.services import (
     custom_properties,
     hibernation,
     job_context,
+    listing,
     vm_config,
     vm_origin,
 )
@@ -58,8 +59,8 @@ from engine_lib.services.scheduling_facts import (
     host_state,
     scheduling_request,
 )
-from engine_lib.services.vm_records import vm_dict
-from engine_lib.spec import normalize_vm
+from engine_lib.services.vm_records import VM_DICT_LOADS, vm_dict
+from engine_lib.spec import choice, normalize_vm
 from engine_lib.store import lock_cluster
 
 # A start places the VM only from these: Down, Suspended, or a launch whose caller died
@@ -457,7 +458,7 @@ class VmService:
     def info(self, name: str | None = None, cluster: str | None = None,
              host: str | None = None) -> list[dict]:
         with self.engine.store.transaction(commit=False) as session:
-            query = select(Vm).order_by(Vm.name)
+            query = select(Vm).options(*VM_DICT_LOADS).order_by(Vm.name)
             if name:
                 query = query.where(Vm.name == name)
             if cluster:
@@ -465,6 +466,23 @@ class VmService:
             if host:
                 query = query.where(Vm.run_on_host_id == get_host(session, host).id)
             return [vm_dict(vm) for vm in session.scalars(query)]
+
+    def page(self, *, offset: int = 0, limit: int = listing.DEFAULT_LIMIT,
+             name: str | None = None, cluster: str | None = None, host: str | None = None,
+             status: str | None = None, visible: ColumnElement | None = None) -> dict:
+        """One page of the VMs the caller may read, by name (services.listing)."""
+        with self.engine.store.transaction(commit=False) as session:
+            query = select(Vm).options(*VM_DICT_LOADS).order_by(Vm.name)
+            if cluster is not None:
+                query = query.where(listing.named(Vm.cluster_id, Cluster, "cluster", cluster))
+            if host is not None:
+                query = query.where(listing.named(Vm.run_on_host_id, Host, "host", host))
+            if status is not None:
+                status = choice("status", status, tuple(VmStatus))
+            return listing.page(session, query, to_dict=vm_dict, offset=offset, limit=limit,
+                                name=name, name_column=Vm.name, status=status,
+                                status_column=Vm.status,
+                                visible=listing.readable(session, "vm", visible))
 
     def domain_xml(self, name: str) -> str:
         """The domain XML the engine would send for this VM (placeholders unresolved,

@@ -81,7 +81,8 @@ def test_a_long_call_polls_its_job_until_it_ends(stub, remote):
     assert (outcome.changed, outcome.entity) == (True, {"name": "web 1"})
     assert sent(stub, 1) == ("PUT", P + "/vms/web%201",
                              {"spec": {"name": "web 1", "memory": "1GiB"}, "state": "running"})
-    assert [r[1] for r in stub.requests[2:]] == [P + "/jobs/j1"] * 2
+    # Each GET asks the server to hold its answer until the job ends.
+    assert [r[1] for r in stub.requests[2:]] == [P + "/jobs/j1?wait=10.0"] * 2
 
 
 def test_a_failed_job_raises_its_typed_error(stub, remote):
