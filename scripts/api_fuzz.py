@@ -58,7 +58,8 @@ def _wait_for_api(url: str, ca_file: str, server: subprocess.Popen, timeout_s: f
                 return
         except (OSError, ssl.SSLError):
             if time.monotonic() > deadline:
-                raise SystemExit(f"the engine API did not answer at {url} in {timeout_s} s")
+                raise SystemExit(f"the engine API did not answer at {url} in {timeout_s} s") \
+                    from None
             time.sleep(0.2)  # a server coming up: nothing to wait on but its port
 
 

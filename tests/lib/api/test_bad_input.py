@@ -4,12 +4,12 @@ and nothing written (every table's row count is the same before and after)."""
 from __future__ import annotations
 
 import contextlib
+from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
-from datetime import datetime, timedelta, timezone
 
 import httpx
-import pytest
 import postgres
+import pytest
 from api_server import served_api
 from sqlalchemy import func, select, update
 
@@ -215,7 +215,7 @@ def test_an_expired_token_is_401(api, bare):
     token_id = token.split("_")[1]
     with served.engine.store.transaction() as session:
         session.execute(update(ApiToken).where(ApiToken.id == token_id).values(
-            expires=datetime.now(timezone.utc) - timedelta(seconds=1)))
+            expires=datetime.now(UTC) - timedelta(seconds=1)))
     _refused(_as(bare, f"Bearer {token}".encode()), 401, "Unauthenticated")
 
 

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 from api_server import served_api
-
 from sqlalchemy import select
 
 from engine_lib.aaa.roles import ROLES
