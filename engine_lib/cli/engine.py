@@ -1,4 +1,4 @@
-"""``kestrel engine init|ssh-key|sign-csr|run`` and ``kestrel events``: the engine itself."""
+"""``kestrel engine init|ssh-key|sign-csr|run|serve`` and ``kestrel events``: the engine itself."""
 
 from __future__ import annotations
 
@@ -22,6 +22,10 @@ def engine_init(args) -> int:
     created = pki.init_ca(str(config.pki_dir))
     print(f"CA, engine certificate and CRL in {config.pki_dir}: "
           f"{'created or upgraded' if created else 'kept'}")
+    if args.api_address:
+        issued = pki.ensure_api_certificate(str(config.pki_dir), args.api_address)
+        print(f"API certificate for {', '.join(args.api_address)}: "
+              f"{'issued' if issued else 'kept'}")
     # The key the engine reaches hosts with (reinstall, soft fencing); never replaced.
     key_created = engine_key.ensure(config.engine_dir)
     print(f"engine SSH key {engine_key.private_key(config.engine_dir)}: "
@@ -103,6 +107,19 @@ def engine_run(args) -> int:
         if lock_fd is not None:
             os.unlink(args.pidfile)
             os.close(lock_fd)
+    return 0
+
+
+def engine_serve(args) -> int:
+    """Serve the engine's REST API over HTTPS until SIGTERM or SIGINT."""
+    from engine_lib.api import serve
+    from engine_lib.protocol import daemon
+
+    settings = serve.Settings(bind=args.bind, port=args.port, addresses=tuple(args.address),
+                              workers_threads=args.workers_threads, max_body=args.max_body)
+    daemon.setup_logging(args.log_file)
+    with open_engine(args) as engine:
+        serve.server(engine, settings).run()  # uvicorn handles SIGTERM and SIGINT
     return 0
 
 
