@@ -9,6 +9,7 @@ The engine host's own callers (actor.is_local) may do everything.
 from __future__ import annotations
 
 from sqlalchemy import ColumnElement, and_, delete, false, or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from engine_lib.aaa.roles import OBJECT_TYPES, ROLES
@@ -123,9 +124,15 @@ def grant(session: Session, role: str, principal_type: str, principal_id: str,
         Permission.object_id == object_id)).first()
     if exists is not None:
         return False
-    session.add(Permission(role=role, principal_type=principal_type, principal_id=principal_id,
-                           object_type=object_type, object_id=object_id))
-    session.flush()
+    try:
+        # A savepoint: a concurrent identical grant (two playbooks at once) wins the
+        # unique index and this one is simply not needed, the caller's work going on.
+        with session.begin_nested():
+            session.add(Permission(role=role, principal_type=principal_type,
+                                   principal_id=principal_id, object_type=object_type,
+                                   object_id=object_id))
+    except IntegrityError:
+        return False
     return True
 
 
@@ -153,6 +160,16 @@ def forget_object(session: Session, object_type: str, object_id: str) -> None:
     """Drop the grants on a removed object, so a later one of the same name starts bare."""
     session.execute(delete(Permission).where(Permission.object_type == object_type,
                                              Permission.object_id == object_id))
+
+
+def forget_template_versions(session: Session, name: str, removed: list[str]) -> None:
+    """Grants on removed template versions pass to the first version left, if any."""
+    left = object_id(session, "template", name)
+    for row in list(session.scalars(select(Permission).where(Permission.object_type == "template",
+                                                             Permission.object_id.in_(removed)))):
+        if left is not None:
+            grant(session, row.role, row.principal_type, row.principal_id, "template", left)
+        session.delete(row)
 
 
 def forget_principal(session: Session, principal_type: str, principal_id: str) -> None:

@@ -10,6 +10,7 @@ import time
 from datetime import UTC, datetime
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -76,6 +77,16 @@ def audit(session: Session, entity_type: str, name: str, message: str,
     who = actor.current()
     session.add(AuditEntry(entity_type=entity_type, entity_name=name, message=message,
                            severity=severity, user_name=who.name, token_id=who.token_id))
+
+
+def flush_new(session: Session, what: str) -> None:
+    """Insert pending rows; another writer's row of the same name that won the unique
+    index meanwhile makes this call a Conflict (run again), not a database error."""
+    try:
+        session.flush()
+    except IntegrityError:
+        raise Conflict(f"{what} was being created by someone else at the same time; "
+                       "nothing was changed, run again") from None
 
 
 def changed_fields(entity, wanted: dict) -> dict:

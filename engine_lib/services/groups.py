@@ -7,7 +7,7 @@ from sqlalchemy import delete, select
 from engine_lib.model import Group, GroupMember, User
 from engine_lib.protocol.errors import InvalidSpec
 from engine_lib.services import access
-from engine_lib.services.common import audit, find, retry_on_conflict
+from engine_lib.services.common import audit, find, flush_new, retry_on_conflict
 from engine_lib.services.results import Outcome
 from engine_lib.spec import choice, text
 from engine_lib.spec import name as check_name
@@ -54,7 +54,7 @@ class GroupService:
             if group is None:
                 group = Group(name=name, description=description or "")
                 session.add(group)
-                session.flush()
+                flush_new(session, f"group '{name}'")
             before = {} if created else group_dict(session, group)
             changed = ["group created"] if created else []
             if not created and description is not None and group.description != description:
@@ -68,7 +68,7 @@ class GroupService:
                                 for user_id in set(members.values()))
                 changed.append("users")
             if changed:
-                session.flush()
+                flush_new(session, f"the members of group '{name}'")
                 audit(session, "group", name, "group created" if created
                       else f"group updated: {', '.join(changed)}")
             after = group_dict(session, group)

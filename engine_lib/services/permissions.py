@@ -49,9 +49,11 @@ class PermissionService:
             entity = PRINCIPALS[kind]
             principal_id = session.scalars(select(entity.id)
                                            .where(entity.name == principal_name)).first()
+            target = access.object_id(session, object_type, object_name)
+            if state == "absent" and (principal_id is None or target is None):
+                return Outcome(False, None, None)  # gone with its user, group or object
             if principal_id is None:
                 raise InvalidSpec(kind, f"no {kind} named {principal_name!r}")
-            target = access.object_id(session, object_type, object_name)
             if target is None:
                 raise InvalidSpec("object_name", f"no {object_type} named {object_name!r}")
             row = session.scalars(select(Permission).where(

@@ -17,7 +17,7 @@ from engine_lib.model import ApiToken, User, utcnow
 from engine_lib.protocol.errors import InvalidSpec
 from engine_lib.services import access, actor
 from engine_lib.services.authn import expires_in_seconds
-from engine_lib.services.common import as_utc, audit, retry_on_conflict
+from engine_lib.services.common import as_utc, audit, flush_new, retry_on_conflict
 from engine_lib.services.results import Outcome
 from engine_lib.spec import name as check_name
 
@@ -96,7 +96,7 @@ class TokenService:
                              secret_sha256=tokens.secret_digest(secret), role=role,
                              expires=expiry, created=now)
             session.add(token)
-            session.flush()
+            flush_new(session, f"token '{name}' of user '{owner.name}'")
             audit(session, "user", owner.name, f"token {name} created"
                   + (f" (role {role})" if role else ""))
             entity = token_dict(token, owner.name)

@@ -9,7 +9,13 @@ from engine_lib.aaa import passwords
 from engine_lib.model import Group, GroupMember, User
 from engine_lib.protocol.errors import InvalidSpec
 from engine_lib.services import access
-from engine_lib.services.common import as_utc, audit, find, retry_on_conflict
+from engine_lib.services.common import (
+    as_utc,
+    audit,
+    find,
+    flush_new,
+    retry_on_conflict,
+)
 from engine_lib.services.results import Outcome
 from engine_lib.spec import boolean, choice, text
 from engine_lib.spec import name as check_name
@@ -71,7 +77,7 @@ class UserService:
                     if value is not None:
                         setattr(user, key, value)
                 session.add(user)
-                session.flush()
+                flush_new(session, f"user '{name}'")
                 audit(session, "user", name, "user created")
                 after = user_dict(session, user)
                 return Outcome(True, after, {"before": {}, "after": after})

@@ -1,8 +1,11 @@
 """Who may do what: roles granted on the system, a cluster or an object, inherited
 downwards, within a token's narrower role (engine_lib.services.access)."""
 
+import threading
+import time
+
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import event, select, text
 
 from engine_lib.model import Group, GroupMember, Template, User, Vm
 from engine_lib.protocol.errors import PermissionDenied
@@ -159,3 +162,37 @@ def test_visible_selects_what_the_actor_may_read(world):
     assert _visible_names(world, mixed, Host) == []
     assert _visible_names(world, add_user(world, "nobody"), Vm) == []
     assert _visible_names(world, add_user(world, "notemplates"), Template) == []
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_two_identical_grants_at_once_both_succeed(world):
+    """PostgreSQL: the second insert waits on the unique index for the first
+    transaction, then finds it taken; it must not fail its transaction."""
+    user = add_user(world, "racer")
+    outcome = {}
+
+    def second():
+        with world.store.transaction() as session:
+            outcome["granted"] = access.grant(session, "ReadOnly", "user", user.user_id,
+                                              "system", "")
+            outcome["still usable"] = session.scalar(select(Vm.name).where(Vm.name == "v1"))
+
+    with world.store.transaction() as first:
+        assert access.grant(first, "ReadOnly", "user", user.user_id, "system", "")
+        racer = threading.Thread(target=second)
+        racer.start()
+        _wait_for_a_lock_wait(world)
+    racer.join()
+    assert outcome == {"granted": False, "still usable": "v1"}
+    assert allowed(world, user, "read", "vm", "w1")
+
+
+def _wait_for_a_lock_wait(engine):
+    """Until some backend of this database waits on a lock (the second insert)."""
+    deadline = time.monotonic() + 60
+    with engine.store.engine.connect() as watcher:
+        while not watcher.execute(text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock'")).scalar():
+            watcher.rollback()  # a fresh snapshot of the activity view
+            assert time.monotonic() < deadline, "the second grant never waited"

@@ -305,3 +305,16 @@ def test_a_copy_lost_in_a_crash_leaves_an_illegal_version_that_removal_finishes(
             "volume": copy} in agent.deleted_volumes
     assert engine.templates.ensure("tpl", state="absent").changed
     assert copy not in _volumes(engine) and engine.templates.info("tpl") == []
+
+
+def test_grants_on_a_template_hold_for_its_versions_and_go_with_the_last(engine, agent,
+                                                                          golden):
+    engine.templates.ensure("tpl", vm="golden")
+    engine.templates.ensure("tpl", vm="golden", version={"number": 2})
+    engine.users.ensure("reader")
+    engine.permissions.ensure(role="ReadOnly", user="reader", object_type="template",
+                              object_name="tpl")
+    engine.templates.ensure("tpl", state="absent", version={"number": 1})
+    assert [p["object_name"] for p in engine.permissions.info(user="reader")] == ["tpl"]
+    engine.templates.ensure("tpl", state="absent")
+    assert engine.permissions.info(user="reader") == []

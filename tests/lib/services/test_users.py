@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from engine_lib.protocol.errors import InvalidSpec, PermissionDenied, Unauthenticated
+from engine_lib.protocol.errors import Conflict, InvalidSpec, PermissionDenied, Unauthenticated
 from engine_lib.services.actor import acting_as
 
 PASSWORD = "a long enough password"
@@ -53,6 +53,21 @@ def test_disabling_a_user_stops_its_tokens(engine):
         engine.authn.actor_for_token(token)
 
 
+def test_removing_a_user_removes_its_tokens_grants_and_memberships(engine):
+    engine.users.ensure("lee")
+    engine.groups.ensure("team", users=["lee"])
+    engine.permissions.ensure(role="SuperUser", user="lee")
+    token = engine.tokens.create(name="ci", user="lee").entity["token"]
+    assert engine.users.remove("lee", check_mode=True).changed
+    assert engine.authn.actor_for_token(token).name == "lee"
+    assert engine.users.remove("lee").changed
+    with pytest.raises(Unauthenticated):
+        engine.authn.actor_for_token(token)
+    assert engine.permissions.info() == [] and engine.groups.info("team")[0]["users"] == []
+    engine.users.ensure("lee")  # a new user of that name starts bare
+    assert engine.tokens.info(user="lee") == [] and engine.permissions.info(user="lee") == []
+
+
 def test_groups_replace_their_members_and_give_their_roles(engine, cluster):
     for name in ("dan", "eve"):
         engine.users.ensure(name)
@@ -87,6 +102,7 @@ def test_permissions_as_ovirt_permission(engine, cluster):
          "object_type": "cluster", "object_name": cluster}]
     assert engine.permissions.ensure(**grant, state="absent").changed
     assert engine.permissions.info() == []
+    assert not engine.permissions.ensure(**{**grant, "user": "gone"}, state="absent").changed
     for bad, field in (({"role": "Root"}, "role"), ({"user": "nobody"}, "user"),
                        ({"object_name": "nosuch"}, "object_name"),
                        ({"object_type": "planet"}, "object_type"),
@@ -144,3 +160,19 @@ def test_bad_token_options_are_named(engine, options, field):
     with pytest.raises(InvalidSpec) as bad:
         engine.tokens.create(**{"name": "t", "user": "jo", **options})
     assert bad.value.field == field
+
+
+def test_a_name_taken_by_a_concurrent_writer_is_a_conflict(engine, monkeypatch):
+    """Two creations at once both read 'absent'; the loser gets Conflict, not a
+    database error (simulated: the read misses the row the other writer committed)."""
+    from engine_lib.services import groups, users
+
+    engine.users.ensure("kim")
+    engine.groups.ensure("devs")
+    monkeypatch.setattr(users, "find", lambda *_args: None)
+    monkeypatch.setattr(groups, "find", lambda *_args: None)
+    with pytest.raises(Conflict, match="user 'kim' was being created by someone else"):
+        engine.users.ensure("kim")
+    with pytest.raises(Conflict, match="group 'devs'"):
+        engine.groups.ensure("devs")
+    assert [u["name"] for u in engine.users.info()] == ["kim"]
