@@ -3,29 +3,19 @@ through the API as through the engine."""
 
 from __future__ import annotations
 
-import httpx
-import pytest
-from api_server import served_api
+from api_fixtures import agents, api, connect  # noqa: F401
 
 
-@pytest.fixture(scope="module")
-def api(tmp_path_factory):
-    with served_api(tmp_path_factory) as served:
-        yield served
+def test_an_api_change_is_audited_with_its_user_and_token(api, connect):
+    client = connect(api.token_for("ClusterAdmin"))
+    me = client.get("/auth/whoami").json()
+    assert me["token_id"]
+    changed = client.put("/clusters/audited", json={"virt_type": "qemu"})
+    assert changed.status_code == 200, changed.text
 
-
-def test_an_api_change_is_audited_with_its_user_and_token(api):
-    token = api.token_for("ClusterAdmin")
-    with httpx.Client(base_url=api.url, verify=api.ca_file, timeout=30,
-                      headers={"Authorization": f"Bearer {token}"}) as client:
-        me = client.get("/auth/whoami").json()
-        assert me["token_id"]
-        changed = client.put("/clusters/audited", json={"virt_type": "qemu"})
-        assert changed.status_code == 200, changed.text
-
-        page = client.get("/events", params={"user": me["user"]}).json()
-        assert [(e["entity_name"], e["user"], e["token_id"]) for e in page["items"]] == [
-            ("audited", me["user"], me["token_id"])]
+    page = client.get("/events", params={"user": me["user"]}).json()
+    assert [(e["entity_name"], e["user"], e["token_id"]) for e in page["items"]] == [
+        ("audited", me["user"], me["token_id"])]
 
     # The same entry, read on the engine host; the engine host's own calls are not hers.
     api.engine.clusters.ensure("local-change", virt_type="qemu")
