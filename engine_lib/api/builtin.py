@@ -24,12 +24,14 @@ router = APIRouter()
 
 MAX_LOGIN_SECONDS = 30 * 86400
 _JOB_STATUS = "^(running|succeeded|failed|cancelled)$"
-_JobId = Annotated[str, Path(max_length=36)]
+# No NUL: PostgreSQL text cannot hold one (its driver fails the whole query).
+_NO_NUL = r"^[^\x00]*$"
+_JobId = Annotated[str, Path(max_length=36, pattern=_NO_NUL)]
 
 
 class Login(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    username: str = Field(min_length=1, max_length=64)
+    username: str = Field(min_length=1, max_length=64, pattern=_NO_NUL)
     password: str = Field(min_length=1, max_length=4096)
     expires_in: int = Field(3600, ge=60, le=MAX_LOGIN_SECONDS)
 

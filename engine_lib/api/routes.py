@@ -30,7 +30,8 @@ from engine_lib.protocol.errors import InvalidSpec, PermissionDenied
 from engine_lib.services.actor import Actor, acting_as
 from engine_lib.services.results import Outcome
 
-__all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "MAX_OFFSET", "NAME_FILTER", "build_router", "glob", "signature_of"]
+__all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "MAX_OFFSET", "NAME_FILTER", "build_router", "glob", "refuse_nul",
+           "signature_of"]
 
 log = logging.getLogger("kestrel.api.routes")
 
@@ -146,6 +147,19 @@ def _may_read(engine, object_type: str, item: Mapping[str, Any]) -> bool:
     return True
 
 
+def refuse_nul(values: Mapping[str, Any], prefix: str = "") -> None:
+    """InvalidSpec naming the field of any string with a NUL character: no name or setting
+    needs one, and PostgreSQL text cannot hold it (its driver fails the whole query)."""
+    for key, value in values.items():
+        field = f"{prefix}{key}"
+        if "\x00" in field or isinstance(value, str) and "\x00" in value:
+            raise InvalidSpec(field, "must not contain a NUL character")
+        if isinstance(value, Mapping):
+            refuse_nul(value, f"{field}.")
+        elif isinstance(value, list):
+            refuse_nul({str(index): item for index, item in enumerate(value)}, f"{field}.")
+
+
 def _apply_path_from(operation: Operation, kwargs: dict[str, Any], path: dict[str, Any]) -> None:
     """vms.ensure: the path's name is the spec's; fill it in or refuse a different one."""
     for param, source in operation.path_from.items():
@@ -227,6 +241,7 @@ def _add(router: APIRouter, operation: Operation, function) -> None:
         kwargs = dict(values)
         if body is not None:
             kwargs.update(body.model_dump(exclude_unset=True))
+        refuse_nul(kwargs)
         path = {name: kwargs[name] for name in in_path}
         if operation.path_from:
             _apply_path_from(operation, kwargs, path)

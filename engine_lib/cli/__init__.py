@@ -222,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     engine_options(audit_log)
     audit_log.add_argument("--type", choices=("cluster", "host", "vm"))
     audit_log.add_argument("--name", help="entity name")
+    audit_log.add_argument("--user", help='who acted: a user, "engine" (the engine loop) or '
+                           '"local:<login>"')
     audit_log.add_argument("--limit", type=int, default=50)
     audit_log.add_argument("--json", action="store_true")
 

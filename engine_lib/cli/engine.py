@@ -126,11 +126,11 @@ def engine_serve(args) -> int:
 def events(args) -> int:
     with open_engine(args) as engine:
         entries = engine.events.info(entity_type=args.type, entity_name=args.name,
-                                     limit=args.limit)
+                                     user=args.user, limit=args.limit)
     if args.json:
         print_json(entries)
         return 0
     for entry in entries:
-        print(f"{entry['time'][:19]} {entry['severity']:7} {entry['entity_type']:7} "
-              f"{entry['entity_name']:16} {entry['message']}")
+        print(f"{entry['time'][:19]} {entry['severity']:7} {entry['user'] or '-':16} "
+              f"{entry['entity_type']:7} {entry['entity_name']:16} {entry['message']}")
     return 0

@@ -56,7 +56,13 @@ class Settings:
 def run(engine, settings: Settings, stop: threading.Event) -> None:
     """Run the engine loop on ``engine`` until ``stop`` is set; return once its passes in
     flight have recorded what they did (each bounded by its agent calls' deadlines)."""
-    actor.set_process_default(actor.ENGINE_LOOP)
+    # The loop's threads (and the threads they start) act as "engine"; so does this one,
+    # whoever called it.
+    with actor.process_default(actor.ENGINE_LOOP), actor.acting_as(actor.ENGINE_LOOP):
+        _run(engine, settings, stop)
+
+
+def _run(engine, settings: Settings, stop: threading.Event) -> None:
     threads = [threading.Thread(target=EventFollower(engine).run, args=(stop,),
                                 name="event-follower", daemon=True)]
     if settings.balance_interval_s > 0:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 
-__all__ = ["ENGINE_LOOP", "Actor", "acting_as", "current", "set_process_default"]
+__all__ = ["ENGINE_LOOP", "Actor", "acting_as", "current", "process_default", "set_process_default"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,18 @@ def current() -> Actor:
 def set_process_default(actor: Actor) -> None:
     global _process_default
     _process_default = actor
+
+
+@contextlib.contextmanager
+def process_default(actor: Actor) -> Iterator[Actor]:
+    """``actor`` for every thread of the process that sets none, until the block ends (so
+    a process that ran the engine loop, a test run, does not go on acting as it)."""
+    global _process_default
+    previous, _process_default = _process_default, actor
+    try:
+        yield actor
+    finally:
+        _process_default = previous
 
 
 @contextlib.contextmanager

@@ -22,8 +22,10 @@ class EventService:
         self.engine = engine
 
     def info(self, entity_type: str | None = None, entity_name: str | None = None,
-             severity: str | None = None, after_id: int = 0, limit: int = 100) -> list[dict]:
-        """Newest last; ``after_id`` lets a caller follow the log."""
+             severity: str | None = None, after_id: int = 0, limit: int = 100,
+             user: str | None = None) -> list[dict]:
+        """Newest last; ``after_id`` lets a caller follow the log. ``user``: what one user
+        did (an API user's name, "engine" for the engine loop, "local:<login>")."""
         with self.engine.store.transaction(commit=False) as session:
             query = select(AuditEntry).where(AuditEntry.id > after_id)
             if entity_type:
@@ -32,6 +34,8 @@ class EventService:
                 query = query.where(AuditEntry.entity_name == entity_name)
             if severity:
                 query = query.where(AuditEntry.severity == severity)
+            if user:
+                query = query.where(AuditEntry.user_name == user)
             newest = list(session.scalars(query.order_by(AuditEntry.id.desc()).limit(limit)))
             return [event_dict(e) for e in reversed(newest)]
 

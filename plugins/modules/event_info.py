@@ -28,6 +28,12 @@ options:
     description: Only entries of this severity.
     type: str
     choices: [info, warning, error]
+  user:
+    description:
+      - Only entries of what this user did - an API user's name, V(engine) for the
+        engine loop, or V(local:<login>) for a module or command run on the engine host
+        itself (which opens the engine's database).
+    type: str
   after_id:
     description: Only entries newer than the entry with this id.
     type: int
@@ -54,6 +60,11 @@ EXAMPLES = r"""
     entity_name: vm1
     limit: 10
   register: result
+
+- name: What did alice change through the API today?
+  kestrel.virt.event_info:
+    user: alice
+  register: alice_did
 
 - name: Show it
   ansible.builtin.debug:
@@ -91,6 +102,16 @@ events:
       description: What happened, and why.
       type: str
       sample: "VM is Down: not running on host h1"
+    user:
+      description:
+        - Who acted - an API user's name, V(engine) for the engine loop, V(local:<login>)
+          for a caller on the engine host; empty for entries older than users.
+      type: str
+      sample: alice
+    token_id:
+      description: The id of the API token the user acted with; empty when none.
+      type: str
+      sample: "3f2a9c1e7b5d4a60"
 """
 
 from ansible_collections.kestrel.virt.plugins.module_utils._kestrel import KestrelModule
@@ -102,6 +123,7 @@ def main():
             entity_type=dict(type='str', choices=['cluster', 'host', 'vm', 'storage']),
             entity_name=dict(type='str'),
             severity=dict(type='str', choices=['info', 'warning', 'error']),
+            user=dict(type='str'),
             after_id=dict(type='int', default=0),
             limit=dict(type='int', default=100),
         ),
@@ -109,7 +131,7 @@ def main():
     p = module.params
     module.query('events', lambda engine: engine.events.info(
         entity_type=p['entity_type'], entity_name=p['entity_name'], severity=p['severity'],
-        after_id=p['after_id'], limit=p['limit']))
+        user=p['user'], after_id=p['after_id'], limit=p['limit']))
 
 
 if __name__ == '__main__':

@@ -56,7 +56,8 @@ def test_the_daemon_runs_the_loop_refuses_a_twin_and_stops_cleanly(engine_dir):
 
         with Engine.open(engine_dir=str(engine_dir)) as engine:
             wait_for(lambda: engine.hosts.info()[0]["status"] == "Connecting")
-            assert "127.0.0.1:9" in engine.events.info(entity_name="h1")[-1]["message"]
+            last = engine.events.info(entity_name="h1")[-1]
+            assert "127.0.0.1:9" in last["message"] and last["user"] == "engine"
         assert "host h1 is Connecting" in (engine_dir / "engine.log").read_text()
     finally:
         os.kill(pid, signal.SIGTERM)

@@ -6,6 +6,7 @@ import pytest
 
 from engine_lib.loop import runner
 from engine_lib.loop.monitoring import Intervals
+from engine_lib.services import actor
 
 
 @pytest.fixture
@@ -46,3 +47,27 @@ def test_without_ha_only_migrations_are_settled(engine, started):
     _run(engine, runner.Settings(ha=False, balance_interval_s=0))
     assert started["every"] == {("migrations", 3.0, "MigrationService.active"),
                                 ("volumes", 3.0, "ImageService.reconcile")}
+
+
+def test_the_loop_and_the_threads_it_starts_act_as_the_engine(engine, monkeypatch):
+    """Whoever calls it, the loop's events say "engine"; once it returns, the process
+    acts as before."""
+    seen = {}
+
+    def run(self, stop):
+        seen["monitor"] = actor.current().name
+        thread = threading.Thread(target=lambda: seen.update(host=actor.current().name))
+        thread.start()
+        thread.join()
+
+    monkeypatch.setattr(runner.Monitor, "run", run)
+    monkeypatch.setattr(runner, "every", lambda interval_s, work, stop: None)
+    caller = actor.Actor("alice", user_id="u1", token_id="t1")
+    with actor.acting_as(caller):
+        _run(engine, runner.Settings(balance_interval_s=0))
+        assert actor.current() == caller
+    assert seen == {"monitor": "engine", "host": "engine"}
+    after = threading.Thread(target=lambda: seen.update(after=actor.current().name))
+    after.start()
+    after.join()
+    assert seen["after"].startswith("local:")
