@@ -16,7 +16,14 @@ import sys
 from engine_lib.cli.agent import agent_wheel
 from engine_lib.cli.common import engine_options
 from engine_lib.cli.disks import disk_download, disk_list, disk_upload
-from engine_lib.cli.engine import engine_init, engine_run, engine_sign_csr, engine_ssh_key, events
+from engine_lib.cli.engine import (
+    engine_init,
+    engine_run,
+    engine_sign_csr,
+    engine_ssh_key,
+    events,
+    service_options,
+)
 from engine_lib.cli.entities import (
     cluster_list,
     host_list,
@@ -65,10 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                             help="migrations per cluster per balancing round (1)")
     run_engine.add_argument("--no-ha", action="store_true",
                             help="no fencing and no HA restarts (monitoring only)")
-    run_engine.add_argument("--daemon", action="store_true", help="detach (needs --pidfile)")
-    run_engine.add_argument("--pidfile", help="lock file holding the loop's PID")
-    run_engine.add_argument("--log-file", help="default: stderr; engine.log in the engine "
-                            "directory with --daemon")
+    service_options(run_engine, "the loop", "engine.log")
     engine_options(command(engine, "ssh-key", engine_ssh_key,
                            "print the engine's public SSH key (authorize it for root on hosts)"))
     sign = command(engine, "sign-csr", engine_sign_csr,
