@@ -12,7 +12,9 @@ from collections.abc import Callable
 
 from engine_lib.broker import AgentApi, AgentClient
 from engine_lib.config import EngineConfig
+from engine_lib.services.access import AccessService
 from engine_lib.services.affinity import AffinityService
+from engine_lib.services.authn import Authenticator
 from engine_lib.services.clusters import ClusterService
 from engine_lib.services.events import EventService
 from engine_lib.services.hosts import HostService
@@ -59,6 +61,8 @@ class Engine:
         self.vm_devices = VmDeviceService(self)
         self.templates = TemplateService(self)
         self.images = ImageService(self)
+        self.access = AccessService(self)
+        self.authn = Authenticator(self)
 
     @classmethod
     def open(cls, engine_dir: str | None = None, db_url: str | None = None,

@@ -7,6 +7,7 @@ import functools
 import os
 import random
 import time
+from datetime import UTC, datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -59,6 +60,11 @@ def outcome_unknown(error: KestrelError) -> bool:
     nothing."""
     return (isinstance(error, AgentUnreachable) and not isinstance(error, CertificateError)
             and error.details.get("cause") not in _NOT_CONNECTED)
+
+
+def as_utc(moment: datetime) -> datetime:
+    # SQLite hands back naive datetimes even for timezone-aware columns; all ours are UTC.
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _raise(error: Exception):

@@ -25,7 +25,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC
 
 from sqlalchemy import select
 
@@ -47,7 +46,13 @@ from engine_lib.protocol.errors import (
 from engine_lib.protocol.statuses import VmStatus
 from engine_lib.scheduling import place
 from engine_lib.services import cluster_facts
-from engine_lib.services.common import audit, get_vm, outcome_unknown, retry_on_conflict
+from engine_lib.services.common import (
+    as_utc,
+    audit,
+    get_vm,
+    outcome_unknown,
+    retry_on_conflict,
+)
 from engine_lib.services.host_records import HostRef
 from engine_lib.services.results import Outcome
 from engine_lib.services.scheduling_facts import scheduling_request
@@ -203,7 +208,7 @@ class MigrationService:
             now = utcnow()
             orphans = [self._plan_of(session, row) for row in rows
                        if row.id not in self._followed
-                       and (now - _aware(row.started_at)).total_seconds() > ORPHAN_AFTER]
+                       and (now - as_utc(row.started_at)).total_seconds() > ORPHAN_AFTER]
             result = [migration_dict(row) for row in rows]
         for plan in orphans:
             if plan is None:
@@ -550,8 +555,3 @@ class MigrationService:
                     HostRef.of(hosts[row.destination]), row.policy, row.bandwidth_mbps, "",
                     time.monotonic() - (row.duration_s or 0),
                     bool(vm.cluster.migration_encrypted))
-
-
-def _aware(moment):
-    # SQLite hands back naive datetimes even for timezone-aware columns; all ours are UTC.
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
