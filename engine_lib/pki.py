@@ -5,6 +5,8 @@ is this CA. The engine directory's ``pki/`` holds:
 
     ca.pem, ca.key          the CA (key 0600, never leaves the engine)
     engine.pem, engine.key  the engine's own client certificate (the engine profile)
+    api.pem, api.key        the REST API's server certificate (the api profile), made by
+                            :func:`ensure_api_certificate`
     issued.json             every certificate signed: serial, name, profile, revocation
     crl.pem                 the revocation list hosts install (agent, libvirt, QEMU)
 
@@ -48,6 +50,11 @@ CA_CERT = "ca.pem"
 CA_KEY = "ca.key"
 ENGINE_CERT = "engine.pem"
 ENGINE_KEY = "engine.key"
+API_CERT = "api.pem"
+API_KEY = "api.key"
+# How issued.json names the API's certificates: never a host's name (a host may not be
+# called kestrel-engine), so revoking a host never touches them.
+API_RECORD = f"{profiles.ENGINE_NAME}/api"
 CRL = "crl.pem"
 INDEX = "issued.json"
 _LOCK = ".lock"
@@ -61,6 +68,7 @@ USAGES = {
     profiles.AGENT: [ExtendedKeyUsageOID.SERVER_AUTH],
     profiles.LIBVIRT: [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
     profiles.MIGRATION: [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+    profiles.API: [ExtendedKeyUsageOID.SERVER_AUTH],
 }
 
 CA_VALIDITY = datetime.timedelta(days=3650)
@@ -195,6 +203,44 @@ def issue(pki_dir: str, name: str, addresses: list[str],
     return _key_pem(key), _sign_host(Path(pki_dir), key.public_key(), name, addresses, profile)
 
 
+def ensure_api_certificate(pki_dir: str, addresses: list[str]) -> bool:
+    """The API's server certificate for ``addresses`` (its SANs; the first is the CN).
+
+    Kept while its SANs are the addresses asked for and it has months left; else a new
+    key and certificate replace it and the old one is revoked. Returns True if issued.
+    """
+    if not addresses:
+        raise InvalidSpec("addresses", "the API needs at least one address to be reached at")
+    pki = Path(pki_dir)
+    wanted = _subject_alt_names(addresses[0], addresses)
+    with _locked(pki):
+        old = None
+        if (pki / API_CERT).exists() and (pki / API_KEY).exists():
+            old = x509.load_pem_x509_certificate((pki / API_CERT).read_bytes())
+            if _api_certificate_fits(old, wanted):
+                return False
+        key = _new_key()
+        cert = _sign(pki, key.public_key(), addresses[0], addresses, profiles.API,
+                     record_as=API_RECORD)
+        _write(pki / API_KEY, _key_pem(key), private=True)
+        _write(pki / API_CERT, cert)
+        if old is not None:
+            _record(pki, old, API_RECORD, profiles.API, revoked=_now().isoformat())
+            _write_crl(pki)
+    return True
+
+
+def _api_certificate_fits(cert: x509.Certificate, wanted: list[x509.GeneralName]) -> bool:
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    left = cert.not_valid_after_utc - _now()
+    return (set(names) == set(wanted) and left > LEAF_VALIDITY / 4
+            and cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)[0].value
+            == profiles.API)
+
+
 def revoke(pki_dir: str, name: str) -> list[str]:
     """Revoke every certificate issued for host ``name`` and rewrite the CRL.
 
@@ -271,7 +317,8 @@ def _subject(profile: str, name: str) -> x509.Name:
                       x509.NameAttribute(NameOID.COMMON_NAME, name)])
 
 
-def _sign(pki: Path, public_key, name: str, addresses: list[str], profile: str) -> bytes:
+def _sign(pki: Path, public_key, name: str, addresses: list[str], profile: str,
+          record_as: str | None = None) -> bytes:
     """Sign and record a certificate; the caller holds the PKI lock."""
     san = _subject_alt_names(name, addresses)
     ca_cert, ca_key = _load_ca(pki)
@@ -298,7 +345,7 @@ def _sign(pki: Path, public_key, name: str, addresses: list[str], profile: str) 
     if san:
         builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
     cert = builder.sign(ca_key, hashes.SHA256())
-    _record(pki, cert, name, profile)
+    _record(pki, cert, record_as or name, profile)
     return cert.public_bytes(serialization.Encoding.PEM)
 
 

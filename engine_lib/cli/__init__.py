@@ -19,6 +19,7 @@ from engine_lib.cli.disks import disk_download, disk_list, disk_upload
 from engine_lib.cli.engine import (
     engine_init,
     engine_run,
+    engine_serve,
     engine_sign_csr,
     engine_ssh_key,
     events,
@@ -55,8 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     engine = groups.add_parser("engine", help="the engine's CA and database").add_subparsers(
         dest="command", required=True)
-    engine_options(command(engine, "init", engine_init,
-                           "create the engine CA and certificate, and the database schema"))
+    init = command(engine, "init", engine_init,
+                   "create the engine CA and certificate, and the database schema")
+    engine_options(init)
+    init.add_argument("--api-address", action="append", default=[], metavar="NAME",
+                      help="also issue the REST API's certificate for this name or IP "
+                      "(repeatable; `engine serve --address` does the same)")
     run_engine = command(engine, "run", engine_run,
                          "run the engine loop: host heartbeats and VM statuses")
     engine_options(run_engine)
@@ -73,6 +78,19 @@ def build_parser() -> argparse.ArgumentParser:
     run_engine.add_argument("--no-ha", action="store_true",
                             help="no fencing and no HA restarts (monitoring only)")
     service_options(run_engine, "the loop", "engine.log")
+    serve = command(engine, "serve", engine_serve,
+                    "serve the engine's REST API over HTTPS (certificate from the engine CA)")
+    engine_options(serve)
+    serve.add_argument("--bind", default="0.0.0.0", help="address to listen on (0.0.0.0)")
+    serve.add_argument("--port", type=int, default=8443, help="TCP port (8443)")
+    serve.add_argument("--address", action="append", default=[], metavar="NAME",
+                       help="a name or IP clients reach the API at: the certificate's SANs "
+                       "(repeatable; default: the existing certificate's, else this host's FQDN)")
+    serve.add_argument("--workers-threads", type=int, default=8,
+                       help="long operations run at once; more get 503 Busy (8)")
+    serve.add_argument("--max-body", type=int, default=1048576,
+                       help="largest JSON request body in bytes (1048576)")
+    service_options(serve, "the API", "api.log")
     engine_options(command(engine, "ssh-key", engine_ssh_key,
                            "print the engine's public SSH key (authorize it for root on hosts)"))
     sign = command(engine, "sign-csr", engine_sign_csr,

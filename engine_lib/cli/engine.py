@@ -1,4 +1,4 @@
-"""``kestrel engine init|ssh-key|sign-csr|run`` and ``kestrel events``: the engine itself."""
+"""``kestrel engine init|ssh-key|sign-csr|run|serve`` and ``kestrel events``: the engine itself."""
 
 from __future__ import annotations
 
@@ -26,6 +26,10 @@ def engine_init(args) -> int:
     created = pki.init_ca(str(config.pki_dir))
     print(f"CA, engine certificate and CRL in {config.pki_dir}: "
           f"{'created or upgraded' if created else 'kept'}")
+    if args.api_address:
+        issued = pki.ensure_api_certificate(str(config.pki_dir), args.api_address)
+        print(f"API certificate for {', '.join(args.api_address)}: "
+              f"{'issued' if issued else 'kept'}")
     # The key the engine reaches hosts with (reinstall, soft fencing); never replaced.
     key_created = engine_key.ensure(config.engine_dir)
     print(f"engine SSH key {engine_key.private_key(config.engine_dir)}: "
@@ -139,6 +143,42 @@ def service_options(parser, what: str, log_name: str) -> None:
     parser.add_argument("--pidfile", help=f"lock file holding {what}'s PID")
     parser.add_argument("--log-file", help=f"default: stderr; {log_name} in the engine "
                         "directory with --daemon")
+
+
+def engine_serve(args) -> int:
+    """Serve the engine's REST API over HTTPS until SIGTERM or SIGINT."""
+    import socket
+
+    from engine_lib.api import serve
+    from engine_lib.config import EngineConfig
+    from engine_lib.protocol.errors import KestrelError
+
+    settings = serve.Settings(bind=args.bind, port=args.port, addresses=tuple(args.address),
+                              workers_threads=args.workers_threads, max_body=args.max_body)
+
+    def prepare() -> socket.socket:
+        # Before any fork: bad settings, no CA, no database or a port in use fail
+        # the launching command.
+        settings.check()
+        serve.certificate(EngineConfig.resolve(args.engine_dir, args.db_url).pki_dir,
+                          settings.addresses)
+        open_engine(args).close()
+        family = socket.AF_INET6 if ":" in settings.bind else socket.AF_INET
+        try:
+            return socket.create_server((settings.bind, settings.port), family=family,
+                                        backlog=2048)
+        except OSError as exc:
+            raise KestrelError(f"cannot listen on {settings.bind}:{settings.port}: "
+                               f"{exc.strerror}", field="port") from None
+
+    def main(listener: socket.socket, ready: Callable[[], None]) -> None:
+        with open_engine(args) as engine:
+            server = serve.server(engine, settings)
+            ready()
+            server.run(sockets=[listener])  # uvicorn handles SIGTERM and SIGINT
+
+    return run_service(args, "the engine API", "api.log", prepare, main,
+                       release=lambda listener: listener.close())
 
 
 def events(args) -> int:

@@ -9,6 +9,9 @@ Every certificate the engine CA signs has one profile, visible in its subject
     libvirt     a host's libvirtd for qemu+tls: serverAuth + clientAuth; root-only key.
     migration   a host's QEMU migration stream: serverAuth + clientAuth; its key is
                 readable by QEMU's group, so nothing else accepts this profile.
+    api         the engine's REST API (``kestrel engine serve``): serverAuth only,
+                SANs = the addresses clients reach it at. Never a client: an agent
+                refuses it like any certificate but the engine's.
 
 Agents admit only the engine profile; libvirtd admits only libvirt clients
 (``tls_allowed_dn_list``). Standard library only: the agent checks its peer
@@ -24,6 +27,7 @@ ENGINE = "engine"
 AGENT = "agent"
 LIBVIRT = "libvirt"
 MIGRATION = "migration"
+API = "api"
 HOST_PROFILES = (AGENT, LIBVIRT, MIGRATION)
 
 ENGINE_NAME = "kestrel-engine"

@@ -1,0 +1,67 @@
+"""``kestrel engine serve``: the API over HTTPS with uvicorn, its certificate from the
+engine CA (the api profile, re-issued when the addresses change)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import uvicorn
+
+from engine_lib import pki
+from engine_lib.api.app import create_app
+from engine_lib.api.jobs import DEFAULT_WORKERS
+from engine_lib.api.limits import DEFAULT_MAX_BODY
+from engine_lib.protocol.errors import InvalidSpec
+
+__all__ = ["DEFAULT_PORT", "Settings", "certificate", "server"]
+
+log = logging.getLogger("kestrel.api.serve")
+
+DEFAULT_PORT = 8443
+
+
+@dataclass(frozen=True)
+class Settings:
+    bind: str = "0.0.0.0"
+    port: int = DEFAULT_PORT
+    # Names and IP addresses clients reach the API at: the certificate's SANs.
+    addresses: tuple[str, ...] = field(default_factory=tuple)
+    workers_threads: int = DEFAULT_WORKERS
+    max_body: int = DEFAULT_MAX_BODY
+
+    def check(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise InvalidSpec("port", f"{self.port} is not a TCP port")
+        if self.workers_threads < 1:
+            raise InvalidSpec("workers_threads", "must be at least 1")
+        if self.max_body < 1024:
+            raise InvalidSpec("max_body", "must be at least 1024 bytes")
+
+
+def certificate(pki_dir: Path, addresses: tuple[str, ...]) -> tuple[Path, Path]:
+    """(cert, key) for the API: issued for ``addresses``, or kept when none are given and
+    one exists (the host's FQDN when there is none yet)."""
+    if addresses or not (pki_dir / pki.API_CERT).exists():
+        wanted = list(addresses) or [socket.getfqdn()]
+        if pki.ensure_api_certificate(str(pki_dir), wanted):
+            log.info("issued the API certificate for %s", ", ".join(wanted))
+    return pki_dir / pki.API_CERT, pki_dir / pki.API_KEY
+
+
+def server(engine, settings: Settings) -> uvicorn.Server:
+    """A uvicorn server of the API on ``engine``; its jobs left running by an earlier
+    process are marked failed first."""
+    settings.check()
+    cert, key = certificate(engine.config.pki_dir, settings.addresses)
+    app = create_app(engine, max_body=settings.max_body, workers=settings.workers_threads)
+    recovered = app.state.jobs.recover()
+    if recovered:
+        log.warning("%d job(s) of an earlier engine API process marked failed", recovered)
+    config = uvicorn.Config(app, host=settings.bind, port=settings.port,
+                            ssl_certfile=str(cert), ssl_keyfile=str(key),
+                            proxy_headers=False, server_header=False, access_log=False,
+                            log_config=None)
+    return uvicorn.Server(config)
