@@ -42,12 +42,12 @@ from typing import Any, BinaryIO, Protocol, runtime_checkable
 from urllib.parse import quote
 
 from engine_lib.protocol.errors import (
-    ERRORS_BY_CODE,
     AgentError,
     AgentUnreachable,
     CertificateError,
     KestrelError,
     ReplyTooLarge,
+    rebuild,
 )
 from engine_lib.protocol.storage import MOUNT_TIMEOUT_S
 from engine_lib.protocol.wire import API_PREFIX
@@ -711,22 +711,9 @@ def _time_left(deadline: float) -> float:
 
 
 def rebuild_error(code: str, message: str, details: dict) -> KestrelError:
-    """The exception the agent raised, rebuilt from its wire form.
-
-    Error classes take different constructor arguments, so the instance is made
-    without calling the subclass constructor; the details are restored as
-    attributes too (InvalidSpec's ``field``/``reason``). Unknown codes become
-    AgentError with the code in the details.
-    """
-    cls = ERRORS_BY_CODE.get(code)
-    if cls is None:
-        return AgentError(message, **{**details, "code": code})
-    error = cls.__new__(cls)
-    KestrelError.__init__(error, message, **details)
-    for key, value in details.items():
-        if not hasattr(error, key):
-            setattr(error, key, value)
-    return error
+    """The exception the agent raised, rebuilt from its wire form; an unknown code
+    becomes AgentError (the agent is the one that answered)."""
+    return rebuild(code, message, details, unknown=AgentError)
 
 
 def _local_io(operation: Callable[[Any], Any], argument: Any) -> Any:

@@ -220,3 +220,23 @@ ERRORS_BY_CODE = {
         Cancelled, TooManyAttempts, RequestTooLarge, Busy, InternalError,
     )
 }
+
+
+def rebuild(code: str, message: str, details: dict[str, Any],
+            unknown: type[KestrelError] = KestrelError) -> KestrelError:
+    """The exception a peer raised, rebuilt from its wire form (``to_dict()``).
+
+    Error classes take different constructor arguments, so the instance is made
+    without calling the subclass constructor; the details are restored as
+    attributes too (InvalidSpec's ``field``/``reason``). An unknown code becomes
+    ``unknown`` with the code in the details.
+    """
+    cls = ERRORS_BY_CODE.get(code)
+    if cls is None:
+        return unknown(message, **{**details, "code": code})
+    error = cls.__new__(cls)
+    KestrelError.__init__(error, message, **details)
+    for key, value in details.items():
+        if not hasattr(error, key):
+            setattr(error, key, value)
+    return error

@@ -24,7 +24,8 @@ description:
 author:
   - kestrel.virt maintainers (@kestrel-virt)
 requirements:
-  - kestrel-engine (the engine library) on the controller
+  - kestrel-engine (the engine library) on the controller; with O(engine_url)
+    only its standard-library API client is used
 extends_documentation_fragment:
   - constructed
 options:
@@ -33,16 +34,46 @@ options:
     required: true
     type: str
     choices: [kestrel.virt.kestrel]
+  engine_url:
+    description:
+      - URL of the engine API, for example C(https://engine.example.com:8443).
+        The VMs listed are those the user may read.
+      - Mutually exclusive with O(engine_dir) and O(db_url).
+    type: str
+    env:
+      - name: KESTREL_ENGINE_URL
+  username:
+    description: The engine user to log in as, with O(password).
+    type: str
+    env:
+      - name: KESTREL_USERNAME
+  password:
+    description: The password of O(username).
+    type: str
+    env:
+      - name: KESTREL_PASSWORD
+  token:
+    description: An API token, instead of O(username) and O(password).
+    type: str
+    env:
+      - name: KESTREL_TOKEN
+  ca_file:
+    description:
+      - The CA certificate that signed the engine API's certificate; if not
+        set, the system's trusted CAs.
+    type: path
+    env:
+      - name: KESTREL_CA_FILE
   engine_dir:
     description:
-      - The engine directory (CA, default SQLite database).
+      - On the engine host only. The engine directory (CA, default SQLite database).
       - If not set, E(KESTREL_ENGINE_DIR), then C(/var/lib/kestrel/engine).
     type: path
     env:
       - name: KESTREL_ENGINE_DIR
   db_url:
     description:
-      - SQLAlchemy URL of the engine database.
+      - On the engine host only. SQLAlchemy URL of the engine database.
       - If not set, E(KESTREL_DB_URL), then the SQLite file in O(engine_dir).
     type: str
     env:
@@ -53,9 +84,10 @@ options:
 """
 
 EXAMPLES = r"""
-# kestrel.yml
+# kestrel.yml, through the engine API (the token from KESTREL_TOKEN)
 plugin: kestrel.virt.kestrel
-engine_dir: /var/lib/kestrel/engine
+engine_url: https://engine.example.com:8443
+ca_file: /etc/kestrel/engine-ca.pem
 keyed_groups:
   - key: kestrel_custom_properties.role | default('none')
     prefix: role
@@ -68,14 +100,13 @@ import re
 
 from ansible.errors import AnsibleError
 from ansible.plugins.inventory import BaseInventoryPlugin, Constructable
-
-try:
-    from engine_lib.engine import Engine
-    from engine_lib.protocol.errors import KestrelError
-except ImportError as import_error:
-    ENGINE_IMPORT_ERROR = import_error
-else:
-    ENGINE_IMPORT_ERROR = None
+from ansible_collections.kestrel.virt.plugins.module_utils._kestrel import (
+    ENGINE_ARGUMENT_SPEC,
+    ENGINE_IMPORT_ERROR,
+    KestrelError,
+    connection_problem,
+    open_engine,
+)
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_]")
 
@@ -118,12 +149,19 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
         if ENGINE_IMPORT_ERROR is not None:
             raise AnsibleError("the kestrel.virt.kestrel inventory needs the kestrel-engine "
                                "Python package: %s" % ENGINE_IMPORT_ERROR)
+        options = dict((name, self.get_option(name)) for name in ENGINE_ARGUMENT_SPEC)
+        problem = connection_problem(options)
+        if problem is not None:
+            raise AnsibleError("kestrel.virt.kestrel inventory: %s" % problem)
         try:
-            with Engine.open(engine_dir=self.get_option("engine_dir"),
-                             db_url=self.get_option("db_url")) as engine:
+            with open_engine(options) as engine:
                 vms = engine.vms.info(cluster=self.get_option("cluster"))
         except KestrelError as err:
             raise AnsibleError("kestrel engine: %s" % err.message) from None
+        except ImportError as err:
+            raise AnsibleError("the kestrel.virt.kestrel inventory with engine_dir/db_url needs "
+                               "the kestrel-engine package with its engine dependencies: %s"
+                               % err) from None
         for vm in vms:
             self._add_vm(vm)
 

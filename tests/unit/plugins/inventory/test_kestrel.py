@@ -7,8 +7,11 @@
 from __future__ import annotations
 
 import pytest
+from ansible.errors import AnsibleError
 from ansible.inventory.data import InventoryData
 from ansible_collections.kestrel.virt.plugins.inventory import kestrel
+from ansible_collections.kestrel.virt.plugins.module_utils import _kestrel
+from ansible_collections.kestrel.virt.tests.unit.plugins.modules.kestrel_fakes import FakeEngine
 
 VM = dict(id='v-1', name='web-1', cluster='prod', host='h1', status='Up', memory_mib=128, vcpus=1,
           custom_properties={}, tags=['web', 'Front End'],
@@ -49,3 +52,29 @@ def test_a_vm_without_guest_data_has_no_ansible_host():
     host = plugin.inventory.get_host('db-1')
     assert 'ansible_host' not in host.vars
     assert sorted(g.name for g in host.get_groups()) == ['cluster_prod', 'status_down']
+
+
+def _parse(monkeypatch, options):
+    plugin = kestrel.InventoryModule()
+    monkeypatch.setattr(plugin, '_read_config_data', lambda path: None)
+    plugin.get_option = lambda name: dict(options, strict=False).get(name)
+    plugin.parse(InventoryData(), None, 'kestrel.yml')
+    return plugin
+
+
+def test_engine_url_lists_the_vms_through_the_api(monkeypatch):
+    fake = FakeEngine(answer=[VM])
+    monkeypatch.setattr(_kestrel, 'RemoteEngine', fake)
+    plugin = _parse(monkeypatch, dict(engine_url='https://engine:8443', token='kst_1_s',
+                                      ca_file='/ca.pem', cluster='prod'))
+    assert fake.opened_with == dict(engine_url='https://engine:8443', username=None,
+                                    password=None, token='kst_1_s', ca_file='/ca.pem')
+    assert fake.calls == [('vms.info', (), dict(cluster='prod'))]
+    assert plugin.inventory.get_host('web-1').vars['kestrel_cluster'] == 'prod'
+
+
+def test_mixing_the_api_and_the_database_is_refused(monkeypatch):
+    monkeypatch.setattr(_kestrel, 'RemoteEngine', FakeEngine())
+    with pytest.raises(AnsibleError, match='engine_url/token .the engine API. and engine_dir'):
+        _parse(monkeypatch, dict(engine_url='https://engine:8443', token='kst_1_s',
+                                 engine_dir='/srv/engine'))

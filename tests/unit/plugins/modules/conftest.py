@@ -33,10 +33,11 @@ except ImportError:  # ansible-core < 2.19
 def engine(monkeypatch):
     fake = FakeEngine()
     monkeypatch.setattr(_kestrel, 'Engine', fake)
+    monkeypatch.setattr(_kestrel, 'RemoteEngine', fake)
     monkeypatch.setattr(_kestrel, 'KestrelError', FakeError)
     monkeypatch.setattr(_kestrel, 'ENGINE_IMPORT_ERROR', None)
-    monkeypatch.delenv('KESTREL_ENGINE_DIR', raising=False)
-    monkeypatch.delenv('KESTREL_DB_URL', raising=False)
+    for name in ('ENGINE_DIR', 'DB_URL', 'ENGINE_URL', 'USERNAME', 'PASSWORD', 'TOKEN', 'CA_FILE'):
+        monkeypatch.delenv('KESTREL_' + name, raising=False)
     return fake
 
 

@@ -45,6 +45,12 @@ class FakeEngine:
         self.opened_with = dict(engine_dir=engine_dir, db_url=db_url)
         return self
 
+    def connect(self, url, username=None, password=None, token=None, ca_file=None):
+        """As RemoteEngine.connect: the same fake serves both modes."""
+        self.opened_with = dict(engine_url=url, username=username, password=password,
+                                token=token, ca_file=ca_file)
+        return self
+
     def __enter__(self):
         return self
 

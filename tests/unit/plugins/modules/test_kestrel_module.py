@@ -7,6 +7,7 @@ mode, diff, typed errors and the missing-library message."""
 
 from __future__ import annotations
 
+import pytest
 from ansible_collections.kestrel.virt.plugins.module_utils import _kestrel
 from ansible_collections.kestrel.virt.plugins.modules import cluster
 from ansible_collections.kestrel.virt.tests.unit.plugins.modules.kestrel_fakes import (
@@ -98,3 +99,67 @@ def test_awx_credential_files_become_a_private_engine_directory(engine, run_modu
     run_module(cluster, dict(name='demo', db_url='postgresql+psycopg://k@db/k'))
     assert seen == {'ca.pem': 'ca.pem', 'engine.pem': 'engine.pem', 'engine.key': 'engine.key'}
     assert not os.path.exists(engine.opened_with['engine_dir'])  # removed after the task
+
+
+REMOTE = dict(engine_url='https://engine.example.com:8443', ca_file='/etc/kestrel/ca.pem')
+
+
+def test_engine_url_selects_the_api_with_a_token(engine, run_module):
+    engine.answer = Outcome(False, ENTITY)
+    result = run_module(cluster, dict(REMOTE, name='demo', token='kst_1_secret'))
+    assert engine.opened_with == dict(REMOTE, username=None, password=None, token='kst_1_secret')
+    assert engine.closed
+    assert 'kst_1_secret' not in repr(result)
+
+
+def test_remote_options_fall_back_to_the_environment(engine, run_module, monkeypatch):
+    monkeypatch.setenv('KESTREL_ENGINE_URL', REMOTE['engine_url'])
+    monkeypatch.setenv('KESTREL_USERNAME', 'alice')
+    monkeypatch.setenv('KESTREL_PASSWORD', 'correct horse battery')
+    monkeypatch.setenv('KESTREL_CA_FILE', REMOTE['ca_file'])
+    engine.answer = Outcome(False, ENTITY)
+    result = run_module(cluster, dict(name='demo'))
+    assert engine.opened_with == dict(REMOTE, username='alice', password='correct horse battery',
+                                      token=None)
+    assert 'correct horse' not in repr(result)
+
+
+def test_remote_mode_needs_no_engine_library_beyond_the_client(engine, run_module, monkeypatch):
+    import sys
+    monkeypatch.setattr(_kestrel, 'Engine', None)
+    monkeypatch.setitem(sys.modules, 'engine_lib.engine', None)  # any import of it fails
+    engine.answer = Outcome(False, ENTITY)
+    result = run_module(cluster, dict(REMOTE, name='demo', token='kst_2_abc'))
+    assert result['changed'] is False and engine.calls
+
+
+def test_local_mode_without_the_engine_library_says_so(engine, run_module, monkeypatch):
+    import sys
+    monkeypatch.setattr(_kestrel, 'Engine', None)
+    monkeypatch.setitem(sys.modules, 'engine_lib.engine', None)
+    result = run_module(cluster, dict(name='demo', engine_dir='/srv/engine'))
+    assert result['failed'] is True
+    assert 'local mode: engine_dir/db_url' in result['msg']
+
+
+@pytest.mark.parametrize('args, env, message', [
+    (dict(engine_url='https://e', token='kst_2_abc', engine_dir='/srv/e'), {},
+     'engine_url/token (the engine API) and engine_dir (the engine host'),
+    (dict(token='kst_2_abc'), {'KESTREL_ENGINE_URL': 'https://e', 'KESTREL_DB_URL': 'sqlite://'},
+     'engine_url/token (the engine API) and db_url'),
+    (dict(username='alice', password='correct horse battery'), {},
+     'username/password given without engine_url'),
+    (dict(engine_url='https://e'), {}, 'engine_url needs token, or username and password'),
+    (dict(engine_url='https://e', username='alice'), {},
+     'engine_url needs token, or username and password'),
+    (dict(engine_url='https://e', username='alice', password='x' * 12, token='kst_2_abc'), {},
+     'token and username/password are mutually exclusive'),
+])
+def test_mixed_or_incomplete_connections_fail_naming_the_options(engine, run_module, monkeypatch,
+                                                                   args, env, message):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    result = run_module(cluster, dict(args, name='demo'))
+    assert result['failed'] is True
+    assert message in result['msg']
+    assert engine.calls == []
