@@ -117,7 +117,13 @@ def run_service(args, what: str, log_name: str, prepare: Callable[[], T],
     if args.daemon and not args.pidfile:
         raise InvalidSpec("--pidfile", "is required with --daemon")
     lock_fd = daemon.lock_pidfile(args.pidfile, what) if args.pidfile else None
-    prepared = prepare()
+    try:
+        prepared = prepare()
+    except BaseException:
+        if lock_fd is not None:  # refused before it ran: leave no pidfile behind
+            os.unlink(args.pidfile)
+            os.close(lock_fd)
+        raise
     ready_fd = (daemon.daemonize(lock_fd, what.removeprefix("the "), lambda: release(prepared))
                 if args.daemon else None)
     if args.daemon and ready_fd is None:
@@ -126,10 +132,21 @@ def run_service(args, what: str, log_name: str, prepare: Callable[[], T],
     if args.daemon and not log_file:
         log_file = str(EngineConfig.resolve(args.engine_dir, args.db_url).engine_dir / log_name)
     daemon.setup_logging(log_file)
+    ready = False
+
+    def report_ready() -> None:
+        nonlocal ready
+        ready = True
+        daemon.report_ready(ready_fd, None)
+
     try:
         if lock_fd is not None:
             daemon.write_pid(lock_fd)
-        main(prepared, lambda: daemon.report_ready(ready_fd, None))
+        main(prepared, report_ready)
+    except Exception as exc:
+        if not ready:  # the launching command fails with it, not a bare "died"
+            daemon.report_ready(ready_fd, str(exc) or type(exc).__name__)
+        raise
     finally:
         if lock_fd is not None:
             os.unlink(args.pidfile)
@@ -174,8 +191,12 @@ def engine_serve(args) -> int:
     def main(listener: socket.socket, ready: Callable[[], None]) -> None:
         with open_engine(args) as engine:
             server = serve.server(engine, settings)
+            # uvicorn shuts down on SIGTERM/SIGINT, then raises the signal again under
+            # the handler it found: a no-op one lets run_service remove the pidfile.
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, lambda *_: None)
             ready()
-            server.run(sockets=[listener])  # uvicorn handles SIGTERM and SIGINT
+            server.run(sockets=[listener])
 
     return run_service(args, "the engine API", "api.log", prepare, main,
                        release=lambda listener: listener.close())
