@@ -295,3 +295,33 @@ def test_the_host_role_admits_the_libvirt_profile_by_the_subject_gnutls_prints(p
     assert not fnmatch.fnmatchcase(
         ",".join(f"{a.rfc4514_attribute_name}={a.value}" for a in migration),
         certificates.LIBVIRT_ALLOWED_DN)
+
+
+def _sans(cert: x509.Certificate) -> set[str]:
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return {str(name.value) for name in names}
+
+
+def test_the_api_certificate_serves_only_and_follows_its_addresses(pki_dir):
+    assert pki.ensure_api_certificate(str(pki_dir), ["engine.example.org", "192.0.2.5"])
+    first = x509.load_pem_x509_certificate((pki_dir / pki.API_CERT).read_bytes())
+    assert stat.S_IMODE(os.stat(pki_dir / pki.API_KEY).st_mode) == 0o600
+    assert first.subject.rfc4514_string() == "CN=engine.example.org,OU=api,O=kestrel"
+    usage = first.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(usage) == [ExtendedKeyUsageOID.SERVER_AUTH]
+    assert _sans(first) == {"engine.example.org", "192.0.2.5"}
+    # the same addresses: kept; others: a new certificate, the old one revoked
+    assert not pki.ensure_api_certificate(str(pki_dir), ["192.0.2.5", "engine.example.org"])
+    assert pki.ensure_api_certificate(str(pki_dir), ["api.example.org"])
+    second = x509.load_pem_x509_certificate((pki_dir / pki.API_CERT).read_bytes())
+    assert _sans(second) == {"api.example.org"}
+    crl = x509.load_pem_x509_crl((pki_dir / pki.CRL).read_bytes())
+    assert crl.get_revoked_certificate_by_serial_number(first.serial_number) is not None
+    # revoking a host of the same name leaves the API's certificate alone
+    assert pki.revoke(str(pki_dir), "api.example.org") == []
+
+
+def test_the_api_certificate_needs_an_address(pki_dir):
+    with pytest.raises(InvalidSpec) as caught:
+        pki.ensure_api_certificate(str(pki_dir), [])
+    assert caught.value.field == "addresses"

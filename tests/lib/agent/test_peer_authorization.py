@@ -104,6 +104,31 @@ def test_a_hosts_agent_certificate_is_no_client_certificate(agent, engine_pki, t
         _get_host(agent, _client_context(engine_pki, cert, key, tmp_path))
 
 
+def test_the_engine_apis_server_certificate_is_no_client_certificate(agent, engine_pki,
+                                                                     tmp_path):
+    pki.ensure_api_certificate(str(engine_pki), ["127.0.0.1"])
+    context = _client_context(engine_pki, (engine_pki / pki.API_CERT).read_bytes(),
+                              (engine_pki / pki.API_KEY).read_bytes(), tmp_path)
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        _get_host(agent, context)
+
+
+def test_the_agent_check_refuses_the_api_profile_whatever_its_usage(engine_pki):
+    # Even a CA-signed OU=api certificate that could act as a client is not the engine.
+    cert, _ = _forged(engine_pki, [(NameOID.ORGANIZATION_NAME, "kestrel"),
+                                   (NameOID.ORGANIZATIONAL_UNIT_NAME, "api"),
+                                   (NameOID.COMMON_NAME, "kestrel-engine")],
+                      [ExtendedKeyUsageOID.CLIENT_AUTH,
+                       x509.ObjectIdentifier(certificates.ENGINE_CLIENT_OID)])
+    loaded = x509.load_pem_x509_certificate(cert)
+    peer = {"subject": ((("organizationName", "kestrel"),),
+                        (("organizationalUnitName", "api"),),
+                        (("commonName", "kestrel-engine"),))}
+    refusal = certificates.engine_client_refusal(
+        peer, loaded.public_bytes(serialization.Encoding.DER))
+    assert refusal and "OU=api" in refusal
+
+
 @pytest.mark.parametrize("profile", ["libvirt", "migration"])
 def test_a_hosts_libvirt_or_qemu_certificate_gets_403(agent, engine_pki, tmp_path, profile):
     key, cert = pki.issue(str(engine_pki), "h2", ["127.0.0.2"], profile)
