@@ -17,13 +17,17 @@ from engine_lib.services.affinity import AffinityService
 from engine_lib.services.authn import Authenticator
 from engine_lib.services.clusters import ClusterService
 from engine_lib.services.events import EventService
+from engine_lib.services.groups import GroupService
 from engine_lib.services.hosts import HostService
 from engine_lib.services.images import ImageService
 from engine_lib.services.luns import LunService
 from engine_lib.services.migrations import MigrationService
 from engine_lib.services.networks import NetworkService
+from engine_lib.services.permissions import PermissionService
 from engine_lib.services.storage_domains import StorageDomainService
 from engine_lib.services.templates import TemplateService
+from engine_lib.services.tokens import TokenService
+from engine_lib.services.users import UserService
 from engine_lib.services.vm_devices import VmDeviceService
 from engine_lib.services.vms import VmService
 from engine_lib.store import Store
@@ -63,6 +67,10 @@ class Engine:
         self.images = ImageService(self)
         self.access = AccessService(self)
         self.authn = Authenticator(self)
+        self.users = UserService(self)
+        self.groups = GroupService(self)
+        self.permissions = PermissionService(self)
+        self.tokens = TokenService(self)
 
     @classmethod
     def open(cls, engine_dir: str | None = None, db_url: str | None = None,

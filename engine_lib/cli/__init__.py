@@ -1,9 +1,9 @@
 """The ``kestrel`` command: the engine, its clusters, hosts and VMs, and offline tools.
 
 One module per family of subcommands: engine (init, ssh-key, sign-csr, run, events),
-entities (cluster, host, vm), offline (schedule, xml render, devices match) and
-agent (the agent's wheel). The agent itself runs as ``kestrel-agent``; the test lab
-as ``kestrel-lab``.
+entities (cluster, host, vm), users (user, token: access to the engine API), offline
+(schedule, xml render, devices match) and agent (the agent's wheel). The agent itself
+runs as ``kestrel-agent``; the test lab as ``kestrel-lab``.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from engine_lib.cli.entities import (
 )
 from engine_lib.cli.offline import devices_match, schedule, xml_render
 from engine_lib.cli.templates import template_create, template_list, template_remove
+from engine_lib.cli.users import add_parsers as add_access_parsers
 from engine_lib.protocol.errors import InvalidSpec, KestrelError
 
 
@@ -279,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    help="live domain XML (virsh dumpxml, or the agent's)")
     engine_options(devices_match_cmd)
 
+    add_access_parsers(groups, command, engine_options)
     return parser
 
 

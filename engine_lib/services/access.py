@@ -129,10 +129,40 @@ def grant(session: Session, role: str, principal_type: str, principal_id: str,
     return True
 
 
+def object_id(session: Session, object_type: str, object_name: str) -> str | None:
+    """The row id grants on the object use ('' for the system), None if it does not
+    exist. A template's grants use its first version's id and cover every version."""
+    if object_type == "system":
+        return ""
+    entity = ENTITIES[object_type]
+    query = select(entity.id).where(entity.name == object_name)
+    if entity is Template:
+        query = query.order_by(Template.version_number)
+    return session.scalars(query.limit(1)).first()
+
+
+def object_names(session: Session, object_type: str, ids: set[str]) -> dict[str, str]:
+    """id -> name of the objects of one type ('' -> '' for the system)."""
+    if object_type == "system":
+        return {"": ""}
+    entity = ENTITIES[object_type]
+    return dict(session.execute(select(entity.id, entity.name).where(entity.id.in_(ids))).all())
+
+
 def forget_object(session: Session, object_type: str, object_id: str) -> None:
     """Drop the grants on a removed object, so a later one of the same name starts bare."""
     session.execute(delete(Permission).where(Permission.object_type == object_type,
                                              Permission.object_id == object_id))
+
+
+def forget_template_versions(session: Session, name: str, removed: list[str]) -> None:
+    """Grants on removed template versions pass to the first version left, if any."""
+    left = object_id(session, "template", name)
+    for row in list(session.scalars(select(Permission).where(Permission.object_type == "template",
+                                                             Permission.object_id.in_(removed)))):
+        if left is not None:
+            grant(session, row.role, row.principal_type, row.principal_id, "template", left)
+        session.delete(row)
 
 
 def forget_principal(session: Session, principal_type: str, principal_id: str) -> None:

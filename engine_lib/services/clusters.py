@@ -9,6 +9,7 @@ from engine_lib.model import Cluster
 from engine_lib.protocol import convergence
 from engine_lib.protocol.errors import Conflict, InvalidSpec
 from engine_lib.scheduling import policies as scheduling_policies
+from engine_lib.services import access
 from engine_lib.services.common import audit, changed_fields, find, get_cluster, retry_on_conflict
 from engine_lib.services.custom_properties import normalize_allowed
 from engine_lib.services.fencing_settings import normalize_policy
@@ -159,6 +160,7 @@ class ClusterService:
                                hosts=[h.name for h in cluster.hosts],
                                vms=[v.name for v in cluster.vms])
             before = cluster_dict(cluster)
+            access.forget_object(session, "cluster", cluster.id)
             session.delete(cluster)
             audit(session, "cluster", name, "cluster removed")
             return Outcome(True, None, {"before": before, "after": {}})

@@ -8,7 +8,7 @@ from engine_lib.model import Host, Vm
 from engine_lib.protocol.errors import Conflict, InvalidSpec
 from engine_lib.protocol.statuses import VmStatus
 from engine_lib.protocol.wire import AGENT_PORT
-from engine_lib.services import host_keys
+from engine_lib.services import access, host_keys
 from engine_lib.services.common import audit, find, get_cluster, retry_on_conflict
 from engine_lib.services.fencing_settings import normalize_power_management
 from engine_lib.services.host_deploy import HostDeploy
@@ -98,6 +98,7 @@ class HostService:
                 if running:
                     raise Conflict(f"host '{name}' still runs {', '.join(running)}; stop or "
                                    "migrate them first", vms=running)
+                access.forget_object(session, "host", host.id)
                 session.delete(host)
                 audit(session, "host", name, "host removed")
         if check_mode:

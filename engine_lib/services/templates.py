@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from engine_lib import spec as specs
 from engine_lib.model import Template, Vm, Volume, new_id
 from engine_lib.protocol.errors import Conflict, InvalidSpec, KestrelError, NotFound
-from engine_lib.services import vm_sources, volume_jobs, volumes
+from engine_lib.services import access, vm_sources, volume_jobs, volumes
 from engine_lib.services.common import audit, get_cluster
 from engine_lib.services.results import Outcome
 from engine_lib.services.vm_config import NEW_VM_DEFAULTS
@@ -409,5 +409,7 @@ class TemplateService:
                 session.flush()
                 audit(session, "template", name, f"version {template.version_number} removed")
                 session.delete(template)
+            session.flush()
+            access.forget_template_versions(session, name, ids)
         return Outcome(True, None, diff)
 

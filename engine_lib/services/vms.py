@@ -29,7 +29,7 @@ from engine_lib.protocol.errors import (
 )
 from engine_lib.protocol.statuses import HostStatus, VmStatus
 from engine_lib.scheduling import place, resolve
-from engine_lib.services import custom_properties, hibernation, vm_config, vm_origin
+from engine_lib.services import access, actor, custom_properties, hibernation, vm_config, vm_origin
 from engine_lib.services import volumes as volume_registry
 from engine_lib.services.common import (
     audit,
@@ -63,6 +63,32 @@ STATES = ("present", "running", "stopped", "absent",
           "suspended", "rebooted")
 
 
+def _check_sources(session, spec: dict) -> None:
+    """A VM made from a template or another VM's snapshot needs read on that source."""
+    for key, object_type in (("template", "template"), ("snapshot_vm", "vm")):
+        if isinstance(spec.get(key), str):
+            access.check(session, "read", object_type, spec[key])
+
+
+def _check_change(session, vm: Vm, *, created: bool, edited: bool, state: str) -> None:
+    """What the actor needs for the change ensure is about to commit: creating (the
+    creator then owns the VM, oVirt's UserVmManager), editing, and a foreseen power change."""
+    who = actor.current()
+    if who.is_local:
+        return
+    if created:
+        access.check(session, "vm.create", "cluster", vm.cluster.name)
+        access.grant(session, "UserVmManager", "user", who.user_id, "vm", vm.id)
+    else:  # unchanged, it still tells its settings: read at least
+        access.check(session, "vm.edit" if edited else "read", "vm", vm.name)
+    active = vm.status in VmStatus.ACTIVE or vm.launch_unconfirmed
+    if (state == "running" and not active
+            or state == "stopped" and (active or vm.status == VmStatus.SUSPENDED)
+            or state == "suspended" and vm.status != VmStatus.SUSPENDED
+            or state == "rebooted"):
+        access.check(session, "vm.power", "vm", vm.name)
+
+
 class VmService:
     def __init__(self, engine):
         self.engine = engine
@@ -75,6 +101,7 @@ class VmService:
             raise InvalidSpec("state", f"must be one of {', '.join(STATES)} (got {state!r})")
         if state != "absent" and vm_origin.has_source_disks(spec):
             with self.engine.store.transaction(commit=False) as session:
+                _check_sources(session, spec)  # before reading them
                 spec = vm_origin.fill_disks(session, spec)
         wanted = normalize_vm(spec)
         if state in _RACE_A_MIGRATION:
@@ -99,6 +126,10 @@ class VmService:
             shown_before = render_redacted(vm) if vm else ""
             properties_before = vm and (vm.cluster.name, dict(vm.custom_properties))
             copies = None
+            if vm is None:
+                _check_sources(session, wanted)
+                if "cluster" in wanted:  # else the source's, checked once it is known
+                    access.check(session, "vm.create", "cluster", wanted["cluster"])
             if vm is None and ("template" in wanted or "snapshot_vm" in wanted):
                 vm, copies = vm_origin.create(session, wanted,
                                               lambda spec: vm_config.create(session, spec))
@@ -113,6 +144,8 @@ class VmService:
                 custom_properties.check_vm(vm)
             session.flush()
             after_xml, shown_after = render(vm), render_redacted(vm)
+            _check_change(session, vm, created=not before_xml,
+                          edited=before_xml != after_xml, state=state)
             entity = vm_dict(vm)
             unconfirmed = vm.launch_unconfirmed
         if copies is not None and not check_mode:
@@ -130,6 +163,8 @@ class VmService:
             running = entity["status"] in VmStatus.ACTIVE and self._still_running(name)
         if state == "running" and not running:
             power_changed = True
+            if entity["status"] in VmStatus.ACTIVE:  # it died: a start _check_change foresaw not
+                self.engine.access.check("vm.power", "vm", name)
             if not check_mode:
                 entity = self._start(name, wait=wait, timeout=timeout)
             else:
@@ -329,6 +364,7 @@ class VmService:
 
     def _remove(self, name: str, check_mode: bool) -> Outcome:
         with self.engine.store.transaction(commit=False) as session:
+            access.check(session, "vm.delete", "vm", name)  # before its disks go
             vm = find(session, Vm, name)
             if vm is None:
                 return Outcome(False, None, {"before": "", "after": ""})
@@ -361,7 +397,9 @@ class VmService:
             # Volumes go first: if that fails the VM is still in the database to retry.
             self._client(helper).delete_volumes(volumes)
         with self.engine.store.transaction() as session:
-            session.delete(get_vm(session, name))
+            vm = get_vm(session, name)
+            access.forget_object(session, "vm", vm.id)
+            session.delete(vm)
             session.flush()
             # Its disks' files are gone, so are their rows (a backing volume stays).
             for row in session.scalars(select(Volume).where(Volume.id.in_(own))):

@@ -3,7 +3,6 @@
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from argon2 import PasswordHasher
 from sqlalchemy import select, update
 
 from engine_lib.aaa import passwords, tokens
@@ -26,13 +25,7 @@ class Clock:
         self.wall += timedelta(seconds=seconds)
 
 
-@pytest.fixture(autouse=True)
-def cheap_argon2(monkeypatch):
-    """argon2id with the least work, so the tests spend their time on the logic; the
-    parameters live in each hash, so the code path is the production one."""
-    monkeypatch.setattr(passwords, "_HASHER",
-                        PasswordHasher(time_cost=1, memory_cost=8, parallelism=1))
-    monkeypatch.setattr(passwords, "DUMMY_HASH", passwords.hash_password("dummy"))
+pytestmark = pytest.mark.usefixtures("cheap_argon2")
 
 
 # Throttling is process memory: one database is enough for its tests.
