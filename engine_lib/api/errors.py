@@ -80,9 +80,14 @@ async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return error_response(NotFound("API path", request.url.path))
     if exc.status_code == 413:
         return error_response(RequestTooLarge(str(exc.detail)))
-    error = KestrelError(str(exc.detail))
+    if exc.status_code == 405:
+        error: KestrelError = InvalidSpec("method", f"{request.method} is not an operation of "
+                                                    f"{request.url.path}")
+    elif exc.status_code < 500:
+        error = InvalidSpec("request", str(exc.detail))
+    else:
+        error = _unexpected_error()
     error.http_status = exc.status_code
-    error.code = "InvalidSpec" if exc.status_code < 500 else "InternalError"
     return error_response(error)
 
 

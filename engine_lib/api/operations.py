@@ -117,12 +117,14 @@ def _op(id: str, method: str, path: str, rule: Rule, summary: str, **kwargs) -> 
 
 
 _READ = on_system("read")
+# A list of what the caller may read (access.visible): anyone may ask.
+_FILTERED = authenticated
 _ACCESS = on_system("access.manage")
 _STORAGE = on_system("storage.manage")
 
 CATALOG: tuple[Operation, ...] = (
     # clusters
-    _op("clusters.info", "GET", "/clusters", _READ, "List clusters", returns="page",
+    _op("clusters.info", "GET", "/clusters", _FILTERED, "List clusters", returns="page",
         visible="cluster"),
     _op("clusters.get", "GET", "/clusters/{name}", on("read", "cluster", "name"),
         "Show a cluster", returns="value"),
@@ -133,7 +135,7 @@ CATALOG: tuple[Operation, ...] = (
     _op("clusters.scheduling_policies", "GET", "/scheduling_policies", _READ,
         "List scheduling policies", returns="value"),
     # hosts
-    _op("hosts.info", "GET", "/hosts", _READ, "List hosts", returns="page", visible="host",
+    _op("hosts.info", "GET", "/hosts", _FILTERED, "List hosts", returns="page", visible="host",
         status=True),
     _op("hosts.ensure", "PUT", "/hosts/{name}", _host_ensure, "Add or change a host", long=True),
     _op("hosts.remove", "DELETE", "/hosts/{name}", on("host.delete", "host", "name"),
@@ -145,7 +147,7 @@ CATALOG: tuple[Operation, ...] = (
     _op("hosts.reinstall", "POST", "/hosts/{name}/reinstall", on("host.edit", "host", "name"),
         "Reinstall a host", long=True),
     # VMs
-    _op("vms.info", "GET", "/vms", _READ, "List VMs", returns="page", visible="vm", status=True),
+    _op("vms.info", "GET", "/vms", _FILTERED, "List VMs", returns="page", visible="vm", status=True),
     # Create, change, power and remove in one: the service checks what applies.
     _op("vms.ensure", "PUT", "/vms/{name}", authenticated, "Create, change, start, stop or "
         "remove a VM", long=True, path_from={"name": "spec.name"}),
@@ -192,7 +194,7 @@ CATALOG: tuple[Operation, ...] = (
     # events, templates, disks
     _op("events.info", "GET", "/events", _events, "The audit log, newest first",
         returns="page"),
-    _op("templates.info", "GET", "/templates", _READ, "List templates", returns="page",
+    _op("templates.info", "GET", "/templates", _FILTERED, "List templates", returns="page",
         visible="template"),
     _op("templates.ensure", "PUT", "/templates/{name}", _template_ensure,
         "Create, version or remove a template", long=True),

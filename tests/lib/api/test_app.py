@@ -206,3 +206,16 @@ def test_a_failed_job_carries_the_typed_error(admin):
     job = admin.put("/hosts/hf", json={"address": "10.1.1.3", "cluster": "missing"}).json()
     done = _finished(admin, job["job"])
     assert done["status"] == "failed" and done["error"]["code"] == "ClusterNotFound"
+
+
+def test_a_list_shows_only_what_the_token_may_read(api, connect):
+    for name in ("vis-a", "vis-b"):
+        api.engine.clusters.ensure(name, virt_type="qemu")
+    reader = connect(api.token_for("ReadOnly", "cluster", "vis-a"))
+    page = reader.get("/clusters", params={"name": "vis-*"}).json()
+    assert [c["name"] for c in page["items"]] == ["vis-a"] and page["total"] == 1
+
+
+def test_an_unknown_path_or_method_is_a_typed_error(admin):
+    _error(admin.get("/nothing-here"), 404, "NotFound")
+    assert _error(admin.post("/clusters"), 405, "InvalidSpec")["details"]["field"] == "method"

@@ -155,8 +155,8 @@ def test_local_mode_without_the_engine_library_says_so(engine, run_module, monke
     (dict(engine_url='https://e', username='alice', password='x' * 12, token='kst_2_abc'), {},
      'token and username/password are mutually exclusive'),
 ])
-def test_mixed_or_incomplete_connections_fail_naming_the_options(engine, run_module, monkeypatch,
-                                                                   args, env, message):
+def test_mixed_or_incomplete_connections_fail_naming_the_options(
+        engine, run_module, monkeypatch, args, env, message):
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     result = run_module(cluster, dict(args, name='demo'))
