@@ -23,6 +23,7 @@ from engine_lib.cli.engine import (
     engine_sign_csr,
     engine_ssh_key,
     events,
+    service_options,
 )
 from engine_lib.cli.entities import (
     cluster_list,
@@ -77,10 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                             help="migrations per cluster per balancing round (1)")
     run_engine.add_argument("--no-ha", action="store_true",
                             help="no fencing and no HA restarts (monitoring only)")
-    run_engine.add_argument("--daemon", action="store_true", help="detach (needs --pidfile)")
-    run_engine.add_argument("--pidfile", help="lock file holding the loop's PID")
-    run_engine.add_argument("--log-file", help="default: stderr; engine.log in the engine "
-                            "directory with --daemon")
+    service_options(run_engine, "the loop", "engine.log")
     serve = command(engine, "serve", engine_serve,
                     "serve the engine's REST API over HTTPS (certificate from the engine CA)")
     engine_options(serve)
@@ -93,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="long operations run at once; more get 503 Busy (8)")
     serve.add_argument("--max-body", type=int, default=1048576,
                        help="largest JSON request body in bytes (1048576)")
-    serve.add_argument("--log-file", help="default: stderr")
+    service_options(serve, "the API", "api.log")
     engine_options(command(engine, "ssh-key", engine_ssh_key,
                            "print the engine's public SSH key (authorize it for root on hosts)"))
     sign = command(engine, "sign-csr", engine_sign_csr,

@@ -1,10 +1,15 @@
-"""`kestrel engine run --daemon`: the engine loop as a service on hosts without systemd."""
+"""`kestrel engine run|serve --daemon`: the engine loop and API as services on hosts
+without systemd."""
 
+import json
 import os
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -76,3 +81,40 @@ def test_daemon_without_pidfile_is_refused(engine_dir):
     result = subprocess.run([KESTREL, "engine", "run", "--engine-dir", str(engine_dir),
                              "--daemon"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 2 and "--pidfile: is required with --daemon" in result.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_the_api_daemon_serves_refuses_a_twin_and_a_busy_port_and_stops_cleanly(engine_dir):
+    port = _free_port()
+    pidfile = engine_dir / "api.pid"
+    command = [KESTREL, "engine", "serve", "--engine-dir", str(engine_dir), "--bind",
+               "127.0.0.1", "--port", str(port), "--address", "localhost", "--daemon",
+               "--pidfile", str(pidfile)]
+    assert subprocess.run(command, timeout=60).returncode == 0
+    pid = int(pidfile.read_text())
+    try:
+        # Ready means listening: the first request right away is answered over TLS.
+        context = ssl.create_default_context(cafile=str(engine_dir / "pki" / "ca.pem"))
+        with urllib.request.urlopen(f"https://localhost:{port}/api/v1/", context=context,
+                                    timeout=30) as response:
+            assert "links" in json.loads(response.read())
+        twin = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        assert twin.returncode == 1
+        assert f"the engine API is already running (pid {pid}" in twin.stderr
+
+        other = engine_dir / "other.pid"
+        busy = subprocess.run([*command[:-1], str(other)], capture_output=True, text=True,
+                              timeout=60)
+        assert busy.returncode == 1
+        assert f"cannot listen on 127.0.0.1:{port}" in busy.stderr
+        assert not other.exists()
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: not alive(pid))
+    assert not pidfile.exists()
+    assert (engine_dir / "api.log").exists()
