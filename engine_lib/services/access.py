@@ -8,7 +8,19 @@ The engine host's own callers (actor.is_local) may do everything.
 
 from __future__ import annotations
 
-from sqlalchemy import ColumnElement, and_, delete, false, or_, select
+import functools
+
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    bindparam,
+    delete,
+    false,
+    literal,
+    or_,
+    select,
+    union_all,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -27,7 +39,7 @@ def _roles_with(permission: str) -> list[str]:
     return [role for role, permissions in ROLES.items() if permission in permissions]
 
 
-def _grants_of(user_id: str, permission: str) -> ColumnElement[bool]:
+def _grants_of(user_id, permission: str) -> ColumnElement[bool]:
     """The actor's grants (its own and its groups') of a role holding ``permission``."""
     groups = select(GroupMember.group_id).where(GroupMember.user_id == user_id)
     return and_(
@@ -36,22 +48,31 @@ def _grants_of(user_id: str, permission: str) -> ColumnElement[bool]:
         Permission.role.in_(_roles_with(permission)))
 
 
-def _on_object_or_ancestors(object_type: str, object_name: str) -> ColumnElement[bool]:
-    """Grants on the object, its cluster or the system. The object is found by name in
-    the same query; one that does not exist leaves only the system. Template versions
-    share a name: a grant on any of them covers the template."""
-    on_system = Permission.object_type == "system"
-    if object_type == "system":
-        return on_system
-    entity = ENTITIES[object_type]
-    same_name = entity.name == object_name
-    on_object = and_(Permission.object_type == object_type,
-                     Permission.object_id.in_(select(entity.id).where(same_name)))
-    if object_type == "cluster":
-        return or_(on_system, on_object)
-    on_cluster = and_(Permission.object_type == "cluster",
-                      Permission.object_id.in_(select(entity.cluster_id).where(same_name)))
-    return or_(on_system, on_cluster, on_object)
+def _object_and_ancestors(object_type: str):
+    """(object_type, object_id) of the object named :object_name, its cluster and the
+    system, found in the query itself; a missing object leaves the system alone.
+    Template versions share a name: a grant on any of them covers the template."""
+    rows = [select(literal("system").label("type"), literal("").label("id"))]
+    if object_type != "system":
+        entity = ENTITIES[object_type]
+        same_name = entity.name == bindparam("object_name")
+        rows.append(select(literal(object_type), entity.id).where(same_name))
+        if entity is not Cluster:
+            rows.append(select(literal("cluster"), entity.cluster_id).where(same_name))
+    return union_all(*rows).subquery()
+
+
+@functools.cache
+def _grant_query(permission: str, object_type: str):
+    """One grant of ``permission`` to :user_id on the object or above it. Driven by the
+    few objects in question (the object_id index), not by every grant of a user who may
+    own thousands of VMs. Built once per (permission, type): SQLAlchemy then reuses its
+    compiled form without recomputing its cache key."""
+    objects = _object_and_ancestors(object_type)
+    return (select(Permission.id).select_from(objects)
+            .join(Permission, and_(Permission.object_type == objects.c.type,
+                                   Permission.object_id == objects.c.id))
+            .where(_grants_of(bindparam("user_id"), permission)).limit(1))
 
 
 def _token_allows(who: actors.Actor, permission: str) -> bool:
@@ -72,11 +93,9 @@ def check(session: Session, permission: str, object_type: str, object_name: str 
         return
     assert who.user_id is not None
     if _token_allows(who, permission):
-        found = session.execute(
-            select(Permission.id).where(_grants_of(who.user_id, permission),
-                                        _on_object_or_ancestors(object_type, object_name))
-            .limit(1)).first()
-        if found is not None:
+        query = _grant_query(permission, object_type)
+        if session.execute(query, {"user_id": who.user_id,
+                                   "object_name": object_name}).first() is not None:
             return
     raise PermissionDenied(who.name, permission, object_type, object_name)
 
