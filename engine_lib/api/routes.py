@@ -27,6 +27,7 @@ from engine_lib.api import schemas
 from engine_lib.api.deps import current_actor, engine_of, job_runner
 from engine_lib.api.operations import CATALOG, Operation
 from engine_lib.protocol.errors import InvalidSpec, PermissionDenied
+from engine_lib.services import access
 from engine_lib.services.actor import Actor, acting_as
 from engine_lib.services.results import Outcome
 
@@ -116,8 +117,6 @@ def _page(engine, operation: Operation, service, function, actor: Actor,
     if paged is not None:
         visible = None
         if operation.visible and not actor.is_local:
-            from engine_lib.services import access
-
             with engine.store.transaction(commit=False) as session:
                 visible = access.visible(session, operation.visible)
         return jsonable_encoder(paged(offset=offset, limit=limit, name=name, status=status,
