@@ -27,6 +27,7 @@ from engine_lib.api import schemas
 from engine_lib.api.deps import current_actor, engine_of, job_runner
 from engine_lib.api.operations import CATALOG, Operation
 from engine_lib.protocol.errors import InvalidSpec, PermissionDenied
+from engine_lib.services import access
 from engine_lib.services.actor import Actor, acting_as
 from engine_lib.services.results import Outcome
 
@@ -117,8 +118,6 @@ def _page(engine, operation: Operation, service, function, actor: Actor,
     if paged is not None:
         visible = None
         if operation.visible and not actor.is_local:
-            from engine_lib.services import access
-
             with engine.store.transaction(commit=False) as session:
                 visible = access.visible(session, operation.visible)
         # A service's page is plain JSON values already (services.listing): walking it

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from api_fixtures import admin, agents, api, connect  # noqa: F401
+from conftest import FakeAgent
 
 from engine_lib.api.operations import CATALOG
 
@@ -155,11 +156,11 @@ def test_a_body_over_the_limit_is_413_whether_declared_or_not(api):
 
 
 def test_an_unexpected_failure_is_500_without_a_trace(api, admin, agents):
-    class Broken:
+    class Broken(FakeAgent):
         def host_info(self, timeout=None):
             raise RuntimeError("secret internals")
 
-    agents["10.7.7.7"] = Broken()
+    agents["10.7.7.7"] = Broken("broken")
     api.engine.clusters.ensure("c500", virt_type="qemu")
     response = admin.put("/hosts/h500", params={"check_mode": True},
                          json={"address": "10.7.7.7", "cluster": "c500"})
