@@ -89,9 +89,11 @@ def open_engine(options):
     if options.get('engine_url'):
         if RemoteEngine is None:
             from engine_lib.client import RemoteEngine
-        with RemoteEngine.connect(options['engine_url'], username=options.get('username'),
-                                  password=options.get('password'), token=options.get('token'),
-                                  ca_file=options.get('ca_file')) as engine:
+        # An AWX injector sets unused fields to '': unset, as for connection_problem().
+        given = dict((name, options.get(name) or None) for name in REMOTE_OPTIONS)
+        with RemoteEngine.connect(given['engine_url'], username=given['username'],
+                                  password=given['password'], token=given['token'],
+                                  ca_file=given['ca_file']) as engine:
             yield engine
         return
     if Engine is None:

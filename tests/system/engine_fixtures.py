@@ -48,20 +48,25 @@ def _collections_path() -> str:
 class Playbook:
     """Runs tasks on localhost with ansible-playbook and returns each task's result."""
 
-    def __init__(self, workdir: Path, engine_dir: Path, db_url: str):
-        self.workdir, self.engine_dir, self.db_url = workdir, engine_dir, db_url
+    def __init__(self, workdir: Path, engine_dir: Path | None = None, db_url: str | None = None,
+                 connection: dict | None = None):
+        """``connection``: the modules' connection options (engine_url, token...) instead of
+        the engine directory and database."""
+        self.workdir = workdir
+        self.connection = connection or {"engine_dir": str(engine_dir), "db_url": db_url}
+        self.output = ""  # the last run's ansible-playbook stdout
 
     def run(self, tasks: list[dict], *args: str, inventory: str | None = None) -> list[dict]:
         registered = []
         for index, task in enumerate(tasks):
             registered.append({**task, "register": f"result_{index}", "ignore_errors": True})
         out = self.workdir / "results.json"
+        out.unlink(missing_ok=True)  # a failed run must not read the previous one's
         play = [{
             "hosts": "localhost",
             "gather_facts": False,
             "vars": {"ansible_python_interpreter": sys.executable},
-            "module_defaults": {"group/kestrel.virt.kestrel": {
-                "engine_dir": str(self.engine_dir), "db_url": self.db_url}},
+            "module_defaults": {"group/kestrel.virt.kestrel": self.connection},
             "tasks": registered + [{
                 "name": "collect results",
                 "ansible.builtin.copy": {
@@ -79,6 +84,7 @@ class Playbook:
             command += ["-i", inventory]
         proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900,
                               check=False)
+        self.output = proc.stdout
         if not out.exists():
             raise AssertionError(f"ansible-playbook failed:\n{proc.stdout}\n{proc.stderr}")
         return json.loads(out.read_text())

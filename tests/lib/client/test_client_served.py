@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 from api_server import served_api
-from conftest import FakeAgent
 
 from engine_lib.client import RemoteEngine, remote
 from engine_lib.protocol.errors import (
@@ -18,9 +17,7 @@ from engine_lib.protocol.errors import (
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory):
-    agents: dict = {}
-    with served_api(tmp_path_factory,
-                    agent_factory=lambda a, p: agents.setdefault(a, FakeAgent(a))) as served:
+    with served_api(tmp_path_factory) as served:  # no hosts: no agent is ever called
         yield served
 
 

@@ -118,3 +118,10 @@ def test_token_refuses_bad_expiry(engine, run_module, args, message):
     result = run_module(token, dict(API, name='ci', **args))
     assert result['failed'] is True and message in result['msg']
     assert engine.calls == []
+
+
+def test_a_predicted_token_has_no_text(engine, run_module):
+    engine.answer = Outcome(True, dict(name='ci', token='kst_7_never_stored'))
+    result = run_module(token, dict(API, name='ci', _ansible_check_mode=True))
+    assert result['changed'] and 'token' not in result['token']
+    assert '_ansible_no_log' not in result
