@@ -12,7 +12,7 @@ import engine_lib
 from engine_lib.api import schemas
 from engine_lib.api.deps import CurrentActor, engine_of, job_runner
 from engine_lib.api.operations import CATALOG
-from engine_lib.api.routes import DEFAULT_LIMIT, MAX_LIMIT
+from engine_lib.api.routes import DEFAULT_LIMIT, MAX_LIMIT, MAX_OFFSET
 from engine_lib.protocol.errors import PermissionDenied
 from engine_lib.services.actor import Actor, acting_as
 
@@ -92,7 +92,7 @@ _JOB_RESPONSE = {200: schemas.json_body(schemas.JOB, "The job"), **schemas.error
             responses={200: schemas.json_body(schemas.PAGE, "A page of jobs"),
                        **schemas.errors()})
 def jobs_info(request: Request, actor: CurrentActor,
-              offset: Annotated[int, Query(ge=0)] = 0,
+              offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
               limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
               status: Annotated[str | None, Query(pattern=_JOB_STATUS)] = None,
               ) -> dict[str, Any]:

@@ -28,11 +28,13 @@ from engine_lib.protocol.errors import InvalidSpec, PermissionDenied
 from engine_lib.services.actor import Actor, acting_as
 from engine_lib.services.results import Outcome
 
-__all__ = ["NAME_FILTER", "build_router", "glob", "refuse_nul", "signature_of"]
+__all__ = ["MAX_OFFSET", "NAME_FILTER", "build_router", "glob", "refuse_nul", "signature_of"]
 
 log = logging.getLogger("kestrel.api.routes")
 
 MAX_LIMIT = 1000
+# A 64-bit SQL integer holds an offset; a larger one made the database driver fail (500).
+MAX_OFFSET = 2**31 - 1
 DEFAULT_LIMIT = 100
 NAME_FILTER = 128  # characters
 _PAGE_PARAMS = {"offset", "limit", "name", "status"}
@@ -186,7 +188,7 @@ def _add(router: APIRouter, operation: Operation, function) -> None:
             query.append(param.name)
             add(param.name, param.annotation, Query(... if required else default))
     if paged:
-        add("offset", int, Query(0, ge=0))
+        add("offset", int, Query(0, ge=0, le=MAX_OFFSET))
         add("limit", int, Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT))
         add("name", str | None, Query(None, max_length=NAME_FILTER,
                                       description="exact, or a glob with '*'"))
