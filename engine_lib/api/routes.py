@@ -37,7 +37,9 @@ __all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "MAX_OFFSET", "NAME_FILTER", "build_rou
 log = logging.getLogger("kestrel.api.routes")
 
 MAX_LIMIT = 1000
-MAX_OFFSET = 2**63 - 1  # what SQL's OFFSET takes
+# What the services page with (engine_lib.services.listing): PostgreSQL's OFFSET is 64-bit,
+# but a larger page start than this is no list anyone pages through.
+MAX_OFFSET = 2**31 - 1
 DEFAULT_LIMIT = 100
 NAME_FILTER = 128  # characters
 _PAGE_PARAMS = {"offset", "limit", "name", "status"}

@@ -188,11 +188,13 @@ def test_hostile_names_in_paths_are_not_found_or_refused(api, value):
 
 
 @pytest.mark.parametrize("params", [{"limit": 0}, {"limit": 1001}, {"offset": -1},
-                                    {"limit": "ten"}, {"offset": "1e3"}])
-def test_bad_paging_is_400_naming_the_parameter(api, params):
+                                    {"limit": "ten"}, {"offset": "1e3"}, {"offset": 2**63},
+                                    {"offset": 97599133529947962432162334335041536}])
+@pytest.mark.parametrize("path", ["/vms", "/jobs"])
+def test_bad_paging_is_400_naming_the_parameter(api, path, params):
     _, client = api
     [field] = params
-    _refused(client.get("/vms", params=params), 400, "InvalidSpec", field)
+    _refused(client.get(path, params=params), 400, "InvalidSpec", field)
 
 
 # -- tokens ------------------------------------------------------------------------------
