@@ -162,9 +162,6 @@ class KestrelModule(AnsibleModule):
         super().__init__(argument_spec=spec, **kwargs)
         self._hide_secrets()
         self.entity_key = entity_key
-        # Set by a module whose result carries a secret the user must receive (a new
-        # token's text): the result then reaches callbacks censored, as with no_log.
-        self.hide_result = False
         if ENGINE_IMPORT_ERROR is not None:
             self.fail_json(msg=missing_required_lib('kestrel-engine'), exception=ENGINE_IMPORT_ERROR)
         problem = connection_problem(self.params)
@@ -210,8 +207,6 @@ class KestrelModule(AnsibleModule):
         result[self.entity_key] = outcome.entity
         if self._diff and outcome.diff is not None:
             result['diff'] = outcome.diff
-        if self.hide_result:
-            result['_ansible_no_log'] = True
         self.exit_json(**result)
 
     def query(self, result_key, call):

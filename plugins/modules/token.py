@@ -13,9 +13,11 @@ description:
   - An API token lets a job (an AWX credential, O(kestrel.virt.token#module:token)
     of every module) act as its user without a password. It can never do more
     than its user may, and with O(role) no more than that role allows either.
-  - The token text is returned once, when the token is created, and the
-    task's displayed result is hidden (as with C(no_log)); register it and
-    store it somewhere safe. The engine keeps only a digest of it.
+  - The token text is returned once, when the token is created; register it
+    and store it somewhere safe. The engine keeps only a digest of it.
+  - Set C(no_log) on the task - a module cannot hide its own result from the
+    callbacks (the terminal with C(-v), AWX job output), and the text is a
+    credential.
   - Idempotent on O(name) - an existing token is neither created again nor
     shown again; revoke it (O(state=absent)) and create a new one to replace it.
   - Your own tokens need only a login; another user's need the
@@ -66,6 +68,7 @@ EXAMPLES = r"""
     role: VmOperator
     expires_in: 7776000
   register: nightly
+  no_log: true
 
 - name: Keep it in the vault (it is shown only now)
   ansible.builtin.copy:
@@ -131,10 +134,6 @@ def create(module, engine, check_mode):
     if check_mode and outcome.entity:
         # A predicted token's text was never stored: it would never work.
         outcome.entity.pop('token', None)
-    if outcome.entity and outcome.entity.get('token'):
-        # The one time the text exists outside the engine: the result is hidden from the
-        # callbacks (terminal, AWX job output) as with no_log; a registered variable keeps it.
-        module.hide_result = True
     return outcome
 
 
