@@ -115,7 +115,9 @@ class TokenService:
             audit(session, "user", owner.name, f"token {name} created"
                   + (f" (role {role})" if role else ""))
             entity = token_dict(token, owner.name)
-            return Outcome(True, {**entity, "token": text}, {"before": before, "after": entity})
+            # A predicted token is never stored: its text would never work.
+            shown = entity if check_mode else {**entity, "token": text}
+            return Outcome(True, shown, {"before": before, "after": entity})
 
     @retry_on_conflict
     def revoke(self, *, name: str, user: str | None = None,

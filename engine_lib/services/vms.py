@@ -160,6 +160,10 @@ class VmService:
             after_xml, shown_after = render(vm), render_redacted(vm)
             _check_change(session, vm, created=not before_xml,
                           edited=before_xml != after_xml, state=state)
+            if not before_xml:
+                audit(session, "vm", name, f"VM created in cluster {vm.cluster.name}")
+            elif before_xml != after_xml:
+                audit(session, "vm", name, "VM configuration changed")
             entity = vm_dict(vm)
             unconfirmed = vm.launch_unconfirmed
         if copies is not None and not check_mode:
