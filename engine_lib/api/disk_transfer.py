@@ -111,7 +111,7 @@ async def upload(request: Request, who: CurrentActor, name: str = _name(),
             **_doc("images.upload_vm_disk", ["vm", "name"], body=True))
 async def upload_vm_disk(request: Request, who: CurrentActor, vm: str = _name(),
                          name: str = _name(),
-                         settings: str = Query(..., max_length=65536,
+                         settings: str = Query(..., max_length=8192,
                                                description="the disk's settings (JSON object)"),
                          upload_image_url: str | None = Query(None, max_length=4096),
                          upload_length: int | None = Query(None, ge=1),

@@ -63,5 +63,8 @@ def server(engine, settings: Settings) -> uvicorn.Server:
     config = uvicorn.Config(app, host=settings.bind, port=settings.port,
                             ssl_certfile=str(cert), ssl_keyfile=str(key),
                             proxy_headers=False, server_header=False, access_log=False,
-                            log_config=None)
+                            log_config=None,
+                            # The request line and headers together: a query of the longest
+                            # options the routes allow fits (h11's own default is 16 KiB).
+                            h11_max_incomplete_event_size=64 * 1024)
     return uvicorn.Server(config)

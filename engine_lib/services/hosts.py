@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import selectinload
 
@@ -19,7 +21,7 @@ from engine_lib.services.maintenance import leave as leave_maintenance
 from engine_lib.services.results import Outcome
 from engine_lib.services.revocation import revoke_host
 from engine_lib.services.storage_domains import connect_host
-from engine_lib.spec import choice, positive_int, text
+from engine_lib.spec import HOSTNAME_RE, choice, positive_int, text
 from engine_lib.spec import name as check_name
 
 
@@ -41,8 +43,7 @@ class HostService:
                ssh_host_keys: list[str] | None = None, check_mode: bool = False) -> Outcome:
         check_name("name", name)
         text("address", address, 255)
-        if not address:
-            raise InvalidSpec("address", "is required")
+        _check_address(address)
         positive_int("port", port, 65535)
         # None keeps what the host has; {} removes its power management.
         settings = _fencing_settings(power_management, soft_fence_command, self.engine.config)
@@ -177,3 +178,16 @@ def _fencing_settings(power_management: dict | None, soft_fence_command: str | N
 def _redacted(config: dict) -> dict:
     return {**config, "power_management": redacted_pm(config.get("power_management"))} \
         if "power_management" in config else config
+
+
+def _check_address(address: str) -> None:
+    """An IP address or a DNS name: anything else could not be reached (and must not
+    reach the agent client as a host name it cannot encode)."""
+    if not address:
+        raise InvalidSpec("address", "is required")
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        if not HOSTNAME_RE.match(address):
+            raise InvalidSpec("address", f"'{address}' is neither an IP address nor a host "
+                                         "name") from None
