@@ -85,7 +85,7 @@ def test_permission_refuses_incomplete_grants(engine, run_module, args, message)
     assert engine.calls == []
 
 
-def test_a_new_token_is_returned_once_with_the_result_hidden(engine, run_module):
+def test_a_new_token_is_returned_once(engine, run_module):
     engine.answer = Outcome(True, dict(name='ci', user='ci', role='VmOperator',
                                        token='kst_7_newsecret'))
     result = run_module(token, dict(API, name='ci', user='ci', role='VmOperator',
@@ -93,14 +93,13 @@ def test_a_new_token_is_returned_once_with_the_result_hidden(engine, run_module)
     assert engine.calls == [('tokens.create', (), dict(
         name='ci', user='ci', role='VmOperator', expires_in=3600, check_mode=False))]
     assert result['token']['token'] == 'kst_7_newsecret'
-    assert result['_ansible_no_log'] is True  # the callbacks show it censored
 
 
-def test_an_existing_token_is_not_shown_nor_hidden(engine, run_module):
+def test_an_existing_token_is_not_shown_again(engine, run_module):
     engine.answer = Outcome(False, dict(name='ci', user='ci', role=''))
     result = run_module(token, dict(API, name='ci'))
     assert engine.calls == [('tokens.create', (), dict(name='ci', user=None, check_mode=False))]
-    assert 'token' not in result['token'] and '_ansible_no_log' not in result
+    assert 'token' not in result['token']
 
 
 def test_token_absent_revokes_it(engine, run_module):
@@ -124,4 +123,3 @@ def test_a_predicted_token_has_no_text(engine, run_module):
     engine.answer = Outcome(True, dict(name='ci', token='kst_7_never_stored'))
     result = run_module(token, dict(API, name='ci', _ansible_check_mode=True))
     assert result['changed'] and 'token' not in result['token']
-    assert '_ansible_no_log' not in result
