@@ -367,12 +367,12 @@ class MigrationService:
                     progress({**report["progress"], "status": "running"})
                 job.progress(percent_done(report.get("progress") or {}),
                              f"migrating to {plan.destination.name}")
-            if not cancelled and job.cancel_requested():
-                plan.cancelled_by_user = True
-                cancelled = self._cancel_for_user(plan)
                 if now - written >= PROGRESS_WRITE_INTERVAL:
                     self._record_progress(plan.id, report.get("progress", {}))
                     written = now
+            if not cancelled and job.cancel_requested():
+                plan.cancelled_by_user = True
+                cancelled = self._cancel_for_user(plan)
             if not cancelled and now - checked >= DESTINATION_CHECK_INTERVAL:
                 checked = now
                 try:

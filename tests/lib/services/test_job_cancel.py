@@ -7,7 +7,7 @@ import pytest
 from conftest import FakeAgent
 from job_handles import RecordingJob
 
-from engine_lib.protocol.errors import AgentUnreachable, Cancelled
+from engine_lib.protocol.errors import AgentUnreachable, Cancelled, KestrelError
 from engine_lib.services import job_context
 from engine_lib.services import migrations as migrations_service
 
@@ -198,3 +198,24 @@ def test_a_part_of_a_job_maps_its_progress_into_the_jobs_range():
             assert job_context.current().cancel_requested()
         job_context.current().progress(100, "done")
     assert job.reports == [(50, "b: start"), (75, "b: half"), (100, "done")]
+
+
+def test_outside_a_job_a_running_migration_still_records_its_progress(engine, migrating,
+                                                                      monkeypatch):
+    monkeypatch.setattr(migrations_service, "PROGRESS_WRITE_INTERVAL", 0)
+    _vm, source, _destination = migrating
+    seen = []
+    sample = source.migration
+
+    def migration(vm_id):
+        if source.sent == 50:  # mid-flight: what `kestrel vm migrations` shows now
+            seen.extend(row["progress"] for row in engine.migrations.active())
+            source.cancelled = True  # then it ends
+        return sample(vm_id)
+
+    source.migration = migration
+    try:
+        engine.migrations.migrate("vm1")
+    except KestrelError:
+        pass  # how it ends is other tests' business
+    assert seen and seen[0]["data_processed_mib"] == 50
