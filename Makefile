@@ -43,7 +43,7 @@ lint: venv
 	source scripts/collection-path.sh && $(BIN)/ansible-lint -q
 
 unit: venv
-	$(BIN)/pytest -q tests/lib
+	$(BIN)/pytest -q -n 2 tests/lib
 
 system: deps venv
 	$(BIN)/pytest -q tests/system
@@ -86,8 +86,8 @@ molecule: deps venv
 test: deps venv
 	@echo "==> lint: ruff, mypy, import contracts, yamllint, ansible-lint"
 	$(MAKE) --no-print-directory lint
-	@echo "==> engine_lib unit tests"
-	$(BIN)/pytest -q tests/lib
+	@echo "==> engine_lib unit tests (two workers: many wait on PostgreSQL, TLS servers and agents)"
+	$(BIN)/pytest -q -n 2 tests/lib
 	@echo "==> engine API: schemathesis finds no 5xx and no response the OpenAPI document does not allow"
 	$(MAKE) --no-print-directory api-fuzz
 	@echo "==> real libvirt/QEMU, agents and playbooks on lab hosts"
