@@ -31,6 +31,7 @@ from engine_lib.protocol.errors import (
 )
 from engine_lib.services import actor as actors
 from engine_lib.services import job_context
+from engine_lib.services.common import iso_utc
 from engine_lib.store import Store
 
 __all__ = ["JobRunner", "job_dict"]
@@ -45,17 +46,11 @@ MAX_WAIT = 30.0  # seconds a GET /jobs/{id}?wait= may hold its answer
 _WAIT_TICK = 0.02  # how often a held GET looks whether its job ended
 
 
-def _iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    # SQLite hands back naive datetimes; the engine stores UTC.
-    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
-
 
 def job_dict(job: ApiJob) -> dict[str, Any]:
     return {"id": job.id, "operation": job.operation, "user": job.user_name,
             "status": job.status, "progress": job.progress, "phase": job.phase,
-            "created": _iso(job.created), "ended": _iso(job.ended),
+            "created": iso_utc(job.created), "ended": iso_utc(job.ended),
             "result": job.result, "error": job.error}
 
 

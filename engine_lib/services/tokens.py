@@ -17,7 +17,7 @@ from engine_lib.model import ApiToken, User, utcnow
 from engine_lib.protocol.errors import InvalidSpec, PermissionDenied
 from engine_lib.services import access, actor
 from engine_lib.services.authn import expires_in_seconds
-from engine_lib.services.common import as_utc, audit, flush_new, retry_on_conflict
+from engine_lib.services.common import as_utc, audit, flush_new, iso_utc, retry_on_conflict
 from engine_lib.services.results import Outcome
 from engine_lib.spec import name as check_name
 
@@ -25,12 +25,9 @@ __all__ = ["TokenService", "token_dict"]
 
 
 def token_dict(token: ApiToken, user_name: str) -> dict:
-    def moment(value):
-        return None if value is None else as_utc(value).isoformat()
-
     return {"id": token.id, "name": token.name, "user": user_name, "role": token.role,
-            "expires": moment(token.expires), "revoked": moment(token.revoked),
-            "created": moment(token.created), "last_used": moment(token.last_used)}
+            "expires": iso_utc(token.expires), "revoked": iso_utc(token.revoked),
+            "created": iso_utc(token.created), "last_used": iso_utc(token.last_used)}
 
 
 def _expiry(expires_in, expires, now: datetime) -> datetime | None:
