@@ -256,20 +256,10 @@ async def _as_job(request: Request, who: Actor, op_id: str,
 async def _start_job(request: Request, who: Actor, op_id: str,
                      call: Callable[[], dict[str, Any]]) -> Future:
     """Run ``call`` as a job (GET /jobs shows it, DELETE cancels it); a future of its
-    result for this request to answer with (the job's row records the same)."""
-    future: Future = Future()
-
-    def run() -> dict[str, Any]:
-        try:
-            result = call()
-        except BaseException as exc:
-            future.set_exception(exc)
-            raise
-        future.set_result(result)
-        return result
-
-    await run_in_threadpool(lambda: _acting(who, lambda: job_runner(request).start(op_id, run)))
-    return future
+    result for this request to answer with, settled once the job's row records the same."""
+    _, outcome = await run_in_threadpool(
+        lambda: _acting(who, lambda: job_runner(request).submit(op_id, call)))
+    return outcome
 
 
 # -- downloads --------------------------------------------------------------------------------

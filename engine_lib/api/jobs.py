@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -100,8 +100,10 @@ class JobRunner:
         # Taken before submitting: a full pool answers Busy instead of queueing.
         self._slots = threading.BoundedSemaphore(workers)
         self.workers = workers
-        # Set once a job's end is in its row: a held GET answers then, not at its next poll.
-        self._ended: dict[str, threading.Event] = {}
+        # Each running job's outcome, settled once its end is in its row: a held GET
+        # answers then (not at its next poll), and whoever answers with the outcome
+        # never gets ahead of what GET /jobs says.
+        self._outcomes: dict[str, Future] = {}
 
     def recover(self) -> int:
         """Jobs a previous process left running can never finish: mark them failed."""
@@ -115,6 +117,12 @@ class JobRunner:
     def start(self, operation: str, call: Callable[[], Any]) -> dict[str, Any]:
         """Run ``call`` as a job of the current actor; its return value becomes the job's
         result (made JSON-able). Raises Busy when every worker is taken."""
+        return self.submit(operation, call)[0]
+
+    def submit(self, operation: str,
+               call: Callable[[], Any]) -> tuple[dict[str, Any], Future]:
+        """start(), and a future of what ``call`` returned or raised, settled only once
+        the job's row has recorded its end."""
         if not self._slots.acquire(blocking=False):
             raise Busy(f"the engine runs {self.workers} long operations already; "
                        "try again later", workers=self.workers)
@@ -125,27 +133,30 @@ class JobRunner:
                 session.add(job)
                 session.flush()
                 started = job_dict(job)
-            self._ended[started["id"]] = threading.Event()
+            outcome: Future = Future()
+            self._outcomes[started["id"]] = outcome
             self._pool.submit(self._run, started["id"], who, call)
         except BaseException:
             self._slots.release()
             raise
-        return started
+        return started, outcome
 
     def _run(self, job_id: str, who: actors.Actor, call: Callable[[], Any]) -> None:
         handle = _Handle(self._store, job_id)
-        status, result, error = "succeeded", None, None
+        status, value, result, error = "succeeded", None, None, None
+        raised: BaseException | None = None
         try:
             with actors.acting_as(who), job_context.running(handle):
-                result = jsonable_encoder(call())
+                value = call()
+                result = jsonable_encoder(value)
         except Cancelled as exc:
-            status, error = "cancelled", exc.to_dict()
+            status, error, raised = "cancelled", exc.to_dict(), exc
         except KestrelError as exc:
-            status, error = "failed", exc.to_dict()
-        except Exception:  # the job's row must end either way; the trace goes to the log
+            status, error, raised = "failed", exc.to_dict(), exc
+        except Exception as exc:  # the job's row must end either way; the trace goes to the log
             log.exception("job %s failed", job_id)
-            status, error = "failed", InternalError("the operation failed unexpectedly; "
-                                                    "see the engine's log").to_dict()
+            status, error, raised = "failed", InternalError(
+                "the operation failed unexpectedly; see the engine's log").to_dict(), exc
         finally:
             self._slots.release()
         try:
@@ -159,15 +170,19 @@ class JobRunner:
         except Exception:
             log.exception("could not record the end of job %s", job_id)
         finally:
-            self._ended.pop(job_id, threading.Event()).set()
+            outcome = self._outcomes.pop(job_id, Future())
+            if raised is None:
+                outcome.set_result(value)
+            else:
+                outcome.set_exception(raised)
 
     async def wait(self, job_id: str, seconds: float) -> None:
         """Until the job (run by this process) has ended, at most ``seconds``; without a
         thread of the server's pool, so held GETs cannot starve other requests. A job
         this process does not run returns at once (the caller polls)."""
-        ended = self._ended.get(job_id)
+        outcome = self._outcomes.get(job_id)
         deadline = time.monotonic() + min(seconds, MAX_WAIT)
-        while ended is not None and not ended.is_set() and time.monotonic() < deadline:
+        while outcome is not None and not outcome.done() and time.monotonic() < deadline:
             await asyncio.sleep(_WAIT_TICK)
 
     # -- what the /jobs routes read --------------------------------------------------------

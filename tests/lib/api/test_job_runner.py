@@ -13,7 +13,7 @@ from api_fixtures import admin, agents, api, connect  # noqa: F401
 from engine_lib.api import jobs as jobs_module
 from engine_lib.api.jobs import JobRunner
 from engine_lib.model import ApiJob
-from engine_lib.protocol.errors import Busy
+from engine_lib.protocol.errors import Busy, Cancelled
 from engine_lib.services import actor, job_context
 
 
@@ -96,3 +96,25 @@ def test_progress_is_written_at_most_once_a_second(engine, runner, monkeypatch):
     handle.progress(50, "copying")
     assert writes == [100.0, 101.05]
     assert runner.get("p", view_all=True)["progress"] == 50
+
+
+def _cancelled():
+    raise Cancelled("the job was cancelled")
+
+
+@pytest.mark.parametrize("call, status", [
+    (lambda: {"ok": 1}, "succeeded"), (_cancelled, "cancelled"), (lambda: 1 / 0, "failed")])
+def test_a_jobs_outcome_is_known_only_once_its_row_records_it(engine, runner, call, status):
+    # A request that answers with the outcome (an upload's PUT) must not get ahead of GET
+    # /jobs: what the row says when the outcome settles is what the client reads next.
+    with actor.acting_as(actor.Actor("u", user_id="x")):
+        started, outcome = runner.submit("test.outcome", call)
+    seen, looked = [], threading.Event()
+
+    def look(_):
+        seen.append(runner.get(started["id"], view_all=True)["status"])
+        looked.set()
+
+    outcome.add_done_callback(look)
+    assert looked.wait(20)
+    assert seen == [status]
