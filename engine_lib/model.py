@@ -16,10 +16,12 @@ from datetime import UTC, datetime
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -74,6 +76,9 @@ class Cluster(Base):
     # The hosts' agents may shrink the balloons of this
     # cluster's VMs under memory pressure (engine_lib.agent.ballooning).
     ballooning: Mapped[bool] = mapped_column(Boolean, default=False)
+    # oVirt's HA reservation: the engine keeps checking that the highly available
+    # VMs of any one failed host could restart on the others (ha_reservation_checks).
+    ha_reservation: Mapped[bool] = mapped_column(Boolean, default=False)
     # The custom properties its VMs may set: name -> the regular expression a value
     # must match in full (engine_lib.services.custom_properties); {} allows none.
     custom_properties: Mapped[dict] = mapped_column(JSON, default=dict)
@@ -126,6 +131,11 @@ class Host(Base):
     fence_state: Mapped[str] = mapped_column(String(16), default="")
     fence_changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
                                                               nullable=True)
+    # Power saving: "" (the engine left its power alone), or how far the engine got in
+    # powering it down or up ("off": in maintenance and powered off by the engine), and when.
+    power_saving: Mapped[str] = mapped_column(String(16), default="")
+    power_saving_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                             nullable=True)
     # The agent build the engine last installed (host_deploy):
     # its version and wheel checksum ("" = never reinstalled by the engine), when, and
     # why the last reinstall failed ("" after a success).
@@ -615,3 +625,100 @@ class ApiJob(Base):
     error: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     ended: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+# -- statistics ----------------------------------------------------------------------------
+# Kept apart from the entities (as oVirt's vds_statistics and vm_statistics are): they
+# change every poll, and a write to a versioned row would race every module editing it.
+
+
+class HostStatistics(Base):
+    """A host's latest figures, from its agent's last statistics poll."""
+
+    __tablename__ = "host_statistics"
+
+    host_id: Mapped[str] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"),
+                                         primary_key=True)
+    sampled_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # None until the agent has two samples to compare.
+    cpu_percent: Mapped[float | None] = mapped_column(Float, nullable=True)
+    memory_used_mib: Mapped[int] = mapped_column(Integer, default=0)
+    memory_free_mib: Mapped[int] = mapped_column(Integer, default=0)
+    load_1m: Mapped[float | None] = mapped_column(Float, nullable=True)
+    load_5m: Mapped[float | None] = mapped_column(Float, nullable=True)
+    load_15m: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Bytes per second since the agent's previous sample, summed over its VMs' NICs
+    # and disks (None until two samples).
+    net_rx_bps: Mapped[float | None] = mapped_column(Float, nullable=True)
+    net_tx_bps: Mapped[float | None] = mapped_column(Float, nullable=True)
+    disk_read_bps: Mapped[float | None] = mapped_column(Float, nullable=True)
+    disk_write_bps: Mapped[float | None] = mapped_column(Float, nullable=True)
+    running_vms: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class VmStatistics(Base):
+    """A running VM's latest figures, from its host's last statistics poll."""
+
+    __tablename__ = "vm_statistics"
+
+    vm_id: Mapped[str] = mapped_column(ForeignKey("vms.id", ondelete="CASCADE"),
+                                       primary_key=True)
+    host_id: Mapped[str | None] = mapped_column(ForeignKey("hosts.id", ondelete="SET NULL"),
+                                                nullable=True)
+    sampled_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # As top shows it: 100 is one host CPU (a VM with two busy vCPUs shows 200).
+    cpu_percent: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # What the guest uses (from the balloon driver's figures; None without them).
+    memory_used_mib: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    balloon_current_mib: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    balloon_target_mib: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    net_rx_bps: Mapped[float | None] = mapped_column(Float, nullable=True)
+    net_tx_bps: Mapped[float | None] = mapped_column(Float, nullable=True)
+    disk_read_bps: Mapped[float | None] = mapped_column(Float, nullable=True)
+    disk_write_bps: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class StatsSample(Base):
+    """History: one host's or VM's figures for a minute ("raw"), an hour or a day.
+
+    An hourly or daily row averages the rows below it (``samples`` of them) and
+    keeps the highest CPU seen. No foreign key: history outlives a removed VM
+    until its retention ends.
+    """
+
+    __tablename__ = "stats_samples"
+    __table_args__ = (UniqueConstraint("kind", "object_id", "resolution", "at"),
+                      Index("ix_stats_samples_resolution_at", "resolution", "at"))
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
+                                    primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(4))  # host | vm
+    object_id: Mapped[str] = mapped_column(String(36))
+    resolution: Mapped[str] = mapped_column(String(4))  # raw | hour | day
+    # The start of its minute, hour or day (UTC).
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    samples: Mapped[int] = mapped_column(Integer, default=1)
+    cpu_percent: Mapped[float | None] = mapped_column(Float, nullable=True)
+    cpu_percent_max: Mapped[float | None] = mapped_column(Float, nullable=True)
+    memory_used_mib: Mapped[float | None] = mapped_column(Float, nullable=True)
+    memory_free_mib: Mapped[float | None] = mapped_column(Float, nullable=True)
+    load_1m: Mapped[float | None] = mapped_column(Float, nullable=True)
+    net_rx_bps: Mapped[float | None] = mapped_column(Float, nullable=True)
+    net_tx_bps: Mapped[float | None] = mapped_column(Float, nullable=True)
+    disk_read_bps: Mapped[float | None] = mapped_column(Float, nullable=True)
+    disk_write_bps: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class HaReservationCheck(Base):
+    """The engine's last answer for a cluster with ha_reservation: could the highly
+    available VMs of any one failed host restart on the others?"""
+
+    __tablename__ = "ha_reservation_checks"
+
+    cluster_id: Mapped[str] = mapped_column(ForeignKey("clusters.id", ondelete="CASCADE"),
+                                            primary_key=True)
+    ok: Mapped[bool] = mapped_column(Boolean, default=True)
+    checked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # {"hosts": [names of hosts whose HA VMs would not all fit elsewhere],
+    #  "message": "..."}
+    detail: Mapped[dict] = mapped_column(JSON, default=dict)
