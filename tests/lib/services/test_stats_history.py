@@ -4,8 +4,9 @@ PostgreSQL."""
 
 from datetime import UTC, datetime, timedelta
 
+import postgres
 import pytest
-from sqlalchemy import insert, select, text
+from sqlalchemy import delete, insert, select, text
 
 from engine_lib.model import StatsSample
 from engine_lib.protocol.errors import InvalidSpec
@@ -16,12 +17,26 @@ T0 = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
 BLANK = dict.fromkeys(stats_history.FIGURES)
 
 
-@pytest.fixture
-def store(db_url):
-    store = Store(db_url)
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def migrated(request, tmp_path_factory):
+    """One migrated database per engine for the module (as db_url gives, but the
+    migrations run once, not per test)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('history')}/engine.db"
+    else:
+        url = postgres.create_database(request.getfixturevalue("postgres_server"),
+                                       "test_stats_history")
+    store = Store(url)
     store.upgrade()
     yield store
     store.close()
+
+
+@pytest.fixture
+def store(migrated):
+    yield migrated
+    with migrated.transaction() as session:
+        session.execute(delete(StatsSample))
 
 
 def _bulk(store, kind, object_id, resolution, start, step, figures):
