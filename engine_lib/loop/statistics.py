@@ -23,6 +23,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from engine_lib.model import Host, HostStatistics, Vm, VmStatistics
+from engine_lib.services import stats_history
 
 # stats_history.record_minute(session, kind, rows, now) -> rows inserted
 History = Callable[[Session, str, list[dict], datetime], int]
@@ -35,8 +36,7 @@ def record(session: Session, host: Host, report: Mapping[str, Any], now: datetim
            history: History | None = None) -> None:
     """Apply one statistics poll of ``host``: its figures, those of the VMs the engine
     runs there (rows of VMs no longer running there go), and a raw history sample."""
-    if history is None:
-        from engine_lib.services.stats_history import record_minute as history
+    history = history or stats_history.record_minute
     host_row = host_figures(report.get("host") or {})
     values: dict[str, Any] = {"used_memory_mib": host_row["memory_used_mib"]}
     if host_row["cpu_percent"] is not None:  # a fresh agent has no percentage yet

@@ -1,7 +1,6 @@
 """The VM poll's figures applied by the engine (engine_lib.loop.statistics), on SQLite and
 PostgreSQL: current figures apart from the versioned rows, in bulk statements."""
 
-import functools
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
@@ -12,6 +11,7 @@ from sqlalchemy import event, select, update
 from engine_lib.loop import statistics
 from engine_lib.loop.monitoring import Monitor
 from engine_lib.model import Host, HostStatistics, Vm, VmStatistics
+from engine_lib.services import stats_history
 
 T0 = datetime(2026, 12, 6, 12, 0, 30, tzinfo=UTC)
 RATES = ("net_rx_bps", "net_tx_bps", "disk_read_bps", "disk_write_bps")
@@ -195,18 +195,23 @@ class PollingAgent(FakeAgent):
                         if status == "Up"]}
 
 
-def test_the_monitor_polls_stats_once_and_records_them(engine, cluster, agents, monkeypatch):
+def test_the_monitor_polls_stats_once_and_records_them_with_their_history(
+        engine, cluster, agents):
     agents["10.0.0.1"] = PollingAgent("h1")
     engine.hosts.ensure("h1", address="10.0.0.1", cluster=cluster)
     vm = engine.vms.ensure({"name": "vm1", "cluster": cluster, "memory": 256}, state="running")
-    history = History()
-    monkeypatch.setattr(statistics, "record",
-                        functools.partial(statistics.record, history=history))
     Monitor(engine, clock=lambda: T0).cycle()
     assert engine.vms.info("vm1")[0]["status"] == "Up"
     assert rows(engine, VmStatistics)[vm.entity["id"]].cpu_percent == 12.5
-    assert next(iter(rows(engine, HostStatistics).values())).cpu_percent == 55.0
-    assert [kind for kind, _, _ in history.calls] == ["host", "vm"]
+    host_id, host = next(iter(rows(engine, HostStatistics).items()))
+    assert host.cpu_percent == 55.0
+    with engine.store.transaction(commit=False) as session:
+        history = stats_history.history(session, "host", host_id, T0 - timedelta(minutes=1), T0)
+        vm_history = stats_history.history(session, "vm", vm.entity["id"],
+                                           T0 - timedelta(minutes=1), T0)
+    assert [(s["at"], s["cpu_percent"], s["load_1m"]) for s in history] == \
+        [("2026-12-06T12:00:00+00:00", 55.0, 0.5)]
+    assert [s["cpu_percent"] for s in vm_history] == [12.5]
 
 
 def test_a_failure_to_record_statistics_does_not_stop_the_status_sync(
