@@ -172,11 +172,11 @@ class HaReservation(Weight):
         schedulable, physical = table.schedulable_mib(), table.physical_free_mib()
         up = [ha_reservation.Room(table.names[i], int(table.cpus[i]), int(schedulable[i]),
                                   int(physical[i])) for i in np.flatnonzero(table.up)]
+        reservation = ha_reservation.Reservation(up, detail)
         # Only where the VM can run at all: the rest are filtered out anyway.
         for room in up:
             if room.fits(vm) and room.name != vm.current_host:
-                score[table.index[room.name]] = -len(
-                    ha_reservation.shortfall_with(up, detail, vm, room.name))
+                score[table.index[room.name]] = -len(reservation.shortfall_with(vm, room.name))
         return score
 
     def raw_one(self, host: HostState, vm: VmRequest, detail: Any) -> float:

@@ -1,7 +1,15 @@
 """HA reservation: could any one failed host's HA VMs restart elsewhere, and the weight that keeps it so."""
 
+import random
+
 from engine_lib.scheduling import Context, HostState, VmRequest, place, resolve
-from engine_lib.scheduling.ha_reservation import can_spare, shortfall, shortfall_with
+from engine_lib.scheduling.ha_reservation import (
+    Reservation,
+    can_spare,
+    rooms,
+    shortfall,
+    shortfall_with,
+)
 
 
 def host(name, memory=4096, claimed=0, cpus=4, status="Up"):
@@ -62,16 +70,47 @@ def test_can_spare_a_host_only_if_the_reservation_holds_without_it():
     assert not can_spare(hosts, ha_vms, "h1")  # it runs HA VMs
 
 
-def test_shortfall_with_counts_an_ha_vm_on_its_new_host_and_gives_back_its_old_room():
-    from engine_lib.scheduling.ha_reservation import rooms
+def test_shortfall_with_counts_an_ha_vm_on_its_new_host():
     up = rooms([host("h1"), host("h2", memory=2048)])
     # An HA VM of 3000 MiB on h1 could restart nowhere (h2 has 2048).
     assert shortfall_with(up, {}, ha("a", 3000), "h1") == ["h1"]
     assert shortfall_with(up, {}, ha("a", 2000), "h1") == []
-    # Migrating h2 -> h1: its old entry on h2 goes, h2's room comes back.
-    up = rooms([host("h1"), host("h2", memory=4096, claimed=2000)])
+    # An ordinary VM takes room only.
+    assert shortfall_with(up, {"h1": [ha("a", 2000)]}, VmRequest("b", 1, 1000), "h2") == ["h1"]
+    # Migrating h2 -> h1: it leaves h2's list (its claim on h2 stays until it has moved).
+    up = rooms([host("h1"), host("h2", claimed=2000), host("h3", memory=1000)])
     moving = VmRequest("a", 1, 2000, highly_available=True, current_host="h2")
     assert shortfall_with(up, {"h2": [ha("a", 2000)]}, moving, "h1") == []
+    assert shortfall_with(up, {"h2": [ha("a", 2000)]}, moving, "h3") == []
+
+
+def test_the_weights_incremental_answer_is_the_full_one():
+    """Reservation packs again only the hosts a candidate can change: on random clusters
+    its answer for every candidate is shortfall_with's, which packs every host."""
+    rng = random.Random(17)
+    for _ in range(300):
+        hosts = [host(f"h{i}", memory=rng.choice((2048, 4096, 8192)),
+                      claimed=rng.choice((0, 512, 1024, 2048)), cpus=rng.choice((2, 4)),
+                      status=rng.choice(("Up", "Up", "Up", "Maintenance")))
+                 for i in range(rng.randint(1, 7))]
+        ha_vms = {h.name: [ha(f"{h.name}-{k}", rng.choice((256, 512, 1024, 1536)),
+                              rng.choice((1, 2, 4))) for k in range(rng.randint(0, 3))]
+                  for h in hosts}
+        up = rooms(hosts)
+        reservation = Reservation(up, ha_vms)
+        listed = [vm for vms in ha_vms.values() for vm in vms]
+        for room in up:
+            new = VmRequest("new", rng.choice((1, 2)), rng.choice((256, 1024, 3072)),
+                            highly_available=rng.random() < 0.5)
+            candidates = [new]
+            if listed:
+                vm = rng.choice(listed)
+                source = next(name for name, vms in ha_vms.items() if vm in vms)
+                candidates.append(VmRequest(vm.name, vm.vcpus, vm.memory_mib,
+                                            highly_available=True, current_host=source))
+            for vm in candidates:
+                assert reservation.shortfall_with(vm, room.name) == \
+                    shortfall_with(up, ha_vms, vm, room.name), (hosts, ha_vms, vm, room.name)
 
 
 def test_resolve_adds_the_weight_only_for_a_cluster_with_ha_reservation():
