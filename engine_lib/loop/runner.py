@@ -17,7 +17,9 @@
    restarted, a writer killed), at start and at the host interval;
 6. the statistics history's rollups and retention, at start and then hourly, in a
    thread of its own;
-7. the Monitor, in the caller's thread: heartbeats and VM polls, each host's in
+7. checking the HA reservation of the clusters that keep one, every minute, in a
+   thread of its own (it reads only the database);
+8. the Monitor, in the caller's thread: heartbeats and VM polls, each host's in
    a thread of its own.
 
 So no pass waits for another, and a host whose agent hangs delays only what
@@ -34,7 +36,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from engine_lib.loop import balancer, stats_rollup
+from engine_lib.loop import balancer, ha_reservation, stats_rollup
 from engine_lib.loop.event_follower import EventFollower
 from engine_lib.loop.ha import HighAvailability
 from engine_lib.loop.monitoring import Intervals, Monitor
@@ -54,6 +56,7 @@ class Settings:
     ha: bool = True  # False: no fencing and no HA restarts (monitoring only)
     ssh_key: str | None = None  # for soft fencing; None: the engine's own key
     stats_rollup_interval_s: float = stats_rollup.INTERVAL_S
+    ha_reservation_interval_s: float = ha_reservation.INTERVAL_S
 
 
 def run(engine, settings: Settings, stop: threading.Event) -> None:
@@ -80,6 +83,9 @@ def _run(engine, settings: Settings, stop: threading.Event) -> None:
     threads.append(threading.Thread(target=every, args=(
         settings.stats_rollup_interval_s, stats_rollup.StatsRollup(engine).cycle, stop),
         name="stats-rollup", daemon=True))
+    threads.append(threading.Thread(target=every, args=(
+        settings.ha_reservation_interval_s, ha_reservation.ReservationCheck(engine).cycle,
+        stop), name="ha-reservation", daemon=True))
     if settings.ha:
         # A pass never waits for fencing: what a fence proves is acted on next pass.
         ha = HighAvailability(engine, settings.ssh_key, fence_wait_s=0)
