@@ -5,9 +5,9 @@ here: every group costs QEMU monitor round trips per VM (all groups for 30
 idle VMs take about 0.34 s here, state + CPU about 0.06 s), so VCPU, perf,
 dirty-rate and the rest are never requested.
 
-Counters are cumulative as libvirt gives them; percentages (VM and host CPU)
-are computed against this agent's previous sample, as VDSM does, so one poll
-of a fresh agent reports the counters and no percentage yet.
+Counters are cumulative as libvirt gives them; VM CPU percentages are computed
+against this agent's previous sample, as VDSM does, so one poll of a fresh agent
+reports the counters and no percentage yet (the host's CPU: agent.host_cpu).
 """
 
 from __future__ import annotations
@@ -57,19 +57,12 @@ def _indexed(raw: Mapping[str, Any], group: str, index: int, keys: Iterable[str]
     return item
 
 
-def _percent(delta_busy: float, delta_total: float) -> float | None:
-    if delta_total <= 0:
-        return None
-    return round(max(0.0, min(100.0, 100.0 * delta_busy / delta_total)), 2)
-
-
 class Sampler:
     """Keeps the previous sample so CPU can be reported as a percentage."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._vm_cpu: dict[str, tuple[float, int]] = {}  # id -> (monotonic s, cpu ns)
-        self._host_cpu: tuple[int, int] | None = None  # (busy ns, total ns)
 
     def vm_cpu_percent(self, vm_id: str, cpu_ns: int) -> float | None:
         """CPU time used since the last sample per wall time, as ``top`` shows it
@@ -86,13 +79,3 @@ class Sampler:
         with self._lock:
             for vm_id in set(self._vm_cpu) - vm_ids:
                 del self._vm_cpu[vm_id]
-
-    def host_cpu_percent(self, cpu: Mapping[str, int]) -> float | None:
-        """Busy share of all host CPUs since the last sample (from ``getCPUStats``)."""
-        busy = cpu.get("user", 0) + cpu.get("kernel", 0)
-        total = busy + cpu.get("idle", 0) + cpu.get("iowait", 0)
-        with self._lock:
-            previous, self._host_cpu = self._host_cpu, (busy, total)
-        if previous is None:
-            return None
-        return _percent(busy - previous[0], total - previous[1])
