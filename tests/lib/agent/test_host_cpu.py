@@ -82,3 +82,26 @@ def test_the_agent_reports_the_configured_source(tmp_path, monkeypatch):
         assert report["idle_ns"] > 0  # the node's counters are still reported as they are
     finally:
         hv.close()
+
+
+def _role_agent_conf(**variables) -> str:
+    import os
+
+    import jinja2
+    import yaml
+
+    role = os.path.join(os.path.dirname(__file__), "..", "..", "..", "roles", "host")
+    with open(os.path.join(role, "defaults", "main.yml")) as handle:
+        defaults = yaml.safe_load(handle)
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(os.path.join(role, "templates")),
+                             trim_blocks=True)
+    env.filters["bool"] = bool
+    return env.get_template("agent.conf.j2").render(
+        {**defaults, "ansible_managed": "test", "kestrel_host_name": "h1",
+         "kestrel_host_address": "10.0.0.1", **variables})
+
+
+def test_the_host_role_writes_cpu_accounting_node_unless_told():
+    assert config.loads(_role_agent_conf()).cpu_accounting == "node"
+    assert config.loads(_role_agent_conf(kestrel_host_cpu_accounting="cgroup")) \
+        .cpu_accounting == "cgroup"
