@@ -19,8 +19,10 @@ pytestmark = pytest.mark.lab
 
 # A CPU share is a measurement over time: the agents compare two samples this far apart.
 WINDOW_S = 3.0
-BUSY, IDLE = 30.0, 10.0  # percent of the host's CPUs: one burning vCPU of 2 CPUs is ~50
-
+# Percent of a host's CPUs. The machine is shared (tests of up to 8 people at once), so a
+# burning vCPU gets anything from a fifth to all of one CPU: h1 is judged by its own
+# VM's figure over the same window, h2 against an absolute bound.
+IDLE = 10.0
 
 @pytest.fixture
 def loaded(engine, agents, lab_guest):
@@ -43,17 +45,30 @@ def loaded(engine, agents, lab_guest):
             engine.vms.ensure({"name": name}, state="absent")
 
 
-def agent_cpu(agents) -> dict[str, float | None]:
-    """Each agent's host CPU share over WINDOW_S, as GET /stats reports it."""
+def measure(agents) -> dict[str, dict]:
+    """Each agent's GET /stats over WINDOW_S: host CPU share, its VMs' CPU (by name), CPUs."""
     clients = {agent.name: agent.client() for agent in agents}
     for client in clients.values():
         client.stats()  # the window starts at this sample
     time.sleep(WINDOW_S)
-    return {name: client.stats()["host"]["cpu"]["percent"] for name, client in clients.items()}
+    figures = {}
+    for name, client in clients.items():
+        report = client.stats()
+        figures[name] = {"host": report["host"]["cpu"]["percent"],
+                         "vms": {vm["name"]: vm["cpu"].get("percent")
+                                 for vm in report["vms"] if "cpu" in vm},
+                         "cpus": client.host_info()["cpus"]}
+    return figures
 
 
 def test_a_busy_guest_makes_its_own_host_busy_and_no_other(engine, agents, loaded):
     assert loaded == {"load-burn": "h1", "load-idle": "h2"}
-    cpu = agent_cpu(agents)
-    assert cpu["h1"] is not None and cpu["h1"] > BUSY, cpu
-    assert cpu["h2"] is not None and cpu["h2"] < IDLE, cpu
+    cpu = measure(agents)
+    h1, h2 = cpu["h1"], cpu["h2"]
+    burn, idle = h1["vms"]["load-burn"], h2["vms"]["load-idle"]
+    # The guest really burns (VM CPU is top-style: 100 = one host CPU).
+    assert burn > 5 * max(idle, 1.0), cpu
+    # h1 carries its VM's load (plus its own daemons')...
+    assert h1["host"] >= 0.8 * burn / h1["cpus"], cpu
+    # ...and none of it shows on h2, whose node counters would show the whole machine's.
+    assert h2["host"] < IDLE and h2["host"] < h1["host"] / 3, cpu
