@@ -15,6 +15,9 @@
     [images]           allow_private_urls   (false: image downloads never reach loopback,
                                              link-local, multicast addresses; true only
                                              for tests and the lab, see agent.url_fetch)
+    [statistics]       cpu_accounting       (node: the machine's CPU times; cgroup: the
+                                             agent's root cgroup's, where hosts share a
+                                             machine, see agent.host_cpu)
 
 Every key has a default except the storage domains. Unknown sections and keys
 are errors: the host role writes this file, and a typo silently ignored is a
@@ -52,7 +55,9 @@ _DEFAULTS: dict[str, dict[str, str]] = {
     "seal": {"appliance": "", "kernel": "", "modules": "", "tcg": "no", "timeout": "1800",
              "cache_dir": "/var/cache/kestrel/guestfs"},
     "images": {"allow_private_urls": "false"},
+    "statistics": {"cpu_accounting": "node"},
 }
+CPU_ACCOUNTING = ("node", "cgroup")
 _STORAGE = "storage_domains"
 _BOOLEANS = {"yes": True, "true": True, "on": True, "1": True,
              "no": False, "false": False, "off": False, "0": False}
@@ -119,6 +124,8 @@ class AgentConfig:
     qemu_crl: str = ""
     # Image imports may download from loopback/link-local addresses (tests and the lab only).
     allow_private_urls: bool = False
+    # Where the host's CPU use comes from: "node" or "cgroup" (see agent.host_cpu).
+    cpu_accounting: str = "node"
 
     @property
     def hooks_dir(self) -> str:
@@ -198,6 +205,10 @@ def parse(parser: configparser.ConfigParser, source: str) -> AgentConfig:
 
     private = _boolean(values["images"]["allow_private_urls"],
                        where("images", "allow_private_urls"))
+    accounting = values["statistics"]["cpu_accounting"]
+    if accounting not in CPU_ACCOUNTING:
+        raise InvalidSpec(where("statistics", "cpu_accounting"),
+                          f"'{accounting}' is not one of {', '.join(CPU_ACCOUNTING)}")
 
     return AgentConfig(
         name=agent["name"] or socket.gethostname(),
@@ -214,6 +225,7 @@ def parse(parser: configparser.ConfigParser, source: str) -> AgentConfig:
         ballooning=_ballooning(values["ballooning"], lambda key: where("ballooning", key)),
         seal=_seal(values["seal"], lambda key: where("seal", key)),
         allow_private_urls=private,
+        cpu_accounting=accounting,
     )
 
 

@@ -5,10 +5,10 @@ here: every group costs QEMU monitor round trips per VM (all groups for 30
 idle VMs take about 0.34 s here, state + CPU about 0.06 s), so VCPU, perf,
 dirty-rate and the rest are never requested.
 
-Counters are cumulative as libvirt gives them; percentages (VM and host CPU)
-and rates (NIC and disk bytes per second) are computed against this agent's
-previous sample, as VDSM does, so one poll of a fresh agent reports the
-counters and no percentage or rate yet.
+Counters are cumulative as libvirt gives them; VM CPU percentages and rates (NIC
+and disk bytes per second) are computed against this agent's previous sample, as
+VDSM does, so one poll of a fresh agent reports the counters and no percentage or
+rate yet (the host's CPU: agent.host_cpu).
 """
 
 from __future__ import annotations
@@ -81,12 +81,6 @@ def host_rates(first_sample: bool, vm_rates: Iterable[Mapping[str, float | None]
     return {key: round(sum(r[key] or 0.0 for r in rates), 1) for key in RATES}
 
 
-def _percent(delta_busy: float, delta_total: float) -> float | None:
-    if delta_total <= 0:
-        return None
-    return round(max(0.0, min(100.0, 100.0 * delta_busy / delta_total)), 2)
-
-
 class Sampler:
     """Keeps the previous sample so CPU can be reported as a percentage."""
 
@@ -95,7 +89,6 @@ class Sampler:
         self._vm_cpu: dict[str, tuple[float, int]] = {}  # id -> (monotonic s, cpu ns)
         # id -> (monotonic s, io_counters())
         self._vm_io: dict[str, tuple[float, tuple[int, ...]]] = {}
-        self._host_cpu: tuple[int, int] | None = None  # (busy ns, total ns)
         self._polled = False
 
     def first_poll(self) -> bool:
@@ -134,12 +127,3 @@ class Sampler:
                 for vm_id in set(samples) - vm_ids:
                     del samples[vm_id]
 
-    def host_cpu_percent(self, cpu: Mapping[str, int]) -> float | None:
-        """Busy share of all host CPUs since the last sample (from ``getCPUStats``)."""
-        busy = cpu.get("user", 0) + cpu.get("kernel", 0)
-        total = busy + cpu.get("idle", 0) + cpu.get("iowait", 0)
-        with self._lock:
-            previous, self._host_cpu = self._host_cpu, (busy, total)
-        if previous is None:
-            return None
-        return _percent(busy - previous[0], total - previous[1])

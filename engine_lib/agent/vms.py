@@ -36,6 +36,7 @@ from engine_lib.agent import (
     guests,
     hibernation,
     hooks,
+    host_cpu,
     host_info,
     hotplug,
     libvirt_events,
@@ -99,6 +100,7 @@ class Hypervisor:
         self.hook_owner_uid = 0
         self._event_callback: int | None = None
         self._sampler = stats.Sampler()
+        self._host_cpu = host_cpu.source(config, self._node_cpu_times)
         self._devices_hashes = DevicesHashes()
         self.migrations = migration.Migrations(self)
         # Shrinks/grows balloons of VMs whose cluster allows it; started by Api.start.
@@ -602,7 +604,7 @@ class Hypervisor:
         host = {
             "cpu": {"user_ns": cpu.get("user"), "kernel_ns": cpu.get("kernel"),
                     "idle_ns": cpu.get("idle"), "iowait_ns": cpu.get("iowait"),
-                    "percent": self._sampler.host_cpu_percent(cpu)},
+                    "percent": self._host_cpu.percent()},
             "memory_mib": memory_mib,
             "free_memory_mib": free_mib,
             # Page cache and buffers are not used: the kernel gives them back on demand.
@@ -614,6 +616,10 @@ class Hypervisor:
             "ballooning": self.ballooning.report(),
         }
         return {"host": host, "vms": vms}
+
+    def _node_cpu_times(self) -> dict[str, int]:
+        with libvirt_errors("read the host's CPU times"):
+            return self.connection().getCPUStats(libvirt.VIR_NODE_CPU_STATS_ALL_CPUS)
 
     def vm_stats(self, vm_id: str) -> dict:
         """One VM's counters (a VM that is not running has only its state)."""

@@ -23,6 +23,11 @@ MIB of its memory (a guest live migration cannot simply copy):
 
     kestrel-guest: guest agent on vport1p1
 
+A guest that burns CPU (a busy host for load and balancing tests) boots with
+``BURN_CMDLINE`` added to its command line: the kernel's ``idle=poll`` spins in
+its idle loop instead of halting, so every vCPU keeps one host CPU busy from
+boot to power-off with no change to the initramfs.
+
 The initramfs is rebuilt when its recipe (modules, init script) changes.
 Boot it with ``<os><kernel/><initrd/><cmdline>console=ttyS0</cmdline></os>``.
 The ACPI power button powers it off, so graceful shutdown can be tested too.
@@ -56,6 +61,9 @@ ID=kestrel-guest
 VERSION_ID=1
 PRETTY_NAME="kestrel test guest 1 (busybox)"
 """
+
+# Every vCPU busy all the time (see the module docstring).
+BURN_CMDLINE = "idle=poll"
 
 # Load order matters: insmod does not resolve dependencies.
 MODULES = (

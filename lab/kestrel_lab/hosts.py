@@ -521,6 +521,8 @@ def _write_inventory(state_dir: str) -> None:
         f"{json.dumps(sshd.authorized_keys(state_dir))}",
         # libvirtd runs with the lab's pidfile (the machine's /run is shared).
         f"        kestrel_host_libvirtd_pidfile: {hostfs.LIBVIRTD_PIDFILE}",
+        # Lab hosts share this machine's CPUs: each one's load is its own cgroup's.
+        "        kestrel_host_cpu_accounting: cgroup",
     ]
     path = inventory_path(state_dir)
     with open(path + ".new", "w", encoding="utf-8") as out:

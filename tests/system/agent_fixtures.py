@@ -85,6 +85,10 @@ file_domain_roots = {os.path.dirname(lab_hosts.shared_dir(host.state_dir, "data"
 [storage_domains]
 data = {lab_hosts.shared_dir(host.state_dir, "data")}
 images = {lab_hosts.shared_dir(host.state_dir, "images")}
+
+[statistics]
+# Lab hosts share this machine's CPUs: each one's load is its own cgroup's.
+cpu_accounting = cgroup
 """
 
 

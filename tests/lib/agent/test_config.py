@@ -60,6 +60,15 @@ def test_empty_config_means_vdsm_like_defaults():
     assert cfg.file_domain_roots == ("/var/lib/kestrel/storage",)
     assert cfg.name  # the host name
     assert cfg.allow_private_urls is False  # image imports never reach the host's own addresses
+    assert cfg.cpu_accounting == "node"  # a real host owns its machine's CPUs
+
+
+def test_cpu_accounting_is_node_or_cgroup():
+    assert config.loads("[statistics]\ncpu_accounting = cgroup\n").cpu_accounting == "cgroup"
+    with pytest.raises(InvalidSpec) as err:
+        config.loads("[statistics]\ncpu_accounting = cgroups\n", "agent.conf")
+    assert err.value.field == "agent.conf [statistics] cpu_accounting"
+    assert "'cgroups' is not one of node, cgroup" in err.value.message
 
 
 def test_private_image_urls_are_allowed_only_when_asked():

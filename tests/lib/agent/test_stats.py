@@ -72,12 +72,6 @@ def test_cpu_percent_needs_a_previous_sample(monkeypatch):
     assert sampler.vm_cpu_percent("a", 4_000_000_000) == 150.0
 
 
-def test_host_cpu_percent_is_the_busy_share_since_the_last_sample():
-    sampler = stats.Sampler()
-    assert sampler.host_cpu_percent({"user": 10, "kernel": 10, "idle": 80, "iowait": 0}) is None
-    assert sampler.host_cpu_percent({"user": 40, "kernel": 20, "idle": 140, "iowait": 0}) == 40.0
-
-
 @pytest.fixture
 def hv():
     hypervisor = Hypervisor(AgentConfig(name="t", address="127.0.0.1", port=0,
