@@ -61,3 +61,28 @@ def test_policies_without_a_balancer_propose_nothing_and_claims_are_undone():
     assert balance(POLICIES["none"], table, vms) == []
     balance(POLICIES["evenly_distributed"], table, vms)
     assert table.claimed_mib.tolist() == [0, 0] and table.vm_count.tolist() == [1, 0]
+
+
+def settle(policy, hosts, vms, rounds=8, **kw):
+    """Balance round after round, carrying each proposal out (the VM and its CPU load move),
+    as the engine loop does; the moves made, in order.
+
+    hosts: name -> CPU percent without VMs; vms: [name, host, memory MiB, vcpus, CPU %]."""
+    moves = []
+    for _ in range(rounds):
+        load = {h: base + sum(v[4] for v in vms if v[1] == h) for h, base in hosts.items()}
+        count = {h: sum(v[1] == h for v in vms) for h in hosts}
+        table = table_of(*((h, load[h], count[h]) for h in hosts))
+        proposals = balance(policy, table, running(table, vms), limit=1, **kw)
+        if not proposals:
+            return moves
+        [p] = proposals
+        next(v for v in vms if v[0] == p.vm)[1] = p.destination
+        moves.append((p.vm, p.source, p.destination))
+    raise AssertionError(f"still moving after {rounds} rounds: {moves}")
+
+
+def test_power_saving_on_idle_hosts_does_not_ping_pong():
+    # One VM on h1, an empty Up h2, no CPU load anywhere: already consolidated.
+    assert settle(POLICIES["power_saving"], {"h1": 0, "h2": 0},
+                  [["vm", "h1", 1024, 1, 0.0]]) == []
