@@ -48,10 +48,6 @@ class Running:
     # True for a VM within its cool-down after a migration: it stays where it is.
     cooling: Mask | None = None
 
-    def __post_init__(self) -> None:
-        if self.cooling is None:
-            self.cooling = np.zeros(len(self.names), dtype=bool)
-
 
 def _sustained(table: HostTable, history: NDArray[np.float64] | None,
                minutes: int) -> tuple[FloatColumn, FloatColumn]:
@@ -73,6 +69,8 @@ class _Pass:
         self.order = np.argsort(running.host, kind="stable")
         self.starts = np.searchsorted(running.host[self.order], np.arange(table.size + 1))
         self.claims: list[tuple[int, VmRequest]] = []
+        self.cooling: Mask = running.cooling if running.cooling is not None else \
+            np.zeros(len(running.names), dtype=bool)
 
     def vms_on(self, host: int) -> Indexes:
         return self.order[self.starts[host]:self.starts[host + 1]]
@@ -80,7 +78,8 @@ class _Pass:
     def movable_on(self, host: int) -> Indexes:
         """The VMs on ``host`` that are not cooling down after a migration."""
         vms = self.vms_on(host)
-        return vms[~self.running.cooling[vms]]
+        movable: Indexes = vms[~self.cooling[vms]]
+        return movable
 
     def source(self, k: int) -> str:
         """The host VM ``k`` runs on."""
@@ -165,7 +164,7 @@ def power_saving(policy: Policy, table: HostTable, running: Running,
         proposals = _relieve_overutilized(p, high, minutes, lowest, limit)
         counts = np.diff(p.starts)
         # A host with a VM cooling down cannot be emptied now: leave it for a later round.
-        cooling = np.bincount(running.host[running.cooling], minlength=table.size) > 0
+        cooling = np.bincount(running.host[p.cooling], minlength=table.size) > 0
         under = table.up & (highest < low) & (counts > 0) & ~cooling
         candidates = np.flatnonzero(under)
         if not candidates.size or len(proposals) >= limit:

@@ -2,8 +2,9 @@
 
 It has the service's interface (``migrate``, ``cancel``, ``active``) and does what a
 successful live migration leaves behind: the VM runs on the destination's FakeAgent,
-the database says so, and the migrations table records it (finished). The destination, when not given, is the scheduler's
-answer over the same cluster facts the engine uses. Real migrations are exercised
+the database says so, and the migrations table records it (finished). The
+destination, when not given, is the scheduler's answer over the same cluster facts
+the engine uses. Real migrations are exercised
 by the system tests on the lab.
 """
 
