@@ -152,9 +152,10 @@ def power_saving(policy: Policy, table: HostTable, running: Running,
 
     Its VMs go only to hosts that already run VMs and have at least as many as it
     (never to an empty host: that only moves the problem, and the next round would
-    move it back), and that stay under ``high_utilization`` with the VM's load. Each
-    move then leaves the VMs on fewer or fuller hosts (the sum of the squared VM counts
-    grows), so consolidation ends, and a consolidated cluster stays still.
+    move it back), and that stay under ``high_utilization`` with the VM's load: the
+    ones over ``low_utilization`` first, then the fullest. Each move then leaves the VMs
+    on fewer or fuller hosts (the sum of the squared VM counts grows), so consolidation
+    ends, and a consolidated cluster stays still.
     """
     p = _Pass(policy, table, running, context, requests)
     low, high = policy.param("low_utilization"), policy.param("high_utilization")
@@ -177,15 +178,26 @@ def power_saving(policy: Policy, table: HostTable, running: Running,
         too_few[source] = True
         for k in p.vms_on(source)[:limit - len(proposals)]:
             vm_load = p.running.cpu_percent[k]
-            avoid = Avoid(~table.up | (hosted == 0) | too_few | (load + vm_load >= high),
-                          f"empty, runs fewer VMs than {table.names[source]}, or would reach "
-                          f"{high}% CPU with this VM")
-            proposal = p.move(int(k), f"host {table.names[source]} CPU below {low}% for "
-                                      f"{minutes} min (highest sample {highest[source]:.0f}%): "
-                                      "emptying it so it can be powered down", avoid)
+            unfit = ~table.up | (hosted == 0) | too_few | (load + vm_load >= high)
+            reason = (f"host {table.names[source]} CPU below {low}% for {minutes} min "
+                      f"(highest sample {highest[source]:.0f}%): emptying it so it can be "
+                      "powered down")
+            # Busy hosts first (they need no emptying later), then the fullest idle ones, so
+            # the VMs gather whatever the weights think of a host's claimed vCPUs.
+            tiers = (unfit | (highest < low), unfit | (hosted < hosted[~unfit].max(initial=0)),
+                     unfit)
+            proposal, tried = None, []
+            for avoid in tiers:
+                if proposal is None and not avoid.all() and \
+                        not any(np.array_equal(avoid, t) for t in tried):
+                    tried.append(avoid)
+                    proposal = p.move(int(k), reason, Avoid(
+                        avoid, f"empty, runs fewer VMs than {table.names[source]}, would "
+                               f"reach {high}% CPU with this VM, or a better host fits"))
             if proposal:
                 proposals.append(proposal)
                 load[table.index[proposal.destination]] += vm_load
+                hosted[table.index[proposal.destination]] += 1
         return proposals
     finally:
         p.undo()

@@ -132,3 +132,22 @@ def test_the_cool_down_is_a_parameter_of_the_cpu_policies():
     with pytest.raises(InvalidSpec) as err:
         resolve("power_saving", {"vm_cooldown_minutes": 1441})
     assert err.value.field == "scheduling_policy_properties.vm_cooldown_minutes"
+
+
+def test_power_saving_gathers_vms_on_the_fullest_host_even_when_its_vcpus_look_busy():
+    # Two CPUs a host: the power_cpu weight counts h2's three claimed vCPUs as busy and
+    # would prefer h3; the VMs still gather on h2, the fullest host.
+    vms = [["a", "h1", 512, 1, 0.0], ["b", "h2", 512, 1, 0.0], ["c", "h2", 512, 1, 0.0],
+           ["d", "h3", 512, 1, 0.0]]
+    moves = []
+    for _ in range(4):
+        on = {h: [v for v in vms if v[1] == h] for h in ("h1", "h2", "h3")}
+        table = HostTable([HostState(h, "Up", 2, 16384, vm_count=len(on[h]),
+                                     claimed_mib=512 * len(on[h]), claimed_vcpus=len(on[h]))
+                           for h in on])
+        proposals = balance(POLICIES["power_saving"], table, running(table, vms), limit=1)
+        if not proposals:
+            break
+        next(v for v in vms if v[0] == proposals[0].vm)[1] = proposals[0].destination
+        moves.append((proposals[0].vm, proposals[0].source, proposals[0].destination))
+    assert moves == [("a", "h1", "h2"), ("d", "h3", "h2")]
