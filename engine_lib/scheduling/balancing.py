@@ -129,6 +129,21 @@ def _relieve_overutilized(p: _Pass, high: int, minutes: int, low_cpu: FloatColum
     return proposals
 
 
+def _first_fit(p: _Pass, k: int, reason: str, tiers: Sequence[Mask],
+               why: str) -> Proposal | None:
+    """Move VM ``k`` within the first tier of hosts (each given by the hosts it avoids)
+    that can take it."""
+    tried: list[Mask] = []
+    for avoid in tiers:
+        if avoid.all() or any(np.array_equal(avoid, t) for t in tried):
+            continue
+        tried.append(avoid)
+        proposal = p.move(k, reason, Avoid(avoid, why))
+        if proposal:
+            return proposal
+    return None
+
+
 def evenly_distributed(policy: Policy, table: HostTable, running: Running,
                        cpu_history: NDArray[np.float64] | None = None,
                        context: Context | None = None,
@@ -186,14 +201,9 @@ def power_saving(policy: Policy, table: HostTable, running: Running,
             # the VMs gather whatever the weights think of a host's claimed vCPUs.
             tiers = (unfit | (highest < low), unfit | (hosted < hosted[~unfit].max(initial=0)),
                      unfit)
-            proposal, tried = None, []
-            for avoid in tiers:
-                if proposal is None and not avoid.all() and \
-                        not any(np.array_equal(avoid, t) for t in tried):
-                    tried.append(avoid)
-                    proposal = p.move(int(k), reason, Avoid(
-                        avoid, f"empty, runs fewer VMs than {table.names[source]}, would "
-                               f"reach {high}% CPU with this VM, or a better host fits"))
+            proposal = _first_fit(p, int(k), reason, tiers, f"empty, runs fewer VMs than "
+                                  f"{table.names[source]}, would reach {high}% CPU with this "
+                                  "VM, or a better host fits")
             if proposal:
                 proposals.append(proposal)
                 load[table.index[proposal.destination]] += vm_load
