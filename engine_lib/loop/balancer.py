@@ -11,39 +11,41 @@ A cluster is left alone for a round while a migration runs in it or one of its
 hosts is PreparingForMaintenance: its facts are in motion, and maintenance owns
 those moves.
 
-CPU thresholds hold "over a duration". The engine stores only each host's
-current CPU load, so the balancer keeps its own history, one sample per host per
-minute, in memory, and acts on a CPU policy only once it has seen the policy's
-whole duration (after a restart it waits that long again, rather than act on one
-sample).
+CPU thresholds hold "over a duration": the balancer reads each host's CPU minutes
+from the statistics history (services/stats_history.py), so an engine restart
+loses nothing, and acts on a CPU policy only once every Up host of the cluster
+has the policy's whole duration of samples (never on one sample). A VM's CPU
+load is its own measured figure (vm_statistics), as a share of its host's CPUs.
+
+A VM that finished a migration (the balancer's, maintenance's, a user's) within
+the policy's ``vm_cooldown_minutes`` is not moved: the figures that led to one
+move need time to show its effect before they justify another.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import numpy as np
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from engine_lib.model import Cluster
+from engine_lib.model import Cluster, Host, Migration, Vm, VmStatistics, utcnow
 from engine_lib.protocol.errors import KestrelError
 from engine_lib.protocol.statuses import HostStatus
 from engine_lib.scheduling import HostTable
 from engine_lib.scheduling.balancing import Proposal, Running, balance
-from engine_lib.services import cluster_facts
+from engine_lib.services import cluster_facts, stats_history
 from engine_lib.services.common import audit, retry_on_conflict
 
 log = logging.getLogger("kestrel.engine.balancer")
 
 # Balancers that compare CPU load over the policy's duration (the VM-count one does not).
 _CPU_BALANCERS = frozenset({"evenly_distributed", "power_saving"})
-_SAMPLE_EVERY_S = 60.0
-_MAX_SAMPLES = 24 * 60  # the longest duration a policy accepts, in minutes
 
 
 @dataclass(frozen=True)
@@ -54,14 +56,25 @@ class Settings:
     migration_timeout_s: float = 600.0
 
 
+@dataclass(frozen=True)
+class _Measured:
+    """What the database says about a cluster's load, beside its scheduling facts."""
+
+    # Host name -> its CPU percent of each of the policy's last minutes (oldest first);
+    # None while an Up host lacks some.
+    history: np.ndarray | None
+    # VM name -> CPU percent as top shows it (100 = one host CPU).
+    vm_cpu: dict[str, float]
+    # VMs within their cool-down after a migration.
+    cooling: frozenset[str]
+
+
 class Balancer:
     def __init__(self, engine, settings: Settings = Settings(),
-                 clock: Callable[[], float] = time.monotonic):
+                 now: Callable[[], datetime] = utcnow):
         self.engine = engine
         self.settings = settings
-        self.clock = clock
-        self._cpu: dict[str, deque] = {}
-        self._sampled_at: dict[str, float] = {}
+        self.now = now
 
     # -- one round -----------------------------------------------------------------------
 
@@ -84,10 +97,10 @@ class Balancer:
         with self.engine.store.transaction(commit=False) as session:
             cluster = session.execute(select(Cluster).where(Cluster.name == name)).scalar_one()
             facts = cluster_facts.load(session, cluster)
-        self._sample(facts)
+            if not facts.policy.balancer:
+                return [], f"policy {facts.policy.name} does not balance"
+            measured = _measure(session, cluster, facts, self.now())
         policy = facts.policy
-        if not policy.balancer:
-            return [], f"policy {policy.name} does not balance"
         preparing = [h.name for h in facts.hosts
                      if h.status == HostStatus.PREPARING_FOR_MAINTENANCE]
         if preparing:
@@ -96,34 +109,14 @@ class Balancer:
         moving = [m.get("vm") for m in self.engine.migrations.active() if m.get("vm") in names]
         if moving:
             return [], f"VM {', '.join(moving)} is migrating"
-        history = None
-        if policy.balancer in _CPU_BALANCERS:
-            minutes = policy.param("cpu_overcommit_duration_minutes")
-            history = self._history(facts, minutes)
-            if history is None:
-                return [], f"waiting for {minutes} min of CPU samples"
+        if policy.balancer in _CPU_BALANCERS and measured.history is None:
+            return [], (f"waiting for {policy.param('cpu_overcommit_duration_minutes')} min "
+                        "of CPU samples")
         table = HostTable(facts.hosts)
-        return balance(policy, table, _running(facts, table), cpu_history=history,
-                       context=facts.context,
+        return balance(policy, table, _running(facts, table, measured),
+                       cpu_history=measured.history, context=facts.context,
                        requests={vm.name: vm.request for vm in facts.running},
                        limit=self.settings.max_migrations), ""
-
-    # -- CPU history ---------------------------------------------------------------------
-
-    def _sample(self, facts: cluster_facts.ClusterFacts) -> None:
-        now = self.clock()
-        for host in facts.hosts:
-            if now - self._sampled_at.get(host.name, float("-inf")) >= _SAMPLE_EVERY_S:
-                self._cpu.setdefault(host.name, deque(maxlen=_MAX_SAMPLES)).append(
-                    host.used_cpu_percent)
-                self._sampled_at[host.name] = now
-
-    def _history(self, facts: cluster_facts.ClusterFacts, minutes: int) -> np.ndarray | None:
-        """(hosts x minutes) CPU samples, newest last; None until every host has that many."""
-        samples = [self._cpu.get(h.name, ()) for h in facts.hosts]
-        if not samples or min(len(s) for s in samples) < minutes:
-            return None
-        return np.array([list(s)[-minutes:] for s in samples], dtype=float)
 
     # -- carrying one proposal out -------------------------------------------------------
 
@@ -163,16 +156,48 @@ class Balancer:
                 log.exception("balancing round failed")
 
 
-def _running(facts: cluster_facts.ClusterFacts, table: HostTable) -> Running:
-    """The running VMs as columns. A VM's CPU load is its share (by vCPUs) of what its host
-    measures: the engine has no per-VM CPU figure of its own."""
+def _measure(session: Session, cluster: Cluster, facts: cluster_facts.ClusterFacts,
+             now: datetime) -> _Measured:
+    policy = facts.policy
+    if policy.balancer not in _CPU_BALANCERS:
+        return _Measured(None, {}, frozenset())
+    vm_cpu = {name: float(cpu) for name, cpu in session.execute(
+        select(Vm.name, VmStatistics.cpu_percent).join(VmStatistics, VmStatistics.vm_id == Vm.id)
+        .where(Vm.cluster_id == cluster.id, VmStatistics.cpu_percent.is_not(None)))}
+    since = now - timedelta(minutes=policy.param("vm_cooldown_minutes"))
+    cooling = frozenset(session.scalars(
+        select(Vm.name).join(Migration, Migration.vm_id == Vm.id)
+        .where(Vm.cluster_id == cluster.id, Migration.finished_at >= since)))
+    return _Measured(_history(session, cluster, facts, now), vm_cpu, cooling)
+
+
+def _history(session: Session, cluster: Cluster, facts: cluster_facts.ClusterFacts,
+             now: datetime) -> np.ndarray | None:
+    """(hosts x minutes) CPU samples, newest last, in facts.hosts' order. A host that is not
+    Up is never a source or a destination: its current figure stands in for its history."""
+    minutes = facts.policy.param("cpu_overcommit_duration_minutes")
+    ids = {name: id_ for name, id_ in session.execute(
+        select(Host.name, Host.id).where(Host.cluster_id == cluster.id))}
+    up = [h.name for h in facts.hosts if h.status == HostStatus.UP]
+    samples = stats_history.cpu_minutes(session, [ids[n] for n in up], minutes, now)
+    rows = []
+    for host in facts.hosts:
+        cpu = samples.get(ids[host.name], []) if host.status == HostStatus.UP else \
+            [host.used_cpu_percent] * minutes
+        if len(cpu) < minutes:
+            return None
+        rows.append(cpu[-minutes:])
+    return np.array(rows, dtype=float).reshape(len(facts.hosts), minutes)
+
+
+def _running(facts: cluster_facts.ClusterFacts, table: HostTable, measured: _Measured) -> Running:
+    """The running VMs as columns; a VM's CPU load in percent of its host's CPUs (0 until
+    its host has reported it)."""
     vms = [vm for vm in facts.running if vm.host in table.index]
     host = np.array([table.index[vm.host] for vm in vms], dtype=np.int64)
-    vcpus = np.array([vm.request.vcpus for vm in vms], dtype=np.int64)
-    per_host_vcpus = np.bincount(host, weights=vcpus, minlength=table.size) if vms else \
-        np.zeros(table.size)
-    cpu = table.used_cpu_percent[host] * vcpus / np.maximum(per_host_vcpus[host], 1) if vms \
-        else np.zeros(0)
+    cpu = np.array([measured.vm_cpu.get(vm.name, 0.0) for vm in vms], dtype=float) / \
+        np.maximum(table.cpus[host], 1)
     return Running([vm.name for vm in vms], host,
-                   np.array([vm.request.memory_mib for vm in vms], dtype=np.int64), vcpus,
-                   np.asarray(cpu, dtype=float))
+                   np.array([vm.request.memory_mib for vm in vms], dtype=np.int64),
+                   np.array([vm.request.vcpus for vm in vms], dtype=np.int64), cpu,
+                   np.array([vm.name in measured.cooling for vm in vms], dtype=bool))

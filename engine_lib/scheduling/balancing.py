@@ -7,6 +7,9 @@ CPU thresholds hold "over a duration": ``cpu_history`` has one CPU sample per
 minute per host (newest last); a host counts as over (under) a threshold only
 if every sample of the policy's duration is. Without history the current
 ``used_cpu_percent`` stands for the whole duration.
+
+A VM that migrated within the policy's cool-down (``Running.cooling``) is never
+proposed, so a VM is not bounced around while the load figures catch up with a move.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from numpy.typing import NDArray
 from engine_lib.scheduling.placement import Avoid, place
 from engine_lib.scheduling.policies import Policy
 from engine_lib.scheduling.state import Context, VmRequest
-from engine_lib.scheduling.table import FloatColumn, HostTable, Indexes, IntColumn
+from engine_lib.scheduling.table import FloatColumn, HostTable, Indexes, IntColumn, Mask
 
 
 @dataclass(frozen=True)
@@ -42,9 +45,8 @@ class Running:
     vcpus: IntColumn
     # CPU load each VM puts on its host, in percent of the host.
     cpu_percent: FloatColumn
-
-    def on(self, order: Indexes, starts: Indexes, host: int) -> Indexes:
-        return order[starts[host]:starts[host + 1]]
+    # True for a VM within its cool-down after a migration: it stays where it is.
+    cooling: Mask | None = None
 
 
 def _sustained(table: HostTable, history: NDArray[np.float64] | None,
@@ -67,9 +69,17 @@ class _Pass:
         self.order = np.argsort(running.host, kind="stable")
         self.starts = np.searchsorted(running.host[self.order], np.arange(table.size + 1))
         self.claims: list[tuple[int, VmRequest]] = []
+        self.cooling: Mask = running.cooling if running.cooling is not None else \
+            np.zeros(len(running.names), dtype=bool)
 
     def vms_on(self, host: int) -> Indexes:
         return self.order[self.starts[host]:self.starts[host + 1]]
+
+    def movable_on(self, host: int) -> Indexes:
+        """The VMs on ``host`` that are not cooling down after a migration."""
+        vms = self.vms_on(host)
+        movable: Indexes = vms[~self.cooling[vms]]
+        return movable
 
     def source(self, k: int) -> str:
         """The host VM ``k`` runs on."""
@@ -105,7 +115,7 @@ def _relieve_overutilized(p: _Pass, high: int, minutes: int, low_cpu: FloatColum
     proposals = []
     # Hottest host first; from it, the VM that takes the most load away.
     for source in over[np.argsort(-low_cpu[over], kind="stable")][:limit]:
-        vms = p.vms_on(int(source))
+        vms = p.movable_on(int(source))
         if not vms.size:
             continue
         k = int(vms[np.argmax(p.running.cpu_percent[vms])])
@@ -117,6 +127,21 @@ def _relieve_overutilized(p: _Pass, high: int, minutes: int, low_cpu: FloatColum
         if proposal:
             proposals.append(proposal)
     return proposals
+
+
+def _first_fit(p: _Pass, k: int, reason: str, tiers: Sequence[Mask],
+               why: str) -> Proposal | None:
+    """Move VM ``k`` within the first tier of hosts (each given by the hosts it avoids)
+    that can take it."""
+    tried: list[Mask] = []
+    for avoid in tiers:
+        if avoid.all() or any(np.array_equal(avoid, t) for t in tried):
+            continue
+        tried.append(avoid)
+        proposal = p.move(k, reason, Avoid(avoid, why))
+        if proposal:
+            return proposal
+    return None
 
 
 def evenly_distributed(policy: Policy, table: HostTable, running: Running,
@@ -138,7 +163,15 @@ def power_saving(policy: Policy, table: HostTable, running: Running,
                  context: Context | None = None,
                  requests: dict[str, VmRequest] | None = None, limit: int = 10) -> list[Proposal]:
     """Relieve over-utilized hosts, then empty the under-utilized host with the fewest VMs
-    (onto hosts that are not under-utilized themselves) so it can be powered down."""
+    so it can be powered down.
+
+    Its VMs go only to hosts that already run VMs and have at least as many as it
+    (never to an empty host: that only moves the problem, and the next round would
+    move it back), and that stay under ``high_utilization`` with the VM's load: the
+    ones over ``low_utilization`` first, then the fullest. Each move then leaves the VMs
+    on fewer or fuller hosts (the sum of the squared VM counts grows), so consolidation
+    ends, and a consolidated cluster stays still.
+    """
     p = _Pass(policy, table, running, context, requests)
     low, high = policy.param("low_utilization"), policy.param("high_utilization")
     minutes = policy.param("cpu_overcommit_duration_minutes")
@@ -146,18 +179,35 @@ def power_saving(policy: Policy, table: HostTable, running: Running,
     try:
         proposals = _relieve_overutilized(p, high, minutes, lowest, limit)
         counts = np.diff(p.starts)
-        under = table.up & (highest < low) & (counts > 0)
+        # A host with a VM cooling down cannot be emptied now: leave it for a later round.
+        cooling = np.bincount(running.host[p.cooling], minlength=table.size) > 0
+        under = table.up & (highest < low) & (counts > 0) & ~cooling
         candidates = np.flatnonzero(under)
-        if candidates.size and len(proposals) < limit:
-            source = int(candidates[np.argmin(counts[candidates])])
-            avoid = Avoid(under | (table.used_cpu_percent >= high),
-                          f"under {low}% CPU (being emptied) or at or above {high}%")
-            for k in p.vms_on(source)[:limit - len(proposals)]:
-                proposal = p.move(int(k), f"host {table.names[source]} CPU below {low}% for "
-                                          f"{minutes} min (highest sample {highest[source]:.0f}%): "
-                                          "emptying it so it can be powered down", avoid)
-                if proposal:
-                    proposals.append(proposal)
+        if not candidates.size or len(proposals) >= limit:
+            return proposals
+        source = int(candidates[np.argmin(counts[candidates])])
+        load = table.used_cpu_percent.copy()
+        # VMs each host runs or is about to run (a start or an incoming migration).
+        hosted = np.maximum(counts, table.vm_count)
+        too_few = hosted < counts[source]
+        too_few[source] = True
+        for k in p.vms_on(source)[:limit - len(proposals)]:
+            vm_load = p.running.cpu_percent[k]
+            unfit = ~table.up | (hosted == 0) | too_few | (load + vm_load >= high)
+            reason = (f"host {table.names[source]} CPU below {low}% for {minutes} min "
+                      f"(highest sample {highest[source]:.0f}%): emptying it so it can be "
+                      "powered down")
+            # Busy hosts first (they need no emptying later), then the fullest idle ones, so
+            # the VMs gather whatever the weights think of a host's claimed vCPUs.
+            tiers = (unfit | (highest < low), unfit | (hosted < hosted[~unfit].max(initial=0)),
+                     unfit)
+            proposal = _first_fit(p, int(k), reason, tiers, f"empty, runs fewer VMs than "
+                                  f"{table.names[source]}, would reach {high}% CPU with this "
+                                  "VM, or a better host fits")
+            if proposal:
+                proposals.append(proposal)
+                load[table.index[proposal.destination]] += vm_load
+                hosted[table.index[proposal.destination]] += 1
         return proposals
     finally:
         p.undo()

@@ -42,6 +42,8 @@ P_DURATION = Parameter("cpu_overcommit_duration_minutes", 2, 1, 1440,
                        "how long a host must stay past a CPU threshold before VMs move")
 P_RESERVE = Parameter("hosts_in_reserve", 0, 0, 10000,
                       "empty hosts kept Up for new VMs rather than emptied further")
+P_COOLDOWN = Parameter("vm_cooldown_minutes", 30, 0, 1440,
+                       "minutes a VM stays put after a migration")
 P_HIGH_VMS = Parameter("high_vm_count", 10, 1, 100000,
                        "VM count above which a host is over-utilized")
 P_THRESHOLD = Parameter("migration_threshold", 5, 1, 100000,
@@ -113,11 +115,11 @@ POLICIES: dict[str, Policy] = {p.name: p for p in (
     Policy("evenly_distributed", "spread CPU and memory load evenly; move VMs off hosts whose "
            "CPU stays above the high threshold",
            COMMON_FILTERS, (("cpu_even", 1.0), ("memory_even", 1.0)) + AFFINITY_WEIGHTS,
-           "evenly_distributed", (P_HIGH, P_DURATION)),
+           "evenly_distributed", (P_HIGH, P_DURATION, P_COOLDOWN)),
     Policy("power_saving", "pack VMs on few hosts; empty hosts under the low threshold so they "
            "can be powered down, relieve hosts above the high one",
            COMMON_FILTERS, (("power_cpu", 1.0), ("power_memory", 1.0)) + AFFINITY_WEIGHTS,
-           "power_saving", (P_LOW, P_HIGH, P_DURATION, P_RESERVE)),
+           "power_saving", (P_LOW, P_HIGH, P_DURATION, P_RESERVE, P_COOLDOWN)),
     Policy("vm_evenly_distributed", "spread the number of VMs evenly across hosts",
            COMMON_FILTERS, (("vm_count_even", 1.0), ("memory_even", 0.5)) + AFFINITY_WEIGHTS,
            "vm_evenly_distributed", (P_HIGH_VMS, P_THRESHOLD)),

@@ -1,14 +1,16 @@
 """A stand-in for the engine's migration service, for tests of maintenance and balancing logic.
 
 It has the service's interface (``migrate``, ``cancel``, ``active``) and does what a
-successful live migration leaves behind: the VM runs on the destination's FakeAgent
-and the database says so. The destination, when not given, is the scheduler's
-answer over the same cluster facts the engine uses. Real migrations are exercised
+successful live migration leaves behind: the VM runs on the destination's FakeAgent,
+the database says so, and the migrations table records it (finished). The
+destination, when not given, is the scheduler's answer over the same cluster facts
+the engine uses. Real migrations are exercised
 by the system tests on the lab.
 """
 
 from __future__ import annotations
 
+from engine_lib.model import Migration, utcnow
 from engine_lib.protocol.errors import AgentError, NoValidHost
 from engine_lib.scheduling import place
 from engine_lib.services import cluster_facts
@@ -44,6 +46,8 @@ class FakeMigrations:
                 host = decision.host
             destination = get_host(session, host)
             row.run_on_host = destination
+            session.add(Migration(vm_id=row.id, vm_name=vm, source=source.name,
+                                  destination=host, status="succeeded", finished_at=utcnow()))
             if not check_mode:
                 status = self.agents[source.address].vms.pop(row.id)
                 self.agents[destination.address].vms[row.id] = status

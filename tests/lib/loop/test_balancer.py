@@ -1,20 +1,19 @@
 """The engine loop's balancer, with fake agents and a fake migration service (real lab: tests/system)."""
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 from fake_migrations import FakeMigrations
 
 from engine_lib.loop.balancer import Balancer, Settings
-from engine_lib.model import Host
+from engine_lib.model import Host, Migration, StatsSample, Vm, VmStatistics
 
 VM_COUNT = {"high_vm_count": 1, "migration_threshold": 1}
+NOW = datetime(2026, 12, 6, 21, 30, 20, tzinfo=UTC)
 
 
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
+def now():
+    return NOW
 
 
 @pytest.fixture
@@ -100,22 +99,101 @@ def test_a_cluster_with_a_host_preparing_for_maintenance_waits(engine, cluster, 
     assert migrations.calls == []
 
 
+def measure(engine, hosts: dict[str, list[float]], vms: dict[str, float] | None = None):
+    """What the statistics poll leaves: each host's CPU of its last minutes (newest last) in
+    the history and as its current figure, and each VM's CPU (100 = one host CPU)."""
+    with engine.store.transaction() as session:
+        for name, minutes in hosts.items():
+            host = session.query(Host).filter_by(name=name).one()
+            host.used_cpu_percent = minutes[-1]
+            session.query(StatsSample).filter_by(object_id=host.id).delete()
+            last = NOW.replace(second=0)
+            session.add_all(StatsSample(kind="host", object_id=host.id, resolution="raw",
+                                        at=last - timedelta(minutes=len(minutes) - 1 - i),
+                                        cpu_percent=cpu) for i, cpu in enumerate(minutes))
+        for name, cpu in (vms or {}).items():
+            vm = session.query(Vm).filter_by(name=name).one()
+            session.merge(VmStatistics(vm_id=vm.id, host_id=vm.run_on_host_id, cpu_percent=cpu))
+
+
 def test_cpu_load_must_last_the_policy_duration_before_a_vm_moves(engine, cluster, migrations):
     crowd(engine, cluster, {"h1": 2, "h2": 0})
     policy(engine, "evenly_distributed", high_utilization=80, cpu_overcommit_duration_minutes=2)
-    with engine.store.transaction() as session:
-        session.query(Host).filter_by(name="h1").one().used_cpu_percent = 95.0
-    clock = Clock()
-    balancer = Balancer(engine, clock=clock)
+    measure(engine, {"h1": [95.0], "h2": [5.0]}, {"h1-vm0": 200.0})
+    assert Balancer(engine, now=now).cycle() == []  # one minute: not yet "for 2 minutes"
+    measure(engine, {"h1": [40.0, 95.0], "h2": [5.0, 5.0]})
+    assert Balancer(engine, now=now).cycle() == []  # a spike
 
-    assert balancer.cycle() == []  # one sample: not yet "for 2 minutes"
-    clock.now += 30
-    assert balancer.cycle() == []  # still one sample a minute
-    clock.now += 30
+    # The history is the database's: a balancer just started acts on it at once.
+    measure(engine, {"h1": [90.0, 95.0], "h2": [5.0, 5.0]})
+    [moved] = Balancer(engine, now=now).cycle()
+    assert (moved["vm"], moved["source"], moved["destination"]) == ("h1-vm0", "h1", "h2")
+    assert "CPU above 80% for 2 min (lowest sample 90%)" in moved["reason"]
+
+
+def test_evenly_distributed_moves_the_vm_using_the_most_cpu_to_the_least_loaded_host(
+        engine, cluster, migrations):
+    crowd(engine, cluster, {"h1": 3, "h2": 1, "h3": 1})
+    policy(engine, "evenly_distributed")
+    balancer = Balancer(engine, now=now)
+    # Idle: nothing is over the threshold.
+    measure(engine, {"h1": [0.0, 0.0], "h2": [0.0, 0.0], "h3": [0.0, 0.0]})
+    assert balancer.cycle() == []
+
+    # h1-vm1 keeps two of h1's four CPUs busy; h3 is the least loaded.
+    measure(engine, {"h1": [92.0, 95.0], "h2": [40.0, 45.0], "h3": [10.0, 10.0]},
+            {"h1-vm0": 20.0, "h1-vm1": 200.0, "h1-vm2": 50.0, "h2-vm0": 150.0,
+             "h3-vm0": 30.0})
+    [moved] = balancer.cycle()
+    assert (moved["vm"], moved["source"], moved["destination"]) == ("h1-vm1", "h1", "h3")
+    assert moved["status"] == "succeeded"
+    entry = engine.events.info(entity_type="vm", entity_name="h1-vm1")[-1]
+    assert entry["message"].startswith("balancing: migrating vm h1-vm1 from h1 to h3 (host h1 "
+                                       "CPU above 80% for 2 min (lowest sample 92%)")
+
+
+def test_a_vm_that_migrated_within_the_cool_down_stays_put(engine, cluster, migrations):
+    crowd(engine, cluster, {"h1": 1, "h2": 0})
+    policy(engine, "evenly_distributed", vm_cooldown_minutes=30)
+    measure(engine, {"h1": [95.0, 95.0], "h2": [5.0, 5.0]}, {"h1-vm0": 200.0})
+    with engine.store.transaction() as session:
+        vm = session.query(Vm).filter_by(name="h1-vm0").one()
+        session.add(Migration(vm_id=vm.id, vm_name=vm.name, source="h2", destination="h1",
+                              status="succeeded", finished_at=NOW - timedelta(minutes=20)))
+    assert Balancer(engine, now=now).cycle() == []
+
+    policy(engine, "evenly_distributed", vm_cooldown_minutes=15)
+    [moved] = Balancer(engine, now=now).cycle()
+    assert (moved["vm"], moved["destination"]) == ("h1-vm0", "h2")
+
+
+def test_power_saving_consolidates_once_then_stays_still(engine, cluster, migrations):
+    crowd(engine, cluster, {"h1": 1, "h2": 2, "h3": 0})
+    policy(engine, "power_saving")
+    measure(engine, {"h1": [1.0, 1.0], "h2": [2.0, 2.0], "h3": [0.0, 0.0]})
+    balancer = Balancer(engine, now=now)
 
     [moved] = balancer.cycle()
-    assert (moved["source"], moved["destination"]) == ("h1", "h2")
-    assert "CPU above 80% for 2 min" in moved["reason"]
+    assert (moved["vm"], moved["source"], moved["destination"]) == ("h1-vm0", "h1", "h2")
+    assert "emptying it so it can be powered down" in moved["reason"]
+    # Never back onto the empty h1 or h3, cool-down or not.
+    policy(engine, "power_saving", vm_cooldown_minutes=0)
+    for _ in range(3):
+        assert balancer.cycle() == []
+    assert migrations.calls == [("h1-vm0", "h2")]
+
+
+def test_an_up_host_without_cpu_history_holds_the_cpu_policies_back(engine, cluster, migrations):
+    crowd(engine, cluster, {"h1": 1, "h2": 0, "h3": 0})
+    policy(engine, "evenly_distributed")
+    measure(engine, {"h1": [95.0, 95.0], "h2": [5.0, 5.0]}, {"h1-vm0": 200.0})
+    assert Balancer(engine, now=now).cycle() == []  # h3 has no samples yet
+
+    # A host in maintenance is neither a source nor a destination: it does not count.
+    with engine.store.transaction() as session:
+        session.query(Host).filter_by(name="h3").one().status = "Maintenance"
+    [moved] = Balancer(engine, now=now).cycle()
+    assert moved["destination"] == "h2"
 
 
 def test_a_failed_migration_is_audited_and_the_loop_goes_on(engine, cluster, migrations):

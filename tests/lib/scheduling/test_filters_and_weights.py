@@ -143,7 +143,8 @@ def test_a_table_claim_is_seen_by_the_next_placement_and_the_explanation_keeps_i
 
 def test_policy_parameters_are_validated_by_name():
     policy = resolve("evenly_distributed", {"high_utilization": 70})
-    assert policy.params == {"high_utilization": 70, "cpu_overcommit_duration_minutes": 2}
+    assert policy.params == {"high_utilization": 70, "cpu_overcommit_duration_minutes": 2,
+                             "vm_cooldown_minutes": 30}
     with pytest.raises(InvalidSpec) as err:
         resolve("evenly_distributed", {"low_utilization": 10})
     assert err.value.field == "scheduling_policy_properties.low_utilization"
