@@ -15,7 +15,9 @@
    in a thread of its own again);
 5. reconciling volumes left locked by an upload whose agent job is gone (an agent
    restarted, a writer killed), at start and at the host interval;
-6. the Monitor, in the caller's thread: heartbeats and VM polls, each host's in
+6. power saving (hosts parked, switched off and back on through their power
+   management), in a thread of its own every ``power_saving_interval_s``;
+7. the Monitor, in the caller's thread: heartbeats and VM polls, each host's in
    a thread of its own.
 
 So no pass waits for another, and a host whose agent hangs delays only what
@@ -36,6 +38,7 @@ from engine_lib.loop import balancer
 from engine_lib.loop.event_follower import EventFollower
 from engine_lib.loop.ha import HighAvailability
 from engine_lib.loop.monitoring import Intervals, Monitor
+from engine_lib.loop.power_saving import PowerSaving
 from engine_lib.services import actor
 
 log = logging.getLogger("kestrel.engine.loop")
@@ -51,6 +54,8 @@ class Settings:
     balance_max_migrations: int = 1  # per cluster per round
     ha: bool = True  # False: no fencing and no HA restarts (monitoring only)
     ssh_key: str | None = None  # for soft fencing; None: the engine's own key
+    # Seconds between power saving rounds (its grace periods are minutes); 0 turns it off.
+    power_saving_interval_s: float = 60.0
 
 
 def run(engine, settings: Settings, stop: threading.Event) -> None:
@@ -74,6 +79,10 @@ def _run(engine, settings: Settings, stop: threading.Event) -> None:
                                     name="migrations", daemon=True))
     threads.append(threading.Thread(target=every, args=(
         host_s, engine.images.reconcile, stop), name="volumes", daemon=True))
+    if settings.power_saving_interval_s > 0:
+        threads.append(threading.Thread(target=every, args=(
+            settings.power_saving_interval_s, PowerSaving(engine).cycle, stop),
+            name="power-saving", daemon=True))
     if settings.ha:
         # A pass never waits for fencing: what a fence proves is acted on next pass.
         ha = HighAvailability(engine, settings.ssh_key, fence_wait_s=0)

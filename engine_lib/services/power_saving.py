@@ -142,8 +142,8 @@ class PowerSavingService:
     def activate(self, name: str, reason: str) -> None:
         """Leave Maintenance (the agent must answer: raises while it does not) and hand the
         host back to scheduling."""
-        host_maintenance.leave(self.engine, name)  # clears power_saving, records when
-        self._audit(name, f"power saving: host is Up again ({reason})")
+        host_maintenance.leave(self.engine, name)
+        self._record(name, "", f"power saving: host is Up again ({reason})")
 
     def give_up_starting(self, name: str, waited_s: float) -> None:
         self._record(name, OFF, f"power saving: the host's agent did not answer within "

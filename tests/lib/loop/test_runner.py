@@ -31,7 +31,7 @@ def _run(engine, settings):
     stop.set()
     runner.run(engine, settings, stop)
     for thread in threading.enumerate():
-        if thread.name in ("migrations", "ha", "volumes"):
+        if thread.name in ("migrations", "ha", "volumes", "power-saving"):
             thread.join(10)
 
 
@@ -40,11 +40,12 @@ def test_migrations_and_ha_run_beside_the_monitor_at_the_host_interval(engine, s
     assert started["intervals"] == Intervals(host_s=0.5)
     assert started["every"] == {("migrations", 0.5, "MigrationService.active"),
                                 ("volumes", 0.5, "ImageService.reconcile"),
+                                ("power-saving", 60.0, "PowerSaving.cycle"),
                                 ("ha", 0.5, "HighAvailability.cycle")}
 
 
 def test_without_ha_only_migrations_are_settled(engine, started):
-    _run(engine, runner.Settings(ha=False, balance_interval_s=0))
+    _run(engine, runner.Settings(ha=False, balance_interval_s=0, power_saving_interval_s=0))
     assert started["every"] == {("migrations", 3.0, "MigrationService.active"),
                                 ("volumes", 3.0, "ImageService.reconcile")}
 
