@@ -7,10 +7,10 @@ management), once a minute:
 - an Up host that runs nothing and is under ``low_utilization`` goes to
   Maintenance when the cluster has more such empty hosts than
   ``hosts_in_reserve`` (the spares kept up for new VMs) — one host per round,
-  never the last Up host, never one without power management, never one a host
-  powered on for capacity within the policy's CPU duration (the balancer needs
-  that long to give it VMs), never one HA reservation needs (its highly available
-  VMs' restart room);
+  never the last Up host, never one without power management, never one HA
+  reservation needs (its highly available VMs' restart room), and none within
+  the policy's CPU duration of a host coming back (the balancer needs that long
+  to give it VMs);
 - a host parked that way is switched off through its fence agent once
   ``host_power_off_grace_minutes`` have passed;
 - when every Up host stayed over ``high_utilization`` for the policy's CPU
@@ -101,16 +101,18 @@ def plan(policy: Policy, hosts: Sequence[HostView], *, overloaded: bool,
             steps.append(Step(CAPACITY, None, f"every Up host over {high}% CPU for "
                                               f"{minutes} min"))
         return steps
-    if starting:
-        return steps  # capacity was asked for: nothing goes dark meanwhile
     up = [h for h in hosts if h.status == HostStatus.UP]
+    if starting or any(h.minutes_since < minutes for h in up):
+        # Capacity was asked for, or a host just came back (the balancer needs the CPU
+        # duration to give it VMs): nothing goes dark meanwhile.
+        return steps
     empty = [h for h in up if h.vm_count == 0]
     reserve, low = policy.param("hosts_in_reserve"), policy.param("low_utilization")
     if len(empty) <= reserve or len(up) <= 1:
         return steps
     for host in sorted(empty, key=lambda h: h.name, reverse=True):
         if host.power_management and not host.power_saving and host.cpu_percent < low \
-                and host.minutes_since >= minutes and can_spare(host.name):
+                and can_spare(host.name):
             steps.append(Step(PARK, host.name, f"it runs no VMs and uses {host.cpu_percent:.0f}% "
                               f"CPU (under {low}%); {len(empty)} empty Up hosts, "
                               f"{reserve} kept in reserve"))
