@@ -301,7 +301,7 @@ class VmService:
             if powering is None:
                 raise
             raise NoValidHost(name, err.explanation, note=f"host {powering} is being brought "
-                              "back by power saving; start the VM again once it is Up") from None
+                              "back by power saving; the VM can start once it is Up") from None
         client = self._client(host)
         job.progress(20, f"starting on host {host.name}")
         try:

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from test_fencing import FENCE_AGENT, calls
 
+from engine_lib.loop.ha import HighAvailability
 from engine_lib.loop.power_saving import (
     CAPACITY,
     FORGET,
@@ -20,7 +21,7 @@ from engine_lib.loop.power_saving import (
     overloaded,
     plan,
 )
-from engine_lib.model import Cluster, Host
+from engine_lib.model import Cluster, Host, Vm
 from engine_lib.protocol.errors import Conflict, InvalidSpec, NoValidHost
 from engine_lib.scheduling.policies import resolve
 from engine_lib.services import maintenance
@@ -249,8 +250,8 @@ def test_a_vm_no_host_can_take_brings_a_host_back_and_says_so(engine, agents, de
     agents["10.0.0.3"].reachable = False
     with pytest.raises(NoValidHost) as err:
         engine.vms.ensure({"name": "big3"}, state="running")
-    assert err.value.message.endswith("; host h3 is being brought back by power saving; start "
-                                      "the VM again once it is Up")
+    assert err.value.message.endswith("; host h3 is being brought back by power saving; the "
+                                      "VM can start once it is Up")
     assert state(engine)["h3"] == ("Maintenance", "starting")
     assert any(m.startswith("power saving: host powered on (no host can start VM 'big3')")
                for m in messages(engine, "h3"))
@@ -293,3 +294,21 @@ def test_a_host_being_switched_off_cannot_be_activated_and_an_activated_one_is_l
     assert farm.cycle() == []  # held up for the CPU duration after an activation
     clock.now += timedelta(minutes=2)
     assert [(s.action, s.host) for s in farm.cycle()] == [(PARK, "h3")]
+
+
+def test_an_ha_restart_without_room_brings_a_host_back(engine, agents, devices, farm, clock):
+    farm.cycle()
+    clock.now += timedelta(minutes=10)
+    farm.cycle()  # h3 off
+    engine.vms.ensure({"name": "big2", "cluster": "ps", "memory": 3072}, state="running")
+    engine.vms.ensure({"name": "ha-vm", "cluster": "ps", "memory": 3072,
+                       "high_availability": {"enabled": True, "priority": 50}})
+    with engine.store.transaction() as session:  # as its failed host left it: owed a restart
+        session.query(Vm).filter_by(name="ha-vm").one().ha_restart_pending = True
+    agents["10.0.0.3"].reachable = False
+    HighAvailability(engine, ssh_key="/nonexistent").cycle()
+    assert state(engine)["h3"] == ("Maintenance", "starting")
+    [said] = [e["message"] for e in engine.events.info(entity_type="vm", entity_name="ha-vm")
+              if e["message"].startswith("HA restart waits for a host")]
+    assert said.endswith("host h3 is being brought back by power saving; the VM can start "
+                         "once it is Up")
