@@ -15,9 +15,11 @@
    in a thread of its own again);
 5. reconciling volumes left locked by an upload whose agent job is gone (an agent
    restarted, a writer killed), at start and at the host interval;
-6. power saving (hosts parked, switched off and back on through their power
+6. checking the HA reservation of the clusters that keep one, every minute, in a
+   thread of its own (it reads only the database);
+7. power saving (hosts parked, switched off and back on through their power
    management), in a thread of its own every ``power_saving_interval_s``;
-7. the Monitor, in the caller's thread: heartbeats and VM polls, each host's in
+8. the Monitor, in the caller's thread: heartbeats and VM polls, each host's in
    a thread of its own.
 
 So no pass waits for another, and a host whose agent hangs delays only what
@@ -34,7 +36,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from engine_lib.loop import balancer
+from engine_lib.loop import balancer, ha_reservation
 from engine_lib.loop.event_follower import EventFollower
 from engine_lib.loop.ha import HighAvailability
 from engine_lib.loop.monitoring import Intervals, Monitor
@@ -54,6 +56,7 @@ class Settings:
     balance_max_migrations: int = 1  # per cluster per round
     ha: bool = True  # False: no fencing and no HA restarts (monitoring only)
     ssh_key: str | None = None  # for soft fencing; None: the engine's own key
+    ha_reservation_interval_s: float = ha_reservation.INTERVAL_S
     # Seconds between power saving rounds (its grace periods are minutes); 0 turns it off.
     power_saving_interval_s: float = 60.0
 
@@ -79,6 +82,9 @@ def _run(engine, settings: Settings, stop: threading.Event) -> None:
                                     name="migrations", daemon=True))
     threads.append(threading.Thread(target=every, args=(
         host_s, engine.images.reconcile, stop), name="volumes", daemon=True))
+    threads.append(threading.Thread(target=every, args=(
+        settings.ha_reservation_interval_s, ha_reservation.ReservationCheck(engine).cycle,
+        stop), name="ha-reservation", daemon=True))
     if settings.power_saving_interval_s > 0:
         threads.append(threading.Thread(target=every, args=(
             settings.power_saving_interval_s, PowerSaving(engine).cycle, stop),

@@ -19,6 +19,10 @@ COMMON_FILTERS = ("status", "pinned_hosts", "migration", "cpu", "memory", "cpu_m
                   "emulated_machine", "network", "hooks", "hugepages", "host_affinity",
                   "vm_affinity")
 AFFINITY_WEIGHTS = (("vm_affinity", 5.0), ("host_affinity", 5.0), ("preferred_hosts", 5.0))
+# Added to every policy of a cluster with ha_reservation: it outweighs the load units
+# together (at most 2), so keeping every host's HA VMs restartable wins over a better
+# balanced host, but an administrator's soft affinity (5) still wins over it.
+HA_RESERVATION_WEIGHT = ("ha_reservation", 3.0)
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,12 @@ class Policy:
             values[key] = value
         return replace(self, values=values)
 
+    def with_ha_reservation(self) -> Policy:
+        """This policy as a cluster with HA reservation runs it."""
+        if HA_RESERVATION_WEIGHT in self.weights:
+            return self
+        return replace(self, weights=self.weights + (HA_RESERVATION_WEIGHT,))
+
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -126,8 +136,11 @@ DEFAULT_POLICY = "none"
 
 
 def resolve(name: str | None, properties: Mapping[str, Any] | None = None,
-            field_name: str = "scheduling_policy") -> Policy:
+            field_name: str = "scheduling_policy", *, ha_reservation: bool = False) -> Policy:
+    """The named policy with the cluster's properties (and, for a cluster with
+    ha_reservation, the ha_reservation weight)."""
     policy = POLICIES.get(name or DEFAULT_POLICY)
     if policy is None:
         raise InvalidSpec(field_name, f"must be one of {', '.join(POLICIES)} (got {name!r})")
-    return policy.with_properties(properties, f"{field_name}_properties")
+    policy = policy.with_properties(properties, f"{field_name}_properties")
+    return policy.with_ha_reservation() if ha_reservation else policy

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 UP = "Up"
@@ -108,8 +108,12 @@ class Context:
     """
 
     def __init__(self, groups: Iterable[AffinityGroup] = (),
-                 running: Iterable[tuple[str, str, Iterable[str]]] = ()):
+                 running: Iterable[tuple[str, str, Iterable[str]]] = (),
+                 ha_vms: Mapping[str, Sequence[VmRequest]] | None = None):
         self.groups: dict[str, AffinityGroup] = {g.name: g for g in groups}
+        # Host -> the highly available VMs it runs, for the ha_reservation weight; None
+        # when the cluster has no HA reservation.
+        self.ha_vms = ha_vms
         # group -> VM name -> host name
         self._members: dict[str, dict[str, str]] = {}
         for vm, host, groups_of_vm in running:

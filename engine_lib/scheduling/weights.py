@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from engine_lib.scheduling import ha_reservation
 from engine_lib.scheduling.state import Context, HostState, VmRequest
 from engine_lib.scheduling.table import FloatColumn, HostTable
 
@@ -156,9 +157,38 @@ class PreferredHosts(Weight):
         return 1.0 if host.name in vm.preferred_hosts else 0.0
 
 
+class HaReservation(Weight):
+    name = "ha_reservation"
+    description = ("prefer the host where the VM leaves the fewest hosts whose highly available "
+                   "VMs could not restart elsewhere (the cluster's HA reservation)")
+
+    def detail(self, vm: VmRequest, ctx: Context, params: dict[str, int]) -> Any:
+        return ctx.ha_vms
+
+    def raw(self, table: HostTable, vm: VmRequest, detail: Any) -> FloatColumn:
+        score = np.zeros(table.size)
+        if detail is None:
+            return score
+        schedulable, physical = table.schedulable_mib(), table.physical_free_mib()
+        up = [ha_reservation.Room(table.names[i], int(table.cpus[i]), int(schedulable[i]),
+                                  int(physical[i])) for i in np.flatnonzero(table.up)]
+        # Only where the VM can run at all: the rest are filtered out anyway.
+        for room in up:
+            if room.fits(vm) and room.name != vm.current_host:
+                score[table.index[room.name]] = -len(
+                    ha_reservation.shortfall_with(up, detail, vm, room.name))
+        return score
+
+    def raw_one(self, host: HostState, vm: VmRequest, detail: Any) -> float:
+        if detail is None:
+            return 0.0
+        raise NotImplementedError("ha_reservation weighs a host against all the others: "
+                                  "use raw() on the whole table")
+
+
 WEIGHTS: dict[str, Weight] = {w.name: w for w in (
     CpuEven(), MemoryEven(), PowerCpu(), PowerMemory(), VmCountEven(), VmAffinitySoft(),
-    HostAffinitySoft(), PreferredHosts())}
+    HostAffinitySoft(), PreferredHosts(), HaReservation())}
 
 
 def normalize(raw: FloatColumn) -> FloatColumn:

@@ -17,9 +17,9 @@ from engine_lib.model import Cluster, Host, Vm
 from engine_lib.protocol.statuses import VmStatus
 from engine_lib.scheduling import Context, HostState, Policy, VmRequest, resolve
 from engine_lib.services.scheduling_facts import (
-    affinity_context,
     host_claims,
     host_state,
+    placement_context,
     scheduling_request,
 )
 
@@ -55,6 +55,7 @@ def load(session: Session, cluster: Cluster) -> ClusterFacts:
                    select(Vm).where(Vm.cluster_id == cluster.id, Vm.status.in_(VmStatus.ACTIVE),
                                     Vm.run_on_host_id.is_not(None)).order_by(Vm.name))]
     return ClusterFacts(cluster.name,
-                        resolve(cluster.scheduling_policy, cluster.scheduling_properties),
+                        resolve(cluster.scheduling_policy, cluster.scheduling_properties,
+                                ha_reservation=cluster.ha_reservation),
                         [host_state(h, claims.get(h.id), cluster) for h in hosts],
-                        running, affinity_context(session, cluster.id))
+                        running, placement_context(session, cluster))

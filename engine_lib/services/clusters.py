@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 from sqlalchemy import ColumnElement, select
+from sqlalchemy.orm import object_session
 
 from engine_lib import macpool
-from engine_lib.model import Cluster
+from engine_lib.model import Cluster, HaReservationCheck
 from engine_lib.protocol import convergence
 from engine_lib.protocol.errors import Conflict, InvalidSpec
 from engine_lib.scheduling import policies as scheduling_policies
 from engine_lib.services import access, listing
-from engine_lib.services.common import audit, changed_fields, find, get_cluster, retry_on_conflict
+from engine_lib.services.common import (
+    audit,
+    changed_fields,
+    find,
+    get_cluster,
+    iso_utc,
+    retry_on_conflict,
+)
 from engine_lib.services.custom_properties import normalize_allowed
 from engine_lib.services.fencing_settings import normalize_policy
 from engine_lib.services.results import Outcome
@@ -38,7 +46,20 @@ def cluster_dict(cluster: Cluster) -> dict:
         "fencing_policy": _fencing_policy(cluster.fencing_policy),
         "ballooning": bool(cluster.ballooning),
         "custom_properties": dict(cluster.custom_properties or {}),
+        **ha_reservation_status(cluster),
     }
+
+
+def ha_reservation_status(cluster: Cluster) -> dict:
+    """The option and the engine loop's last check of it (engine_lib.loop.ha_reservation):
+    ok None until a check ran (or with the option off)."""
+    session = object_session(cluster)
+    check = session.get(HaReservationCheck, cluster.id) \
+        if session is not None and cluster.ha_reservation else None
+    return {"ha_reservation": bool(cluster.ha_reservation),
+            "ha_reservation_ok": None if check is None else bool(check.ok),
+            "ha_reservation_detail": {} if check is None else
+            {**dict(check.detail or {}), "checked_at": iso_utc(check.checked_at)}}
 
 
 def _fencing_policy(stored: dict | None, given: dict | None = None) -> dict:
@@ -84,7 +105,8 @@ class ClusterService:
                migration_policy: str | None = None, migration_bandwidth_mbps: int | None = None,
                migration_encrypted: bool | None = None,
                fencing_policy: dict | None = None, ballooning: bool | None = None,
-               custom_properties: dict | None = None, check_mode: bool = False) -> Outcome:
+               custom_properties: dict | None = None, ha_reservation: bool | None = None,
+               check_mode: bool = False) -> Outcome:
         check_name("name", name)
         if fencing_policy is not None:
             _fencing_policy({}, fencing_policy)  # bad input fails before anything is read
@@ -99,6 +121,8 @@ class ClusterService:
             "migration_encrypted": None if migration_encrypted is None
             else boolean("migration_encrypted", migration_encrypted),
             "ballooning": None if ballooning is None else boolean("ballooning", ballooning),
+            "ha_reservation": None if ha_reservation is None
+            else boolean("ha_reservation", ha_reservation),
             "custom_properties": None if custom_properties is None
             else normalize_allowed("custom_properties", custom_properties),
         }
@@ -142,8 +166,9 @@ class ClusterService:
         if cluster is not None:
             with self.engine.store.transaction(commit=False) as session:
                 found = get_cluster(session, cluster)
-                return [scheduling_policies.resolve(found.scheduling_policy,
-                                                    found.scheduling_properties).describe()]
+                return [scheduling_policies.resolve(
+                    found.scheduling_policy, found.scheduling_properties,
+                    ha_reservation=found.ha_reservation).describe()]
         if name is not None:
             return [scheduling_policies.resolve(name).describe()]
         return [policy.describe() for policy in scheduling_policies.POLICIES.values()]

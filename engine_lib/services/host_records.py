@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine_lib.model import Host, utcnow
+from sqlalchemy.orm import object_session
+
+from engine_lib.model import HaReservationCheck, Host, utcnow
 from engine_lib.protocol.statuses import HostStatus
 from engine_lib.services import host_keys
+from engine_lib.services.common import iso_utc
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,21 @@ def host_dict(host: Host) -> dict:
         "install_error": host.install_error,
         # What every SSH login to the host accepts (services.host_keys).
         "ssh_host_keys": host_keys.listed(host.ssh_host_keys),
+        "ha_reservation": ha_reservation_of(host),
     }
+
+
+def ha_reservation_of(host: Host) -> dict:
+    """Whether the host's cluster keeps an HA reservation, and whether, at the engine
+    loop's last check (engine_lib.loop.ha_reservation), this host's HA VMs could restart
+    on the others (None: the option is off or no check ran yet)."""
+    cluster = host.cluster
+    session = object_session(host)
+    check = session.get(HaReservationCheck, cluster.id) \
+        if session is not None and cluster.ha_reservation else None
+    return {"enabled": bool(cluster.ha_reservation),
+            "ok": None if check is None else host.name not in (check.detail or {}).get("hosts", []),
+            "checked_at": None if check is None else iso_utc(check.checked_at)}
 
 
 def redacted_pm(power_management: dict | None) -> dict:

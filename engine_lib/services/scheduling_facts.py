@@ -95,6 +95,33 @@ def _bridges(vm: Vm) -> frozenset[str]:
     return frozenset(bridges)
 
 
+def ha_vms(session: Session, cluster_id: str) -> dict[str, list[VmRequest]]:
+    """Host name -> the highly available VMs active there (what HA would restart if it
+    failed), with only the facts a restart's room depends on."""
+    vcpus = Vm.sockets * Vm.cores * Vm.threads
+    found: dict[str, list[VmRequest]] = {}
+    rows = session.execute(
+        select(Host.name, Vm.name, Vm.memory_mib, vcpus, Vm.high_availability)
+        .join(Host, Vm.run_on_host_id == Host.id)
+        .where(Vm.cluster_id == cluster_id, Vm.status.in_(VmStatus.ACTIVE))
+        .order_by(Vm.name))
+    for host, name, memory, cpus, ha in rows:
+        if (ha or {}).get("enabled"):
+            found.setdefault(host, []).append(
+                VmRequest(name=name, vcpus=int(cpus), memory_mib=int(memory),
+                          highly_available=True))
+    return found
+
+
+def placement_context(session: Session, cluster: Cluster) -> Context:
+    """What a placement in ``cluster`` weighs besides the hosts: affinity, and the HA VMs
+    when the cluster keeps an HA reservation."""
+    ctx = affinity_context(session, cluster.id)
+    if cluster.ha_reservation:
+        ctx.ha_vms = ha_vms(session, cluster.id)
+    return ctx
+
+
 def affinity_context(session: Session, cluster_id: str) -> Context:
     """The cluster's affinity groups and where the active VMs in them run."""
     groups = [AffinityGroup(g.name, g.vm_rule, g.vm_enforcing, g.host_rule, g.host_enforcing,

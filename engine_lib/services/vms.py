@@ -54,9 +54,9 @@ from engine_lib.services.common import (
 from engine_lib.services.host_records import HostRef
 from engine_lib.services.results import Outcome
 from engine_lib.services.scheduling_facts import (
-    affinity_context,
     host_claims,
     host_state,
+    placement_context,
     scheduling_request,
 )
 from engine_lib.services.vm_records import VM_DICT_LOADS, vm_dict
@@ -267,10 +267,11 @@ class VmService:
         hosts = list(session.scalars(select(Host).where(Host.cluster_id == cluster.id)
                                      .order_by(Host.name)))
         claims = host_claims(session)
-        policy = resolve(cluster.scheduling_policy, cluster.scheduling_properties)
+        policy = resolve(cluster.scheduling_policy, cluster.scheduling_properties,
+                         ha_reservation=cluster.ha_reservation)
         decision = place(scheduling_request(vm), [host_state(h, claims.get(h.id), cluster)
                                                   for h in hosts],
-                         policy, affinity_context(session, cluster.id))
+                         policy, placement_context(session, cluster))
         if decision.host is None:
             raise NoValidHost(vm.name, decision.explain())
         host = hosts[decision.host_index]

@@ -156,6 +156,19 @@ options:
         domain XML, so it applies from the VM's next start.
       - New clusters use V(false).
     type: bool
+  ha_reservation:
+    description:
+      - HA VM reservation, as oVirt's cluster option of that name. The engine loop checks every
+        minute that the highly available VMs of any one host could restart on the cluster's
+        other Up hosts if it failed (their memory within those hosts' schedulable memory,
+        their vCPUs within their CPUs, packed largest first); when they could not, a warning
+        event names the hosts and the cluster's C(ha_reservation_ok) turns V(false) (an event
+        says so again when it is restored).
+      - The scheduler then also prefers, when it starts or migrates a VM, the host that keeps
+        every host's HA VMs restartable (the C(ha_reservation) weight); soft affinity still
+        outweighs it.
+      - New clusters use V(false).
+    type: bool
   custom_properties:
     description:
       - The VM custom properties the cluster's VMs may set, each name with the regular
@@ -212,6 +225,11 @@ EXAMPLES = r"""
   kestrel.virt.cluster:
     name: production
     ballooning: true
+
+- name: Keep room for the HA VMs of any one failed host, and warn when there is none
+  kestrel.virt.cluster:
+    name: production
+    ha_reservation: true
 
 - name: Let VMs set sap_agent (true or false) and numa_policy for the hosts' hooks
   kestrel.virt.cluster:
@@ -285,6 +303,22 @@ cluster:
       description: The custom properties the cluster's VMs may set, each with its value pattern.
       type: dict
       sample: {sap_agent: '^(true|false)$'}
+    ha_reservation:
+      description: Whether the engine keeps checking that any one failed host's HA VMs could restart.
+      type: bool
+      sample: true
+    ha_reservation_ok:
+      description:
+        - The engine loop's last check, V(true) when every Up host's HA VMs could restart on the
+          others; null while C(ha_reservation) is off or before the first check.
+      type: bool
+      sample: false
+    ha_reservation_detail:
+      description:
+        - The last check's C(hosts) (those whose HA VMs would not all fit elsewhere), C(message)
+          and C(checked_at); empty while there is no check.
+      type: dict
+      sample: {hosts: [h1], message: "...", checked_at: "2026-12-06T21:40:00+00:00"}
 """
 
 from ansible_collections.kestrel.virt.plugins.module_utils._kestrel import KestrelModule
@@ -317,6 +351,7 @@ def main():
                 power_on_after_fence=dict(type='bool'),
             )),
             ballooning=dict(type='bool'),
+            ha_reservation=dict(type='bool'),
             custom_properties=dict(type='dict'),
         ),
         entity_key='cluster',
@@ -337,7 +372,7 @@ def main():
             migration_bandwidth_mbps=p['migration_bandwidth_mbps'],
             migration_encrypted=p['migration_encrypted'],
             ballooning=p['ballooning'], custom_properties=p['custom_properties'],
-            fencing_policy=fencing, check_mode=check_mode))
+            ha_reservation=p['ha_reservation'], fencing_policy=fencing, check_mode=check_mode))
 
 
 if __name__ == '__main__':

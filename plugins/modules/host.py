@@ -301,6 +301,11 @@ host:
       description: The SSH host keys the engine accepts from the host (C(type base64) each).
       type: list
       elements: str
+    ha_reservation:
+      description:
+        - C(enabled) whether the cluster keeps an HA reservation; C(ok) whether at its last check
+          (C(checked_at)) this host's HA VMs could restart on the other Up hosts (null if none).
+      type: dict
     storage_domains:
       description: Storage domains the agent reports (name, path, space); null when not reported.
       type: list

@@ -124,6 +124,15 @@ hosts:
           is recorded (the engine then does not log in to the host).
       type: list
       elements: str
+    ha_reservation:
+      description:
+        - The HA reservation of the host's cluster (M(kestrel.virt.cluster)'s
+          O(kestrel.virt.cluster#module:ha_reservation)) as it concerns this host.
+        - C(enabled) whether the cluster keeps one; C(ok) whether, at the engine loop's last
+          check (C(checked_at)), the highly available VMs of this host could all restart on
+          the cluster's other Up hosts if it failed (null while off or before the first check).
+      type: dict
+      sample: {enabled: true, ok: false, checked_at: "2026-12-06T21:40:00+00:00"}
 """
 
 from ansible_collections.kestrel.virt.plugins.module_utils._kestrel import KestrelModule

@@ -15,7 +15,7 @@ def test_present_passes_unset_options_as_none_so_the_engine_keeps_them(engine, r
         description=None, virt_type=None, memory_overcommit=150, mac_pool=None,
         scheduling_policy=None, scheduling_policy_properties=None, migration_policy=None,
         migration_bandwidth_mbps=None, migration_encrypted=None, ballooning=None,
-        custom_properties=None, fencing_policy=None, check_mode=False))]
+        custom_properties=None, ha_reservation=None, fencing_policy=None, check_mode=False))]
     assert result['changed'] is True
     assert result['cluster']['memory_overcommit'] == 150
 
@@ -31,6 +31,15 @@ def test_custom_properties_reach_the_engine_as_given(engine, run_module):
     engine.answer = Outcome(True, dict(name='demo', custom_properties={'sap_agent': 'true|false'}))
     run_module(cluster, dict(name='demo', custom_properties={'sap_agent': 'true|false'}))
     assert engine.calls[0][2]['custom_properties'] == {'sap_agent': 'true|false'}
+
+
+def test_ha_reservation_reaches_the_engine_and_its_check_comes_back(engine, run_module):
+    engine.answer = Outcome(True, dict(name='demo', ha_reservation=True, ha_reservation_ok=False,
+                                       ha_reservation_detail=dict(hosts=['h1'])))
+    result = run_module(cluster, dict(name='demo', ha_reservation=True))
+    assert engine.calls[0][2]['ha_reservation'] is True
+    assert result['cluster']['ha_reservation_ok'] is False
+    assert result['cluster']['ha_reservation_detail'] == dict(hosts=['h1'])
 
 
 def test_absent_removes_and_returns_no_entity(engine, run_module):
