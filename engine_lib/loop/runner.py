@@ -19,7 +19,9 @@
    thread of its own (it reads only the database);
 7. power saving (hosts parked, switched off and back on through their power
    management), in a thread of its own every ``power_saving_interval_s``;
-8. the Monitor, in the caller's thread: heartbeats and VM polls, each host's in
+8. the statistics history's rollups and retention, at start and then hourly, in a
+   thread of its own;
+9. the Monitor, in the caller's thread: heartbeats and VM polls, each host's in
    a thread of its own.
 
 So no pass waits for another, and a host whose agent hangs delays only what
@@ -36,7 +38,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from engine_lib.loop import balancer, ha_reservation
+from engine_lib.loop import balancer, ha_reservation, stats_rollup
 from engine_lib.loop.event_follower import EventFollower
 from engine_lib.loop.ha import HighAvailability
 from engine_lib.loop.monitoring import Intervals, Monitor
@@ -59,6 +61,7 @@ class Settings:
     ha_reservation_interval_s: float = ha_reservation.INTERVAL_S
     # Seconds between power saving rounds (its grace periods are minutes); 0 turns it off.
     power_saving_interval_s: float = 60.0
+    stats_rollup_interval_s: float = stats_rollup.INTERVAL_S
 
 
 def run(engine, settings: Settings, stop: threading.Event) -> None:
@@ -85,6 +88,9 @@ def _run(engine, settings: Settings, stop: threading.Event) -> None:
     threads.append(threading.Thread(target=every, args=(
         settings.ha_reservation_interval_s, ha_reservation.ReservationCheck(engine).cycle,
         stop), name="ha-reservation", daemon=True))
+    threads.append(threading.Thread(target=every, args=(
+        settings.stats_rollup_interval_s, stats_rollup.StatsRollup(engine).cycle, stop),
+        name="stats-rollup", daemon=True))
     if settings.power_saving_interval_s > 0:
         threads.append(threading.Thread(target=every, args=(
             settings.power_saving_interval_s, PowerSaving(engine).cycle, stop),
