@@ -34,8 +34,8 @@ from sqlalchemy import select
 from engine_lib.model import Cluster, Host
 from engine_lib.protocol.errors import KestrelError
 from engine_lib.protocol.statuses import HostStatus, PowerSavingState
-from engine_lib.scheduling import HostState, Policy, VmRequest
-from engine_lib.services import cluster_facts
+from engine_lib.scheduling import Policy, ha_reservation
+from engine_lib.services import cluster_facts, stats_history
 
 log = logging.getLogger("kestrel.engine.power_saving")
 
@@ -122,31 +122,15 @@ def plan(policy: Policy, hosts: Sequence[HostView], *, overloaded: bool,
 
 # -- the loop ------------------------------------------------------------------------------
 
-def ha_can_spare(hosts: list[HostState], ha_vms: dict[str, list[VmRequest]], host: str) -> bool:
-    """HA reservation's word (engine_lib.scheduling.ha_reservation)."""
-    from engine_lib.scheduling import ha_reservation  # at call time: built beside this part
-
-    return ha_reservation.can_spare(hosts, ha_vms, host)
-
-
-def cpu_minutes(session, host_ids: list[str], minutes: int, now: datetime) -> dict:
-    """Each host's CPU history, a sample a minute, oldest first (services.stats_history)."""
-    from engine_lib.services import stats_history  # at call time: built beside this part
-
-    return stats_history.cpu_minutes(session, host_ids, minutes, now)
-
-
 class PowerSaving:
-    """``can_spare`` and ``history`` are HA reservation's and the statistics history's
-    answers, replaceable in unit tests."""
+    """``can_spare``: HA reservation's word on a host leaving (replaceable in unit tests);
+    the CPU history is the statistics history's, a sample a minute."""
 
     def __init__(self, engine, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 can_spare: Callable[..., bool] = ha_can_spare,
-                 history: Callable[..., dict] = cpu_minutes):
+                 can_spare: Callable[..., bool] = ha_reservation.can_spare):
         self.engine = engine
         self.clock = clock
         self.can_spare = can_spare
-        self.history = history
 
     def cycle(self) -> list[Step]:
         """One round over every cluster; the steps carried out."""
@@ -207,7 +191,8 @@ class PowerSaving:
         up = [v for v in views if v.status == HostStatus.UP]
         if not up or any(v.cpu_percent <= high for v in up):
             return False
-        history = self.history(session, [rows[v.name].id for v in up], minutes, now)
+        history = stats_history.cpu_minutes(session, [rows[v.name].id for v in up], minutes,
+                                            now)
         by_name = {v.name: history.get(rows[v.name].id, []) for v in up}
         return overloaded(by_name, [v.name for v in up], minutes, high)
 

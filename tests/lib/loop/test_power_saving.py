@@ -21,10 +21,10 @@ from engine_lib.loop.power_saving import (
     overloaded,
     plan,
 )
-from engine_lib.model import Cluster, Host, Vm
+from engine_lib.model import Host, Vm
 from engine_lib.protocol.errors import Conflict, InvalidSpec, NoValidHost
 from engine_lib.scheduling.policies import resolve
-from engine_lib.services import maintenance
+from engine_lib.services import maintenance, stats_history
 
 INF = float("inf")
 PM_ON = {"enable_automatic_host_power_management": 1, "host_power_off_grace_minutes": 10,
@@ -178,8 +178,7 @@ def farm(engine, agents, devices, clock):
         engine.hosts.ensure(name, address=f"10.0.0.{name[1]}", cluster="ps",
                             power_management=devices[name])
     engine.power_saving.clock = clock
-    return PowerSaving(engine, clock=clock, can_spare=lambda *a: True,
-                       history=lambda *a: {})
+    return PowerSaving(engine, clock=clock)
 
 
 @pytest.fixture
@@ -269,13 +268,50 @@ def test_a_start_that_fails_with_no_host_held_by_power_saving_says_nothing_more(
 
 
 def test_a_host_ha_reservation_needs_stays_up(engine, farm):
+    """h1's 3 GiB VM is highly available: one other host must stay up to restart it."""
+    engine.clusters.ensure("ps", ha_reservation=True,
+                           scheduling_policy_properties={**PM_ON, "hosts_in_reserve": 0})
+    engine.vms.ensure({"name": "big", "high_availability": {"enabled": True}})
+    assert [(s.action, s.host) for s in farm.cycle()] == [(PARK, "h3")]
+    assert farm.cycle() == []  # h2 is where "big" would restart
+    assert state(engine)["h2"] == ("Up", "")
     asked = []
-    farm.can_spare = lambda hosts, ha_vms, host: asked.append(host) or False
-    with engine.store.transaction() as session:  # the cluster option is HA reservation's
-        session.query(Cluster).one().ha_reservation = True
+    farm.can_spare = lambda hosts, ha_vms, host: asked.append((host, ha_vms)) or True
+    assert [(s.action, s.host) for s in farm.cycle()] == [(PARK, "h2")]
+    assert [(host, {h: [vm.name for vm in vms] for h, vms in ha_vms.items()})
+            for host, ha_vms in asked] == [("h2", {"h1": ["big"], "h2": [], "h3": []})]
+
+
+def test_sustained_load_on_every_host_brings_one_back(engine, agents, farm, clock):
+    """The CPU history is the statistics history's raw minutes (stats_history)."""
+    farm.cycle()
+    clock.now += timedelta(minutes=10)
+    farm.cycle()  # h3 off
+    agents["10.0.0.3"].reachable = False
+
+    def minute(percent):
+        with engine.store.transaction() as session:
+            hosts = {h.name: h for h in session.query(Host)}
+            for name in ("h1", "h2"):
+                hosts[name].used_cpu_percent = percent
+            stats_history.record_minute(session, "host", [
+                {"object_id": hosts[n].id, "cpu_percent": percent} for n in ("h1", "h2")],
+                clock.now)
+
+    minute(95)
+    assert farm.cycle() == []  # one minute of the policy's two
+    clock.now += timedelta(minutes=1)
+    minute(70)
+    assert farm.cycle() == []  # under the threshold in between
+    clock.now += timedelta(minutes=1)
+    minute(90)
     assert farm.cycle() == []
-    assert asked == ["h3", "h2"]
-    assert state(engine)["h3"] == ("Up", "")
+    clock.now += timedelta(minutes=1)
+    minute(85)
+    assert [(s.action, s.host) for s in farm.cycle()] == [(CAPACITY, None)]
+    assert state(engine)["h3"] == ("Maintenance", "starting")
+    assert any(m.startswith("power saving: host powered on (every Up host over 80% CPU for "
+                            "2 min)") for m in messages(engine, "h3"))
 
 
 def test_a_host_being_switched_off_cannot_be_activated_and_an_activated_one_is_let_go(
