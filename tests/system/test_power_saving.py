@@ -93,8 +93,8 @@ def test_the_spare_beyond_the_reserve_is_switched_off_and_brought_back_on_reques
     assert not lab_hosts.powered_on(PARKED, state_dir)
     assert not answers(agents, PARKED)
     assert lab_hosts.powered_on(SPARE, state_dir) and answers(agents, SPARE)
-    info = {h["name"]: h["status"] for h in engine.hosts.info()}
-    assert info == {"h1": "Up", SPARE: "Up", PARKED: "Maintenance"}
+    info = {h["name"]: (h["status"], h["power_saving"]) for h in engine.hosts.info()}
+    assert info == {"h1": ("Up", ""), SPARE: ("Up", ""), PARKED: ("Maintenance", "off")}
     assert farm.cycle() == []  # consolidated: it stays still
     messages = [e["message"] for e in engine.events.info(entity_type="host",
                                                          entity_name=PARKED)]
@@ -109,6 +109,7 @@ def test_the_spare_beyond_the_reserve_is_switched_off_and_brought_back_on_reques
     wait_until(lambda: farm.cycle() is not None and engine.hosts.info(name=PARKED)[0][
         "status"] == "Up", 90, f"{PARKED} Up again", interval=1)
     assert answers(agents, PARKED)
+    assert engine.hosts.info(name=PARKED)[0]["power_saving"] == ""
     assert [vm["host"] for vm in engine.vms.info(name="ps-vm")] == ["h1"]
     messages = [e["message"] for e in engine.events.info(entity_type="host",
                                                          entity_name=PARKED)]
