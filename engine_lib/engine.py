@@ -24,6 +24,7 @@ from engine_lib.services.luns import LunService
 from engine_lib.services.migrations import MigrationService
 from engine_lib.services.networks import NetworkService
 from engine_lib.services.permissions import PermissionService
+from engine_lib.services.power_saving import PowerSavingService
 from engine_lib.services.storage_domains import StorageDomainService
 from engine_lib.services.templates import TemplateService
 from engine_lib.services.tokens import TokenService
@@ -57,6 +58,7 @@ class Engine:
         self.hosts = HostService(self)
         self.vms = VmService(self)
         self.migrations = MigrationService(self)
+        self.power_saving = PowerSavingService(self)
         self.events = EventService(self)
         self.affinity_groups = AffinityService(self)
         self.networks = NetworkService(self)

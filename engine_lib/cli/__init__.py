@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                             help="seconds between balancing rounds; 0 turns balancing off (60)")
     run_engine.add_argument("--balance-max-migrations", type=int, default=1,
                             help="migrations per cluster per balancing round (1)")
+    run_engine.add_argument("--power-saving-interval", type=float, default=60.0,
+                            help="seconds between power saving rounds (hosts powered down and "
+                            "up by the power_saving policy); 0 turns it off (60)")
     run_engine.add_argument("--no-ha", action="store_true",
                             help="no fencing and no HA restarts (monitoring only)")
     service_options(run_engine, "the loop", "engine.log")

@@ -81,7 +81,8 @@ def engine_run(args) -> int:
         intervals=Intervals(args.host_interval, args.vm_interval, args.non_responsive_after),
         balance_interval_s=args.balance_interval,
         balance_max_migrations=args.balance_max_migrations,
-        ha=not args.no_ha, ssh_key=args.ssh_key)
+        ha=not args.no_ha, ssh_key=args.ssh_key,
+        power_saving_interval_s=args.power_saving_interval)
 
     def prepare() -> None:
         # Fail here, before any fork: no TLS material to reach agents with, or a

@@ -34,7 +34,6 @@ on (powers the host on, say) rather than starting over blindly.
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import time
 from collections.abc import Callable
@@ -48,7 +47,8 @@ from engine_lib.protocol.errors import InvalidSpec
 from engine_lib.protocol.statuses import HostStatus
 from engine_lib.services import host_keys
 from engine_lib.services.common import audit, retry_on_conflict
-from engine_lib.services.fencing_settings import FencingPolicy, fence_agent_path
+from engine_lib.services.fence_agent import Result, power_off, power_on, resolved
+from engine_lib.services.fencing_settings import FencingPolicy
 from engine_lib.services.host_keys import HostKeyMissing
 
 log = logging.getLogger("kestrel.engine.fencing")
@@ -59,10 +59,6 @@ SOFT, FENCED, POWERED_ON = "soft", "fenced", "fenced_on"
 _COUNTED = frozenset({HostStatus.UP, HostStatus.CONNECTING, HostStatus.NON_RESPONSIVE})
 _LOST = frozenset({HostStatus.CONNECTING, HostStatus.NON_RESPONSIVE})
 
-# fence-agents exit codes (FenceAgentAPI).
-EXIT_OK = 0
-STATUS_ON, STATUS_OFF = 0, 2
-ACTIONS = ("on", "off", "reboot", "status")
 POWER_ON_RETRY_S = 60.0
 
 
@@ -107,59 +103,7 @@ def decide(policy: FencingPolicy, fence_state: str, since_change_s: float,
     return Decision(POWER_FENCE, "the agent did not come back after the soft fence")
 
 
-# -- the commands ------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Result:
-    ok: bool
-    detail: str
-
-
-def resolved(power_management: dict, config) -> dict:
-    """The power management with its agent's executable in place of its name."""
-    return {**power_management, "agent": fence_agent_path(
-        "power_management.agent", power_management.get("agent"), config)}
-
-
-def run_fence_agent(power_management: dict, action: str, timeout: float) -> tuple[int, str]:
-    """Run the host's fence agent (``resolved``) once; (exit code, its output) — -1 when it
-    could not run."""
-    if action not in ACTIONS:
-        raise ValueError(f"fence action {action!r} not in {ACTIONS}")
-    if not os.path.isabs(power_management["agent"]):
-        raise ValueError(f"fence agent {power_management['agent']!r} was not resolved")
-    lines = [f"action={action}"] + [f"{k}={v}" for k, v in power_management["options"].items()]
-    try:
-        done = subprocess.run([power_management["agent"]], input="\n".join(lines) + "\n",
-                              capture_output=True, text=True, timeout=timeout, check=False)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        return -1, str(err)
-    return done.returncode, (done.stderr or done.stdout or "").strip()[-500:]
-
-
-def power_off(power_management: dict, timeout: float, poll_s: float = 0.5) -> Result:
-    """``off``, then ``status`` until the agent says off: only that is proof."""
-    agent = os.path.basename(power_management["agent"])
-    deadline = time.monotonic() + timeout
-    code, output = run_fence_agent(power_management, "off", timeout)
-    if code != EXIT_OK:
-        return Result(False, f"{agent} off failed (exit {code}): {output}")
-    while True:
-        code, output = run_fence_agent(power_management, "status",
-                                       max(1.0, deadline - time.monotonic()))
-        if code == STATUS_OFF:
-            return Result(True, f"power off confirmed by {agent} status")
-        if time.monotonic() > deadline:
-            return Result(False, f"{agent} status did not say off within {timeout:.0f}s "
-                          f"(last exit {code}: {output})")
-        time.sleep(poll_s)
-
-
-def power_on(power_management: dict, timeout: float) -> Result:
-    code, output = run_fence_agent(power_management, "on", timeout)
-    agent = os.path.basename(power_management["agent"])
-    return Result(code == EXIT_OK, f"{agent} on: exit {code}{': ' + output if output else ''}")
-
+# -- soft fence ------------------------------------------------------------------------------
 
 def soft_fence(address: str, command: str, ssh_key: str, timeout: float,
                host_key_options: list[str]) -> Result:

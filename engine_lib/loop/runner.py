@@ -15,11 +15,13 @@
    in a thread of its own again);
 5. reconciling volumes left locked by an upload whose agent job is gone (an agent
    restarted, a writer killed), at start and at the host interval;
-6. the statistics history's rollups and retention, at start and then hourly, in a
-   thread of its own;
-7. checking the HA reservation of the clusters that keep one, every minute, in a
+6. checking the HA reservation of the clusters that keep one, every minute, in a
    thread of its own (it reads only the database);
-8. the Monitor, in the caller's thread: heartbeats and VM polls, each host's in
+7. power saving (hosts parked, switched off and back on through their power
+   management), in a thread of its own every ``power_saving_interval_s``;
+8. the statistics history's rollups and retention, at start and then hourly, in a
+   thread of its own;
+9. the Monitor, in the caller's thread: heartbeats and VM polls, each host's in
    a thread of its own.
 
 So no pass waits for another, and a host whose agent hangs delays only what
@@ -40,6 +42,7 @@ from engine_lib.loop import balancer, ha_reservation, stats_rollup
 from engine_lib.loop.event_follower import EventFollower
 from engine_lib.loop.ha import HighAvailability
 from engine_lib.loop.monitoring import Intervals, Monitor
+from engine_lib.loop.power_saving import PowerSaving
 from engine_lib.services import actor
 
 log = logging.getLogger("kestrel.engine.loop")
@@ -55,8 +58,10 @@ class Settings:
     balance_max_migrations: int = 1  # per cluster per round
     ha: bool = True  # False: no fencing and no HA restarts (monitoring only)
     ssh_key: str | None = None  # for soft fencing; None: the engine's own key
-    stats_rollup_interval_s: float = stats_rollup.INTERVAL_S
     ha_reservation_interval_s: float = ha_reservation.INTERVAL_S
+    # Seconds between power saving rounds (its grace periods are minutes); 0 turns it off.
+    power_saving_interval_s: float = 60.0
+    stats_rollup_interval_s: float = stats_rollup.INTERVAL_S
 
 
 def run(engine, settings: Settings, stop: threading.Event) -> None:
@@ -81,11 +86,15 @@ def _run(engine, settings: Settings, stop: threading.Event) -> None:
     threads.append(threading.Thread(target=every, args=(
         host_s, engine.images.reconcile, stop), name="volumes", daemon=True))
     threads.append(threading.Thread(target=every, args=(
-        settings.stats_rollup_interval_s, stats_rollup.StatsRollup(engine).cycle, stop),
-        name="stats-rollup", daemon=True))
-    threads.append(threading.Thread(target=every, args=(
         settings.ha_reservation_interval_s, ha_reservation.ReservationCheck(engine).cycle,
         stop), name="ha-reservation", daemon=True))
+    threads.append(threading.Thread(target=every, args=(
+        settings.stats_rollup_interval_s, stats_rollup.StatsRollup(engine).cycle, stop),
+        name="stats-rollup", daemon=True))
+    if settings.power_saving_interval_s > 0:
+        threads.append(threading.Thread(target=every, args=(
+            settings.power_saving_interval_s, PowerSaving(engine).cycle, stop),
+            name="power-saving", daemon=True))
     if settings.ha:
         # A pass never waits for fencing: what a fence proves is acted on next pass.
         ha = HighAvailability(engine, settings.ssh_key, fence_wait_s=0)

@@ -79,11 +79,13 @@ class NoValidHost(KestrelError):
     code = "NoValidHost"
     http_status = 409
 
-    def __init__(self, vm: str, explanation: dict[str, Any]) -> None:
+    def __init__(self, vm: str, explanation: dict[str, Any], note: str = "") -> None:
+        """``note``: what the engine does about it (a host being powered on, say)."""
         reasons = "; ".join(
             f"{host}: {reason}" for host, reason in explanation.get("filtered", {}).items()
         ) or "the cluster has no hosts"
-        super().__init__(f"no host can run VM '{vm}' ({reasons})", explanation=explanation)
+        super().__init__(f"no host can run VM '{vm}' ({reasons})" + (f"; {note}" if note else ""),
+                         explanation=explanation)
         self.explanation = explanation
 
 

@@ -48,3 +48,13 @@ class HostStatus(StrEnum):
 
     # An operator put the host here: a heartbeat or re-registering does not make it Up.
     HELD = nonmember(frozenset({MAINTENANCE, PREPARING_FOR_MAINTENANCE}))
+
+
+class PowerSavingState(StrEnum):
+    """How far power saving got with a host it powers down or up (``hosts.power_saving``)."""
+
+    NONE = ""  # the engine leaves its power alone
+    PARKED = "maintenance"  # in Maintenance, switched off once the grace period ends
+    STOPPING = "stopping"  # its fence agent is switching it off: no activation meanwhile
+    OFF = "off"  # switched off, confirmed by its fence agent's status
+    STARTING = "starting"  # switched on for capacity: activated once its agent answers

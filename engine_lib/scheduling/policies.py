@@ -49,6 +49,12 @@ P_HIGH_VMS = Parameter("high_vm_count", 10, 1, 100000,
 P_THRESHOLD = Parameter("migration_threshold", 5, 1, 100000,
                         "VM count difference between the fullest and the emptiest host that "
                         "starts a migration")
+# oVirt's automatic host power management under power_saving (engine_lib.loop.power_saving).
+P_AUTO_PM = Parameter("enable_automatic_host_power_management", 0, 0, 1,
+                      "1: empty hosts beyond hosts_in_reserve go to maintenance and are powered "
+                      "off through their power management, and on again when capacity is needed")
+P_GRACE = Parameter("host_power_off_grace_minutes", 10, 0, 1440,
+                    "minutes an emptied host waits in maintenance before it is powered off")
 
 
 @dataclass(frozen=True)
@@ -119,7 +125,8 @@ POLICIES: dict[str, Policy] = {p.name: p for p in (
     Policy("power_saving", "pack VMs on few hosts; empty hosts under the low threshold so they "
            "can be powered down, relieve hosts above the high one",
            COMMON_FILTERS, (("power_cpu", 1.0), ("power_memory", 1.0)) + AFFINITY_WEIGHTS,
-           "power_saving", (P_LOW, P_HIGH, P_DURATION, P_RESERVE, P_COOLDOWN)),
+           "power_saving", (P_LOW, P_HIGH, P_DURATION, P_RESERVE, P_COOLDOWN, P_AUTO_PM,
+                            P_GRACE)),
     Policy("vm_evenly_distributed", "spread the number of VMs evenly across hosts",
            COMMON_FILTERS, (("vm_count_even", 1.0), ("memory_even", 0.5)) + AFFINITY_WEIGHTS,
            "vm_evenly_distributed", (P_HIGH_VMS, P_THRESHOLD)),

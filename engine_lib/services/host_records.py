@@ -52,6 +52,8 @@ def host_dict(host: Host) -> dict:
         "power_management": redacted_pm(host.power_management),
         "soft_fence_command": host.soft_fence_command,
         "fence_state": host.fence_state,
+        # How far power saving got with the host (statuses.PowerSavingState; "" = not at all).
+        "power_saving": host.power_saving,
         # What the agent serves from its storage domains, and the agent build the engine
         # last installed there (services.host_deploy).
         "storage_domains": host.storage_domains,

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 
 from sqlalchemy import select
 
-from engine_lib.model import Host, Vm
+from engine_lib.model import Host, Vm, utcnow
 from engine_lib.protocol.errors import (
     Cancelled,
     Conflict,
@@ -33,7 +33,7 @@ from engine_lib.protocol.errors import (
     KestrelError,
     NoValidHost,
 )
-from engine_lib.protocol.statuses import HostStatus, VmStatus
+from engine_lib.protocol.statuses import HostStatus, PowerSavingState, VmStatus
 from engine_lib.scheduling import HostTable, place
 from engine_lib.services import cluster_facts, job_context
 from engine_lib.services.common import audit, get_host, retry_on_conflict
@@ -243,9 +243,14 @@ def leave(engine, name: str, *, check_mode: bool = False) -> Outcome:
 def _activate(engine, name: str, capabilities: dict, check_mode: bool) -> Outcome:
     with engine.store.transaction(commit=not check_mode) as session:
         host = get_host(session, name)
+        if host.power_saving == PowerSavingState.STOPPING:
+            raise Conflict(f"host '{name}' is being powered off by power saving; activate it "
+                           "once that ended", host=name, power_saving=host.power_saving)
         previous = host.status
         record_capabilities(host, capabilities)
         host.status = HostStatus.UP
+        if host.power_saving:  # up by an operator or for capacity: power saving lets go
+            host.power_saving, host.power_saving_at = PowerSavingState.NONE, utcnow()
         audit(session, "host", name, f"host activated: Up (was {previous})")
         return Outcome(previous != HostStatus.UP, _entity(host, []),
                        {"before": _state(previous, []), "after": _state(HostStatus.UP, [])})

@@ -284,14 +284,25 @@ class VmService:
         job.progress(0, "scheduling")
         job_context.check_cancelled(f"start of VM '{name}' before it was scheduled; nothing "
                                     "was changed")
-        with self.engine.store.transaction() as session:
-            vm = get_vm(session, name)
-            if vm.launch_unconfirmed or vm.status not in _STARTABLE:
-                raise _awaiting_host(name, vm_dict(vm))
-            custom_properties.check_vm(vm, starting=True)  # the cluster's list may have changed
-            host, placement = self._place(session, vm)
-            xml, vm_id = render(vm), vm.id
-            memory = dict(vm.memory_volume) if vm.memory_volume else None
+        try:
+            with self.engine.store.transaction() as session:
+                vm = get_vm(session, name)
+                if vm.launch_unconfirmed or vm.status not in _STARTABLE:
+                    raise _awaiting_host(name, vm_dict(vm))
+                custom_properties.check_vm(vm, starting=True)  # the cluster's list may change
+                cluster = vm.cluster.name
+                host, placement = self._place(session, vm)
+                xml, vm_id = render(vm), vm.id
+                memory = dict(vm.memory_volume) if vm.memory_volume else None
+        except NoValidHost as err:
+            # A host power saving switched off may take it: bring one back (outside the
+            # transaction, which held the cluster lock), and say so.
+            powering = self.engine.power_saving.request_capacity(
+                cluster, f"no host can start VM '{name}'")
+            if powering is None:
+                raise
+            raise NoValidHost(name, err.explanation, note=f"host {powering} is being brought "
+                              "back by power saving; the VM can start once it is Up") from None
         client = self._client(host)
         job.progress(20, f"starting on host {host.name}")
         try:

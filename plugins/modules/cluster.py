@@ -68,6 +68,10 @@ options:
       - Values for the policy's parameters, for example C(high_utilization=75) in YAML mapping
         form; a parameter not given keeps the policy's default.
       - Changing O(scheduling_policy) without this option starts the new policy from its defaults.
+      - With V(power_saving), C(enable_automatic_host_power_management=1) powers down empty hosts
+        beyond C(hosts_in_reserve) through their power management, after
+        C(host_power_off_grace_minutes) in maintenance, and powers one back up when capacity is
+        needed (a VM or HA restart no host can take, every host over C(high_utilization)).
     type: dict
   migration_policy:
     description:
@@ -207,6 +211,15 @@ EXAMPLES = r"""
     scheduling_policy_properties:
       high_utilization: 75
       cpu_overcommit_duration_minutes: 5
+
+- name: Pack VMs on few hosts; power empty hosts down through their fence agents, one spare kept up
+  kestrel.virt.cluster:
+    name: production
+    scheduling_policy: power_saving
+    scheduling_policy_properties:
+      enable_automatic_host_power_management: 1
+      hosts_in_reserve: 1
+      host_power_off_grace_minutes: 10
 
 - name: Let hosts short of memory shrink VM balloons down to each VM's guarantee
   kestrel.virt.cluster:

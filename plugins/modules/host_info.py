@@ -124,6 +124,16 @@ hosts:
           is recorded (the engine then does not log in to the host).
       type: list
       elements: str
+    power_saving:
+      description:
+        - How far the power_saving policy's automatic host power management got with the host
+          (the policy's C(enable_automatic_host_power_management)); empty when it left the host
+          alone.
+        - V(maintenance) parked in Maintenance and powered off once the grace period ends,
+          V(stopping) being powered off, V(off) powered off through its power management,
+          V(starting) powered on for capacity and activated once its agent answers.
+      type: str
+      sample: ""
     ha_reservation:
       description:
         - The HA reservation of the host's cluster (M(kestrel.virt.cluster)'s

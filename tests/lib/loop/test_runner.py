@@ -31,7 +31,8 @@ def _run(engine, settings):
     stop.set()
     runner.run(engine, settings, stop)
     for thread in threading.enumerate():
-        if thread.name in ("migrations", "ha", "volumes", "stats-rollup", "ha-reservation"):
+        if thread.name in ("migrations", "ha", "volumes", "ha-reservation", "stats-rollup",
+                           "power-saving"):
             thread.join(10)
 
 
@@ -40,17 +41,18 @@ def test_migrations_and_ha_run_beside_the_monitor_at_the_host_interval(engine, s
     assert started["intervals"] == Intervals(host_s=0.5)
     assert started["every"] == {("migrations", 0.5, "MigrationService.active"),
                                 ("volumes", 0.5, "ImageService.reconcile"),
+                                ("power-saving", 60.0, "PowerSaving.cycle"),
                                 ("ha", 0.5, "HighAvailability.cycle"),
-                                ("stats-rollup", 3600.0, "StatsRollup.cycle"),
-                                ("ha-reservation", 60.0, "ReservationCheck.cycle")}
+                                ("ha-reservation", 60.0, "ReservationCheck.cycle"),
+                                ("stats-rollup", 3600.0, "StatsRollup.cycle")}
 
 
 def test_without_ha_no_fencing_pass_runs(engine, started):
-    _run(engine, runner.Settings(ha=False, balance_interval_s=0))
+    _run(engine, runner.Settings(ha=False, balance_interval_s=0, power_saving_interval_s=0))
     assert started["every"] == {("migrations", 3.0, "MigrationService.active"),
                                 ("volumes", 3.0, "ImageService.reconcile"),
-                                ("stats-rollup", 3600.0, "StatsRollup.cycle"),
-                                ("ha-reservation", 60.0, "ReservationCheck.cycle")}
+                                ("ha-reservation", 60.0, "ReservationCheck.cycle"),
+                                ("stats-rollup", 3600.0, "StatsRollup.cycle")}
 
 
 def test_the_loop_and_the_threads_it_starts_act_as_the_engine(engine, monkeypatch):
