@@ -71,7 +71,8 @@ class StatsService:
         """Current figures and the history of a window (any two of since, until and
         period; by default the last 24h), oldest sample first."""
         _kind(kind)
-        span = window(utcnow(), period=period, since=since, until=until, resolution=resolution)
+        span = window(utcnow().replace(microsecond=0), period=period, since=since, until=until,
+                      resolution=resolution)
         with self.engine.store.transaction(commit=False) as session:
             object_id = self._object_id(session, kind, name)
             current = current_by_id(session, kind, [object_id]).get(object_id, {})
