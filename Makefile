@@ -19,7 +19,7 @@ $(BIN)/kestrel: pyproject.toml lab/pyproject.toml requirements-dev.txt
 	@echo "==> Python environment in .venv"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/pip install -q --upgrade pip
-	@$(BIN)/pip install -q -r requirements-dev.txt -e . -e lab
+	@$(BIN)/pip install -q -r requirements-dev.txt -e '.[plot]' -e lab
 	@touch $@
 
 venv: $(BIN)/kestrel

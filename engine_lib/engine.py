@@ -25,6 +25,7 @@ from engine_lib.services.migrations import MigrationService
 from engine_lib.services.networks import NetworkService
 from engine_lib.services.permissions import PermissionService
 from engine_lib.services.power_saving import PowerSavingService
+from engine_lib.services.stats import StatsService
 from engine_lib.services.storage_domains import StorageDomainService
 from engine_lib.services.templates import TemplateService
 from engine_lib.services.tokens import TokenService
@@ -73,6 +74,7 @@ class Engine:
         self.groups = GroupService(self)
         self.permissions = PermissionService(self)
         self.tokens = TokenService(self)
+        self.stats = StatsService(self)
 
     @classmethod
     def open(cls, engine_dir: str | None = None, db_url: str | None = None,

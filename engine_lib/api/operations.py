@@ -146,6 +146,8 @@ CATALOG: tuple[Operation, ...] = (
         on("host.maintenance", "host", "name"), "Activate a host", long=True),
     _op("hosts.reinstall", "POST", "/hosts/{name}/reinstall", on("host.edit", "host", "name"),
         "Reinstall a host", long=True),
+    _op("stats.host", "GET", "/hosts/{name}/statistics", on("read", "host", "name"),
+        "A host's current figures and their history", returns="value"),
     # VMs
     _op("vms.info", "GET", "/vms", _FILTERED, "List VMs", returns="page", visible="vm", status=True),
     # Create, change, power and remove in one: the service checks what applies.
@@ -155,6 +157,8 @@ CATALOG: tuple[Operation, ...] = (
         "A VM's domain XML", returns="text"),
     _op("vms.console", "GET", "/vms/{name}/console", on("vm.console", "vm", "name"),
         "The tail of a VM's serial console", returns="text"),
+    _op("stats.vm", "GET", "/vms/{name}/statistics", on("read", "vm", "name"),
+        "A VM's current figures and their history", returns="value"),
     _op("migrations.migrate", "POST", "/vms/{vm}/migrate", on("vm.migrate", "vm", "vm"),
         "Migrate a VM", long=True),
     _op("migrations.cancel", "DELETE", "/vms/{vm}/migration", on("vm.migrate", "vm", "vm"),

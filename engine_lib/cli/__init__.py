@@ -1,8 +1,9 @@
 """The ``kestrel`` command: the engine, its clusters, hosts and VMs, and offline tools.
 
 One module per family of subcommands: engine (init, ssh-key, sign-csr, run, events),
-entities (cluster, host, vm), users (user, token: access to the engine API), offline
-(schedule, xml render, devices match) and agent (the agent's wheel). The agent itself
+entities (cluster, host, vm), stats (a host's or VM's figures; --plot draws them),
+users (user, token: access to the engine API), offline (schedule, xml render, devices
+match) and agent (the agent's wheel). The agent itself
 runs as ``kestrel-agent``; the test lab as ``kestrel-lab``.
 """
 
@@ -40,6 +41,7 @@ from engine_lib.cli.entities import (
     vm_xml,
 )
 from engine_lib.cli.offline import devices_match, schedule, xml_render
+from engine_lib.cli.stats import stats
 from engine_lib.cli.templates import template_create, template_list, template_remove
 from engine_lib.cli.users import add_parsers as add_access_parsers
 from engine_lib.protocol.errors import InvalidSpec, KestrelError
@@ -227,6 +229,26 @@ def build_parser() -> argparse.ArgumentParser:
                            '"local:<login>"')
     audit_log.add_argument("--limit", type=int, default=50)
     audit_log.add_argument("--json", action="store_true")
+
+    stats_cmd = groups.add_parser(
+        "stats", help="a host's or VM's current figures and their history",
+        description="A host's (or with --vm a VM's) current figures and their history over a "
+        "window (any two of --since, --until and --period; by default the last 24h): a table, "
+        "JSON, or a PNG chart of CPU and memory.")
+    stats_cmd.set_defaults(func=stats)
+    engine_options(stats_cmd)
+    stats_cmd.add_argument("name", help="the host's name (the VM's with --vm)")
+    stats_cmd.add_argument("--vm", action="store_true", help="NAME is a VM")
+    stats_cmd.add_argument("--period", help="1h, 24h, 7d, 30d, 1y... (default 24h)")
+    stats_cmd.add_argument("--since", help="ISO 8601 start (UTC unless it names a zone)")
+    stats_cmd.add_argument("--until", help="ISO 8601 end (default: now)")
+    stats_cmd.add_argument("--resolution", help="raw (a minute), hour or day (default: the "
+                           "finest kept for the window: raw up to a day, hour up to 30 days)")
+    output = stats_cmd.add_mutually_exclusive_group()
+    output.add_argument("--plot", metavar="FILE.png",
+                        help="draw CPU %% and memory over the window into this PNG "
+                        "(needs matplotlib: the plot extra)")
+    output.add_argument("--json", action="store_true")
 
     vm = groups.add_parser("vm", help="virtual machines").add_subparsers(
         dest="command", required=True)

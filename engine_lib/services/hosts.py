@@ -20,6 +20,7 @@ from engine_lib.services.maintenance import enter as enter_maintenance
 from engine_lib.services.maintenance import leave as leave_maintenance
 from engine_lib.services.results import Outcome
 from engine_lib.services.revocation import revoke_host
+from engine_lib.services.stats import with_statistics
 from engine_lib.services.storage_domains import connect_host
 from engine_lib.spec import HOSTNAME_RE, choice, positive_int, text
 from engine_lib.spec import name as check_name
@@ -141,7 +142,8 @@ class HostService:
                 query = query.where(Host.name == name)
             if cluster:
                 query = query.where(Host.cluster_id == get_cluster(session, cluster).id)
-            return [host_dict(h) for h in session.scalars(query)]
+            return with_statistics(session, "host",
+                                   [host_dict(h) for h in session.scalars(query)])
 
     def page(self, *, offset: int = 0, limit: int = listing.DEFAULT_LIMIT,
              name: str | None = None, cluster: str | None = None,
@@ -153,10 +155,12 @@ class HostService:
                 query = query.where(listing.named(Host.cluster_id, Cluster, "cluster", cluster))
             if status is not None:
                 status = choice("status", status, tuple(HostStatus))
-            return listing.page(session, query, to_dict=host_dict, offset=offset, limit=limit,
+            page = listing.page(session, query, to_dict=host_dict, offset=offset, limit=limit,
                                 name=name, name_column=Host.name, status=status,
                                 status_column=Host.status,
                                 visible=listing.readable(session, "host", visible))
+            with_statistics(session, "host", page["items"])
+            return page
 
 
 def _fencing_settings(power_management: dict | None, soft_fence_command: str | None,

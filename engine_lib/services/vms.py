@@ -59,6 +59,7 @@ from engine_lib.services.scheduling_facts import (
     placement_context,
     scheduling_request,
 )
+from engine_lib.services.stats import with_statistics
 from engine_lib.services.vm_records import VM_DICT_LOADS, vm_dict
 from engine_lib.spec import choice, normalize_vm
 from engine_lib.store import lock_cluster
@@ -481,7 +482,7 @@ class VmService:
                 query = query.where(Vm.cluster_id == get_cluster(session, cluster).id)
             if host:
                 query = query.where(Vm.run_on_host_id == get_host(session, host).id)
-            return [vm_dict(vm) for vm in session.scalars(query)]
+            return with_statistics(session, "vm", [vm_dict(vm) for vm in session.scalars(query)])
 
     def page(self, *, offset: int = 0, limit: int = listing.DEFAULT_LIMIT,
              name: str | None = None, cluster: str | None = None, host: str | None = None,
@@ -495,10 +496,12 @@ class VmService:
                 query = query.where(listing.named(Vm.run_on_host_id, Host, "host", host))
             if status is not None:
                 status = choice("status", status, tuple(VmStatus))
-            return listing.page(session, query, to_dict=vm_dict, offset=offset, limit=limit,
+            page = listing.page(session, query, to_dict=vm_dict, offset=offset, limit=limit,
                                 name=name, name_column=Vm.name, status=status,
                                 status_column=Vm.status,
                                 visible=listing.readable(session, "vm", visible))
+            with_statistics(session, "vm", page["items"])
+            return page
 
     def domain_xml(self, name: str) -> str:
         """The domain XML the engine would send for this VM (placeholders unresolved,

@@ -13,6 +13,8 @@ description:
   - List hosts with their status and the facts their agents report - CPUs,
     memory, libvirt version, bridges (logical networks), machine types, hooks,
     the storage domains the agent serves, and the agent version the engine installed.
+  - Each host's current figures (CPU, memory, load, network and disk rates) are in
+    C(statistics); M(kestrel.virt.stats_info) has their history.
   - Filters combine; without any, every host is returned.
 author:
   - kestrel.virt maintainers (@kestrel-virt)
@@ -143,6 +145,19 @@ hosts:
           the cluster's other Up hosts if it failed (null while off or before the first check).
       type: dict
       sample: {enabled: true, ok: false, checked_at: "2026-12-06T21:40:00+00:00"}
+    statistics:
+      description:
+        - The figures of the engine's last statistics poll of the host; empty before the first.
+        - C(sampled_at) (ISO 8601); C(cpu_percent) (share of all the host's CPUs; null until
+          two samples); C(memory_used_mib), C(memory_free_mib); C(load_1m), C(load_5m),
+          C(load_15m); C(net_rx_bps), C(net_tx_bps), C(disk_read_bps), C(disk_write_bps)
+          (its VMs' NICs and disks, bytes per second; null until two samples); C(running_vms).
+        - M(kestrel.virt.stats_info) has their history.
+      type: dict
+      sample: {sampled_at: "2026-12-06T18:00:03+00:00", cpu_percent: 41.7, memory_used_mib: 3012,
+               memory_free_mib: 20988, load_1m: 0.8, load_5m: 0.7, load_15m: 0.5,
+               net_rx_bps: 1200.0, net_tx_bps: 800.0, disk_read_bps: 0.0,
+               disk_write_bps: 4096.0, running_vms: 3}
 """
 
 from ansible_collections.kestrel.virt.plugins.module_utils._kestrel import KestrelModule

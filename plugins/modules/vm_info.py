@@ -96,6 +96,19 @@ vms:
           managed: true
           plugged: true
           address: {type: pci, domain: "0x0000", bus: "0x04", slot: "0x00", function: "0x0"}
+    statistics:
+      description:
+        - The figures of the engine's last statistics poll of the VM's host; empty while
+          the VM does not run and before the first poll.
+        - C(sampled_at) (ISO 8601); C(cpu_percent) (100 per busy host CPU, as top shows it;
+          null until two samples); C(memory_used_mib), C(balloon_current_mib) and
+          C(balloon_target_mib) (null without balloon figures); C(net_rx_bps), C(net_tx_bps),
+          C(disk_read_bps), C(disk_write_bps) (bytes per second; null until two samples).
+        - M(kestrel.virt.stats_info) has their history.
+      type: dict
+      sample: {sampled_at: "2026-12-06T18:00:03+00:00", cpu_percent: 97.5, memory_used_mib: 310,
+               balloon_current_mib: 512, balloon_target_mib: 512, net_rx_bps: 120.0,
+               net_tx_bps: 80.0, disk_read_bps: 0.0, disk_write_bps: 2048.0}
 """
 
 from ansible_collections.kestrel.virt.plugins.module_utils._kestrel import KestrelModule

@@ -69,6 +69,8 @@ OPERATIONS: dict[str, Case] = {
     "hosts.activate": Case("POST", "/hosts/h1/activate", ("host.maintenance", H1), _check(),
                            {}),
     "hosts.reinstall": Case("POST", "/hosts/h1/reinstall", ("host.edit", H1), _check(), {}),
+    "stats.host": Case("GET", "/hosts/h1/statistics", ("read", H1), {"period": "1h"}),
+    "stats.vm": Case("GET", "/vms/vm1/statistics", ("read", VM1), {"period": "7d"}),
     "vms.info": Case("GET", "/vms", ANY_USER),
     # A changed configuration of a Down VM: vm.edit (the service decides, in the route).
     "vms.ensure": Case("PUT", "/vms/vm1", ("vm.edit", VM1), _check(),

@@ -3,16 +3,22 @@ the same calls as the local facade, answered the same way."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 from api_server import served_api
 
 from engine_lib.client import RemoteEngine, remote
+from engine_lib.model import Vm
 from engine_lib.protocol.errors import (
     ClusterNotFound,
     InvalidSpec,
     PermissionDenied,
     Unauthenticated,
+    VmNotFound,
 )
+from engine_lib.services import stats_history
+from engine_lib.services.common import find
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +95,23 @@ def test_a_wrong_password_is_refused(api):
     with pytest.raises(Unauthenticated, match="invalid username or password"):
         RemoteEngine.connect(api.url, username=name, password="not the password!",
                              ca_file=api.ca_file)
+
+
+def test_statistics_over_the_wire_as_the_local_facade(api, admin):
+    api.engine.clusters.ensure("c-stats")
+    api.engine.vms.ensure({"name": "vm-stats", "cluster": "c-stats", "memory": "256MiB"},
+                          state="stopped")
+    with api.engine.store.transaction() as session:
+        vm_id = find(session, Vm, "vm-stats").id
+        stats_history.record_minute(session, "vm", [{"object_id": vm_id, "cpu_percent": 12.5}],
+                                    datetime.now(UTC) - timedelta(minutes=3))
+    since = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+    remote_answer = admin.stats.vm("vm-stats", since=since, period="2h")
+    assert remote_answer == api.engine.stats.vm("vm-stats", since=since, period="2h")
+    assert [s["cpu_percent"] for s in remote_answer["samples"]] == [12.5]
+    assert remote_answer["current"] == {}  # a stopped VM has no current figures
+    with pytest.raises(InvalidSpec) as invalid:
+        admin.stats.vm("vm-stats", period="a while")
+    assert invalid.value.field == "period"
+    with pytest.raises(VmNotFound, match="VM 'nope' does not exist"):
+        admin.stats.vm("nope")
