@@ -118,8 +118,12 @@ def test_stats_report_cpu_memory_disks_nics_and_the_host(agents, lab_guest, clea
     assert 0 < host["free_memory_mib"] < host["memory_mib"]
     assert first["host"]["cpu"]["idle_ns"] <= host["cpu"]["idle_ns"]
     assert host["cpu"]["percent"] is not None
+    assert len(host["load"]) == 3 and 0 < host["used_memory_mib"] < host["memory_mib"]
+    rates = ("net_rx_bps", "net_tx_bps", "disk_read_bps", "disk_write_bps")
+    assert all(host[key] >= 0 for key in rates)
 
     vm = next(vm for vm in second["vms"] if vm["id"] == vm_id)
+    assert set(vm["rates"]) == set(rates) and all(vm["rates"][key] >= 0 for key in rates)
     assert vm["status"] == "Up" and vm["state"] == "running"
     assert vm["cpu"]["time_ns"] > 0 and vm["cpu"]["percent"] is not None
     assert vm["memory"]["current_kib"] == 128 * 1024

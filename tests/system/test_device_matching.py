@@ -179,6 +179,7 @@ def test_every_device_of_a_rich_vm_is_matched_on_the_first_poll(engine, agents, 
         vm = engine.vms.ensure(rich_guest("rich"), state="running").entity
         agent = next(a for a in agents if a.name == vm["host"])
         Monitor(engine).cycle()
+        _assert_statistics_recorded(engine, vm["id"], agent.name, len(agents))
         rows = engine.vms.info("rich")[0]["devices"]
         save_golden(engine, "rich", "rich", agent.client().vm_xml(vm["id"]))
         ours = [d for d in rows if d["managed"]]
@@ -197,3 +198,19 @@ def test_every_device_of_a_rich_vm_is_matched_on_the_first_poll(engine, agents, 
                     if "unplugged" in e["message"] or "picked up" in e["message"]]
     finally:
         engine.vms.ensure({"name": "rich"}, state="absent")
+
+
+def _assert_statistics_recorded(engine, vm_id: str, host: str, hosts: int) -> None:
+    """The same VM poll (the agent's GET /stats) gave the engine the real figures."""
+    from sqlalchemy import select
+
+    from engine_lib.model import Host, HostStatistics, VmStatistics
+
+    with engine.store.transaction(commit=False) as session:
+        host_rows = session.scalars(select(HostStatistics)).all()
+        assert len(host_rows) == hosts
+        assert all(row.memory_used_mib > 0 and row.load_1m is not None for row in host_rows)
+        vm_row = session.get(VmStatistics, vm_id)
+        assert vm_row is not None and vm_row.host_id == session.scalars(
+            select(Host.id).where(Host.name == host)).one()
+        assert vm_row.memory_used_mib and vm_row.balloon_current_mib == 128
