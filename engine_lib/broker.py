@@ -130,6 +130,9 @@ class AgentApi(Protocol):
     def list_vms(self) -> list[dict]:
         raise _not_modelled(self, "list_vms")
 
+    def stats(self) -> dict:
+        raise _not_modelled(self, "stats")
+
     def start_vm(self, xml: str, mode: str = "fresh") -> dict:
         raise _not_modelled(self, "start_vm")
 
@@ -340,7 +343,8 @@ class AgentClient:
                            cap=self.list_reply_cap)["data"]
 
     def stats(self) -> dict:
-        """Host counters and every running VM's: {"host": {...}, "vms": [...]}."""
+        """The VM poll: {"host": {...}, "vms": [every VM list_vms() lists, the running
+        ones with their counters and rates]}."""
         return self._query("GET", "/stats", cap=self.list_reply_cap)
 
     def vm_stats(self, vm_id: str) -> dict:

@@ -156,9 +156,10 @@ ROUTES = (
     Route("GET", "/guests", "guests_info", "The guest-agent report of every Up VM, asked in "
           "parallel: {guests: {vm id: report as GET /vms/{id}/guest}, unavailable: {vm id: "
           "why}}. One request for the engine's VM poll instead of one per VM."),
-    Route("GET", "/stats", "stats", "Host CPU and memory, VM counts, the balloon policy's "
-          "last round, and per running VM: CPU, memory and balloon, disk and NIC counters "
-          "(one libvirt call)."),
+    Route("GET", "/stats", "stats", "The engine's VM poll: every VM GET /vms lists, each "
+          "running one with its CPU, memory and balloon, disk and NIC counters and rates "
+          "(one libvirt call for all); the host's CPU, memory, load, NIC and disk rates, VM "
+          "counts and the balloon policy's last round."),
     Route("GET", "/vms/{id}/stats", "vm_stats", "One VM's CPU, memory and balloon, disk and "
           "NIC counters."),
     Route("POST", "/vms/{id}/devices", "plug_device", "Hotplug a <disk> or <interface> "

@@ -75,6 +75,8 @@ from engine_lib.protocol.errors import (
 log = logging.getLogger("kestrel.agent.vms")
 
 MiB = 1024 * 1024
+# What GET /stats adds to a running VM's GET /vms entry (engine_lib.agent.stats).
+_COUNTERS = ("cpu", "memory", "disks", "nics", "rates")
 START_MODES = ("fresh", "incoming")
 _POLL = 0.2
 # A guest that is still booting (or busy) may miss a power button press, as
@@ -581,27 +583,39 @@ class Hypervisor:
     # -- statistics ----------------------------------------------------------------
 
     def stats(self) -> dict:
-        """Host counters and those of every running VM in the registry, in one libvirt call."""
+        """The engine's VM poll in one request: every VM GET /vms lists, each running one
+        with its counters and rates (one getAllDomainStats call for them all), and the
+        host's figures."""
         conn = self.connection()
+        first_poll = self._sampler.first_poll()
         with libvirt_errors("collect statistics"):
             records = conn.getAllDomainStats(
                 stats.GROUPS, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE)
             cpu = conn.getCPUStats(libvirt.VIR_NODE_CPU_STATS_ALL_CPUS)
             memory_mib = conn.getInfo()[1]
             free_mib = conn.getFreeMemory() // MiB
-        ours = [(dom, raw) for dom, raw in records if dom.UUIDString() in self.registry]
-        self._sampler.forget_others({dom.UUIDString() for dom, _ in ours})
+            available_kib, total_kib = ballooning.host_memory_kib(conn)
+        running = {dom.UUIDString(): self._vm_stats(dom, raw) for dom, raw in records
+                   if dom.UUIDString() in self.registry}
+        self._sampler.forget_others(set(running))
+        # Status as GET /vms has it; a VM that stopped meanwhile keeps no counters.
+        vms = [{**vm, **{key: running[vm["id"]][key] for key in _COUNTERS}}
+               if vm["id"] in running else vm for vm in self.list_vms()]
         host = {
             "cpu": {"user_ns": cpu.get("user"), "kernel_ns": cpu.get("kernel"),
                     "idle_ns": cpu.get("idle"), "iowait_ns": cpu.get("iowait"),
                     "percent": self._host_cpu.percent()},
             "memory_mib": memory_mib,
             "free_memory_mib": free_mib,
+            # Page cache and buffers are not used: the kernel gives them back on demand.
+            "used_memory_mib": max(0, (total_kib - available_kib) // 1024),
+            "load": [round(load, 2) for load in os.getloadavg()],
+            **stats.host_rates(first_poll, (vm["rates"] for vm in running.values())),
             "running_vms": len(records),
             "vm_count": len(self.registry.all()),
             "ballooning": self.ballooning.report(),
         }
-        return {"host": host, "vms": [self._vm_stats(dom, raw) for dom, raw in ours]}
+        return {"host": host, "vms": vms}
 
     def _node_cpu_times(self) -> dict[str, int]:
         with libvirt_errors("read the host's CPU times"):
@@ -626,6 +640,7 @@ class Hypervisor:
                   "state": states.state_name(state), **stats.vm_stats(raw)}
         if "cpu.time" in raw:
             report["cpu"]["percent"] = self._sampler.vm_cpu_percent(vm_id, raw["cpu.time"])
+        report["rates"] = self._sampler.vm_rates(vm_id, stats.io_counters(report))
         report["devices_hash"] = self._devices_hashes.get(dom)
         target = self.ballooning.target_kib(vm_id)
         if target is not None:

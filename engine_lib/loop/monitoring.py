@@ -13,6 +13,9 @@ never another host's heartbeat; it is skipped until its check returns.
 Every status transition is recorded in the audit log. A VM's status follows
 the rule of engine_lib.loop.vm_status, which the event follower applies too.
 
+The VM poll is the agent's ``GET /stats``: the statuses, and the figures of the
+host and its VMs, which engine_lib.loop.statistics records.
+
 Device matching rides on the VM poll: the agent reports a hash of each VM's
 devices; when it differs from the hash last matched, the engine reads the
 live domain XML and correlates it with the database (engine_lib.devices).
@@ -32,7 +35,7 @@ from sqlalchemy import select
 from sqlalchemy.orm.exc import StaleDataError
 
 from engine_lib import devices
-from engine_lib.loop import guest_info, vm_status
+from engine_lib.loop import guest_info, statistics, vm_status
 from engine_lib.loop.host_tasks import HostTasks
 from engine_lib.loop.vm_status import Report, forget_on_host
 from engine_lib.model import Host, Vm
@@ -162,11 +165,13 @@ class Monitor:
         # wrote it) is judged next cycle, from a report newer than that change. oVirt's
         # monitoring skips reports older than a VM's last change for the same reason.
         versions_before = self._vm_versions(ref.name)
-        try:
-            reported = {vm["id"]: vm for vm in self.engine.agent(ref.address, ref.port).list_vms()}
+        try:  # one request: the VMs' statuses and the statistics of the host and its VMs
+            polled = self.engine.agent(ref.address, ref.port).stats()
         except KestrelError as err:
-            log.warning("could not list the VMs of host %s: %s", ref.name, err.message)
+            log.warning("could not poll the VMs of host %s: %s", ref.name, err.message)
             return
+        self._record_statistics(ref.name, polled)
+        reported = {vm["id"]: vm for vm in polled["vms"]}
         changed_devices: list[tuple[str, str]] = []
         went_down: list[str] = []
         ours: set[str] = set()
@@ -204,6 +209,15 @@ class Monitor:
             self._match_devices(ref, vm_id, devices_hash)
         guest_info.refresh(self.engine, ref, [vm_id for vm_id, report in reported.items()
                                               if report.get("status") == VmStatus.UP])
+
+    def _record_statistics(self, host_name: str, polled: dict) -> None:
+        """Figures in a transaction of their own: the status sync never waits on them,
+        and a failure to record them must not stop it."""
+        try:
+            with self.engine.store.transaction() as session:
+                statistics.record(session, _host(session, host_name), polled, self.clock())
+        except Exception:
+            log.exception("could not record the statistics of host %s", host_name)
 
     def _vm_versions(self, host_name: str) -> dict[str, int]:
         with self.engine.store.transaction(commit=False) as session:

@@ -15,7 +15,9 @@
    in a thread of its own again);
 5. reconciling volumes left locked by an upload whose agent job is gone (an agent
    restarted, a writer killed), at start and at the host interval;
-6. the Monitor, in the caller's thread: heartbeats and VM polls, each host's in
+6. the statistics history's rollups and retention, at start and then hourly, in a
+   thread of its own;
+7. the Monitor, in the caller's thread: heartbeats and VM polls, each host's in
    a thread of its own.
 
 So no pass waits for another, and a host whose agent hangs delays only what
@@ -32,7 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from engine_lib.loop import balancer
+from engine_lib.loop import balancer, stats_rollup
 from engine_lib.loop.event_follower import EventFollower
 from engine_lib.loop.ha import HighAvailability
 from engine_lib.loop.monitoring import Intervals, Monitor
@@ -51,6 +53,7 @@ class Settings:
     balance_max_migrations: int = 1  # per cluster per round
     ha: bool = True  # False: no fencing and no HA restarts (monitoring only)
     ssh_key: str | None = None  # for soft fencing; None: the engine's own key
+    stats_rollup_interval_s: float = stats_rollup.INTERVAL_S
 
 
 def run(engine, settings: Settings, stop: threading.Event) -> None:
@@ -74,6 +77,9 @@ def _run(engine, settings: Settings, stop: threading.Event) -> None:
                                     name="migrations", daemon=True))
     threads.append(threading.Thread(target=every, args=(
         host_s, engine.images.reconcile, stop), name="volumes", daemon=True))
+    threads.append(threading.Thread(target=every, args=(
+        settings.stats_rollup_interval_s, stats_rollup.StatsRollup(engine).cycle, stop),
+        name="stats-rollup", daemon=True))
     if settings.ha:
         # A pass never waits for fencing: what a fence proves is acted on next pass.
         ha = HighAvailability(engine, settings.ssh_key, fence_wait_s=0)

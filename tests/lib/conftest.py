@@ -78,6 +78,24 @@ class FakeAgent(AgentApi):
         self._check()
         return [{"id": vm_id, "status": status} for vm_id, status in self.vms.items()]
 
+    def stats(self):
+        """The VM poll: what list_vms() lists (subclasses overriding it stay in step), each
+        running VM with ``vm_counters[id]`` (default: no figures yet), the host with
+        ``host_stats`` over figures of an idle host."""
+        vms = self.list_vms()
+        counters = getattr(self, "vm_counters", {})
+        fresh = {"cpu": {"percent": None}, "memory": {}, "disks": [], "nics": [],
+                 "rates": dict.fromkeys(("net_rx_bps", "net_tx_bps", "disk_read_bps",
+                                         "disk_write_bps"))}
+        running = [vm for vm in vms if vm.get("status") in ("Up", "Paused")]
+        host = {"cpu": {"percent": None}, "memory_mib": self.memory_mib,
+                "free_memory_mib": self.memory_mib, "used_memory_mib": 0,
+                "load": [0.0, 0.0, 0.0], "running_vms": len(running), "vm_count": len(vms),
+                **getattr(self, "host_stats", {})}
+        return {"host": host,
+                "vms": [{**vm, **counters.get(vm["id"], fresh)} if vm in running else vm
+                        for vm in vms]}
+
     def vm_xml(self, vm_id):
         self._check()
         return self.last_xml

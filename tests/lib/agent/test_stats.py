@@ -101,3 +101,83 @@ def test_host_stats_count_vms_and_report_only_the_agents_own(hv):
         assert hv.vm_stats(vm_id)["id"] == vm_id
     finally:
         hv.destroy(vm_id)
+
+
+def test_vm_rates_are_bytes_per_second_since_the_previous_sample(monkeypatch):
+    clock = iter([100.0, 102.0, 104.0])
+    monkeypatch.setattr(stats.time, "monotonic", lambda: next(clock))
+    sampler = stats.Sampler()
+    assert sampler.vm_rates("a", (1000, 0, 5000, 0)) == dict.fromkeys(stats.RATES)
+    assert sampler.vm_rates("a", (3000, 400, 9000, 2000)) == {
+        "net_rx_bps": 1000.0, "net_tx_bps": 200.0, "disk_read_bps": 2000.0,
+        "disk_write_bps": 1000.0}
+    # A NIC unplugged: its bytes leave the sum, which is no negative traffic.
+    assert sampler.vm_rates("a", (0, 400, 9000, 2000))["net_rx_bps"] == 0.0
+
+
+def test_io_counters_sum_a_vms_nics_and_disks():
+    report = stats.vm_stats({**RAW, "net.count": 2, "net.1.rx.bytes": 500, "net.1.tx.bytes": 100,
+                             "block.count": 2, "block.1.rd.bytes": 1000,
+                             "block.1.wr.bytes": 4})
+    assert stats.io_counters(report) == (2000, 1000, 2_001_000, 4100)
+
+
+def test_host_rates_sum_the_vms_and_are_unknown_on_the_first_poll():
+    vms = [{"net_rx_bps": 10.0, "net_tx_bps": 1.0, "disk_read_bps": 5.0, "disk_write_bps": 0.0},
+           dict.fromkeys(stats.RATES)]  # a VM new since the last poll adds nothing
+    assert stats.host_rates(True, vms) == dict.fromkeys(stats.RATES)
+    assert stats.host_rates(False, vms) == {"net_rx_bps": 10.0, "net_tx_bps": 1.0,
+                                            "disk_read_bps": 5.0, "disk_write_bps": 0.0}
+    assert stats.host_rates(False, []) == dict.fromkeys(stats.RATES, 0.0)
+
+
+def _start(hv, name: str) -> str:
+    from engine_lib.protocol import metadata
+
+    vm_id = str(uuid.uuid4())
+    hv.start(f"<domain type='test'><name>{name}</name><uuid>{vm_id}</uuid>"
+             f"<metadata><kestrel:vm xmlns:kestrel='{metadata.NAMESPACE}'/></metadata>"
+             "<memory unit='MiB'>64</memory><os><type>hvm</type></os></domain>")
+    return vm_id
+
+
+class CountingConnection:
+    """A libvirt connection that counts the calls made through it."""
+
+    def __init__(self, conn):
+        self._conn, self.calls = conn, []
+
+    def __getattr__(self, name):
+        self.calls.append(name)
+        return getattr(self._conn, name)
+
+
+def test_the_stats_poll_lists_every_vm_with_the_counters_of_the_running_ones(hv, monkeypatch):
+    up, down = _start(hv, "st-up"), _start(hv, "st-down")
+    hv.destroy(down)  # Down in the registry, as GET /vms lists it
+    try:
+        conn = CountingConnection(hv.connection())
+        monkeypatch.setattr(hv, "connection", lambda: conn)
+        first = hv.stats()
+        # One libvirt call for every VM's counters, none per VM.
+        assert conn.calls.count("getAllDomainStats") == 1
+        assert not {"domainListGetStats", "memoryStats"} & set(conn.calls)
+        vms = {vm["id"]: vm for vm in first["vms"]}
+        assert list(vms) == [vm["id"] for vm in hv.list_vms()]
+        listed = {vm["id"]: vm for vm in hv.list_vms()}
+        assert set(vms[down]) == set(listed[down])  # no counters when Down
+        assert vms[down]["status"] == "Down" and "cpu" not in vms[down]
+        assert set(listed[up]) <= set(vms[up])  # GET /vms' keys, then the counters
+        assert {"cpu", "memory", "disks", "nics", "rates"} <= set(vms[up])
+        assert vms[up]["rates"] == dict.fromkeys(stats.RATES)  # nothing to compare yet
+        host = first["host"]
+        assert len(host["load"]) == 3 and all(isinstance(x, float) for x in host["load"])
+        assert 0 <= host["used_memory_mib"] <= host["memory_mib"]
+        assert {host[key] for key in stats.RATES} == {None}
+
+        second = hv.stats()
+        up_vm = next(vm for vm in second["vms"] if vm["id"] == up)
+        assert set(up_vm["rates"].values()) == {0.0}  # the test driver's VM moves no bytes
+        assert {second["host"][key] for key in stats.RATES} == {0.0}
+    finally:
+        hv.destroy(up)

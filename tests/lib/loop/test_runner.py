@@ -31,7 +31,7 @@ def _run(engine, settings):
     stop.set()
     runner.run(engine, settings, stop)
     for thread in threading.enumerate():
-        if thread.name in ("migrations", "ha", "volumes"):
+        if thread.name in ("migrations", "ha", "volumes", "stats-rollup"):
             thread.join(10)
 
 
@@ -40,13 +40,15 @@ def test_migrations_and_ha_run_beside_the_monitor_at_the_host_interval(engine, s
     assert started["intervals"] == Intervals(host_s=0.5)
     assert started["every"] == {("migrations", 0.5, "MigrationService.active"),
                                 ("volumes", 0.5, "ImageService.reconcile"),
-                                ("ha", 0.5, "HighAvailability.cycle")}
+                                ("ha", 0.5, "HighAvailability.cycle"),
+                                ("stats-rollup", 3600.0, "StatsRollup.cycle")}
 
 
-def test_without_ha_only_migrations_are_settled(engine, started):
+def test_without_ha_no_fencing_pass_runs(engine, started):
     _run(engine, runner.Settings(ha=False, balance_interval_s=0))
     assert started["every"] == {("migrations", 3.0, "MigrationService.active"),
-                                ("volumes", 3.0, "ImageService.reconcile")}
+                                ("volumes", 3.0, "ImageService.reconcile"),
+                                ("stats-rollup", 3600.0, "StatsRollup.cycle")}
 
 
 def test_the_loop_and_the_threads_it_starts_act_as_the_engine(engine, monkeypatch):
