@@ -3,7 +3,7 @@
 The lab hosts share this machine's CPUs, so the node's counters would show
 every host the load of all of them; their agents read their own cgroups
 (``[statistics] cpu_accounting = cgroup``). The burning guest boots with
-``idle=poll`` (kestrel_lab.guest.BURN_CMDLINE): its vCPU spins from boot on.
+``idle=poll`` (kestrel_lab.guest.BURN_CMDLINE): its vCPUs spin from boot on.
 """
 
 from __future__ import annotations
@@ -23,11 +23,12 @@ pytestmark = pytest.mark.lab
 # A CPU share is a measurement over time: the agents compare two samples this far apart.
 WINDOW_S = 3.0
 # Percent of a host's CPUs. The machine is shared (tests of up to 8 people at once), so a
-# burning vCPU gets anything from a fifth to all of one CPU: h1 is judged by its own
+# burning vCPU gets anything from a tenth to all of one CPU: h1 is judged by its own
 # VM's figure over the same window and against h2, h2 against an absolute bound.
 IDLE = 10.0
 # An idle tiny guest uses a few percent of a CPU once its init has loaded its modules.
 SETTLED = 5.0
+
 
 @pytest.fixture
 def lab_vms(engine, agents, lab_guest):
