@@ -5,10 +5,10 @@ here: every group costs QEMU monitor round trips per VM (all groups for 30
 idle VMs take about 0.34 s here, state + CPU about 0.06 s), so VCPU, perf,
 dirty-rate and the rest are never requested.
 
-Counters are cumulative as libvirt gives them; VM CPU percentages and rates (NIC
-and disk bytes per second) are computed against this agent's previous sample, as
-VDSM does, so one poll of a fresh agent reports the counters and no percentage or
-rate yet (the host's CPU: agent.host_cpu).
+Counters are cumulative as libvirt gives them; VM CPU percentages and rates
+(NIC and disk bytes per second) are computed against this agent's previous
+sample, as VDSM does, so one poll of a fresh agent reports the counters and no
+percentage or rate yet (the host's CPU share: agent.host_cpu).
 """
 
 from __future__ import annotations
@@ -126,4 +126,3 @@ class Sampler:
             for samples in (self._vm_cpu, self._vm_io):
                 for vm_id in set(samples) - vm_ids:
                     del samples[vm_id]
-
