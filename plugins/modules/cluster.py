@@ -68,6 +68,8 @@ options:
       - Values for the policy's parameters, for example C(high_utilization=75) in YAML mapping
         form; a parameter not given keeps the policy's default.
       - Changing O(scheduling_policy) without this option starts the new policy from its defaults.
+      - V(evenly_distributed) and V(power_saving) take C(vm_cooldown_minutes) (30): a VM that
+        finished a migration within it is not moved by the balancer.
     type: dict
   migration_policy:
     description:
@@ -194,6 +196,7 @@ EXAMPLES = r"""
     scheduling_policy_properties:
       high_utilization: 75
       cpu_overcommit_duration_minutes: 5
+      vm_cooldown_minutes: 60
 
 - name: Let hosts short of memory shrink VM balloons down to each VM's guarantee
   kestrel.virt.cluster:
