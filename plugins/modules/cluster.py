@@ -72,6 +72,8 @@ options:
         beyond C(hosts_in_reserve) through their power management, after
         C(host_power_off_grace_minutes) in maintenance, and powers one back up when capacity is
         needed (a VM or HA restart no host can take, every host over C(high_utilization)).
+      - V(evenly_distributed) and V(power_saving) take C(vm_cooldown_minutes) (30): a VM that
+        finished a migration within it is not moved by the balancer.
     type: dict
   migration_policy:
     description:
@@ -211,6 +213,7 @@ EXAMPLES = r"""
     scheduling_policy_properties:
       high_utilization: 75
       cpu_overcommit_duration_minutes: 5
+      vm_cooldown_minutes: 60
 
 - name: Pack VMs on few hosts; power empty hosts down through their fence agents, one spare kept up
   kestrel.virt.cluster:
