@@ -86,12 +86,6 @@ def plan(policy: Policy, hosts: Sequence[HostView], *, overloaded: bool,
              if h.power_saving in _HELD_BY_ENGINE and h.status != HostStatus.MAINTENANCE]
     if not enabled(policy):
         return steps
-    grace = policy.param("host_power_off_grace_minutes")
-    steps += [Step(POWER_OFF, h.name, f"parked for {grace} min of grace" if h.power_saving ==
-                   PowerSavingState.PARKED else "finishing a power off begun earlier")
-              for h in hosts if h.status == HostStatus.MAINTENANCE and (
-                  h.power_saving == PowerSavingState.STOPPING
-                  or (h.power_saving == PowerSavingState.PARKED and h.minutes_since >= grace))]
     minutes, high = policy.param("cpu_overcommit_duration_minutes"), \
         policy.param("high_utilization")
     starting = any(h.power_saving == PowerSavingState.STARTING for h in hosts)
@@ -100,7 +94,13 @@ def plan(policy: Policy, hosts: Sequence[HostView], *, overloaded: bool,
                                 for h in hosts):
             steps.append(Step(CAPACITY, None, f"every Up host over {high}% CPU for "
                                               f"{minutes} min"))
-        return steps
+        return steps  # nothing goes dark, a parked host included: it is the first back
+    grace = policy.param("host_power_off_grace_minutes")
+    steps += [Step(POWER_OFF, h.name, f"parked for {grace} min of grace" if h.power_saving ==
+                   PowerSavingState.PARKED else "finishing a power off begun earlier")
+              for h in hosts if h.status == HostStatus.MAINTENANCE and (
+                  h.power_saving == PowerSavingState.STOPPING
+                  or (h.power_saving == PowerSavingState.PARKED and h.minutes_since >= grace))]
     up = [h for h in hosts if h.status == HostStatus.UP]
     if starting or any(h.minutes_since < minutes for h in up):
         # Capacity was asked for, or a host just came back (the balancer needs the CPU

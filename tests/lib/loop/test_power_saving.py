@@ -107,6 +107,9 @@ def test_sustained_load_on_every_host_brings_one_back_and_parks_nothing():
     assert steps(starting, hot=True) == []
     assert steps(starting, hot=False) == []
     assert steps([up("h1", vms=3, cpu=95)], hot=True) == []  # nothing to bring back
+    # A parked host is not switched off under load: it is the one brought back.
+    assert steps([up("h1", vms=3, cpu=95), held("h2", "maintenance", since=60)], hot=True) == \
+        [(CAPACITY, None)]
 
 
 def test_a_host_an_operator_took_back_is_forgotten():
