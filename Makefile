@@ -146,7 +146,7 @@ bench-api: deps venv
 # The engine applying one VM poll's statistics of 500 stand-in hosts / 10,000 VMs (CPU per
 # cycle vs the 15 s interval, rows/s) and history rollups, on SQLite and a throwaway PostgreSQL.
 bench-stats: deps venv
-	@$(BIN)/python bench/stats/bench.py
+	@$(BIN)/python -m bench.stats.bench
 
 lab-up: deps venv
 	$(BIN)/kestrel-lab up --hosts $(LAB_HOSTS) --state-dir $(LAB_DIR)

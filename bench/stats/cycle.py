@@ -13,8 +13,7 @@ import gc
 import time
 from datetime import UTC, datetime, timedelta
 
-from meters import Cost, RowCounter, measured
-
+from bench.stats.meters import Cost, RowCounter, measured
 from engine_lib.loop import statistics
 from engine_lib.loop.monitoring import Monitor
 from engine_lib.services import stats_history
@@ -32,10 +31,12 @@ class Clock:
 
 class Share:
     """CPU seconds spent inside statistics.record (history included) and inside
-    stats_history.record_minute alone, whoever calls them."""
+    stats_history.record_minute alone, whoever calls them; and the history rows
+    record_minute reports (its INSERT ... RETURNING has no rowcount to count)."""
 
     def __init__(self):
         self.record_s = self.history_s = 0.0
+        self.history_rows = 0
         self._wrap(statistics, "record", "record_s")
         self._wrap(stats_history, "record_minute", "history_s")
 
@@ -45,15 +46,19 @@ class Share:
         def timed(*args, **kwargs):
             started = time.process_time()
             try:
-                return inner(*args, **kwargs)
+                answer = inner(*args, **kwargs)
             finally:
                 setattr(self, slot, getattr(self, slot) + time.process_time() - started)
+            if name == "record_minute":
+                self.history_rows += answer
+            return answer
 
         setattr(module, name, timed)
 
-    def take(self) -> tuple[float, float]:
-        taken = self.record_s, self.history_s
+    def take(self) -> tuple[float, float, int]:
+        taken = self.record_s, self.history_s, self.history_rows
         self.record_s = self.history_s = 0.0
+        self.history_rows = 0
         return taken
 
 
@@ -80,15 +85,17 @@ class Poller:
         with measured(self.counter, self.db_url) as cost:
             for ref in self.refs[:count]:
                 self.monitor._sync_vms(ref)
-        cost.record_s, cost.history_s = self.share.take()
+        cost.record_s, cost.history_s, history_rows = self.share.take()
+        if history_rows:
+            cost.rows["stats_samples"] += history_rows
         self.clock.now += INTERVAL
         return cost
 
-    def minutes(self, count: int, minutes: int) -> tuple[list[Cost], list[Cost]]:
-        """(cycles opening a minute, the other cycles) over ``minutes`` minutes."""
-        opening, others = [], []
+    def minutes(self, count: int, minutes: int, others: int = 3) -> tuple[list[Cost], list[Cost]]:
+        """(cycles opening a minute, ``others`` cycles after each) over ``minutes`` minutes."""
+        opening, rest = [], []
         for _ in range(minutes):
             self.next_minute()
             opening.append(self.cycle(count))
-            others += [self.cycle(count) for _ in range(3)]
-        return opening, others
+            rest += [self.cycle(count) for _ in range(others)]
+        return opening, rest

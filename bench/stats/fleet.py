@@ -79,7 +79,7 @@ class _Vm:
                 "memory_mib": VM_MEMORY_MIB, "cpu_time_ns": self.cpu_ns, "domain_id": 7,
                 "devices_hash": devices_hash(self.id)}
 
-    def stats(self) -> dict:
+    def polled(self) -> dict:
         """Its entry in GET /stats: the listing, libvirt's counters, the agent's rates."""
         rx, tx, read, write = self.counters
         total = VM_MEMORY_MIB * _KIB
@@ -133,7 +133,7 @@ class StandInAgent(AgentApi):
         total_ns = HOST_CPUS * _POLL_S * 10**9
         self.busy_ns += int(total_ns * self.cpu / 100)
         self.idle_ns += total_ns - int(total_ns * self.cpu / 100)
-        vms = [vm.stats() for vm in self.vms]
+        vms = [vm.polled() for vm in self.vms]
         used = 4096 + sum(vm.used_kib for vm in self.vms) // _KIB
         sums = {key: round(sum(v["rates"][key] for v in vms), 1)
                 for key in ("net_rx_bps", "net_tx_bps", "disk_read_bps", "disk_write_bps")}

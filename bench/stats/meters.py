@@ -18,7 +18,8 @@ _WRITE = re.compile(r"^\s*(INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+\"?(\w+)", re.I
 
 
 class RowCounter:
-    """Rows each INSERT, UPDATE and DELETE reports, per table (the driver's rowcount)."""
+    """Rows each INSERT, UPDATE and DELETE reports, per table (the driver's rowcount;
+    an INSERT ... RETURNING reports none before its rows are read: counted elsewhere)."""
 
     def __init__(self, sql_engine):
         self.by_table: Counter[str] = Counter()
@@ -26,7 +27,7 @@ class RowCounter:
 
     def _count(self, _conn, cursor, statement, _params, _context, _executemany) -> None:
         match = _WRITE.match(statement)
-        if match and cursor.rowcount and cursor.rowcount > 0:
+        if match and " RETURNING " not in statement and cursor.rowcount > 0:
             self.by_table[match.group(2)] += cursor.rowcount
 
     def total(self) -> int:

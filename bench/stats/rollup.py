@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import gc
 import random
+from collections import Counter
 from datetime import datetime, timedelta
 
-from meters import Cost, RowCounter, measured
 from sqlalchemy import delete, func, select
 
+from bench.stats.meters import Cost, RowCounter, measured
 from engine_lib.model import StatsSample
 from engine_lib.services import stats_history
 
@@ -94,6 +95,9 @@ def run(store, counter: RowCounter, db_url: str, now: datetime) -> tuple[Cost, d
     gc.collect()
     with measured(counter, db_url) as cost, store.transaction() as session:
         report = stats_history.rollup(session, now)
+    # Its INSERT ... RETURNING has no rowcount: the rows are what it reports.
+    cost.rows = Counter({"hour rows": report["hour"], "day rows": report["day"],
+                         "purged": report["purged"]})
     return cost, report
 
 
