@@ -72,7 +72,7 @@ options:
         beyond C(hosts_in_reserve) through their power management, after
         C(host_power_off_grace_minutes) in maintenance, and powers one back up when capacity is
         needed (a VM or HA restart no host can take, every host over C(high_utilization)).
-      - V(evenly_distributed) and V(power_saving) take C(vm_cooldown_minutes) (30): a VM that
+      - V(evenly_distributed) and V(power_saving) take C(vm_cooldown_minutes) (default 30); a VM that
         finished a migration within it is not moved by the balancer.
     type: dict
   migration_policy:
