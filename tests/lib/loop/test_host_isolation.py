@@ -153,6 +153,13 @@ def hosts(engine, cluster, agents, device, tmp_path, monkeypatch):
     LoopAgent.closed.clear()
 
 
+def _until_beats(agent: HealthyAgent, since: float, count: int, deadline: float) -> float:
+    """When ``agent`` has had ``count`` heartbeats since ``since`` (or the deadline passed)."""
+    while sum(t >= since for t in agent.beats) < count and time.monotonic() < deadline:
+        time.sleep(INTERVALS.host_s / 2)
+    return time.monotonic()
+
+
 def test_a_hung_host_delays_neither_heartbeats_nor_fencing_nor_ha_restarts_elsewhere(
         engine, hosts):
     h1, h2, h3, hung_calls = hosts
@@ -164,6 +171,11 @@ def test_a_hung_host_delays_neither_heartbeats_nor_fencing_nor_ha_restarts_elsew
     try:
         assert h1.restarted.wait(4 * HEARTBEAT_WAIT_S)
         restarted = time.monotonic()
+        # A restart can come within two heartbeat intervals of the hung call: watch h1's
+        # heartbeats for a few intervals more, while h2's call still waits.
+        watched_until = _until_beats(h1, since=hung_calls[0], count=3,
+                                     deadline=hung_calls[0] + HEARTBEAT_WAIT_S / 2)
+        still_hung = h2.calls_in_flight > 0
     finally:
         LoopAgent.closed.set()  # the event follower's long polls end
         stop.set()
@@ -177,7 +189,8 @@ def test_a_hung_host_delays_neither_heartbeats_nor_fencing_nor_ha_restarts_elsew
     # h1's heartbeats kept coming the whole time h2's waited: a few intervals apart when
     # the machine is idle, seconds under a heavy load; waiting for h2 makes a gap of
     # HEARTBEAT_WAIT_S.
-    beats = [t for t in h1.beats if hung_calls[0] <= t <= restarted]
+    assert still_hung
+    beats = [t for t in h1.beats if hung_calls[0] <= t <= watched_until]
     gaps = [later - earlier for earlier, later in zip(beats, beats[1:])]
     assert len(beats) >= 3
     assert max(gaps) < HEARTBEAT_WAIT_S / 2, max(gaps)
