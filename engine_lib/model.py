@@ -722,3 +722,101 @@ class HaReservationCheck(Base):
     # {"hosts": [names of hosts whose HA VMs would not all fit elsewhere],
     #  "message": "..."}
     detail: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
+# -- snapshots and backups -----------------------------------------------------------------
+# The engine owns every chain: a snapshot or a backup names volume rows, never libvirt's
+# snapshot or checkpoint metadata (our domains are transient).
+
+
+class Snapshot(Base):
+    """A point a VM's disks can be reverted to, cloned from or made a template of.
+
+    Taking it froze each disk's then-top volume (``disks``: the frozen volume per disk)
+    and put a new qcow2 overlay on it; with ``use_memory`` the running VM's memory was
+    saved to ``memory_volume`` too, so a revert resumes the guest where it was.
+    ``status`` is ``locked`` while an operation (``operation``: create, revert, merge)
+    runs on it; the engine loop reconciles a lock whose agent job is gone.
+    """
+
+    __tablename__ = "snapshots"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    vm_id: Mapped[str] = mapped_column(ForeignKey("vms.id", ondelete="CASCADE"), index=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    # ok | locked | illegal (an operation failed half way and needs a retry)
+    status: Mapped[str] = mapped_column(String(16), default="locked")
+    # What holds the lock: "" | create | revert | merge
+    operation: Mapped[str] = mapped_column(String(16), default="")
+    use_memory: Mapped[bool] = mapped_column(Boolean, default=False)
+    # {"domain", "image", "volume"} of the saved memory; None without use_memory.
+    memory_volume: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    # Whether the guest agent froze the filesystems (None: the VM was not running).
+    quiesced: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    # Was the VM running when it was taken (a memory snapshot's revert resumes it).
+    vm_running: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The VM's settings at that moment (vm_records' spec form), for clones and templates.
+    vm_config: Mapped[dict] = mapped_column(JSON, default=dict)
+    # [{"disk": device name, "image_id", "volume_id": the volume this snapshot froze}]
+    disks: Mapped[list] = mapped_column(JSON, default=list)
+    # While locked: the agent job (and its host) doing the operation, "" if synchronous.
+    job_id: Mapped[str] = mapped_column(String(36), default="")
+    job_host: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+
+    __mapper_args__ = {"version_id_col": version}
+
+
+class Checkpoint(Base):
+    """A libvirt checkpoint the engine keeps: the persistent dirty bitmap named ``id``
+    in each disk's top volume. Redefined into libvirt before a backup when the
+    transient domain was started again (or moved) since, so the next backup can
+    still be incremental."""
+
+    __tablename__ = "checkpoints"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    vm_id: Mapped[str] = mapped_column(ForeignKey("vms.id", ondelete="CASCADE"), index=True)
+    parent_id: Mapped[str] = mapped_column(String(36), default="")
+    # [{"disk": device name, "target": "vda", "volume_id": top volume when taken}]
+    disks: Mapped[list] = mapped_column(JSON, default=list)
+    # libvirt's checkpoint XML (without the domain), as given back to REDEFINE.
+    xml: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Backup(Base):
+    """One restore point of a VM: a qcow2 file per disk on a storage domain, each a
+    ``volumes`` row (content_type ``backup``) whose parent is the previous backup's
+    file for an incremental, so a restore flattens the chain like any other."""
+
+    __tablename__ = "backups"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    # No foreign key: a VM's backups outlive it.
+    vm_id: Mapped[str] = mapped_column(String(36), index=True)
+    vm_name: Mapped[str] = mapped_column(String(64), index=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    # full | incremental
+    mode: Mapped[str] = mapped_column(String(16), default="full")
+    # Asked incremental, made full: why ("" otherwise).
+    fallback_reason: Mapped[str] = mapped_column(Text, default="")
+    checkpoint_id: Mapped[str] = mapped_column(String(36), default="")
+    from_checkpoint_id: Mapped[str] = mapped_column(String(36), default="")
+    # running | succeeded | failed
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    storage_domain: Mapped[str] = mapped_column(String(64))
+    # [{"disk", "image_id", "volume_id" (the backup file's row), "size_mib",
+    #   "bytes": bytes written for it}]
+    disks: Mapped[list] = mapped_column(JSON, default=list)
+    bytes_written: Mapped[int] = mapped_column(BigInteger, default=0)
+    error: Mapped[str] = mapped_column(Text, default="")
+    job_id: Mapped[str] = mapped_column(String(36), default="")
+    job_host: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                         nullable=True)
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+
+    __mapper_args__ = {"version_id_col": version}
