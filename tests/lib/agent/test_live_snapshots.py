@@ -171,7 +171,7 @@ def live_xml(source):
     return (f"<domain><uuid>{VM}</uuid><devices>"
             f"<disk type='file' device='disk'><source file='{source}'/>"
             f"<backingStore type='file'><format type='qcow2'/>"
-            f"<source file='{source}.base'/><backingStore/></backingStore>"
+            f"<source file='/srv/elsewhere/base'/><backingStore/></backingStore>"
             f"<target dev='vda'/><alias name='{ALIAS}'/></disk>"
             f"<disk type='file' device='cdrom'><target dev='sdc'/><readonly/></disk>"
             f"</devices></domain>")
@@ -280,6 +280,26 @@ def test_a_stale_top_or_a_migrating_vm_is_refused_before_anything_is_made(domain
 def test_chains_lists_each_disk_top_first_with_its_block_job(domains):
     dom = Domain(loc("top").path(domains))
     assert snapshots.chains(hypervisor(dom, domains), VM) == {"disks": [{
-        "alias": ALIAS, "target": "vda", "chain": ["img/top", loc("top").path(domains)
-                                                   + ".base"],
+        "alias": ALIAS, "target": "vda", "chain": ["img/top", "/srv/elsewhere/base"],
         "block_job": {"type": "active_commit", "cur": 5, "end": 10, "ready": False}}]}
+
+
+# -- the engine's stand-in (tests/lib/conftest.py FakeAgent) keeps to the same contract ------
+
+
+def test_the_fake_agent_moves_its_chain_as_the_agent_does():
+    from conftest import FakeAgent
+
+    agent = FakeAgent("h1")
+    agent.start_vm(f"<domain><uuid>{VM}</uuid><metadata>{meta('top', 'base')}</metadata>"
+                   "</domain>")
+    assert agent.chains(VM)["disks"] == [{"alias": ALIAS, "target": "vda",
+                                          "chain": ["img/top", "img/base"], "block_job": None}]
+    answer = agent.create_snapshot(VM, body())
+    assert answer == {"quiesced": True, "memory": False,
+                      "disks": [{"alias": ALIAS, "volume": "new"}]}
+    assert agent.chains(VM)["disks"][0]["chain"] == ["img/new", "img/top", "img/base"]
+    with pytest.raises(Conflict, match="chain changed"):
+        agent.create_snapshot(VM, body())
+    with pytest.raises(Conflict, match="exists"):
+        agent.create_overlay(vol("new"), vol("top"))
