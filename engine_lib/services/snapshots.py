@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import flag_modified
 
 from engine_lib.domxml.render import metadata_xml
-from engine_lib.model import DeviceType, Snapshot, Vm, VmDevice, Volume
+from engine_lib.model import DeviceType, Snapshot, Vm, VmDevice, Volume, utcnow
 from engine_lib.protocol.errors import Conflict, InvalidSpec, KestrelError, NotFound
 from engine_lib.protocol.statuses import VmStatus
 from engine_lib.services import hibernation, job_context
@@ -76,7 +76,7 @@ def check_unlocked(session: Session, vm: Vm, doing: str) -> None:
     held = session.scalars(select(Snapshot).where(Snapshot.vm_id == vm.id,
                                                   Snapshot.status == "locked")).first()
     if held is not None:
-        raise Conflict(f"cannot {doing} of VM '{vm.name}': snapshot {held.id} "
+        raise Conflict(f"VM '{vm.name}': cannot {doing}: snapshot {held.id} "
                        f"({held.description or 'no description'}) is locked by a running "
                        f"{held.operation or 'operation'}; wait for it to finish",
                        vm=vm.name, snapshot=held.id, operation=held.operation)
@@ -356,7 +356,7 @@ def revert(engine, vm_name: str, snapshot_id: str, *, progress: Progress = None)
         _unlock_revert(engine, snapshot_id, plan, f"revert failed: {err.message}")
         raise
     result = _finish_revert(engine, snapshot_id, plan)
-    _delete_files(engine, plan["discard"])
+    delete_files(engine, plan["discard"])
     job.progress(70, "reverted")
     if plan["memory"]:
         hibernation.resume_from_snapshot(engine, vm_name, plan["memory"], snapshot_id)
@@ -404,7 +404,8 @@ def _lock_revert(engine, vm_name: str, snapshot_id: str) -> dict:
         snapshot.status, snapshot.operation = "locked", "revert"
         snapshot.job_id = ""
         # Remembered on the row so a crash before the second transaction can be undone.
-        snapshot.vm_config = {**snapshot.vm_config, "_revert": {"tops": new_tops}}
+        snapshot.vm_config = {**snapshot.vm_config, "_revert": {"tops": new_tops,
+                                                              "at": utcnow().isoformat()}}
         _claim(vm)
         audit(session, "vm", vm.name, f"reverting to snapshot {snapshot.id} started")
         files = [agent_volume(session.get(Volume, vid)) for vid in discard]
@@ -435,7 +436,7 @@ def _unlock_revert(engine, snapshot_id: str, plan: dict, why: str) -> None:
         vm = session.get(Vm, snapshot.vm_id)
         unlock_revert_rows(session, snapshot)
         audit(session, "vm", vm.name, why, "error")
-    _delete_files(engine, [d["new"] for d in plan["disks"]])
+    delete_files(engine, [d["new"] for d in plan["disks"]])
 
 
 def unlock_revert_rows(session: Session, snapshot: Snapshot) -> None:
@@ -490,14 +491,16 @@ def finish_revert_rows(session: Session, vm: Vm, snapshot: Snapshot) -> list[str
     return sorted(s.id for s in newer)
 
 
-def _delete_files(engine, files: list[dict]) -> None:
-    """Best effort: a file left over is an orphan no chain reads (its row is gone)."""
+def delete_files(engine, files: list[dict], strict: bool = False) -> None:
+    """Delete volume files through a host that sees their domain. Not ``strict``: best
+    effort, a file left over is an orphan no chain reads (its row is gone)."""
     for volume in files:
         try:
             host = _helper_host(engine, volume["domain"])
             engine.agent(host.address, host.port).delete_volumes([volume])
         except KestrelError:
-            pass
+            if strict:
+                raise
 
 
 # -- the facade -------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from engine_lib.services import (
     hibernation,
     job_context,
     listing,
+    snapshots,
     vm_config,
     vm_origin,
 )
@@ -290,6 +291,8 @@ class VmService:
                 vm = get_vm(session, name)
                 if vm.launch_unconfirmed or vm.status not in _STARTABLE:
                     raise _awaiting_host(name, vm_dict(vm))
+                # A snapshot create/revert/merge of the stopped VM rewrites its chain.
+                snapshots.check_unlocked(session, vm, "start it")
                 custom_properties.check_vm(vm, starting=True)  # the cluster's list may change
                 cluster = vm.cluster.name
                 host, placement = self._place(session, vm)
