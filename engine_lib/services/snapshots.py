@@ -128,6 +128,11 @@ def _helper_host(engine, domain: str) -> HostRef:
     return host
 
 
+def _config(vm: Vm) -> dict:
+    """The VM's settings as a clone or template from the snapshot takes them."""
+    return {k: v for k, v in vm_dict(vm).items() if k not in ("snapshots", "guest")}
+
+
 def _check_description(description: Any) -> str:
     if not isinstance(description, str):
         raise InvalidSpec("description", f"must be a string (got {description!r})")
@@ -145,8 +150,7 @@ def _snapshot_of(session: Session, vm: Vm, snapshot_id: str) -> Snapshot:
         raise InvalidSpec("snapshot_id", f"must be a snapshot id (got {snapshot_id!r})")
     snapshot = session.get(Snapshot, snapshot_id)
     if snapshot is None or snapshot.vm_id != vm.id:
-        raise NotFound(f"VM '{vm.name}' has no snapshot {snapshot_id}", vm=vm.name,
-                       snapshot=snapshot_id)
+        raise NotFound(f"snapshot of VM '{vm.name}'", snapshot_id)
     return snapshot
 
 
@@ -215,7 +219,7 @@ def _lock_create(engine, vm_name: str, description: str, use_memory: bool) -> di
                            vm=vm.name)
         snapshot = Snapshot(id=str(uuid.uuid4()), vm_id=vm.id, description=description,
                             status="locked", operation="create", use_memory=use_memory,
-                            vm_running=running, vm_config=vm_dict(vm), disks=[],
+                            vm_running=running, vm_config=_config(vm), disks=[],
                             memory_volume=memory_volume_for(session, vm) if use_memory else None,
                             job_host=vm.run_on_host.name if running else "")
         entries, body_disks = [], []
@@ -520,8 +524,12 @@ class SnapshotService:
             out = [s for s in out if s["description"] == description]
         return out
 
-    def create(self, vm: str, *, description: str = "", use_memory: bool = False,
-               check_mode: bool = False, progress: Progress = None) -> Outcome:
+    def create(self, vm: str, *, snapshot_id: str = "", description: str = "",
+               use_memory: bool = False, check_mode: bool = False,
+               progress: Progress = None) -> Outcome:
+        """A new snapshot; with ``snapshot_id``, that snapshot as it is (no change)."""
+        if snapshot_id:
+            return Outcome(False, get(self.engine, vm, snapshot_id))
         if check_mode:
             with self.engine.store.transaction(commit=False) as session:
                 found = get_vm(session, vm)

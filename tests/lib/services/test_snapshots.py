@@ -10,7 +10,7 @@ import pytest
 from conftest import FakeAgent
 
 from engine_lib.model import Snapshot, Vm, VmDevice, Volume
-from engine_lib.protocol.errors import AgentError, Conflict, InvalidSpec
+from engine_lib.protocol.errors import AgentError, Conflict, InvalidSpec, NotFound
 from engine_lib.services import snapshots
 
 SPEC = {"name": "vm1", "cluster": "c1", "memory": 256,
@@ -213,3 +213,25 @@ def test_a_snapshot_locked_by_another_operation_blocks_a_revert(engine, agent):
         snapshots.revert(engine, "vm1", snap["id"])
     with pytest.raises(Conflict, match="locked by a running merge"):
         snapshots.create(engine, "vm1")
+
+
+def test_an_unknown_snapshot_is_not_found_naming_it(engine, agent):
+    engine.vms.ensure(SPEC, state="stopped")
+    with pytest.raises(NotFound, match="snapshot of VM 'vm1' 'nope' does not exist"):
+        snapshots.revert(engine, "vm1", "nope")
+    assert engine.snapshots.remove("vm1", "nope").changed is False
+
+
+def test_vm_info_lists_the_snapshots_and_the_facade_filters(engine, agent):
+    first = snapshots.create(engine, "vm1", description="a")
+    snapshots.create(engine, "vm1", description="b")
+    listed = engine.vms.info("vm1")[0]["snapshots"]
+    assert [s["description"] for s in listed] == ["a", "b"] and listed[0]["id"] == first["id"]
+    assert [s["id"] for s in engine.snapshots.info("vm1", description="a")] == [first["id"]]
+    assert engine.snapshots.info("vm1", snapshot_id=first["id"])[0]["description"] == "a"
+    again = engine.snapshots.create("vm1", snapshot_id=first["id"])
+    assert again.changed is False and again.entity["id"] == first["id"]
+    with pytest.raises(NotFound, match="'nope'"):
+        engine.snapshots.create("vm1", snapshot_id="nope")
+    predicted = engine.snapshots.create("vm1", description="c", check_mode=True)
+    assert predicted.changed and len(snapshots.list_for(engine, "vm1")) == 2
