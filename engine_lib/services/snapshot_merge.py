@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Callable
 
 from sqlalchemy import select
 from sqlalchemy.orm.attributes import flag_modified
@@ -35,6 +36,22 @@ _LIVE = frozenset({VmStatus.UP, VmStatus.PAUSED})
 _METADATA = re.compile(r"<kestrel:vm\b.*?</kestrel:vm>", re.S)
 # A merge is as long as the data to commit; an hour covers a big disk on slow storage.
 TIMEOUT_S = 3600.0
+
+
+class SnapshotMerges:
+    """The facade's ``snapshot_merge`` (the API's DELETE /vms/{vm_name}/snapshots/{id})."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self._seen: dict[str, int] = {}  # the reconcile's previous round
+
+    def delete(self, vm_name: str, snapshot_id: str,
+               progress: Callable[[dict], None] | None = None) -> dict:
+        """Delete a snapshot of a VM by merging its volumes (live when it runs)."""
+        return delete(self.engine, vm_name, snapshot_id, progress=progress)
+
+    def reconcile(self) -> list[str]:
+        return reconcile(self.engine, self._seen)
 
 
 def delete(engine, vm_name: str, snapshot_id: str, *, progress=None) -> dict:
@@ -227,24 +244,34 @@ def _unlock(engine, plan: dict, exc: BaseException) -> None:
                   "error")
 
 
-def reconcile(engine) -> list[str]:
-    """Settle merge locks whose agent job is gone (agent or engine restarted): run the
-    same merge again (the agent adopts a block job still running, and a merge already
-    on storage only sets the metadata); returns the snapshot ids settled."""
+def reconcile(engine, seen: dict[str, int]) -> list[str]:
+    """Settle merge locks whose operation died (agent or engine restarted): run the same
+    merge again (the agent adopts a block job still running, and a merge already on
+    storage only sets the metadata); returns the snapshot ids settled.
+
+    A lock counts as dead when its row is unchanged since the previous round (``seen``:
+    snapshot id -> row version, kept by the caller) and its agent job is not running: a
+    live delete() changes the row at every step and waits only on a running job."""
     with engine.store.transaction(commit=False) as session:
-        rows = session.execute(select(Snapshot.id, Snapshot.job_id, Snapshot.job_host, Vm.name)
+        rows = session.execute(select(Snapshot.id, Snapshot.version, Snapshot.job_id,
+                                      Snapshot.job_host, Vm.name)
                                .join(Vm, Snapshot.vm_id == Vm.id)
                                .where(Snapshot.status == "locked",
                                       Snapshot.operation == "merge")).all()
         hosts = {h.name: HostRef.of(h) for h in session.scalars(select(Host))}
+    previous = dict(seen)
+    seen.clear()
+    seen.update({row[0]: row[1] for row in rows})
     settled = []
-    for snapshot_id, job_id, host_name, vm_name in rows:
+    for snapshot_id, version, job_id, host_name, vm_name in rows:
+        if previous.get(snapshot_id) != version:
+            continue
         host = hosts.get(host_name)
         if job_id and host is not None:
             try:
-                job = engine.agent(host.address, host.port).job(job_id)
-                if job.get("status") == "running":
-                    continue  # its delete() is still waiting on it
+                if engine.agent(host.address, host.port).job(job_id).get("status") \
+                        == "running":
+                    continue  # a delete() still waits on it
             except NotFound:
                 pass
             except KestrelError:
@@ -253,5 +280,6 @@ def reconcile(engine) -> list[str]:
             _run(engine, _lock(engine, vm_name, snapshot_id, retry=True), None)
         except KestrelError:
             continue
+        seen.pop(snapshot_id, None)
         settled.append(snapshot_id)
     return settled

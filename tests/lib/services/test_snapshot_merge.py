@@ -8,7 +8,7 @@ from sqlalchemy.orm.attributes import flag_modified
 from test_vm_devices import VM, DeviceAgent
 
 from engine_lib.model import Host, Snapshot, Volume
-from engine_lib.protocol.errors import Conflict, KestrelError, NotFound
+from engine_lib.protocol.errors import AgentUnreachable, Conflict, KestrelError, NotFound
 from engine_lib.protocol.statuses import HostStatus, VmStatus
 from engine_lib.services import snapshot_merge, volumes
 from engine_lib.services.common import get_vm
@@ -169,8 +169,38 @@ def test_reconcile_finishes_a_merge_whose_engine_died_after_the_rows(engine, cha
         snap = session.get(Snapshot, "s2")
         snap.status, snap.operation = "locked", "merge"
     merges = len(agent.merges)
-    assert snapshot_merge.reconcile(engine) == ["s2"]
+    seen: dict = {}
+    assert snapshot_merge.reconcile(engine, seen) == []  # first seen: maybe still running
+    assert snapshot_merge.reconcile(engine, seen) == ["s2"]
     assert len(agent.merges) == merges  # nothing merged twice
     assert [d["volume"] for d in agent.deleted_volumes] == ["vol-B"]
     assert _state(engine) == (["vol-T", "vol-A", ids["R"]], {"s1": ids["R"], "s3": "vol-A"},
                               {"vol-B"})
+
+
+def test_reconcile_reissues_a_live_merge_whose_agent_died(engine, chain):
+    """The agent died with the merge request: the lock stays, and once the row has not
+    moved for a round the reconcile posts the same merge again (the agent adopts a block
+    job still running) and finishes the rows."""
+    agent, ids = chain
+    _run_on(engine, VmStatus.UP)
+
+    def dies(vm_id, body):
+        agent.merges = getattr(agent, "merges", []) + [("lost", vm_id, body)]
+        raise AgentUnreachable("agent h1 unreachable: connection reset")
+
+    agent.start_merge = dies
+    with pytest.raises(AgentUnreachable):
+        snapshot_merge.delete(engine, "vm1", "s3")
+    with engine.store.transaction(commit=False) as session:
+        assert (session.get(Snapshot, "s3").status,
+                session.get(Snapshot, "s3").operation) == ("locked", "merge")
+    with pytest.raises(Conflict, match="merge of snapshot s3"):
+        snapshot_merge.delete(engine, "vm1", "s1")
+    del agent.start_merge  # the agent is back
+    assert engine.snapshot_merge.reconcile() == []
+    assert engine.snapshot_merge.reconcile() == ["s3"]
+    assert [m[0] for m in agent.merges] == ["lost", "live"]
+    assert agent.merges[0][2] == agent.merges[1][2]  # the same merge, asked again
+    assert _state(engine) == (["vol-B", "vol-A", ids["R"]],
+                              {"s1": ids["R"], "s2": "vol-A"}, {"vol-T"})
