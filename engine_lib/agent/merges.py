@@ -58,10 +58,14 @@ def volume(item: Any, field: str, domains: dict[str, str]) -> tuple[VolumeLocati
     fmt = item.get("format", "qcow2")
     if fmt not in FORMATS:
         raise InvalidSpec(f"{field}.format", f"'{fmt}' is not one of {FORMATS}")
-    location = VolumeLocation(item["domain"], item["image"], item["volume"])
-    location.root(domains)  # InvalidSpec when the domain is not attached here
-    location.relpath  # noqa: B018  (checks the names)
-    return location, str(fmt)
+    if item["domain"] not in domains:
+        raise InvalidSpec(f"{field}.domain", f"storage domain '{item['domain']}' is not "
+                                             "attached to this host")
+    for key in ("image", "volume"):
+        value = item[key]
+        if "/" in value or value in (".", "..") or "\x00" in value:
+            raise InvalidSpec(f"{field}.{key}", f"'{value}' is not a valid file name")
+    return VolumeLocation(item["domain"], item["image"], item["volume"]), str(fmt)
 
 
 def _key(location: VolumeLocation) -> str:
