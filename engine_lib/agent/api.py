@@ -220,6 +220,9 @@ ROUTES = (
                 "properties": {"alias": {"type": "string"}, "base": _SOURCE_VOLUME,
                                "top": _SOURCE_VOLUME, "top_is_active": {"type": "boolean",
                                                                         "default": False},
+                               "bandwidth_mibps": {"type": "integer", "minimum": 0,
+                                                   "default": 0,
+                                                   "description": "0: no limit"},
                                "metadata": {"type": "string"}}}),
     Route("POST", "/volumes/merge", "merge_volumes", "Offline merge (a stopped VM): qemu-img "
           "commit of top into base through exactly the chain given (nothing probed), then "

@@ -87,6 +87,10 @@ def start_live(hypervisor: Any, jobs: Jobs, vm_id: str, body: dict) -> dict:
     active = body.get("top_is_active", False)
     if not isinstance(active, bool):
         raise InvalidSpec("top_is_active", f"must be true or false, got {active!r}")
+    bandwidth = body.get("bandwidth_mibps", 0)
+    if isinstance(bandwidth, bool) or not isinstance(bandwidth, int) or bandwidth < 0:
+        raise InvalidSpec("bandwidth_mibps", f"a whole number of MiB/s (0: no limit) is "
+                                             f"required, got {bandwidth!r}")
     metadata = body.get("metadata")
     if not isinstance(metadata, str) or not metadata.strip():
         raise InvalidSpec("metadata", "the <kestrel:vm> element for the chain after the "
@@ -102,7 +106,7 @@ def start_live(hypervisor: Any, jobs: Jobs, vm_id: str, body: dict) -> dict:
     job.phase = "merging"
     plan = {"dom": dom, "target": target, "base": base.path(domains),
             "top": top.path(domains), "active": active, "metadata": metadata,
-            "alias": alias}
+            "alias": alias, "bandwidth": bandwidth}
     try:
         _check_positions(chain, plan)
     except BaseException as exc:
@@ -168,7 +172,8 @@ def _live(job: Job, plan: dict) -> dict:
             if plan["active"]:
                 flags |= libvirt.VIR_DOMAIN_BLOCK_COMMIT_ACTIVE
             _libvirt("start the block commit", lambda: dom.blockCommit(
-                target, plan["base"], None if plan["active"] else plan["top"], 0, flags))
+                target, plan["base"], None if plan["active"] else plan["top"], plan["bandwidth"],
+                flags))
         else:
             job.data["adopted"] = True
         job.cleanups.append(lambda: _abort(dom, target))

@@ -36,6 +36,8 @@ _LIVE = frozenset({VmStatus.UP, VmStatus.PAUSED})
 _METADATA = re.compile(r"<kestrel:vm\b.*?</kestrel:vm>", re.S)
 # A merge is as long as the data to commit; an hour covers a big disk on slow storage.
 TIMEOUT_S = 3600.0
+# A live merge's copy rate limit in MiB/s (0: none); a seam the lab tests slow it with.
+BANDWIDTH_MIBPS = 0
 
 
 class SnapshotMerges:
@@ -187,7 +189,8 @@ def _merge(engine, agent, plan: dict, step: dict, progress) -> None:
     if plan["live"]:
         answer = agent.start_merge(plan["vm_id"], {
             "alias": step["alias"], "base": step["v"], "top": step["c"],
-            "top_is_active": step["top_is_active"], "metadata": step["metadata"]})
+            "top_is_active": step["top_is_active"], "metadata": step["metadata"],
+            **({"bandwidth_mibps": BANDWIDTH_MIBPS} if BANDWIDTH_MIBPS else {})})
     else:
         answer = agent.merge_volumes(step["v"], step["c"], step["child"], step["below"])
     with engine.store.transaction() as session:
