@@ -171,15 +171,15 @@ CATALOG: tuple[Operation, ...] = (
         "A VM's snapshots, oldest first", returns="value"),
     _op("snapshots.create", "POST", "/vms/{vm}/snapshots", on("vm.snapshot", "vm", "vm"),
         "Take a snapshot of a VM", long=True),
-    _op("snapshots.remove", "DELETE", "/vms/{vm}/snapshots/{snapshot_id}",
-        on("vm.snapshot", "vm", "vm"), "Delete a snapshot (merge it into its neighbours)",
-        long=True),
     _op("snapshots.restore", "POST", "/vms/{vm}/snapshots/{snapshot_id}/restore",
         on("vm.snapshot", "vm", "vm"), "Revert a stopped VM to a snapshot", long=True),
     _op("vm_devices.nic", "PUT", "/vms/{vm}/nics/{name}", on("vm.edit", "vm", "vm"),
         "Add, change or remove a VM's NIC"),
     _op("vm_devices.disk", "PUT", "/vms/{vm}/disks/{name}", on("vm.edit", "vm", "vm"),
         "Add, change or remove a VM's disk", long=True),
+    _op("snapshot_merge.delete", "DELETE", "/vms/{vm_name}/snapshots/{snapshot_id}",
+        on("vm.snapshot", "vm", "vm_name"), "Delete a VM's snapshot (merge its volumes: live "
+        "when the VM runs)", returns="value", long=True),
     # cluster-scoped objects
     _op("networks.info", "GET", "/clusters/{cluster}/networks", on("read", "cluster", "cluster"),
         "List a cluster's networks", returns="page"),

@@ -22,8 +22,8 @@ def snapshot_create(args) -> int:
 def snapshot_remove(args) -> int:
     """Delete a snapshot: its overlay is merged into the volume below (live if running)."""
     with open_engine(args) as engine:
-        outcome = engine.snapshots.remove(args.vm, args.snapshot_id)
-    print_json({"changed": outcome.changed, "snapshot": outcome.entity})
+        result = engine.snapshot_merge.delete(args.vm, args.snapshot_id)
+    print_json({"changed": True, "result": result})
     return 0
 
 

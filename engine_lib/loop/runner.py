@@ -91,6 +91,8 @@ def _run(engine, settings: Settings, stop: threading.Event) -> None:
         host_s, functools.partial(snapshot_reconcile.reconcile, engine), stop),
         name="snapshots", daemon=True))
     threads.append(threading.Thread(target=every, args=(
+        host_s, engine.snapshot_merge.reconcile, stop), name="snapshot-merges", daemon=True))
+    threads.append(threading.Thread(target=every, args=(
         settings.ha_reservation_interval_s, ha_reservation.ReservationCheck(engine).cycle,
         stop), name="ha-reservation", daemon=True))
     threads.append(threading.Thread(target=every, args=(

@@ -21,7 +21,6 @@ starts the VM from that memory, which is kept for the next revert.
 
 from __future__ import annotations
 
-import importlib
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -545,15 +544,3 @@ class SnapshotService:
         if check_mode:
             return Outcome(True, get(self.engine, vm, snapshot_id))
         return Outcome(True, revert(self.engine, vm, snapshot_id, progress=progress))
-
-    def remove(self, vm: str, snapshot_id: str, *, check_mode: bool = False,
-               progress: Progress = None) -> Outcome:
-        try:
-            current = get(self.engine, vm, snapshot_id)
-        except NotFound:
-            return Outcome(False, None)
-        if check_mode:
-            return Outcome(True, current)
-        # Deleting is a merge (services.snapshot_merge), a separate part built on this one.
-        merge = importlib.import_module("engine_lib.services.snapshot_merge")
-        return Outcome(True, merge.delete(self.engine, vm, snapshot_id, progress=progress))

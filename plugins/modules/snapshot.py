@@ -165,8 +165,15 @@ def main():
     )
     p = module.params
     if p['state'] == 'absent':
-        module.apply(lambda engine, check_mode: engine.snapshots.remove(
-            p['vm_name'], p['snapshot_id'], check_mode=check_mode))
+        def absent(engine):
+            found = engine.snapshots.info(p['vm_name'], snapshot_id=p['snapshot_id'])
+            if not found:
+                return False, None
+            if module.check_mode:
+                return True, found[0]
+            return True, engine.snapshot_merge.delete(p['vm_name'], p['snapshot_id'])
+        changed, entity = module._call_engine(absent)
+        module.exit_json(changed=changed, snapshot=entity)
     elif p['state'] == 'restore':
         module.apply(lambda engine, check_mode: engine.snapshots.restore(
             p['vm_name'], p['snapshot_id'], check_mode=check_mode))

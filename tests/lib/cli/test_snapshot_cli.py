@@ -1,4 +1,5 @@
-"""``kestrel snapshot list|create|remove|restore`` on a stopped VM (FakeAgent overlays)."""
+"""``kestrel snapshot list|create|remove|restore`` on a stopped VM (FakeAgent overlays and
+offline merges)."""
 
 import json
 
@@ -37,6 +38,10 @@ def test_create_list_restore_and_errors(tmp_path, capsys, monkeypatch):
     assert [s["id"] for s in json.loads(capsys.readouterr().out)] == [taken["id"]]
     assert cli.main(["snapshot", "restore", "vm1", taken["id"], *where]) == 0
     assert json.loads(capsys.readouterr().out)["snapshot"]["removed_snapshots"] == []
+    assert cli.main(["snapshot", "remove", "vm1", taken["id"], *where]) == 0
+    assert json.loads(capsys.readouterr().out)["changed"] is True
+    assert cli.main(["snapshot", "list", "vm1", *where]) == 0
+    assert json.loads(capsys.readouterr().out) == []
     assert cli.main(["snapshot", "create", "vm1", "--use-memory", *where]) != 0
     assert "use_memory" in capsys.readouterr().err
     assert cli.main(["snapshot", "restore", "vm1", "nope", *where]) != 0

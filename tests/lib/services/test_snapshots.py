@@ -219,7 +219,8 @@ def test_an_unknown_snapshot_is_not_found_naming_it(engine, agent):
     engine.vms.ensure(SPEC, state="stopped")
     with pytest.raises(NotFound, match="snapshot of VM 'vm1' 'nope' does not exist"):
         snapshots.revert(engine, "vm1", "nope")
-    assert engine.snapshots.remove("vm1", "nope").changed is False
+    with pytest.raises(NotFound, match="'nope'"):
+        engine.snapshots.restore("vm1", "nope", check_mode=True)
 
 
 def test_vm_info_lists_the_snapshots_and_the_facade_filters(engine, agent):

@@ -36,9 +36,22 @@ def test_restore_and_absent_name_the_snapshot(engine, run_module):
     result = run_module(snapshot, dict(vm_name='vm1', snapshot_id='s1', state='restore'))
     assert engine.calls[-1] == ('snapshots.restore', ('vm1', 's1'), dict(check_mode=False))
     assert result['snapshot']['removed_snapshots'] == ['s2']
-    engine.answer = Outcome(True, None)
-    run_module(snapshot, dict(vm_name='vm1', snapshot_id='s1', state='absent'))
-    assert engine.calls[-1] == ('snapshots.remove', ('vm1', 's1'), dict(check_mode=False))
+    engine.answer = [SNAP]  # found, then what the merge returns
+    result = run_module(snapshot, dict(vm_name='vm1', snapshot_id='s1', state='absent'))
+    assert engine.calls[-2:] == [('snapshots.info', ('vm1',), dict(snapshot_id='s1')),
+                                 ('snapshot_merge.delete', ('vm1', 's1'), {})]
+    assert result['changed'] is True
+
+
+def test_absent_of_a_missing_snapshot_changes_nothing(engine, run_module):
+    engine.answer = []
+    result = run_module(snapshot, dict(vm_name='vm1', snapshot_id='s9', state='absent'))
+    assert result['changed'] is False and result['snapshot'] is None
+    assert [call[0] for call in engine.calls] == ['snapshots.info']
+    engine.answer = [SNAP]
+    result = run_module(snapshot, dict(vm_name='vm1', snapshot_id='s1', state='absent',
+                                       _ansible_check_mode=True))
+    assert result['changed'] is True and engine.calls[-1][0] == 'snapshots.info'
 
 
 def test_restore_and_absent_need_the_id(engine, run_module):
