@@ -30,9 +30,9 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import flag_modified
 
 from engine_lib.domxml.render import metadata_xml
-from engine_lib.model import DeviceType, Snapshot, Vm, VmDevice, Volume, utcnow
+from engine_lib.model import DeviceType, Host, Snapshot, Vm, VmDevice, Volume, utcnow
 from engine_lib.protocol.errors import Conflict, InvalidSpec, KestrelError, NotFound
-from engine_lib.protocol.statuses import VmStatus
+from engine_lib.protocol.statuses import HostStatus, VmStatus
 from engine_lib.services import hibernation, job_context
 from engine_lib.services.common import audit, get_vm, outcome_unknown, retry_on_conflict
 from engine_lib.services.hibernation import memory_volume_for
@@ -123,8 +123,15 @@ def _set_top(device: VmDevice, top: Volume) -> None:
 
 
 def _helper_host(engine, domain: str) -> HostRef:
-    host, _free = engine.images.host_for(domain)
-    return host
+    """An Up host that reports the storage domain available (by name, first)."""
+    with engine.store.transaction(commit=False) as session:
+        for host in session.scalars(select(Host).where(Host.status == HostStatus.UP)
+                                    .order_by(Host.name)):
+            if any(isinstance(e, dict) and e.get("name") == domain and e.get("available")
+                   for e in host.storage_domains or []):
+                return HostRef.of(host)
+    raise Conflict(f"no Up host reports storage domain '{domain}' available; nothing was "
+                   "changed there", storage_domain=domain)
 
 
 def _config(vm: Vm) -> dict:
