@@ -101,6 +101,18 @@ def _disks(vm: Vm) -> list[VmDevice]:
             if "lun" not in d.spec and d.spec.get("volume_id") and d.spec.get("storage_domain")]
 
 
+def frozen_volumes(session: Session, vm: Vm) -> list[Volume]:
+    """The volumes under the VM's disk tops that are its own (its snapshots' frozen
+    volumes, in the disks' images; a template's base is not), nearest first per disk."""
+    out = []
+    for device in _disks(vm):
+        top = session.get(Volume, device.spec["volume_id"])
+        if top is not None:
+            out += [v for v in top.chain() if v.template_id is None
+                    and v.image_id == top.image_id]
+    return out
+
+
 def _top(session: Session, device: VmDevice) -> Volume:
     volume = session.get(Volume, device.spec["volume_id"])
     if volume is None:
