@@ -365,7 +365,7 @@ def abandon_create_rows(session: Session, snapshot: Snapshot) -> None:
 def revert(engine, vm_name: str, snapshot_id: str, *, progress: Progress = None) -> dict:
     """Bring the stopped VM's disks back to the snapshot (see the module doc). Returns
     the snapshot, the ids of the snapshots removed with it (``removed_snapshots``) and,
-    for a memory snapshot, the VM started again (``vm``)."""
+    for a memory snapshot, the VM started again (``started_vm``)."""
     job = job_context.current()
     job.progress(0, "locking")
     plan = _lock_revert(engine, vm_name, snapshot_id)
@@ -383,7 +383,7 @@ def revert(engine, vm_name: str, snapshot_id: str, *, progress: Progress = None)
     if plan["memory"]:
         hibernation.resume_from_snapshot(engine, vm_name, plan["memory"], snapshot_id)
         with job_context.part(70, 100, "resuming from the snapshot's memory"):
-            result["vm"] = engine.vms.ensure({"name": vm_name}, state="running").entity
+            result["started_vm"] = engine.vms.ensure({"name": vm_name}, state="running").entity
     job.progress(100, "done")
     return result
 

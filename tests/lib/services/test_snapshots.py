@@ -194,7 +194,8 @@ def test_revert_to_a_memory_snapshot_resumes_the_vm_and_keeps_the_memory(engine,
     memory = agent.snapshots_taken[-1][1]["memory_volume"]
     engine.vms.ensure(SPEC, state="stopped")
     result = snapshots.revert(engine, "vm1", snap["id"])
-    assert result["vm"]["status"] == "Up" and result["vm"]["memory_volume"] is None
+    started = result["started_vm"]
+    assert started["status"] == "Up" and started["memory_volume"] is None
     (_xml, restored, keep), = agent.restores
     assert restored == memory and keep is True
     assert agent._target(memory) in agent.files  # the snapshot can be reverted to again
