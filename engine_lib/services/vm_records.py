@@ -19,7 +19,8 @@ _NO_GUEST = {"ips": [], "hostname": "", "os": {}, "users": [], "filesystems": []
 
 # What vm_dict reads beyond the VM's row, loaded for a whole list in one query each.
 VM_DICT_LOADS = (selectinload(Vm.cluster), selectinload(Vm.run_on_host),
-                 selectinload(Vm.template), selectinload(Vm.devices))
+                 selectinload(Vm.template), selectinload(Vm.devices),
+                 selectinload(Vm.snapshots))
 
 
 def guest_dict(vm: Vm) -> dict:
@@ -60,6 +61,10 @@ def vm_dict(vm: Vm) -> dict:
                     for d in vm.devices],
         "guest": guest_dict(vm),
         "memory_volume": dict(vm.memory_volume) if vm.memory_volume else None,
+        # Its snapshots, oldest first (services.snapshots has the whole of each).
+        "snapshots": [{"id": s.id, "description": s.description, "status": s.status,
+                       "use_memory": s.use_memory, "created_at": s.created_at.isoformat()}
+                      for s in vm.snapshots],
         # The template version the VM was made from, if any.
         "template": ({"name": vm.template.name, "version": vm.template.version_number}
                      if vm.template is not None else None),

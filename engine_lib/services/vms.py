@@ -38,6 +38,7 @@ from engine_lib.services import (
     hibernation,
     job_context,
     listing,
+    snapshots,
     vm_config,
     vm_origin,
 )
@@ -290,6 +291,8 @@ class VmService:
                 vm = get_vm(session, name)
                 if vm.launch_unconfirmed or vm.status not in _STARTABLE:
                     raise _awaiting_host(name, vm_dict(vm))
+                # A snapshot create/revert/merge of the stopped VM rewrites its chain.
+                snapshots.check_unlocked(session, vm, "start it")
                 custom_properties.check_vm(vm, starting=True)  # the cluster's list may change
                 cluster = vm.cluster.name
                 host, placement = self._place(session, vm)
@@ -308,7 +311,8 @@ class VmService:
         job.progress(20, f"starting on host {host.name}")
         try:
             if memory:  # Suspended: the guest runs on from its saved memory
-                reported = client.restore_vm(xml, memory)
+                volume, keep = hibernation.restore_args(memory)
+                reported = client.restore_vm(xml, volume, keep_memory=keep)
                 hibernation.restored(self.engine, name)
             else:
                 reported = client.start_vm(xml)
@@ -448,8 +452,15 @@ class VmService:
                                            f"floating disk {disk}"
                                            for vm_name, disk in dependents)
                                + "; nothing was removed")
-            if vm.memory_volume:  # a Suspended VM's saved memory goes with it
+            # A Suspended VM's saved memory goes with it (a snapshot's goes with the snapshot).
+            if vm.memory_volume and "snapshot" not in vm.memory_volume:
                 volumes.append(dict(vm.memory_volume))
+            # Its snapshots' volumes under the tops (never a template's) and saved memory.
+            frozen = snapshots.frozen_volumes(session, vm)
+            volumes += [{"domain": v.storage_domain, "image": v.image_id, "volume": v.id}
+                        for v in frozen]
+            volumes += [dict(s.memory_volume) for s in vm.snapshots if s.memory_volume]
+            frozen_ids = [v.id for v in frozen]
             helper = HostRef.of(session.scalars(select(Host).where(
                 Host.cluster_id == vm.cluster_id, Host.status == HostStatus.UP)
                 .order_by(Host.name)).first())
@@ -467,6 +478,11 @@ class VmService:
             # Its disks' files are gone, so are their rows (a backing volume stays).
             for row in session.scalars(select(Volume).where(Volume.id.in_(own))):
                 session.delete(row)
+            for volume_id in frozen_ids:  # nearest first: each one's overlay is gone
+                session.flush()
+                row = session.get(Volume, volume_id)
+                if row is not None:
+                    session.delete(row)
             audit(session, "vm", name, "VM removed")
         return Outcome(True, None, diff)
 
