@@ -182,7 +182,8 @@ def test_live_and_offline_merges_and_an_agent_killed_mid_merge(engine, agents, c
 
         worker = threading.Thread(target=delete)
         worker.start()
-        _wait(lambda: "Block Commit" in _block_job(agent, vm["id"]), "block commit")
+        _wait(lambda: errors or "Block Commit" in _block_job(agent, vm["id"]), "block commit")
+        assert not errors, errors  # the merge must still run here: its error says why not
         os.kill(agent.pid, signal.SIGKILL)
         _wait(lambda: not is_alive(agent.pid), "agent exit", 10)
         worker.join(60)
