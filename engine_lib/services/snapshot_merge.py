@@ -235,14 +235,16 @@ def _finish(engine, plan: dict) -> dict | None:
 
 
 def _unlock(engine, plan: dict, exc: BaseException) -> None:
-    """A merge that failed (not lost) leaves a chain that reads the same data: the
-    snapshot is usable again; what is merged already stays merged."""
+    """A merge that failed (not lost) leaves a chain that reads the same data: what is
+    merged stays merged. With no disk merged yet the snapshot is as it was (ok); with
+    some, reverting to it would not give its data back: illegal, to be deleted again."""
     if isinstance(exc, AgentUnreachable):
         return  # the job may still run: the reconcile settles it
     with engine.store.transaction() as session:
         snap = session.get(Snapshot, plan["snapshot"])
         if snap is not None:
-            snap.status, snap.operation, snap.job_id = "ok", "", ""
+            partly = any(d.get("merged") for d in snap.disks)
+            snap.status, snap.operation, snap.job_id = ("illegal" if partly else "ok"), "", ""
             audit(session, "vm", plan["vm"], f"deleting snapshot {snap.id} failed: {exc}",
                   "error")
 

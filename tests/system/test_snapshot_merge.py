@@ -97,23 +97,30 @@ def _db_chain(engine) -> list[str]:
         return [top.id, *(v.id for v in top.chain())]
 
 
-def _storage_chain(volumes, top: str) -> list[str]:
-    out = subprocess.run(["qemu-img", "info", "-U", "--backing-chain", "--output=json",
-                          os.path.join(volumes["root"], volumes["image"], top)],
-                         capture_output=True, check=True, text=True).stdout
-    return [os.path.basename(layer["filename"]) for layer in json.loads(out)]
+def _path(engine, volumes, volume_id: str) -> str:
+    with engine.store.transaction(commit=False) as session:
+        return os.path.join(volumes["root"], session.get(Volume, volume_id).relpath)
+
+
+def _storage_chain(path: str) -> list[str]:
+    result = subprocess.run(["qemu-img", "info", "-U", "--backing-chain", "--output=json",
+                             path], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return [os.path.basename(layer["filename"]) for layer in json.loads(result.stdout)]
 
 
 def _check_chain(engine, volumes) -> list[str]:
     """The chain on storage is the database's, and every layer's data reads through it."""
     chain = _db_chain(engine)
-    assert _storage_chain(volumes, chain[0]) == chain
-    top = os.path.join(volumes["root"], volumes["image"], chain[0])
+    top = _path(engine, volumes, chain[0])
+    assert _storage_chain(top) == chain
     fmt = "raw" if chain[0] == volumes["ids"]["R"] else "qcow2"
     for _, pattern, offset, length in DATA:
-        subprocess.run(["qemu-io", "-r", "-U", "-f", fmt, "-c",
-                        f"read -P {pattern} {offset}M {length}M", top], check=True,
-                       capture_output=True)
+        result = subprocess.run(["qemu-io", "-r", "-U", "-f", fmt, "-c",
+                                 f"read -P {pattern} {offset}M {length}M", top],
+                                capture_output=True, text=True)
+        assert result.returncode == 0 and "Pattern verification failed" not in result.stdout, \
+            (result.stdout, result.stderr)
     return chain
 
 
@@ -175,7 +182,8 @@ def test_live_and_offline_merges_and_an_agent_killed_mid_merge(engine, agents, c
 
         worker = threading.Thread(target=delete)
         worker.start()
-        _wait(lambda: "Block Commit" in _block_job(agent, vm["id"]), "block commit")
+        _wait(lambda: errors or "Block Commit" in _block_job(agent, vm["id"]), "block commit")
+        assert not errors, errors  # the merge must still run here: its error says why not
         os.kill(agent.pid, signal.SIGKILL)
         _wait(lambda: not is_alive(agent.pid), "agent exit", 10)
         worker.join(60)
@@ -192,6 +200,7 @@ def test_live_and_offline_merges_and_an_agent_killed_mid_merge(engine, agents, c
         assert _block_job(agent, vm["id"]) == ""
         assert _check_chain(engine, volumes) == [t, ids["A"], ids["R"]]
         assert not os.path.exists(os.path.join(volumes["root"], volumes["image"], ids["B"]))
+        t_path = _path(engine, volumes, t)
         assert _guest_io(agent, vm["id"]) == T_MARKER
 
         # s3 froze B, now A: the active layer T commits into A and the disk pivots onto A.
@@ -218,6 +227,7 @@ def test_live_and_offline_merges_and_an_agent_killed_mid_merge(engine, agents, c
             assert session.get(Volume, ids["A"]) is None and session.get(Volume, t) is None
         assert sorted(os.listdir(os.path.join(volumes["root"], volumes["image"]))) == \
             [ids["R"]]
+        assert not os.path.exists(t_path)
     finally:
         engine.vms.ensure({"name": "merge1"}, state="absent")
     print(f"snapshot merge lab test: {time.monotonic() - started:.1f} s")

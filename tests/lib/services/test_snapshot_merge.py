@@ -18,6 +18,7 @@ class MergeAgent(DeviceAgent):
     """Records merges and deletions; ``fail_merge`` makes the next merge job fail."""
 
     fail_merge = False
+    skip_before_fail = 0  # merges that succeed before the failing one
 
     def start_merge(self, vm_id, body):
         answer = super().start_merge(vm_id, body)
@@ -30,7 +31,9 @@ class MergeAgent(DeviceAgent):
         return answer
 
     def _maybe_fail(self, answer):
-        if self.fail_merge:
+        if self.fail_merge and self.skip_before_fail:
+            self.skip_before_fail -= 1
+        elif self.fail_merge:
             self.fail_merge = False
             self._jobs()[answer["job"]].update(
                 status="failed", result=None,
@@ -204,3 +207,40 @@ def test_reconcile_reissues_a_live_merge_whose_agent_died(engine, chain):
     assert agent.merges[0][2] == agent.merges[1][2]  # the same merge, asked again
     assert _state(engine) == (["vol-B", "vol-A", ids["R"]],
                               {"s1": ids["R"], "s2": "vol-A"}, {"vol-T"})
+
+
+def test_a_merge_failing_after_one_disk_leaves_the_snapshot_illegal_and_retry_ends_it(
+        engine, chain):
+    """s1 also froze a second disk: its merge fails after root's was done. Root's rows
+    stay merged, the snapshot is illegal (no longer a restore point), and deleting it
+    again merges only the second disk."""
+    agent, ids = chain
+    data = engine.vm_devices.disk("vm1", "data", settings={
+        "size": "1GiB", "storage_domain": "data"}).entity
+    with engine.store.transaction() as session:
+        vm = get_vm(session, "vm1")
+        base = session.get(Volume, data["volume_id"])
+        session.add(Volume(id="vol-D", image_id=base.image_id, storage_domain="data",
+                           parent=base, format="qcow2", size_mib=base.size_mib))
+        session.flush()
+        device = next(d for d in vm.devices if d.name == "data")
+        device.spec = {**device.spec, "volume_id": "vol-D",
+                       "chain": volumes.chain_refs(session.get(Volume, "vol-D"))}
+        flag_modified(device, "spec")
+        snap = session.get(Snapshot, "s1")
+        snap.disks = [*snap.disks, {"disk": "data", "image_id": base.image_id,
+                                    "volume_id": base.id}]
+    agent.fail_merge, agent.skip_before_fail = True, 1
+    with pytest.raises(KestrelError, match="No space left"):
+        snapshot_merge.delete(engine, "vm1", "s1")
+    with engine.store.transaction(commit=False) as session:
+        assert session.get(Snapshot, "s1").status == "illegal"
+        assert session.get(Volume, "vol-A") is None  # root's merge stays done
+        assert session.get(Volume, "vol-D") is not None
+    merges = len(agent.merges)
+    snapshot_merge.delete(engine, "vm1", "s1")
+    assert [m[2]["volume"] for m in agent.merges[merges:]] == ["vol-D"]
+    assert [d["volume"] for d in agent.deleted_volumes] == ["vol-A", "vol-A", "vol-D"]
+    with engine.store.transaction(commit=False) as session:
+        assert session.get(Snapshot, "s1") is None
+        assert session.get(Volume, "vol-D") is None
