@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import engine_lib
-from engine_lib.agent import crl, seal
+from engine_lib.agent import crl, merges, seal, snapshot_request
 from engine_lib.agent.config import AgentConfig
 from engine_lib.agent.images import Download, Images
 from engine_lib.agent.jobs import Jobs
@@ -91,6 +91,11 @@ _SOURCE_VOLUME = {
     "type": "object", "required": ["domain", "image", "volume"], "additionalProperties": False,
     "properties": {"domain": {"type": "string"}, "image": {"type": "string"},
                    "volume": {"type": "string"}, "format": _FORMAT}}
+_SNAPSHOT_VOLUME = {
+    "type": "object", "required": ["domain", "image", "volume"], "additionalProperties": False,
+    "properties": {"domain": {"type": "string"}, "image": {"type": "string"},
+                   "volume": {"type": "string"}, "format": _FORMAT,
+                   "size_mib": {"type": "integer", "minimum": 0}}}
 _CHAIN = {"type": "array", "description": "the volume's parents on its domain, nearest "
           "first; the copy is flattened through exactly these (nothing is probed)",
           "items": {"type": "object", "required": ["image", "volume", "format"],
@@ -121,7 +126,11 @@ ROUTES = (
                                "memory_volume": _VOLUME_SCHEMA,
                                "mode": {"type": "string", "enum": ["fresh", "incoming",
                                                                    "restore"],
-                                        "default": "fresh"}}}),
+                                        "default": "fresh"},
+                               "keep_memory": {"type": "boolean", "default": False,
+                                               "description": "restore: keep the memory "
+                                               "volume afterwards (a snapshot's, reverted "
+                                               "to again); by default it is deleted"}}}),
     Route("GET", "/vms/{id}", "vm_status", "Status of one VM."),
     Route("GET", "/vms/{id}/xml", "vm_xml", "The live domain XML (with device aliases)."),
     Route("POST", "/vms/{id}/shutdown", "shutdown_vm", "Graceful shutdown: ACPI power "
@@ -203,10 +212,73 @@ ROUTES = (
     Route("POST", "/vms/{id}/migration/cancel", "cancel_migration", "Source: abort the "
           "migration (the VM keeps running here). Destination: destroy the incoming copy "
           "that never resumed (409 if it already runs here)."),
+    Route("POST", "/vms/{id}/snapshots", "create_snapshot", "Live snapshot of a VM running "
+          "here (Up or Paused; 409 otherwise): each disk's new top, a qcow2 overlay on its "
+          "current top (409 'chain changed' when the live top is another; 409 if the volume "
+          "exists), made here, then one atomic external snapshot onto them with no libvirt "
+          "snapshot metadata. Disk-only and quiesced through the guest agent when it answers "
+          "(else unquiesced: quiesced=false), or with memory_volume the guest's memory saved "
+          "there (the VM paused meanwhile; never quiesced). Then the live domain's metadata is "
+          "the given <kestrel:vm> (the new chain). Disks not named (cdroms, LUNs) are not "
+          "snapshotted. On failure the overlays and memory file are removed, the VM stays on "
+          "its old chain and the error gives libvirt's reason and the storage domain. "
+          "Answers {quiesced, memory, disks: [{alias, volume: the new top's id}]}.",
+          body={"type": "object", "required": ["snapshot", "disks", "metadata"],
+                "additionalProperties": False,
+                "properties": {"snapshot": {"type": "string", "format": "uuid"},
+                               "disks": {"type": "array", "minItems": 1, "items": {
+                                   "type": "object", "required": ["alias", "volume", "parent"],
+                                   "additionalProperties": False,
+                                   "properties": {"alias": {"type": "string"},
+                                                  "volume": _SNAPSHOT_VOLUME,
+                                                  "parent": _SNAPSHOT_VOLUME}}},
+                               "memory_volume": {**_SOURCE_VOLUME, "nullable": True},
+                               "quiesce": {"type": "boolean", "default": False},
+                               "metadata": {"type": "string", "description": "the "
+                                            "<kestrel:vm> element for the new chain"}}}),
+    Route("GET", "/vms/{id}/chains", "vm_chains", "Each disk's live chain from the live XML, "
+          "top first as '<image>/<volume>' (a file off the storage domains as its path), with "
+          "its block job: {disks: [{alias, target, chain, block_job: null | {type: commit|"
+          "active_commit|pull|copy|backup, cur, end, ready}]}."),
+    Route("POST", "/volumes/overlay", "create_overlay", "Create a qcow2 volume over parent "
+          "(a stopped VM's snapshot or revert): its backing named relative, the parent's "
+          "format pinned, the size of the parent or size_mib if larger. 409 if the volume "
+          "exists or the parent is missing.",
+          body={"type": "object", "required": ["volume", "parent"],
+                "additionalProperties": False,
+                "properties": {"volume": _SNAPSHOT_VOLUME, "parent": _SNAPSHOT_VOLUME}}),
     Route("POST", "/volumes/delete", "delete_volumes", "Delete volume files on storage "
           "domains; refused for a volume a VM on this host still uses.",
           body={"type": "object", "required": ["volumes"], "additionalProperties": False,
                 "properties": {"volumes": {"type": "array", "items": _VOLUME_SCHEMA}}}),
+    Route("POST", "/vms/{id}/merges", "start_merge", "Live merge (deleting a snapshot of "
+          "a running VM): block commit of volume top into its backing volume base on the "
+          "disk with this alias, RELATIVE (the volume above top is rebased onto base by "
+          "relative name); top_is_active: an active commit that pivots the disk onto base. "
+          "A commit already running on that disk (the agent restarted) is adopted. Ends by "
+          "setting the domain metadata to the <kestrel:vm> element given. Answers {job}; "
+          "result {chain: [files, top first], adopted}. top's file is "
+          "left for the engine to delete.",
+          body={"type": "object", "required": ["alias", "base", "top", "metadata"],
+                "additionalProperties": False,
+                "properties": {"alias": {"type": "string"}, "base": _SOURCE_VOLUME,
+                               "top": _SOURCE_VOLUME, "top_is_active": {"type": "boolean",
+                                                                        "default": False},
+                               "bandwidth_mibps": {"type": "integer", "minimum": 0,
+                                                   "default": 0,
+                                                   "description": "0: no limit"},
+                               "metadata": {"type": "string"}}}),
+    Route("POST", "/volumes/merge", "merge_volumes", "Offline merge (a stopped VM): qemu-img "
+          "commit of top into base through exactly the chain given (nothing probed), then "
+          "qemu-img rebase -u of child onto base by relative name. Deletes nothing; safe to "
+          "run again after a crash (a top already gone counts as merged when child is on "
+          "base). Answers {job}; result {committed, child_backing}.",
+          body={"type": "object", "required": ["base", "top"], "additionalProperties": False,
+                "properties": {"base": _SOURCE_VOLUME, "top": _SOURCE_VOLUME,
+                               "child": {"oneOf": [_SOURCE_VOLUME, {"type": "null"}]},
+                               "chain": {"type": "array", "items": _SOURCE_VOLUME,
+                                         "description": "the volumes below base, nearest "
+                                         "first"}}}),
     Route("POST", "/volumes/resize", "resize_volume", "Grow a volume to size_mib (never "
           "shrink): blockResize when a running VM here uses it, else qemu-img resize; a "
           "missing volume is left for the next start to create.",
@@ -414,7 +486,13 @@ class Api:
                 raise InvalidSpec("memory_volume", "mode 'restore' needs the memory volume "
                                                    "{domain, image, volume} to restore from")
             location = _volume_location(request.body["memory_volume"], "memory_volume")
-            return self.hypervisor.restore(xml, location)
+            keep = request.body.get("keep_memory", False)
+            if not isinstance(keep, bool):
+                raise InvalidSpec("keep_memory", f"must be true or false, got {keep!r}")
+            return self.hypervisor.restore(xml, location, keep_memory=keep)
+        if "keep_memory" in request.body:
+            raise InvalidSpec("keep_memory", f"only mode 'restore' keeps a memory volume "
+                                             f"(mode is '{mode}')")
         if "memory_volume" in request.body:
             raise InvalidSpec("memory_volume", f"only mode 'restore' takes a memory volume "
                                                f"(mode is '{mode}')")
@@ -554,6 +632,18 @@ class Api:
     def cancel_migration(self, request: Request) -> dict:
         return self.hypervisor.migrations.cancel(_vm_id(request))
 
+    def create_snapshot(self, request: Request) -> dict:
+        vm_id = _vm_id(request)
+        return self.hypervisor.create_snapshot(vm_id, snapshot_request.parse(request.body))
+
+    def vm_chains(self, request: Request) -> dict:
+        return self.hypervisor.chains(_vm_id(request))
+
+    def create_overlay(self, request: Request) -> dict:
+        body = request.body
+        overlay = snapshot_request.new_top(body.get("volume"), body.get("parent"))
+        return self.hypervisor.create_overlay(overlay)
+
     def delete_volumes(self, request: Request) -> dict:
         items = request.body.get("volumes")
         if not isinstance(items, list):
@@ -621,6 +711,13 @@ class Api:
 
     def copy_volume(self, request: Request) -> dict:
         return self.images.copy(request.body)
+
+    def start_merge(self, request: Request) -> dict:
+        return merges.start_live(self.hypervisor, self.jobs, _vm_id(request), request.body)
+
+    def merge_volumes(self, request: Request) -> dict:
+        return merges.start_offline(self.jobs, self.config.storage_domains,
+                                    self.hypervisor.disks_in_use(), request.body)
 
     def install_crl(self, request: Request) -> dict:
         pem = request.body.get("crl")
