@@ -280,19 +280,23 @@ class TemplateService:
         if check_mode:
             return Outcome(True, planned, {"before": {}, "after": planned})
         try:
-            return self._copy(template_id, host, targets, disks, new["seal"], progress, timeout)
+            on_job = snapshot_sources.on_job(self.engine, snapshot_id, host.name) \
+                if snapshot_id and targets else None
+            return self._copy(template_id, host, targets, disks, new["seal"], progress, timeout,
+                              on_job)
         finally:
             if snapshot_id and targets:
                 snapshot_sources.release(self.engine, snapshot_id)
 
     def _copy(self, template_id: str, host, targets: list, disks: list, seal: bool,
-              progress: Callable[[dict], None] | None, timeout: float | None) -> Outcome:
+              progress: Callable[[dict], None] | None, timeout: float | None,
+              on_job: Callable[[str], None] | None) -> Outcome:
         agent = self.engine.agent(host.address, host.port)
         made: list[dict] = []
         try:
             for origin, target in targets:
                 made.append(target)
-                vm_sources.copy(self.engine, host, origin, target, progress, timeout)
+                vm_sources.copy(self.engine, host, origin, target, progress, timeout, on_job)
             if seal and targets:
                 # The boot disk: the first bootable one, else the first.
                 boot = next((i for i, d in enumerate(disks) if d.get("bootable")), 0)

@@ -217,11 +217,13 @@ def run_copies(engine, copies: Copies, progress: Callable[[dict], None] | None =
 
 def _copy_all(engine, copies: Copies, progress: Callable[[dict], None] | None) -> None:
     agent = engine.agent(copies.host.address, copies.host.port)
+    on_job = snapshot_sources.on_job(engine, copies.snapshot_id, copies.host.name) \
+        if copies.snapshot_id else None
     made: list[dict] = []
     try:
         for source, target in copies.pairs:
             made.append(target)
-            vm_sources.copy(engine, copies.host, source, target, progress)
+            vm_sources.copy(engine, copies.host, source, target, progress, on_job=on_job)
     except KestrelError as err:
         why = vm_sources.delete_quietly(agent, made)
         with engine.store.transaction() as session:

@@ -9,9 +9,9 @@ from sqlalchemy import select
 from engine_lib.model import DeviceType, Snapshot, Template, Vm, Volume, new_id
 from engine_lib.protocol.errors import AgentError, Conflict, InvalidSpec, KestrelError
 from engine_lib.protocol.statuses import VmStatus
-from engine_lib.services import vm_sources, volumes
+from engine_lib.services import snapshot_sources, snapshots, volumes
 
-SOURCE = {"name": "web", "cluster": "c1", "memory": "512MiB",
+SOURCE = {"name": "web", "cluster": "c1", "memory": "256MiB",
           "disks": [{"name": "root", "size": "1GiB", "storage_domain": "data",
                      "bootable": True}],
           "nics": [{"name": "nic1", "network": "br0"}]}
@@ -37,57 +37,37 @@ class SnapAgent(FakeAgent):
 def agent(engine, cluster, agents):
     agent = agents["10.0.0.1"] = SnapAgent("h1")
     agent.engine = engine
+    info = agent.host_info
+    agent.host_info = lambda timeout=None: {**info(), "storage_domains": [
+        {"name": "data", "path": "/srv/data", "available": True, "free_mib": 4096}]}
     engine.hosts.ensure("h1", address="10.0.0.1", cluster=cluster)
+    engine.storage_domains.ensure("data", path="/srv/data", clusters=[cluster])
     return agent
-
-
-def _snapshot(engine, vm_name, description, memory_mib=None) -> dict:
-    """What taking a snapshot leaves (services.snapshots): a new top on the disk's
-    volume, and a row naming the frozen one and the settings then."""
-    with engine.store.transaction() as session:
-        vm = session.scalars(select(Vm).where(Vm.name == vm_name)).one()
-        config = vm_sources.settings_of(vm)
-        if memory_mib:
-            config["memory_mib"] = memory_mib
-        frozen = []
-        for device in vm.devices_of(DeviceType.DISK):
-            spec = dict(device.spec)
-            below = session.get(Volume, spec["volume_id"])
-            top = Volume(id=new_id(), image_id=spec["image_id"], storage_domain="data",
-                         format="qcow2", size_mib=below.size_mib, parent=below)
-            session.add(top)
-            frozen.append({"disk": device.name, "image_id": spec["image_id"],
-                           "volume_id": below.id})
-            spec["volume_id"], spec["chain"] = top.id, volumes.chain_refs(top)
-            device.spec = spec
-        row = Snapshot(vm_id=vm.id, description=description, status="ok", vm_config=config,
-                       disks=frozen, vm_running=True)
-        session.add(row)
-        session.flush()
-        return {"id": row.id, "frozen": frozen[0]["volume_id"], "top": top.id}
 
 
 @pytest.fixture
 def web(engine, agent):
-    """VM web, running, on a base volume with one snapshot (memory 256 MiB then)."""
+    """VM web on a base volume, snapshotted (memory 256 MiB then) by the snapshot
+    service while it runs, with 512 MiB now."""
     engine.vms.ensure(SOURCE)
     with engine.store.transaction() as session:
         vm = session.scalars(select(Vm).where(Vm.name == "web")).one()
         device = vm.devices_of(DeviceType.DISK)[0]
-        device.volume_created = True
         base = Volume(id=new_id(), image_id=new_id(), storage_domain="data", format="qcow2",
                       size_mib=1024)
         session.add(base)
         volume = session.get(Volume, device.spec["volume_id"])
         volume.parent = base
         device.spec = {**device.spec, "chain": volumes.chain_refs(volume)}
-        vm.status = VmStatus.UP
-        base_id = base.id
-    snap = _snapshot(engine, "web", "before upgrade", memory_mib=256)
+        base_id, frozen = base.id, volume.id
+    engine.vms.ensure({"name": "web"}, state="running")
+    snap = snapshots.create(engine, "web", description="before upgrade")
+    engine.vms.ensure({"name": "web", "memory": "512MiB"})
     disk = engine.vms.info("web")[0]["disks"][0]
-    agent.files = {f"data/{disk['image_id']}/{snap['frozen']}": b"frozen data",
-                   f"data/{disk['image_id']}/{snap['top']}": b"newer data"}
-    return {**snap, "base": base_id}
+    assert snap["disks"][0]["volume_id"] == frozen != disk["volume_id"]
+    agent.files = {f"data/{disk['image_id']}/{frozen}": b"frozen data",
+                   f"data/{disk['image_id']}/{disk['volume_id']}": b"newer data"}
+    return {"id": snap["id"], "frozen": frozen, "top": disk["volume_id"], "base": base_id}
 
 
 def test_clone_from_a_running_vms_snapshot_copies_the_frozen_volume(engine, agent, web):
@@ -153,7 +133,7 @@ def test_unknown_ambiguous_and_busy_snapshots_are_refused_naming_the_option(engi
         clone(snapshot_id=web["id"], snapshot_name="before upgrade")
     with pytest.raises(InvalidSpec, match="snapshot_name.*give snapshot_vm"):
         engine.vms.ensure({"name": "copy", "snapshot_name": "before upgrade"})
-    second = _snapshot(engine, "web", "before upgrade")
+    second = snapshots.create(engine, "web", description="before upgrade")
     with pytest.raises(InvalidSpec, match=f"2 snapshots.*{web['id']}, {second['id']}.*"
                                           "snapshot_id"):
         clone(snapshot_name="before upgrade")
@@ -163,3 +143,25 @@ def test_unknown_ambiguous_and_busy_snapshots_are_refused_naming_the_option(engi
     with pytest.raises(Conflict, match=f"merge of snapshot {second['id']}"):
         clone(snapshot_id=web["id"])
     assert [v["name"] for v in engine.vms.info()] == ["web"]
+
+
+def test_a_copy_lock_whose_copier_died_is_freed_once_its_job_is_not_running(engine, agent,
+                                                                            web):
+    job = agent._new_job("copy", "data/x/y")["job"]
+    with engine.store.transaction() as session:
+        row = session.get(Snapshot, web["id"])
+        row.status, row.operation, row.job_id, row.job_host = "locked", "clone", job, "h1"
+    seen: dict[str, int] = {}
+    assert snapshot_sources.reconcile(engine, seen) == []  # first seen
+    assert snapshot_sources.reconcile(engine, seen) == []  # its copy still runs
+    agent._jobs()[job]["status"] = "succeeded"
+    assert snapshot_sources.reconcile(engine, seen) == [web["id"]]
+    with engine.store.transaction(commit=False) as session:
+        row = session.get(Snapshot, web["id"])
+        assert (row.status, row.operation, row.job_id) == ("ok", "", "")
+    # A create's lock is not a copy's: left to the snapshot service's reconcile.
+    with engine.store.transaction() as session:
+        session.get(Snapshot, web["id"]).status = "locked"
+        session.get(Snapshot, web["id"]).operation = "create"
+    assert snapshot_sources.reconcile(engine, seen) == snapshot_sources.reconcile(engine, seen) \
+        == []
