@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -76,8 +77,10 @@ VM_KEYS = ("name", "cluster", "description", "memory", "max_memory", "cpu", "mac
            "balloon", "tpm", "cloud_init", "launch_paused", "custom_properties",
            "high_availability", "placement", "tags")
 # Where a new VM comes from (used at creation only, never rendered): a template version,
-# thin or cloned, or a stopped VM to clone (oVirt's snapshot_vm).
-ORIGIN_KEYS = ("template", "template_version", "clone", "snapshot_vm")
+# thin or cloned, a stopped VM to clone (oVirt's snapshot_vm), or one of its snapshots
+# (by description, as ovirt_vm's snapshot_name, or by id).
+ORIGIN_KEYS = ("template", "template_version", "clone", "snapshot_vm", "snapshot_name",
+               "snapshot_id")
 
 
 # -- scalar checks ----------------------------------------------------------------------------
@@ -87,6 +90,20 @@ def name(field: str, value: Any) -> str:
         raise InvalidSpec(field, "must be 1-64 characters: letters, digits, '.', '_' or '-', "
                                  f"starting with a letter or digit (got {value!r})")
     return value
+
+
+def object_id(field: str, value: Any) -> str:
+    """A row id (a UUID string, as the engine makes them)."""
+    try:
+        return str(uuid.UUID(value)) if isinstance(value, str) and len(value) == 36 else \
+            _bad_id(field, value)
+    except ValueError:
+        return _bad_id(field, value)
+
+
+def _bad_id(field: str, value: Any) -> str:
+    raise InvalidSpec(field, f"must be an id like 0f6b6c1e-3c3a-4c8e-9a0e-2b1f6d1e5a77 "
+                             f"(got {value!r})")
 
 
 def text(field: str, value: Any, max_len: int = 4096) -> str:
@@ -619,6 +636,8 @@ _SIMPLE: dict[str, Callable[[Any], Any]] = {
     "template_version": lambda v: positive_int("template_version", v, 100000),
     "clone": lambda v: boolean("clone", v),
     "snapshot_vm": lambda v: name("snapshot_vm", v),
+    "snapshot_name": lambda v: text("snapshot_name", v, 4000),
+    "snapshot_id": lambda v: object_id("snapshot_id", v),
 }
 
 
@@ -629,6 +648,12 @@ def _check_origin(out: dict[str, Any]) -> None:
     for key in ("template_version", "clone"):
         if out.get(key) and "template" not in out:
             raise InvalidSpec(key, "applies to a VM made from a template (give template)")
+    for key in ("snapshot_name", "snapshot_id"):
+        if key in out and "snapshot_vm" not in out:
+            raise InvalidSpec(key, "names a snapshot of the VM given as snapshot_vm "
+                                   "(give snapshot_vm)")
+    if "snapshot_name" in out and "snapshot_id" in out:
+        raise InvalidSpec("snapshot_id", "give snapshot_name or snapshot_id, not both")
 
 
 def normalize_vm(spec: Any) -> dict[str, Any]:

@@ -14,8 +14,9 @@
    elsewhere, in a thread of its own at the host interval (each host's fencing
    in a thread of its own again);
 5. reconciling volumes left locked by an upload whose agent job is gone (an agent
-   restarted, a writer killed), and snapshots left locked by a create or revert
-   whose caller died, at start and at the host interval;
+   restarted, a writer killed), and snapshots left locked by a create, revert or
+   copy (a clone or template from it) whose caller died, at start and at the host
+   interval;
 6. checking the HA reservation of the clusters that keep one, every minute, in a
    thread of its own (it reads only the database);
 7. power saving (hosts parked, switched off and back on through their power
@@ -45,7 +46,7 @@ from engine_lib.loop.event_follower import EventFollower
 from engine_lib.loop.ha import HighAvailability
 from engine_lib.loop.monitoring import Intervals, Monitor
 from engine_lib.loop.power_saving import PowerSaving
-from engine_lib.services import actor
+from engine_lib.services import actor, snapshot_sources
 
 log = logging.getLogger("kestrel.engine.loop")
 # How long a stop waits for each thread's pass in flight (an agent call ends by its deadline).
@@ -92,6 +93,9 @@ def _run(engine, settings: Settings, stop: threading.Event) -> None:
         name="snapshots", daemon=True))
     threads.append(threading.Thread(target=every, args=(
         host_s, engine.snapshot_merge.reconcile, stop), name="snapshot-merges", daemon=True))
+    threads.append(threading.Thread(target=every, args=(
+        host_s, functools.partial(snapshot_sources.reconcile, engine, {}), stop),
+        name="snapshot-copies", daemon=True))
     threads.append(threading.Thread(target=every, args=(
         settings.ha_reservation_interval_s, ha_reservation.ReservationCheck(engine).cycle,
         stop), name="ha-reservation", daemon=True))

@@ -1,7 +1,8 @@
 """Template versions: the settings and read-only volumes VMs are made from.
 
 A version is made from a stopped VM (each disk copied by an agent into a new
-read-only volume on the same storage domain, its chain flattened) or from a
+read-only volume on the same storage domain, its chain flattened), from a
+snapshot of a VM (its settings then, each disk's frozen volume copied), or from a
 floating disk (an uploaded image: its volume becomes the template's as it is).
 Versions of one name are numbered 1, 2, ...; a VM takes the latest unless it
 names one (oVirt's sub-versions).
@@ -26,7 +27,7 @@ from sqlalchemy.orm import Session, selectinload
 from engine_lib import spec as specs
 from engine_lib.model import Template, Vm, Volume, new_id
 from engine_lib.protocol.errors import Conflict, InvalidSpec, KestrelError, NotFound
-from engine_lib.services import access, listing, vm_sources, volume_jobs, volumes
+from engine_lib.services import access, listing, snapshot_sources, vm_sources, volume_jobs, volumes
 from engine_lib.services.common import audit, get_cluster
 from engine_lib.services.results import Outcome
 from engine_lib.services.vm_config import NEW_VM_DEFAULTS
@@ -149,17 +150,24 @@ class TemplateService:
     def ensure(self, name: str, *, state: str = "present", vm: str | None = None,
                disk: str | None = None, cluster: str | None = None,
                version: dict | None = None, seal: bool = False, description: str | None = None,
-               settings: dict | None = None, timeout: float | None = None,
+               settings: dict | None = None, snapshot_id: str | None = None,
+               timeout: float | None = None,
                check_mode: bool = False,
                progress: Callable[[dict], None] | None = None) -> Outcome:
         """Make sure a template version exists (made from ``vm`` or ``disk``) or does not.
 
         ``version`` is ``{number, name}``: a version is found by its number, else by
         its name, else any version of ``name`` will do; a missing one is created with
-        the next number (a given number must be that one).
+        the next number (a given number must be that one). With ``snapshot_id`` the
+        version is made from that snapshot of ``vm`` (which may be running).
         """
         specs.choice("state", state, STATES)
         specs.name("name", name)
+        if snapshot_id:
+            snapshot_id = specs.object_id("snapshot_id", snapshot_id)
+            if vm is None:
+                raise InvalidSpec("snapshot_id", "names a snapshot of the VM given as vm "
+                                                 "(give vm)")
         version = self._version(version)
         if state == "absent":
             return self._remove(name, version, check_mode)
@@ -182,7 +190,8 @@ class TemplateService:
         new = {"name": name, "number": number, "version_name": version.get("name", ""),
                "description": description or "", "seal": seal}
         if vm is not None:
-            return self._from_vm(new, vm, cluster, check_mode, progress, timeout)
+            return self._from_vm(new, vm, cluster, check_mode, progress, timeout,
+                                 snapshot_id or "")
         return self._from_disk(new, disk, cluster, settings or {}, check_mode)
 
     @staticmethod
@@ -225,7 +234,8 @@ class TemplateService:
     # -- creation --------------------------------------------------------------------------
 
     def _from_vm(self, new: dict, vm_name: str, cluster: str | None, check_mode: bool,
-                 progress: Callable[[dict], None] | None, timeout: float | None) -> Outcome:
+                 progress: Callable[[dict], None] | None, timeout: float | None,
+                 snapshot_id: str = "") -> Outcome:
         with self.engine.store.transaction(commit=not check_mode) as session:
             source = session.execute(select(Vm).where(Vm.name == vm_name).with_for_update()
                                      ).scalar_one_or_none()
@@ -234,12 +244,19 @@ class TemplateService:
             if cluster is not None and cluster != source.cluster.name:
                 raise InvalidSpec("cluster", f"VM '{vm_name}' is in cluster "
                                              f"'{source.cluster.name}', not '{cluster}'")
-            vm_sources.require_down(source, f"making template '{new['name']}' from it")
-            spec = vm_sources.settings_of(source)
+            snapshot = None
+            if snapshot_id:
+                snapshot = snapshot_sources.find(session, source, snapshot_id=snapshot_id,
+                                                 vm_field="vm")
+                spec = snapshot_sources.settings(snapshot, source)
+            else:
+                vm_sources.require_down(source, f"making template '{new['name']}' from it")
+                spec = vm_sources.settings_of(source)
             copies, disks = [], []
             for index, disk in enumerate(spec["disks"]):
                 field = f"vm.disks[{index}]"
-                origin = vm_sources.disk_source(session, source, disk, field)
+                origin = snapshot_sources.disk_source(session, snapshot, disk) if snapshot \
+                    else vm_sources.disk_source(session, source, disk, field)
                 volume = Volume(id=new_id(), image_id=new_id(), storage_domain=disk["storage_domain"],
                                 format=disk["format"], size_mib=disk["size_mib"],
                                 content_type="data", status="locked", readonly=True,
@@ -253,19 +270,34 @@ class TemplateService:
             host = vm_sources.helper_host(session, source.cluster_id,
                                           f"cannot make template '{new['name']}'")
             template = self._insert(session, new, source.cluster_id, spec,
-                                    [v for _, v in copies], f"from VM '{vm_name}'")
+                                    [v for _, v in copies], f"from VM '{vm_name}'"
+                                    + (f" snapshot {snapshot_id}" if snapshot_id else ""))
+            if snapshot is not None and copies:
+                snapshot_sources.lock(snapshot)
             template_id = template.id
             planned = template_dict(template, session)
             targets = [(origin, vm_sources.volume_dict(v)) for origin, v in copies]
         if check_mode:
             return Outcome(True, planned, {"before": {}, "after": planned})
+        try:
+            on_job = snapshot_sources.on_job(self.engine, snapshot_id, host.name) \
+                if snapshot_id and targets else None
+            return self._copy(template_id, host, targets, disks, new["seal"], progress, timeout,
+                              on_job)
+        finally:
+            if snapshot_id and targets:
+                snapshot_sources.release(self.engine, snapshot_id)
+
+    def _copy(self, template_id: str, host, targets: list, disks: list, seal: bool,
+              progress: Callable[[dict], None] | None, timeout: float | None,
+              on_job: Callable[[str], None] | None) -> Outcome:
         agent = self.engine.agent(host.address, host.port)
         made: list[dict] = []
         try:
             for origin, target in targets:
                 made.append(target)
-                vm_sources.copy(self.engine, host, origin, target, progress, timeout)
-            if new["seal"] and targets:
+                vm_sources.copy(self.engine, host, origin, target, progress, timeout, on_job)
+            if seal and targets:
                 # The boot disk: the first bootable one, else the first.
                 boot = next((i for i, d in enumerate(disks) if d.get("bootable")), 0)
                 self._seal(agent, targets[boot][1])

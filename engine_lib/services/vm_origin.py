@@ -10,7 +10,9 @@ naming another template for an existing VM is refused.
   the VM's first start, on the template volume's storage domain.
 - cloned (``clone: true``, or ``snapshot_vm``): each source disk is copied by an
   agent (``copy_volume``, the chain flattened) into the VM's own volume at
-  creation; a copy that fails removes the new VM and what was copied.
+  creation; a copy that fails removes the new VM and what was copied. With
+  ``snapshot_name`` or ``snapshot_id`` the source is that snapshot of
+  ``snapshot_vm`` (snapshot_sources), which may be running.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from engine_lib.model import DeviceType, Vm, Volume
 from engine_lib.protocol.errors import InvalidSpec, KestrelError
-from engine_lib.services import templates, vm_sources, volumes
+from engine_lib.services import snapshot_sources, templates, vm_sources, volumes
 from engine_lib.services.common import audit, find
 from engine_lib.services.host_records import HostRef
 from engine_lib.spec import ORIGIN_KEYS
@@ -42,6 +44,8 @@ class Copies:
     vm: str
     host: HostRef
     pairs: list[tuple[dict, dict]] = field(default_factory=list)
+    # The snapshot copied from, locked until the copies end ("" for none).
+    snapshot_id: str = ""
 
 
 def _user_disk(disk: dict) -> dict:
@@ -113,6 +117,7 @@ def _merge(source: dict, wanted: dict) -> dict:
 def create(session: Session, wanted: dict, make: Callable[[dict], Vm]) -> tuple[Vm, Copies | None]:
     """Create the VM from its source with ``make`` (vm_config.create); the copies a
     cloned VM still needs are returned for ``run_copies`` after the commit."""
+    snapshot_id = ""
     if "template" in wanted:
         template = templates.lookup(session, wanted["template"], wanted.get("template_version"))
         if "cluster" in wanted and wanted["cluster"] != template.cluster.name:
@@ -137,12 +142,24 @@ def create(session: Session, wanted: dict, make: Callable[[dict], Vm]) -> tuple[
         source_vm = find(session, Vm, wanted["snapshot_vm"])
         if source_vm is None:
             raise InvalidSpec("snapshot_vm", f"VM '{wanted['snapshot_vm']}' does not exist")
-        vm_sources.require_down(source_vm, f"cloning it into VM '{wanted['name']}'")
-        source = {**vm_sources.settings_of(source_vm), "cluster": source_vm.cluster.name,
-                  "description": source_vm.description}
-        origin = {d["name"]: vm_sources.disk_source(session, source_vm, d,
-                                                    f"snapshot_vm.disks[{i}]")
-                  for i, d in enumerate(source["disks"]) if "lun" not in d}
+        if "snapshot_id" in wanted or "snapshot_name" in wanted:
+            snapshot = snapshot_sources.find(session, source_vm,
+                                             snapshot_id=wanted.get("snapshot_id", ""),
+                                             snapshot_name=wanted.get("snapshot_name", ""))
+            source = {**snapshot_sources.settings(snapshot, source_vm),
+                      "cluster": source_vm.cluster.name, "description": source_vm.description}
+            origin = {d["name"]: snapshot_sources.disk_source(session, snapshot, d)
+                      for d in source["disks"] if "lun" not in d}
+            if origin:  # the copies run after the commit: the chain holds still until then
+                snapshot_sources.lock(snapshot)
+                snapshot_id = snapshot.id
+        else:
+            vm_sources.require_down(source_vm, f"cloning it into VM '{wanted['name']}'")
+            source = {**vm_sources.settings_of(source_vm), "cluster": source_vm.cluster.name,
+                      "description": source_vm.description}
+            origin = {d["name"]: vm_sources.disk_source(session, source_vm, d,
+                                                        f"snapshot_vm.disks[{i}]")
+                      for i, d in enumerate(source["disks"]) if "lun" not in d}
         spec = _merge(source, wanted)
         for index, disk in enumerate(spec["disks"]):
             if disk["name"] in origin:
@@ -154,10 +171,11 @@ def create(session: Session, wanted: dict, make: Callable[[dict], Vm]) -> tuple[
         clone = True
         sources = {}
         vm = make(spec)
-        what = f"VM '{source_vm.name}'"
+        what = f"VM '{source_vm.name}'" + (f" snapshot {snapshot_id}" if snapshot_id else "")
     session.flush()
     copies = Copies(vm.name, vm_sources.helper_host(session, vm.cluster_id,
-                                                    f"cannot create VM '{vm.name}'")) \
+                                                    f"cannot create VM '{vm.name}'"),
+                    snapshot_id=snapshot_id) \
         if clone and origin else None
     for device in vm.devices_of(DeviceType.DISK):
         if copies is None or device.name not in origin:
@@ -190,12 +208,22 @@ def _check_disk(index: int, disk: dict, volume: Volume | None, thin: bool) -> No
 
 def run_copies(engine, copies: Copies, progress: Callable[[dict], None] | None = None) -> None:
     """Copy a new VM's disks; on failure the VM goes, with what was copied."""
+    try:
+        _copy_all(engine, copies, progress)
+    finally:
+        if copies.snapshot_id:
+            snapshot_sources.release(engine, copies.snapshot_id)
+
+
+def _copy_all(engine, copies: Copies, progress: Callable[[dict], None] | None) -> None:
     agent = engine.agent(copies.host.address, copies.host.port)
+    on_job = snapshot_sources.on_job(engine, copies.snapshot_id, copies.host.name) \
+        if copies.snapshot_id else None
     made: list[dict] = []
     try:
         for source, target in copies.pairs:
             made.append(target)
-            vm_sources.copy(engine, copies.host, source, target, progress)
+            vm_sources.copy(engine, copies.host, source, target, progress, on_job=on_job)
     except KestrelError as err:
         why = vm_sources.delete_quietly(agent, made)
         with engine.store.transaction() as session:

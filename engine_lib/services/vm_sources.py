@@ -106,12 +106,16 @@ def helper_host(session: Session, cluster_id: str, what: str) -> HostRef:
 
 
 def copy(engine, host: HostRef, source: dict, target: dict,
-         progress: Callable[[dict], None] | None = None, timeout: float | None = None) -> dict:
+         progress: Callable[[dict], None] | None = None, timeout: float | None = None,
+         on_job: Callable[[str], None] | None = None) -> dict:
     """One flattened copy by ``host``'s agent (``copy_volume``), waited for; the job is
-    recorded on the target's row, so a copy lost in a crash is cleaned up."""
+    recorded on the target's row (and given to ``on_job``), so a copy lost in a crash
+    is cleaned up."""
     agent = engine.agent(host.address, host.port)
     job = agent.copy_volume(source["source"], source["chain"], target)["job"]
     volumes.record_job(engine, target["volume"], job, host.name)
+    if on_job is not None:
+        on_job(job)
     return volume_jobs.wait(agent, job, progress=progress, timeout=timeout)
 
 

@@ -19,6 +19,10 @@ description:
     firmware, devices, disks' settings, NICs without their MAC addresses, custom
     properties, high availability). Its cloud-init, placement and tags are the
     VM's own and are not copied. A VM that is not Down is refused.
+  - From a snapshot of a VM (O(vm) and O(snapshot_id)) the settings are the VM's
+    when the snapshot was taken and each disk is the volume the snapshot froze,
+    copied with the volumes below it flattened. The VM may be running; the
+    snapshot is locked while its disks are copied (no merge or revert meanwhile).
   - From a floating disk (O(disk), for example an image uploaded with
     M(kestrel.virt.disk) and O(kestrel.virt.disk#module:upload_image_path)) the
     disk's volume becomes the template's as it is (no copy); it turns read-only
@@ -48,7 +52,13 @@ options:
     default: present
   vm:
     description:
-      - Name of the stopped VM to make a new version from. Mutually exclusive with O(disk).
+      - Name of the stopped VM to make a new version from (any VM with O(snapshot_id)).
+        Mutually exclusive with O(disk).
+    type: str
+  snapshot_id:
+    description:
+      - Make the new version from this snapshot of O(vm) (see M(kestrel.virt.snapshot_info))
+        instead of the VM's disks as they are.
     type: str
   disk:
     description:
@@ -144,6 +154,12 @@ EXAMPLES = r"""
       number: 2
       name: with-updates
 
+- name: A template from a snapshot of the running VM web1
+  kestrel.virt.template:
+    name: web-before-upgrade
+    vm: web1
+    snapshot_id: 3a0c7a4e-86b1-4f5d-9a1e-0c2b5d7e9f10
+
 - name: A template straight from an uploaded image
   kestrel.virt.template:
     name: cloud
@@ -225,6 +241,7 @@ def main():
             name=dict(type='str', required=True),
             state=dict(type='str', choices=['present', 'absent'], default='present'),
             vm=dict(type='str'),
+            snapshot_id=dict(type='str'),
             disk=dict(type='str'),
             cluster=dict(type='str'),
             description=dict(type='str'),
@@ -248,12 +265,14 @@ def main():
         ),
         entity_key='template',
         mutually_exclusive=[('vm', 'disk')],
+        required_by=dict(snapshot_id='vm'),
     )
     p = module.params
     module.apply(lambda engine, check_mode: engine.templates.ensure(
         p['name'], state=p['state'], vm=p['vm'], disk=p['disk'], cluster=p['cluster'],
         version=drop_unset(p['version']), seal=p['seal'], description=p['description'],
-        settings=settings(p) or None, timeout=p['timeout'], check_mode=check_mode))
+        settings=settings(p) or None, snapshot_id=p['snapshot_id'], timeout=p['timeout'],
+        check_mode=check_mode))
 
 
 if __name__ == '__main__':

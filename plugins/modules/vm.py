@@ -271,11 +271,28 @@ options:
     default: false
   snapshot_vm:
     description:
-      - Make a new VM as a full copy of this stopped VM (as oVirt clones a VM), with its
+      - Make a new VM as a full copy of this VM (as oVirt clones a VM), with its
         settings (but its cloud-init, placement and tags) and a copy of each of its
         disks. The options the task sets override them, as for O(template).
-      - kestrel has no snapshots, so the copy is of the VM's disks as they are; the
-        source VM must be Down.
+      - Without O(snapshot_name) or O(snapshot_id) the copy is of the VM's disks as
+        they are, and the source VM must be Down.
+      - With one of them the copy is of that snapshot of the VM (its settings when the
+        snapshot was taken, each disk's frozen volume with the volumes below it
+        flattened); the source VM may be running. Volume disks only (LUNs are shared,
+        not copied); the new VM gets new MAC addresses.
+      - Used only when the VM is created.
+    type: str
+  snapshot_name:
+    description:
+      - With O(snapshot_vm), clone the snapshot of that VM whose description is this
+        (as ovirt_vm). Several snapshots with that description are refused, naming
+        their ids; give O(snapshot_id) then.
+      - Used only when the VM is created.
+    type: str
+  snapshot_id:
+    description:
+      - With O(snapshot_vm), clone the snapshot of that VM with this id.
+        Mutually exclusive with O(snapshot_name).
       - Used only when the VM is created.
     type: str
   force:
@@ -353,6 +370,12 @@ EXAMPLES = r"""
   kestrel.virt.vm:
     name: web1-copy
     snapshot_vm: web1
+
+- name: A clone of web1 as it was at its snapshot "before upgrade" (web1 may run)
+  kestrel.virt.vm:
+    name: web1-before
+    snapshot_vm: web1
+    snapshot_name: before upgrade
 
 - name: Give it more memory at its next start, nothing else changes
   kestrel.virt.vm:
@@ -476,7 +499,7 @@ SPEC_OPTIONS = ('name', 'cluster', 'description', 'memory', 'max_memory', 'cpu',
                 'nics', 'graphics', 'video', 'serial_console', 'guest_agent', 'rng', 'watchdog',
                 'balloon', 'tpm', 'cloud_init', 'launch_paused', 'custom_properties',
                 'high_availability', 'placement', 'tags', 'template', 'template_version',
-                'clone', 'snapshot_vm')
+                'clone', 'snapshot_vm', 'snapshot_name', 'snapshot_id')
 
 
 def vm_spec(params):
@@ -551,13 +574,16 @@ def main():
             template_version=dict(type='int'),
             clone=dict(type='bool', default=False),
             snapshot_vm=dict(type='str'),
+            snapshot_name=dict(type='str'),
+            snapshot_id=dict(type='str'),
             force=dict(type='bool', default=False),
             wait=dict(type='bool', default=True),
             timeout=dict(type='int', default=120),
         ),
         entity_key='vm',
         secrets=console_password,
-        mutually_exclusive=[('template', 'snapshot_vm')],
+        mutually_exclusive=[('template', 'snapshot_vm'), ('snapshot_name', 'snapshot_id')],
+        required_by=dict(snapshot_name='snapshot_vm', snapshot_id='snapshot_vm'),
     )
     p = module.params
     spec = vm_spec(p)

@@ -218,6 +218,19 @@ def test_a_failed_job_carries_the_typed_error(admin):
     assert done["status"] == "failed" and done["error"]["code"] == "ClusterNotFound"
 
 
+def test_a_template_from_a_snapshot_takes_its_id_and_checks_it(admin):
+    for body, field in (({"vm": "v1", "snapshot_id": "../x"}, "snapshot_id"),
+                        ({"disk": "d1", "snapshot_id": "0f6b6c1e-3c3a-4c8e-9a0e-2b1f6d1e5a77"},
+                         "snapshot_id"),
+                        ({"vm": "nope", "snapshot_id": "0f6b6c1e-3c3a-4c8e-9a0e-2b1f6d1e5a77"},
+                         "vm")):
+        started = admin.put("/templates/t1", json=body)
+        assert started.status_code == 202, started.text
+        done = _finished(admin, started.json()["job"])
+        assert done["error"]["code"] == "InvalidSpec" and done["error"]["details"]["field"] \
+            == field, done
+
+
 def test_a_list_shows_only_what_the_token_may_read(api, connect):
     for name in ("vis-a", "vis-b"):
         api.engine.clusters.ensure(name, virt_type="qemu")

@@ -15,7 +15,7 @@ def test_from_a_vm_passes_the_version_and_seal(engine, run_module):
     assert engine.calls == [('templates.ensure', ('deb',), dict(
         state='present', vm='golden', disk=None, cluster=None,
         version=dict(number=2, name='v2'), seal=True, description=None, settings=None,
-        timeout=None, check_mode=False))]
+        snapshot_id=None, timeout=None, check_mode=False))]
     assert result['template']['version']['number'] == 2
 
 
@@ -60,3 +60,26 @@ def test_vm_from_a_template_thin_by_default(engine, run_module):
     assert engine.calls[2][1][0] == dict(name='web3', snapshot_vm='web1')
     result = run_module(vm, dict(name='web4', snapshot_vm='web1', template='deb'))
     assert result['failed'] is True and 'mutually exclusive' in result['msg']
+
+
+def test_from_a_snapshot_of_a_vm(engine, run_module):
+    engine.answer = Outcome(True, dict(name='before'))
+    run_module(template, dict(name='before', vm='web1', snapshot_id='3a0c7a4e'))
+    assert engine.calls[0][2]['vm'] == 'web1' and engine.calls[0][2]['snapshot_id'] == '3a0c7a4e'
+    result = run_module(template, dict(name='before', disk='d', snapshot_id='3a0c7a4e'))
+    assert result['failed'] is True and 'snapshot_id' in result['msg'] and len(engine.calls) == 1
+
+
+def test_vm_from_a_snapshot_by_description_or_id(engine, run_module):
+    engine.answer = Outcome(True, dict(name='web5'))
+    run_module(vm, dict(name='web5', snapshot_vm='web1', snapshot_name='before upgrade'))
+    assert engine.calls[0][1][0] == dict(name='web5', snapshot_vm='web1',
+                                         snapshot_name='before upgrade')
+    run_module(vm, dict(name='web6', snapshot_vm='web1', snapshot_id='3a0c7a4e'))
+    assert engine.calls[1][1][0] == dict(name='web6', snapshot_vm='web1', snapshot_id='3a0c7a4e')
+    result = run_module(vm, dict(name='web7', snapshot_name='before upgrade'))
+    assert result['failed'] is True and 'snapshot_vm' in result['msg']
+    result = run_module(vm, dict(name='web7', snapshot_vm='web1', snapshot_name='a',
+                                 snapshot_id='b'))
+    assert result['failed'] is True and 'mutually exclusive' in result['msg']
+    assert len(engine.calls) == 2
