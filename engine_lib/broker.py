@@ -241,6 +241,17 @@ class AgentApi(Protocol):
     def seal_volume(self, volume: dict, hostname: str = "") -> dict:
         raise _not_modelled(self, "seal_volume")
 
+    # -- backups -------------------------------------------------------------------
+
+    def start_backup(self, vm_id: str, body: dict) -> dict:
+        raise _not_modelled(self, "start_backup")
+
+    def checkpoints(self, vm_id: str) -> dict:
+        raise _not_modelled(self, "checkpoints")
+
+    def delete_checkpoint(self, vm_id: str, checkpoint: str) -> dict:
+        raise _not_modelled(self, "delete_checkpoint")
+
 
 class AgentClient:
     """One host agent, over HTTPS (implements AgentApi and a few calls beyond it).
@@ -483,6 +494,18 @@ class AgentClient:
 
     def seal_volume(self, volume: dict, hostname: str = "") -> dict:
         return self._call("POST", "/volumes/seal", {"volume": volume, "hostname": hostname})
+
+    def start_backup(self, vm_id: str, body: dict) -> dict:
+        """Push backup of a running VM into new target volumes: {job}; the job's result is
+        {checkpoint_xml, disks: [{alias, bytes, size_mib}], fell_back}."""
+        return self._call("POST", f"/vms/{_seg(vm_id)}/backups", body)
+
+    def checkpoints(self, vm_id: str) -> dict:
+        """The checkpoints libvirt knows for the VM here: {checkpoints: [id, ...]}."""
+        return self._call("GET", f"/vms/{_seg(vm_id)}/checkpoints")
+
+    def delete_checkpoint(self, vm_id: str, checkpoint: str) -> dict:
+        return self._call("DELETE", f"/vms/{_seg(vm_id)}/checkpoints/{_seg(checkpoint)}")
 
     def openapi(self) -> dict:
         return self._query("GET", "/openapi.json")
