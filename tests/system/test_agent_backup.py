@@ -69,13 +69,13 @@ def _same(first: str, second: str) -> None:
 
 
 def test_full_then_incrementals_across_a_restart_read_as_the_disk(agents, lab, lab_guest,
-                                                                  cleanup):  # noqa: F811
+                                                                  cleanup):
     started = time.monotonic()
     agent = agents[0]
     client = agent.client(timeout=60)
     xml, disk, vm_id = guest_xml()
     cleanup.append((vm_id, disk, _volume()))
-    backups = [_volume() for _ in range(3)]
+    backups = [_volume() for _ in range(4)]
     try:
         client.start_vm(xml)
         wait_for_guest_agent(agent, vm_id)
@@ -124,8 +124,20 @@ def test_full_then_incrementals_across_a_restart_read_as_the_disk(agents, lab, l
         assert client.delete_checkpoint(vm_id, "cp1")["deleted"] is True
         assert client.checkpoints(vm_id) == {"checkpoints": ["cp2", "cp3"]}
 
+        # A checkpoint whose bitmap is not in the disk: libvirt refuses the incremental,
+        # and the agent takes a full backup (no backing file) and says why.
+        bogus = "<domaincheckpoint><name>lost</name></domaincheckpoint>"
+        fallback = _backup(client, vm_id, "cp4", "lost", [{"id": "lost", "xml": bogus}],
+                           disk["alias"], backups[3], backups[2])
+        assert "refused the incremental backup from checkpoint 'lost'" in \
+            fallback["fell_back"], fallback
+        assert "backing-filename" not in json.loads(subprocess.run(
+            ["qemu-img", "info", "-U", "--output=json", _path(lab, backups[3])],
+            capture_output=True, text=True, check=True).stdout)
+
         client.destroy_vm(vm_id)
         _same(_path(lab, backups[2]), _path(lab, disk))
+        _same(_path(lab, backups[3]), _path(lab, disk))
     finally:
         client.delete_volumes([{k: v for k, v in b.items() if k != "format"}
                                for b in reversed(backups)])
