@@ -124,9 +124,11 @@ def test_full_then_incrementals_across_a_restart_read_as_the_disk(agents, lab, l
         assert client.delete_checkpoint(vm_id, "cp1")["deleted"] is True
         assert client.checkpoints(vm_id) == {"checkpoints": ["cp2", "cp3"]}
 
-        # A checkpoint whose bitmap is not in the disk: libvirt refuses the incremental,
-        # and the agent takes a full backup (no backing file) and says why.
-        bogus = "<domaincheckpoint><name>lost</name></domaincheckpoint>"
+        # A checkpoint whose bitmap is not in the disk (redefined: libvirt does not look):
+        # libvirt refuses the incremental, the agent takes a full (no backing file), says why.
+        bogus = ("<domaincheckpoint><name>lost</name><creationTime>1700000000</creationTime>"
+                 "<disks><disk name='vda' checkpoint='bitmap' bitmap='lost'/></disks>"
+                 "</domaincheckpoint>")
         fallback = _backup(client, vm_id, "cp4", "lost", [{"id": "lost", "xml": bogus}],
                            disk["alias"], backups[3], backups[2])
         assert "refused the incremental backup from checkpoint 'lost'" in \
