@@ -259,6 +259,17 @@ class AgentApi(Protocol):
                       chain: list[dict]) -> dict:
         raise _not_modelled(self, "merge_volumes")
 
+    # -- backups -------------------------------------------------------------------
+
+    def start_backup(self, vm_id: str, body: dict) -> dict:
+        raise _not_modelled(self, "start_backup")
+
+    def checkpoints(self, vm_id: str) -> dict:
+        raise _not_modelled(self, "checkpoints")
+
+    def delete_checkpoint(self, vm_id: str, checkpoint: str) -> dict:
+        raise _not_modelled(self, "delete_checkpoint")
+
 
 class AgentClient:
     """One host agent, over HTTPS (implements AgentApi and a few calls beyond it).
@@ -527,6 +538,18 @@ class AgentClient:
         """Offline merge of top into base, child rebased onto base (a job)."""
         return self._call("POST", "/volumes/merge",
                           {"base": base, "top": top, "child": child, "chain": chain})
+
+    def start_backup(self, vm_id: str, body: dict) -> dict:
+        """Push backup of a running VM into new target volumes: {job}; the job's result is
+        {checkpoint_xml, disks: [{alias, bytes, size_mib}], fell_back}."""
+        return self._call("POST", f"/vms/{_seg(vm_id)}/backups", body)
+
+    def checkpoints(self, vm_id: str) -> dict:
+        """The checkpoints libvirt knows for the VM here: {checkpoints: [id, ...]}."""
+        return self._call("GET", f"/vms/{_seg(vm_id)}/checkpoints")
+
+    def delete_checkpoint(self, vm_id: str, checkpoint: str) -> dict:
+        return self._call("DELETE", f"/vms/{_seg(vm_id)}/checkpoints/{_seg(checkpoint)}")
 
     def openapi(self) -> dict:
         return self._query("GET", "/openapi.json")
