@@ -241,6 +241,21 @@ class AgentApi(Protocol):
     def seal_volume(self, volume: dict, hostname: str = "") -> dict:
         raise _not_modelled(self, "seal_volume")
 
+    # Backups (agent POST /vms/{id}/backups) and the offline merge of a volume into its
+    # base (POST /volumes/merge), which removing a backup others build on uses.
+    def start_backup(self, vm_id: str, body: dict) -> dict:
+        raise _not_modelled(self, "start_backup")
+
+    def checkpoints(self, vm_id: str) -> dict:
+        raise _not_modelled(self, "checkpoints")
+
+    def delete_checkpoint(self, vm_id: str, cp: str) -> dict:
+        raise _not_modelled(self, "delete_checkpoint")
+
+    def merge_volumes(self, base: dict, top: dict, child: dict | None,
+                      chain: list[dict]) -> dict:
+        raise _not_modelled(self, "merge_volumes")
+
 
 class AgentClient:
     """One host agent, over HTTPS (implements AgentApi and a few calls beyond it).
@@ -483,6 +498,20 @@ class AgentClient:
 
     def seal_volume(self, volume: dict, hostname: str = "") -> dict:
         return self._call("POST", "/volumes/seal", {"volume": volume, "hostname": hostname})
+
+    def start_backup(self, vm_id: str, body: dict) -> dict:
+        return self._call("POST", f"/vms/{_seg(vm_id)}/backups", body)
+
+    def checkpoints(self, vm_id: str) -> dict:
+        return self._query("GET", f"/vms/{_seg(vm_id)}/checkpoints")
+
+    def delete_checkpoint(self, vm_id: str, cp: str) -> dict:
+        return self._call("DELETE", f"/vms/{_seg(vm_id)}/checkpoints/{_seg(cp)}")
+
+    def merge_volumes(self, base: dict, top: dict, child: dict | None,
+                      chain: list[dict]) -> dict:
+        return self._call("POST", "/volumes/merge",
+                          {"base": base, "top": top, "child": child, "chain": chain})
 
     def openapi(self) -> dict:
         return self._query("GET", "/openapi.json")
