@@ -238,8 +238,10 @@ def _plan(engine, vm_name: str, storage_domain: str, mode: str,
 
 
 def backup(engine, vm_name: str, *, storage_domain: str = "", mode: str = "incremental",
-           description: str = "", progress: Progress | None = None) -> dict:
-    """Back up a VM's disks (see the module's docstring); the backup's dict."""
+           description: str = "", progress: Progress | None = None,
+           timeout: float | None = None) -> dict:
+    """Back up a VM's disks (see the module's docstring); the backup's dict. ``timeout``:
+    seconds each agent job may take (None: volume_jobs' default)."""
     plan = _plan(engine, vm_name, storage_domain, mode, description)
     assert plan.host is not None
     agent = engine.agent(plan.host.address, plan.host.port)
@@ -248,10 +250,10 @@ def backup(engine, vm_name: str, *, storage_domain: str = "", mode: str = "incre
         if plan.running:
             job = agent.start_backup(plan.vm_id, plan.body)["job"]
             _record_job(engine, plan.backup_id, job, plan.host.name)
-            result = volume_jobs.wait(agent, job, progress=progress)
+            result = volume_jobs.wait(agent, job, progress=progress, timeout=timeout)
         else:
             for source, target in plan.copies:
-                vm_sources.copy(engine, plan.host, source, target, progress)
+                vm_sources.copy(engine, plan.host, source, target, progress, timeout)
             result = {"disks": [], "fell_back": ""}
     except KestrelError as err:
         why = vm_sources.delete_quietly(agent, plan.targets)
@@ -575,24 +577,42 @@ class BackupService:
 
     def info(self, vm_name: str = "", backup_id: str = "") -> list[dict]:
         if backup_id:
-            found = get(self.engine, backup_id)
-            return [found] if not vm_name or found["vm"] == vm_name else []
+            with self.engine.store.transaction(commit=False) as session:
+                row = session.get(Backup, backup_id)
+                found = backup_dict(row) if row is not None else None
+            return [found] if found and (not vm_name or found["vm"] == vm_name) else []
         return list_for(self.engine, vm_name)
 
     def create(self, vm_name: str, *, storage_domain: str = "", mode: str = "incremental",
-               description: str = "", progress: Progress | None = None) -> Outcome:
+               description: str = "", timeout: int | None = None, check_mode: bool = False,
+               progress: Progress | None = None) -> Outcome:
+        if check_mode:  # what would be asked; the fallback is decided when it runs
+            if mode not in MODES:
+                raise InvalidSpec("mode", f"must be one of {', '.join(MODES)} (got {mode!r})")
+            return Outcome(True, {"vm": vm_name, "mode": mode, "status": "planned",
+                                  "storage_domain": storage_domain, "description": description})
         return Outcome(True, backup(self.engine, vm_name, storage_domain=storage_domain,
-                                    mode=mode, description=description, progress=progress))
+                                    mode=mode, description=description, progress=progress,
+                                    timeout=timeout))
 
-    def remove(self, backup_id: str, progress: Progress | None = None) -> Outcome:
+    def remove(self, backup_id: str, check_mode: bool = False,
+               progress: Progress | None = None) -> Outcome:
         with self.engine.store.transaction(commit=False) as session:
-            if session.get(Backup, backup_id) is None:
+            row = session.get(Backup, backup_id)
+            if row is None:
                 return Outcome(False, None)
+            if check_mode:
+                return Outcome(True, backup_dict(row))
         return Outcome(True, remove(self.engine, backup_id, progress=progress))
 
     def restore(self, backup_id: str, *, vm_name: str = "", disk_name: str = "",
-                disk: str = "", storage_domain: str = "",
+                disk: str = "", storage_domain: str = "", check_mode: bool = False,
                 progress: Progress | None = None) -> Outcome:
+        if check_mode:
+            with self.engine.store.transaction(commit=False) as session:
+                _usable(session, backup_id)
+            return Outcome(True, {"vm": {"name": vm_name}} if vm_name
+                           else {"disk": {"name": disk_name}})
         return Outcome(True, restore(self.engine, backup_id, vm_name=vm_name,
                                      disk_name=disk_name, disk=disk,
                                      storage_domain=storage_domain, progress=progress))
