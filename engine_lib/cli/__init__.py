@@ -40,6 +40,7 @@ from engine_lib.cli.entities import (
     vm_migrations,
     vm_xml,
 )
+from engine_lib.cli.backups import add_parsers as add_backup_parsers
 from engine_lib.cli.offline import devices_match, schedule, xml_render
 from engine_lib.cli.stats import stats
 from engine_lib.cli.templates import template_create, template_list, template_remove
@@ -308,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     engine_options(devices_match_cmd)
 
     add_access_parsers(groups, command, engine_options)
+    add_backup_parsers(groups, command, engine_options)
     return parser
 
 

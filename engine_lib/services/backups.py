@@ -388,9 +388,9 @@ def remove(engine, backup_id: str, *, progress: Progress | None = None) -> dict:
     for volume_id, child_id in steps:
         job_context.check_cancelled(f"removal of backup {backup_id}")
         if child_id is None:
-            _delete_file(engine, agent, volume_id)
+            _delete_file(engine, agent, backup_id, volume_id)
         else:
-            _merge_child(engine, agent, volume_id, child_id, progress)
+            _merge_child(engine, agent, backup_id, volume_id, child_id, progress)
     with engine.store.transaction() as session:
         row = session.get(Backup, backup_id)
         if row is not None:
@@ -399,7 +399,15 @@ def remove(engine, backup_id: str, *, progress: Progress | None = None) -> dict:
     return removed
 
 
-def _delete_file(engine, agent, volume_id: str) -> None:
+def _forget_file(session: Session, backup_id: str, volume_id: str) -> None:
+    """The removed backup no longer names a file it gave up, so a retried removal
+    (after a crash or failure half way) never merges that file a second time."""
+    row = session.get(Backup, backup_id)
+    if row is not None:
+        row.disks = [d for d in row.disks if d["volume_id"] != volume_id]
+
+
+def _delete_file(engine, agent, backup_id: str, volume_id: str) -> None:
     with engine.store.transaction(commit=False) as session:
         volume = session.get(Volume, volume_id)
         target = _agent_volume(volume) if volume else None
@@ -409,9 +417,10 @@ def _delete_file(engine, agent, volume_id: str) -> None:
         volume = session.get(Volume, volume_id)
         if volume is not None:
             session.delete(volume)
+        _forget_file(session, backup_id, volume_id)
 
 
-def _merge_child(engine, agent, volume_id: str, child_id: str,
+def _merge_child(engine, agent, backup_id: str, volume_id: str, child_id: str,
                  progress: Progress | None) -> None:
     """Commit ``child_id`` (a later backup's file) into ``volume_id`` and let the later
     backup name ``volume_id``: its data is then what the child's chain read."""
@@ -433,10 +442,12 @@ def _merge_child(engine, agent, volume_id: str, child_id: str,
             below.parent_id = base.id
         base.size_mib = max(base.size_mib, top.size_mib)
         base.description = top.description
-        for later in session.scalars(select(Backup)):
+        for later in session.scalars(select(Backup).where(
+                Backup.storage_domain == base.storage_domain)):
             if any(d["volume_id"] == top.id for d in later.disks):
                 later.disks = [{**d, "volume_id": base.id} if d["volume_id"] == top.id else d
                                for d in later.disks]
+        _forget_file(session, backup_id, base.id)
         session.flush()
         dead = _agent_volume(top)
         session.delete(top)

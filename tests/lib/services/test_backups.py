@@ -6,7 +6,7 @@ from conftest import FakeAgent
 from sqlalchemy import select
 
 from engine_lib.model import Backup, Checkpoint, DeviceType, Host, Vm, Volume
-from engine_lib.protocol.errors import Conflict, InvalidSpec
+from engine_lib.protocol.errors import AgentUnreachable, Conflict, InvalidSpec
 from engine_lib.protocol.statuses import VmStatus
 from engine_lib.services import backups
 
@@ -48,9 +48,14 @@ class BackupAgent(FakeAgent):
             "disks": disks, "fell_back": self.fell_back})
         return answer
 
+    fail_merge_at = 0  # that merge (1-based) is lost after committing, as in a crash
+
     def merge_volumes(self, base, top, child, chain):
         self._check()
         self.merges.append((base, top, child, chain))
+        if len(self.merges) == self.fail_merge_at:
+            self.blocks[self._target(base)].update(self.blocks[self._target(top)])
+            raise AgentUnreachable("agent h1 unreachable: connection reset", cause="reset")
         self.blocks[self._target(base)].update(self.blocks[self._target(top)])
         answer = self._new_job("merge", self._target(base))
         self._jobs()[answer["job"]].update(status="succeeded", progress=100, result={})
@@ -216,6 +221,14 @@ def test_removing_restore_points_keeps_the_others_exact(engine, agent, web):
         expected.append({"root": dict(agent.disk[web["root"]]),
                          "logs": dict(agent.disk[web["logs"]])})
     # The oldest (a full others build on), then one in the middle, then the newest.
+    # The first removal is cut off in its second disk's merge (the first disk's is
+    # done), and run again: the first disk's file is never merged a second time.
+    agent.fail_merge_at = 2
+    with pytest.raises(AgentUnreachable):
+        backups.remove(engine, points[0])
+    assert backups.get(engine, points[0])["status"] == "removing"
+    with pytest.raises(Conflict, match="is removing"):
+        backups.restore(engine, points[0], disk_name="x", disk="root")
     for gone in (0, 2, 3):
         backups.remove(engine, points[gone])
         for index, point in enumerate(points):
