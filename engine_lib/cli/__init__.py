@@ -15,6 +15,7 @@ import sys
 # Subcommands import what they need inside their function, not here: ``kestrel`` starts fast,
 # and an engine host without an optional dependency still runs every command that needs none.
 from engine_lib.cli.agent import agent_wheel
+from engine_lib.cli.backups import add_parsers as add_backup_parsers
 from engine_lib.cli.common import engine_options
 from engine_lib.cli.disks import disk_download, disk_list, disk_upload
 from engine_lib.cli.engine import (
@@ -40,7 +41,6 @@ from engine_lib.cli.entities import (
     vm_migrations,
     vm_xml,
 )
-from engine_lib.cli.backups import add_parsers as add_backup_parsers
 from engine_lib.cli.offline import devices_match, schedule, xml_render
 from engine_lib.cli.stats import stats
 from engine_lib.cli.templates import template_create, template_list, template_remove
