@@ -241,20 +241,16 @@ class AgentApi(Protocol):
     def seal_volume(self, volume: dict, hostname: str = "") -> dict:
         raise _not_modelled(self, "seal_volume")
 
-    # Backups (agent POST /vms/{id}/backups) and the offline merge of a volume into its
-    # base (POST /volumes/merge), which removing a backup others build on uses.
+    # -- backups -------------------------------------------------------------------
+
     def start_backup(self, vm_id: str, body: dict) -> dict:
         raise _not_modelled(self, "start_backup")
 
     def checkpoints(self, vm_id: str) -> dict:
         raise _not_modelled(self, "checkpoints")
 
-    def delete_checkpoint(self, vm_id: str, cp: str) -> dict:
+    def delete_checkpoint(self, vm_id: str, checkpoint: str) -> dict:
         raise _not_modelled(self, "delete_checkpoint")
-
-    def merge_volumes(self, base: dict, top: dict, child: dict | None,
-                      chain: list[dict]) -> dict:
-        raise _not_modelled(self, "merge_volumes")
 
 
 class AgentClient:
@@ -500,18 +496,16 @@ class AgentClient:
         return self._call("POST", "/volumes/seal", {"volume": volume, "hostname": hostname})
 
     def start_backup(self, vm_id: str, body: dict) -> dict:
+        """Push backup of a running VM into new target volumes: {job}; the job's result is
+        {checkpoint_xml, disks: [{alias, bytes, size_mib}], fell_back}."""
         return self._call("POST", f"/vms/{_seg(vm_id)}/backups", body)
 
     def checkpoints(self, vm_id: str) -> dict:
-        return self._query("GET", f"/vms/{_seg(vm_id)}/checkpoints")
+        """The checkpoints libvirt knows for the VM here: {checkpoints: [id, ...]}."""
+        return self._call("GET", f"/vms/{_seg(vm_id)}/checkpoints")
 
-    def delete_checkpoint(self, vm_id: str, cp: str) -> dict:
-        return self._call("DELETE", f"/vms/{_seg(vm_id)}/checkpoints/{_seg(cp)}")
-
-    def merge_volumes(self, base: dict, top: dict, child: dict | None,
-                      chain: list[dict]) -> dict:
-        return self._call("POST", "/volumes/merge",
-                          {"base": base, "top": top, "child": child, "chain": chain})
+    def delete_checkpoint(self, vm_id: str, checkpoint: str) -> dict:
+        return self._call("DELETE", f"/vms/{_seg(vm_id)}/checkpoints/{_seg(checkpoint)}")
 
     def openapi(self) -> dict:
         return self._query("GET", "/openapi.json")
