@@ -188,6 +188,9 @@ CATALOG: tuple[Operation, ...] = (
         "Remove a backup, keeping later restore points exact", long=True),
     _op("backups.restore", "POST", "/backups/{backup_id}/restore", _on_backup,
         "Restore a backup into a new VM or a new floating disk", long=True),
+    _op("snapshot_merge.delete", "DELETE", "/vms/{vm_name}/snapshots/{snapshot_id}",
+        on("vm.snapshot", "vm", "vm_name"), "Delete a VM's snapshot (merge its volumes: live "
+        "when the VM runs)", returns="value", long=True),
     # cluster-scoped objects
     _op("networks.info", "GET", "/clusters/{cluster}/networks", on("read", "cluster", "cluster"),
         "List a cluster's networks", returns="page"),
