@@ -6,7 +6,7 @@ from conftest import FakeAgent
 from sqlalchemy import select
 
 from engine_lib.model import Backup, Checkpoint, DeviceType, Host, Vm, Volume
-from engine_lib.protocol.errors import AgentUnreachable, Conflict, InvalidSpec
+from engine_lib.protocol.errors import AgentUnreachable, Conflict, InvalidSpec, KestrelError
 from engine_lib.protocol.statuses import VmStatus
 from engine_lib.services import backups
 
@@ -280,3 +280,41 @@ def test_restore_to_a_floating_disk_and_to_a_new_vm(engine, agent, web):
         assert all(d.volume_created for d in new.devices_of(DeviceType.DISK))
     with pytest.raises(Conflict, match="VM 'web2' exists"):
         backups.restore(engine, point["id"], vm_name="web2")
+
+
+def test_with_the_agent_model_a_restarted_domain_gets_its_checkpoints_back(engine, cluster,
+                                                                          agents):
+    """conftest's FakeAgent models libvirt's checkpoints: a domain started again knows
+    none, and the engine's chain redefined keeps the next backup incremental."""
+    agent = agents["10.0.0.1"] = FakeAgent("h1")
+    engine.hosts.ensure("h1", address="10.0.0.1", cluster=cluster)
+    engine.vms.ensure({**VM, "disks": VM["disks"][:1]})
+    with engine.store.transaction() as session:
+        vm = session.scalars(select(Vm)).one()
+        vm.devices_of(DeviceType.DISK)[0].volume_created = True
+        _run(session, vm)
+        agent.vms[vm.id] = "Up"
+        vm_id = vm.id
+    first = backups.backup(engine, "web")
+    second = backups.backup(engine, "web")
+    assert (second["mode"], second["fallback_reason"]) == ("incremental", "")
+    agent.checkpoints_of[vm_id] = []  # the transient domain was started again
+    third = backups.backup(engine, "web")
+    assert (third["mode"], third["fallback_reason"]) == ("incremental", "")
+    assert [c["id"] for c in agent.backups[2]["checkpoints"]] == [
+        first["checkpoint_id"], second["checkpoint_id"]]
+    assert agent.checkpoints(vm_id)["checkpoints"][-1] == third["checkpoint_id"]
+    agent.backup_fall_back = why = "bitmap of checkpoint x is inconsistent in vda"
+    fourth = backups.backup(engine, "web")
+    assert (fourth["mode"], fourth["fallback_reason"]) == ("full", why)
+    # A failed backup leaves a failed row, no file rows, and the last checkpoint usable.
+    agent.backup_error = KestrelError("qemu: No space left on device (storage domain 'data')")
+    with pytest.raises(KestrelError, match="No space left"):
+        backups.backup(engine, "web")
+    failed = backups.list_for(engine, "web")[-1]
+    assert failed["status"] == "failed" and "No space left" in failed["error"]
+    with engine.store.transaction(commit=False) as session:
+        assert all(session.get(Volume, d["volume_id"]) is None for d in failed["disks"])
+    again = backups.backup(engine, "web")
+    assert again["mode"] == "incremental" and again["from_checkpoint_id"] == \
+        fourth["checkpoint_id"]
