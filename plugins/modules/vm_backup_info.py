@@ -11,7 +11,7 @@ short_description: List a kestrel VM's backups (restore points)
 version_added: 0.1.0
 description:
   - The backups of O(vm_name) (every VM's without it), oldest first, including
-    those of VMs removed since: a VM's backups outlive it.
+    those of VMs removed since (a VM's backups outlive it).
 author:
   - kestrel.virt maintainers (@kestrel-virt)
 options:
