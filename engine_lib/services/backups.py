@@ -250,7 +250,10 @@ def backup(engine, vm_name: str, *, storage_domain: str = "", mode: str = "incre
         if plan.running:
             job = agent.start_backup(plan.vm_id, plan.body)["job"]
             _record_job(engine, plan.backup_id, job, plan.host.name)
-            result = volume_jobs.wait(agent, job, progress=progress, timeout=timeout)
+            # Not forgotten until the outcome is recorded: reconcile takes a running
+            # backup whose job the agent no longer knows for one that was lost.
+            result = volume_jobs.wait(agent, job, progress=progress, timeout=timeout,
+                                      forget=False)
         else:
             for source, target in plan.copies:
                 vm_sources.copy(engine, plan.host, source, target, progress, timeout)
@@ -258,8 +261,63 @@ def backup(engine, vm_name: str, *, storage_domain: str = "", mode: str = "incre
     except KestrelError as err:
         why = vm_sources.delete_quietly(agent, plan.targets)
         _failed(engine, plan.backup_id, err.message, why)
+        _forget_job(engine, agent, plan.backup_id)
         raise
-    return _succeeded(engine, plan, result)
+    done = _succeeded(engine, plan, result)
+    _forget_job(engine, agent, plan.backup_id)
+    return done
+
+
+def _forget_job(engine, agent, backup_id: str) -> None:
+    with engine.store.transaction(commit=False) as session:
+        row = session.get(Backup, backup_id)
+        job = row.job_id if row is not None else ""
+    if job:
+        try:
+            agent.forget_job(job)
+        except KestrelError:
+            pass  # gone already, or the agent restarted: nothing is left to forget
+
+
+def reconcile(engine) -> list[str]:
+    """Fail the ``running`` backups whose work was lost (the engine or the agent died):
+    a running VM's whose agent job is gone, or a stopped VM's whose copy lost a file
+    (images.reconcile removed it). Their files are deleted; a host that does not
+    answer is asked again next round. Returns the ids failed."""
+    with engine.store.transaction(commit=False) as session:
+        rows = [(b.id, b.job_id, HostRef.of(session.scalars(select(Host).where(
+                    Host.name == b.job_host)).one_or_none()) if b.job_host else None,
+                 [session.get(Volume, d["volume_id"]) for d in b.disks], b.storage_domain,
+                 b.vm_id)
+                for b in session.scalars(select(Backup).where(Backup.status == "running"))]
+        rows = [(i, job, host, [v for v in files if v is not None], len(files), domain, vm)
+                for i, job, host, files, domain, vm in rows]
+        lost_files = {i: [_agent_volume(v) for v in files]
+                      for i, _j, _h, files, _n, _d, _v in rows}
+    failed = []
+    for backup_id, job, host, files, count, domain, vm_id in rows:
+        if job and host is not None:
+            agent = engine.agent(host.address, host.port)
+            try:
+                agent.job(job)
+                continue  # still running or finished: its owner records it
+            except NotFound:
+                why = f"its agent job {job} on host '{host.name}' was lost"
+            except KestrelError:
+                continue  # unreachable: we cannot tell yet
+        elif not job and (len(files) < count or any(v.status == "illegal" for v in files)):
+            why = "copying a disk was lost (agent restarted or engine stopped)"
+            with engine.store.transaction(commit=False) as session:
+                helper = _volume_host(session, domain, vm_id)
+            agent = engine.agent(helper.address, helper.port)
+        else:
+            continue
+        left = vm_sources.delete_quietly(agent, lost_files[backup_id])
+        if left:
+            continue
+        _failed(engine, backup_id, f"backup lost: {why}", "")
+        failed.append(backup_id)
+    return failed
 
 
 def _record_job(engine, backup_id: str, job: str, host: str) -> None:
@@ -585,6 +643,10 @@ class BackupService:
 
     def __init__(self, engine):
         self.engine = engine
+
+    def reconcile(self) -> list[str]:
+        """The engine loop's pass over running backups (the module function)."""
+        return reconcile(self.engine)
 
     def info(self, vm_name: str = "", backup_id: str = "") -> list[dict]:
         if backup_id:

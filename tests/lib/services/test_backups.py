@@ -318,3 +318,28 @@ def test_with_the_agent_model_a_restarted_domain_gets_its_checkpoints_back(engin
     again = backups.backup(engine, "web")
     assert again["mode"] == "incremental" and again["from_checkpoint_id"] == \
         fourth["checkpoint_id"]
+
+
+def test_reconcile_fails_a_backup_whose_agent_job_was_lost(engine, agent, web):
+    done = backups.backup(engine, "web")
+    assert agent.jobs == {}  # forgotten once its outcome was recorded
+    with engine.store.transaction() as session:
+        vm = session.scalars(select(Vm)).one()
+        files = [Volume(id=f"f{i}", image_id="img", storage_domain="data", status="locked",
+                        content_type="backup", readonly=True) for i in range(2)]
+        session.add_all(files)
+        for job, name, file in (("gone-job", "lost", "f0"), ("live-job", "alive", "f1")):
+            session.add(Backup(id=name, vm_id=vm.id, vm_name="web", storage_domain="data",
+                               status="running", job_id=job, job_host="h1",
+                               disks=[{"disk": "root", "volume_id": file}]))
+    agent.jobs = {"live-job": {"id": "live-job", "status": "running", "polls": 99}}
+    assert backups.reconcile(engine) == ["lost"]
+    assert backups.get(engine, "lost")["status"] == "failed"
+    assert "agent job gone-job on host 'h1' was lost" in backups.get(engine, "lost")["error"]
+    assert {"domain": "data", "image": "img", "volume": "f0", "format": "qcow2",
+            "size_mib": 0} in agent.deleted_volumes
+    with engine.store.transaction(commit=False) as session:
+        assert session.get(Volume, "f0") is None and session.get(Volume, "f1") is not None
+    assert backups.get(engine, "alive")["status"] == "running"
+    assert backups.get(engine, done["id"])["status"] == "succeeded"
+    assert backups.reconcile(engine) == []
