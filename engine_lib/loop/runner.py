@@ -92,6 +92,8 @@ def _run(engine, settings: Settings, stop: threading.Event) -> None:
         host_s, functools.partial(snapshot_reconcile.reconcile, engine), stop),
         name="snapshots", daemon=True))
     threads.append(threading.Thread(target=every, args=(
+        host_s, engine.backups.reconcile, stop), name="backups", daemon=True))
+    threads.append(threading.Thread(target=every, args=(
         host_s, engine.snapshot_merge.reconcile, stop), name="snapshot-merges", daemon=True))
     threads.append(threading.Thread(target=every, args=(
         host_s, functools.partial(snapshot_sources.reconcile, engine, {}), stop),
