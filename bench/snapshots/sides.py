@@ -109,7 +109,8 @@ class Kestrel:
     def merge_top(self) -> float:
         """Active commit of the top into the volume below, pivot; the old top deleted."""
         top, base = self.chain[0], self.chain[1]
-        body = {"alias": self.alias, "base": base, "top": top, "top_is_active": True,
+        body = {"alias": self.alias, "base": _source(base), "top": _source(top),
+                "top_is_active": True,
                 "metadata": domain.metadata_xml(self.alias, self.chain[1:])}
         seconds, _result = _timed(lambda: volume_jobs.wait(
             self.client, self.client.start_merge(self.vm_id, body)["job"], timeout=300))
@@ -132,6 +133,11 @@ class Kestrel:
         self.checkpoints.append({"id": checkpoint, "xml": result["checkpoint_xml"],
                                  "target": target})
         return seconds, result
+
+
+def _source(vol: dict) -> dict:
+    """A volume as the merge route names one (no size)."""
+    return {k: vol[k] for k in ("domain", "image", "volume", "format")}
 
 
 def available(call) -> str:
