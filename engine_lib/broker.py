@@ -136,7 +136,7 @@ class AgentApi(Protocol):
     def start_vm(self, xml: str, mode: str = "fresh") -> dict:
         raise _not_modelled(self, "start_vm")
 
-    def restore_vm(self, xml: str, memory_volume: dict) -> dict:
+    def restore_vm(self, xml: str, memory_volume: dict, keep_memory: bool = False) -> dict:
         raise _not_modelled(self, "restore_vm")
 
     def hibernate_vm(self, vm_id: str, memory_volume: dict) -> dict:
@@ -241,6 +241,17 @@ class AgentApi(Protocol):
     def seal_volume(self, volume: dict, hostname: str = "") -> dict:
         raise _not_modelled(self, "seal_volume")
 
+    # -- snapshots ---------------------------------------------------------------------------
+
+    def create_snapshot(self, vm_id: str, body: dict) -> dict:
+        raise _not_modelled(self, "create_snapshot")
+
+    def create_overlay(self, volume: dict, parent: dict) -> dict:
+        raise _not_modelled(self, "create_overlay")
+
+    def chains(self, vm_id: str) -> dict:
+        raise _not_modelled(self, "chains")
+
 
 class AgentClient:
     """One host agent, over HTTPS (implements AgentApi and a few calls beyond it).
@@ -276,11 +287,13 @@ class AgentClient:
     def start_vm(self, xml: str, mode: str = "fresh") -> dict:
         return self._call("POST", "/vms", {"xml": xml, "mode": mode})
 
-    def restore_vm(self, xml: str, memory_volume: dict) -> dict:
-        """Start mode "restore": the hibernated VM continues from its memory volume."""
-        return self._call("POST", "/vms", {"xml": xml, "mode": "restore",
-                                           "memory_volume": memory_volume},
-                          timeout=max(self.timeout, HIBERNATE_TIMEOUT))
+    def restore_vm(self, xml: str, memory_volume: dict, keep_memory: bool = False) -> dict:
+        """Start mode "restore": the hibernated VM continues from its memory volume
+        (``keep_memory``: a snapshot's, which stays for the next revert)."""
+        body = {"xml": xml, "mode": "restore", "memory_volume": memory_volume}
+        if keep_memory:
+            body["keep_memory"] = True
+        return self._call("POST", "/vms", body, timeout=max(self.timeout, HIBERNATE_TIMEOUT))
 
     def hibernate_vm(self, vm_id: str, memory_volume: dict) -> dict:
         """Save the VM's memory to ``memory_volume`` ({domain, image, volume}); Down after."""
@@ -483,6 +496,20 @@ class AgentClient:
 
     def seal_volume(self, volume: dict, hostname: str = "") -> dict:
         return self._call("POST", "/volumes/seal", {"volume": volume, "hostname": hostname})
+
+    def create_snapshot(self, vm_id: str, body: dict) -> dict:
+        """A live snapshot of a running VM ({snapshot, disks, memory_volume, quiesce,
+        metadata}): {quiesced, memory, disks}. Saving memory takes as long as hibernating."""
+        return self._call("POST", f"/vms/{_seg(vm_id)}/snapshots", body,
+                          timeout=max(self.timeout, HIBERNATE_TIMEOUT))
+
+    def create_overlay(self, volume: dict, parent: dict) -> dict:
+        """A qcow2 overlay ``volume`` on ``parent`` (a stopped VM's snapshot or revert)."""
+        return self._call("POST", "/volumes/overlay", {"volume": volume, "parent": parent})
+
+    def chains(self, vm_id: str) -> dict:
+        """The VM's live chains, top first per disk, with any block job on each."""
+        return self._query("GET", f"/vms/{_seg(vm_id)}/chains")
 
     def openapi(self) -> dict:
         return self._query("GET", "/openapi.json")

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import engine_lib
-from engine_lib.agent import crl, seal
+from engine_lib.agent import crl, seal, snapshot_request
 from engine_lib.agent.config import AgentConfig
 from engine_lib.agent.images import Download, Images
 from engine_lib.agent.jobs import Jobs
@@ -91,6 +91,11 @@ _SOURCE_VOLUME = {
     "type": "object", "required": ["domain", "image", "volume"], "additionalProperties": False,
     "properties": {"domain": {"type": "string"}, "image": {"type": "string"},
                    "volume": {"type": "string"}, "format": _FORMAT}}
+_SNAPSHOT_VOLUME = {
+    "type": "object", "required": ["domain", "image", "volume"], "additionalProperties": False,
+    "properties": {"domain": {"type": "string"}, "image": {"type": "string"},
+                   "volume": {"type": "string"}, "format": _FORMAT,
+                   "size_mib": {"type": "integer", "minimum": 0}}}
 _CHAIN = {"type": "array", "description": "the volume's parents on its domain, nearest "
           "first; the copy is flattened through exactly these (nothing is probed)",
           "items": {"type": "object", "required": ["image", "volume", "format"],
@@ -121,7 +126,11 @@ ROUTES = (
                                "memory_volume": _VOLUME_SCHEMA,
                                "mode": {"type": "string", "enum": ["fresh", "incoming",
                                                                    "restore"],
-                                        "default": "fresh"}}}),
+                                        "default": "fresh"},
+                               "keep_memory": {"type": "boolean", "default": False,
+                                               "description": "restore: keep the memory "
+                                               "volume afterwards (a snapshot's, reverted "
+                                               "to again); by default it is deleted"}}}),
     Route("GET", "/vms/{id}", "vm_status", "Status of one VM."),
     Route("GET", "/vms/{id}/xml", "vm_xml", "The live domain XML (with device aliases)."),
     Route("POST", "/vms/{id}/shutdown", "shutdown_vm", "Graceful shutdown: ACPI power "
@@ -203,6 +212,41 @@ ROUTES = (
     Route("POST", "/vms/{id}/migration/cancel", "cancel_migration", "Source: abort the "
           "migration (the VM keeps running here). Destination: destroy the incoming copy "
           "that never resumed (409 if it already runs here)."),
+    Route("POST", "/vms/{id}/snapshots", "create_snapshot", "Live snapshot of a VM running "
+          "here (Up or Paused; 409 otherwise): each disk's new top, a qcow2 overlay on its "
+          "current top (409 'chain changed' when the live top is another; 409 if the volume "
+          "exists), made here, then one atomic external snapshot onto them with no libvirt "
+          "snapshot metadata. Disk-only and quiesced through the guest agent when it answers "
+          "(else unquiesced: quiesced=false), or with memory_volume the guest's memory saved "
+          "there (the VM paused meanwhile; never quiesced). Then the live domain's metadata is "
+          "the given <kestrel:vm> (the new chain). Disks not named (cdroms, LUNs) are not "
+          "snapshotted. On failure the overlays and memory file are removed, the VM stays on "
+          "its old chain and the error gives libvirt's reason and the storage domain. "
+          "Answers {quiesced, memory, disks: [{alias, volume: the new top's id}]}.",
+          body={"type": "object", "required": ["snapshot", "disks", "metadata"],
+                "additionalProperties": False,
+                "properties": {"snapshot": {"type": "string", "format": "uuid"},
+                               "disks": {"type": "array", "minItems": 1, "items": {
+                                   "type": "object", "required": ["alias", "volume", "parent"],
+                                   "additionalProperties": False,
+                                   "properties": {"alias": {"type": "string"},
+                                                  "volume": _SNAPSHOT_VOLUME,
+                                                  "parent": _SNAPSHOT_VOLUME}}},
+                               "memory_volume": {**_SOURCE_VOLUME, "nullable": True},
+                               "quiesce": {"type": "boolean", "default": False},
+                               "metadata": {"type": "string", "description": "the "
+                                            "<kestrel:vm> element for the new chain"}}}),
+    Route("GET", "/vms/{id}/chains", "vm_chains", "Each disk's live chain from the live XML, "
+          "top first as '<image>/<volume>' (a file off the storage domains as its path), with "
+          "its block job: {disks: [{alias, target, chain, block_job: null | {type: commit|"
+          "active_commit|pull|copy|backup, cur, end, ready}]}."),
+    Route("POST", "/volumes/overlay", "create_overlay", "Create a qcow2 volume over parent "
+          "(a stopped VM's snapshot or revert): its backing named relative, the parent's "
+          "format pinned, the size of the parent or size_mib if larger. 409 if the volume "
+          "exists or the parent is missing.",
+          body={"type": "object", "required": ["volume", "parent"],
+                "additionalProperties": False,
+                "properties": {"volume": _SNAPSHOT_VOLUME, "parent": _SNAPSHOT_VOLUME}}),
     Route("POST", "/volumes/delete", "delete_volumes", "Delete volume files on storage "
           "domains; refused for a volume a VM on this host still uses.",
           body={"type": "object", "required": ["volumes"], "additionalProperties": False,
@@ -414,7 +458,13 @@ class Api:
                 raise InvalidSpec("memory_volume", "mode 'restore' needs the memory volume "
                                                    "{domain, image, volume} to restore from")
             location = _volume_location(request.body["memory_volume"], "memory_volume")
-            return self.hypervisor.restore(xml, location)
+            keep = request.body.get("keep_memory", False)
+            if not isinstance(keep, bool):
+                raise InvalidSpec("keep_memory", f"must be true or false, got {keep!r}")
+            return self.hypervisor.restore(xml, location, keep_memory=keep)
+        if "keep_memory" in request.body:
+            raise InvalidSpec("keep_memory", f"only mode 'restore' keeps a memory volume "
+                                             f"(mode is '{mode}')")
         if "memory_volume" in request.body:
             raise InvalidSpec("memory_volume", f"only mode 'restore' takes a memory volume "
                                                f"(mode is '{mode}')")
@@ -553,6 +603,18 @@ class Api:
 
     def cancel_migration(self, request: Request) -> dict:
         return self.hypervisor.migrations.cancel(_vm_id(request))
+
+    def create_snapshot(self, request: Request) -> dict:
+        vm_id = _vm_id(request)
+        return self.hypervisor.create_snapshot(vm_id, snapshot_request.parse(request.body))
+
+    def vm_chains(self, request: Request) -> dict:
+        return self.hypervisor.chains(_vm_id(request))
+
+    def create_overlay(self, request: Request) -> dict:
+        body = request.body
+        overlay = snapshot_request.new_top(body.get("volume"), body.get("parent"))
+        return self.hypervisor.create_overlay(overlay)
 
     def delete_volumes(self, request: Request) -> dict:
         items = request.body.get("volumes")

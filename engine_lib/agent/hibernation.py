@@ -15,7 +15,10 @@ defined, and libvirt restores the saved state into it with that XML
 boot). The after_vm_dehibernate hooks run over the live XML. The memory
 volume is deleted after a successful restore: the state in it is stale the
 moment the guest runs on, and restoring it a second time would fork the
-guest's disks. A failed restore keeps it, to try again.
+guest's disks. A failed restore keeps it, to try again. A memory snapshot's
+file is restored the same way with ``keep_memory`` (a revert starts the guest
+on a new empty top over the snapshot's frozen volume, so it may be reverted to
+again): it is kept.
 """
 
 from __future__ import annotations
@@ -76,14 +79,15 @@ def hibernate(hv, vm_id: str, location: VolumeLocation) -> dict:
                 "size_bytes": size}
 
 
-def restore(hv, xml: str, location: VolumeLocation) -> dict:
-    """Define the engine's VM on this host and restore its saved state into it."""
+def restore(hv, xml: str, location: VolumeLocation, keep_memory: bool = False) -> dict:
+    """Define the engine's VM on this host and restore its saved state into it;
+    ``keep_memory``: a snapshot's memory, which stays for the next revert to it."""
     host = domxml.resolve(xml, hv.config.paths, hv.config.storage_domains)
     try:
         location.checked_path(hv.config.storage_domains, must_exist=True)
     except FileNotFoundError:
         raise NotFound("memory volume", location.path(hv.config.storage_domains)) from None
-    return Restore(hv, host, location).run()
+    return Restore(hv, host, location, keep_memory).run()
 
 
 class Restore(StartSequence):
@@ -92,9 +96,11 @@ class Restore(StartSequence):
     status = VmStatus.RESTORING_STATE
     after_hook = "after_vm_dehibernate"
 
-    def __init__(self, hypervisor, host: domxml.HostDomain, location: VolumeLocation):
+    def __init__(self, hypervisor, host: domxml.HostDomain, location: VolumeLocation,
+                 keep_memory: bool = False):
         super().__init__(hypervisor, host)
         self.location = location
+        self.keep_memory = keep_memory
         self.memory_path = location.path(hypervisor.config.storage_domains)
 
     def launch(self, conn: libvirt.virConnect, dom: libvirt.virDomain, xml: str) -> None:
@@ -103,7 +109,13 @@ class Restore(StartSequence):
 
     def on_running(self, dom: libvirt.virDomain) -> None:
         """The saved state is stale once the guest runs on: restoring it again would fork
-        the guest's disks, so it goes (a failed restore keeps it, to try again)."""
+        the guest's disks, so it goes (a failed restore keeps it, to try again). A
+        snapshot's memory stays: each revert to it starts on a new empty top, so no
+        guest write ever lands under it."""
+        if self.keep_memory:
+            log.info("VM %s (%s) restored from %s (kept)", self.host.name, self.host.uuid,
+                     self.memory_path)
+            return
         try:
             self.location.unlink(self.hv.config.storage_domains)
         except (OSError, KestrelError) as exc:

@@ -43,6 +43,8 @@ from engine_lib.agent import (
     migration,
     payload,
     registry,
+    snapshot_request,
+    snapshots,
     states,
     stats,
     vm_start,
@@ -471,9 +473,27 @@ class Hypervisor:
         """Save the VM's memory to a storage domain (engine_lib.agent.hibernation)."""
         return hibernation.hibernate(self, vm_id, location)
 
-    def restore(self, xml: str, location: volumes.VolumeLocation) -> dict:
-        """Start mode "restore": the saved VM runs on where it was hibernated."""
-        return hibernation.restore(self, xml, location)
+    def restore(self, xml: str, location: volumes.VolumeLocation,
+                keep_memory: bool = False) -> dict:
+        """Start mode "restore": the saved VM runs on where it was hibernated (or where a
+        memory snapshot was taken: ``keep_memory`` keeps that file for the next revert)."""
+        return hibernation.restore(self, xml, location, keep_memory=keep_memory)
+
+    # -- snapshots -----------------------------------------------------------------
+
+    def create_snapshot(self, vm_id: str, request: snapshot_request.SnapshotRequest) -> dict:
+        """A live external snapshot onto overlays made here (engine_lib.agent.snapshots)."""
+        return snapshots.create(self, vm_id, request)
+
+    def chains(self, vm_id: str) -> dict:
+        """Each disk's live chain, top first, and its block job."""
+        return snapshots.chains(self, vm_id)
+
+    def create_overlay(self, overlay: snapshot_request.Overlay) -> dict:
+        """A stopped VM's new top: a qcow2 overlay on its current top."""
+        path = volumes.create_overlay(overlay.volume, overlay.parent, overlay.parent_format,
+                                      overlay.size_mib, self.config.storage_domains)
+        return {"volume": overlay.volume.volume, "path": path, "created": True}
 
     def reboot(self, vm_id: str) -> dict:
         """ACPI reboot (libvirt turns the guest's power-off into a reset, so the QEMU

@@ -141,6 +141,29 @@ def prepare(refs: list[VolumeRef], storage_domains: dict[str, str]) -> list[str]
     return created
 
 
+def create_overlay(location: VolumeLocation, parent: VolumeLocation, parent_format: str,
+                   size_mib: int, storage_domains: dict[str, str]) -> str:
+    """A new qcow2 volume over ``parent`` (a snapshot's new top, a reverted disk's empty
+    top): never over an existing file, and only on a parent that is there."""
+    if parent.domain != location.domain:
+        raise InvalidSpec("parent.domain", f"'{parent.domain}': an overlay's backing volume "
+                                           f"is on its own storage domain '{location.domain}'")
+    if parent_format not in FORMATS:
+        raise InvalidSpec("parent.format", f"'{parent_format}' is not one of {FORMATS}")
+    path = location.checked_path(storage_domains)
+    if location.exists(storage_domains):
+        raise Conflict(f"volume {path} already exists; it is not overwritten", path=path)
+    if not parent.exists(storage_domains):
+        missing = parent.path(storage_domains)
+        raise Conflict(f"backing volume {missing} is missing on storage domain "
+                       f"'{parent.domain}'; the overlay is not created", path=missing)
+    ref = VolumeRef(alias="", domain=location.domain, image=location.image,
+                    volume=location.volume, format="qcow2", size_mib=size_mib,
+                    parent=parent.relpath, parent_format=parent_format)
+    _create(location, "qcow2", _overlay_args(ref, parent, storage_domains), storage_domains)
+    return path
+
+
 def _parent(ref: VolumeRef, where: str) -> VolumeLocation | None:
     """The backing volume a ref names, on its own domain (checked, not opened)."""
     if not ref.parent:

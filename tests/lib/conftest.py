@@ -16,6 +16,7 @@ import postgres
 
 from engine_lib.broker import AgentApi
 from engine_lib.engine import Engine
+from engine_lib.protocol import metadata
 from engine_lib.protocol.errors import (
     AgentError,
     AgentUnreachable,
@@ -66,7 +67,18 @@ class FakeAgent(AgentApi):
         vm_id = ET.fromstring(xml).findtext("uuid")
         self.vms[vm_id] = "Up"
         self.last_xml = xml
+        self.__dict__.setdefault("xmls", {})[vm_id] = xml
         return {"id": vm_id, "status": "Up"}
+
+    def restore_vm(self, xml, memory_volume, keep_memory=False):
+        """Restore mode: recorded in ``restores``; the memory file goes unless kept."""
+        self.restores = getattr(self, "restores", []) + [(xml, memory_volume, keep_memory)]
+        if self._target(memory_volume) not in self._files():
+            raise NotFound("memory volume", self._target(memory_volume))
+        answer = self.start_vm(xml, "restore")
+        if not keep_memory:
+            self._files().pop(self._target(memory_volume), None)
+        return answer
 
     def vm_status(self, vm_id):
         self._check()
@@ -308,6 +320,91 @@ class FakeAgent(AgentApi):
         answer = self._new_job("seal", self._target(volume))
         self._jobs()[answer["job"]].update(status="succeeded", progress=100, result={})
         return answer
+
+    # -- snapshots: ``vm_chains`` (vm id -> {alias: ["image/volume", ... top first]}) comes
+    # from the started XML's metadata unless a test sets it; ``block_jobs`` ((vm id, alias)
+    # -> job dict) shows in chains(); ``snapshot_errors`` (vm id -> KestrelError) fails the
+    # next snapshot with nothing changed; ``quiesce_fails``: the guest agent never freezes.
+
+    def _chains_of(self, vm_id):
+        chains = self.__dict__.setdefault("vm_chains", {})
+        if vm_id not in chains:
+            xml = self.__dict__.get("xmls", {}).get(vm_id) or getattr(self, "last_xml", "")
+            chains[vm_id] = _metadata_chains(xml, vm_id)
+        return chains[vm_id]
+
+    def create_snapshot(self, vm_id, body):
+        self._check()
+        if vm_id not in self.vms:
+            raise VmNotFound(vm_id)
+        if self.vms[vm_id] not in ("Up", "Paused"):
+            raise Conflict(f"VM {vm_id} is {self.vms[vm_id]}: no live snapshot", vm_id=vm_id)
+        error = getattr(self, "snapshot_errors", {}).pop(vm_id, None)
+        if error is not None:
+            raise error
+        chains = self._chains_of(vm_id)
+        for disk in body["disks"]:
+            parent, new = disk["parent"], disk["volume"]
+            top = chains.get(disk["alias"], [None])[0]
+            if top != f"{parent['image']}/{parent['volume']}":
+                raise Conflict(f"disk {disk['alias']}: chain changed (top is {top})",
+                               alias=disk["alias"])
+            if self._target(new) in self._files():
+                raise Conflict(f"volume {self._target(new)} exists", volume=self._target(new))
+        for disk in body["disks"]:
+            new = disk["volume"]
+            chains[disk["alias"]].insert(0, f"{new['image']}/{new['volume']}")
+            self._files()[self._target(new)] = b""
+        memory = body.get("memory_volume")
+        if memory:
+            self._files()[self._target(memory)] = b"memory"
+        self.snapshots_taken = getattr(self, "snapshots_taken", []) + [(vm_id, body)]
+        return {"quiesced": bool(body.get("quiesce")) and not getattr(self, "quiesce_fails",
+                                                                       False),
+                "memory": bool(memory),
+                "disks": [{"alias": d["alias"], "volume": d["volume"]["volume"]}
+                          for d in body["disks"]]}
+
+    def create_overlay(self, volume, parent):
+        self._check()
+        if self._target(volume) in self._files():
+            raise Conflict(f"volume {self._target(volume)} exists", volume=self._target(volume))
+        self.overlays = getattr(self, "overlays", []) + [(volume, parent)]
+        self._files()[self._target(volume)] = b""
+        return {"volume": volume["volume"], "created": True}
+
+    def chains(self, vm_id):
+        self._check()
+        if vm_id not in self.vms:
+            raise VmNotFound(vm_id)
+        jobs = getattr(self, "block_jobs", {})
+        return {"disks": [{"alias": alias, "target": target, "chain": list(chain),
+                           "block_job": jobs.get((vm_id, alias))}
+                          for alias, (target, chain) in _with_targets(
+                              self._chains_of(vm_id)).items()]}
+
+
+def _metadata_chains(xml: str, vm_id: str) -> dict:
+    """Each disk's chain (top first) as a started VM's metadata lists it."""
+    if not xml or ET.fromstring(xml).findtext("uuid") != vm_id:
+        return {}
+    refs = {ref.relpath: ref for ref in metadata.read(ET.fromstring(xml)).volumes}
+    chains = {}
+    for ref in refs.values():
+        if not ref.alias:
+            continue
+        chain, node = [], ref
+        while node is not None:
+            chain.append(node.relpath)
+            node = refs.get(node.parent) if node.parent else None
+        chains[ref.alias] = chain
+    return chains
+
+
+def _with_targets(chains: dict) -> dict:
+    """alias -> (a vdX target, chain): the fake's disks in alias order."""
+    return {alias: (f"vd{chr(ord('a') + i)}", chain)
+            for i, (alias, chain) in enumerate(sorted(chains.items()))}
 
 
 @pytest.fixture

@@ -40,7 +40,7 @@ class LostAnswer(FakeAgent):
         raise AgentUnreachable(f"agent {self.name} unreachable: no answer within 2 s",
                                cause="timeout")
 
-    def restore_vm(self, xml, memory_volume):
+    def restore_vm(self, xml, memory_volume, keep_memory=False):
         return self.start_vm(xml, "restore")
 
 

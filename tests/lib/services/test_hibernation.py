@@ -22,7 +22,7 @@ class Calls:
         self.agent.vms[vm_id] = "Down"
         return {"id": vm_id, "status": "Down", "exit_reason": "saved"}
 
-    def restore_vm(self, xml, memory_volume):
+    def restore_vm(self, xml, memory_volume, keep_memory=False):
         self.log.append(("restore", memory_volume))
         return self.agent.start_vm(xml)
 
