@@ -252,6 +252,13 @@ class AgentApi(Protocol):
     def chains(self, vm_id: str) -> dict:
         raise _not_modelled(self, "chains")
 
+    def start_merge(self, vm_id: str, body: dict) -> dict:
+        raise _not_modelled(self, "start_merge")
+
+    def merge_volumes(self, base: dict, top: dict, child: dict | None,
+                      chain: list[dict]) -> dict:
+        raise _not_modelled(self, "merge_volumes")
+
 
 class AgentClient:
     """One host agent, over HTTPS (implements AgentApi and a few calls beyond it).
@@ -510,6 +517,16 @@ class AgentClient:
     def chains(self, vm_id: str) -> dict:
         """The VM's live chains, top first per disk, with any block job on each."""
         return self._query("GET", f"/vms/{_seg(vm_id)}/chains")
+
+    def start_merge(self, vm_id: str, body: dict) -> dict:
+        """Live merge on a running VM (a job): {alias, base, top, top_is_active, metadata}."""
+        return self._call("POST", f"/vms/{_seg(vm_id)}/merges", body)
+
+    def merge_volumes(self, base: dict, top: dict, child: dict | None,
+                      chain: list[dict]) -> dict:
+        """Offline merge of top into base, child rebased onto base (a job)."""
+        return self._call("POST", "/volumes/merge",
+                          {"base": base, "top": top, "child": child, "chain": chain})
 
     def openapi(self) -> dict:
         return self._query("GET", "/openapi.json")

@@ -25,6 +25,7 @@ from engine_lib.services.migrations import MigrationService
 from engine_lib.services.networks import NetworkService
 from engine_lib.services.permissions import PermissionService
 from engine_lib.services.power_saving import PowerSavingService
+from engine_lib.services.snapshot_merge import SnapshotMerges
 from engine_lib.services.stats import StatsService
 from engine_lib.services.storage_domains import StorageDomainService
 from engine_lib.services.templates import TemplateService
@@ -75,6 +76,7 @@ class Engine:
         self.permissions = PermissionService(self)
         self.tokens = TokenService(self)
         self.stats = StatsService(self)
+        self.snapshot_merge = SnapshotMerges(self)
 
     @classmethod
     def open(cls, engine_dir: str | None = None, db_url: str | None = None,

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import engine_lib
-from engine_lib.agent import crl, seal, snapshot_request
+from engine_lib.agent import crl, merges, seal, snapshot_request
 from engine_lib.agent.config import AgentConfig
 from engine_lib.agent.images import Download, Images
 from engine_lib.agent.jobs import Jobs
@@ -251,6 +251,34 @@ ROUTES = (
           "domains; refused for a volume a VM on this host still uses.",
           body={"type": "object", "required": ["volumes"], "additionalProperties": False,
                 "properties": {"volumes": {"type": "array", "items": _VOLUME_SCHEMA}}}),
+    Route("POST", "/vms/{id}/merges", "start_merge", "Live merge (deleting a snapshot of "
+          "a running VM): block commit of volume top into its backing volume base on the "
+          "disk with this alias, RELATIVE (the volume above top is rebased onto base by "
+          "relative name); top_is_active: an active commit that pivots the disk onto base. "
+          "A commit already running on that disk (the agent restarted) is adopted. Ends by "
+          "setting the domain metadata to the <kestrel:vm> element given. Answers {job}; "
+          "result {chain: [files, top first], adopted}. top's file is "
+          "left for the engine to delete.",
+          body={"type": "object", "required": ["alias", "base", "top", "metadata"],
+                "additionalProperties": False,
+                "properties": {"alias": {"type": "string"}, "base": _SOURCE_VOLUME,
+                               "top": _SOURCE_VOLUME, "top_is_active": {"type": "boolean",
+                                                                        "default": False},
+                               "bandwidth_mibps": {"type": "integer", "minimum": 0,
+                                                   "default": 0,
+                                                   "description": "0: no limit"},
+                               "metadata": {"type": "string"}}}),
+    Route("POST", "/volumes/merge", "merge_volumes", "Offline merge (a stopped VM): qemu-img "
+          "commit of top into base through exactly the chain given (nothing probed), then "
+          "qemu-img rebase -u of child onto base by relative name. Deletes nothing; safe to "
+          "run again after a crash (a top already gone counts as merged when child is on "
+          "base). Answers {job}; result {committed, child_backing}.",
+          body={"type": "object", "required": ["base", "top"], "additionalProperties": False,
+                "properties": {"base": _SOURCE_VOLUME, "top": _SOURCE_VOLUME,
+                               "child": {"oneOf": [_SOURCE_VOLUME, {"type": "null"}]},
+                               "chain": {"type": "array", "items": _SOURCE_VOLUME,
+                                         "description": "the volumes below base, nearest "
+                                         "first"}}}),
     Route("POST", "/volumes/resize", "resize_volume", "Grow a volume to size_mib (never "
           "shrink): blockResize when a running VM here uses it, else qemu-img resize; a "
           "missing volume is left for the next start to create.",
@@ -683,6 +711,13 @@ class Api:
 
     def copy_volume(self, request: Request) -> dict:
         return self.images.copy(request.body)
+
+    def start_merge(self, request: Request) -> dict:
+        return merges.start_live(self.hypervisor, self.jobs, _vm_id(request), request.body)
+
+    def merge_volumes(self, request: Request) -> dict:
+        return merges.start_offline(self.jobs, self.config.storage_domains,
+                                    self.hypervisor.disks_in_use(), request.body)
 
     def install_crl(self, request: Request) -> dict:
         pem = request.body.get("crl")

@@ -171,6 +171,9 @@ CATALOG: tuple[Operation, ...] = (
         "Add, change or remove a VM's NIC"),
     _op("vm_devices.disk", "PUT", "/vms/{vm}/disks/{name}", on("vm.edit", "vm", "vm"),
         "Add, change or remove a VM's disk", long=True),
+    _op("snapshot_merge.delete", "DELETE", "/vms/{vm_name}/snapshots/{snapshot_id}",
+        on("vm.snapshot", "vm", "vm_name"), "Delete a VM's snapshot (merge its volumes: live "
+        "when the VM runs)", returns="value", long=True),
     # cluster-scoped objects
     _op("networks.info", "GET", "/clusters/{cluster}/networks", on("read", "cluster", "cluster"),
         "List a cluster's networks", returns="page"),

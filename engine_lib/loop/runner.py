@@ -86,6 +86,8 @@ def _run(engine, settings: Settings, stop: threading.Event) -> None:
     threads.append(threading.Thread(target=every, args=(
         host_s, engine.images.reconcile, stop), name="volumes", daemon=True))
     threads.append(threading.Thread(target=every, args=(
+        host_s, engine.snapshot_merge.reconcile, stop), name="snapshot-merges", daemon=True))
+    threads.append(threading.Thread(target=every, args=(
         settings.ha_reservation_interval_s, ha_reservation.ReservationCheck(engine).cycle,
         stop), name="ha-reservation", daemon=True))
     threads.append(threading.Thread(target=every, args=(

@@ -406,6 +406,23 @@ def _with_targets(chains: dict) -> dict:
     return {alias: (f"vd{chr(ord('a') + i)}", chain)
             for i, (alias, chain) in enumerate(sorted(chains.items()))}
 
+    # Merges (deleting a snapshot) are recorded in ``merges`` and succeed at once.
+    def start_merge(self, vm_id, body):
+        self._check()
+        self.merges = getattr(self, "merges", []) + [("live", vm_id, body)]
+        answer = self._new_job("merge", f"{vm_id}/{body['alias']}")
+        self._jobs()[answer["job"]].update(status="succeeded", progress=100,
+                                           result={"chain": [], "adopted": False})
+        return answer
+
+    def merge_volumes(self, base, top, child, chain):
+        self._check()
+        self.merges = getattr(self, "merges", []) + [("offline", base, top, child, chain)]
+        answer = self._new_job("merge", self._target(base))
+        self._jobs()[answer["job"]].update(status="succeeded", progress=100,
+                                           result={"committed": True})
+        return answer
+
 
 @pytest.fixture
 def cheap_argon2(monkeypatch):

@@ -6,7 +6,9 @@ import json
 import xml.etree.ElementTree as ET
 
 from bench.snapshots import bench, domain, figures
+from engine_lib.broker import AgentApi
 from engine_lib.protocol import metadata
+from engine_lib.protocol.errors import NotFound
 
 
 def test_a_time_pair_is_kestrels_median_over_the_raw_median_against_its_goal():
@@ -56,14 +58,11 @@ def test_the_metadata_for_a_chain_names_each_volumes_parent_as_the_agent_reads_i
         ("", base["volume"], "", "")]
 
 
-class _Client:
-    """A broker without the snapshot and merge routes (an agent before they landed)."""
+class _Client(AgentApi):
+    """An agent from before the snapshot route: it answers 404."""
 
-    def __init__(self):
-        self.deleted: list = []
-
-    def delete_volumes(self, volumes):
-        self.deleted.extend(volumes)
+    def create_snapshot(self, vm_id, body):
+        raise NotFound("route", "POST /vms/{id}/snapshots")
 
 
 class _Raw:
@@ -86,7 +85,7 @@ class _Helper:
         return len(offsets) * length
 
 
-def test_the_raw_halves_run_every_round_when_the_agent_lacks_the_routes(monkeypatch):
+def test_the_raw_halves_run_every_round_when_the_agent_lacks_the_route(monkeypatch):
     monkeypatch.setattr(bench, "ROUNDS", 2)
     kestrel = bench.Kestrel(_Client(), "vm", "ua-1", domain.volume("img"))
     raw = _Raw()
@@ -94,5 +93,6 @@ def test_the_raw_halves_run_every_round_when_the_agent_lacks_the_routes(monkeypa
     assert raw.calls == ["snapshot", "merge"] * 3  # round 0 warms up, uncounted
     snap, merge = found["live_snapshot"], found["live_merge"]
     assert snap["raw_ms"] == 100.0 and snap["rounds"] == 2 and snap["kestrel_ms"] is None
-    assert "create_snapshot" in snap["unavailable"] and "start_merge" in merge["unavailable"]
+    assert snap["unavailable"].startswith("the agent answered 404")
+    assert merge["unavailable"] == "needs the agent's snapshot route"
     assert merge["raw_ms"] == 200.0 and merge["met"] is None

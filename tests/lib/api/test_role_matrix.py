@@ -85,6 +85,8 @@ OPERATIONS: dict[str, Case] = {
                            {"settings": {"network": "kestrelmgmt"}}),
     "vm_devices.disk": Case("PUT", "/vms/vm1/disks/data", ("vm.edit", VM1), _check(),
                             {"settings": {"size": "1GiB", "storage_domain": "sd1"}}),
+    "snapshot_merge.delete": Case("DELETE", "/vms/vm1/snapshots/no-such-snapshot",
+                                  ("vm.snapshot", VM1)),
     "networks.info": Case("GET", "/clusters/c1/networks", ("read", C1)),
     "networks.ensure": Case("PUT", "/clusters/c1/networks/n1", ("cluster.edit", C1), _check(),
                             {}),
