@@ -26,6 +26,7 @@ from engine_lib.services.networks import NetworkService
 from engine_lib.services.permissions import PermissionService
 from engine_lib.services.power_saving import PowerSavingService
 from engine_lib.services.snapshot_merge import SnapshotMerges
+from engine_lib.services.snapshots import SnapshotService
 from engine_lib.services.stats import StatsService
 from engine_lib.services.storage_domains import StorageDomainService
 from engine_lib.services.templates import TemplateService
@@ -69,6 +70,7 @@ class Engine:
         self.vm_devices = VmDeviceService(self)
         self.templates = TemplateService(self)
         self.images = ImageService(self)
+        self.snapshots = SnapshotService(self)
         self.access = AccessService(self)
         self.authn = Authenticator(self)
         self.users = UserService(self)

@@ -224,6 +224,9 @@ class Vm(Base):
     template: Mapped[Template | None] = relationship()
     devices: Mapped[list[VmDevice]] = relationship(
         back_populates="vm", cascade="all, delete-orphan", order_by="VmDevice.position")
+    # Read-only: snapshots are written by services.snapshots (the database cascades).
+    snapshots: Mapped[list[Snapshot]] = relationship(
+        viewonly=True, order_by="(Snapshot.created_at, Snapshot.id)")
 
     __mapper_args__ = {"version_id_col": version}
 

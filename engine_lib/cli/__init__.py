@@ -41,6 +41,7 @@ from engine_lib.cli.entities import (
     vm_xml,
 )
 from engine_lib.cli.offline import devices_match, schedule, xml_render
+from engine_lib.cli.snapshots import add_parsers as add_snapshot_parsers
 from engine_lib.cli.stats import stats
 from engine_lib.cli.templates import template_create, template_list, template_remove
 from engine_lib.cli.users import add_parsers as add_access_parsers
@@ -190,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     t_remove.add_argument("--version-name")
     for sub in (t_list, t_create, t_remove):
         engine_options(sub)
+
+    add_snapshot_parsers(groups, command, engine_options)
 
     disk = groups.add_parser("disk", help="floating disks and ISOs: upload, download, list"
                              ).add_subparsers(dest="command", required=True)

@@ -59,3 +59,13 @@ def render_redacted(vm: Vm) -> str:
                  for name, content in seed["files"]]
         model["metadata"] = {**model["metadata"], "payload": {**seed, "files": files}}
     return _DOMAIN.render(vm=model)
+
+
+def metadata_xml(vm: Vm) -> str:
+    """The domain's ``<kestrel:vm>`` metadata element alone: what an agent sets on a
+    running domain (virDomainSetMetadata) when its chain changes under it."""
+    model = viewmodel.build(vm)
+    xml = _DOMAIN.render(vm=model)
+    prefix = model["metadata"]["prefix"]
+    start, end_tag = xml.index(f"<{prefix}:vm "), f"</{prefix}:vm>"
+    return xml[start:xml.index(end_tag) + len(end_tag)]

@@ -14,7 +14,8 @@
    elsewhere, in a thread of its own at the host interval (each host's fencing
    in a thread of its own again);
 5. reconciling volumes left locked by an upload whose agent job is gone (an agent
-   restarted, a writer killed), at start and at the host interval;
+   restarted, a writer killed), and snapshots left locked by a create or revert
+   whose caller died, at start and at the host interval;
 6. checking the HA reservation of the clusters that keep one, every minute, in a
    thread of its own (it reads only the database);
 7. power saving (hosts parked, switched off and back on through their power
@@ -32,13 +33,14 @@ Daemonizing, the pidfile, logging and signals are the caller's (the CLI's).
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from engine_lib.loop import balancer, ha_reservation, stats_rollup
+from engine_lib.loop import balancer, ha_reservation, snapshot_reconcile, stats_rollup
 from engine_lib.loop.event_follower import EventFollower
 from engine_lib.loop.ha import HighAvailability
 from engine_lib.loop.monitoring import Intervals, Monitor
@@ -85,6 +87,9 @@ def _run(engine, settings: Settings, stop: threading.Event) -> None:
                                     name="migrations", daemon=True))
     threads.append(threading.Thread(target=every, args=(
         host_s, engine.images.reconcile, stop), name="volumes", daemon=True))
+    threads.append(threading.Thread(target=every, args=(
+        host_s, functools.partial(snapshot_reconcile.reconcile, engine), stop),
+        name="snapshots", daemon=True))
     threads.append(threading.Thread(target=every, args=(
         host_s, engine.snapshot_merge.reconcile, stop), name="snapshot-merges", daemon=True))
     threads.append(threading.Thread(target=every, args=(

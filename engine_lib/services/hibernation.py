@@ -92,6 +92,22 @@ def _record_suspended(engine, name: str, memory: dict, host_name: str) -> dict:
 
 
 @retry_on_conflict
+def resume_from_snapshot(engine, name: str, memory: dict, snapshot_id: str) -> None:
+    """The stopped VM's next start restores a snapshot's memory; the file stays the
+    snapshot's (``snapshot`` in the VM's memory_volume: the agent keeps it, a stop or a
+    removal only forgets it), so the snapshot can be reverted to again."""
+    with engine.store.transaction() as session:
+        vm = get_vm(session, name)
+        vm.memory_volume = {**memory, "snapshot": snapshot_id}
+
+
+def restore_args(memory: dict) -> tuple[dict, bool]:
+    """(the memory volume as the agent takes it, whether the agent must keep the file)."""
+    volume = {k: v for k, v in memory.items() if k != "snapshot"}
+    return volume, "snapshot" in memory
+
+
+@retry_on_conflict
 def restored(engine, name: str) -> None:
     """The agent restored (and deleted) the memory volume: forget it."""
     with engine.store.transaction() as session:
@@ -109,7 +125,9 @@ def restore_failed(engine, name: str, host_name: str, message: str) -> None:
 
 
 def discard(engine, name: str) -> bool:
-    """Delete a Suspended VM's memory volume (stop or removal); True when there was one."""
+    """Delete a Suspended VM's memory volume (stop or removal); True when there was one.
+    A snapshot's memory (a revert's start that failed) is only forgotten: it stays the
+    snapshot's."""
     with engine.store.transaction(commit=False) as session:
         vm = get_vm(session, name)
         memory = dict(vm.memory_volume) if vm.memory_volume else None
@@ -118,10 +136,13 @@ def discard(engine, name: str) -> bool:
             .order_by(Host.name)).first())
     if memory is None:
         return False
-    if helper is None:
+    if "snapshot" in memory:  # a snapshot's memory: it outlives this start
+        helper = None
+    elif helper is None:
         raise Conflict(f"cannot discard the saved memory of VM '{name}': no host of its "
                        "cluster is Up; nothing was changed")
-    engine.agent(helper.address, helper.port).delete_volumes([memory])
+    if helper is not None:
+        engine.agent(helper.address, helper.port).delete_volumes([memory])
     with engine.store.transaction() as session:
         vm = get_vm(session, name)
         vm.memory_volume = None

@@ -60,6 +60,10 @@ def vm_dict(vm: Vm) -> dict:
                     for d in vm.devices],
         "guest": guest_dict(vm),
         "memory_volume": dict(vm.memory_volume) if vm.memory_volume else None,
+        # Its snapshots, oldest first (services.snapshots has the whole of each).
+        "snapshots": [{"id": s.id, "description": s.description, "status": s.status,
+                       "use_memory": s.use_memory, "created_at": s.created_at.isoformat()}
+                      for s in vm.snapshots],
         # The template version the VM was made from, if any.
         "template": ({"name": vm.template.name, "version": vm.template.version_number}
                      if vm.template is not None else None),

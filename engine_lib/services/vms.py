@@ -38,6 +38,7 @@ from engine_lib.services import (
     hibernation,
     job_context,
     listing,
+    snapshots,
     vm_config,
     vm_origin,
 )
@@ -290,6 +291,8 @@ class VmService:
                 vm = get_vm(session, name)
                 if vm.launch_unconfirmed or vm.status not in _STARTABLE:
                     raise _awaiting_host(name, vm_dict(vm))
+                # A snapshot create/revert/merge of the stopped VM rewrites its chain.
+                snapshots.check_unlocked(session, vm, "start it")
                 custom_properties.check_vm(vm, starting=True)  # the cluster's list may change
                 cluster = vm.cluster.name
                 host, placement = self._place(session, vm)
@@ -308,7 +311,8 @@ class VmService:
         job.progress(20, f"starting on host {host.name}")
         try:
             if memory:  # Suspended: the guest runs on from its saved memory
-                reported = client.restore_vm(xml, memory)
+                volume, keep = hibernation.restore_args(memory)
+                reported = client.restore_vm(xml, volume, keep_memory=keep)
                 hibernation.restored(self.engine, name)
             else:
                 reported = client.start_vm(xml)
@@ -448,7 +452,8 @@ class VmService:
                                            f"floating disk {disk}"
                                            for vm_name, disk in dependents)
                                + "; nothing was removed")
-            if vm.memory_volume:  # a Suspended VM's saved memory goes with it
+            # A Suspended VM's saved memory goes with it (a snapshot's stays the snapshot's).
+            if vm.memory_volume and "snapshot" not in vm.memory_volume:
                 volumes.append(dict(vm.memory_volume))
             helper = HostRef.of(session.scalars(select(Host).where(
                 Host.cluster_id == vm.cluster_id, Host.status == HostStatus.UP)

@@ -96,6 +96,18 @@ vms:
           managed: true
           plugged: true
           address: {type: pci, domain: "0x0000", bus: "0x04", slot: "0x00", function: "0x0"}
+    snapshots:
+      description:
+        - The VM's snapshots, oldest first (C(id), C(description), C(status),
+          C(use_memory), C(created_at)); M(kestrel.virt.snapshot_info) has each in full.
+      type: list
+      elements: dict
+      sample:
+        - id: 0b7c55d2-93c4-4a8e-9b0e-0e6a4a0f0c11
+          description: before upgrade
+          status: ok
+          use_memory: true
+          created_at: "2026-12-06T18:00:03+00:00"
     statistics:
       description:
         - The figures of the engine's last statistics poll of the VM's host; empty while

@@ -321,6 +321,23 @@ class FakeAgent(AgentApi):
         self._jobs()[answer["job"]].update(status="succeeded", progress=100, result={})
         return answer
 
+    # Merges (deleting a snapshot) are recorded in ``merges`` and succeed at once.
+    def start_merge(self, vm_id, body):
+        self._check()
+        self.merges = getattr(self, "merges", []) + [("live", vm_id, body)]
+        answer = self._new_job("merge", f"{vm_id}/{body['alias']}")
+        self._jobs()[answer["job"]].update(status="succeeded", progress=100,
+                                           result={"chain": [], "adopted": False})
+        return answer
+
+    def merge_volumes(self, base, top, child, chain):
+        self._check()
+        self.merges = getattr(self, "merges", []) + [("offline", base, top, child, chain)]
+        answer = self._new_job("merge", self._target(base))
+        self._jobs()[answer["job"]].update(status="succeeded", progress=100,
+                                           result={"committed": True})
+        return answer
+
     # -- snapshots: ``vm_chains`` (vm id -> {alias: ["image/volume", ... top first]}) comes
     # from the started XML's metadata unless a test sets it; ``block_jobs`` ((vm id, alias)
     # -> job dict) shows in chains(); ``snapshot_errors`` (vm id -> KestrelError) fails the
@@ -405,23 +422,6 @@ def _with_targets(chains: dict) -> dict:
     """alias -> (a vdX target, chain): the fake's disks in alias order."""
     return {alias: (f"vd{chr(ord('a') + i)}", chain)
             for i, (alias, chain) in enumerate(sorted(chains.items()))}
-
-    # Merges (deleting a snapshot) are recorded in ``merges`` and succeed at once.
-    def start_merge(self, vm_id, body):
-        self._check()
-        self.merges = getattr(self, "merges", []) + [("live", vm_id, body)]
-        answer = self._new_job("merge", f"{vm_id}/{body['alias']}")
-        self._jobs()[answer["job"]].update(status="succeeded", progress=100,
-                                           result={"chain": [], "adopted": False})
-        return answer
-
-    def merge_volumes(self, base, top, child, chain):
-        self._check()
-        self.merges = getattr(self, "merges", []) + [("offline", base, top, child, chain)]
-        answer = self._new_job("merge", self._target(base))
-        self._jobs()[answer["job"]].update(status="succeeded", progress=100,
-                                           result={"committed": True})
-        return answer
 
 
 @pytest.fixture
