@@ -252,6 +252,17 @@ class AgentApi(Protocol):
     def chains(self, vm_id: str) -> dict:
         raise _not_modelled(self, "chains")
 
+    # -- backups -------------------------------------------------------------------
+
+    def start_backup(self, vm_id: str, body: dict) -> dict:
+        raise _not_modelled(self, "start_backup")
+
+    def checkpoints(self, vm_id: str) -> dict:
+        raise _not_modelled(self, "checkpoints")
+
+    def delete_checkpoint(self, vm_id: str, checkpoint: str) -> dict:
+        raise _not_modelled(self, "delete_checkpoint")
+
     def start_merge(self, vm_id: str, body: dict) -> dict:
         raise _not_modelled(self, "start_merge")
 
@@ -517,6 +528,18 @@ class AgentClient:
     def chains(self, vm_id: str) -> dict:
         """The VM's live chains, top first per disk, with any block job on each."""
         return self._query("GET", f"/vms/{_seg(vm_id)}/chains")
+
+    def start_backup(self, vm_id: str, body: dict) -> dict:
+        """Push backup of a running VM into new target volumes: {job}; the job's result is
+        {checkpoint_xml, disks: [{alias, bytes, size_mib}], fell_back}."""
+        return self._call("POST", f"/vms/{_seg(vm_id)}/backups", body)
+
+    def checkpoints(self, vm_id: str) -> dict:
+        """The checkpoints libvirt knows for the VM here: {checkpoints: [id, ...]}."""
+        return self._call("GET", f"/vms/{_seg(vm_id)}/checkpoints")
+
+    def delete_checkpoint(self, vm_id: str, checkpoint: str) -> dict:
+        return self._call("DELETE", f"/vms/{_seg(vm_id)}/checkpoints/{_seg(checkpoint)}")
 
     def start_merge(self, vm_id: str, body: dict) -> dict:
         """Live merge on a running VM (a job): {alias, base, top, top_is_active, metadata}."""

@@ -15,6 +15,7 @@ from engine_lib.config import EngineConfig
 from engine_lib.services.access import AccessService
 from engine_lib.services.affinity import AffinityService
 from engine_lib.services.authn import Authenticator
+from engine_lib.services.backups import BackupService
 from engine_lib.services.clusters import ClusterService
 from engine_lib.services.events import EventService
 from engine_lib.services.groups import GroupService
@@ -71,6 +72,7 @@ class Engine:
         self.templates = TemplateService(self)
         self.images = ImageService(self)
         self.snapshots = SnapshotService(self)
+        self.backups = BackupService(self)
         self.access = AccessService(self)
         self.authn = Authenticator(self)
         self.users = UserService(self)

@@ -813,6 +813,9 @@ class Backup(Base):
     # [{"disk", "image_id", "volume_id" (the backup file's row), "size_mib",
     #   "bytes": bytes written for it}]
     disks: Mapped[list] = mapped_column(JSON, default=list)
+    # The VM's settings when it was backed up (vm_sources.settings_of form plus
+    # ``cluster``): a restore to a new VM makes it from these. None before 0022.
+    vm_config: Mapped[dict | None] = mapped_column(JSON, nullable=True, default=dict)
     bytes_written: Mapped[int] = mapped_column(BigInteger, default=0)
     error: Mapped[str] = mapped_column(Text, default="")
     job_id: Mapped[str] = mapped_column(String(36), default="")

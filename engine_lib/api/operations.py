@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from engine_lib.model import Cluster, Host, Template, Vm
+from engine_lib.model import Backup, Cluster, Host, Template, Vm
 
 __all__ = ["CATALOG", "BY_ID", "Check", "Operation"]
 
@@ -103,6 +103,15 @@ def _template_ensure(engine, args) -> Check:
     return ("template.create", "cluster", cluster) if cluster else ("template.create", "system", "")
 
 
+def _on_backup(engine, args) -> Check:
+    """vm.backup on the VM a backup is of (a removed VM's backups: on the system)."""
+    with engine.store.transaction(commit=False) as session:
+        vm = session.scalar(select(Backup.vm_name).where(Backup.id == args["backup_id"]))
+    if vm is not None and _exists(engine, Vm, vm):
+        return ("vm.backup", "vm", vm)
+    return ("vm.backup", "system", "")
+
+
 def _events(_engine, args) -> Check:
     if args.get("entity_type") in ("cluster", "host", "vm", "template") and args.get("entity_name"):
         return ("read", args["entity_type"], args["entity_name"])
@@ -177,6 +186,14 @@ CATALOG: tuple[Operation, ...] = (
         "Add, change or remove a VM's NIC"),
     _op("vm_devices.disk", "PUT", "/vms/{vm}/disks/{name}", on("vm.edit", "vm", "vm"),
         "Add, change or remove a VM's disk", long=True),
+    _op("backups.info", "GET", "/vms/{vm_name}/backups", on("read", "vm", "vm_name"),
+        "A VM's backups (restore points)", returns="value"),
+    _op("backups.create", "POST", "/vms/{vm_name}/backups", on("vm.backup", "vm", "vm_name"),
+        "Back a VM up (incremental when it can be)", long=True),
+    _op("backups.remove", "DELETE", "/backups/{backup_id}", _on_backup,
+        "Remove a backup, keeping later restore points exact", long=True),
+    _op("backups.restore", "POST", "/backups/{backup_id}/restore", _on_backup,
+        "Restore a backup into a new VM or a new floating disk", long=True),
     _op("snapshot_merge.delete", "DELETE", "/vms/{vm_name}/snapshots/{snapshot_id}",
         on("vm.snapshot", "vm", "vm_name"), "Delete a VM's snapshot (merge its volumes: live "
         "when the VM runs)", returns="value", long=True),

@@ -15,6 +15,7 @@ import sys
 # Subcommands import what they need inside their function, not here: ``kestrel`` starts fast,
 # and an engine host without an optional dependency still runs every command that needs none.
 from engine_lib.cli.agent import agent_wheel
+from engine_lib.cli.backups import add_parsers as add_backup_parsers
 from engine_lib.cli.common import engine_options
 from engine_lib.cli.disks import disk_download, disk_list, disk_upload
 from engine_lib.cli.engine import (
@@ -311,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     engine_options(devices_match_cmd)
 
     add_access_parsers(groups, command, engine_options)
+    add_backup_parsers(groups, command, engine_options)
     return parser
 
 

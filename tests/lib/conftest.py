@@ -321,6 +321,66 @@ class FakeAgent(AgentApi):
         self._jobs()[answer["job"]].update(status="succeeded", progress=100, result={})
         return answer
 
+    # -- backups (push mode): ``checkpoints_of``: vm id -> libvirt's checkpoint ids here
+    # (a transient domain restarted has none: the body's ``checkpoints`` are redefined);
+    # ``backup_fall_back``: a reason the next incremental is refused (then a full);
+    # ``backup_error``: a KestrelError the next backup job fails with (nothing left).
+    # ``backups``: each request body; ``backup_bytes``: target size per disk (default 1 MiB).
+
+    def _libvirt_checkpoints(self, vm_id) -> list:
+        return self.__dict__.setdefault("checkpoints_of", {}).setdefault(vm_id, [])
+
+    def start_backup(self, vm_id, body):
+        self._check()
+        if self.vms.get(vm_id) not in ("Up", "Paused"):
+            raise VmNotFound(vm_id)
+        self.backups = getattr(self, "backups", []) + [body]
+        known = self._libvirt_checkpoints(vm_id)
+        for checkpoint in body.get("checkpoints", []):
+            if checkpoint["id"] not in known:
+                known.append(checkpoint["id"])
+        fell_back = ""
+        if body.get("incremental"):
+            fell_back = self.__dict__.pop("backup_fall_back", "")
+            if not fell_back and body["incremental"] not in known:
+                fell_back = (f"checkpoint '{body['incremental']}' is unknown to libvirt; "
+                             "a full backup was taken")
+        answer = self._new_job("backup", f"vm/{vm_id}")
+        job = self._jobs()[answer["job"]]
+        error = self.__dict__.pop("backup_error", None)
+        if error is not None:
+            job.update(status="failed", error=error.to_dict())
+            return answer
+        disks = []
+        for disk in body["disks"]:
+            target = {**disk["target_volume"]}
+            data = b"\0" * getattr(self, "backup_bytes", 1 << 20)
+            self._files()[self._target(target)] = data
+            disks.append({"alias": disk["alias"], "bytes": len(data),
+                          "size_mib": target.get("size_mib", 0)})
+        known.append(body["checkpoint"])
+        xml = (f"<domaincheckpoint><name>{body['checkpoint']}</name>"
+               + (f"<parent><name>{body['incremental']}</name></parent>"
+                  if body.get("incremental") and not fell_back else "")
+               + "</domaincheckpoint>")
+        job.update(status="succeeded", progress=100,
+                   result={"checkpoint_xml": xml, "disks": disks, "fell_back": fell_back})
+        return answer
+
+    def checkpoints(self, vm_id):
+        self._check()
+        if vm_id not in self.vms:
+            raise VmNotFound(vm_id)
+        return {"checkpoints": list(self._libvirt_checkpoints(vm_id))}
+
+    def delete_checkpoint(self, vm_id, checkpoint):
+        self._check()
+        known = self._libvirt_checkpoints(vm_id)
+        if checkpoint not in known:
+            raise NotFound("checkpoint", checkpoint)
+        known.remove(checkpoint)
+        return {"checkpoint": checkpoint, "deleted": True}
+
     # Merges (deleting a snapshot) are recorded in ``merges`` and succeed at once.
     def start_merge(self, vm_id, body):
         self._check()
