@@ -62,7 +62,7 @@ class _Client(AgentApi):
     """An agent from before the snapshot route: it answers 404."""
 
     def create_snapshot(self, vm_id, body):
-        raise NotFound("route", "POST /vms/{id}/snapshots")
+        raise NotFound("API path", f"/vms/{vm_id}/snapshots")
 
 
 class _Raw:
