@@ -17,7 +17,7 @@ from pathlib import Path
 
 import kestrel_lab
 from bench.snapshots import domain
-from engine_lib.protocol.errors import MethodNotAllowed, NotFound
+from engine_lib.protocol.errors import NotFound
 from engine_lib.services import volume_jobs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -148,8 +148,6 @@ def available(call) -> str:
         if getattr(exc, "kind", "") != "API path":
             raise  # a route that is there failing is the bench's failure
         return f"the agent answered 404: {exc}"
-    except MethodNotAllowed as exc:
-        return f"the agent answered 405: {exc}"
     return ""
 
 
