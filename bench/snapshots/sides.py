@@ -145,7 +145,7 @@ def available(call) -> str:
     try:
         call()
     except NotFound as exc:
-        if getattr(exc, "kind", "") != "API path":
+        if exc.details.get("kind") != "API path":
             raise  # a route that is there failing is the bench's failure
         return f"the agent answered 404: {exc}"
     return ""
