@@ -226,8 +226,8 @@ def _set_metadata(dom: libvirt.virDomain, vm_id: str, text: str) -> bool:
         if dom.isPersistent():
             flags |= libvirt.VIR_DOMAIN_AFFECT_CONFIG
     try:
-        dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, metadata.for_set_metadata(text),
-                        metadata.PREFIX, metadata.NAMESPACE, flags)
+        dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, text, metadata.PREFIX,
+                        metadata.NAMESPACE, flags)
     except libvirt.libvirtError as exc:
         # The snapshot stands (the guest writes to the overlays now): the engine learns
         # the chain from GET chains; the warning says why the metadata lags.

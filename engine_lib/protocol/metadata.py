@@ -72,16 +72,6 @@ class VmMetadata:
     luns: dict[str, str] = field(default_factory=dict)
 
 
-def for_set_metadata(element: str) -> str:
-    """Our ``<kestrel:vm>`` element as virDomainSetMetadata takes it: libvirt puts the
-    element in the namespace it is handed (prefix + URI) and refuses one that declares
-    it already ("failed to create a new XML namespace"), so the tags go bare."""
-    root = ET.fromstring(element)
-    for node in root.iter():
-        node.tag = node.tag.rsplit("}", 1)[-1]
-    return ET.tostring(root, encoding="unicode")
-
-
 def carried(domain: ET.Element) -> bool:
     """Whether a parsed <domain> carries our metadata (the engine defined it)."""
     return domain.find(f"metadata/{PREFIX}:vm", _NS) is not None
