@@ -226,7 +226,7 @@ def _set_metadata(dom: libvirt.virDomain, vm_id: str, text: str) -> bool:
         if dom.isPersistent():
             flags |= libvirt.VIR_DOMAIN_AFFECT_CONFIG
     try:
-        dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, text, metadata.PREFIX,
+        dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, bare(text), metadata.PREFIX,
                         metadata.NAMESPACE, flags)
     except libvirt.libvirtError as exc:
         # The snapshot stands (the guest writes to the overlays now): the engine learns
@@ -235,6 +235,15 @@ def _set_metadata(dom: libvirt.virDomain, vm_id: str, text: str) -> bool:
                     exc.get_error_message())
         return False
     return True
+
+
+def bare(text: str) -> str:
+    """The element without its namespace: libvirt puts it there itself (key and URI) and
+    refuses an element that declares one ("failed to create a new XML namespace")."""
+    root = ET.fromstring(text)
+    for element in root.iter():
+        element.tag = element.tag.rsplit("}", 1)[-1]
+    return ET.tostring(root, encoding="unicode")
 
 
 # -- GET /vms/{id}/chains ------------------------------------------------------------------

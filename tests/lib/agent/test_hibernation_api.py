@@ -16,7 +16,8 @@ class Recorder:
         self.calls = []
 
     def __getattr__(self, name):
-        return lambda *args: self.calls.append((name, *args)) or {"ok": True}
+        return lambda *args, **kwargs: self.calls.append((name, *args, *kwargs.values())) \
+            or {"ok": True}
 
 
 @pytest.fixture
@@ -35,8 +36,10 @@ def test_hibernate_and_restore_reach_the_hypervisor_with_the_memory_volume(api):
     assert post(api, f"/vms/{VM}/hibernate", {"memory_volume": MEMORY})[0] == 200
     assert post(api, "/vms", {"xml": XML, "mode": "restore", "memory_volume": MEMORY})[0] == 200
     assert post(api, f"/vms/{VM}/reboot", {})[0] == 200
-    (_, vm_id, hib), (_, xml, res), reboot = api.calls
-    assert (vm_id, xml, reboot) == (VM, XML, ("reboot", VM))
+    assert post(api, "/vms", {"xml": XML, "mode": "restore", "memory_volume": MEMORY,
+                              "keep_memory": True})[0] == 200
+    (_, vm_id, hib), (_, xml, res, keep), reboot, (*_, kept) = api.calls
+    assert (vm_id, xml, reboot, keep, kept) == (VM, XML, ("reboot", VM), False, True)
     assert (hib.domain, hib.image, hib.volume) == (res.domain, res.image, res.volume) == \
         ("data", "i1", "v1")
 
@@ -47,6 +50,9 @@ def test_hibernate_and_restore_reach_the_hypervisor_with_the_memory_volume(api):
     ("/vms", {"xml": XML, "mode": "restore"}, "memory_volume"),
     ("/vms", {"xml": XML, "memory_volume": MEMORY}, "memory_volume"),
     ("/vms", {"xml": XML, "mode": "restore", "memory_volume": "data/i1/v1"}, "memory_volume"),
+    ("/vms", {"xml": XML, "mode": "restore", "memory_volume": MEMORY, "keep_memory": "yes"},
+     "keep_memory"),
+    ("/vms", {"xml": XML, "keep_memory": True}, "keep_memory"),
 ])
 def test_bad_requests_name_the_field_and_change_nothing(api, path, body, field):
     status, doc = post(api, path, body)
