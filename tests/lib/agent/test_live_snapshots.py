@@ -20,7 +20,7 @@ from engine_lib.agent.api import Api
 from engine_lib.agent.registry import Registry
 from engine_lib.agent.states import VmStatus
 from engine_lib.protocol import metadata
-from engine_lib.protocol.errors import Conflict, InvalidSpec, LibvirtError
+from engine_lib.protocol.errors import Conflict, LibvirtError
 
 VM = "6a1d2d9e-0b7e-4a57-9d54-5b1c6c1f0a01"
 SNAP = "0b6f5f0c-9d0e-4f59-8a43-3a8f3c1d2e11"
