@@ -28,12 +28,15 @@ MIB = 1024 * 1024
 MARKER_A, MARKER_B, MARKER_C = (b"marker A: before the snapshot", b"marker B: after it",
                                 b"marker C: after the full backup")
 A_AT, B_AT, C_AT = 0, 1 * MIB, 2 * MIB
-# The guest's filesystem loop: 256 KiB of new data into one of 16 files, then the
-# counter renamed into place and synced, until /tmp/stop exists.
+# The guest's filesystem loop: 64 KiB of new data into one of 16 files, the counter
+# renamed into place and synced, until /tmp/stop exists; paced (at most ~640 KiB/s) below
+# the merge's bandwidth, or an active commit could never catch up with it.
 WRITER = ("i=0; while [ ! -e /tmp/stop ]; do "
-          "dd if=/dev/urandom of=/mnt/data/blob$((i % 16)) bs=64k count=4 2>/dev/null; "
+          "dd if=/dev/urandom of=/mnt/data/blob$((i % 16)) bs=64k count=1 2>/dev/null; "
           "echo $i > /mnt/data/count.new && mv /mnt/data/count.new /mnt/data/count; sync; "
-          "i=$((i + 1)); done")
+          "i=$((i + 1)); usleep 100000 2>/dev/null || sleep 0.1; done")
+# What s2's overlay holds before its merge: at MERGE_MIBPS the commit spans seconds.
+BULK_MIB, MERGE_MIBPS = 16, 4
 # Incremental backup: the guest changes 16 regions of 256 KiB, 1 MiB apart, after a full
 # backup of a disk holding 24 MiB of data.
 FILL = (16, 24)  # dd seek, count in MiB
@@ -136,13 +139,15 @@ def test_revert_brings_back_only_the_snapshot_data_and_a_live_merge_under_writes
     _io(agent, vm["id"], B_AT, MARKER_B)
 
     # Live merge while the guest keeps writing its filesystem: s2 is taken under the
-    # writes, then deleted (active commit + pivot) at 1 MiB/s so the merge spans many
-    # of the writer's rounds.
+    # writes, then deleted (active commit + pivot) at MERGE_MIBPS, so the commit of what
+    # the guest wrote since spans many of the writer's rounds.
     writer = _spawn(agent, vm["id"], WRITER)
     _wait_count(agent, vm["id"], 3)
     s2 = snapshots.create(engine, "snapdata", description="under writes")
-    before = _wait_count(agent, vm["id"], _count(agent, vm["id"]) + 16)
-    monkeypatch.setattr(snapshot_merge, "BANDWIDTH_MIBPS", 1)
+    _sh(agent, vm["id"], f"dd if=/dev/urandom of=/mnt/data/bulk bs=1M count={BULK_MIB} "
+                         "conv=fsync 2>/dev/null")
+    before = _count(agent, vm["id"])
+    monkeypatch.setattr(snapshot_merge, "BANDWIDTH_MIBPS", MERGE_MIBPS)
     merged = snapshot_merge.delete(engine, "snapdata", s2["id"])
     monkeypatch.setattr(snapshot_merge, "BANDWIDTH_MIBPS", 0)
     assert merged["live"]
