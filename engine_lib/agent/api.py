@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import engine_lib
-from engine_lib.agent import crl, merges, seal, snapshot_request
+from engine_lib.agent import backup_request, crl, merges, seal, snapshot_request
 from engine_lib.agent.config import AgentConfig
 from engine_lib.agent.images import Download, Images
 from engine_lib.agent.jobs import Jobs
@@ -371,6 +371,38 @@ ROUTES = (
                 "additionalProperties": False,
                 "properties": {"source": _SOURCE_VOLUME, "chain": _CHAIN,
                                "target": _IMAGE_VOLUME}}),
+    Route("POST", "/vms/{id}/backups", "start_backup", "Push backup of a running VM: "
+          "redefine the given checkpoints libvirt lacks (oldest first), create each "
+          "target qcow2 on its storage domain (incremental: backed by parent_volume, named "
+          "relative), then libvirt's backup job with the new checkpoint. A job; result "
+          "{checkpoint_xml, disks: [{alias, bytes (the file's allocation), size_mib}], "
+          "fell_back: '' or why a full was taken instead of the incremental}. A failed job "
+          "leaves no target file and no new checkpoint.",
+          body={"type": "object", "required": ["backup", "checkpoint", "disks"],
+                "additionalProperties": False,
+                "properties": {"backup": {"type": "string", "format": "uuid"},
+                               "checkpoint": {"type": "string"},
+                               "incremental": {"type": "string", "default": "",
+                                               "description": "the checkpoint of the "
+                                               "previous backup; '' for a full backup"},
+                               "checkpoints": {"type": "array", "items": {
+                                   "type": "object", "required": ["id", "xml"],
+                                   "properties": {"id": {"type": "string"},
+                                                  "xml": {"type": "string"}}}},
+                               "disks": {"type": "array", "items": {
+                                   "type": "object",
+                                   "required": ["alias", "target", "target_volume"],
+                                   "properties": {
+                                       "alias": {"type": "string"},
+                                       "target": {"type": "string"},
+                                       "target_volume": _IMAGE_VOLUME,
+                                       "parent_volume": {**_IMAGE_VOLUME,
+                                                         "nullable": True}}}}}}),
+    Route("GET", "/vms/{id}/checkpoints", "list_checkpoints", "The checkpoints libvirt has "
+          "for the VM here, parents first: {checkpoints: [id, ...]}. A transient domain "
+          "loses them when it stops; a backup redefines them."),
+    Route("DELETE", "/vms/{id}/checkpoints/{checkpoint}", "delete_checkpoint", "Delete a "
+          "checkpoint of the VM here; libvirt merges its dirty bitmap into its parent's."),
     Route("PUT", "/pki/crl", "install_crl", "Install the engine CA's certificate revocation "
           "list (PEM): the agent checks its peers against it from the next connection; "
           "libvirt's and QEMU's copies are written where libvirt TLS uses the engine CA, "
@@ -719,6 +751,19 @@ class Api:
         return merges.start_offline(self.jobs, self.config.storage_domains,
                                     self.hypervisor.disks_in_use(), request.body)
 
+    def start_backup(self, request: Request) -> dict:
+        vm_id = _vm_id(request)
+        backup = backup_request.parse(request.body)
+        return self.hypervisor.backup(self.jobs, vm_id, backup)
+
+    def list_checkpoints(self, request: Request) -> dict:
+        return self.hypervisor.checkpoints(_vm_id(request))
+
+    def delete_checkpoint(self, request: Request) -> dict:
+        vm_id = _vm_id(request)
+        name = backup_request.checkpoint_name(request.params["checkpoint"], "checkpoint")
+        return self.hypervisor.delete_checkpoint(vm_id, name)
+
     def install_crl(self, request: Request) -> dict:
         pem = request.body.get("crl")
         if not isinstance(pem, str):
@@ -839,6 +884,9 @@ def openapi_document() -> dict:
             parameters.append({"name": "job", "in": "path", "required": True,
                                "description": "Job id (from the call that started it)",
                                "schema": {"type": "string"}})
+        if "{checkpoint}" in route.path:
+            parameters.append({"name": "checkpoint", "in": "path", "required": True,
+                               "description": "Checkpoint id", "schema": {"type": "string"}})
         if "{alias}" in route.path:
             parameters.append({"name": "alias", "in": "path", "required": True,
                                "description": "Device alias (ua-...)",

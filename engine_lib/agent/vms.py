@@ -14,7 +14,8 @@ per-VM locks, the registry, hooks over a domain's XML) and offers it through
 public methods; the longer operations live in their own modules and use only
 those: the start sequence of every start mode (vm_start), hibernation and
 restore (hibernation), migration in both directions (migration), host facts
-(host_info), guest-agent queries (guests), balloon policy (ballooning).
+(host_info), guest-agent queries (guests), balloon policy (ballooning), push
+backups with checkpoints (backups).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from collections.abc import Iterator
 import libvirt
 
 from engine_lib.agent import (
+    backups,
     ballooning,
     domxml,
     event_stream,
@@ -494,6 +496,16 @@ class Hypervisor:
         path = volumes.create_overlay(overlay.volume, overlay.parent, overlay.parent_format,
                                       overlay.size_mib, self.config.storage_domains)
         return {"volume": overlay.volume.volume, "path": path, "created": True}
+
+    def backup(self, jobs, vm_id: str, request) -> dict:
+        """Push backup of a running VM, as a job (engine_lib.agent.backups)."""
+        return backups.start(self, jobs, vm_id, request)
+
+    def checkpoints(self, vm_id: str) -> dict:
+        return backups.checkpoints(self, vm_id)
+
+    def delete_checkpoint(self, vm_id: str, name: str) -> dict:
+        return backups.delete_checkpoint(self, vm_id, name)
 
     def reboot(self, vm_id: str) -> dict:
         """ACPI reboot (libvirt turns the guest's power-off into a reset, so the QEMU

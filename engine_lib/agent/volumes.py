@@ -199,6 +199,12 @@ def _overlay_args(ref: VolumeRef, parent: VolumeLocation,
     return ["-u", "-b", f"../{parent.relpath}", "-F", ref.parent_format, str(size)]
 
 
+def create_file(location: VolumeLocation, fmt: str, args: list[str],
+                storage_domains: dict[str, str]) -> None:
+    """Make a volume file with ``qemu-img create`` (see _create); for other agent modules."""
+    _create(location, fmt, args, storage_domains)
+
+
 def _create(location: VolumeLocation, fmt: str, args: list[str],
             storage_domains: dict[str, str]) -> None:
     """Make the volume with ``qemu-img create -f fmt <file> *args`` (size last)."""
