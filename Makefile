@@ -9,7 +9,7 @@ LAB_DIR ?= /srv/kestrel-lab
 LAB_HOSTS ?= 2
 export PATH := $(BIN):$(PATH)
 
-.PHONY: demo test lint deps venv images unit system sanity units integration ee ee-lock molecule lab-up lab-down clean bench-scheduler bench-xml bench-agent bench-migration ha-faults bench-matching bench-images bench-api bench-stats api-fuzz
+.PHONY: demo test lint deps venv images unit system sanity units integration ee ee-lock molecule lab-up lab-down clean bench-scheduler bench-xml bench-agent bench-migration ha-faults bench-matching bench-images bench-api bench-stats bench-snapshots api-fuzz
 
 deps:
 	@echo "==> system packages (libvirt, QEMU, sshd, PostgreSQL, ...)"
@@ -147,6 +147,12 @@ bench-api: deps venv
 # cycle vs the 15 s interval, rows/s) and history rollups, on SQLite and a throwaway PostgreSQL.
 bench-stats: deps venv
 	@$(BIN)/python -m bench.stats.bench
+
+# Live snapshot and live merge through the agent vs virsh snapshot-create-as / blockcommit
+# --active --pivot; incremental backup bytes vs what the guest changed; full backup vs
+# qemu-img convert of the same disk; on lab host h1; uses the lab lock.
+bench-snapshots: deps venv
+	@KESTREL_LAB_STATE_DIR=$(LAB_DIR) flock /tmp/kestrel-lab.lock $(BIN)/python -m bench.snapshots.bench
 
 lab-up: deps venv
 	$(BIN)/kestrel-lab up --hosts $(LAB_HOSTS) --state-dir $(LAB_DIR)

@@ -32,6 +32,7 @@ import libvirt
 
 from engine_lib.agent import image_check
 from engine_lib.agent.jobs import Job, Jobs
+from engine_lib.agent.snapshots import bare
 from engine_lib.agent.volumes import FORMATS, VolumeLocation
 from engine_lib.protocol.errors import Conflict, InvalidSpec, KestrelError
 from engine_lib.protocol.metadata import NAMESPACE, PREFIX
@@ -180,7 +181,7 @@ def _live(job: Job, plan: dict) -> dict:
         _follow(job, dom, target, plan)
     job.phase = "metadata"
     _libvirt("set the domain metadata", lambda: dom.setMetadata(
-        libvirt.VIR_DOMAIN_METADATA_ELEMENT, plan["metadata"], PREFIX, NAMESPACE,
+        libvirt.VIR_DOMAIN_METADATA_ELEMENT, bare(plan["metadata"]), PREFIX, NAMESPACE,
         libvirt.VIR_DOMAIN_AFFECT_LIVE))
     _, chain = disk_chain(dom, plan["alias"])
     return {"chain": chain, "adopted": bool(job.data.get("adopted"))}
