@@ -3,6 +3,7 @@ engine CA (the api profile, re-issued when the addresses change)."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import socket
 from dataclasses import dataclass, field
@@ -16,11 +17,14 @@ from engine_lib.api.jobs import DEFAULT_WORKERS
 from engine_lib.api.limits import DEFAULT_MAX_BODY
 from engine_lib.protocol.errors import InvalidSpec
 
-__all__ = ["DEFAULT_PORT", "Settings", "certificate", "server"]
+__all__ = ["DEFAULT_PORT", "Settings", "certificate", "server", "settle_gc"]
 
 log = logging.getLogger("kestrel.api.serve")
 
 DEFAULT_PORT = 8443
+# Young collections every 50,000 net allocations instead of 700: a page of 100 VMs
+# allocates tens of thousands of short-lived objects, freed by reference counting anyway.
+GC_THRESHOLD = (50_000, 20, 20)
 
 
 @dataclass(frozen=True)
@@ -68,3 +72,13 @@ def server(engine, settings: Settings) -> uvicorn.Server:
                             # options the routes allow fits (h11's own default is 16 KiB).
                             h11_max_incomplete_event_size=64 * 1024)
     return uvicorn.Server(config)
+
+
+def settle_gc() -> None:
+    """Once started: move every object alive now (modules, the app, its routes, the
+    models' metadata) out of the cyclic collector's reach, and collect less often.
+    Otherwise a full collection walks all of them during some request (tens of ms: the
+    list pages' p95). Objects made later are collected as usual."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLD)

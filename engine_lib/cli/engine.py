@@ -192,6 +192,7 @@ def engine_serve(args) -> int:
     def main(listener: socket.socket, ready: Callable[[], None]) -> None:
         with open_engine(args) as engine:
             server = serve.server(engine, settings)
+            serve.settle_gc()
             # uvicorn shuts down on SIGTERM/SIGINT, then raises the signal again under
             # the handler it found: a no-op one lets run_service remove the pidfile.
             for signum in (signal.SIGTERM, signal.SIGINT):
