@@ -54,8 +54,9 @@ sanity: venv
 
 # schemathesis, driven by the served OpenAPI document, against a fresh engine API over TLS
 # with a SuperUser token (in a network namespace of its own); fails on any 5xx, status,
-# content type or body the document does not promise. About 3 min on 2 cores (make test
-# runs half the examples). A fixed seed keeps it repeatable; FUZZ_SEED= explores afresh.
+# content type or body the document does not promise. About 75 s on 2 cores with the
+# 10 examples make test runs (3,300 requests, each answered at once: TCP_NODELAY).
+# A fixed seed keeps it repeatable; FUZZ_SEED= explores afresh.
 FUZZ_SEED ?= 19
 FUZZ_EXAMPLES ?= 20
 api-fuzz: venv

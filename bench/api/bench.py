@@ -42,6 +42,7 @@ from api_server import served_api
 from vm_rows import copy_vm
 
 import kestrel_lab
+from engine_lib.api import serve
 from engine_lib.client import RemoteEngine
 
 VMS = 10_000
@@ -195,6 +196,8 @@ def main() -> None:
                   f"{os.getloadavg()[0]:.1f}")
             try:
                 seeded = setup(api.engine, host, state_dir)
+                # As `kestrel engine serve` once started; one process, so both sides alike.
+                serve.settle_gc()
                 reader = api.token_for("ReadOnly", "cluster", CLUSTER)
                 pages, page_cpu = bench_pages(api, reader)
                 with RemoteEngine.connect(api.url, token=api.admin_token,

@@ -181,10 +181,8 @@ def engine_serve(args) -> int:
         serve.certificate(EngineConfig.resolve(args.engine_dir, args.db_url).pki_dir,
                           settings.addresses)
         open_engine(args).close()
-        family = socket.AF_INET6 if ":" in settings.bind else socket.AF_INET
         try:
-            return socket.create_server((settings.bind, settings.port), family=family,
-                                        backlog=2048)
+            return serve.listen(settings.bind, settings.port)
         except OSError as exc:
             raise KestrelError(f"cannot listen on {settings.bind}:{settings.port}: "
                                f"{exc.strerror}", field="port") from None
@@ -192,6 +190,7 @@ def engine_serve(args) -> int:
     def main(listener: socket.socket, ready: Callable[[], None]) -> None:
         with open_engine(args) as engine:
             server = serve.server(engine, settings)
+            serve.settle_gc()
             # uvicorn shuts down on SIGTERM/SIGINT, then raises the signal again under
             # the handler it found: a no-op one lets run_service remove the pidfile.
             for signum in (signal.SIGTERM, signal.SIGINT):

@@ -516,6 +516,9 @@ def _write_inventory(state_dir: str) -> None:
         "        ansible_ssh_common_args: "
         "'-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null'",
         "        ansible_python_interpreter: /usr/bin/python3",
+        # One SSH round trip per task instead of four (no temporary module file to put,
+        # chmod and remove): measured a sixth off the host role's runs on the lab.
+        "        ansible_pipelining: true",
         # The lab's sshd reads this file, not root's (the machine's /root is shared).
         f"        kestrel_host_authorized_keys_file: "
         f"{json.dumps(sshd.authorized_keys(state_dir))}",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import secrets
-import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -58,12 +57,7 @@ def served_api(tmp_path_factory, *, agent_factory=None, db_url: str | None = Non
     pki.init_ca(str(engine_dir / "pki"))
     engine = Engine.open(str(engine_dir), db_url, agent_factory=agent_factory)
     # Listening before uvicorn runs: a client connecting early waits in the backlog.
-    # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on sockets whose proto says TCP;
-    # without it every response waits out the client's delayed ACK (40 ms).
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
+    sock = serve.listen("127.0.0.1", 0, backlog=64)
     port = sock.getsockname()[1]
     server = serve.server(engine, serve.Settings(bind="127.0.0.1", port=port,
                                                  addresses=("127.0.0.1", "localhost"),

@@ -46,7 +46,8 @@ def serviced(engine, lab, agents, lab_guest, tmp_path):
                  "ansible_ssh_private_key_file": lab[0].ssh_key,
                  "ansible_ssh_common_args": "-o StrictHostKeyChecking=no "
                                             "-o UserKnownHostsFile=/dev/null",
-                 "ansible_python_interpreter": "/usr/bin/python3"}}}}}))
+                 "ansible_python_interpreter": "/usr/bin/python3",
+                 "ansible_pipelining": True}}}}}))
     patch = tmp_path / "patch.yml"
     patch.write_text(yaml.safe_dump(PATCH_TASKS))
     markers = tmp_path / "patched"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 import ssl
 import threading
@@ -18,7 +19,7 @@ from engine_lib import pki
 from engine_lib.agent.api import ROUTES, Api
 from engine_lib.agent.config import AgentConfig
 from engine_lib.agent.server import AgentServer, server_context
-from engine_lib.broker import AgentClient, rebuild_error
+from engine_lib.broker import AgentClient, client_context, rebuild_error
 from engine_lib.protocol.errors import (
     AgentError,
     AgentUnreachable,
@@ -88,7 +89,6 @@ def _raw(port, context, method, path, body=None, headers=None):
 
 
 def test_malformed_json_is_400_with_the_reason(agent, engine_pki):
-    from engine_lib.broker import client_context
 
     status, doc = _raw(agent, client_context(str(engine_pki)), "POST", "/api/v1/vms",
                        body=b'{"xml": "<domain', headers={"Content-Type": "application/json"})
@@ -236,4 +236,34 @@ def test_one_request_brings_every_up_vms_guest_agent_answer(agent, engine_pki):
             if dom.isActive():
                 dom.destroy()
             dom.undefine()
+        conn.close()
+
+
+def _server_end_nodelay(client: socket.socket) -> int:
+    """TCP_NODELAY of this process's other end of ``client``'s connection."""
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            sock = socket.socket(fileno=os.dup(int(name)))
+        except OSError:  # not a socket
+            continue
+        with sock:
+            try:
+                if sock.type == socket.SOCK_STREAM and \
+                        sock.getpeername() == client.getsockname():
+                    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            except OSError:  # a listener, or not TCP
+                pass
+    raise AssertionError("no server end of the client's connection")
+
+
+def test_answers_go_out_at_once(agent, engine_pki):
+    """TCP_NODELAY on the agent's connections: each answer (headers, then body) would
+    otherwise wait out the engine's delayed ACK."""
+    conn = http.client.HTTPSConnection("127.0.0.1", agent, timeout=10,
+                                       context=client_context(str(engine_pki)))
+    try:
+        conn.request("GET", "/api/v1/openapi.json")
+        assert conn.getresponse().read()
+        assert _server_end_nodelay(conn.sock) == 1
+    finally:
         conn.close()
