@@ -4,10 +4,10 @@ made while it runs, boots with the data the snapshot froze.
 
 The chain is three volumes deep below the running top: a template-like base, the
 VM's first volume and the volume the second snapshot froze (base <- t0 <- t1 <- t2).
-The snapshots are taken of the stopped VM as the snapshot service does (a qcow2
-overlay with a relative backing name in the disk's image, rows for the volume and
-the snapshot). A marker in the base and one written into t0 before the snapshots
-are read by the guest at every step, so each host resolved the whole chain.
+The snapshots are taken of the stopped VM by the snapshot service (the agent makes
+each qcow2 overlay, with a relative backing name, in the disk's image). A marker in
+the base and one written into t0 before the snapshots are read by the guest at every
+step, so each host resolved the whole chain.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from test_ha import FENCE_AGENT, POLICY, EngineLoop, _restore, fence, wait_until
 from test_migration import by_name
 
 from engine_lib.model import DeviceType, Snapshot, Volume
-from engine_lib.services import vm_config, vm_sources, volumes
+from engine_lib.services import snapshots, vm_config
 from engine_lib.services.common import get_vm
 from kestrel_lab import hostfs
 from kestrel_lab import hosts as lab_hosts
@@ -124,28 +124,6 @@ def _new_thin_vm(env) -> dict:
     return disk
 
 
-def _snapshot_stopped(env, description: str) -> str:
-    """A snapshot of the stopped VM: a new qcow2 top on the disk's top, in its image."""
-    with env.engine.store.transaction() as session:
-        vm = get_vm(session, VM)
-        device = vm.devices_of(DeviceType.DISK)[0]
-        frozen = session.get(Volume, device.spec["volume_id"])
-        top = Volume(id=str(uuid.uuid4()), image_id=frozen.image_id, storage_domain="data",
-                     format="qcow2", size_mib=frozen.size_mib, parent=frozen)
-        session.add(top)
-        _qemu_img("create", "-q", "-f", "qcow2", "-b", f"../{frozen.image_id}/{frozen.id}",
-                  "-F", "qcow2", _volume_path(env.domain_dir, top.image_id, top.id),
-                  f"{top.size_mib}M")
-        row = Snapshot(vm_id=vm.id, description=description, status="ok",
-                       vm_config=vm_sources.settings_of(vm),
-                       disks=[{"disk": device.name, "image_id": frozen.image_id,
-                               "volume_id": frozen.id}])
-        device.spec = {**device.spec, "volume_id": top.id, "chain": volumes.chain_refs(top)}
-        session.add(row)
-        session.flush()
-        return row.id
-
-
 def _read(agent, vm_id: str, offset: int, count: int) -> bytes:
     """Bytes of the guest's /dev/vda; the last close of the device drops its page
     cache, so the next read comes from the disk again."""
@@ -175,8 +153,8 @@ def test_a_three_deep_chain_migrates_hibernates_restarts_after_its_host_dies_and
     started = time.monotonic()
     engine = chains.engine
     disk = _new_thin_vm(chains)
-    first = _snapshot_stopped(chains, "first")
-    _snapshot_stopped(chains, "second")
+    first = snapshots.create(engine, VM, description="first")["id"]
+    snapshots.create(engine, VM, description="second")
     vm = engine.vms.ensure({"name": VM}, state="running").entity
     host = _guest_reads_markers(chains, VM)
     live = by_name(chains.agents.values(), host).run(
