@@ -34,6 +34,7 @@ Daemonizing, the pidfile, logging and signals are the caller's (the CLI's).
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
