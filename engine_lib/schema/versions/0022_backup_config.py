@@ -1,6 +1,6 @@
 """A backup's VM settings at backup time, so a restore makes a new VM like the one saved.
 
-Revision ID: 0022_backup_config
+Revision ID: 0022
 Revises: 0021
 Create Date: 2026-12-07
 """
@@ -8,7 +8,7 @@ Create Date: 2026-12-07
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0022_backup_config'
+revision = '0022'
 down_revision = '0021'
 branch_labels = None
 depends_on = None
