@@ -32,7 +32,8 @@ def _run(engine, settings):
     runner.run(engine, settings, stop)
     for thread in threading.enumerate():
         if thread.name in ("migrations", "ha", "volumes", "ha-reservation", "stats-rollup",
-                           "power-saving", "snapshot-merges", "backups"):
+                           "power-saving", "snapshots", "snapshot-merges", "snapshot-copies",
+                           "backups"):
             thread.join(10)
 
 
