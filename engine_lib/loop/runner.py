@@ -33,7 +33,6 @@ Daemonizing, the pidfile, logging and signals are the caller's (the CLI's).
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
@@ -88,7 +87,7 @@ def _run(engine, settings: Settings, stop: threading.Event) -> None:
     threads.append(threading.Thread(target=every, args=(
         host_s, engine.images.reconcile, stop), name="volumes", daemon=True))
     threads.append(threading.Thread(target=every, args=(
-        host_s, functools.partial(snapshot_reconcile.reconcile, engine), stop),
+        host_s, snapshot_reconcile.SnapshotReconcile(engine).cycle, stop),
         name="snapshots", daemon=True))
     threads.append(threading.Thread(target=every, args=(
         host_s, engine.snapshot_merge.reconcile, stop), name="snapshot-merges", daemon=True))

@@ -37,6 +37,16 @@ log = logging.getLogger("kestrel.engine.snapshots")
 STALE_AFTER = timedelta(seconds=HIBERNATE_TIMEOUT + 60)
 
 
+class SnapshotReconcile:
+    """The engine loop's pass (runner.every): reconcile at the host interval."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def cycle(self) -> list[str]:
+        return reconcile(self.engine)
+
+
 def reconcile(engine, now: datetime | None = None) -> list[str]:
     """Settle every stale create/revert lock; returns the snapshot ids settled."""
     now = now or utcnow()

@@ -214,7 +214,7 @@ class ImageService:
                                disk=name)
         if not storage_domain:
             raise InvalidSpec("storage_domain", "is required to upload a disk")
-        host, free_mib = self.host_for(storage_domain)
+        host, free_mib = self._host_for(storage_domain)
         if length and free_mib is not None and free_mib * MiB < length:
             raise InvalidSpec("upload_image_path", f"the image is {length} bytes; storage "
                               f"domain '{storage_domain}' has {free_mib} MiB free on host "
@@ -282,7 +282,7 @@ class ImageService:
             volume = _floating(session, name)
             return volume_dict(volume) if volume is not None else None
 
-    def host_for(self, domain_name: str) -> tuple[HostRef, int | None]:
+    def _host_for(self, domain_name: str) -> tuple[HostRef, int | None]:
         """An Up host of a cluster the domain is attached to that reports it available,
         the one with most free space first; with its reported free MiB."""
         with self.engine.store.transaction(commit=False) as session:
@@ -446,7 +446,7 @@ class ImageService:
         bytes' ``sha256`` and ``length``. The host's copy goes at the end."""
         what = f"download of disk '{plan.name}'"
         job_context.check_cancelled(what)
-        host, _free = self.host_for(plan.entity["storage_domain"])
+        host, _free = self._host_for(plan.entity["storage_domain"])
         agent = self.engine.agent(host.address, host.port)
         job = agent.start_export(plan.source, plan.chain, plan.entity["format"])["job"]
         try:
@@ -487,7 +487,7 @@ class ImageService:
                                     "format": disk["format"]},
                 volume={"image_id": disk["image_id"], "volume_id": disk["volume_id"]})
         except BaseException:
-            self._delete_files(self.host_for(disk["storage_domain"])[0], [
+            self._delete_files(self._host_for(disk["storage_domain"])[0], [
                 {"domain": disk["storage_domain"], "image": disk["image_id"],
                  "volume": disk["volume_id"]}])
             self._remove_row(disk["volume_id"])
@@ -557,7 +557,7 @@ class ImageService:
             target = agent_volume_of(volume)
         if check_mode:
             return Outcome(True, {"name": name})
-        host, _free = self.host_for(target["domain"])
+        host, _free = self._host_for(target["domain"])
         self.engine.agent(host.address, host.port).delete_volumes([target])
         self._remove_row(target["volume"])
         return Outcome(True, {"name": name})

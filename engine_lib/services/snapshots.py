@@ -30,9 +30,9 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import flag_modified
 
 from engine_lib.domxml.render import metadata_xml
-from engine_lib.model import DeviceType, Snapshot, Vm, VmDevice, Volume, utcnow
+from engine_lib.model import DeviceType, Host, Snapshot, Vm, VmDevice, Volume, utcnow
 from engine_lib.protocol.errors import Conflict, InvalidSpec, KestrelError, NotFound
-from engine_lib.protocol.statuses import VmStatus
+from engine_lib.protocol.statuses import HostStatus, VmStatus
 from engine_lib.services import hibernation, job_context
 from engine_lib.services.common import audit, get_vm, outcome_unknown, retry_on_conflict
 from engine_lib.services.hibernation import memory_volume_for
@@ -101,6 +101,18 @@ def _disks(vm: Vm) -> list[VmDevice]:
             if "lun" not in d.spec and d.spec.get("volume_id") and d.spec.get("storage_domain")]
 
 
+def frozen_volumes(session: Session, vm: Vm) -> list[Volume]:
+    """The volumes under the VM's disk tops that are its own (its snapshots' frozen
+    volumes, in the disks' images; a template's base is not), nearest first per disk."""
+    out = []
+    for device in _disks(vm):
+        top = session.get(Volume, device.spec["volume_id"])
+        if top is not None:
+            out += [v for v in top.chain() if v.template_id is None
+                    and v.image_id == top.image_id]
+    return out
+
+
 def _top(session: Session, device: VmDevice) -> Volume:
     volume = session.get(Volume, device.spec["volume_id"])
     if volume is None:
@@ -123,8 +135,15 @@ def _set_top(device: VmDevice, top: Volume) -> None:
 
 
 def _helper_host(engine, domain: str) -> HostRef:
-    host, _free = engine.images.host_for(domain)
-    return host
+    """An Up host that reports the storage domain available (by name, first)."""
+    with engine.store.transaction(commit=False) as session:
+        for host in session.scalars(select(Host).where(Host.status == HostStatus.UP)
+                                    .order_by(Host.name)):
+            if any(isinstance(e, dict) and e.get("name") == domain and e.get("available")
+                   for e in host.storage_domains or []):
+                return HostRef.of(host)
+    raise Conflict(f"no Up host reports storage domain '{domain}' available; nothing was "
+                   "changed there", storage_domain=domain)
 
 
 def _config(vm: Vm) -> dict:
@@ -346,7 +365,7 @@ def abandon_create_rows(session: Session, snapshot: Snapshot) -> None:
 def revert(engine, vm_name: str, snapshot_id: str, *, progress: Progress = None) -> dict:
     """Bring the stopped VM's disks back to the snapshot (see the module doc). Returns
     the snapshot, the ids of the snapshots removed with it (``removed_snapshots``) and,
-    for a memory snapshot, the VM started again (``vm``)."""
+    for a memory snapshot, the VM started again (``started_vm``)."""
     job = job_context.current()
     job.progress(0, "locking")
     plan = _lock_revert(engine, vm_name, snapshot_id)
@@ -364,7 +383,7 @@ def revert(engine, vm_name: str, snapshot_id: str, *, progress: Progress = None)
     if plan["memory"]:
         hibernation.resume_from_snapshot(engine, vm_name, plan["memory"], snapshot_id)
         with job_context.part(70, 100, "resuming from the snapshot's memory"):
-            result["vm"] = engine.vms.ensure({"name": vm_name}, state="running").entity
+            result["started_vm"] = engine.vms.ensure({"name": vm_name}, state="running").entity
     job.progress(100, "done")
     return result
 

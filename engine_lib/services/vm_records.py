@@ -19,7 +19,8 @@ _NO_GUEST = {"ips": [], "hostname": "", "os": {}, "users": [], "filesystems": []
 
 # What vm_dict reads beyond the VM's row, loaded for a whole list in one query each.
 VM_DICT_LOADS = (selectinload(Vm.cluster), selectinload(Vm.run_on_host),
-                 selectinload(Vm.template), selectinload(Vm.devices))
+                 selectinload(Vm.template), selectinload(Vm.devices),
+                 selectinload(Vm.snapshots))
 
 
 def guest_dict(vm: Vm) -> dict:

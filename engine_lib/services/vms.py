@@ -452,9 +452,15 @@ class VmService:
                                            f"floating disk {disk}"
                                            for vm_name, disk in dependents)
                                + "; nothing was removed")
-            # A Suspended VM's saved memory goes with it (a snapshot's stays the snapshot's).
+            # A Suspended VM's saved memory goes with it (a snapshot's goes with the snapshot).
             if vm.memory_volume and "snapshot" not in vm.memory_volume:
                 volumes.append(dict(vm.memory_volume))
+            # Its snapshots' volumes under the tops (never a template's) and saved memory.
+            frozen = snapshots.frozen_volumes(session, vm)
+            volumes += [{"domain": v.storage_domain, "image": v.image_id, "volume": v.id}
+                        for v in frozen]
+            volumes += [dict(s.memory_volume) for s in vm.snapshots if s.memory_volume]
+            frozen_ids = [v.id for v in frozen]
             helper = HostRef.of(session.scalars(select(Host).where(
                 Host.cluster_id == vm.cluster_id, Host.status == HostStatus.UP)
                 .order_by(Host.name)).first())
@@ -472,6 +478,11 @@ class VmService:
             # Its disks' files are gone, so are their rows (a backing volume stays).
             for row in session.scalars(select(Volume).where(Volume.id.in_(own))):
                 session.delete(row)
+            for volume_id in frozen_ids:  # nearest first: each one's overlay is gone
+                session.flush()
+                row = session.get(Volume, volume_id)
+                if row is not None:
+                    session.delete(row)
             audit(session, "vm", name, "VM removed")
         return Outcome(True, None, diff)
 

@@ -22,7 +22,7 @@ description:
   - O(state=restore) reverts a stopped VM to the snapshot. The volumes written
     since and the snapshots newer than it are removed (as oVirt's commit does);
     the snapshot itself stays, to revert to again. A snapshot with memory starts
-    the VM from it: it comes back running where it was.
+    the VM from it, so it comes back running where it was.
   - O(state=absent) deletes the snapshot by merging its overlay into the volume
     below (live on a running VM, offline on a stopped one); any snapshot, not
     only the last.
@@ -140,7 +140,7 @@ snapshot:
       description: With O(state=restore), the ids of the newer snapshots the revert removed.
       type: list
       elements: str
-    vm:
+    started_vm:
       description: With O(state=restore) of a snapshot with memory, the VM, running again.
       type: dict
 """

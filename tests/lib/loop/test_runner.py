@@ -41,6 +41,8 @@ def test_migrations_and_ha_run_beside_the_monitor_at_the_host_interval(engine, s
     assert started["intervals"] == Intervals(host_s=0.5)
     assert started["every"] == {("migrations", 0.5, "MigrationService.active"),
                                 ("volumes", 0.5, "ImageService.reconcile"),
+                                ("snapshots", 0.5, "SnapshotReconcile.cycle"),
+                                ("snapshot-merges", 0.5, "SnapshotMerges.reconcile"),
                                 ("power-saving", 60.0, "PowerSaving.cycle"),
                                 ("ha", 0.5, "HighAvailability.cycle"),
                                 ("ha-reservation", 60.0, "ReservationCheck.cycle"),
@@ -51,6 +53,8 @@ def test_without_ha_no_fencing_pass_runs(engine, started):
     _run(engine, runner.Settings(ha=False, balance_interval_s=0, power_saving_interval_s=0))
     assert started["every"] == {("migrations", 3.0, "MigrationService.active"),
                                 ("volumes", 3.0, "ImageService.reconcile"),
+                                ("snapshots", 3.0, "SnapshotReconcile.cycle"),
+                                ("snapshot-merges", 3.0, "SnapshotMerges.reconcile"),
                                 ("ha-reservation", 60.0, "ReservationCheck.cycle"),
                                 ("stats-rollup", 3600.0, "StatsRollup.cycle")}
 

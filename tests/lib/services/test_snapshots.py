@@ -194,7 +194,8 @@ def test_revert_to_a_memory_snapshot_resumes_the_vm_and_keeps_the_memory(engine,
     memory = agent.snapshots_taken[-1][1]["memory_volume"]
     engine.vms.ensure(SPEC, state="stopped")
     result = snapshots.revert(engine, "vm1", snap["id"])
-    assert result["vm"]["status"] == "Up" and result["vm"]["memory_volume"] is None
+    started = result["started_vm"]
+    assert started["status"] == "Up" and started["memory_volume"] is None
     (_xml, restored, keep), = agent.restores
     assert restored == memory and keep is True
     assert agent._target(memory) in agent.files  # the snapshot can be reverted to again
@@ -236,3 +237,16 @@ def test_vm_info_lists_the_snapshots_and_the_facade_filters(engine, agent):
         engine.snapshots.create("vm1", snapshot_id="nope")
     predicted = engine.snapshots.create("vm1", description="c", check_mode=True)
     assert predicted.changed and len(snapshots.list_for(engine, "vm1")) == 2
+
+
+def test_removing_a_vm_deletes_its_snapshots_volumes_and_memory(engine, agent):
+    before = volume_ids(engine)
+    first = snapshots.create(engine, "vm1", use_memory=True)
+    snapshots.create(engine, "vm1")
+    memory = agent.snapshots_taken[0][1]["memory_volume"]
+    engine.vms.ensure({"name": "vm1"}, state="absent")
+    assert volume_ids(engine) == set()
+    deleted = {v["volume"] for v in agent.deleted_volumes}
+    frozen = {d["volume_id"] for d in first["disks"]}
+    assert before <= deleted and frozen <= deleted and memory["volume"] in deleted
+    assert len(deleted) == 7  # 2 disks x 3 volumes, and the memory

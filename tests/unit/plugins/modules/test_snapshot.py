@@ -70,6 +70,6 @@ def test_a_refusal_fails_the_task_with_its_message(engine, run_module):
 def test_info_filters(engine, run_module):
     engine.answer = [SNAP]
     result = run_module(snapshot_info, dict(vm_name='vm1', description='before upgrade'))
-    assert engine.calls == [('snapshots.info', ('vm1',), dict(snapshot_id='',
-                                                             description='before upgrade'))]
+    assert engine.calls == [
+        ('snapshots.info', ('vm1',), dict(snapshot_id='', description='before upgrade'))]
     assert result['snapshots'] == [SNAP] and result['changed'] is False
