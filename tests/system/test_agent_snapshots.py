@@ -180,6 +180,7 @@ def test_live_snapshots_move_the_chain_fail_cleanly_travel_and_revert_with_memor
     on_n1 = with_chain(xml, disk, [n1, base])
     migrate(first, second, vm_id, on_n1)
     assert chain_of(second, vm_id, disk) == [n1, base]
+    wait_for_guest_agent(second, vm_id)  # its channel reconnects on the new host
     assert read_marker(second, vm_id) == "before the snapshots"
 
     # With memory: never quiesced (the saved RAM would hold frozen filesystems).
