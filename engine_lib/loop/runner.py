@@ -34,7 +34,6 @@ Daemonizing, the pidfile, logging and signals are the caller's (the CLI's).
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
@@ -96,7 +95,7 @@ def _run(engine, settings: Settings, stop: threading.Event) -> None:
     threads.append(threading.Thread(target=every, args=(
         host_s, engine.snapshot_merge.reconcile, stop), name="snapshot-merges", daemon=True))
     threads.append(threading.Thread(target=every, args=(
-        host_s, functools.partial(snapshot_sources.reconcile, engine, {}), stop),
+        host_s, snapshot_sources.CopyReconcile(engine).cycle, stop),
         name="snapshot-copies", daemon=True))
     threads.append(threading.Thread(target=every, args=(
         settings.ha_reservation_interval_s, ha_reservation.ReservationCheck(engine).cycle,

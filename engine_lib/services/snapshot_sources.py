@@ -160,3 +160,15 @@ def reconcile(engine, seen: dict[str, int]) -> list[str]:
         seen.pop(snapshot_id, None)
         freed.append(snapshot_id)
     return freed
+
+
+class CopyReconcile:
+    """The engine loop's pass over copy locks, keeping ``reconcile``'s round-to-round
+    view of the rows."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.seen: dict[str, int] = {}
+
+    def cycle(self) -> list[str]:
+        return reconcile(self.engine, self.seen)

@@ -45,6 +45,7 @@ def test_migrations_and_ha_run_beside_the_monitor_at_the_host_interval(engine, s
                                 ("snapshot-merges", 0.5, "SnapshotMerges.reconcile"),
                                 ("backups", 0.5, "BackupService.reconcile"),
                                 ("snapshots", 0.5, "SnapshotReconcile.cycle"),
+                                ("snapshot-copies", 0.5, "CopyReconcile.cycle"),
                                 ("power-saving", 60.0, "PowerSaving.cycle"),
                                 ("ha", 0.5, "HighAvailability.cycle"),
                                 ("ha-reservation", 60.0, "ReservationCheck.cycle"),
@@ -58,6 +59,7 @@ def test_without_ha_no_fencing_pass_runs(engine, started):
                                 ("snapshot-merges", 3.0, "SnapshotMerges.reconcile"),
                                 ("backups", 3.0, "BackupService.reconcile"),
                                 ("snapshots", 3.0, "SnapshotReconcile.cycle"),
+                                ("snapshot-copies", 3.0, "CopyReconcile.cycle"),
                                 ("ha-reservation", 60.0, "ReservationCheck.cycle"),
                                 ("stats-rollup", 3600.0, "StatsRollup.cycle")}
 
