@@ -28,7 +28,7 @@ from engine_lib.model import DeviceType, Host, Snapshot, Vm, Volume
 from engine_lib.protocol.errors import AgentUnreachable, Conflict, KestrelError, NotFound
 from engine_lib.protocol.statuses import HostStatus, VmStatus
 from engine_lib.services import volume_jobs
-from engine_lib.services.common import audit, get_vm
+from engine_lib.services.common import audit, get_vm, retry_on_conflict
 from engine_lib.services.host_records import HostRef
 from engine_lib.services.volumes import chain_refs
 
@@ -63,8 +63,11 @@ def delete(engine, vm_name: str, snapshot_id: str, *, progress=None) -> dict:
     return _run(engine, plan, progress)
 
 
+@retry_on_conflict
 def _lock(engine, vm_name: str, snapshot_id: str, retry: bool) -> dict:
-    """Check, take the VM's snapshot lock, and say where the merges run."""
+    """Check, take the VM's snapshot lock, and say where the merges run. The VM row's
+    version is bumped as a snapshot's create does, so of a merge and any other operation
+    locking the same VM at once, the second commit fails and its retry sees the lock."""
     with engine.store.transaction() as session:
         vm = get_vm(session, vm_name)
         snap = session.get(Snapshot, snapshot_id)
@@ -90,6 +93,7 @@ def _lock(engine, vm_name: str, snapshot_id: str, retry: bool) -> dict:
             raise Conflict(f"VM '{vm_name}' is {vm.status}: a snapshot is deleted while it "
                            "is Up, Paused or Down", vm=vm_name, status=str(vm.status))
         snap.status, snap.operation, snap.job_host = "locked", "merge", host.name
+        flag_modified(vm, "description")
         snap.job_id = ""
         audit(session, "vm", vm_name, f"deleting snapshot {snap.id} "
                                       f"({'live' if live else 'offline'} merge)")

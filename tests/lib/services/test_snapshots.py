@@ -250,3 +250,38 @@ def test_removing_a_vm_deletes_its_snapshots_volumes_and_memory(engine, agent):
     frozen = {d["volume_id"] for d in first["disks"]}
     assert before <= deleted and frozen <= deleted and memory["volume"] in deleted
     assert len(deleted) == 7  # 2 disks x 3 volumes, and the memory
+
+
+def test_a_merge_and_snapshots_of_one_vm_at_once_one_runs(engine, agent):
+    """Deleting a snapshot takes the same per-VM lock as taking one: of four deletes and
+    four creates at once, one reaches the agent and seven get a Conflict."""
+    from engine_lib.services import snapshot_merge
+
+    first = snapshots.create(engine, "vm1")
+    release, inside = threading.Event(), []
+    real_snapshot, real_merge = agent.create_snapshot, agent.start_merge
+
+    def slow_snapshot(vm_id, body):
+        inside.append(threading.get_ident())
+        assert release.wait(10), "the lock let a second operation through"
+        return real_snapshot(vm_id, body)
+
+    def slow_merge(vm_id, body):
+        inside.append(threading.get_ident())  # once per disk of the one merge
+        assert release.wait(10), "the lock let a second operation through"
+        return real_merge(vm_id, body)
+
+    agent.create_snapshot, agent.start_merge = slow_snapshot, slow_merge
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        futures = [pool.submit(snapshots.create, engine, "vm1") for _ in range(4)]
+        futures += [pool.submit(snapshot_merge.delete, engine, "vm1", first["id"])
+                    for _ in range(4)]
+        conflicts = []
+        for future in as_completed(futures, timeout=60):
+            if future.exception() is not None:
+                conflicts.append(future.exception())
+            if len(conflicts) == 7:
+                release.set()
+        release.set()
+    assert all(isinstance(e, Conflict) for e in conflicts), conflicts
+    assert len(set(inside)) == 1, inside
