@@ -493,9 +493,15 @@ def _chain_spec(source: Target, chain: list[Target], fds: list[int]) -> str:
 
 def _convert(job: Job, source: str, fds: tuple[int, ...], fmt: str, out: int) -> None:
     """qemu-img convert into the descriptor ``out``, progress into the job; killed on abort."""
-    proc = subprocess.Popen(["qemu-img", "convert", "-p", "-O", fmt, source,
-                             paths.fd_path(out)], pass_fds=(*fds, out),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    run_qemu_img(job, ["qemu-img", "convert", "-p", "-O", fmt, source, paths.fd_path(out)],
+                 [*fds, out], "convert")
+
+
+def run_qemu_img(job: Job, args: list[str], fds: list[int], what: str) -> None:
+    """Run a qemu-img command given ``-p``, its progress into the job; killed on abort.
+    KestrelError naming ``what`` and qemu-img's stderr when it fails."""
+    proc = subprocess.Popen(args, pass_fds=tuple(fds), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
     try:
         while True:
@@ -513,7 +519,7 @@ def _convert(job: Job, source: str, fds: tuple[int, ...], fmt: str, out: int) ->
                 job.progress = float(found[-1])
         stderr = proc.stderr.read().decode(errors="replace")
         if proc.wait() != 0:
-            raise KestrelError(f"qemu-img convert failed: {stderr.strip() or proc.returncode}")
+            raise KestrelError(f"qemu-img {what} failed: {stderr.strip() or proc.returncode}")
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -21,8 +21,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
-import select
 import subprocess
 import time
 import xml.etree.ElementTree as ET
@@ -31,6 +29,7 @@ from typing import Any
 import libvirt
 
 from engine_lib.agent import image_check
+from engine_lib.agent.images import run_qemu_img
 from engine_lib.agent.jobs import Job, Jobs
 from engine_lib.agent.snapshots import bare
 from engine_lib.agent.volumes import FORMATS, VolumeLocation
@@ -38,7 +37,6 @@ from engine_lib.protocol.errors import Conflict, InvalidSpec, KestrelError
 from engine_lib.protocol.metadata import NAMESPACE, PREFIX
 
 POLL = 0.2
-_PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
 _COMMIT_TYPES = (libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_COMMIT,
                  libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_ACTIVE_COMMIT)
 _VOLUME_KEYS = {"domain", "image", "volume", "format", "size_mib"}
@@ -276,8 +274,8 @@ def _offline(job: Job, domains: dict[str, str], base: tuple[VolumeLocation, str]
         spec: dict | None = None
         for (_, fmt), fd in zip([*reversed(chain), base, top], fds):
             spec = image_check.spec(fmt, fd, spec)
-        _run(job, ["qemu-img", "commit", "-p", "-d", "json:" + json.dumps(spec)], fds,
-             "commit")
+        run_qemu_img(job, ["qemu-img", "commit", "-p", "-d", "json:" + json.dumps(spec)],
+                     fds, "commit")
     elif child is None or _backing_name(child, domains) != relative:
         raise InvalidSpec("top", f"volume {top[0].path(domains)} does not exist and the "
                                  "chain is not merged")
@@ -285,8 +283,8 @@ def _offline(job: Job, domains: dict[str, str], base: tuple[VolumeLocation, str]
         job.phase = "rebasing"
         fd = _open(child[0], domains, os.O_RDWR, "child")
         fds.append(fd)
-        _run(job, ["qemu-img", "rebase", "-u", "-b", relative, "-F", base[1],
-                   image_check.pinned(child[1], fd)], [fd], "rebase")
+        run_qemu_img(job, ["qemu-img", "rebase", "-u", "-b", relative, "-F", base[1],
+                            image_check.pinned(child[1], fd)], [fd], "rebase")
     return {"committed": committed, "child_backing": relative if child else ""}
 
 
@@ -309,35 +307,4 @@ def _backing_name(child: tuple[VolumeLocation, str], domains: dict[str, str]) ->
         raise KestrelError(f"qemu-img cannot read {child[0].path(domains)}: "
                            f"{result.stderr.strip()}")
     return str(json.loads(result.stdout).get("backing-filename", ""))
-
-
-def _run(job: Job, args: list[str], fds: list[int], what: str) -> None:
-    """Run qemu-img with progress into the job; killed on abort (the chain is unchanged
-    or reads the same data at any point of a commit)."""
-    proc = subprocess.Popen(args, pass_fds=tuple(fds), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
-    assert proc.stdout is not None and proc.stderr is not None
-    try:
-        while True:
-            ready, _, _ = select.select([proc.stdout], [], [], 1.0)
-            if job.abort.is_set():
-                proc.kill()
-                job.check()
-            if not ready:
-                continue
-            chunk = os.read(proc.stdout.fileno(), 4096)
-            if not chunk:
-                break
-            found = _PROGRESS.findall(chunk)
-            if found:
-                job.progress = float(found[-1])
-        stderr = proc.stderr.read().decode(errors="replace")
-        if proc.wait() != 0:
-            raise KestrelError(f"qemu-img {what} failed: {stderr.strip() or proc.returncode}")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
-        proc.stderr.close()
 
