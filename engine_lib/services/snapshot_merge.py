@@ -38,6 +38,9 @@ _METADATA = re.compile(r"<kestrel:vm\b.*?</kestrel:vm>", re.S)
 TIMEOUT_S = 3600.0
 # A live merge's copy rate limit in MiB/s (0: none); a seam the lab tests slow it with.
 BANDWIDTH_MIBPS = 0
+# How often one delete posts a disk's merge whose job the agent lost (restarts) before it
+# leaves the lock to the reconcile.
+LOST_JOB_POSTS = 3
 
 
 class SnapshotMerges:
@@ -190,16 +193,25 @@ def _apply(session, device, v: Volume, c: Volume, child: Volume | None) -> None:
 
 
 def _merge(engine, agent, plan: dict, step: dict, progress) -> None:
-    if plan["live"]:
-        answer = agent.start_merge(plan["vm_id"], {
-            "alias": step["alias"], "base": step["v"], "top": step["c"],
-            "top_is_active": step["top_is_active"], "metadata": step["metadata"],
-            **({"bandwidth_mibps": BANDWIDTH_MIBPS} if BANDWIDTH_MIBPS else {})})
-    else:
-        answer = agent.merge_volumes(step["v"], step["c"], step["child"], step["below"])
-    with engine.store.transaction() as session:
-        session.get(Snapshot, plan["snapshot"]).job_id = answer["job"]
-    volume_jobs.wait(agent, answer["job"], progress=progress, timeout=TIMEOUT_S)
+    """Post the disk's merge and wait for it. A job the agent lost (it restarted) is posted
+    again: QEMU's block job outlives the agent, and the agent adopts it (or finds the
+    merge done); a merge that really failed fails again, as itself."""
+    for attempt in range(1, LOST_JOB_POSTS + 1):
+        if plan["live"]:
+            answer = agent.start_merge(plan["vm_id"], {
+                "alias": step["alias"], "base": step["v"], "top": step["c"],
+                "top_is_active": step["top_is_active"], "metadata": step["metadata"],
+                **({"bandwidth_mibps": BANDWIDTH_MIBPS} if BANDWIDTH_MIBPS else {})})
+        else:
+            answer = agent.merge_volumes(step["v"], step["c"], step["child"], step["below"])
+        with engine.store.transaction() as session:
+            session.get(Snapshot, plan["snapshot"]).job_id = answer["job"]
+        try:
+            volume_jobs.wait(agent, answer["job"], progress=progress, timeout=TIMEOUT_S)
+            return
+        except volume_jobs.JobLost:
+            if attempt == LOST_JOB_POSTS:
+                raise
 
 
 def _commit_rows(engine, plan: dict, index: int, step: dict) -> dict:
@@ -242,8 +254,8 @@ def _unlock(engine, plan: dict, exc: BaseException) -> None:
     """A merge that failed (not lost) leaves a chain that reads the same data: what is
     merged stays merged. With no disk merged yet the snapshot is as it was (ok); with
     some, reverting to it would not give its data back: illegal, to be deleted again."""
-    if isinstance(exc, AgentUnreachable):
-        return  # the job may still run: the reconcile settles it
+    if isinstance(exc, (AgentUnreachable, volume_jobs.JobLost)):
+        return  # QEMU's job may still run: the reconcile settles it
     with engine.store.transaction() as session:
         snap = session.get(Snapshot, plan["snapshot"])
         if snap is not None:

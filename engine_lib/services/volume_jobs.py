@@ -25,6 +25,11 @@ UNREACHABLE_POLLS = 10
 Progress = Callable[[dict], None]
 
 
+class JobLost(KestrelError):
+    """The agent no longer knows the job (it restarted): what the job started outside the
+    agent (QEMU's block job, say) may still run, so this is not the job's failure."""
+
+
 def wait(agent: AgentApi, job_id: str, *, progress: Progress | None = None,
          timeout: float | None = None, forget: bool = True,
          clock: Callable[[], float] = time.monotonic,
@@ -44,9 +49,8 @@ def wait(agent: AgentApi, job_id: str, *, progress: Progress | None = None,
                 job = agent.job(job_id)
                 misses = 0
             except NotFound:
-                raise KestrelError(f"the agent no longer knows job {job_id} (was it "
-                                   "restarted?); the volume work was lost",
-                                   job=job_id) from None
+                raise JobLost(f"the agent no longer knows job {job_id} (was it "
+                              "restarted?)", job=job_id) from None
             except AgentUnreachable:
                 misses += 1
                 if misses >= UNREACHABLE_POLLS:

@@ -209,6 +209,38 @@ def test_reconcile_reissues_a_live_merge_whose_agent_died(engine, chain):
                               {"s1": ids["R"], "s2": "vol-A"}, {"vol-T"})
 
 
+def test_a_merge_whose_agent_restarted_is_posted_again_not_marked_failed(engine, chain):
+    """The agent restarted while QEMU merged: it no longer knows the job. The delete posts
+    the same merge again (the real agent adopts QEMU's block job) and ends; when the agent
+    keeps losing it, the lock stays for the reconcile instead of the snapshot going back
+    to ok, which would let a revert use a volume QEMU may have merged away."""
+    agent, ids = chain
+    _run_on(engine, VmStatus.UP)
+    lost = {"left": 1}
+    posted = agent.start_merge
+
+    def restarts(vm_id, body):
+        answer = posted(vm_id, body)
+        if lost["left"]:
+            lost["left"] -= 1
+            del agent._jobs()[answer["job"]]  # the restarted agent's registry is empty
+        return answer
+
+    agent.start_merge = restarts
+    assert snapshot_merge.delete(engine, "vm1", "s3")["live"]
+    assert [m[0] for m in agent.merges] == ["live", "live"]
+    assert agent.merges[0][2] == agent.merges[1][2]  # the same merge, asked again
+    assert _state(engine)[2] == {"vol-T"}
+
+    lost["left"] = snapshot_merge.LOST_JOB_POSTS
+    with pytest.raises(KestrelError, match="no longer knows job"):
+        snapshot_merge.delete(engine, "vm1", "s2")
+    with engine.store.transaction(commit=False) as session:
+        snap = session.get(Snapshot, "s2")
+        assert (snap.status, snap.operation) == ("locked", "merge")
+    assert _state(engine)[2] == {"vol-T"}  # no row moved: the reconcile settles it
+
+
 def test_a_merge_failing_after_one_disk_leaves_the_snapshot_illegal_and_retry_ends_it(
         engine, chain):
     """s1 also froze a second disk: its merge fails after root's was done. Root's rows
