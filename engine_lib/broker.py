@@ -207,7 +207,7 @@ class AgentApi(Protocol):
 
     # -- volume jobs (uploads, imports, exports, copies, seals) -----------------------------
 
-    def job(self, job_id: str) -> dict:
+    def job(self, job_id: str, wait: float = 0) -> dict:
         raise _not_modelled(self, "job")
 
     def forget_job(self, job_id: str) -> dict:
@@ -424,9 +424,13 @@ class AgentClient:
 
     # -- volume jobs ---------------------------------------------------------------
 
-    def job(self, job_id: str) -> dict:
-        """{id, kind, status, phase, progress, done_bytes, total_bytes, result, error}."""
-        return self._query("GET", f"/jobs/{_seg(job_id)}")
+    def job(self, job_id: str, wait: float = 0) -> dict:
+        """{id, kind, status, phase, progress, done_bytes, total_bytes, result, error};
+        a running job is answered when it ends or after ``wait`` seconds (long poll)."""
+        if not wait:
+            return self._query("GET", f"/jobs/{_seg(job_id)}")
+        return self._query("GET", f"/jobs/{_seg(job_id)}?wait={wait:g}",
+                           timeout=self.query_timeout + wait)
 
     def forget_job(self, job_id: str) -> dict:
         """Aborts a running job (the agent cleans up) or forgets a finished one."""
@@ -541,7 +545,7 @@ class AgentClient:
 
     def start_backup(self, vm_id: str, body: dict) -> dict:
         """Push backup of a running VM into new target volumes: {job}; the job's result is
-        {checkpoint_xml, disks: [{alias, bytes, size_mib}], fell_back}."""
+        {checkpoint_xml, disks: [{alias, bytes, size_mib}], fell_back, pruned}."""
         return self._call("POST", f"/vms/{_seg(vm_id)}/backups", body)
 
     def checkpoints(self, vm_id: str) -> dict:

@@ -40,6 +40,8 @@ DEFAULT_SHUTDOWN_TIMEOUT = 60.0
 MAX_SHUTDOWN_TIMEOUT = 3600.0
 DEFAULT_UNPLUG_TIMEOUT = 20.0
 MAX_EVENTS_TIMEOUT = 60.0
+# GET /jobs/{job}?wait=: how long one poll may wait for the job to end.
+MAX_JOB_WAIT = 10.0
 MAX_UNPLUG_TIMEOUT = 600.0
 MAX_JSON_DEPTH = 32
 _VOLUME_KEYS = {"domain", "image", "volume", "alias", "format", "size_mib", "disk", "create",
@@ -316,7 +318,11 @@ ROUTES = (
     Route("GET", "/jobs/{job}", "job_status", "A job (image upload, import, export, volume "
           "copy): {id, kind, status: running|succeeded|failed|aborted, phase, progress "
           "0..100, done_bytes, total_bytes, result, error: {code, message, details}}. "
-          "Finished jobs are kept at least an hour (or while among the last 200)."),
+          "With 'wait', a running job is answered when it ends or after that many seconds "
+          "(long poll). Finished jobs are kept at least an hour (or while among the last "
+          "200).",
+          query={"wait": {"type": "number", "minimum": 0, "maximum": MAX_JOB_WAIT,
+                          "default": 0}}),
     Route("DELETE", "/jobs/{job}", "delete_job", "Abort a running job and wait (up to 60 s) "
           "until it cleaned up (its staging and half-made files removed), or forget a "
           "finished one (an export's staging file is removed then)."),
@@ -374,10 +380,11 @@ ROUTES = (
     Route("POST", "/vms/{id}/backups", "start_backup", "Push backup of a running VM: "
           "redefine the given checkpoints libvirt lacks (oldest first), create each "
           "target qcow2 on its storage domain (incremental: backed by parent_volume, named "
-          "relative), then libvirt's backup job with the new checkpoint. A job; result "
+          "relative), then libvirt's backup job with the new checkpoint; once it ended, "
+          "every older checkpoint is deleted with its bitmap. A job; result "
           "{checkpoint_xml, disks: [{alias, bytes (the file's allocation), size_mib}], "
-          "fell_back: '' or why a full was taken instead of the incremental}. A failed job "
-          "leaves no target file and no new checkpoint.",
+          "fell_back: '' or why a full was taken instead of the incremental, pruned: the "
+          "checkpoints deleted}. A failed job leaves no target file and no new checkpoint.",
           body={"type": "object", "required": ["backup", "checkpoint", "disks"],
                 "additionalProperties": False,
                 "properties": {"backup": {"type": "string", "format": "uuid"},
@@ -718,7 +725,18 @@ class Api:
                                        lambda: self.hypervisor.disks_in_use())
 
     def job_status(self, request: Request) -> dict:
-        return self.jobs.get(request.params["job"]).to_dict()
+        text = request.query.get("wait", ["0"])[-1]
+        try:
+            wait = float(text)
+        except ValueError:
+            wait = -1.0
+        if not 0 <= wait <= MAX_JOB_WAIT:
+            raise InvalidSpec("wait", f"must be a number of seconds from 0 to "
+                                      f"{MAX_JOB_WAIT:g}, got '{text}'")
+        job = self.jobs.get(request.params["job"])
+        if wait:
+            job.finished.wait(wait)
+        return job.to_dict()
 
     def delete_job(self, request: Request) -> dict:
         return self.jobs.delete(request.params["job"])

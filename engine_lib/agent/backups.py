@@ -14,7 +14,9 @@ bitmap missing or inconsistent after QEMU was killed), the agent takes a full
 backup instead and says why (``fell_back``). A backup that fails leaves
 nothing: the target files it made are removed and its checkpoint is deleted
 (libvirt merges the checkpoint's bitmap into its parent, so the next
-incremental still covers every change).
+incremental still covers every change). A backup that succeeds deletes every
+older checkpoint with its bitmap: the engine builds each incremental on the
+newest, and old bitmaps would otherwise pile up in the disk for ever.
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ from engine_lib.protocol.statuses import VmStatus
 log = logging.getLogger("kestrel.agent.backups")
 
 MiB = 1024 * 1024
-POLL = 0.2  # libvirt's job statistics, read this often while the backup job runs
+# libvirt's job statistics are read this often while the backup job runs, first more often
+# (a small incremental ends within milliseconds).
+FIRST_POLL, POLL = 0.01, 0.2
 _BUSY = (VmStatus.MIGRATING_FROM, VmStatus.MIGRATING_TO, VmStatus.SAVING_STATE,
          VmStatus.RESTORING_STATE, VmStatus.WAIT_FOR_LAUNCH)
 
@@ -147,19 +151,21 @@ def _run(hv, job: Job, dom: libvirt.virDomain, request: BackupRequest,
     job.cleanups.append(lambda: _forget_checkpoint(dom, request.checkpoint))
     job.phase = "copying"
     _follow(dom, job, vm_id)
+    job.phase = "pruning checkpoints"
+    pruned = _prune(dom, request.checkpoint)
+    # Read after pruning: libvirt took the deleted parent out of the new checkpoint's XML,
+    # so the engine's copy redefines without it.
     with libvirt_errors("read the new checkpoint of", vm_id):
         xml = dom.checkpointLookupByName(request.checkpoint).getXMLDesc(
             libvirt.VIR_DOMAIN_CHECKPOINT_XML_NO_DOMAIN)
-    return {"checkpoint_xml": xml, "fell_back": fell_back,
+    return {"checkpoint_xml": xml, "fell_back": fell_back, "pruned": pruned,
             "disks": [{"alias": disk.alias, "bytes": _allocated(disk.volume, storage),
                        "size_mib": -(-sizes[disk.target] // MiB)} for disk in request.disks]}
 
 
 def _redefine(dom: libvirt.virDomain, request: BackupRequest) -> str:
-    """Give libvirt back the engine's checkpoints it lacks; why an incremental is
-    impossible, or ""."""
-    if not request.incremental:
-        return ""
+    """Give libvirt back the engine's checkpoints it lacks (a full backup's too: so their
+    bitmaps can be pruned after it); why an incremental is impossible, or ""."""
     with libvirt_errors("list the checkpoints of", dom.UUIDString()):
         known = {c.getName() for c in dom.listAllCheckpoints(0)}
     for name, xml in request.checkpoints:
@@ -168,8 +174,15 @@ def _redefine(dom: libvirt.virDomain, request: BackupRequest) -> str:
         try:
             dom.checkpointCreateXML(xml, libvirt.VIR_DOMAIN_CHECKPOINT_CREATE_REDEFINE)
         except libvirt.libvirtError as exc:
-            return f"checkpoint '{name}' could not be redefined: {exc.get_error_message()}"
+            if request.incremental:
+                return f"checkpoint '{name}' could not be redefined: " \
+                       f"{exc.get_error_message()}"
+            log.warning("checkpoint %s of VM %s could not be redefined: %s", name,
+                        dom.UUIDString(), exc.get_error_message())
+            continue
         known.add(name)
+    if not request.incremental:
+        return ""
     if request.incremental not in known:
         return f"checkpoint '{request.incremental}' is unknown here (not among the " \
                "checkpoints libvirt has or was given)"
@@ -238,7 +251,7 @@ def _begin(dom: libvirt.virDomain, request: BackupRequest, incremental: str,
 
 def _follow(dom: libvirt.virDomain, job: Job, vm_id: str) -> None:
     """Report libvirt's progress until its backup job ends; abort it on request."""
-    aborted = False
+    aborted, pause = False, FIRST_POLL
     while True:
         try:
             stats = dom.jobStats(0)
@@ -253,7 +266,8 @@ def _follow(dom: libvirt.virDomain, job: Job, vm_id: str) -> None:
             with contextlib.suppress(libvirt.libvirtError):
                 dom.abortJob()
             aborted = True
-        job.abort.wait(POLL)  # an abort is acted on at once
+        job.abort.wait(pause)  # an abort is acted on at once
+        pause = min(POLL, pause * 2)
     job.check()
     try:
         done = dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
@@ -265,6 +279,25 @@ def _follow(dom: libvirt.virDomain, job: Job, vm_id: str) -> None:
         reason = done.get("errmsg") or "the backup job did not complete"
         raise KestrelError(f"backup of VM {vm_id} failed: {reason}", vm_id=vm_id)
     job.report(done.get("data_processed", job.done_bytes), done.get("data_total"))
+
+
+def _prune(dom: libvirt.virDomain, keep: str) -> list[str]:
+    """Delete every checkpoint but ``keep``, oldest first, with its bitmap: the next
+    incremental builds on ``keep`` alone, and a bitmap left in the qcow2 would cost space
+    and a little of every write forever. One libvirt refuses stays, and is not listed."""
+    with libvirt_errors("list the checkpoints of", dom.UUIDString()):
+        older = [c for c in dom.listAllCheckpoints(libvirt.VIR_DOMAIN_CHECKPOINT_LIST_TOPOLOGICAL)
+                 if c.getName() != keep]
+    pruned = []
+    for checkpoint in older:
+        try:
+            checkpoint.delete(0)
+        except libvirt.libvirtError as exc:
+            log.warning("checkpoint %s of VM %s was not pruned: %s", checkpoint.getName(),
+                        dom.UUIDString(), exc.get_error_message())
+            continue
+        pruned.append(checkpoint.getName())
+    return pruned
 
 
 def _forget_checkpoint(dom: libvirt.virDomain, name: str) -> None:

@@ -36,7 +36,9 @@ from engine_lib.agent.volumes import FORMATS, VolumeLocation
 from engine_lib.protocol.errors import Conflict, InvalidSpec, KestrelError
 from engine_lib.protocol.metadata import NAMESPACE, PREFIX
 
-POLL = 0.2
+# QEMU's block job is read this often while it runs, first more often (a small commit
+# ends within milliseconds).
+FIRST_POLL, POLL = 0.01, 0.2
 _COMMIT_TYPES = (libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_COMMIT,
                  libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_ACTIVE_COMMIT)
 _VOLUME_KEYS = {"domain", "image", "volume", "format", "size_mib"}
@@ -187,6 +189,7 @@ def _live(job: Job, plan: dict) -> dict:
 
 def _follow(job: Job, dom: Any, target: str, plan: dict) -> None:
     """Progress into the job until the commit ends (an active one: pivot when ready)."""
+    pause = FIRST_POLL
     while True:
         job.check()
         info = _block_job(dom, target)
@@ -201,7 +204,8 @@ def _follow(job: Job, dom: Any, target: str, plan: dict) -> None:
                 if "not ready" not in (exc.get_error_message() or ""):
                     raise KestrelError(f"pivot of disk '{plan['alias']}' failed: "
                                        f"{exc.get_error_message()}") from None
-        time.sleep(POLL)
+        time.sleep(pause)
+        pause = min(POLL, pause * 2)
     _, chain = disk_chain(dom, plan["alias"])
     if _index(chain, plan["top"]) >= 0:
         raise KestrelError(f"the block commit of {plan['top']} into {plan['base']} ended "

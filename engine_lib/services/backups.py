@@ -113,16 +113,12 @@ def _fallback(session: Session, vm: Vm, disks: list, domain: str, running: bool,
     return "", cp, base
 
 
-def _checkpoint_chain(session: Session, cp: Checkpoint) -> list[dict]:
-    """``cp`` and its ancestors the engine still has, oldest first, as the agent redefines
-    them."""
-    chain, seen = [], set()
-    current: Checkpoint | None = cp
-    while current is not None and current.id not in seen:
-        seen.add(current.id)
-        chain.append({"id": current.id, "xml": current.xml})
-        current = session.get(Checkpoint, current.parent_id) if current.parent_id else None
-    return chain[::-1]
+def _checkpoints(session: Session, vm: Vm) -> list[dict]:
+    """Every checkpoint the engine keeps of ``vm``, oldest first, as the agent redefines
+    them: the newest to build on, any older one so the agent prunes its bitmap."""
+    rows = session.scalars(select(Checkpoint).where(Checkpoint.vm_id == vm.id)
+                           .order_by(Checkpoint.created_at, Checkpoint.id))
+    return [{"id": cp.id, "xml": cp.xml} for cp in rows]
 
 
 def _lock_free(session: Session, vm: Vm) -> None:
@@ -226,8 +222,7 @@ def _plan(engine, vm_name: str, storage_domain: str, mode: str,
             plan.host = HostRef.of(vm.run_on_host)
             plan.body = {"backup": row.id, "checkpoint": row.checkpoint_id,
                          "incremental": cp.id if base is not None and cp else "",
-                         "checkpoints": _checkpoint_chain(session, cp)
-                         if base is not None and cp else [],
+                         "checkpoints": _checkpoints(session, vm),
                          "disks": body_disks}
         else:
             plan.host = vm_sources.helper_host(session, vm.cluster_id,
@@ -374,6 +369,10 @@ def _succeeded(engine, plan: _Plan, result: dict) -> dict:
                                    xml=result.get("checkpoint_xml") or ""))
         if fell_back:
             row.from_checkpoint_id = ""
+        for pruned in result.get("pruned") or []:
+            old = session.get(Checkpoint, pruned)
+            if old is not None and old.vm_id == plan.vm_id:
+                session.delete(old)
         row.status, row.finished_at = "succeeded", utcnow()
         audit(session, "vm", row.vm_name, f"backup {row.id} done ({row.mode}, "
               f"{row.bytes_written} bytes)")

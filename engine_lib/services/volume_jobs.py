@@ -45,8 +45,10 @@ def wait(agent: AgentApi, job_id: str, *, progress: Progress | None = None,
     misses, pause = 0, FIRST_POLL
     try:
         while True:
+            asked = clock()
             try:
-                job = agent.job(job_id)
+                # A long poll: the agent answers as soon as the job ends.
+                job = agent.job(job_id, wait=pause)
                 misses = 0
             except NotFound:
                 raise JobLost(f"the agent no longer knows job {job_id} (was it "
@@ -77,7 +79,10 @@ def wait(agent: AgentApi, job_id: str, *, progress: Progress | None = None,
                 forget = False
                 raise KestrelError(f"job {job_id} did not end within {timeout:g} s; it was "
                                    "aborted", job=job_id, timeout=timeout)
-            sleep(pause)
+            # What the poll did not wait (an agent unreachable, or one without long polls).
+            left = pause - (clock() - asked)
+            if left > 0.001:
+                sleep(left)
             pause = min(POLL_INTERVAL, pause * 2)
     finally:
         if forget:

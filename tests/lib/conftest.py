@@ -213,7 +213,7 @@ class FakeAgent(AgentApi):
                            "detected_format": request.get("image_format") or volume["format"],
                            "sha256": digest, "actual_size": len(data)})
 
-    def job(self, job_id):
+    def job(self, job_id, wait=0):
         self._check()
         job = self._jobs().get(job_id)
         if job is None:
@@ -437,13 +437,13 @@ class FakeAgent(AgentApi):
             self._files()[self._target(target)] = data
             disks.append({"alias": disk["alias"], "bytes": len(data),
                           "size_mib": target.get("size_mib", 0)})
-        known.append(body["checkpoint"])
-        xml = (f"<domaincheckpoint><name>{body['checkpoint']}</name>"
-               + (f"<parent><name>{body['incremental']}</name></parent>"
-                  if body.get("incremental") and not fell_back else "")
-               + "</domaincheckpoint>")
+        # As libvirt after the agent's pruning: only the new checkpoint, with no parent.
+        pruned = list(known)
+        known[:] = [body["checkpoint"]]
+        xml = f"<domaincheckpoint><name>{body['checkpoint']}</name></domaincheckpoint>"
         job.update(status="succeeded", progress=100,
-                   result={"checkpoint_xml": xml, "disks": disks, "fell_back": fell_back})
+                   result={"checkpoint_xml": xml, "disks": disks, "fell_back": fell_back,
+                           "pruned": pruned})
         return answer
 
     def checkpoints(self, vm_id):

@@ -90,6 +90,9 @@ def test_full_then_incrementals_across_a_restart_read_as_the_disk(agents, lab, l
                         [{"id": "cp1", "xml": full["checkpoint_xml"]}], disk["alias"],
                         backups[1], backups[0])
         assert first["fell_back"] == ""
+        # cp1 was pruned with its bitmap: the next incremental builds on cp2 alone.
+        assert first["pruned"] == ["cp1"] and "<parent>" not in first["checkpoint_xml"]
+        assert client.checkpoints(vm_id) == {"checkpoints": ["cp2"]}
         # Only what changed (2 MiB) plus qcow2 metadata, not the 64 MiB disk.
         assert 2 * MiB <= first["disks"][0]["bytes"] < 3 * MiB, first
         info = json.loads(subprocess.run(
@@ -102,27 +105,26 @@ def test_full_then_incrementals_across_a_restart_read_as_the_disk(agents, lab, l
         with pytest.raises(Conflict, match="already exists"):
             _backup(client, vm_id, "cp-x", "cp2", [], disk["alias"], backups[1], backups[0])
         assert os.stat(_path(lab, backups[1])).st_mtime_ns == before.st_mtime_ns
-        assert client.checkpoints(vm_id) == {"checkpoints": ["cp1", "cp2"]}
+        assert client.checkpoints(vm_id) == {"checkpoints": ["cp2"]}
 
         # QEMU stops (flushing, storing its bitmaps): full <- incremental reads as the disk.
         client.destroy_vm(vm_id)
         _same(_path(lab, backups[1]), _path(lab, disk))
 
-        # Started again, libvirt has forgotten the checkpoints; the agent redefines them.
+        # Started again, libvirt has forgotten the checkpoint; the agent redefines it.
         client.remove_vm(vm_id)
         client.start_vm(xml)
         assert client.checkpoints(vm_id) == {"checkpoints": []}
         wait_for_guest_agent(agent, vm_id)
         _write(agent, vm_id, 20 * MiB, 1 * MiB, 0xC3)
         second = _backup(client, vm_id, "cp3", "cp2",
-                         [{"id": "cp1", "xml": full["checkpoint_xml"]},
-                          {"id": "cp2", "xml": first["checkpoint_xml"]}], disk["alias"],
+                         [{"id": "cp2", "xml": first["checkpoint_xml"]}], disk["alias"],
                          backups[2], backups[1])
-        assert second["fell_back"] == ""
+        assert second["fell_back"] == "" and second["pruned"] == ["cp2"]
         assert MiB <= second["disks"][0]["bytes"] < 2 * MiB, second
-        assert client.checkpoints(vm_id) == {"checkpoints": ["cp1", "cp2", "cp3"]}
-        assert client.delete_checkpoint(vm_id, "cp1")["deleted"] is True
-        assert client.checkpoints(vm_id) == {"checkpoints": ["cp2", "cp3"]}
+        assert client.checkpoints(vm_id) == {"checkpoints": ["cp3"]}
+        assert client.delete_checkpoint(vm_id, "cp3")["deleted"] is True
+        assert client.checkpoints(vm_id) == {"checkpoints": []}
 
         # A checkpoint whose bitmap is not in the disk (redefined: libvirt does not look):
         # libvirt refuses the incremental, the agent takes a full (no backing file), says why.

@@ -27,7 +27,7 @@ from test_ha import FENCE_AGENT, POLICY, EngineLoop, _restore, fence, wait_until
 from test_migration import by_name
 
 from engine_lib.model import DeviceType, Snapshot, Volume
-from engine_lib.services import snapshots, vm_config
+from engine_lib.services import backups, snapshots, vm_config
 from engine_lib.services.common import get_vm
 from kestrel_lab import hostfs
 from kestrel_lab import hosts as lab_hosts
@@ -174,16 +174,29 @@ def test_a_three_deep_chain_migrates_hibernates_restarts_after_its_host_dies_and
     with engine.store.transaction(commit=False) as session:
         assert session.get(Snapshot, first).status == "ok"
     cloned_s = time.monotonic() - started
+    full = _backup(chains, "full")
+    assert full["mode"] == "full" and not full["fallback_reason"], full
 
-    # Live migration.
+    # Live migration: the next backup is still incremental (the destination's libvirt had
+    # no checkpoint; the agent redefined it from the engine's rows, the bitmap travelled
+    # in the shared qcow2).
     there = engine.migrations.migrate(VM, host=next(h for h in chains.agents if h != host))
     assert there.entity["status"] == "succeeded"
     host = _guest_reads_markers(chains, VM)
+    migrated = _backup(chains)
+    assert (migrated["mode"], migrated["from_checkpoint_id"]) == (
+        "incremental", full["checkpoint_id"]), migrated["fallback_reason"]
 
-    # Hibernation and resume.
+    # Hibernation and resume, and again incremental after.
     assert engine.vms.ensure({"name": VM}, state="suspended").entity["status"] == "Suspended"
     engine.vms.ensure({"name": VM}, state="running")
     victim = _guest_reads_markers(chains, VM)
+    resumed = _backup(chains)
+    assert (resumed["mode"], resumed["from_checkpoint_id"]) == (
+        "incremental", migrated["checkpoint_id"]), resumed["fallback_reason"]
+    # Each backup pruned the checkpoints before its own: libvirt keeps the newest only.
+    assert chains.agents[victim].client().checkpoints(vm["id"]) == {
+        "checkpoints": [resumed["checkpoint_id"]]}
 
     # Its host dies: the engine loop fences it and restarts the VM on another host.
     chains.loop.start()
@@ -200,5 +213,19 @@ def test_a_three_deep_chain_migrates_hibernates_restarts_after_its_host_dies_and
                           .spec["volume_id"])
         assert [v.id for v in top.chain()][-1] == chains.base and len(top.chain()) == 3
         assert top.image_id == disk["image_id"]  # the snapshot overlays stay in its image
+    # QEMU died with its host: the bitmap it had in memory was never stored, so the
+    # incremental falls back to a full one and says why (or, had it been stored, is
+    # incremental); either way nothing is missed.
+    crashed = _backup(chains)
+    assert crashed["mode"] == "incremental" or crashed["fallback_reason"], crashed
     print(f"snapshot chains lab test: {time.monotonic() - started:.1f} s "
-          f"(clone {cloned_s:.1f} s, HA restart {restart_s:.1f} s)")
+          f"(clone {cloned_s:.1f} s, HA restart {restart_s:.1f} s); the backup after the "
+          f"host died: {crashed['mode']} {crashed['fallback_reason']!r}")
+
+
+def _backup(env, mode: str = "incremental") -> dict:
+    """A backup of the VM into domain data; its image is removed with the test's."""
+    made = backups.backup(env.engine, VM, mode=mode, storage_domain="data")
+    assert made["status"] == "succeeded", made
+    env.images.extend(d["image_id"] for d in made["disks"])
+    return made

@@ -11,6 +11,7 @@ the engine believes in alone.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import subprocess
 import time
@@ -203,6 +204,11 @@ def test_an_incremental_backup_holds_what_changed_and_restores_into_a_vm_that_bo
 
     # Nothing writes the disk after the backup point: the source's chain is that point.
     engine.vms.ensure({"name": "bkdata"}, state="stopped", force=True)
+    # The full's checkpoint was pruned with its bitmap: the disk keeps one, the newest.
+    info = json.loads(_host("qemu-img", "info", "--output=json",
+                            _path(lab, engine, "bkdata", "root")).stdout)
+    bitmaps = info["format-specific"]["data"].get("bitmaps", [])
+    assert [b["name"] for b in bitmaps] == [incremental["checkpoint_id"]], bitmaps
     restored = backups.restore(engine, incremental["id"], vm_name="bkdata-restored")["vm"]
     compare = _host("qemu-img", "compare", _path(lab, engine, "bkdata", "root"),
                     _path(lab, engine, restored["name"], "root"))

@@ -12,6 +12,7 @@ import os
 import socket
 import ssl
 import threading
+import time
 
 import pytest
 
@@ -267,3 +268,27 @@ def test_answers_go_out_at_once(agent, engine_pki):
         assert _server_end_nodelay(conn.sock) == 1
     finally:
         conn.close()
+
+
+def test_a_job_poll_with_wait_answers_when_the_job_ends(engine_pki, tmp_path):
+    """GET /jobs/{job}?wait=: a long poll, so the engine learns a job's end at once rather
+    than at its next poll; an out-of-range wait names the parameter."""
+    server = _serve(_agent_config(tmp_path, engine_pki))
+    try:
+        client = AgentClient("127.0.0.1", server.server_address[1], str(engine_pki))
+        jobs = server.api.jobs
+        job = jobs.create("copy", "d/i/v")
+        assert client.job(job.id, wait=0.2)["status"] == "running"  # waited, still running
+        release = threading.Event()
+        jobs.run(job, lambda j: (release.wait(10), {"copied": True})[1])
+        threading.Timer(0.3, release.set).start()
+        asked = time.monotonic()
+        answer = client.job(job.id, wait=10)
+        assert (answer["status"], answer["result"]) == ("succeeded", {"copied": True})
+        assert time.monotonic() - asked < 5, "the poll waited past the job's end"
+        with pytest.raises(InvalidSpec) as err:
+            client.job(job.id, wait=11)
+        assert err.value.details.get("field") == "wait"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -41,6 +41,7 @@ class Domain:
         self.refuse_incremental = refuse_incremental
         self.outcome = outcome
         self.polls = 2
+        self.undeletable: set[str] = set()
 
     def UUIDString(self):
         return VM
@@ -55,7 +56,7 @@ class Domain:
         return [64 << 20, 0, 0]
 
     def listAllCheckpoints(self, _flags):
-        return [SimpleNamespace(getName=lambda n=n: n) for n in self.checkpoints]
+        return [self.checkpointLookupByName(n) for n in self.checkpoints]
 
     def checkpointCreateXML(self, xml, flags):
         assert flags == libvirt.VIR_DOMAIN_CHECKPOINT_CREATE_REDEFINE
@@ -85,8 +86,14 @@ class Domain:
 
     def checkpointLookupByName(self, name):
         assert name in self.checkpoints
-        return SimpleNamespace(getXMLDesc=lambda _flags: CP.format(name),
-                               delete=lambda _flags: self.checkpoints.remove(name))
+        return SimpleNamespace(getName=lambda: name,
+                               getXMLDesc=lambda _flags: CP.format(name),
+                               delete=lambda _flags: self._delete(name))
+
+    def _delete(self, name):
+        if name in self.undeletable:
+            raise _error(f"checkpoint '{name}' is busy")
+        self.checkpoints.remove(name)
 
 
 @pytest.fixture
@@ -142,6 +149,17 @@ def test_an_incremental_redefines_the_lost_checkpoints_and_chains_its_file(stora
     assert _info(storage, "cp3")["backing-filename"] == "../img/cp1"
     assert job.result["checkpoint_xml"] == CP.format("cp3")
     assert job.result["disks"][0]["size_mib"] == 64 and job.result["disks"][0]["bytes"] > 0
+    # The next incremental builds on cp3 alone: the older checkpoints went, bitmaps too.
+    assert job.result["pruned"] == ["cp1", "cp2"] and dom.checkpoints == ["cp3"]
+
+
+def test_a_full_backup_prunes_what_it_redefined_and_keeps_what_libvirt_refuses(storage):
+    dom = Domain(checkpoints=["cp0"])
+    dom.undeletable.add("cp0")
+    job = _run(dom, storage, **_body(storage, "cp2", "", checkpoints=["cp0", "cp1"]))
+    assert job.status == "succeeded", job.error
+    assert dom.redefined == ["cp1"]  # so that its bitmap can go
+    assert job.result["pruned"] == ["cp1"] and dom.checkpoints == ["cp0", "cp2"]
 
 
 def test_a_refused_incremental_is_taken_as_a_full_and_says_why(storage):
@@ -153,6 +171,7 @@ def test_a_refused_incremental_is_taken_as_a_full_and_says_why(storage):
     assert "bitmap 'cp1' not found" in job.result["fell_back"]
     assert "<incremental>" not in dom.begun[0][0]
     assert "backing-filename" not in _info(storage, "cp2")
+    assert job.result["pruned"] == ["cp1"]
 
 
 def test_an_unknown_checkpoint_falls_back_without_asking_libvirt(storage):

@@ -285,7 +285,8 @@ def test_restore_to_a_floating_disk_and_to_a_new_vm(engine, agent, web):
 def test_with_the_agent_model_a_restarted_domain_gets_its_checkpoints_back(engine, cluster,
                                                                           agents):
     """conftest's FakeAgent models libvirt's checkpoints: a domain started again knows
-    none, and the engine's chain redefined keeps the next backup incremental."""
+    none, and the engine's checkpoint redefined keeps the next backup incremental. Each
+    backup prunes the older ones: the engine keeps only the newest."""
     agent = agents["10.0.0.1"] = FakeAgent("h1")
     engine.hosts.ensure("h1", address="10.0.0.1", cluster=cluster)
     engine.vms.ensure({**VM, "disks": VM["disks"][:1]})
@@ -301,9 +302,11 @@ def test_with_the_agent_model_a_restarted_domain_gets_its_checkpoints_back(engin
     agent.checkpoints_of[vm_id] = []  # the transient domain was started again
     third = backups.backup(engine, "web")
     assert (third["mode"], third["fallback_reason"]) == ("incremental", "")
-    assert [c["id"] for c in agent.backups[2]["checkpoints"]] == [
-        first["checkpoint_id"], second["checkpoint_id"]]
-    assert agent.checkpoints(vm_id)["checkpoints"][-1] == third["checkpoint_id"]
+    assert [c["id"] for c in agent.backups[1]["checkpoints"]] == [first["checkpoint_id"]]
+    assert [c["id"] for c in agent.backups[2]["checkpoints"]] == [second["checkpoint_id"]]
+    assert agent.checkpoints(vm_id)["checkpoints"] == [third["checkpoint_id"]]
+    with engine.store.transaction(commit=False) as session:
+        assert session.scalars(select(Checkpoint.id)).all() == [third["checkpoint_id"]]
     agent.backup_fall_back = why = "bitmap of checkpoint x is inconsistent in vda"
     fourth = backups.backup(engine, "web")
     assert (fourth["mode"], fourth["fallback_reason"]) == ("full", why)
