@@ -33,13 +33,12 @@ from engine_lib.domxml.render import metadata_xml
 from engine_lib.model import DeviceType, Host, Snapshot, Vm, VmDevice, Volume, utcnow
 from engine_lib.protocol.errors import Conflict, InvalidSpec, KestrelError, NotFound
 from engine_lib.protocol.statuses import HostStatus, VmStatus
-from engine_lib.services import hibernation, job_context
+from engine_lib.services import hibernation, job_context, vm_sources
 from engine_lib.services.common import audit, get_vm, outcome_unknown, retry_on_conflict
 from engine_lib.services.hibernation import memory_volume_for
 from engine_lib.services.host_records import HostRef
 from engine_lib.services.images import agent_volume
 from engine_lib.services.results import Outcome
-from engine_lib.services.vm_records import vm_dict
 from engine_lib.services.volumes import chain_refs
 
 __all__ = ["SnapshotService", "create", "get", "list_for", "revert", "snapshot_dict",
@@ -147,8 +146,9 @@ def _helper_host(engine, domain: str) -> HostRef:
 
 
 def _config(vm: Vm) -> dict:
-    """The VM's settings as a clone or template from the snapshot takes them."""
-    return {k: v for k, v in vm_dict(vm).items() if k not in ("snapshots", "guest")}
+    """The VM's settings as a clone or template from the snapshot takes them (all of
+    them: firmware, graphics and the whole cpu too, so a clone is the VM as it was)."""
+    return vm_sources.settings_of(vm)
 
 
 def _check_description(description: Any) -> str:

@@ -71,6 +71,9 @@ def web(engine, agent):
 
 
 def test_clone_from_a_running_vms_snapshot_copies_the_frozen_volume(engine, agent, web):
+    # Settings beyond memory changed after the snapshot too: the clone has none of them.
+    engine.vms.ensure({"name": "web", "graphics": {"type": "vnc"},
+                       "cpu": {"mode": "host-model"}})
     vm = engine.vms.ensure({"name": "copy", "snapshot_vm": "web",
                             "snapshot_name": "before upgrade"}).entity
     (disk,) = vm["disks"]
@@ -82,6 +85,9 @@ def test_clone_from_a_running_vms_snapshot_copies_the_frozen_volume(engine, agen
     assert vm["memory_mib"] == 256 and vm["status"] == VmStatus.DOWN
     (nic,), (web_nic,) = vm["nics"], engine.vms.info("web")[0]["nics"]
     assert nic["mac"] != web_nic["mac"]
+    with engine.store.transaction(commit=False) as session:
+        copy = session.scalars(select(Vm).where(Vm.name == "copy")).one()
+        assert (copy.cpu_mode or None, copy.devices_of(DeviceType.GRAPHICS)) == (None, [])
     # Locked while copied, free again after.
     assert agent.locked == [("locked", "clone")]
     with engine.store.transaction(commit=False) as session:
