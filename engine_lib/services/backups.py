@@ -30,7 +30,7 @@ from engine_lib.model import Backup, Checkpoint, DeviceType, Host, Snapshot, Vm,
 from engine_lib.protocol.errors import Conflict, InvalidSpec, KestrelError, NotFound
 from engine_lib.protocol.statuses import HostStatus, VmStatus
 from engine_lib.services import job_context, vm_config, vm_origin, vm_sources, volume_jobs
-from engine_lib.services.common import audit, find
+from engine_lib.services.common import attached_names, audit, find
 from engine_lib.services.host_records import HostRef
 from engine_lib.services.results import Outcome
 
@@ -177,6 +177,11 @@ def _plan(engine, vm_name: str, storage_domain: str, mode: str,
                 raise Conflict(f"disk '{device.name}' of VM '{vm.name}' has no data yet (its "
                                "volume is made at the VM's first start)", vm=vm.name)
         domain = storage_domain or disks[0].spec["storage_domain"]
+        attached = attached_names(session, vm.cluster)
+        if attached and domain not in attached:
+            raise InvalidSpec("storage_domain", f"'{domain}' is not a storage domain "
+                                                f"attached to cluster '{vm.cluster.name}' "
+                                                f"(attached: {', '.join(sorted(attached))})")
         reason, cp, base = ("", None, None)
         if mode == "incremental":
             reason, cp, base = _fallback(session, vm, disks, domain, running)

@@ -197,6 +197,13 @@ def test_bad_input_and_busy_vms_are_refused_naming_the_cause(engine, agent, web)
     with pytest.raises(InvalidSpec) as err:
         backups.backup(engine, "nope")
     assert err.value.details["field"] == "vm_name"
+    # Once the cluster has domains attached, a backup goes to one of them only.
+    engine.storage_domains.ensure("data", path="/srv/data", clusters=["c1"])
+    with pytest.raises(InvalidSpec, match="'elsewhere' is not a storage domain attached to "
+                                          "cluster 'c1' \\(attached: data\\)") as err:
+        backups.backup(engine, "web", storage_domain="elsewhere")
+    assert err.value.details["field"] == "storage_domain"
+    assert backups.list_for(engine, "web") == []
     with engine.store.transaction() as session:
         _run(session, session.scalars(select(Vm)).one(), VmStatus.MIGRATING_FROM)
     with pytest.raises(Conflict, match="VM 'web' is MigratingFrom"):
