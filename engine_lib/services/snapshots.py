@@ -33,7 +33,7 @@ from engine_lib.domxml.render import metadata_xml
 from engine_lib.model import DeviceType, Host, Snapshot, Vm, VmDevice, Volume, utcnow
 from engine_lib.protocol.errors import Conflict, InvalidSpec, KestrelError, NotFound
 from engine_lib.protocol.statuses import HostStatus, VmStatus
-from engine_lib.services import hibernation, job_context, vm_sources
+from engine_lib.services import hibernation, job_context, vm_config, vm_sources
 from engine_lib.services.common import audit, get_vm, outcome_unknown, retry_on_conflict
 from engine_lib.services.hibernation import memory_volume_for
 from engine_lib.services.host_records import HostRef
@@ -477,16 +477,20 @@ def _finish_revert(engine, snapshot_id: str, plan: dict) -> dict:
     with engine.store.transaction() as session:
         snapshot = session.get(Snapshot, snapshot_id)
         vm = session.get(Vm, snapshot.vm_id)
-        removed = finish_revert_rows(session, vm, snapshot)
+        removed, kept = finish_revert_rows(session, vm, snapshot)
         audit(session, "vm", vm.name, f"reverted to snapshot {snapshot.id}"
-              + (f"; newer snapshots removed: {', '.join(removed)}" if removed else ""))
+              + (f"; newer snapshots removed: {', '.join(removed)}" if removed else "")
+              + (f"; its settings were not restored: {kept}" if kept else ""),
+              "warning" if kept else "info")
         session.flush()
-        return {**snapshot_dict(snapshot, vm.name), "removed_snapshots": removed}
+        return {**snapshot_dict(snapshot, vm.name), "removed_snapshots": removed,
+                "settings_restored": not kept, "settings_not_restored": kept}
 
 
-def finish_revert_rows(session: Session, vm: Vm, snapshot: Snapshot) -> list[str]:
+def finish_revert_rows(session: Session, vm: Vm, snapshot: Snapshot) -> tuple[list[str], str]:
     """The new tops exist: switch the disks to them, drop what was above the frozen
-    volumes and the newer snapshots. Returns the removed snapshots' ids."""
+    volumes and the newer snapshots, and give the VM its settings of then. Returns the
+    removed snapshots' ids and why the settings were not restored ("" when they were)."""
     tops = snapshot.vm_config.get("_revert", {}).get("tops", {})
     devices = {d.name: d for d in _disks(vm)}
     discard: list[Volume] = []
@@ -510,7 +514,23 @@ def finish_revert_rows(session: Session, vm: Vm, snapshot: Snapshot) -> list[str
     snapshot.vm_config = {k: v for k, v in snapshot.vm_config.items() if k != "_revert"}
     snapshot.status, snapshot.operation = "ok", ""
     _claim(vm)
-    return sorted(s.id for s in newer)
+    return sorted(s.id for s in newer), _restore_settings(session, vm, snapshot.vm_config)
+
+
+def _restore_settings(session: Session, vm: Vm, config: dict) -> str:
+    """The VM's settings as the snapshot recorded them (memory, cpu, firmware, devices
+    but its disks and NICs: the disks are the reverted chains, the NICs keep their MACs),
+    as oVirt and Proxmox restore a snapshot's configuration; a memory snapshot resumes
+    only on the VM it was saved from. Why they were not, or ""."""
+    if "firmware" not in config:  # an older snapshot's partial record: leave them alone
+        return "the snapshot recorded only part of the VM's settings"
+    spec = {k: v for k, v in config.items() if k not in ("disks", "nics")}
+    try:
+        with session.begin_nested():
+            vm_config.apply(session, vm, spec)
+    except KestrelError as err:  # a setting no longer valid (an ISO removed since...)
+        return err.message
+    return ""
 
 
 def delete_files(engine, files: list[dict], strict: bool = False) -> None:

@@ -21,7 +21,9 @@ description:
     overlays are made through a host that sees the storage domain.
   - O(state=restore) reverts a stopped VM to the snapshot. The volumes written
     since and the snapshots newer than it are removed (as oVirt's commit does);
-    the snapshot itself stays, to revert to again. A snapshot with memory starts
+    the snapshot itself stays, to revert to again. The VM gets its settings of
+    then back (memory, CPU, firmware, devices), except its disks (a disk added
+    since stays) and NICs (they keep their MACs). A snapshot with memory starts
     the VM from it, so it comes back running where it was.
   - O(state=absent) deletes the snapshot by merging its overlay into the volume
     below (live on a running VM, offline on a stopped one); any snapshot, not
@@ -143,6 +145,15 @@ snapshot:
     started_vm:
       description: With O(state=restore) of a snapshot with memory, the VM, running again.
       type: dict
+    settings_restored:
+      description: With O(state=restore), whether the VM got its settings of then back.
+      type: bool
+    settings_not_restored:
+      description:
+        - With O(state=restore), why the settings were left as they were (a setting no
+          longer valid, such as an ISO removed since, or a snapshot taken before kestrel
+          recorded all settings); empty when they were restored.
+      type: str
 """
 
 from ansible_collections.kestrel.virt.plugins.module_utils._kestrel import KestrelModule

@@ -189,6 +189,35 @@ def test_revert_discards_what_is_above_and_newer_snapshots_and_can_repeat(engine
     assert engine.vms.info("vm1")[0]["status"] == "Down"
 
 
+def test_revert_gives_the_vm_its_settings_of_then_but_keeps_disks_and_nics(engine, agent):
+    """As oVirt's and Proxmox's: memory, cpu and devices come back; a disk added since
+    and the NICs' MACs stay. A setting no longer valid leaves them all, and says so."""
+    snap = snapshots.create(engine, "vm1")
+    engine.vms.ensure(SPEC, state="stopped")
+    nics = engine.vms.info("vm1")[0]["nics"]
+    engine.vms.ensure({**SPEC, "memory": 512, "cpu": {"sockets": 2}, "graphics": {"type": "vnc"},
+                       "disks": [*SPEC["disks"], {"name": "data2", "size": "1GiB",
+                                                  "storage_domain": "data"}]})
+    result = snapshots.revert(engine, "vm1", snap["id"])
+    assert (result["settings_restored"], result["settings_not_restored"]) == (True, "")
+    vm = engine.vms.info("vm1")[0]
+    assert (vm["memory_mib"], vm["cpu"]["sockets"]) == (256, 1)
+    assert [d["name"] for d in vm["disks"]] == ["root", "logs", "data2"]
+    assert vm["nics"] == nics
+    with engine.store.transaction(commit=False) as session:
+        found = session.query(Vm).filter_by(name="vm1").one()
+        assert found.devices_of("graphics") == []
+        # An ISO the snapshot's VM had was deleted since: nothing of the settings changes.
+        with_cdrom = dict(session.get(Snapshot, snap["id"]).vm_config,
+                          cdrom={"iso": "gone.iso"})
+    with engine.store.transaction() as session:
+        session.get(Snapshot, snap["id"]).vm_config = with_cdrom
+    engine.vms.ensure({"name": "vm1", "memory": 384})
+    result = snapshots.revert(engine, "vm1", snap["id"])
+    assert not result["settings_restored"] and "gone.iso" in result["settings_not_restored"]
+    assert engine.vms.info("vm1")[0]["memory_mib"] == 384
+
+
 def test_revert_to_a_memory_snapshot_resumes_the_vm_and_keeps_the_memory(engine, agent):
     snap = snapshots.create(engine, "vm1", use_memory=True)
     memory = agent.snapshots_taken[-1][1]["memory_volume"]
