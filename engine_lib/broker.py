@@ -545,7 +545,7 @@ class AgentClient:
 
     def start_backup(self, vm_id: str, body: dict) -> dict:
         """Push backup of a running VM into new target volumes: {job}; the job's result is
-        {checkpoint_xml, disks: [{alias, bytes, size_mib}], fell_back, pruned}."""
+        {checkpoint_xml, disks: [{alias, bytes, size_mib}], fell_back, pruned, copy_ms}."""
         return self._call("POST", f"/vms/{_seg(vm_id)}/backups", body)
 
     def checkpoints(self, vm_id: str) -> dict:

@@ -44,15 +44,18 @@ def incremental(backup_bytes: list[int], changed_bytes: int, goal: float,
 
 
 def throughput(data_bytes: int, backup_s: list[float], convert_s: list[float],
-               unavailable: str = "") -> dict:
-    """MiB/s of a full backup and of ``qemu-img convert`` of the same disk; their ratio."""
-    backup, convert = median(backup_s), median(convert_s)
+               unavailable: str = "", job_s: list[float] | None = None) -> dict:
+    """MiB/s of a full backup and of ``qemu-img convert`` of the same disk; their ratio;
+    and of libvirt's backup job alone (``job_s``: what the rest of the backup adds)."""
+    backup, convert, job = median(backup_s), median(convert_s), median(job_s or [])
     backup_rate = None if not backup else data_bytes / MIB / backup
     convert_rate = data_bytes / MIB / convert if convert else None
     ratio = None if backup_rate is None or not convert_rate else backup_rate / convert_rate
     return {"data_mib": round(data_bytes / MIB, 1), "backup_s": _round(backup),
             "convert_s": _round(convert), "backup_mib_s": _round(backup_rate, digits=1),
             "convert_mib_s": _round(convert_rate, digits=1), "ratio": _round(ratio),
+            "libvirt_job_s": _round(job),
+            "libvirt_job_mib_s": _round(data_bytes / MIB / job if job else None, digits=1),
             "rounds": len(convert_s), "unavailable": unavailable}
 
 
@@ -79,6 +82,9 @@ def describe(name: str, pair: dict) -> str:
                 "MiB/s")
         if pair["backup_mib_s"] is not None:
             line += f", full backup {pair['backup_mib_s']} MiB/s -> {pair['ratio']}x"
+        if pair.get("libvirt_job_s") is not None:
+            line += (f" (libvirt's backup job alone {pair['libvirt_job_mib_s']} MiB/s, "
+                     f"{pair['libvirt_job_s']} s of {pair['backup_s']} s)")
     if pair["unavailable"]:
         line += f" [kestrel side not run: {pair['unavailable']}]"
     return line + f" ({pair['rounds']} rounds, medians)"

@@ -130,6 +130,9 @@ class Kestrel:
                            "parent_volume": parent}]}
         seconds, result = _timed(lambda: volume_jobs.wait(
             self.client, self.client.start_backup(self.vm_id, body)["job"], timeout=600))
+        # As the engine: the checkpoints the agent pruned are forgotten.
+        pruned = set(result.get("pruned") or [])
+        self.checkpoints = [c for c in self.checkpoints if c["id"] not in pruned]
         self.checkpoints.append({"id": checkpoint, "xml": result["checkpoint_xml"],
                                  "target": target})
         return seconds, result

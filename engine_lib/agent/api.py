@@ -384,7 +384,8 @@ ROUTES = (
           "every older checkpoint is deleted with its bitmap. A job; result "
           "{checkpoint_xml, disks: [{alias, bytes (the file's allocation), size_mib}], "
           "fell_back: '' or why a full was taken instead of the incremental, pruned: the "
-          "checkpoints deleted}. A failed job leaves no target file and no new checkpoint.",
+          "checkpoints deleted, copy_ms: how long libvirt's backup job took}. A failed job "
+          "leaves no target file and no new checkpoint.",
           body={"type": "object", "required": ["backup", "checkpoint", "disks"],
                 "additionalProperties": False,
                 "properties": {"backup": {"type": "string", "format": "uuid"},

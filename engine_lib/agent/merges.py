@@ -37,8 +37,8 @@ from engine_lib.protocol.errors import Conflict, InvalidSpec, KestrelError
 from engine_lib.protocol.metadata import NAMESPACE, PREFIX
 
 # QEMU's block job is read this often while it runs, first more often (a small commit
-# ends within milliseconds).
-FIRST_POLL, POLL = 0.01, 0.2
+# ends within milliseconds); each read is one QMP query.
+FIRST_POLL, POLL = 0.01, 0.05
 _COMMIT_TYPES = (libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_COMMIT,
                  libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_ACTIVE_COMMIT)
 _VOLUME_KEYS = {"domain", "image", "volume", "format", "size_mib"}

@@ -39,6 +39,11 @@ def test_throughput_compares_mib_per_second_of_backup_and_convert():
     row = figures.throughput(128 * figures.MIB, [2.0, 4.0, 2.0], [1.0, 1.0, 3.0])
     assert (row["backup_mib_s"], row["convert_mib_s"], row["ratio"]) == (64.0, 128.0, 0.5)
     assert figures.throughput(128 * figures.MIB, [], [1.0])["ratio"] is None
+    # libvirt's job alone, from its own figure: what the rest of the backup adds shows.
+    row = figures.throughput(128 * figures.MIB, [2.0], [1.0], job_s=[0.5, 1.0, 1.5])
+    assert (row["libvirt_job_s"], row["libvirt_job_mib_s"]) == (1.0, 128.0)
+    assert "libvirt's backup job alone 128.0 MiB/s, 1.0 s of 2.0 s" in figures.describe(
+        "full backup", row)
 
 
 def test_the_summary_is_one_json_line_that_round_trips():
