@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from engine_lib.broker import AgentApi
 from engine_lib.protocol.errors import NotFound
 from engine_lib.services import volume_jobs
 
@@ -22,7 +23,7 @@ class Clock:
         self.now += seconds
 
 
-class Agent:
+class Agent(AgentApi):
     """A job that ends after ``polls`` answers; ``long_polls``: each answer waits
     its ``wait`` (as the agent does while the job runs)."""
 
