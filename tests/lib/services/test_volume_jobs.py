@@ -30,8 +30,11 @@ class Agent(AgentApi):
     def __init__(self, clock: Clock, polls: int, long_polls: bool):
         self.clock, self.polls, self.long_polls = clock, polls, long_polls
         self.waits: list[float] = []
+        self.restarted = False  # it no longer knows the job
 
     def job(self, job_id: str, wait: float = 0) -> dict:
+        if self.restarted:
+            raise NotFound("job", job_id)
         self.waits.append(wait)
         self.polls -= 1
         if self.polls > 0:
@@ -56,10 +59,8 @@ def test_polls_wait_on_the_agent_or_sleep_what_it_did_not_wait(long_polls):
 
 
 def test_a_job_the_agent_no_longer_knows_is_lost_not_failed():
-    class Restarted(Agent):
-        def job(self, job_id, wait=0):
-            raise NotFound("job", job_id)
-
     clock = Clock()
+    agent = Agent(clock, 1, True)
+    agent.restarted = True
     with pytest.raises(volume_jobs.JobLost, match="no longer knows job j1"):
-        volume_jobs.wait(Restarted(clock, 1, True), "j1", clock=clock, sleep=clock.sleep)
+        volume_jobs.wait(agent, "j1", clock=clock, sleep=clock.sleep)
