@@ -193,9 +193,10 @@ def _apply(session, device, v: Volume, c: Volume, child: Volume | None) -> None:
 
 
 def _merge(engine, agent, plan: dict, step: dict, progress) -> None:
-    """Post the disk's merge and wait for it. A job the agent lost (it restarted) is posted
-    again: QEMU's block job outlives the agent, and the agent adopts it (or finds the
-    merge done); a merge that really failed fails again, as itself."""
+    """Post the disk's merge and wait for it. A live merge whose job the agent lost (it
+    restarted) is posted again: QEMU's block job outlives the agent, and the agent adopts
+    it (or finds the merge done); a merge that really failed fails again, as itself. An
+    offline one is left locked to the reconcile: the lost agent's qemu-img may still run."""
     for attempt in range(1, LOST_JOB_POSTS + 1):
         if plan["live"]:
             answer = agent.start_merge(plan["vm_id"], {
@@ -210,7 +211,7 @@ def _merge(engine, agent, plan: dict, step: dict, progress) -> None:
             volume_jobs.wait(agent, answer["job"], progress=progress, timeout=TIMEOUT_S)
             return
         except volume_jobs.JobLost:
-            if attempt == LOST_JOB_POSTS:
+            if attempt == LOST_JOB_POSTS or not plan["live"]:
                 raise
 
 

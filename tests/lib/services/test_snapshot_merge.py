@@ -241,6 +241,30 @@ def test_a_merge_whose_agent_restarted_is_posted_again_not_marked_failed(engine,
     assert _state(engine)[2] == {"vol-T"}  # no row moved: the reconcile settles it
 
 
+def test_an_offline_merge_whose_agent_restarted_is_left_to_the_reconcile(engine, chain):
+    """The lost agent's qemu-img may still be committing: posting it again would race it,
+    so the lock stays and the reconcile posts it once the job is no longer running."""
+    agent, ids = chain
+    posted = agent.merge_volumes
+
+    def restarts(base, top, child, below):
+        answer = posted(base, top, child, below)
+        del agent._jobs()[answer["job"]]
+        return answer
+
+    agent.merge_volumes = restarts
+    with pytest.raises(KestrelError, match="no longer knows job"):
+        snapshot_merge.delete(engine, "vm1", "s3")
+    assert [m[0] for m in agent.merges] == ["offline"]  # not posted again
+    with engine.store.transaction(commit=False) as session:
+        assert (session.get(Snapshot, "s3").status,
+                session.get(Snapshot, "s3").operation) == ("locked", "merge")
+    del agent.merge_volumes
+    assert engine.snapshot_merge.reconcile() == []
+    assert engine.snapshot_merge.reconcile() == ["s3"]
+    assert _state(engine)[2] == {"vol-T"}
+
+
 def test_a_merge_failing_after_one_disk_leaves_the_snapshot_illegal_and_retry_ends_it(
         engine, chain):
     """s1 also froze a second disk: its merge fails after root's was done. Root's rows
