@@ -20,7 +20,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 from agent_fixtures import restart_agent, run_in_host
-from test_migration import by_name, cluster  # noqa: F401 (fixture)
+from test_migration import cluster  # noqa: F401 (fixture)
 from test_snapshot_data import _io, _path, _sh, _spec, _start, vms  # noqa: F401 (fixture)
 
 from engine_lib.services import snapshot_merge, snapshots
@@ -38,7 +38,7 @@ BULK_AT_MIB, BULK_MIB, MERGE_MIBPS = 8, 16, 2
 def _live_chain(host, vm_id: str) -> list[str]:
     """vda's chain of files in libvirt's live XML, top first (virsh, inside the host)."""
     xml = run_in_host(host, ["virsh", "-c", "qemu:///system", "dumpxml", vm_id],
-                                text=True).stdout
+                      text=True).stdout
     disk = next(d for d in ET.fromstring(xml).iterfind("devices/disk")
                 if d.find("target").get("dev") == "vda")
     files = []
