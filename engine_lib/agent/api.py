@@ -613,14 +613,7 @@ class Api:
 
     def unplug_device(self, request: Request) -> dict:
         vm_id = _vm_id(request)
-        text = request.query.get("timeout", [str(DEFAULT_UNPLUG_TIMEOUT)])[-1]
-        try:
-            timeout = float(text)
-        except ValueError:
-            timeout = -1.0
-        if not 0 <= timeout <= MAX_UNPLUG_TIMEOUT:
-            raise InvalidSpec("timeout", f"must be a number of seconds from 0 to "
-                                         f"{MAX_UNPLUG_TIMEOUT:g}, got '{text}'")
+        timeout = _seconds(request, "timeout", DEFAULT_UNPLUG_TIMEOUT, MAX_UNPLUG_TIMEOUT)
         alias = request.params["alias"]
         if not alias.startswith("ua-"):
             raise InvalidSpec("alias", f"'{alias}' is not a device alias (ua-...)")
@@ -631,14 +624,7 @@ class Api:
         if not after.isdigit():
             raise InvalidSpec("after", f"must be a sequence number (an integer >= 0), "
                                        f"got '{after}'")
-        text = request.query.get("timeout", ["0"])[-1]
-        try:
-            timeout = float(text)
-        except ValueError:
-            timeout = -1.0
-        if not 0 <= timeout <= MAX_EVENTS_TIMEOUT:
-            raise InvalidSpec("timeout", f"must be a number of seconds from 0 to "
-                                         f"{MAX_EVENTS_TIMEOUT:g}, got '{text}'")
+        timeout = _seconds(request, "timeout", 0, MAX_EVENTS_TIMEOUT)
         return self.hypervisor.events_after(int(after), timeout)
 
     def migrate_vm(self, request: Request) -> dict:
@@ -726,14 +712,7 @@ class Api:
                                        lambda: self.hypervisor.disks_in_use())
 
     def job_status(self, request: Request) -> dict:
-        text = request.query.get("wait", ["0"])[-1]
-        try:
-            wait = float(text)
-        except ValueError:
-            wait = -1.0
-        if not 0 <= wait <= MAX_JOB_WAIT:
-            raise InvalidSpec("wait", f"must be a number of seconds from 0 to "
-                                      f"{MAX_JOB_WAIT:g}, got '{text}'")
+        wait = _seconds(request, "wait", 0, MAX_JOB_WAIT)
         job = self.jobs.get(request.params["job"])
         if wait:
             job.finished.wait(wait)
@@ -788,6 +767,19 @@ class Api:
         if not isinstance(pem, str):
             raise InvalidSpec("crl", "a PEM certificate revocation list is required")
         return crl.install(self.config, pem.encode())
+
+
+def _seconds(request: Request, name: str, default: float, maximum: float) -> float:
+    """Query parameter ``name``: a number of seconds from 0 to ``maximum``."""
+    text = request.query.get(name, [str(default)])[-1]
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= maximum:
+        raise InvalidSpec(name, f"must be a number of seconds from 0 to {maximum:g}, "
+                                f"got '{text}'")
+    return value
 
 
 class MethodNotAllowed(KestrelError):
